@@ -1,0 +1,1 @@
+//! Datasets: readers, tokenisation, splits.

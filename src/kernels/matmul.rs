@@ -1,0 +1,183 @@
+//! The one seam to the matrix-multiply engine (the `gemm` crate, which picks AVX-512 /
+//! AVX2 / SSE kernels at run time). Everything else in the engine calls `matmul`, so a
+//! different backend (CUDA later) replaces this file, not the model.
+
+/// A strided view of a row-major-ish matrix: element (r, c) lives at
+/// `data[r * row_stride + c * col_stride]`. Transposes are free: swap the strides.
+#[derive(Clone, Copy)]
+pub struct MatRef<'a> {
+    pub data: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub row_stride: usize,
+    pub col_stride: usize,
+}
+
+impl<'a> MatRef<'a> {
+    /// A dense row-major `[rows, cols]` matrix.
+    pub fn new(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        MatRef {
+            data,
+            rows,
+            cols,
+            row_stride: cols,
+            col_stride: 1,
+        }
+    }
+
+    /// A row-major matrix whose rows are `row_stride` apart (e.g. one head's columns).
+    pub fn strided(data: &'a [f32], rows: usize, cols: usize, row_stride: usize) -> Self {
+        MatRef {
+            data,
+            rows,
+            cols,
+            row_stride,
+            col_stride: 1,
+        }
+    }
+
+    pub fn t(self) -> Self {
+        MatRef {
+            data: self.data,
+            rows: self.cols,
+            cols: self.rows,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+        }
+    }
+
+    fn check(&self, what: &str) {
+        if self.rows == 0 || self.cols == 0 {
+            return;
+        }
+        let last = (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride;
+        assert!(
+            last < self.data.len(),
+            "matmul: {what} view {}x{} (strides {}, {}) exceeds buffer of {}",
+            self.rows,
+            self.cols,
+            self.row_stride,
+            self.col_stride,
+            self.data.len()
+        );
+    }
+}
+
+/// Whether a matmul may use the rayon pool itself. Kernels that already run inside a
+/// parallel loop (per batch x head) pass `Serial` to avoid nested oversubscription.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Par {
+    Serial,
+    Rayon,
+}
+
+/// `dst = beta_dst * dst + a * b` where `dst` is a dense row-major `[a.rows, b.cols]`
+/// matrix with row stride `dst_row_stride`. `accumulate = false` overwrites `dst`
+/// (its previous contents are never read, so it may hold garbage).
+pub fn matmul(
+    dst: &mut [f32],
+    dst_row_stride: usize,
+    a: MatRef,
+    b: MatRef,
+    accumulate: bool,
+    par: Par,
+) {
+    assert_eq!(a.cols, b.rows, "matmul: inner dimensions differ");
+    let (m, n, k) = (a.rows, b.cols, a.cols);
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(
+        (m - 1) * dst_row_stride + n <= dst.len(),
+        "matmul: destination too small"
+    );
+    if k == 0 {
+        if !accumulate {
+            for r in 0..m {
+                dst[r * dst_row_stride..r * dst_row_stride + n].fill(0.0);
+            }
+        }
+        return;
+    }
+    a.check("lhs");
+    b.check("rhs");
+    let parallelism = match par {
+        Par::Serial => gemm::Parallelism::None,
+        Par::Rayon => {
+            let threads = rayon::current_num_threads();
+            // Small products are faster on one thread than split across the pool.
+            if threads > 1 && m * n * k >= 64 * 64 * 64 {
+                gemm::Parallelism::Rayon(threads)
+            } else {
+                gemm::Parallelism::None
+            }
+        }
+    };
+    // SAFETY: all three views were bounds-checked above against their slices, `dst` is
+    // borrowed mutably and so cannot alias `a` or `b`.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_row_stride as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.col_stride as isize,
+            a.row_stride as isize,
+            b.data.as_ptr(),
+            b.col_stride as isize,
+            b.row_stride as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(a: MatRef, b: MatRef) -> Vec<f32> {
+        let mut out = vec![0.0; a.rows * b.cols];
+        for i in 0..a.rows {
+            for j in 0..b.cols {
+                let mut s = 0.0f64;
+                for p in 0..a.cols {
+                    s += a.data[i * a.row_stride + p * a.col_stride] as f64
+                        * b.data[p * b.row_stride + j * b.col_stride] as f64;
+                }
+                out[i * b.cols + j] = s as f32;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn matches_naive_with_transposes_and_accumulation() {
+        let mut rng = crate::rng::Rng::new(1);
+        let (m, k, n) = (37, 70, 45);
+        let a: Vec<f32> = (0..m * k).map(|_| rng.normal() as f32).collect();
+        let bt: Vec<f32> = (0..n * k).map(|_| rng.normal() as f32).collect();
+        let av = MatRef::new(&a, m, k);
+        let bv = MatRef::new(&bt, n, k).t();
+        let want = naive(av, bv);
+        for par in [Par::Serial, Par::Rayon] {
+            let mut got = vec![f32::NAN; m * n];
+            matmul(&mut got, n, av, bv, false, par);
+            for (g, w) in got.iter().zip(&want) {
+                assert!((g - w).abs() < 1e-4, "{g} vs {w}");
+            }
+            matmul(&mut got, n, av, bv, true, par);
+            for (g, w) in got.iter().zip(&want) {
+                assert!((g - 2.0 * w).abs() < 2e-4);
+            }
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! The CPU compute engine: explicit forward and backward functions on flat row-major
+//! `f32` buffers. Matrix products go through `matmul` (the backend seam).
+
+pub mod activations;
+pub mod attention;
+pub mod dropout;
+pub mod embedding;
+pub mod layernorm;
+pub mod linear;
+pub mod loss;
+pub mod matmul;
+
+pub use matmul::{matmul, MatRef, Par};

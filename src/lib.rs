@@ -1,0 +1,11 @@
+//! corefocus: BERT document classifiers with fuzzy token-pruned attention and token
+//! combining ("Focus on the Core", EMNLP 2023 Findings) on a CPU engine with explicit
+//! forward and backward passes.
+
+pub mod data;
+pub mod kernels;
+pub mod metrics;
+pub mod model;
+pub mod rng;
+pub mod train;
+pub mod util;

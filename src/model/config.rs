@@ -1,0 +1,305 @@
+//! Model configuration: the HF `BertConfig` fields we use, and the method settings
+//! (variant, keep ratio, combining layer, ...) that `corefocus.json` stores.
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+fn default_ln_eps() -> f64 {
+    1e-12
+}
+fn default_type_vocab() -> usize {
+    2
+}
+fn default_dropout() -> f32 {
+    0.1
+}
+fn default_act() -> String {
+    "gelu".to_string()
+}
+fn default_pad() -> usize {
+    0
+}
+fn default_max_pos() -> usize {
+    512
+}
+fn default_init_range() -> f32 {
+    0.02
+}
+
+/// The subset of HF `BertConfig` corefocus needs; unknown fields are ignored.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct BertConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    #[serde(default = "default_max_pos")]
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_type_vocab")]
+    pub type_vocab_size: usize,
+    #[serde(default = "default_ln_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default = "default_dropout")]
+    pub hidden_dropout_prob: f32,
+    #[serde(default = "default_dropout")]
+    pub attention_probs_dropout_prob: f32,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    #[serde(default = "default_pad")]
+    pub pad_token_id: usize,
+    #[serde(default = "default_init_range")]
+    pub initializer_range: f32,
+    #[serde(default)]
+    pub model_type: Option<String>,
+}
+
+impl BertConfig {
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads
+    }
+
+    /// Reads and validates `config.json`.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let cfg: BertConfig = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a valid BERT config.json", path.display()))?;
+        cfg.validate()
+            .with_context(|| format!("{}: invalid configuration", path.display()))?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let fields = [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("intermediate_size", self.intermediate_size),
+            ("max_position_embeddings", self.max_position_embeddings),
+            ("type_vocab_size", self.type_vocab_size),
+        ];
+        for (name, v) in fields {
+            if v == 0 {
+                bail!("field `{name}` must be positive, got 0");
+            }
+            if v > 1 << 24 {
+                bail!("field `{name}` = {v} is absurdly large");
+            }
+        }
+        if self.hidden_size % self.num_attention_heads != 0 {
+            bail!(
+                "field `hidden_size` = {} is not divisible by `num_attention_heads` = {}",
+                self.hidden_size,
+                self.num_attention_heads
+            );
+        }
+        if !matches!(self.hidden_act.as_str(), "gelu" | "gelu_python") {
+            bail!(
+                "field `hidden_act` = {:?} is not supported (only exact \"gelu\")",
+                self.hidden_act
+            );
+        }
+        if !(self.layer_norm_eps > 0.0 && self.layer_norm_eps < 1.0) {
+            bail!("field `layer_norm_eps` = {} is out of range", self.layer_norm_eps);
+        }
+        for (name, p) in [
+            ("hidden_dropout_prob", self.hidden_dropout_prob),
+            ("attention_probs_dropout_prob", self.attention_probs_dropout_prob),
+        ] {
+            if !(0.0..1.0).contains(&p) {
+                bail!("field `{name}` = {p} must be in [0, 1)");
+            }
+        }
+        if let Some(mt) = &self.model_type {
+            if mt != "bert" {
+                bail!("field `model_type` = {mt:?}: only \"bert\" checkpoints are supported");
+            }
+        }
+        if self.pad_token_id >= self.vocab_size {
+            bail!("field `pad_token_id` = {} is outside the vocabulary", self.pad_token_id);
+        }
+        Ok(())
+    }
+
+    /// all-MiniLM-L6-v2's shape (6 layers, hidden 384, 12 heads).
+    pub fn minilm_l6() -> Self {
+        Self::sized(30522, 384, 6, 12, 1536)
+    }
+
+    /// bert-base-uncased's shape (12 layers, hidden 768, 12 heads).
+    pub fn bert_base() -> Self {
+        Self::sized(30522, 768, 12, 12, 3072)
+    }
+
+    pub fn sized(vocab: usize, hidden: usize, layers: usize, heads: usize, ffn: usize) -> Self {
+        BertConfig {
+            vocab_size: vocab,
+            hidden_size: hidden,
+            num_hidden_layers: layers,
+            num_attention_heads: heads,
+            intermediate_size: ffn,
+            max_position_embeddings: 512,
+            type_vocab_size: 2,
+            layer_norm_eps: 1e-12,
+            hidden_dropout_prob: 0.1,
+            attention_probs_dropout_prob: 0.1,
+            hidden_act: "gelu".into(),
+            pad_token_id: 0,
+            initializer_range: 0.02,
+            model_type: Some("bert".into()),
+        }
+    }
+}
+
+/// Which parts of the method are on.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Variant {
+    Bert,
+    P,
+    Pf,
+    C,
+    Pfc,
+}
+
+impl Variant {
+    pub fn prunes(self) -> bool {
+        matches!(self, Variant::P | Variant::Pf | Variant::Pfc)
+    }
+    pub fn fuzzy(self) -> bool {
+        matches!(self, Variant::Pf | Variant::Pfc)
+    }
+    pub fn combines(self) -> bool {
+        matches!(self, Variant::C | Variant::Pfc)
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::Bert => "bert",
+            Variant::P => "p",
+            Variant::Pf => "pf",
+            Variant::C => "c",
+            Variant::Pfc => "pfc",
+        }
+    }
+}
+
+impl std::str::FromStr for Variant {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "bert" => Variant::Bert,
+            "p" => Variant::P,
+            "pf" => Variant::Pf,
+            "c" => Variant::C,
+            "pfc" => Variant::Pfc,
+            _ => bail!("unknown variant {s:?} (expected bert, p, pf, c or pfc)"),
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Pooling {
+    Mean,
+    Cls,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CombineInit {
+    Copy,
+    Random,
+}
+
+/// The method's settings (method.md). Stored in `corefocus.json`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct MethodConfig {
+    pub variant: Variant,
+    /// Preservation ratio p in (0, 1].
+    pub keep_ratio: f32,
+    /// 1-based layer replaced by the combining module (C/PFC only).
+    pub combine_layer: usize,
+    /// Number of combination tokens m.
+    pub combine_tokens: usize,
+    pub combine_init: CombineInit,
+    /// Scale of the combiner's assignment logits (1 = unscaled, as the paper's eq. 9).
+    pub combine_scale: f32,
+    /// Denominator epsilon of the combiner's weighted mean.
+    pub assign_eps: f32,
+    /// LayerNorm eps of the combiner's LN_c and LN_e.
+    pub combine_ln_eps: f32,
+    pub pooling: Pooling,
+    /// Fuzzy percentiles and thresholds (method.md).
+    pub pct_low: f32,
+    pub pct_high: f32,
+    pub imp_thresh: f32,
+    pub unimp_thresh: f32,
+    /// Dropout before the classifier (the checkpoint's hidden dropout by default).
+    pub classifier_dropout: f32,
+}
+
+impl MethodConfig {
+    /// Defaults of method.md for an `layers`-layer model.
+    pub fn new(variant: Variant, layers: usize) -> Self {
+        MethodConfig {
+            variant,
+            keep_ratio: if variant.prunes() { 0.9 } else { 1.0 },
+            combine_layer: if layers == 12 { 11 } else { layers.saturating_sub(1).max(1) },
+            combine_tokens: 8,
+            combine_init: CombineInit::Copy,
+            combine_scale: 1.0,
+            assign_eps: 1.0,
+            combine_ln_eps: 1e-5,
+            pooling: Pooling::Mean,
+            pct_low: 25.0,
+            pct_high: 75.0,
+            imp_thresh: 0.01,
+            unimp_thresh: 0.9,
+            classifier_dropout: 0.1,
+        }
+    }
+
+    /// Checks the settings against a model of `layers` layers.
+    pub fn validate(&self, layers: usize) -> Result<()> {
+        if !(self.keep_ratio > 0.0 && self.keep_ratio <= 1.0) {
+            bail!("--keep-ratio {} must be in (0, 1]", self.keep_ratio);
+        }
+        if self.variant.combines() {
+            if self.combine_layer < 2 || self.combine_layer > layers {
+                bail!(
+                    "--combine-layer {} is invalid for a {layers}-layer model: it must be in 2..={layers} \
+                     (layer 1 has no earlier layer to feed the combiner)",
+                    self.combine_layer
+                );
+            }
+            if self.combine_tokens == 0 {
+                bail!("--combine-tokens must be at least 1");
+            }
+            if self.pooling == Pooling::Cls {
+                bail!("--pooling cls is not available with combining (variants c, pfc): the representation is the mean of the combination tokens");
+            }
+            if !(self.assign_eps > 0.0) {
+                bail!("assign_eps must be positive");
+            }
+        }
+        if !(0.0..1.0).contains(&self.classifier_dropout) {
+            bail!("classifier dropout {} must be in [0, 1)", self.classifier_dropout);
+        }
+        if !(self.pct_low <= self.pct_high && self.pct_low >= 0.0 && self.pct_high <= 100.0) {
+            bail!("fuzzy percentiles must satisfy 0 <= low <= high <= 100");
+        }
+        Ok(())
+    }
+
+    /// Number of transformer layers that run on the full (pruned) sequence.
+    pub fn full_layers(&self, layers: usize) -> usize {
+        if self.variant.combines() {
+            self.combine_layer - 1
+        } else {
+            layers
+        }
+    }
+}
