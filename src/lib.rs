@@ -2,7 +2,9 @@
 //! combining ("Focus on the Core", EMNLP 2023 Findings) on a CPU engine with explicit
 //! forward and backward passes.
 
+pub mod bench;
 pub mod data;
+pub mod demo;
 pub mod kernels;
 pub mod metrics;
 pub mod model;

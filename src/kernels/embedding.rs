@@ -7,7 +7,13 @@ pub fn embedding_forward(ids: &[u32], table: &[f32], dim: usize, out: &mut [f32]
 }
 
 /// `dtable[ids[r]] += dout[r]` for each row r with `row_mask[r]` (padding rows skipped).
-pub fn embedding_backward(ids: &[u32], row_mask: &[bool], dout: &[f32], dim: usize, dtable: &mut [f32]) {
+pub fn embedding_backward(
+    ids: &[u32],
+    row_mask: &[bool],
+    dout: &[f32],
+    dim: usize,
+    dtable: &mut [f32],
+) {
     let _ = (ids, row_mask, dout, dim, dtable);
     todo!("kernels helper")
 }

@@ -111,3 +111,17 @@ impl ParamStore {
         }
     }
 }
+
+impl ParamStore {
+    /// Two distinct tensors borrowed mutably at once (a weight and its bias).
+    pub fn pair_mut(&mut self, a: ParamId, b: ParamId) -> (&mut [f32], &mut [f32]) {
+        assert_ne!(a, b, "pair_mut needs two distinct tensors");
+        if a < b {
+            let (lo, hi) = self.tensors.split_at_mut(b);
+            (&mut lo[a].data, &mut hi[0].data)
+        } else {
+            let (lo, hi) = self.tensors.split_at_mut(a);
+            (&mut hi[0].data, &mut lo[b].data)
+        }
+    }
+}

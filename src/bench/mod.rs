@@ -1,0 +1,4 @@
+//! Measurement: FLOPs, peak memory, timing.
+
+pub mod alloc;
+pub mod flops;

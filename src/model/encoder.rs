@@ -1,0 +1,561 @@
+//! One transformer layer (post-LN BERT) whose attention reads keys and values from a
+//! gathered subset of rows, with explicit forward and backward.
+//!
+//! Rows are `[batch, t, d]`: the embedded positions and, with combining on, the
+//! combination tokens after them. Queries are all rows; keys/values are the rows listed in
+//! a `KvIndex`, gathered *before* the key/value projections so their cost falls with the
+//! kept count.
+
+use super::layout::{LayerIds, LinearIds, NormIds};
+use super::params::ParamStore;
+use crate::kernels::activations::{gelu_backward, gelu_forward};
+use crate::kernels::attention::{
+    attention_backward, attention_forward, AttnDims, AttnDropout, Importance,
+};
+use crate::kernels::dropout::{dropout_backward, dropout_forward};
+use crate::kernels::layernorm::{layernorm_backward, layernorm_forward};
+use crate::kernels::linear::{linear_backward, linear_forward};
+use crate::rng::mix64;
+use rayon::prelude::*;
+
+/// Which rows of each example serve as keys/values.
+#[derive(Clone, Debug)]
+pub struct KvIndex {
+    /// Slots per example (the largest kept count in the batch).
+    pub kmax: usize,
+    /// Valid slots of each example; the rest are masked.
+    pub count: Vec<usize>,
+    /// `[batch * kmax]` source row (within the example) of each slot; `u32::MAX` = surplus.
+    pub rows: Vec<u32>,
+    /// Every example uses all of its `t` rows in order: no gather needed.
+    pub identity: bool,
+}
+
+impl KvIndex {
+    /// All `t` rows of every example are keys/values.
+    pub fn identity(batch: usize, t: usize) -> Self {
+        KvIndex {
+            kmax: t,
+            count: vec![t; batch],
+            rows: (0..batch).flat_map(|_| 0..t as u32).collect(),
+            identity: true,
+        }
+    }
+
+    /// Per-example row lists (ascending or not; the order defines the slots).
+    pub fn from_lists(lists: &[Vec<usize>], t: usize) -> Self {
+        let batch = lists.len();
+        let kmax = lists.iter().map(|l| l.len()).max().unwrap_or(0);
+        let mut rows = vec![u32::MAX; batch * kmax];
+        for (b, l) in lists.iter().enumerate() {
+            for (s, &r) in l.iter().enumerate() {
+                debug_assert!(r < t);
+                rows[b * kmax + s] = r as u32;
+            }
+        }
+        let identity = kmax == t && lists.iter().all(|l| l.iter().copied().eq(0..t));
+        KvIndex {
+            kmax,
+            count: lists.iter().map(|l| l.len()).collect(),
+            rows,
+            identity,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct LayerDims {
+    pub batch: usize,
+    pub t: usize,
+    pub d: usize,
+    pub heads: usize,
+    pub ffn: usize,
+    pub ln_eps: f32,
+}
+
+/// Dropout settings of one layer in training mode.
+#[derive(Clone, Copy, Debug)]
+pub struct LayerDropout {
+    pub hidden_p: f32,
+    pub attn_p: f32,
+    pub seed: u64,
+}
+
+impl LayerDropout {
+    fn attn(&self) -> Option<AttnDropout> {
+        (self.attn_p > 0.0).then_some(AttnDropout {
+            p: self.attn_p,
+            seed: mix64(self.seed ^ 1),
+        })
+    }
+    fn attn_out_seed(&self) -> u64 {
+        mix64(self.seed ^ 2)
+    }
+    fn ffn_out_seed(&self) -> u64 {
+        mix64(self.seed ^ 3)
+    }
+}
+
+/// Activations one layer keeps for its backward pass (sized to what is kept).
+pub struct LayerTape {
+    x_in: Vec<f32>,
+    /// Gathered key/value input rows `[batch, kmax, d]` (empty when the index is identity).
+    xk: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    probs: Vec<f32>,
+    ctx: Vec<f32>,
+    s1: Vec<f32>,
+    ln1_mean: Vec<f32>,
+    ln1_rstd: Vec<f32>,
+    h1: Vec<f32>,
+    inter: Vec<f32>,
+    act: Vec<f32>,
+    s2: Vec<f32>,
+    ln2_mean: Vec<f32>,
+    ln2_rstd: Vec<f32>,
+}
+
+impl LayerTape {
+    /// Bytes held by the tape's buffers.
+    pub fn bytes(&self) -> usize {
+        4 * [
+            &self.x_in,
+            &self.xk,
+            &self.q,
+            &self.k,
+            &self.v,
+            &self.probs,
+            &self.ctx,
+            &self.s1,
+            &self.ln1_mean,
+            &self.ln1_rstd,
+            &self.h1,
+            &self.inter,
+            &self.act,
+            &self.s2,
+            &self.ln2_mean,
+            &self.ln2_rstd,
+        ]
+        .iter()
+        .map(|v| v.len())
+        .sum::<usize>()
+    }
+}
+
+/// `xk[b, s] = x[b, rows[b, s]]`, zero rows for surplus slots.
+fn gather_rows(x: &[f32], kv: &KvIndex, t: usize, d: usize) -> Vec<f32> {
+    let mut xk = vec![0.0f32; kv.rows.len() * d];
+    xk.par_chunks_mut(d).enumerate().for_each(|(slot, dst)| {
+        let r = kv.rows[slot];
+        if r != u32::MAX {
+            let b = slot / kv.kmax;
+            let src = (b * t + r as usize) * d;
+            dst.copy_from_slice(&x[src..src + d]);
+        }
+    });
+    xk
+}
+
+/// `dx[b, rows[b, s]] += dxk[b, s]`. Parallel over examples (slots of one example
+/// point to distinct rows, but different examples never share rows either).
+fn scatter_add_rows(dxk: &[f32], kv: &KvIndex, t: usize, d: usize, dx: &mut [f32]) {
+    dx.par_chunks_mut(t * d).enumerate().for_each(|(b, dxb)| {
+        for s in 0..kv.kmax {
+            let r = kv.rows[b * kv.kmax + s];
+            if r == u32::MAX {
+                continue;
+            }
+            let src = &dxk[(b * kv.kmax + s) * d..(b * kv.kmax + s + 1) * d];
+            let dst = &mut dxb[r as usize * d..(r as usize + 1) * d];
+            for (a, g) in dst.iter_mut().zip(src) {
+                *a += *g;
+            }
+        }
+    });
+}
+
+fn lin(p: &ParamStore, ids: LinearIds, x: &[f32], rows: usize, i: usize, o: usize) -> Vec<f32> {
+    let mut y = vec![0.0f32; rows * o];
+    linear_forward(x, rows, i, p.data(ids.w), Some(p.data(ids.b)), o, &mut y);
+    y
+}
+
+#[allow(clippy::too_many_arguments)]
+fn lin_back(
+    p: &ParamStore,
+    ids: LinearIds,
+    x: &[f32],
+    rows: usize,
+    i: usize,
+    o: usize,
+    dy: &[f32],
+    dx: Option<&mut [f32]>,
+    accumulate_dx: bool,
+    grads: &mut ParamStore,
+) {
+    let (dw, db) = grads.pair_mut(ids.w, ids.b);
+    linear_backward(
+        x,
+        rows,
+        i,
+        p.data(ids.w),
+        o,
+        dy,
+        dx,
+        accumulate_dx,
+        dw,
+        Some(db),
+    );
+}
+
+/// `y = LN(x)`, returning (y, mean, rstd).
+fn norm(p: &ParamStore, ids: NormIds, x: &[f32], rows: usize, d: usize, eps: f32) -> [Vec<f32>; 3] {
+    let mut y = vec![0.0f32; rows * d];
+    let mut mean = vec![0.0f32; rows];
+    let mut rstd = vec![0.0f32; rows];
+    layernorm_forward(
+        x,
+        rows,
+        d,
+        p.data(ids.g),
+        p.data(ids.b),
+        eps,
+        &mut y,
+        &mut mean,
+        &mut rstd,
+    );
+    [y, mean, rstd]
+}
+
+fn add_into(a: &mut [f32], b: &[f32]) {
+    a.par_chunks_mut(4096)
+        .zip(b.par_chunks(4096))
+        .for_each(|(x, y)| x.iter_mut().zip(y).for_each(|(x, y)| *x += *y));
+}
+
+pub struct LayerOutput {
+    pub out: Vec<f32>,
+    /// `[batch, heads, kmax]` importance S_h of each key slot, when requested.
+    pub importance: Option<Vec<f32>>,
+    pub tape: Option<LayerTape>,
+}
+
+/// Forward of one layer. `x` is `[batch, t, d]`; `importance_weights` (`[batch, t]`, 1
+/// for real embedded queries) asks for the importance scores of the key slots.
+#[allow(clippy::too_many_arguments)]
+pub fn layer_forward(
+    p: &ParamStore,
+    ids: &LayerIds,
+    dims: LayerDims,
+    x: Vec<f32>,
+    kv: &KvIndex,
+    drop: Option<LayerDropout>,
+    importance_weights: Option<&[f32]>,
+    record: bool,
+) -> LayerOutput {
+    let LayerDims {
+        batch,
+        t,
+        d,
+        heads,
+        ffn,
+        ln_eps,
+    } = dims;
+    let rows = batch * t;
+    let krows = batch * kv.kmax;
+    let xk = if kv.identity {
+        Vec::new()
+    } else {
+        gather_rows(&x, kv, t, d)
+    };
+    let kv_in: &[f32] = if kv.identity { &x } else { &xk };
+    let q = lin(p, ids.query, &x, rows, d, d);
+    let k = lin(p, ids.key, kv_in, krows, d, d);
+    let v = lin(p, ids.value, kv_in, krows, d, d);
+
+    let adims = AttnDims {
+        batch,
+        q_len: t,
+        kv_len: kv.kmax,
+        heads,
+        head_dim: d / heads,
+    };
+    let scale = 1.0 / ((d / heads) as f32).sqrt();
+    let mut probs = if record {
+        vec![0.0f32; batch * heads * t * kv.kmax]
+    } else {
+        Vec::new()
+    };
+    let mut ctx = vec![0.0f32; rows * d];
+    let mut importance = importance_weights.map(|_| vec![0.0f32; batch * heads * kv.kmax]);
+    attention_forward(
+        adims,
+        &q,
+        &k,
+        &v,
+        &kv.count,
+        scale,
+        drop.and_then(|dr| dr.attn()),
+        record.then_some(probs.as_mut_slice()),
+        &mut ctx,
+        importance_weights
+            .zip(importance.as_mut())
+            .map(|(w, out)| Importance {
+                query_weight: w,
+                out: out.as_mut_slice(),
+            }),
+    );
+
+    let mut s1 = lin(p, ids.attn_out, &ctx, rows, d, d);
+    if let Some(dr) = drop {
+        dropout_forward(&mut s1, dr.hidden_p, dr.attn_out_seed(), 0);
+    }
+    add_into(&mut s1, &x);
+    let [h1, ln1_mean, ln1_rstd] = norm(p, ids.attn_norm, &s1, rows, d, ln_eps);
+
+    let inter = lin(p, ids.ffn_in, &h1, rows, d, ffn);
+    let mut act = vec![0.0f32; rows * ffn];
+    gelu_forward(&inter, &mut act);
+    let mut s2 = lin(p, ids.ffn_out, &act, rows, ffn, d);
+    if let Some(dr) = drop {
+        dropout_forward(&mut s2, dr.hidden_p, dr.ffn_out_seed(), 0);
+    }
+    add_into(&mut s2, &h1);
+    let [out, ln2_mean, ln2_rstd] = norm(p, ids.ffn_norm, &s2, rows, d, ln_eps);
+
+    let tape = record.then(|| LayerTape {
+        x_in: x,
+        xk,
+        q,
+        k,
+        v,
+        probs,
+        ctx,
+        s1,
+        ln1_mean,
+        ln1_rstd,
+        h1,
+        inter,
+        act,
+        s2,
+        ln2_mean,
+        ln2_rstd,
+    });
+    LayerOutput {
+        out,
+        importance,
+        tape,
+    }
+}
+
+/// Backward of one layer: returns `dx` (`[batch, t, d]`) and accumulates parameter
+/// gradients into `grads`.
+#[allow(clippy::too_many_arguments)]
+pub fn layer_backward(
+    p: &ParamStore,
+    ids: &LayerIds,
+    dims: LayerDims,
+    kv: &KvIndex,
+    drop: Option<LayerDropout>,
+    tape: &LayerTape,
+    dout: &[f32],
+    grads: &mut ParamStore,
+) -> Vec<f32> {
+    let LayerDims {
+        batch,
+        t,
+        d,
+        heads,
+        ffn,
+        ..
+    } = dims;
+    let rows = batch * t;
+    let krows = batch * kv.kmax;
+
+    // Output LayerNorm: ds2 is the gradient of the residual sum (FFN branch + h1).
+    let mut ds2 = vec![0.0f32; rows * d];
+    {
+        let (dg, db) = grads.pair_mut(ids.ffn_norm.g, ids.ffn_norm.b);
+        layernorm_backward(
+            &tape.s2,
+            rows,
+            d,
+            p.data(ids.ffn_norm.g),
+            &tape.ln2_mean,
+            &tape.ln2_rstd,
+            dout,
+            &mut ds2,
+            false,
+            dg,
+            db,
+        );
+    }
+    let mut dh1 = ds2.clone();
+    if let Some(dr) = drop {
+        dropout_backward(&mut ds2, dr.hidden_p, dr.ffn_out_seed(), 0);
+    }
+    let mut dact = vec![0.0f32; rows * ffn];
+    lin_back(
+        p,
+        ids.ffn_out,
+        &tape.act,
+        rows,
+        ffn,
+        d,
+        &ds2,
+        Some(&mut dact),
+        false,
+        grads,
+    );
+    let mut dinter = vec![0.0f32; rows * ffn];
+    gelu_backward(&tape.inter, &dact, &mut dinter);
+    drop_vec(dact);
+    lin_back(
+        p,
+        ids.ffn_in,
+        &tape.h1,
+        rows,
+        d,
+        ffn,
+        &dinter,
+        Some(&mut dh1),
+        true,
+        grads,
+    );
+    drop_vec(dinter);
+
+    // Attention LayerNorm: ds1 feeds both the residual (dx) and the attention branch.
+    let mut ds1 = vec![0.0f32; rows * d];
+    {
+        let (dg, db) = grads.pair_mut(ids.attn_norm.g, ids.attn_norm.b);
+        layernorm_backward(
+            &tape.s1,
+            rows,
+            d,
+            p.data(ids.attn_norm.g),
+            &tape.ln1_mean,
+            &tape.ln1_rstd,
+            &dh1,
+            &mut ds1,
+            false,
+            dg,
+            db,
+        );
+    }
+    let mut dx = ds1.clone();
+    if let Some(dr) = drop {
+        dropout_backward(&mut ds1, dr.hidden_p, dr.attn_out_seed(), 0);
+    }
+    let mut dctx = vec![0.0f32; rows * d];
+    lin_back(
+        p,
+        ids.attn_out,
+        &tape.ctx,
+        rows,
+        d,
+        d,
+        &ds1,
+        Some(&mut dctx),
+        false,
+        grads,
+    );
+
+    let adims = AttnDims {
+        batch,
+        q_len: t,
+        kv_len: kv.kmax,
+        heads,
+        head_dim: d / heads,
+    };
+    let scale = 1.0 / ((d / heads) as f32).sqrt();
+    let mut dq = vec![0.0f32; rows * d];
+    let mut dk = vec![0.0f32; krows * d];
+    let mut dv = vec![0.0f32; krows * d];
+    attention_backward(
+        adims,
+        &tape.q,
+        &tape.k,
+        &tape.v,
+        &kv.count,
+        scale,
+        drop.and_then(|dr| dr.attn()),
+        &tape.probs,
+        &dctx,
+        &mut dq,
+        &mut dk,
+        &mut dv,
+    );
+    lin_back(
+        p,
+        ids.query,
+        &tape.x_in,
+        rows,
+        d,
+        d,
+        &dq,
+        Some(&mut dx),
+        true,
+        grads,
+    );
+    if kv.identity {
+        lin_back(
+            p,
+            ids.key,
+            &tape.x_in,
+            rows,
+            d,
+            d,
+            &dk,
+            Some(&mut dx),
+            true,
+            grads,
+        );
+        lin_back(
+            p,
+            ids.value,
+            &tape.x_in,
+            rows,
+            d,
+            d,
+            &dv,
+            Some(&mut dx),
+            true,
+            grads,
+        );
+    } else {
+        let mut dxk = vec![0.0f32; krows * d];
+        lin_back(
+            p,
+            ids.key,
+            &tape.xk,
+            krows,
+            d,
+            d,
+            &dk,
+            Some(&mut dxk),
+            false,
+            grads,
+        );
+        lin_back(
+            p,
+            ids.value,
+            &tape.xk,
+            krows,
+            d,
+            d,
+            &dv,
+            Some(&mut dxk),
+            true,
+            grads,
+        );
+        scatter_add_rows(&dxk, kv, t, d, &mut dx);
+    }
+    dx
+}
+
+/// Frees a large buffer early (keeps peak memory down in backward).
+fn drop_vec(v: Vec<f32>) {
+    drop(v)
+}
