@@ -1,0 +1,388 @@
+//! `corefocus bench`: training-step and forward timings, peak memory and FLOPs of several
+//! variants measured side by side in one process, interleaved round-robin so machine
+//! noise hits all of them alike.
+
+use super::alloc;
+use super::flops::{backward_flops, forward_flops};
+use crate::kernels::loss::softmax_cross_entropy;
+use crate::model::{checkpoint, Batch, BertConfig, MethodConfig, Mode, Model, ParamStore, Variant};
+use crate::rng::Rng;
+use crate::train::adamw::{clip_grad_norm, AdamW, AdamWConfig};
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Which backbone to time.
+#[derive(Clone, Debug)]
+pub enum BenchModel {
+    MiniLmL6,
+    BertBase,
+    Dir(PathBuf),
+}
+
+impl std::str::FromStr for BenchModel {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "minilm-l6" => BenchModel::MiniLmL6,
+            "bert-base" => BenchModel::BertBase,
+            dir => {
+                let p = PathBuf::from(dir);
+                if !p.join("config.json").is_file() {
+                    bail!("--config {dir:?}: expected minilm-l6, bert-base or a checkpoint directory with config.json");
+                }
+                BenchModel::Dir(p)
+            }
+        })
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    pub model: BenchModel,
+    pub batch: usize,
+    pub seq: usize,
+    /// Variant specs: `bert`, `p`, `pf`, `c`, `pfc`, optionally `@<combine layer>` and
+    /// `:<keep ratio>`, e.g. `pfc@7`, `pf:0.8`.
+    pub variants: Vec<String>,
+    pub keep_ratio: f32,
+    pub warmup: usize,
+    pub reps: usize,
+    /// Real lengths to draw the examples' lengths from (padding is never kept).
+    pub lengths: Option<Vec<usize>>,
+    pub seed: u64,
+    pub forward: bool,
+}
+
+/// Parses a variant spec into a label and method settings for an `layers`-layer model.
+pub fn parse_variant(spec: &str, layers: usize, keep_ratio: f32) -> Result<(String, MethodConfig)> {
+    let (head, ratio) = match spec.split_once(':') {
+        Some((h, r)) => (
+            h,
+            Some(r.parse::<f32>().with_context(|| format!("variant {spec:?}: bad keep ratio {r:?}"))?),
+        ),
+        None => (spec, None),
+    };
+    let (name, layer) = match head.split_once('@') {
+        Some((n, l)) => (
+            n,
+            Some(l.parse::<usize>().with_context(|| format!("variant {spec:?}: bad combine layer {l:?}"))?),
+        ),
+        None => (head, None),
+    };
+    let variant: Variant = name.parse()?;
+    let mut m = MethodConfig::new(variant, layers);
+    if variant.prunes() {
+        m.keep_ratio = ratio.unwrap_or(keep_ratio);
+    } else if ratio.is_some() {
+        bail!("variant {spec:?}: a keep ratio only applies to p, pf and pfc");
+    }
+    if let Some(l) = layer {
+        if !variant.combines() {
+            bail!("variant {spec:?}: a combine layer only applies to c and pfc");
+        }
+        m.combine_layer = l;
+    }
+    m.validate(layers).with_context(|| format!("variant {spec:?}"))?;
+    Ok((spec.to_string(), m))
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    pub median_s: f64,
+    pub min_s: f64,
+    pub samples: usize,
+}
+
+fn summarize(v: &[f64]) -> Summary {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let median = if s.is_empty() {
+        f64::NAN
+    } else if s.len() % 2 == 1 {
+        s[s.len() / 2]
+    } else {
+        0.5 * (s[s.len() / 2 - 1] + s[s.len() / 2])
+    };
+    Summary {
+        median_s: median,
+        min_s: s.first().copied().unwrap_or(f64::NAN),
+        samples: s.len(),
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct VariantResult {
+    pub variant: String,
+    pub method: MethodConfig,
+    pub train_step: Summary,
+    pub forward: Option<Summary>,
+    /// Parameters + gradients + AdamW moments of this variant.
+    pub persistent_bytes: usize,
+    /// Peak of everything else allocated during one training step (activations,
+    /// temporaries), above the level before the step.
+    pub step_transient_peak_bytes: usize,
+    /// persistent + transient: the peak tensor memory of a training step.
+    pub peak_tensor_bytes: usize,
+    pub forward_flops: u64,
+    pub train_flops: u64,
+    /// Mean number of key/value tokens per example in the last layer on the embedded tokens.
+    pub mean_kept_last_layer: f64,
+    pub speedup_train: f64,
+    pub speedup_forward: f64,
+    pub memory_ratio: f64,
+    pub flops_ratio: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchReport {
+    pub model: String,
+    pub layers: usize,
+    pub hidden: usize,
+    pub batch: usize,
+    pub seq: usize,
+    pub lengths: Vec<usize>,
+    pub threads: usize,
+    pub cpu: String,
+    pub warmup: usize,
+    pub reps: usize,
+    pub counting_allocator: bool,
+    pub peak_rss_bytes: Option<usize>,
+    pub results: Vec<VariantResult>,
+}
+
+struct Runner {
+    label: String,
+    model: Model,
+    opt: AdamW,
+    grads: ParamStore,
+    train: Vec<f64>,
+    forward: Vec<f64>,
+    transient_peak: usize,
+    fwd_flops: u64,
+    kept_last: f64,
+}
+
+fn cpu_features() -> String {
+    let mut f = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512f") {
+            f.push("avx512f");
+        }
+        if is_x86_feature_detected!("avx2") {
+            f.push("avx2");
+        }
+        if is_x86_feature_detected!("fma") {
+            f.push("fma");
+        }
+    }
+    f.join("+")
+}
+
+/// Runs the benchmark; prints nothing (see `format_table`).
+pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
+    let (bert, base, name): (BertConfig, Option<ParamStore>, String) = match &opts.model {
+        BenchModel::MiniLmL6 => (BertConfig::minilm_l6(), None, "minilm-l6".into()),
+        BenchModel::BertBase => (BertConfig::bert_base(), None, "bert-base".into()),
+        BenchModel::Dir(d) => {
+            let (c, p) = checkpoint::load_hf_checkpoint(d)?;
+            (c, Some(p), d.display().to_string())
+        }
+    };
+    if opts.seq < 2 || opts.seq > bert.max_position_embeddings {
+        bail!("--seq {} must be in 2..={}", opts.seq, bert.max_position_embeddings);
+    }
+    if opts.batch == 0 {
+        bail!("--batch must be positive");
+    }
+    let layers = bert.num_hidden_layers;
+    let specs: Vec<(String, MethodConfig)> = opts
+        .variants
+        .iter()
+        .map(|s| parse_variant(s, layers, opts.keep_ratio))
+        .collect::<Result<_>>()?;
+    let num_labels = 5;
+
+    // Random tokens; lengths drawn from the given distribution (capped at seq).
+    let mut rng = Rng::new(opts.seed);
+    let lengths: Vec<usize> = (0..opts.batch)
+        .map(|_| match &opts.lengths {
+            Some(ls) if !ls.is_empty() => ls[rng.below(ls.len())].clamp(2, opts.seq),
+            _ => opts.seq,
+        })
+        .collect();
+    let seqs: Vec<Vec<u32>> = lengths
+        .iter()
+        .map(|&len| {
+            (0..len)
+                .map(|i| match i {
+                    0 => 101,
+                    _ if i + 1 == len => 102,
+                    _ => 1000 + rng.below(bert.vocab_size.saturating_sub(1000).max(1)) as u32,
+                })
+                .collect()
+        })
+        .collect();
+    let refs: Vec<&[u32]> = seqs.iter().map(|s| s.as_slice()).collect();
+    let batch = Batch::from_sequences(&refs, 0);
+    let labels: Vec<usize> = (0..opts.batch).map(|i| i % num_labels).collect();
+
+    let base_params = match base {
+        Some(p) => p,
+        None => {
+            let m = Model::random(bert.clone(), MethodConfig::new(Variant::Bert, layers), num_labels, opts.seed)?;
+            m.params
+        }
+    };
+    let mut runners = Vec::new();
+    for (label, method) in specs {
+        let model = Model::from_bert_params(bert.clone(), base_params.clone(), method, num_labels, opts.seed)?;
+        let opt = AdamW::new(&model.params, AdamWConfig::default());
+        let grads = model.params.zeros_like();
+        runners.push(Runner {
+            label,
+            model,
+            opt,
+            grads,
+            train: Vec::new(),
+            forward: Vec::new(),
+            transient_peak: 0,
+            fwd_flops: 0,
+            kept_last: 0.0,
+        });
+    }
+    drop(base_params);
+
+    let mut probs = vec![0.0f32; opts.batch * num_labels];
+    let mut dlogits = vec![0.0f32; opts.batch * num_labels];
+    for rep in 0..opts.warmup + opts.reps {
+        let timed = rep >= opts.warmup;
+        for (i, r) in runners.iter_mut().enumerate() {
+            let step_seed = opts.seed ^ ((rep * 1000 + i) as u64);
+            alloc::reset_peak();
+            let before = alloc::current_bytes();
+            let t0 = Instant::now();
+            let (out, tape) = r.model.forward(&batch, Mode::Train { seed: step_seed }, true);
+            softmax_cross_entropy(&out.logits, opts.batch, num_labels, &labels, &mut probs, Some(&mut dlogits));
+            r.grads.fill_zero();
+            r.model.backward(tape.as_ref().expect("tape recorded"), &dlogits, &mut r.grads);
+            drop(tape);
+            clip_grad_norm(&mut r.grads, 1.0);
+            r.opt.step(&mut r.model.params, &r.grads, 1e-5);
+            let dt = t0.elapsed().as_secs_f64();
+            let peak = alloc::peak_bytes().saturating_sub(before);
+            r.transient_peak = r.transient_peak.max(peak);
+            if timed {
+                r.train.push(dt);
+            }
+            r.fwd_flops = forward_flops(&r.model, batch.seq, &batch.lengths, &out.trace);
+            if let Some(last) = out.trace.layers.last() {
+                r.kept_last = last.kept.iter().map(|k| k.len()).sum::<usize>() as f64 / opts.batch as f64;
+            }
+        }
+        if opts.forward {
+            for r in runners.iter_mut() {
+                let t0 = Instant::now();
+                let (out, _) = r.model.forward(&batch, Mode::Eval, false);
+                std::hint::black_box(&out.logits);
+                if timed {
+                    r.forward.push(t0.elapsed().as_secs_f64());
+                }
+            }
+        }
+    }
+
+    let mut results: Vec<VariantResult> = runners
+        .iter()
+        .map(|r| {
+            let persistent = 4 * 4 * r.model.params.numel();
+            VariantResult {
+                variant: r.label.clone(),
+                method: r.model.method.clone(),
+                train_step: summarize(&r.train),
+                forward: opts.forward.then(|| summarize(&r.forward)),
+                persistent_bytes: persistent,
+                step_transient_peak_bytes: r.transient_peak,
+                peak_tensor_bytes: persistent + r.transient_peak,
+                forward_flops: r.fwd_flops,
+                train_flops: r.fwd_flops + backward_flops(r.fwd_flops),
+                mean_kept_last_layer: r.kept_last,
+                speedup_train: f64::NAN,
+                speedup_forward: f64::NAN,
+                memory_ratio: f64::NAN,
+                flops_ratio: f64::NAN,
+            }
+        })
+        .collect();
+    if let Some(base) = results.iter().position(|r| r.method.variant == Variant::Bert) {
+        let b = results[base].clone();
+        for r in &mut results {
+            r.speedup_train = b.train_step.median_s / r.train_step.median_s;
+            if let (Some(bf), Some(rf)) = (&b.forward, &r.forward) {
+                r.speedup_forward = bf.median_s / rf.median_s;
+            }
+            r.memory_ratio = r.peak_tensor_bytes as f64 / b.peak_tensor_bytes as f64;
+            r.flops_ratio = r.train_flops as f64 / b.train_flops as f64;
+        }
+    }
+    Ok(BenchReport {
+        model: name,
+        layers,
+        hidden: bert.hidden_size,
+        batch: opts.batch,
+        seq: batch.seq,
+        lengths,
+        threads: rayon::current_num_threads(),
+        cpu: cpu_features(),
+        warmup: opts.warmup,
+        reps: opts.reps,
+        counting_allocator: alloc::is_counting(),
+        peak_rss_bytes: alloc::peak_rss_bytes(),
+        results,
+    })
+}
+
+fn mib(b: usize) -> f64 {
+    b as f64 / (1024.0 * 1024.0)
+}
+
+/// A Markdown table of the report.
+pub fn format_table(r: &BenchReport) -> String {
+    let mut s = format!(
+        "model {} ({} layers, hidden {}), batch {} x {} tokens, {} threads, cpu {}, {} warm-up + {} timed rounds (interleaved)\n\n",
+        r.model, r.layers, r.hidden, r.batch, r.seq, r.threads, r.cpu, r.warmup, r.reps
+    );
+    s.push_str("| variant | train step median s | min s | forward median s | min s | peak tensor MiB | train GFLOP | kept (last layer) | speedup train | speedup fwd | memory ratio | FLOPs ratio |\n");
+    s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    for v in &r.results {
+        let (fm, fmin) = v
+            .forward
+            .as_ref()
+            .map(|f| (format!("{:.3}", f.median_s), format!("{:.3}", f.min_s)))
+            .unwrap_or(("-".into(), "-".into()));
+        s.push_str(&format!(
+            "| {} | {:.3} | {:.3} | {} | {} | {:.0} | {:.1} | {:.1} | {:.2}x | {:.2}x | {:.2} | {:.3} |\n",
+            v.variant,
+            v.train_step.median_s,
+            v.train_step.min_s,
+            fm,
+            fmin,
+            mib(v.peak_tensor_bytes),
+            v.train_flops as f64 / 1e9,
+            v.mean_kept_last_layer,
+            v.speedup_train,
+            v.speedup_forward,
+            v.memory_ratio,
+            v.flops_ratio
+        ));
+    }
+    if let Some(rss) = r.peak_rss_bytes {
+        s.push_str(&format!("\npeak RSS of the process: {:.0} MiB\n", mib(rss)));
+    }
+    if !r.counting_allocator {
+        s.push_str("\n(counting allocator not installed: transient memory is 0)\n");
+    }
+    s
+}
