@@ -265,10 +265,15 @@ fn sorted_unique_labels(examples: &[Example]) -> Vec<String> {
         .collect::<HashSet<_>>()
         .into_iter()
         .collect();
-    let numeric: Option<Vec<i64>> = labels.iter().map(|l| l.parse::<i64>().ok()).collect();
-    match numeric {
-        Some(_) => labels.sort_by_key(|l| l.parse::<i64>().unwrap_or(0)),
-        None => labels.sort(),
+    let all_integers = labels.iter().all(|l| l.parse::<i64>().is_ok());
+    if all_integers {
+        // ties ("1" vs "01") broken by the string so the order never depends on hashing
+        labels.sort_by(|a, b| {
+            let (x, y) = (a.parse::<i64>().unwrap_or(0), b.parse::<i64>().unwrap_or(0));
+            x.cmp(&y).then_with(|| a.cmp(b))
+        });
+    } else {
+        labels.sort();
     }
     labels
 }
@@ -362,6 +367,16 @@ fn clean_label(raw: &str, origin: &dyn Fn() -> String) -> Result<String> {
     Ok(label.to_string())
 }
 
+/// serde_json's message without its " at line 1 column N" suffix (each record is one
+/// line, so the position is reported as file:line plus column instead).
+fn json_error_text(err: &serde_json::Error) -> String {
+    let text = err.to_string();
+    match text.rsplit_once(" at line ") {
+        Some((message, _)) => message.to_string(),
+        None => text,
+    }
+}
+
 fn json_type_name(value: &serde_json::Value) -> &'static str {
     match value {
         serde_json::Value::Null => "null",
@@ -405,8 +420,14 @@ fn read_jsonl(path: &Path, opts: &ReadOptions, labels: Option<&[String]>) -> Res
         if line.trim().is_empty() {
             continue;
         }
-        let value: serde_json::Value = serde_json::from_str(line)
-            .map_err(|e| anyhow!("{}: malformed JSON: {}", origin(), e))?;
+        let value: serde_json::Value = serde_json::from_str(line).map_err(|e| {
+            anyhow!(
+                "{}: malformed JSON at column {}: {}",
+                origin(),
+                e.column(),
+                json_error_text(&e)
+            )
+        })?;
         let object = value.as_object().ok_or_else(|| {
             anyhow!(
                 "{}: expected a JSON object, found {}",
