@@ -6,7 +6,7 @@ use super::api::{
 };
 use super::checkpoint::{load_checkpoint, CheckpointMeta};
 use super::trainer::{
-    encode_examples, report_json, resolve_splits, subsample, EncodedSet, Trainable,
+    encode_examples, report_json, resolve_splits, subsample, subset_seed, EncodedSet, Trainable,
 };
 use crate::model::{Batch, Mode};
 use crate::util::write_atomic;
@@ -151,7 +151,8 @@ pub fn run_eval(opts: &EvalOptions) -> Result<EvalResult> {
         "train" => splits.train,
         other => bail!("--split {other:?}: expected test, dev or train"),
     };
-    let examples = subsample(examples, opts.max_examples, seed);
+    // The same subset `train --max-*-examples` used, for equal sizes.
+    let examples = subsample(examples, opts.max_examples, subset_seed(seed, &opts.split));
     ensure!(
         !examples.is_empty(),
         "the {} split of {} is empty",

@@ -131,20 +131,14 @@ impl Default for MethodArgs {
 }
 
 impl MethodArgs {
-    /// The method settings for a model of configuration `bert`, validated; flags that do
-    /// not apply to the chosen variant are errors rather than silently ignored.
-    pub fn to_config(&self, bert: &BertConfig) -> Result<MethodConfig> {
+    /// Flags given for a variant they do not apply to are errors, not silently ignored.
+    pub fn check_applicable(&self) -> Result<()> {
         let v = self.variant;
-        let mut m = MethodConfig::new(v, bert.num_hidden_layers);
-        m.classifier_dropout = bert.hidden_dropout_prob;
-        if let Some(p) = self.keep_ratio {
-            ensure!(
-                v.prunes(),
-                "--keep-ratio applies only to variants p, pf and pfc, not {}",
-                v.name()
-            );
-            m.keep_ratio = p;
-        }
+        ensure!(
+            self.keep_ratio.is_none() || v.prunes(),
+            "--keep-ratio applies only to variants p, pf and pfc, not {}",
+            v.name()
+        );
         let combine_flags = [
             ("--combine-layer", self.combine_layer.is_some()),
             ("--combine-tokens", self.combine_tokens.is_some()),
@@ -158,6 +152,18 @@ impl MethodArgs {
                 "{flag} applies only to variants c and pfc, not {}",
                 v.name()
             );
+        }
+        Ok(())
+    }
+
+    /// The method settings for a model of configuration `bert`, validated; flags that do
+    /// not apply to the chosen variant are errors rather than silently ignored.
+    pub fn to_config(&self, bert: &BertConfig) -> Result<MethodConfig> {
+        self.check_applicable()?;
+        let mut m = MethodConfig::new(self.variant, bert.num_hidden_layers);
+        m.classifier_dropout = bert.hidden_dropout_prob;
+        if let Some(p) = self.keep_ratio {
+            m.keep_ratio = p;
         }
         if let Some(l) = self.combine_layer {
             m.combine_layer = l;
@@ -305,7 +311,7 @@ impl TrainOptions {
         if let Some(n) = self.max_eval_examples {
             ensure!(n >= 1, "--max-eval-examples must be at least 1");
         }
-        Ok(())
+        self.method.check_applicable()
     }
 
     pub fn read_options(&self) -> ReadOptions {
@@ -367,6 +373,16 @@ pub fn resolve_splits(ds: DatasetSplits, seed: u64) -> ResolvedSplits {
         test: ds.test,
         labels: ds.labels,
         dev_source,
+    }
+}
+
+/// Seed of the quick-run subset of split `split` ("train", "dev" or "test"); `train` and
+/// `eval` share it so equal sizes select the same examples.
+pub fn subset_seed(seed: u64, split: &str) -> u64 {
+    match split {
+        "dev" => seed ^ 1,
+        "test" => seed ^ 2,
+        _ => seed,
     }
 }
 
@@ -658,42 +674,48 @@ impl MetricsLog {
     }
 }
 
-/// Makes sure `out` can receive a new run: missing or empty is fine; a non-empty directory
-/// needs `overwrite` and must look like corefocus output (so a typo cannot delete a home
-/// directory); it is then removed. Stale temporary siblings of crashed saves are removed.
+/// Checks, without changing anything, that `out` can receive a new run: missing or empty
+/// is fine; a non-empty directory needs `overwrite` and must look like corefocus output
+/// (so a typo cannot delete a home directory). Returns whether it must be emptied first.
+pub fn check_out_dir(out: &Path, overwrite: bool) -> Result<bool> {
+    if !out.exists() {
+        return Ok(false);
+    }
+    ensure!(
+        out.is_dir(),
+        "--out {} exists and is not a directory",
+        out.display()
+    );
+    let mut entries =
+        std::fs::read_dir(out).with_context(|| format!("cannot read {}", out.display()))?;
+    if entries.next().is_none() {
+        return Ok(false);
+    }
+    ensure!(
+        overwrite,
+        "output directory {} is not empty; pass --overwrite to replace it",
+        out.display()
+    );
+    let ours = ["corefocus.json", "metrics.jsonl"]
+        .iter()
+        .any(|f| out.join(f).exists());
+    ensure!(
+        ours,
+        "output directory {} holds no corefocus.json or metrics.jsonl, so it does not look like \
+         corefocus output; refusing to delete it even with --overwrite",
+        out.display()
+    );
+    Ok(true)
+}
+
+/// Makes `out` an empty directory for a new run (see [`check_out_dir`]; with `overwrite`
+/// an old run there is deleted) and removes stale temporaries of crashed checkpoint saves.
 pub fn prepare_out_dir(out: &Path, overwrite: bool) -> Result<()> {
-    if out.exists() {
-        ensure!(
-            out.is_dir(),
-            "--out {} exists and is not a directory",
-            out.display()
-        );
-        let mut entries =
-            std::fs::read_dir(out).with_context(|| format!("cannot read {}", out.display()))?;
-        if entries.next().is_some() {
-            if !overwrite {
-                bail!(
-                    "output directory {} is not empty; pass --overwrite to replace it",
-                    out.display()
-                );
-            }
-            let ours = ["corefocus.json", "metrics.jsonl"]
-                .iter()
-                .any(|f| out.join(f).exists());
-            if !ours {
-                bail!(
-                    "output directory {} holds no corefocus.json or metrics.jsonl, so it does not look like \
-                     corefocus output; refusing to delete it even with --overwrite",
-                    out.display()
-                );
-            }
-            std::fs::remove_dir_all(out)
-                .with_context(|| format!("cannot remove {}", out.display()))?;
-        }
+    if check_out_dir(out, overwrite)? {
+        std::fs::remove_dir_all(out).with_context(|| format!("cannot remove {}", out.display()))?;
     }
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    super::checkpoint::remove_stale_temporaries(out)?;
-    Ok(())
+    super::checkpoint::remove_stale_temporaries(out)
 }
 
 /// Writes `<out>/test_report.json` style reports.
@@ -735,16 +757,26 @@ pub struct TrainOutcome {
 /// the test split if there is one.
 pub fn run_train(opts: &TrainOptions) -> Result<TrainOutcome> {
     opts.validate()?;
-    prepare_out_dir(&opts.out, opts.overwrite)?;
+    // Fail early on an occupied --out, but delete nothing before the inputs have loaded.
+    check_out_dir(&opts.out, opts.overwrite)?;
 
     let ds = load_dataset(&opts.data, &opts.read_options())
         .with_context(|| format!("cannot load the dataset {}", opts.data.display()))?;
     let mut splits = resolve_splits(ds, opts.seed);
-    splits.train = subsample(splits.train, opts.max_train_examples, opts.seed);
-    splits.dev = subsample(splits.dev, opts.max_eval_examples, opts.seed ^ 1);
+    splits.train = subsample(
+        splits.train,
+        opts.max_train_examples,
+        subset_seed(opts.seed, "train"),
+    );
+    splits.dev = subsample(
+        splits.dev,
+        opts.max_eval_examples,
+        subset_seed(opts.seed, "dev"),
+    );
+    let test_seed = subset_seed(opts.seed, "test");
     splits.test = splits
         .test
-        .map(|t| subsample(t, opts.max_eval_examples, opts.seed ^ 2));
+        .map(|t| subsample(t, opts.max_eval_examples, test_seed));
     let labels = splits.labels.clone();
     ensure!(
         labels.len() >= 2,
@@ -789,6 +821,7 @@ pub fn run_train(opts: &TrainOptions) -> Result<TrainOutcome> {
         LinearSchedule::new(opts.lr, steps as u64, opts.warmup).warmup_steps
     );
 
+    prepare_out_dir(&opts.out, opts.overwrite)?;
     let pad_id = tokenizer.pad_id();
     let mut metrics = MetricsLog::new(opts.out.join("metrics.jsonl"));
     let mut kept: Option<(usize, f64)> = None;
