@@ -1,1 +1,49 @@
-fn main() {}
+//! The `corefocus` command line. Each subcommand's options and logic live in the library;
+//! this file only parses and dispatches. To add a subcommand, add a variant to `Command`
+//! and an arm to `run`.
+
+use clap::{Parser, Subcommand};
+use corefocus::train::{
+    run_eval, run_predict, run_train, EvalOptions, PredictOptions, TrainOptions,
+};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "corefocus",
+    version,
+    about = "BERT document classifiers with fuzzy token pruning and token combining"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Fine-tune a classifier; keeps the checkpoint with the lowest validation loss.
+    Train(TrainOptions),
+    /// Evaluate a checkpoint on a dataset split; prints the report table.
+    Eval(EvalOptions),
+    /// Classify texts, one per input line; writes JSON Lines to standard output.
+    Predict(PredictOptions),
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Train(opts) => run_train(&opts).map(|_| ()),
+        Command::Eval(opts) => run_eval(&opts).map(|_| ()),
+        Command::Predict(opts) => run_predict(&opts).map(|_| ()),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,509 @@
+//! corefocus checkpoints: a directory with `model.safetensors` (every model parameter
+//! under its HF name, plus `comb_tokens`, `combiner.*`, `classifier.*`), `config.json` (the
+//! BertConfig), the tokenizer files and `corefocus.json` ([`CheckpointMeta`]).
+//!
+//! A checkpoint is written completely into a temporary sibling directory, then swapped in
+//! by renames, so a crash never leaves a half-written checkpoint under the real name.
+//! Files in the old directory that are not part of a checkpoint (`metrics.jsonl`,
+//! reports) are carried over into the new one.
+
+use super::api::{read_safetensors, write_safetensors, ModelApi, TextTokenizer};
+use super::trainer::TrainOptions;
+use crate::model::{BertConfig, MethodConfig, Model};
+use crate::util::write_atomic;
+use anyhow::{bail, ensure, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+pub const FORMAT_VERSION: u32 = 1;
+pub const META_FILE: &str = "corefocus.json";
+pub const MODEL_FILE: &str = "model.safetensors";
+pub const CONFIG_FILE: &str = "config.json";
+
+/// `corefocus.json`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct CheckpointMeta {
+    pub format_version: u32,
+    /// Class names; index i is logit i.
+    pub labels: Vec<String>,
+    pub method: MethodConfig,
+    /// Truncation length used in training (and to be used for inference).
+    pub max_len: usize,
+    /// The training run's settings (absent for checkpoints not made by `train`).
+    #[serde(default)]
+    pub train: Option<TrainOptions>,
+    /// 1-based epoch whose parameters these are, and its validation loss.
+    #[serde(default)]
+    pub best_epoch: Option<usize>,
+    #[serde(default)]
+    pub best_val_loss: Option<f64>,
+    /// UTC time of writing, RFC 3339.
+    pub created: String,
+    #[serde(default)]
+    pub corefocus_version: String,
+}
+
+impl CheckpointMeta {
+    pub fn new(
+        labels: Vec<String>,
+        method: MethodConfig,
+        max_len: usize,
+        train: Option<TrainOptions>,
+        best_epoch: Option<usize>,
+        best_val_loss: Option<f64>,
+    ) -> Self {
+        CheckpointMeta {
+            format_version: FORMAT_VERSION,
+            labels,
+            method,
+            max_len,
+            train,
+            best_epoch,
+            best_val_loss,
+            created: utc_timestamp(),
+            corefocus_version: env!("CARGO_PKG_VERSION").to_string(),
+        }
+    }
+
+    /// Reads and checks `corefocus.json`.
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let meta: CheckpointMeta = serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{}: not a valid corefocus checkpoint description",
+                path.display()
+            )
+        })?;
+        meta.validate()
+            .with_context(|| format!("{}: invalid checkpoint description", path.display()))?;
+        Ok(meta)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        ensure!(
+            (1..=FORMAT_VERSION).contains(&self.format_version),
+            "field `format_version` = {} is not supported (this build reads up to {FORMAT_VERSION})",
+            self.format_version
+        );
+        ensure!(
+            self.labels.len() >= 2,
+            "field `labels` must list at least 2 classes"
+        );
+        let unique: HashSet<&String> = self.labels.iter().collect();
+        ensure!(
+            unique.len() == self.labels.len(),
+            "field `labels` has duplicates"
+        );
+        ensure!(
+            self.max_len >= 2,
+            "field `max_len` = {} must be at least 2",
+            self.max_len
+        );
+        Ok(())
+    }
+}
+
+/// Saves `model` (with its tokenizer and `meta`) as the checkpoint directory `dir`,
+/// replacing any previous checkpoint there atomically.
+pub fn save_checkpoint(
+    dir: &Path,
+    model: &Model,
+    tokenizer: &TextTokenizer,
+    meta: &CheckpointMeta,
+) -> Result<()> {
+    assert_eq!(
+        meta.method, model.method,
+        "checkpoint metadata must describe the model's method"
+    );
+    assert_eq!(
+        meta.labels.len(),
+        model.num_labels,
+        "checkpoint labels vs model classes"
+    );
+    replace_dir_atomically(dir, |tmp| {
+        let metadata = HashMap::from([
+            ("format".to_string(), "pt".to_string()),
+            (
+                "corefocus_format_version".to_string(),
+                FORMAT_VERSION.to_string(),
+            ),
+        ]);
+        write_safetensors(&tmp.join(MODEL_FILE), &model.params, Some(&metadata))?;
+        write_atomic(
+            &tmp.join(CONFIG_FILE),
+            serde_json::to_string_pretty(&model.bert)?.as_bytes(),
+        )?;
+        tokenizer
+            .save(tmp)
+            .with_context(|| format!("cannot save the tokenizer to {}", tmp.display()))?;
+        // Last, so a directory with corefocus.json is always complete.
+        write_atomic(
+            &tmp.join(META_FILE),
+            serde_json::to_string_pretty(meta)?.as_bytes(),
+        )
+    })
+    .with_context(|| format!("cannot save the checkpoint {}", dir.display()))
+}
+
+/// Loads a checkpoint written by [`save_checkpoint`].
+pub fn load_checkpoint(dir: &Path) -> Result<(Model, TextTokenizer, CheckpointMeta)> {
+    let meta_path = dir.join(META_FILE);
+    if !meta_path.is_file() {
+        bail!("{}", missing_checkpoint_message(dir));
+    }
+    let meta = CheckpointMeta::read(&meta_path)?;
+    let bert = BertConfig::from_file(&dir.join(CONFIG_FILE))?;
+    meta.method
+        .validate(bert.num_hidden_layers)
+        .with_context(|| {
+            format!(
+                "{}: method settings do not fit the model",
+                meta_path.display()
+            )
+        })?;
+    let params = read_safetensors(&dir.join(MODEL_FILE), false)?;
+    let model = Model::from_params(bert, meta.method.clone(), meta.labels.len(), params)
+        .with_context(|| {
+            format!(
+                "{}: parameters do not match the configuration",
+                dir.join(MODEL_FILE).display()
+            )
+        })?;
+    let tokenizer = TextTokenizer::from_dir(dir)?;
+    ensure!(
+        tokenizer.vocab_size() <= model.bert.vocab_size,
+        "{}: the tokenizer has {} tokens but the model only {} embeddings",
+        dir.display(),
+        tokenizer.vocab_size(),
+        model.bert.vocab_size
+    );
+    Ok((model, tokenizer, meta))
+}
+
+fn missing_checkpoint_message(dir: &Path) -> String {
+    let mut msg = format!(
+        "{} is not a corefocus checkpoint (no {META_FILE})",
+        dir.display()
+    );
+    if let Ok((parent, name)) = split_dir(dir) {
+        let prefix = format!(".{name}.old-");
+        if let Ok(entries) = std::fs::read_dir(&parent) {
+            for e in entries.flatten() {
+                let n = e.file_name().to_string_lossy().to_string();
+                if n.starts_with(&prefix) && e.path().join(META_FILE).is_file() {
+                    msg.push_str(&format!(
+                        "; an interrupted save left the previous checkpoint in {} (rename it to {})",
+                        e.path().display(),
+                        dir.display()
+                    ));
+                }
+            }
+        }
+    }
+    msg
+}
+
+/// The absolute parent directory and the file name of `dir`.
+fn split_dir(dir: &Path) -> Result<(PathBuf, String)> {
+    let abs =
+        std::path::absolute(dir).with_context(|| format!("cannot resolve {}", dir.display()))?;
+    let name = abs
+        .file_name()
+        .filter(|n| *n != "..")
+        .with_context(|| {
+            format!(
+                "{} cannot be used as a checkpoint directory (no final name)",
+                dir.display()
+            )
+        })?
+        .to_string_lossy()
+        .to_string();
+    let parent = abs
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("/"));
+    Ok((parent, name))
+}
+
+/// Builds a new version of directory `dir` with `fill` in a temporary sibling, carries
+/// over entries of the old `dir` that `fill` did not write (files are hard-linked or
+/// copied, so the old directory stays whole until the swap), then swaps the new directory
+/// in by two renames and removes the old one. Readers see either the old or the new
+/// directory; a crash between the two renames leaves the old one as `.<name>.old-<pid>`.
+pub fn replace_dir_atomically(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let (parent, name) = split_dir(dir)?;
+    std::fs::create_dir_all(&parent)
+        .with_context(|| format!("cannot create {}", parent.display()))?;
+    let target = parent.join(&name);
+    let pid = std::process::id();
+    let tmp = parent.join(format!(".{name}.tmp-{pid}"));
+    let old = parent.join(format!(".{name}.old-{pid}"));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)
+            .with_context(|| format!("cannot remove {}", tmp.display()))?;
+    }
+    std::fs::create_dir(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    let result = (|| -> Result<()> {
+        fill(&tmp)?;
+        if target.exists() {
+            ensure!(
+                target.is_dir(),
+                "{} exists and is not a directory",
+                target.display()
+            );
+            carry_over_extras(&target, &tmp)?;
+            if old.exists() {
+                std::fs::remove_dir_all(&old)
+                    .with_context(|| format!("cannot remove {}", old.display()))?;
+            }
+            std::fs::rename(&target, &old).with_context(|| {
+                format!("cannot move {} to {}", target.display(), old.display())
+            })?;
+            std::fs::rename(&tmp, &target).with_context(|| {
+                format!("cannot move {} to {}", tmp.display(), target.display())
+            })?;
+            sync_dir(&parent);
+            std::fs::remove_dir_all(&old)
+                .with_context(|| format!("cannot remove {}", old.display()))?;
+        } else {
+            std::fs::rename(&tmp, &target).with_context(|| {
+                format!("cannot move {} to {}", tmp.display(), target.display())
+            })?;
+            sync_dir(&parent);
+        }
+        Ok(())
+    })();
+    if result.is_err() && tmp.exists() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
+/// Entries of `from` that `to` lacks: files hard-linked (copied across file systems),
+/// anything else (subdirectories, links) moved.
+fn carry_over_extras(from: &Path, to: &Path) -> Result<()> {
+    for entry in
+        std::fs::read_dir(from).with_context(|| format!("cannot read {}", from.display()))?
+    {
+        let entry = entry.with_context(|| format!("cannot read {}", from.display()))?;
+        let dest = to.join(entry.file_name());
+        if dest.symlink_metadata().is_ok() {
+            continue;
+        }
+        let src = entry.path();
+        let kind = entry
+            .file_type()
+            .with_context(|| format!("cannot stat {}", src.display()))?;
+        if kind.is_file() {
+            if std::fs::hard_link(&src, &dest).is_err() {
+                std::fs::copy(&src, &dest).with_context(|| {
+                    format!("cannot copy {} to {}", src.display(), dest.display())
+                })?;
+            }
+        } else {
+            std::fs::rename(&src, &dest)
+                .with_context(|| format!("cannot move {} to {}", src.display(), dest.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Makes the renames durable (best effort; not every file system supports it).
+fn sync_dir(dir: &Path) {
+    if let Ok(f) = std::fs::File::open(dir) {
+        let _ = f.sync_all();
+    }
+}
+
+/// Removes temporary siblings `.<name>.tmp-*` of `dir` left by crashed saves, and
+/// `.<name>.old-*` ones once `dir` itself is a complete checkpoint (otherwise they may hold
+/// the only copy and are kept).
+pub fn remove_stale_temporaries(dir: &Path) -> Result<()> {
+    let (parent, name) = split_dir(dir)?;
+    let Ok(entries) = std::fs::read_dir(&parent) else {
+        return Ok(());
+    };
+    let dir_complete = parent.join(&name).join(META_FILE).is_file();
+    for e in entries.flatten() {
+        let n = e.file_name().to_string_lossy().to_string();
+        let stale_tmp = n.starts_with(&format!(".{name}.tmp-"));
+        let stale_old = n.starts_with(&format!(".{name}.old-")) && dir_complete;
+        if (stale_tmp || stale_old) && e.path().is_dir() {
+            std::fs::remove_dir_all(e.path())
+                .with_context(|| format!("cannot remove {}", e.path().display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Current UTC time as RFC 3339 (`2026-01-31T12:00:00Z`).
+pub fn utc_timestamp() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    format_utc(secs)
+}
+
+/// Seconds since the Unix epoch as RFC 3339 UTC (days to civil date: H. Hinnant's
+/// `civil_from_days`).
+pub fn format_utc(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Variant;
+
+    fn scratch(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("corefocus-ckpt-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(format_utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(format_utc(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(format_utc(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(format_utc(4_102_444_799), "2099-12-31T23:59:59Z");
+        assert_eq!(utc_timestamp().len(), 20);
+    }
+
+    #[test]
+    fn replacement_swaps_whole_directory_and_keeps_extra_files() {
+        let root = scratch("swap");
+        let dir = root.join("run");
+        replace_dir_atomically(&dir, |tmp| {
+            std::fs::write(tmp.join("model.safetensors"), "v1")?;
+            std::fs::write(tmp.join(META_FILE), "m1")?;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.join("model.safetensors")).unwrap(),
+            "v1"
+        );
+        std::fs::write(dir.join("metrics.jsonl"), "epoch 1\n").unwrap();
+        std::fs::write(dir.join("stale_from_v1"), "x").unwrap();
+
+        replace_dir_atomically(&dir, |tmp| {
+            std::fs::write(tmp.join("model.safetensors"), "v2")?;
+            std::fs::write(tmp.join("stale_from_v1"), "new")?; // written by fill: not carried
+            std::fs::write(tmp.join(META_FILE), "m2")?;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.join("model.safetensors")).unwrap(),
+            "v2"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap(),
+            "epoch 1\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("stale_from_v1")).unwrap(),
+            "new"
+        );
+        // No temporaries left behind.
+        let leftovers: Vec<_> = std::fs::read_dir(&root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(leftovers, vec![std::ffi::OsString::from("run")]);
+
+        // A failing fill leaves the old directory untouched and no temporary.
+        let err = replace_dir_atomically(&dir, |tmp| {
+            std::fs::write(tmp.join("model.safetensors"), "half")?;
+            bail!("disk full")
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("disk full"));
+        assert_eq!(
+            std::fs::read_to_string(dir.join("model.safetensors")).unwrap(),
+            "v2"
+        );
+        assert_eq!(std::fs::read_dir(&root).unwrap().count(), 1);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn stale_temporaries_are_cleaned_and_interrupted_saves_are_explained() {
+        let root = scratch("stale");
+        let dir = root.join("run");
+        std::fs::create_dir_all(root.join(".run.tmp-1")).unwrap();
+        std::fs::create_dir_all(root.join(".run.old-1")).unwrap();
+        std::fs::write(root.join(".run.old-1").join(META_FILE), "{}").unwrap();
+        // `run` is missing: the .old directory may be the only copy, so it stays.
+        let msg = missing_checkpoint_message(&dir);
+        assert!(
+            msg.contains("interrupted save") && msg.contains(".run.old-1"),
+            "{msg}"
+        );
+        remove_stale_temporaries(&dir).unwrap();
+        assert!(!root.join(".run.tmp-1").exists());
+        assert!(root.join(".run.old-1").exists());
+        // Once `run` is complete, the old copy goes.
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(META_FILE), "{}").unwrap();
+        remove_stale_temporaries(&dir).unwrap();
+        assert!(!root.join(".run.old-1").exists());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn meta_round_trips_and_is_validated() {
+        let train = TrainOptions {
+            seed: 7,
+            ..TrainOptions::default()
+        };
+        let meta = CheckpointMeta::new(
+            vec!["neg".into(), "pos".into()],
+            MethodConfig::new(Variant::Pf, 6),
+            256,
+            Some(train),
+            Some(2),
+            Some(0.25),
+        );
+        let root = scratch("meta");
+        let path = root.join(META_FILE);
+        std::fs::write(&path, serde_json::to_string_pretty(&meta).unwrap()).unwrap();
+        let back = CheckpointMeta::read(&path).unwrap();
+        assert_eq!(back, meta);
+        assert_eq!(back.train.unwrap().seed, 7);
+
+        let mut bad = meta.clone();
+        bad.labels = vec!["a".into(), "a".into()];
+        std::fs::write(&path, serde_json::to_string(&bad).unwrap()).unwrap();
+        let err = format!("{:#}", CheckpointMeta::read(&path).unwrap_err());
+        assert!(
+            err.contains("duplicates") && err.contains(META_FILE),
+            "{err}"
+        );
+        std::fs::write(&path, "{\"format_version\": 1}").unwrap();
+        let err = format!("{:#}", CheckpointMeta::read(&path).unwrap_err());
+        assert!(err.contains("not a valid corefocus checkpoint"), "{err}");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}

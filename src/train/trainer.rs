@@ -1,0 +1,1250 @@
+//! Fine-tuning: options, data preparation and the training loop (method.md, "Training
+//! defaults"). The loop itself is generic over [`Trainable`] so it can be tested with a
+//! tiny model; [`run_train`] wires it to the BERT classifier, the datasets and the
+//! checkpoints.
+
+use super::adamw::{clip_grad_norm, AdamW, AdamWConfig};
+use super::api::{label_ids, stratified_split, ModelApi, ReadOptions, TextTokenizer};
+use super::api::{load_dataset, load_hf_checkpoint, softmax_cross_entropy, DatasetSplits, Example};
+use super::checkpoint::{load_checkpoint, save_checkpoint, utc_timestamp, CheckpointMeta};
+use super::eval::{evaluate, EvalResult};
+use super::schedule::LinearSchedule;
+use crate::model::{
+    Batch, BertConfig, CombineInit, MethodConfig, Mode, Model, ParamStore, Pooling, Variant,
+};
+use crate::rng::{mix64, Rng};
+use crate::util::write_atomic;
+use anyhow::{bail, ensure, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Fraction of the training split held out for validation when a dataset has no dev split.
+pub const DEV_FRACTION: f64 = 0.2;
+
+/// What the training loop needs from a classifier.
+pub trait Trainable {
+    /// What `backprop` needs from the forward pass.
+    type Tape;
+    fn params(&self) -> &ParamStore;
+    fn params_mut(&mut self) -> &mut ParamStore;
+    fn num_labels(&self) -> usize;
+    /// Logits `[batch, num_labels]`, and the tape when `record`.
+    fn logits(&self, batch: &Batch, mode: Mode, record: bool) -> (Vec<f32>, Option<Self::Tape>);
+    /// Accumulates parameter gradients of the loss whose logit gradient is `dlogits`.
+    fn backprop(&self, tape: &Self::Tape, dlogits: &[f32], grads: &mut ParamStore);
+}
+
+impl Trainable for Model {
+    type Tape = crate::model::Tape;
+    fn params(&self) -> &ParamStore {
+        &self.params
+    }
+    fn params_mut(&mut self) -> &mut ParamStore {
+        &mut self.params
+    }
+    fn num_labels(&self) -> usize {
+        self.num_labels
+    }
+    fn logits(&self, batch: &Batch, mode: Mode, record: bool) -> (Vec<f32>, Option<Self::Tape>) {
+        let (out, tape) = self.forward(batch, mode, record);
+        (out.logits, tape)
+    }
+    fn backprop(&self, tape: &Self::Tape, dlogits: &[f32], grads: &mut ParamStore) {
+        self.backward(tape, dlogits, grads)
+    }
+}
+
+// ------------------------------------------------------------------------------ options
+
+fn parse_pooling(s: &str) -> Result<Pooling, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "mean" => Ok(Pooling::Mean),
+        "cls" => Ok(Pooling::Cls),
+        _ => Err(format!("unknown pooling {s:?} (expected mean or cls)")),
+    }
+}
+
+fn parse_combine_init(s: &str) -> Result<CombineInit, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "copy" => Ok(CombineInit::Copy),
+        "random" => Ok(CombineInit::Random),
+        _ => Err(format!(
+            "unknown combine init {s:?} (expected copy or random)"
+        )),
+    }
+}
+
+fn parse_variant(s: &str) -> Result<Variant, String> {
+    s.parse::<Variant>().map_err(|e| e.to_string())
+}
+
+/// The method flags; unset ones take `MethodConfig::new`'s defaults (method.md).
+#[derive(clap::Args, Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct MethodArgs {
+    /// Method variant: bert (baseline), p (ratio pruning), pf (fuzzy pruning), c (token
+    /// combining), pfc (fuzzy pruning + combining).
+    #[arg(long, default_value = "bert", value_parser = parse_variant)]
+    pub variant: Variant,
+    /// Preservation ratio p in (0, 1] for p/pf/pfc [default: 0.9].
+    #[arg(long)]
+    pub keep_ratio: Option<f32>,
+    /// 1-based layer replaced by the combining module (c/pfc) [default: 11 of 12, else L-1].
+    #[arg(long)]
+    pub combine_layer: Option<usize>,
+    /// Number of combination tokens m (c/pfc) [default: 8].
+    #[arg(long)]
+    pub combine_tokens: Option<usize>,
+    /// Combiner initialisation: copy (from the replaced layer) or random [default: copy].
+    #[arg(long, value_parser = parse_combine_init)]
+    pub combine_init: Option<CombineInit>,
+    /// Scale of the combiner's assignment logits [default: 1, unscaled as the paper].
+    #[arg(long)]
+    pub combine_scale: Option<f32>,
+    /// Denominator epsilon of the combiner's weighted mean [default: 1.0].
+    #[arg(long)]
+    pub assign_eps: Option<f32>,
+    /// Pooling without combining: mean (over real tokens) or cls (BERT pooler) [default: mean].
+    #[arg(long, value_parser = parse_pooling)]
+    pub pooling: Option<Pooling>,
+    /// Dropout before the classifier [default: the checkpoint's hidden dropout].
+    #[arg(long)]
+    pub classifier_dropout: Option<f32>,
+}
+
+impl Default for MethodArgs {
+    fn default() -> Self {
+        MethodArgs {
+            variant: Variant::Bert,
+            keep_ratio: None,
+            combine_layer: None,
+            combine_tokens: None,
+            combine_init: None,
+            combine_scale: None,
+            assign_eps: None,
+            pooling: None,
+            classifier_dropout: None,
+        }
+    }
+}
+
+impl MethodArgs {
+    /// Flags given for a variant they do not apply to are errors, not silently ignored.
+    pub fn check_applicable(&self) -> Result<()> {
+        let v = self.variant;
+        ensure!(
+            self.keep_ratio.is_none() || v.prunes(),
+            "--keep-ratio applies only to variants p, pf and pfc, not {}",
+            v.name()
+        );
+        let combine_flags = [
+            ("--combine-layer", self.combine_layer.is_some()),
+            ("--combine-tokens", self.combine_tokens.is_some()),
+            ("--combine-init", self.combine_init.is_some()),
+            ("--combine-scale", self.combine_scale.is_some()),
+            ("--assign-eps", self.assign_eps.is_some()),
+        ];
+        for (flag, given) in combine_flags {
+            ensure!(
+                !given || v.combines(),
+                "{flag} applies only to variants c and pfc, not {}",
+                v.name()
+            );
+        }
+        Ok(())
+    }
+
+    /// The method settings for a model of configuration `bert`, validated; flags that do
+    /// not apply to the chosen variant are errors rather than silently ignored.
+    pub fn to_config(&self, bert: &BertConfig) -> Result<MethodConfig> {
+        self.check_applicable()?;
+        let mut m = MethodConfig::new(self.variant, bert.num_hidden_layers);
+        m.classifier_dropout = bert.hidden_dropout_prob;
+        if let Some(p) = self.keep_ratio {
+            m.keep_ratio = p;
+        }
+        if let Some(l) = self.combine_layer {
+            m.combine_layer = l;
+        }
+        if let Some(t) = self.combine_tokens {
+            m.combine_tokens = t;
+        }
+        if let Some(i) = self.combine_init {
+            m.combine_init = i;
+        }
+        if let Some(s) = self.combine_scale {
+            ensure!(
+                s.is_finite() && s > 0.0,
+                "--combine-scale {s} must be positive"
+            );
+            m.combine_scale = s;
+        }
+        if let Some(e) = self.assign_eps {
+            m.assign_eps = e;
+        }
+        if let Some(p) = self.pooling {
+            m.pooling = p;
+        }
+        if let Some(d) = self.classifier_dropout {
+            m.classifier_dropout = d;
+        }
+        m.validate(bert.num_hidden_layers)?;
+        Ok(m)
+    }
+}
+
+/// `corefocus train` options; also stored in `corefocus.json` as the run's settings.
+#[derive(clap::Args, Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct TrainOptions {
+    /// HF model directory (config.json, model.safetensors, tokenizer files).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Dataset directory (train/dev/test .jsonl.gz and labels.txt).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Output directory: the best checkpoint, metrics.jsonl, test_report.json.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub method: MethodArgs,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 2e-5)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 3)]
+    pub epochs: usize,
+    /// Training batch size.
+    #[arg(long, visible_alias = "batch", default_value_t = 16)]
+    pub batch_size: usize,
+    /// Tokens per document (truncation), [CLS] and [SEP] included.
+    #[arg(long, default_value_t = 512)]
+    pub max_len: usize,
+    /// Fraction of all steps used for linear warm-up.
+    #[arg(long, default_value_t = 0.1)]
+    pub warmup: f64,
+    /// Decoupled AdamW weight decay (not applied to biases and LayerNorm weights).
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f64,
+    /// Global gradient-norm clipping threshold (0 disables clipping).
+    #[arg(long, default_value_t = 1.0)]
+    pub clip: f64,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    #[arg(long, default_value = "text")]
+    pub text_column: String,
+    #[arg(long, default_value = "label")]
+    pub label_column: String,
+    /// Use only this many training examples (a seeded random subset), for quick runs.
+    #[arg(long)]
+    pub max_train_examples: Option<usize>,
+    /// Use only this many dev and test examples (seeded random subsets), for quick runs.
+    #[arg(long)]
+    pub max_eval_examples: Option<usize>,
+    /// Evaluation batch size.
+    #[arg(long, default_value_t = 64)]
+    pub eval_batch: usize,
+    /// Replace an existing output directory (only one that holds corefocus output).
+    #[arg(long)]
+    pub overwrite: bool,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        TrainOptions {
+            model: PathBuf::new(),
+            data: PathBuf::new(),
+            out: PathBuf::new(),
+            method: MethodArgs::default(),
+            lr: 2e-5,
+            epochs: 3,
+            batch_size: 16,
+            max_len: 512,
+            warmup: 0.1,
+            weight_decay: 0.0,
+            clip: 1.0,
+            seed: 42,
+            text_column: "text".into(),
+            label_column: "label".into(),
+            max_train_examples: None,
+            max_eval_examples: None,
+            eval_batch: 64,
+            overwrite: false,
+        }
+    }
+}
+
+impl TrainOptions {
+    pub fn validate(&self) -> Result<()> {
+        ensure!(
+            self.lr.is_finite() && self.lr > 0.0,
+            "--lr {} must be positive",
+            self.lr
+        );
+        ensure!(self.epochs >= 1, "--epochs must be at least 1");
+        ensure!(self.batch_size >= 1, "--batch-size must be at least 1");
+        ensure!(self.eval_batch >= 1, "--eval-batch must be at least 1");
+        ensure!(
+            self.max_len >= 2,
+            "--max-len {} must be at least 2 ([CLS] and [SEP])",
+            self.max_len
+        );
+        ensure!(
+            (0.0..=1.0).contains(&self.warmup),
+            "--warmup {} must be in [0, 1]",
+            self.warmup
+        );
+        ensure!(
+            self.weight_decay.is_finite() && self.weight_decay >= 0.0,
+            "--weight-decay {} must be non-negative",
+            self.weight_decay
+        );
+        ensure!(
+            self.clip.is_finite() && self.clip >= 0.0,
+            "--clip {} must be non-negative",
+            self.clip
+        );
+        if let Some(n) = self.max_train_examples {
+            ensure!(n >= 1, "--max-train-examples must be at least 1");
+        }
+        if let Some(n) = self.max_eval_examples {
+            ensure!(n >= 1, "--max-eval-examples must be at least 1");
+        }
+        self.method.check_applicable()
+    }
+
+    pub fn read_options(&self) -> ReadOptions {
+        ReadOptions {
+            text_column: self.text_column.clone(),
+            label_column: self.label_column.clone(),
+        }
+    }
+
+    pub fn loop_settings(&self) -> LoopSettings {
+        LoopSettings {
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            lr: self.lr,
+            warmup: self.warmup,
+            adamw: AdamWConfig {
+                weight_decay: self.weight_decay,
+                ..AdamWConfig::default()
+            },
+            clip: self.clip,
+            seed: self.seed,
+            eval_batch: self.eval_batch,
+            progress: true,
+        }
+    }
+}
+
+// --------------------------------------------------------------------------- data prep
+
+/// Train / validation / test examples as training uses them.
+#[derive(Clone, Debug)]
+pub struct ResolvedSplits {
+    pub train: Vec<Example>,
+    pub dev: Vec<Example>,
+    pub test: Option<Vec<Example>>,
+    pub labels: Vec<String>,
+    /// Where the validation examples come from, for logs and reports.
+    pub dev_source: String,
+}
+
+/// The dataset's dev split, or (when it has none) a stratified [`DEV_FRACTION`] of its
+/// training split chosen by `seed`, the rest staying for training. `eval` uses the same
+/// function with the checkpoint's seed, so it sees the same split.
+pub fn resolve_splits(ds: DatasetSplits, seed: u64) -> ResolvedSplits {
+    let (train, dev, dev_source) = match ds.dev {
+        Some(dev) => (ds.train, dev, "the dataset's dev split".to_string()),
+        None => {
+            let (train, held_out) = stratified_split(ds.train, DEV_FRACTION, seed);
+            let source = format!(
+                "a stratified {:.0}% of the training split (seed {seed})",
+                DEV_FRACTION * 100.0
+            );
+            (train, held_out, source)
+        }
+    };
+    ResolvedSplits {
+        train,
+        dev,
+        test: ds.test,
+        labels: ds.labels,
+        dev_source,
+    }
+}
+
+/// Seed of the quick-run subset of split `split` ("train", "dev" or "test"); `train` and
+/// `eval` share it so equal sizes select the same examples.
+pub fn subset_seed(seed: u64, split: &str) -> u64 {
+    match split {
+        "dev" => seed ^ 1,
+        "test" => seed ^ 2,
+        _ => seed,
+    }
+}
+
+/// At most `max` examples: a random subset chosen by `seed`, kept in their original order.
+pub fn subsample<T>(items: Vec<T>, max: Option<usize>, seed: u64) -> Vec<T> {
+    let Some(max) = max else { return items };
+    if items.len() <= max {
+        return items;
+    }
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    Rng::new(seed).shuffle(&mut order);
+    let mut keep = vec![false; items.len()];
+    order[..max].iter().for_each(|&i| keep[i] = true);
+    items
+        .into_iter()
+        .zip(keep)
+        .filter(|(_, k)| *k)
+        .map(|(x, _)| x)
+        .collect()
+}
+
+/// Token ids and class indices of a split.
+#[derive(Clone, Debug, Default)]
+pub struct EncodedSet {
+    pub ids: Vec<Vec<u32>>,
+    pub labels: Vec<usize>,
+}
+
+impl EncodedSet {
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+}
+
+/// Tokenizes (in parallel, inside the tokenizer) and maps labels to class indices.
+pub fn encode_examples(
+    tokenizer: &TextTokenizer,
+    examples: &[Example],
+    labels: &[String],
+    max_len: usize,
+    what: &str,
+) -> Result<EncodedSet> {
+    let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
+    let ids = tokenizer
+        .encode_batch(&texts, max_len)
+        .with_context(|| format!("cannot tokenize the {what} examples"))?;
+    let labels = label_ids(examples, labels, what)?;
+    Ok(EncodedSet { ids, labels })
+}
+
+// ------------------------------------------------------------------------------- loop
+
+/// The loop's settings (a subset of [`TrainOptions`]).
+#[derive(Clone, Debug)]
+pub struct LoopSettings {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub warmup: f64,
+    pub adamw: AdamWConfig,
+    /// 0 disables clipping.
+    pub clip: f64,
+    pub seed: u64,
+    pub eval_batch: usize,
+    /// Show a progress bar (indicatif hides it anyway when stderr is not a terminal).
+    pub progress: bool,
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct EpochRecord {
+    /// 1-based.
+    pub epoch: usize,
+    /// Optimizer steps taken so far.
+    pub step: u64,
+    /// Mean training loss over the epoch's examples.
+    pub train_loss: f64,
+    pub val_loss: f64,
+    pub val_accuracy: f64,
+    pub val_macro_f1: f64,
+    /// Learning rate of the epoch's last step.
+    pub lr: f64,
+    /// Wall time of the epoch, validation included.
+    pub seconds: f64,
+    /// Real (non-padding) training tokens per second of training-step time.
+    pub tokens_per_s: f64,
+    /// Mean pre-clipping gradient norm over the epoch's steps.
+    pub grad_norm: f64,
+    /// Whether this epoch has the lowest validation loss so far (its checkpoint is kept).
+    pub best: bool,
+}
+
+/// What the loop reports at the end.
+#[derive(Clone, Debug)]
+pub struct LoopSummary {
+    pub records: Vec<EpochRecord>,
+    /// Index into `records` of the best epoch.
+    pub best: usize,
+    pub steps: u64,
+}
+
+/// The dropout / Gumbel seed of optimizer step `step`.
+pub fn step_seed(seed: u64, step: u64) -> u64 {
+    mix64(seed ^ mix64(step.wrapping_add(0xD1B5_4A32_D192_ED03)))
+}
+
+/// Trains `model` on `train`, validating on `dev` after every epoch. `on_epoch` is called
+/// with the model and the epoch's record (`best` set when its validation loss is the
+/// lowest so far; the caller keeps that checkpoint). Stops with an error on a non-finite
+/// loss or gradient norm; the model's parameters are then not updated by that step.
+pub fn train_loop<M: Trainable>(
+    model: &mut M,
+    train: &EncodedSet,
+    dev: &EncodedSet,
+    labels: &[String],
+    pad_id: u32,
+    settings: &LoopSettings,
+    on_epoch: &mut dyn FnMut(&M, &EpochRecord, &EvalResult) -> Result<()>,
+) -> Result<LoopSummary> {
+    ensure!(!train.is_empty(), "the training set is empty");
+    ensure!(!dev.is_empty(), "the validation set is empty");
+    assert_eq!(model.num_labels(), labels.len(), "model classes vs labels");
+    let classes = labels.len();
+    let steps_per_epoch = train.len().div_ceil(settings.batch_size) as u64;
+    let total_steps = steps_per_epoch * settings.epochs as u64;
+    let schedule = LinearSchedule::new(settings.lr, total_steps, settings.warmup);
+    let mut opt = AdamW::new(model.params(), settings.adamw);
+    let mut grads = model.params().zeros_like();
+    let mut step: u64 = 0;
+    let mut records: Vec<EpochRecord> = Vec::new();
+    let mut best: Option<usize> = None;
+
+    for epoch in 0..settings.epochs {
+        let epoch_start = Instant::now();
+        let mut order: Vec<usize> = (0..train.len()).collect();
+        Rng::new(settings.seed.wrapping_add(epoch as u64)).shuffle(&mut order);
+
+        let bar = if settings.progress {
+            let bar = ProgressBar::new(steps_per_epoch);
+            bar.set_style(
+                ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} (eta {eta})")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            bar
+        } else {
+            ProgressBar::hidden()
+        };
+        bar.set_prefix(format!("epoch {}/{}", epoch + 1, settings.epochs));
+
+        let (mut loss_sum, mut seen, mut tokens) = (0.0f64, 0usize, 0usize);
+        let (mut step_seconds, mut norm_sum, mut lr) = (0.0f64, 0.0f64, 0.0f64);
+        for chunk in order.chunks(settings.batch_size) {
+            let step_start = Instant::now();
+            let seqs: Vec<&[u32]> = chunk.iter().map(|&i| train.ids[i].as_slice()).collect();
+            let gold: Vec<usize> = chunk.iter().map(|&i| train.labels[i]).collect();
+            let batch = Batch::from_sequences(&seqs, pad_id);
+            let rows = chunk.len();
+
+            let mode = Mode::Train {
+                seed: step_seed(settings.seed, step),
+            };
+            let (logits, tape) = model.logits(&batch, mode, true);
+            let tape = tape.expect("a forward pass with record=true returns a tape");
+            let mut probs = vec![0.0f32; rows * classes];
+            let mut dlogits = vec![0.0f32; rows * classes];
+            let loss = softmax_cross_entropy(
+                &logits,
+                rows,
+                classes,
+                &gold,
+                &mut probs,
+                Some(&mut dlogits),
+            );
+            if !loss.is_finite() {
+                bar.abandon();
+                bail!(
+                    "non-finite training loss ({loss}) at epoch {}, optimizer step {} of {total_steps}",
+                    epoch + 1,
+                    step + 1
+                );
+            }
+            grads.fill_zero();
+            model.backprop(&tape, &dlogits, &mut grads);
+            drop(tape);
+            let norm = if settings.clip > 0.0 {
+                clip_grad_norm(&mut grads, settings.clip)
+            } else {
+                super::adamw::global_grad_norm(&grads)
+            };
+            if !norm.is_finite() {
+                bar.abandon();
+                bail!(
+                    "non-finite gradient norm ({norm}) at epoch {}, optimizer step {} of {total_steps}",
+                    epoch + 1,
+                    step + 1
+                );
+            }
+            lr = schedule.lr_at(step);
+            opt.step(model.params_mut(), &grads, lr);
+            step += 1;
+
+            loss_sum += loss as f64 * rows as f64;
+            seen += rows;
+            norm_sum += norm;
+            tokens += batch.lengths.iter().sum::<usize>();
+            step_seconds += step_start.elapsed().as_secs_f64();
+            bar.inc(1);
+            bar.set_message(format!(
+                "loss {:.4} lr {lr:.2e} {:.0} tok/s",
+                loss_sum / seen as f64,
+                tokens as f64 / step_seconds.max(1e-9)
+            ));
+        }
+        bar.finish_and_clear();
+
+        let val = evaluate(model, dev, labels, pad_id, settings.eval_batch);
+        if !val.loss.is_finite() {
+            bail!(
+                "non-finite validation loss ({}) after epoch {}",
+                val.loss,
+                epoch + 1
+            );
+        }
+        let is_best = best.is_none_or(|b| val.loss < records[b].val_loss);
+        let record = EpochRecord {
+            epoch: epoch + 1,
+            step,
+            train_loss: loss_sum / seen.max(1) as f64,
+            val_loss: val.loss,
+            val_accuracy: val.report.accuracy,
+            val_macro_f1: val.report.macro_f1,
+            lr,
+            seconds: epoch_start.elapsed().as_secs_f64(),
+            tokens_per_s: tokens as f64 / step_seconds.max(1e-9),
+            grad_norm: norm_sum / steps_per_epoch.max(1) as f64,
+            best: is_best,
+        };
+        if settings.progress {
+            eprintln!(
+                "epoch {}/{}: train loss {:.4}, val loss {:.4}, val acc {:.4}, val macro-F1 {:.4}{} ({:.1}s, {:.0} tok/s)",
+                record.epoch,
+                settings.epochs,
+                record.train_loss,
+                record.val_loss,
+                record.val_accuracy,
+                record.val_macro_f1,
+                if is_best { ", best so far" } else { "" },
+                record.seconds,
+                record.tokens_per_s
+            );
+        }
+        records.push(record);
+        if is_best {
+            best = Some(records.len() - 1);
+        }
+        on_epoch(model, records.last().expect("just pushed"), &val)?;
+    }
+    Ok(LoopSummary {
+        best: best.expect("at least one epoch ran"),
+        records,
+        steps: step,
+    })
+}
+
+// ------------------------------------------------------------------------ output files
+
+/// `metrics.jsonl`, rewritten whole (atomically) on every append so it is never torn.
+pub struct MetricsLog {
+    path: PathBuf,
+    lines: Vec<String>,
+}
+
+impl MetricsLog {
+    pub fn new(path: PathBuf) -> Self {
+        MetricsLog {
+            path,
+            lines: Vec::new(),
+        }
+    }
+
+    pub fn append<T: Serialize>(&mut self, record: &T) -> Result<()> {
+        self.lines.push(serde_json::to_string(record)?);
+        let mut text = self.lines.join("\n");
+        text.push('\n');
+        write_atomic(&self.path, text.as_bytes())
+    }
+}
+
+/// Checks, without changing anything, that `out` can receive a new run: missing or empty
+/// is fine; a non-empty directory needs `overwrite` and must look like corefocus output
+/// (so a typo cannot delete a home directory). Returns whether it must be emptied first.
+pub fn check_out_dir(out: &Path, overwrite: bool) -> Result<bool> {
+    if !out.exists() {
+        return Ok(false);
+    }
+    ensure!(
+        out.is_dir(),
+        "--out {} exists and is not a directory",
+        out.display()
+    );
+    let mut entries =
+        std::fs::read_dir(out).with_context(|| format!("cannot read {}", out.display()))?;
+    if entries.next().is_none() {
+        return Ok(false);
+    }
+    ensure!(
+        overwrite,
+        "output directory {} is not empty; pass --overwrite to replace it",
+        out.display()
+    );
+    let ours = ["corefocus.json", "metrics.jsonl"]
+        .iter()
+        .any(|f| out.join(f).exists());
+    ensure!(
+        ours,
+        "output directory {} holds no corefocus.json or metrics.jsonl, so it does not look like \
+         corefocus output; refusing to delete it even with --overwrite",
+        out.display()
+    );
+    Ok(true)
+}
+
+/// Makes `out` an empty directory for a new run (see [`check_out_dir`]; with `overwrite`
+/// an old run there is deleted) and removes stale temporaries of crashed checkpoint saves.
+pub fn prepare_out_dir(out: &Path, overwrite: bool) -> Result<()> {
+    if check_out_dir(out, overwrite)? {
+        std::fs::remove_dir_all(out).with_context(|| format!("cannot remove {}", out.display()))?;
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    super::checkpoint::remove_stale_temporaries(out)
+}
+
+/// Writes `<out>/test_report.json` style reports.
+pub fn report_json(
+    split: &str,
+    checkpoint: &Path,
+    data: &Path,
+    result: &EvalResult,
+    labels: &[String],
+) -> Result<serde_json::Value> {
+    Ok(serde_json::json!({
+        "split": split,
+        "checkpoint": checkpoint.display().to_string(),
+        "data": data.display().to_string(),
+        "examples": result.predictions.len(),
+        "loss": result.loss,
+        "accuracy": result.report.accuracy,
+        "macro_f1": result.report.macro_f1,
+        "micro_f1": result.report.micro_f1,
+        "labels": labels,
+        "report": serde_json::to_value(&result.report).context("cannot serialise the report")?,
+        "created": utc_timestamp(),
+    }))
+}
+
+// -------------------------------------------------------------------------- the command
+
+/// What `corefocus train` produced.
+#[derive(Debug)]
+pub struct TrainOutcome {
+    pub records: Vec<EpochRecord>,
+    pub best_epoch: usize,
+    pub best_val_loss: f64,
+    /// Test-set evaluation of the best checkpoint, when the dataset has a test split.
+    pub test: Option<(f64, f64, f64)>,
+}
+
+/// `corefocus train`: fine-tunes, keeps the best checkpoint in `--out`, evaluates it on
+/// the test split if there is one.
+pub fn run_train(opts: &TrainOptions) -> Result<TrainOutcome> {
+    opts.validate()?;
+    // Fail early on an occupied --out, but delete nothing before the inputs have loaded.
+    check_out_dir(&opts.out, opts.overwrite)?;
+
+    let ds = load_dataset(&opts.data, &opts.read_options())
+        .with_context(|| format!("cannot load the dataset {}", opts.data.display()))?;
+    let mut splits = resolve_splits(ds, opts.seed);
+    splits.train = subsample(
+        splits.train,
+        opts.max_train_examples,
+        subset_seed(opts.seed, "train"),
+    );
+    splits.dev = subsample(
+        splits.dev,
+        opts.max_eval_examples,
+        subset_seed(opts.seed, "dev"),
+    );
+    let test_seed = subset_seed(opts.seed, "test");
+    splits.test = splits
+        .test
+        .map(|t| subsample(t, opts.max_eval_examples, test_seed));
+    let labels = splits.labels.clone();
+    ensure!(
+        labels.len() >= 2,
+        "{}: need at least 2 labels, found {}",
+        opts.data.display(),
+        labels.len()
+    );
+
+    let tokenizer = TextTokenizer::from_dir(&opts.model)?;
+    let (bert, bert_params) = load_hf_checkpoint(&opts.model)?;
+    ensure!(
+        opts.max_len <= bert.max_position_embeddings,
+        "--max-len {} exceeds the model's max_position_embeddings {}",
+        opts.max_len,
+        bert.max_position_embeddings
+    );
+    ensure!(
+        tokenizer.vocab_size() <= bert.vocab_size,
+        "{}: the tokenizer has {} tokens but the model only {} embeddings",
+        opts.model.display(),
+        tokenizer.vocab_size(),
+        bert.vocab_size
+    );
+    let method = opts.method.to_config(&bert)?;
+    let mut model = Model::from_bert_params(bert, bert_params, method, labels.len(), opts.seed)
+        .with_context(|| format!("cannot build the classifier from {}", opts.model.display()))?;
+
+    let train = encode_examples(&tokenizer, &splits.train, &labels, opts.max_len, "train")?;
+    let dev = encode_examples(&tokenizer, &splits.dev, &labels, opts.max_len, "validation")?;
+    let settings = opts.loop_settings();
+    let steps = train.len().div_ceil(opts.batch_size) * opts.epochs;
+    eprintln!(
+        "corefocus train: variant {}, {} train / {} validation ({}) / {} test examples, {} labels; \
+         {} steps, warm-up {}",
+        model.method.variant.name(),
+        train.len(),
+        dev.len(),
+        splits.dev_source,
+        splits.test.as_ref().map_or(0, |t| t.len()),
+        labels.len(),
+        steps,
+        LinearSchedule::new(opts.lr, steps as u64, opts.warmup).warmup_steps
+    );
+
+    prepare_out_dir(&opts.out, opts.overwrite)?;
+    let pad_id = tokenizer.pad_id();
+    let mut metrics = MetricsLog::new(opts.out.join("metrics.jsonl"));
+    let mut kept: Option<(usize, f64)> = None;
+    let result = train_loop(
+        &mut model,
+        &train,
+        &dev,
+        &labels,
+        pad_id,
+        &settings,
+        &mut |m, rec, _| {
+            if rec.best {
+                let meta = CheckpointMeta::new(
+                    labels.clone(),
+                    m.method.clone(),
+                    opts.max_len,
+                    Some(opts.clone()),
+                    Some(rec.epoch),
+                    Some(rec.val_loss),
+                );
+                save_checkpoint(&opts.out, m, &tokenizer, &meta)?;
+                kept = Some((rec.epoch, rec.val_loss));
+            }
+            metrics.append(rec)
+        },
+    );
+    let summary = result.map_err(|e| match kept {
+        Some((epoch, loss)) => e.context(format!(
+            "training stopped; the last good checkpoint (epoch {epoch}, val loss {loss:.4}) is kept in {}",
+            opts.out.display()
+        )),
+        None => e.context("training stopped before any checkpoint was saved"),
+    })?;
+    drop(model);
+
+    let best = &summary.records[summary.best];
+    let mut outcome = TrainOutcome {
+        records: summary.records.clone(),
+        best_epoch: best.epoch,
+        best_val_loss: best.val_loss,
+        test: None,
+    };
+    if let Some(test_examples) = &splits.test {
+        // Evaluate what was saved, not what is in memory: the best epoch may be earlier.
+        let (best_model, best_tok, meta) = load_checkpoint(&opts.out)?;
+        let test = encode_examples(&best_tok, test_examples, &meta.labels, meta.max_len, "test")?;
+        let result = evaluate(
+            &best_model,
+            &test,
+            &meta.labels,
+            best_tok.pad_id(),
+            opts.eval_batch,
+        );
+        println!("test (best checkpoint, epoch {}):", best.epoch);
+        println!("{}", result.report.to_table());
+        let json = report_json("test", &opts.out, &opts.data, &result, &meta.labels)?;
+        write_atomic(
+            &opts.out.join("test_report.json"),
+            serde_json::to_string_pretty(&json)?.as_bytes(),
+        )?;
+        outcome.test = Some((result.loss, result.report.accuracy, result.report.macro_f1));
+    }
+    Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        opts: TrainOptions,
+    }
+
+    #[test]
+    fn cli_defaults_match_default_impl_and_method_md() {
+        let cli = Cli::try_parse_from(["t", "--model", "m", "--data", "d", "--out", "o"]).unwrap();
+        let expected = TrainOptions {
+            model: "m".into(),
+            data: "d".into(),
+            out: "o".into(),
+            ..TrainOptions::default()
+        };
+        assert_eq!(cli.opts, expected);
+        assert_eq!(expected.lr, 2e-5);
+        assert_eq!(expected.batch_size, 16);
+        assert_eq!(expected.warmup, 0.1);
+        assert_eq!(expected.clip, 1.0);
+        assert_eq!(expected.seed, 42);
+
+        let cli = Cli::try_parse_from([
+            "t",
+            "--model",
+            "m",
+            "--data",
+            "d",
+            "--out",
+            "o",
+            "--variant",
+            "PFC",
+            "--keep-ratio",
+            "0.7",
+            "--combine-layer",
+            "4",
+            "--combine-init",
+            "random",
+            "--batch",
+            "8",
+        ])
+        .unwrap();
+        assert_eq!(cli.opts.method.variant, Variant::Pfc);
+        assert_eq!(cli.opts.method.keep_ratio, Some(0.7));
+        assert_eq!(cli.opts.method.combine_init, Some(CombineInit::Random));
+        assert_eq!(cli.opts.batch_size, 8);
+        assert!(Cli::try_parse_from([
+            "t",
+            "--model",
+            "m",
+            "--data",
+            "d",
+            "--out",
+            "o",
+            "--variant",
+            "x"
+        ])
+        .is_err());
+    }
+
+    #[test]
+    fn method_flags_map_onto_config_and_misplaced_flags_are_errors() {
+        let bert = BertConfig::minilm_l6();
+        let args = MethodArgs {
+            variant: Variant::Pfc,
+            keep_ratio: Some(0.5),
+            combine_layer: Some(4),
+            combine_tokens: Some(16),
+            ..MethodArgs::default()
+        };
+        let m = args.to_config(&bert).unwrap();
+        assert_eq!(
+            (m.keep_ratio, m.combine_layer, m.combine_tokens),
+            (0.5, 4, 16)
+        );
+        assert_eq!(m.classifier_dropout, bert.hidden_dropout_prob);
+
+        let defaults = MethodArgs::default().to_config(&bert).unwrap();
+        assert_eq!(defaults, {
+            let mut d = MethodConfig::new(Variant::Bert, 6);
+            d.classifier_dropout = bert.hidden_dropout_prob;
+            d
+        });
+
+        let err = MethodArgs {
+            variant: Variant::P,
+            combine_layer: Some(3),
+            ..MethodArgs::default()
+        }
+        .to_config(&bert)
+        .unwrap_err();
+        assert!(err.to_string().contains("--combine-layer"), "{err}");
+        let err = MethodArgs {
+            keep_ratio: Some(0.5),
+            ..MethodArgs::default()
+        }
+        .to_config(&bert)
+        .unwrap_err();
+        assert!(err.to_string().contains("--keep-ratio"), "{err}");
+        // MethodConfig::validate still runs: layer 7 of a 6-layer model.
+        let err = MethodArgs {
+            variant: Variant::C,
+            combine_layer: Some(7),
+            ..MethodArgs::default()
+        }
+        .to_config(&bert)
+        .unwrap_err();
+        assert!(err.to_string().contains("--combine-layer 7"), "{err}");
+    }
+
+    #[test]
+    fn subsample_is_seeded_and_keeps_order() {
+        let items: Vec<usize> = (0..100).collect();
+        let a = subsample(items.clone(), Some(10), 7);
+        let b = subsample(items.clone(), Some(10), 7);
+        assert_eq!(a, b);
+        assert_eq!(a.len(), 10);
+        assert!(a.windows(2).all(|w| w[0] < w[1]));
+        assert_ne!(a, subsample(items.clone(), Some(10), 8));
+        assert_eq!(subsample(items.clone(), None, 7), items);
+        assert_eq!(subsample(items.clone(), Some(1000), 7), items);
+    }
+
+    #[test]
+    fn out_dir_preparation_refuses_foreign_directories() {
+        let root =
+            std::env::temp_dir().join(format!("corefocus-train-prep-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let out = root.join("run");
+        prepare_out_dir(&out, false).unwrap();
+        assert!(out.is_dir());
+        prepare_out_dir(&out, false).unwrap(); // empty is fine
+
+        std::fs::write(out.join("notes.txt"), "mine").unwrap();
+        let err = prepare_out_dir(&out, false).unwrap_err().to_string();
+        assert!(err.contains("--overwrite"), "{err}");
+        let err = prepare_out_dir(&out, true).unwrap_err().to_string();
+        assert!(err.contains("refusing"), "{err}");
+        assert!(out.join("notes.txt").exists());
+
+        std::fs::write(out.join("metrics.jsonl"), "{}\n").unwrap();
+        prepare_out_dir(&out, true).unwrap();
+        assert!(out.is_dir() && !out.join("notes.txt").exists());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// A bag-of-words linear classifier: logits = mean over the tokens of `emb[token]` +
+    /// bias. Its backward is exact, so the loop can be checked end to end.
+    struct BagOfWords {
+        params: ParamStore,
+        classes: usize,
+        /// Make the loss non-finite from this optimizer step on (forward count).
+        poison_after: Option<usize>,
+        forwards: std::cell::Cell<usize>,
+    }
+
+    impl BagOfWords {
+        fn new(vocab: usize, classes: usize) -> Self {
+            let mut params = ParamStore::new();
+            params.add("emb.weight", &[vocab, classes], vec![0.0; vocab * classes]);
+            params.add("classifier.bias", &[classes], vec![0.0; classes]);
+            BagOfWords {
+                params,
+                classes,
+                poison_after: None,
+                forwards: std::cell::Cell::new(0),
+            }
+        }
+    }
+
+    impl Trainable for BagOfWords {
+        type Tape = Batch;
+        fn params(&self) -> &ParamStore {
+            &self.params
+        }
+        fn params_mut(&mut self) -> &mut ParamStore {
+            &mut self.params
+        }
+        fn num_labels(&self) -> usize {
+            self.classes
+        }
+        fn logits(&self, batch: &Batch, mode: Mode, record: bool) -> (Vec<f32>, Option<Batch>) {
+            let c = self.classes;
+            let emb = self.params.data(0);
+            let bias = self.params.data(1);
+            let mut out = vec![0.0; batch.batch * c];
+            for b in 0..batch.batch {
+                let len = batch.lengths[b];
+                for &tok in &batch.ids[b * batch.seq..b * batch.seq + len] {
+                    for k in 0..c {
+                        out[b * c + k] += emb[tok as usize * c + k] / len as f32;
+                    }
+                }
+                for k in 0..c {
+                    out[b * c + k] += bias[k];
+                }
+            }
+            if matches!(mode, Mode::Train { .. }) {
+                let n = self.forwards.get() + 1;
+                self.forwards.set(n);
+                if self.poison_after.is_some_and(|p| n > p) {
+                    out[0] = f32::NAN;
+                }
+            }
+            (out, record.then(|| batch.clone()))
+        }
+        fn backprop(&self, batch: &Batch, dlogits: &[f32], grads: &mut ParamStore) {
+            let c = self.classes;
+            for b in 0..batch.batch {
+                let len = batch.lengths[b];
+                for &tok in &batch.ids[b * batch.seq..b * batch.seq + len] {
+                    for k in 0..c {
+                        grads.data_mut(0)[tok as usize * c + k] += dlogits[b * c + k] / len as f32;
+                    }
+                }
+                for k in 0..c {
+                    grads.data_mut(1)[k] += dlogits[b * c + k];
+                }
+            }
+        }
+    }
+
+    /// Documents of random filler tokens 3..20 plus one signal token: 1 for class 0, 2 for
+    /// class 1 (ids shaped like tokenizer output: 101-like start and end markers omitted).
+    fn toy_set(n: usize, seed: u64) -> EncodedSet {
+        let mut rng = Rng::new(seed);
+        let mut set = EncodedSet::default();
+        for _ in 0..n {
+            let label = rng.below(2);
+            let len = 3 + rng.below(6);
+            let mut ids: Vec<u32> = (0..len).map(|_| 3 + rng.below(17) as u32).collect();
+            ids[rng.below(len)] = 1 + label as u32;
+            set.ids.push(ids);
+            set.labels.push(label);
+        }
+        set
+    }
+
+    fn toy_settings() -> LoopSettings {
+        LoopSettings {
+            epochs: 4,
+            batch_size: 8,
+            lr: 0.5,
+            warmup: 0.1,
+            adamw: AdamWConfig::default(),
+            clip: 1.0,
+            seed: 3,
+            eval_batch: 5,
+            progress: false,
+        }
+    }
+
+    #[test]
+    fn loop_learns_toy_task_deterministically_and_reports_each_epoch() {
+        let labels = vec!["neg".to_string(), "pos".to_string()];
+        let (train, dev) = (toy_set(200, 1), toy_set(60, 2));
+        let settings = toy_settings();
+        let run = || {
+            let mut model = BagOfWords::new(20, 2);
+            let mut seen = Vec::new();
+            let summary = train_loop(
+                &mut model,
+                &train,
+                &dev,
+                &labels,
+                0,
+                &settings,
+                &mut |_, rec, val| {
+                    assert_eq!(val.predictions.len(), 60);
+                    seen.push(rec.clone());
+                    Ok(())
+                },
+            )
+            .unwrap();
+            (model.params.tensors[0].data.clone(), summary, seen)
+        };
+        let (params_a, summary, seen) = run();
+        let (params_b, _, _) = run();
+        assert_eq!(params_a, params_b, "same seed, same parameters");
+
+        assert_eq!(summary.steps, 4 * 25);
+        assert_eq!(seen, summary.records);
+        assert_eq!(seen.len(), 4);
+        assert_eq!(
+            seen.iter().map(|r| r.epoch).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4]
+        );
+        assert!(seen[0].best);
+        let last = &seen[3];
+        assert!(
+            last.val_accuracy > 0.95,
+            "val accuracy {}",
+            last.val_accuracy
+        );
+        assert!(last.train_loss < seen[0].train_loss);
+        assert!(
+            last.lr > 0.0 && last.lr < 0.5 / 80.0 + 1e-12,
+            "final lr {}",
+            last.lr
+        );
+        // `best` marks exactly the running minima of the validation loss.
+        let mut min = f64::INFINITY;
+        for r in &seen {
+            assert_eq!(r.best, r.val_loss < min, "epoch {}", r.epoch);
+            min = min.min(r.val_loss);
+        }
+        assert_eq!(seen[summary.best].val_loss, min);
+    }
+
+    #[test]
+    fn loop_stops_on_non_finite_loss_without_touching_parameters() {
+        let labels = vec!["neg".to_string(), "pos".to_string()];
+        let (train, dev) = (toy_set(40, 1), toy_set(10, 2));
+        let mut model = BagOfWords::new(20, 2);
+        model.poison_after = Some(7); // 5 steps per epoch: fails in epoch 2, step 8
+        let mut epochs_reported = 0;
+        let mut snapshot = None;
+        let err = train_loop(
+            &mut model,
+            &train,
+            &dev,
+            &labels,
+            0,
+            &toy_settings(),
+            &mut |m, _, _| {
+                epochs_reported += 1;
+                snapshot = Some(m.params.tensors[0].data.clone());
+                Ok(())
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("non-finite training loss")
+                && err.contains("epoch 2")
+                && err.contains("step 8"),
+            "{err}"
+        );
+        assert_eq!(epochs_reported, 1);
+        // Steps 6 and 7 ran after the epoch-1 snapshot; step 8 updated nothing (no NaNs).
+        assert_ne!(snapshot.unwrap(), model.params.tensors[0].data);
+        assert!(model.params.tensors[0].data.iter().all(|x| x.is_finite()));
+    }
+
+    #[test]
+    fn metrics_log_rewrites_whole_file() {
+        let dir = std::env::temp_dir().join(format!("corefocus-metrics-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut log = MetricsLog::new(dir.join("metrics.jsonl"));
+        log.append(&serde_json::json!({"epoch": 1})).unwrap();
+        log.append(&serde_json::json!({"epoch": 2})).unwrap();
+        let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+        assert_eq!(text, "{\"epoch\":1}\n{\"epoch\":2}\n");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

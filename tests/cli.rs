@@ -1,0 +1,357 @@
+//! End-to-end test of the command line: train -> eval -> predict on a tiny synthetic
+//! dataset with the test checkpoint (all-MiniLM-L6-v2).
+//!
+//! PENDING: the two train/eval/predict tests are `#[ignore]`d until the data, tokenizer,
+//! checkpoint and model APIs are merged (on the `train` branch alone they hit the
+//! integration shim's `todo!()`s); remove the `#[ignore]` attributes after the merge.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn model_dir() -> Option<PathBuf> {
+    let dir = std::env::var_os("COREFOCUS_TEST_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("target/models/all-MiniLM-L6-v2")
+        });
+    dir.join("config.json").is_file().then_some(dir)
+}
+
+fn scratch(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("corefocus-cli-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn write_split(dir: &Path, name: &str, rows: &[(&str, &str)]) {
+    let file = std::fs::File::create(dir.join(format!("{name}.jsonl.gz"))).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(file, flate2::Compression::default());
+    for (text, label) in rows {
+        let line = serde_json::json!({"text": text, "label": label});
+        writeln!(gz, "{line}").unwrap();
+    }
+    gz.finish().unwrap();
+}
+
+/// A sentiment toy set: distinct positive and negative words, so one epoch can learn it.
+fn toy_dataset(dir: &Path) {
+    let pos = [
+        "wonderful",
+        "great",
+        "excellent",
+        "delightful",
+        "superb",
+        "lovely",
+    ];
+    let neg = ["awful", "terrible", "dreadful", "horrible", "boring", "bad"];
+    let things = ["movie", "film", "story", "acting", "plot", "ending"];
+    let mut rows = Vec::new();
+    for (i, thing) in things.iter().enumerate() {
+        for j in 0..3 {
+            rows.push((
+                format!(
+                    "the {thing} was {} and {}",
+                    pos[(i + j) % 6],
+                    pos[(i + j + 1) % 6]
+                ),
+                "pos",
+            ));
+            rows.push((
+                format!(
+                    "the {thing} was {} and {}",
+                    neg[(i + j) % 6],
+                    neg[(i + j + 1) % 6]
+                ),
+                "neg",
+            ));
+        }
+    }
+    let rows: Vec<(&str, &str)> = rows.iter().map(|(t, l)| (t.as_str(), *l)).collect();
+    write_split(dir, "train", &rows[..24]);
+    write_split(dir, "dev", &rows[24..30]);
+    write_split(dir, "test", &rows[30..]);
+    std::fs::write(dir.join("labels.txt"), "neg\npos\n").unwrap();
+}
+
+fn corefocus(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_corefocus"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let input = stdin.unwrap_or("").to_string();
+    let mut pipe = child.stdin.take().unwrap();
+    std::thread::spawn(move || pipe.write_all(input.as_bytes()));
+    child.wait_with_output().unwrap()
+}
+
+fn ok(out: &Output, what: &str) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{what} failed: {stderr}");
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn train_eval_predict(variant_args: &[&str], tag: &str) {
+    let Some(model) = model_dir() else {
+        eprintln!("skipping: no test model (set COREFOCUS_TEST_MODEL)");
+        return;
+    };
+    let root = scratch(tag);
+    let data = root.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    toy_dataset(&data);
+    let out = root.join("run");
+    let (m, d, o) = (
+        model.to_str().unwrap(),
+        data.to_str().unwrap(),
+        out.to_str().unwrap(),
+    );
+
+    let mut args = vec![
+        "train",
+        "--model",
+        m,
+        "--data",
+        d,
+        "--out",
+        o,
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--max-len",
+        "32",
+        "--lr",
+        "1e-4",
+    ];
+    args.extend_from_slice(variant_args);
+    let stdout = ok(&corefocus(&args, None), "train");
+    assert!(
+        stdout.contains("accuracy"),
+        "train prints the test table: {stdout}"
+    );
+
+    for f in [
+        "model.safetensors",
+        "config.json",
+        "corefocus.json",
+        "metrics.jsonl",
+        "test_report.json",
+    ] {
+        assert!(out.join(f).is_file(), "{f} missing from the checkpoint");
+    }
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = metrics
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(l["epoch"], i + 1);
+        for key in [
+            "train_loss",
+            "val_loss",
+            "val_accuracy",
+            "val_macro_f1",
+            "lr",
+            "seconds",
+            "tokens_per_s",
+        ] {
+            assert!(
+                l[key].as_f64().is_some_and(f64::is_finite),
+                "metrics line {i} lacks {key}"
+            );
+        }
+    }
+    let meta = read_json(&out.join("corefocus.json"));
+    assert_eq!(meta["labels"], serde_json::json!(["neg", "pos"]));
+    assert_eq!(meta["max_len"], 32);
+    let best_loss = lines
+        .iter()
+        .map(|l| l["val_loss"].as_f64().unwrap())
+        .fold(f64::INFINITY, f64::min);
+    assert_eq!(meta["best_val_loss"].as_f64().unwrap(), best_loss);
+    let test_report = read_json(&out.join("test_report.json"));
+
+    // eval of the kept checkpoint reproduces the test report.
+    let report = root.join("report.json");
+    let args = [
+        "eval",
+        "--checkpoint",
+        o,
+        "--data",
+        d,
+        "--split",
+        "test",
+        "--out",
+        report.to_str().unwrap(),
+    ];
+    let stdout = ok(&corefocus(&args, None), "eval");
+    assert!(stdout.contains("accuracy"));
+    let report = read_json(&report);
+    assert_eq!(report["accuracy"], test_report["accuracy"]);
+    assert_eq!(report["examples"], 6);
+    assert!(
+        (report["loss"].as_f64().unwrap() - test_report["loss"].as_f64().unwrap()).abs() < 1e-5
+    );
+
+    // predict: one JSON line per input line, in order, probabilities summing to 1.
+    let input = "what a wonderful and superb film\nan awful, dreadful plot\n\n";
+    let stdout = ok(
+        &corefocus(&["predict", "--checkpoint", o], Some(input)),
+        "predict",
+    );
+    let preds: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(preds.len(), 3);
+    for p in &preds {
+        let label = p["label"].as_str().unwrap();
+        assert!(label == "neg" || label == "pos");
+        let probs = p["probabilities"].as_object().unwrap();
+        let sum: f64 = probs.values().map(|v| v.as_f64().unwrap()).sum();
+        assert!((sum - 1.0).abs() < 1e-5);
+        assert_eq!(
+            probs[label].as_f64().unwrap(),
+            probs
+                .values()
+                .map(|v| v.as_f64().unwrap())
+                .fold(0.0, f64::max)
+        );
+    }
+
+    // Refuses to train over an existing run without --overwrite; errors go to stderr.
+    let args = ["train", "--model", m, "--data", d, "--out", o];
+    let failed = corefocus(&args, None);
+    assert_eq!(failed.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(
+        stderr.starts_with("error:") && stderr.contains("--overwrite"),
+        "{stderr}"
+    );
+
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+#[ignore = "PENDING: needs the merged data/tokenizer/checkpoint/model APIs"]
+fn bert_baseline_train_eval_predict() {
+    train_eval_predict(&["--variant", "bert"], "bert");
+}
+
+#[test]
+#[ignore = "PENDING: needs the merged data/tokenizer/checkpoint/model APIs"]
+fn pfc_train_eval_predict() {
+    train_eval_predict(
+        &[
+            "--variant",
+            "pfc",
+            "--keep-ratio",
+            "0.8",
+            "--combine-layer",
+            "4",
+        ],
+        "pfc",
+    );
+}
+
+#[test]
+fn errors_name_the_problem_and_exit_1() {
+    let root = scratch("errors");
+    let missing = root.join("nope");
+    let out = corefocus(
+        &["predict", "--checkpoint", missing.to_str().unwrap()],
+        Some("text\n"),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("error:") && stderr.contains("not a corefocus checkpoint"),
+        "{stderr}"
+    );
+
+    // clap rejects an unknown variant (its own exit code 2) and names the choices.
+    let out = corefocus(
+        &[
+            "train",
+            "--model",
+            "m",
+            "--data",
+            "d",
+            "--out",
+            "o",
+            "--variant",
+            "zzz",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bert, p, pf, c or pfc"));
+
+    // A method flag that does not apply to the variant fails before anything is loaded
+    // or created.
+    let run = root.join("o");
+    let args = [
+        "train",
+        "--model",
+        "m",
+        "--data",
+        "d",
+        "--out",
+        run.to_str().unwrap(),
+        "--keep-ratio",
+        "0.5",
+    ];
+    let out = corefocus(&args, None);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("error: --keep-ratio applies only"),
+        "{stderr}"
+    );
+    assert!(!run.exists());
+
+    // An occupied --out is refused before the inputs are read.
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(run.join("notes.txt"), "keep me").unwrap();
+    let out = corefocus(
+        &[
+            "train",
+            "--model",
+            "m",
+            "--data",
+            "d",
+            "--out",
+            run.to_str().unwrap(),
+        ],
+        None,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("not empty") && stderr.contains("--overwrite"),
+        "{stderr}"
+    );
+    let args = [
+        "train",
+        "--model",
+        "m",
+        "--data",
+        "d",
+        "--out",
+        run.to_str().unwrap(),
+        "--overwrite",
+    ];
+    let stderr = String::from_utf8_lossy(&corefocus(&args, None).stderr).to_string();
+    assert!(stderr.contains("refusing to delete"), "{stderr}");
+    assert!(run.join("notes.txt").exists());
+    std::fs::remove_dir_all(&root).unwrap();
+}
