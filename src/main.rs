@@ -6,7 +6,12 @@ use clap::{Parser, Subcommand};
 use corefocus::train::{
     run_eval, run_predict, run_train, EvalOptions, PredictOptions, TrainOptions,
 };
+use corefocus::bench::{alloc::CountingAlloc, run_bench, BenchArgs};
 use std::process::ExitCode;
+
+/// Counts heap bytes so `bench` can report peak tensor memory.
+#[global_allocator]
+static ALLOC: CountingAlloc = CountingAlloc;
 
 #[derive(Parser)]
 #[command(
@@ -27,6 +32,8 @@ enum Command {
     Eval(EvalOptions),
     /// Classify texts, one per input line; writes JSON Lines to standard output.
     Predict(PredictOptions),
+    /// Time training steps and forward passes of variants side by side (interleaved).
+    Bench(BenchArgs),
 }
 
 fn run(command: Command) -> anyhow::Result<()> {
@@ -34,6 +41,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Train(opts) => run_train(&opts).map(|_| ()),
         Command::Eval(opts) => run_eval(&opts).map(|_| ()),
         Command::Predict(opts) => run_predict(&opts).map(|_| ()),
+        Command::Bench(args) => run_bench(&args).map(|_| ()),
     }
 }
 

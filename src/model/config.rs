@@ -89,7 +89,7 @@ impl BertConfig {
                 bail!("field `{name}` = {v} is absurdly large");
             }
         }
-        if self.hidden_size % self.num_attention_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             bail!(
                 "field `hidden_size` = {} is not divisible by `num_attention_heads` = {}",
                 self.hidden_size,
@@ -294,7 +294,7 @@ impl MethodConfig {
             if self.pooling == Pooling::Cls {
                 bail!("--pooling cls is not available with combining (variants c, pfc): the representation is the mean of the combination tokens");
             }
-            if !(self.assign_eps > 0.0) {
+            if self.assign_eps.is_nan() || self.assign_eps <= 0.0 {
                 bail!("assign_eps must be positive");
             }
         }
