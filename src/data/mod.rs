@@ -1,1 +1,2 @@
 //! Datasets: readers, tokenisation, splits.
+pub mod tokenize;
