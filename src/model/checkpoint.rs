@@ -212,8 +212,8 @@ pub fn load_hf_checkpoint(dir: &Path) -> Result<(BertConfig, ParamStore)> {
     if !weights_path.is_file() {
         if dir.join("pytorch_model.bin").is_file() {
             bail!(
-                "{}: only pytorch_model.bin found; corefocus reads safetensors only. \
-                 Convert to safetensors first, e.g. in Python: \
+                "{}: only pytorch_model.bin found, but corefocus reads model.safetensors only; \
+                 convert to safetensors first, e.g. in Python: \
                  `BertModel.from_pretrained(dir).save_pretrained(dir, safe_serialization=True)`",
                 dir.display()
             );
