@@ -66,20 +66,16 @@ fn loads_minilm() {
         assert_eq!(&t.shape, shape, "{name}");
         assert_eq!(t.data.len(), shape.iter().product::<usize>());
     }
-    // Values read independently from the file (Python struct + json).
-    let word = store.get("embeddings.word_embeddings.weight").unwrap();
-    assert_eq!(word.data[0], -0.019989013671875);
-    assert_eq!(word.data[1], -0.0034027099609375);
-    assert_eq!(word.data[101 * 384 + 5], -0.0013143301475793123);
-    let ln = store.get("encoder.layer.5.output.LayerNorm.bias").unwrap();
-    assert_eq!(
-        (ln.data[0], ln.data[383]),
-        (-0.03630739822983742, 0.06612399220466614)
-    );
-    assert_eq!(
-        store.get("pooler.dense.weight").unwrap().data[0],
-        -0.01512908935546875
-    );
+    // Values read independently from the file (Python struct + json); f32 -> f64 is exact.
+    let value = |name: &str, i: usize| store.get(name).unwrap().data[i] as f64;
+    let word = "embeddings.word_embeddings.weight";
+    assert_eq!(value(word, 0), -0.019989013671875);
+    assert_eq!(value(word, 1), -0.0034027099609375);
+    assert_eq!(value(word, 101 * 384 + 5), -0.0013143301475793123);
+    let ln = "encoder.layer.5.output.LayerNorm.bias";
+    assert_eq!(value(ln, 0), -0.03630739822983742);
+    assert_eq!(value(ln, 383), 0.06612399220466614);
+    assert_eq!(value("pooler.dense.weight", 0), -0.01512908935546875);
 
     // The generic reader sees the same data, plus the int64 position_ids buffer.
     let raw = read_safetensors(&dir.join("model.safetensors"), true).unwrap();
@@ -135,13 +131,16 @@ fn write_read_round_trip() {
 
 // ---- a tiny synthetic checkpoint for the error cases ----
 
+/// (name, shape, values) of one tensor.
+type NamedTensor = (String, Vec<usize>, Vec<f32>);
+
 fn tiny_config() -> BertConfig {
     BertConfig::sized(11, 4, 2, 2, 8)
 }
 
 /// Tensor names/shapes of `cfg` with deterministic values that are exact in f16 and bf16
 /// (small multiples of 1/8).
-fn tiny_tensors(cfg: &BertConfig) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+fn tiny_tensors(cfg: &BertConfig) -> Vec<NamedTensor> {
     bert_tensors(cfg)
         .into_iter()
         .enumerate()
@@ -192,7 +191,7 @@ fn encode(data: &[f32], enc: &Enc) -> (Dtype, Vec<u8>) {
 /// Writes `tensors` (+ any extra raw tensors) with the safetensors crate directly.
 fn write_raw(
     path: &Path,
-    tensors: &[(String, Vec<usize>, Vec<f32>)],
+    tensors: &[NamedTensor],
     enc: Enc,
     extra: &[(String, Dtype, Vec<usize>, Vec<u8>)],
 ) {
@@ -221,7 +220,7 @@ fn write_config(dir: &Path, cfg: &BertConfig) {
 }
 
 /// A valid tiny checkpoint directory with F32 weights.
-fn tiny_checkpoint(tag: &str) -> (PathBuf, BertConfig, Vec<(String, Vec<usize>, Vec<f32>)>) {
+fn tiny_checkpoint(tag: &str) -> (PathBuf, BertConfig, Vec<NamedTensor>) {
     let dir = temp_dir(tag);
     let cfg = tiny_config();
     let tensors = tiny_tensors(&cfg);
@@ -230,7 +229,7 @@ fn tiny_checkpoint(tag: &str) -> (PathBuf, BertConfig, Vec<(String, Vec<usize>, 
     (dir, cfg, tensors)
 }
 
-fn assert_matches(store: &ParamStore, tensors: &[(String, Vec<usize>, Vec<f32>)]) {
+fn assert_matches(store: &ParamStore, tensors: &[NamedTensor]) {
     assert_eq!(store.len(), tensors.len());
     for (t, (name, shape, data)) in store.tensors.iter().zip(tensors) {
         assert_eq!((&t.name, &t.shape), (name, shape));
