@@ -2,6 +2,7 @@
 
 mod readers;
 mod split;
+pub mod tokenize;
 
 pub use readers::*;
 pub use split::*;
