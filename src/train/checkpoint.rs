@@ -7,7 +7,7 @@
 //! Files in the old directory that are not part of a checkpoint (`metrics.jsonl`,
 //! reports) are carried over into the new one.
 
-use super::api::{read_safetensors, write_safetensors, ModelApi, TextTokenizer};
+use super::api::{read_safetensors, write_safetensors, TextTokenizer};
 use super::trainer::TrainOptions;
 use crate::model::{BertConfig, MethodConfig, Model};
 use crate::util::write_atomic;

@@ -136,8 +136,8 @@ pub fn run_eval(opts: &EvalOptions) -> Result<EvalResult> {
     ensure!(opts.eval_batch >= 1, "--eval-batch must be at least 1");
     let (model, tokenizer, meta) = load_checkpoint(&opts.checkpoint)?;
     let read = ReadOptions {
-        text_column: opts.text_column.clone(),
-        label_column: opts.label_column.clone(),
+        text_column: Some(opts.text_column.clone()),
+        label_column: Some(opts.label_column.clone()),
     };
     let ds = load_dataset(&opts.data, &read)
         .with_context(|| format!("cannot load the dataset {}", opts.data.display()))?;

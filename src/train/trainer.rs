@@ -4,7 +4,7 @@
 //! checkpoints.
 
 use super::adamw::{clip_grad_norm, AdamW, AdamWConfig};
-use super::api::{label_ids, stratified_split, ModelApi, ReadOptions, TextTokenizer};
+use super::api::{label_ids, stratified_split, ReadOptions, TextTokenizer};
 use super::api::{load_dataset, load_hf_checkpoint, softmax_cross_entropy, DatasetSplits, Example};
 use super::checkpoint::{load_checkpoint, save_checkpoint, utc_timestamp, CheckpointMeta};
 use super::eval::{evaluate, EvalResult};
@@ -316,8 +316,8 @@ impl TrainOptions {
 
     pub fn read_options(&self) -> ReadOptions {
         ReadOptions {
-            text_column: self.text_column.clone(),
-            label_column: self.label_column.clone(),
+            text_column: Some(self.text_column.clone()),
+            label_column: Some(self.label_column.clone()),
         }
     }
 
