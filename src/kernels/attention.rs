@@ -68,6 +68,8 @@ pub fn attention_backward(
     dk: &mut [f32],
     dv: &mut [f32],
 ) {
-    let _ = (d, q, k, v, kv_count, scale, dropout, probs, dctx, dq, dk, dv);
+    let _ = (
+        d, q, k, v, kv_count, scale, dropout, probs, dctx, dq, dk, dv,
+    );
     todo!("kernels helper")
 }

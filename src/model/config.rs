@@ -103,11 +103,17 @@ impl BertConfig {
             );
         }
         if !(self.layer_norm_eps > 0.0 && self.layer_norm_eps < 1.0) {
-            bail!("field `layer_norm_eps` = {} is out of range", self.layer_norm_eps);
+            bail!(
+                "field `layer_norm_eps` = {} is out of range",
+                self.layer_norm_eps
+            );
         }
         for (name, p) in [
             ("hidden_dropout_prob", self.hidden_dropout_prob),
-            ("attention_probs_dropout_prob", self.attention_probs_dropout_prob),
+            (
+                "attention_probs_dropout_prob",
+                self.attention_probs_dropout_prob,
+            ),
         ] {
             if !(0.0..1.0).contains(&p) {
                 bail!("field `{name}` = {p} must be in [0, 1)");
@@ -119,7 +125,10 @@ impl BertConfig {
             }
         }
         if self.pad_token_id >= self.vocab_size {
-            bail!("field `pad_token_id` = {} is outside the vocabulary", self.pad_token_id);
+            bail!(
+                "field `pad_token_id` = {} is outside the vocabulary",
+                self.pad_token_id
+            );
         }
         Ok(())
     }
@@ -247,7 +256,11 @@ impl MethodConfig {
         MethodConfig {
             variant,
             keep_ratio: if variant.prunes() { 0.9 } else { 1.0 },
-            combine_layer: if layers == 12 { 11 } else { layers.saturating_sub(1).max(1) },
+            combine_layer: if layers == 12 {
+                11
+            } else {
+                layers.saturating_sub(1).max(1)
+            },
             combine_tokens: 8,
             combine_init: CombineInit::Copy,
             combine_scale: 1.0,
@@ -286,7 +299,10 @@ impl MethodConfig {
             }
         }
         if !(0.0..1.0).contains(&self.classifier_dropout) {
-            bail!("classifier dropout {} must be in [0, 1)", self.classifier_dropout);
+            bail!(
+                "classifier dropout {} must be in [0, 1)",
+                self.classifier_dropout
+            );
         }
         if !(self.pct_low <= self.pct_high && self.pct_low >= 0.0 && self.pct_high <= 100.0) {
             bail!("fuzzy percentiles must satisfy 0 <= low <= high <= 100");

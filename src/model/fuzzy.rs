@@ -33,7 +33,12 @@ pub struct Selection {
 
 /// Selects which of `candidates` (token positions, ascending, `t` of them) stay as keys
 /// and values in the next layer, from `head_scores` `[heads, t]` = S_h(j).
-pub fn select(candidates: &[usize], head_scores: &[f32], heads: usize, cfg: &SelectConfig) -> Selection {
+pub fn select(
+    candidates: &[usize],
+    head_scores: &[f32],
+    heads: usize,
+    cfg: &SelectConfig,
+) -> Selection {
     let _ = (candidates, head_scores, heads, cfg);
     todo!("fuzzy helper")
 }

@@ -11,9 +11,18 @@ pub fn layer_prefix(l: usize) -> String {
 pub fn bert_tensors(cfg: &BertConfig) -> Vec<(String, Vec<usize>)> {
     let (d, f) = (cfg.hidden_size, cfg.intermediate_size);
     let mut v: Vec<(String, Vec<usize>)> = vec![
-        ("embeddings.word_embeddings.weight".into(), vec![cfg.vocab_size, d]),
-        ("embeddings.position_embeddings.weight".into(), vec![cfg.max_position_embeddings, d]),
-        ("embeddings.token_type_embeddings.weight".into(), vec![cfg.type_vocab_size, d]),
+        (
+            "embeddings.word_embeddings.weight".into(),
+            vec![cfg.vocab_size, d],
+        ),
+        (
+            "embeddings.position_embeddings.weight".into(),
+            vec![cfg.max_position_embeddings, d],
+        ),
+        (
+            "embeddings.token_type_embeddings.weight".into(),
+            vec![cfg.type_vocab_size, d],
+        ),
         ("embeddings.LayerNorm.weight".into(), vec![d]),
         ("embeddings.LayerNorm.bias".into(), vec![d]),
     ];
