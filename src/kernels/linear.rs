@@ -89,3 +89,106 @@ pub fn column_sums_into(m: &[f32], rows: usize, cols: usize, acc: &mut [f32]) {
             }
         });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::gradcheck::{assert_grad_close, dot, numeric_grad, random_vec, to_f64};
+
+    fn linear_ref(
+        x: &[f64],
+        rows: usize,
+        in_dim: usize,
+        w: &[f64],
+        b: &[f64],
+        out_dim: usize,
+    ) -> Vec<f64> {
+        let mut y = vec![0.0; rows * out_dim];
+        for r in 0..rows {
+            for o in 0..out_dim {
+                let mut s = b[o];
+                for i in 0..in_dim {
+                    s += x[r * in_dim + i] * w[o * in_dim + i];
+                }
+                y[r * out_dim + o] = s;
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn forward_and_backward_match_reference() {
+        let (rows, in_dim, out_dim) = (5, 7, 4);
+        let x = random_vec(1, rows * in_dim, 1.0);
+        let w = random_vec(2, out_dim * in_dim, 0.5);
+        let b = random_vec(3, out_dim, 0.5);
+        let c = random_vec(4, rows * out_dim, 1.0);
+        let (x64, w64, b64) = (to_f64(&x), to_f64(&w), to_f64(&b));
+
+        let mut y = vec![f32::NAN; rows * out_dim];
+        linear_forward(&x, rows, in_dim, &w, Some(&b), out_dim, &mut y);
+        let want_y = linear_ref(&x64, rows, in_dim, &w64, &b64, out_dim);
+        assert_grad_close("linear y", &y, &want_y, 1e-6);
+
+        // Parameter gradients accumulate onto 1.0; dx is overwritten (NaN start).
+        let mut dx = vec![f32::NAN; rows * in_dim];
+        let mut dw = vec![1.0f32; out_dim * in_dim];
+        let mut db = vec![1.0f32; out_dim];
+        linear_backward(
+            &x,
+            rows,
+            in_dim,
+            &w,
+            out_dim,
+            &c,
+            Some(&mut dx),
+            false,
+            &mut dw,
+            Some(&mut db),
+        );
+        let h = 1e-5;
+        let gx = numeric_grad(
+            |x| dot(&c, &linear_ref(x, rows, in_dim, &w64, &b64, out_dim)),
+            &x64,
+            h,
+        );
+        let gw = numeric_grad(
+            |w| dot(&c, &linear_ref(&x64, rows, in_dim, w, &b64, out_dim)),
+            &w64,
+            h,
+        );
+        let gb = numeric_grad(
+            |b| dot(&c, &linear_ref(&x64, rows, in_dim, &w64, b, out_dim)),
+            &b64,
+            h,
+        );
+        assert_grad_close("linear dx", &dx, &gx, 1e-5);
+        let plus_one = |g: &[f64]| g.iter().map(|v| v + 1.0).collect::<Vec<_>>();
+        assert_grad_close("linear dw", &dw, &plus_one(&gw), 1e-5);
+        assert_grad_close("linear db", &db, &plus_one(&gb), 1e-5);
+
+        // accumulate_dx adds onto the previous dx.
+        let mut dx2 = dx.clone();
+        let mut dw2 = vec![0.0f32; out_dim * in_dim];
+        linear_backward(
+            &x,
+            rows,
+            in_dim,
+            &w,
+            out_dim,
+            &c,
+            Some(&mut dx2),
+            true,
+            &mut dw2,
+            None,
+        );
+        for (a, b) in dx2.iter().zip(&dx) {
+            assert!((a - 2.0 * b).abs() <= 1e-6 * (1.0 + b.abs()));
+        }
+
+        // Without bias the output is x Wᵀ.
+        linear_forward(&x, rows, in_dim, &w, None, out_dim, &mut y);
+        let want_nob = linear_ref(&x64, rows, in_dim, &w64, &vec![0.0; out_dim], out_dim);
+        assert_grad_close("linear y (no bias)", &y, &want_nob, 1e-6);
+    }
+}

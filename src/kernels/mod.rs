@@ -5,6 +5,9 @@ pub mod activations;
 pub mod attention;
 pub mod dropout;
 pub mod embedding;
+pub(crate) mod fastmath;
+#[cfg(test)]
+pub(crate) mod gradcheck;
 pub mod layernorm;
 pub mod linear;
 pub mod loss;
