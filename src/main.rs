@@ -1,4 +1,3 @@
-<<<<<<< HEAD
 //! The `corefocus` command line. Each subcommand's options and logic live in the library;
 //! this file only parses and dispatches. To add a subcommand, add a variant to `Command`
 //! and an arm to `run`.
@@ -56,6 +55,3 @@ fn main() -> ExitCode {
         }
     }
 }
-=======
-fn main() {}
->>>>>>> kernels
