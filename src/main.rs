@@ -7,6 +7,7 @@ use corefocus::train::{
     run_eval, run_predict, run_train, EvalOptions, PredictOptions, TrainOptions,
 };
 use corefocus::bench::{alloc::CountingAlloc, run_bench, BenchArgs};
+use corefocus::demo::{run_demo, DemoArgs};
 use std::process::ExitCode;
 
 /// Counts heap bytes so `bench` can report peak tensor memory.
@@ -34,6 +35,9 @@ enum Command {
     Predict(PredictOptions),
     /// Time training steps and forward passes of variants side by side (interleaved).
     Bench(BenchArgs),
+    /// The built-in default job: trains BERT and the method's variants on a synthetic
+    /// corpus (offline, a few minutes) and prints a side-by-side table.
+    Demo(DemoArgs),
 }
 
 fn run(command: Command) -> anyhow::Result<()> {
@@ -42,6 +46,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Eval(opts) => run_eval(&opts).map(|_| ()),
         Command::Predict(opts) => run_predict(&opts).map(|_| ()),
         Command::Bench(args) => run_bench(&args).map(|_| ()),
+        Command::Demo(args) => run_demo(&args).map(|_| ()),
     }
 }
 
