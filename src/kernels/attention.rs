@@ -74,6 +74,11 @@ pub fn attention_forward(
         batch * q_len * width,
         "attention_forward: ctx length"
     );
+    // The softmax takes the row max of the unscaled scores, valid for scale > 0.
+    assert!(
+        scale > 0.0,
+        "attention_forward: scale {scale} must be positive"
+    );
     let dropout = dropout.filter(|dr| dr.p > 0.0);
 
     // Split the optional per-(b, h) outputs into one slot per task.
