@@ -1,6 +1,7 @@
 //! Inverted dropout whose mask is a pure function of (seed, element index), so backward
 //! recomputes it instead of storing it.
 
+use super::fastmath::simd_fn;
 use crate::rng::hash_uniform;
 use rayon::prelude::*;
 
@@ -28,13 +29,14 @@ pub fn dropout_backward(dx: &mut [f32], p: f32, seed: u64, offset: u64) {
     dropout_forward(dx, p, seed, offset)
 }
 
-/// `x[i] = 0` where `hash_uniform(seed, base + i) < p`, else `x[i] * keep_scale`.
-/// Shared with the attention kernel (serially, inside its own parallel loop).
-#[inline]
-pub(crate) fn apply_mask(x: &mut [f32], p: f32, keep_scale: f32, seed: u64, base: u64) {
-    for (i, v) in x.iter_mut().enumerate() {
-        let dropped = hash_uniform(seed, base + i as u64) < p;
-        *v = if dropped { 0.0 } else { *v * keep_scale };
+simd_fn! {
+    /// `x[i] = 0` where `hash_uniform(seed, base + i) < p`, else `x[i] * keep_scale`.
+    /// Shared with the attention kernel (serially, inside its own parallel loop).
+    pub(crate) fn apply_mask(x: &mut [f32], p: f32, keep_scale: f32, seed: u64, base: u64) {
+        for (i, v) in x.iter_mut().enumerate() {
+            let dropped = hash_uniform(seed, base + i as u64) < p;
+            *v = if dropped { 0.0 } else { *v * keep_scale };
+        }
     }
 }
 

@@ -40,13 +40,7 @@ pub(crate) fn exp_f32(a: f32) -> f32 {
     const ROUND: f32 = 12_582_912.0;
     const LN2_HI: f32 = 0.693_359_4; // few mantissa bits, so k * LN2_HI is exact
     const LN2_LO: f32 = -2.121_944_4e-4;
-    let clamped = if a < -87.0 {
-        -87.0
-    } else if a > 88.0 {
-        88.0
-    } else {
-        a
-    };
+    let clamped = a.clamp(-87.0, 88.0); // NaN stays NaN
     let shifted = clamped * LOG2E + ROUND;
     let k = shifted - ROUND;
     // The integer k sits in the low mantissa bits of `shifted`.
@@ -55,7 +49,7 @@ pub(crate) fn exp_f32(a: f32) -> f32 {
     let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
         + 1.666_666_5e-1)
         * r
-        + 5.000_000_1e-1;
+        + 0.5; // Cephes' 5.0000001201e-1 rounds to 0.5 in f32
     let p = p * r * r + r + 1.0;
     let two_k = f32::from_bits((k_int.wrapping_add(127) << 23) as u32);
     if a < -87.0 {
@@ -72,7 +66,7 @@ pub(crate) fn exp_f32(a: f32) -> f32 {
 pub(crate) fn exp_f64(a: f64) -> f64 {
     const LOG2E: f64 = std::f64::consts::LOG2_E;
     const ROUND: f64 = 6_755_399_441_055_744.0; // 1.5 * 2^52
-    const LN2_HI: f64 = 6.931_471_803_691_238_2e-1;
+    const LN2_HI: f64 = 6.931_471_803_691_238e-1;
     const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
     let clamped = if a < -700.0 { -700.0 } else { a };
     let shifted = clamped * LOG2E + ROUND;
