@@ -1,21 +1,22 @@
 //! End-to-end test of the command line: train -> eval -> predict on a tiny synthetic
 //! dataset with the test checkpoint (all-MiniLM-L6-v2).
-//!
-//! PENDING: the two train/eval/predict tests are `#[ignore]`d until the data, tokenizer,
-//! checkpoint and model APIs are merged (on the `train` branch alone they hit the
-//! integration shim's `todo!()`s); remove the `#[ignore]` attributes after the merge.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-fn model_dir() -> Option<PathBuf> {
+fn model_dir() -> PathBuf {
     let dir = std::env::var_os("COREFOCUS_TEST_MODEL")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             Path::new(env!("CARGO_MANIFEST_DIR")).join("target/models/all-MiniLM-L6-v2")
         });
-    dir.join("config.json").is_file().then_some(dir)
+    assert!(
+        dir.join("config.json").is_file(),
+        "test checkpoint missing at {}: run scripts/fetch-test-model.sh (or set COREFOCUS_TEST_MODEL)",
+        dir.display()
+    );
+    dir
 }
 
 fn scratch(tag: &str) -> PathBuf {
@@ -100,10 +101,7 @@ fn read_json(path: &Path) -> serde_json::Value {
 }
 
 fn train_eval_predict(variant_args: &[&str], tag: &str) {
-    let Some(model) = model_dir() else {
-        eprintln!("skipping: no test model (set COREFOCUS_TEST_MODEL)");
-        return;
-    };
+    let model = model_dir();
     let root = scratch(tag);
     let data = root.join("data");
     std::fs::create_dir_all(&data).unwrap();
@@ -243,13 +241,11 @@ fn train_eval_predict(variant_args: &[&str], tag: &str) {
 }
 
 #[test]
-#[ignore = "PENDING: needs the merged data/tokenizer/checkpoint/model APIs"]
 fn bert_baseline_train_eval_predict() {
     train_eval_predict(&["--variant", "bert"], "bert");
 }
 
 #[test]
-#[ignore = "PENDING: needs the merged data/tokenizer/checkpoint/model APIs"]
 fn pfc_train_eval_predict() {
     train_eval_predict(
         &[
