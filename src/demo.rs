@@ -246,13 +246,21 @@ pub fn prepare(out: &Path, train_docs: usize, seed: u64) -> Result<(PathBuf, Pat
     write_split(&data, "train", &generate(&spec, train_docs, seed))?;
     write_split(&data, "dev", &generate(&spec, eval_docs, seed + 1))?;
     write_split(&data, "test", &generate(&spec, eval_docs, seed + 2))?;
-    write_atomic(&data.join("labels.txt"), (CLASSES.join("\n") + "\n").as_bytes())?;
+    write_atomic(
+        &data.join("labels.txt"),
+        (CLASSES.join("\n") + "\n").as_bytes(),
+    )?;
 
     let model_dir = out.join("model");
     let tok = TextTokenizer::word_level(&vocabulary(&spec), false)?;
     tok.save(&model_dir)?;
     let cfg = demo_config(tok.vocab_size());
-    let random = Model::random(cfg.clone(), MethodConfig::new(Variant::Bert, cfg.num_hidden_layers), 2, seed)?;
+    let random = Model::random(
+        cfg.clone(),
+        MethodConfig::new(Variant::Bert, cfg.num_hidden_layers),
+        2,
+        seed,
+    )?;
     let mut bert_only = ParamStore::new();
     for (name, _) in names::bert_tensors(&cfg) {
         if let Some(t) = random.params.get(&name) {
@@ -260,7 +268,10 @@ pub fn prepare(out: &Path, train_docs: usize, seed: u64) -> Result<(PathBuf, Pat
         }
     }
     checkpoint::write_safetensors(&model_dir.join("model.safetensors"), &bert_only, None)?;
-    write_atomic(&model_dir.join("config.json"), serde_json::to_string_pretty(&cfg)?.as_bytes())?;
+    write_atomic(
+        &model_dir.join("config.json"),
+        serde_json::to_string_pretty(&cfg)?.as_bytes(),
+    )?;
     Ok((data, model_dir))
 }
 
@@ -309,7 +320,11 @@ pub fn run_demo(args: &DemoArgs) -> Result<Vec<DemoRow>> {
         });
     }
     println!("{}", format_rows(&rows));
-    println!("total time {:.0} s; checkpoints and reports under {}", t0.elapsed().as_secs_f64(), args.out.display());
+    println!(
+        "total time {:.0} s; checkpoints and reports under {}",
+        t0.elapsed().as_secs_f64(),
+        args.out.display()
+    );
     let json = serde_json::to_string_pretty(&rows)?;
     write_atomic(&args.out.join("demo_report.json"), json.as_bytes())?;
     Ok(rows)

@@ -8,6 +8,7 @@ pub mod demo;
 pub mod kernels;
 pub mod metrics;
 pub mod model;
+pub mod profile;
 pub mod rng;
 pub mod train;
 pub mod util;

@@ -3,11 +3,11 @@
 //! and an arm to `run`.
 
 use clap::{Parser, Subcommand};
+use corefocus::bench::{alloc::CountingAlloc, run_bench, BenchArgs};
+use corefocus::demo::{run_demo, DemoArgs};
 use corefocus::train::{
     run_eval, run_predict, run_train, EvalOptions, PredictOptions, TrainOptions,
 };
-use corefocus::bench::{alloc::CountingAlloc, run_bench, BenchArgs};
-use corefocus::demo::{run_demo, DemoArgs};
 use std::process::ExitCode;
 
 /// Counts heap bytes so `bench` can report peak tensor memory.

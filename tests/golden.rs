@@ -119,7 +119,10 @@ fn check_pruning(g: &Golden, out: &corefocus::model::ForwardOutput, fuzzy: bool)
                 n_pruned[s * 3 + b]
             );
             // The golden `n_requested` counts tokens to remove (t - keep).
-            assert_eq!((cands.len() - sel.n_requested) as i64, n_requested[s * 3 + b]);
+            assert_eq!(
+                (cands.len() - sel.n_requested) as i64,
+                n_requested[s * 3 + b]
+            );
             if fuzzy {
                 let a = g.f32("fuzzy_a")[s * 3 + b];
                 let bb = g.f32("fuzzy_b")[s * 3 + b];

@@ -41,6 +41,9 @@ pub struct BenchArgs {
     pub lengths: Option<PathBuf>,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Report time per kernel (model-level call sites) of the training steps.
+    #[arg(long)]
+    pub profile: bool,
     /// Print JSON instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -53,7 +56,11 @@ pub fn run_bench(args: &BenchArgs) -> Result<run::BenchReport> {
     let lengths = match &args.lengths {
         Some(path) => {
             let ex = crate::data::read_split(path, &crate::data::ReadOptions::default())?;
-            Some(ex.iter().map(|e| e.text.split_whitespace().count() + 2).collect())
+            Some(
+                ex.iter()
+                    .map(|e| e.text.split_whitespace().count() + 2)
+                    .collect(),
+            )
         }
         None => None,
     };
@@ -68,6 +75,7 @@ pub fn run_bench(args: &BenchArgs) -> Result<run::BenchReport> {
         lengths,
         seed: args.seed,
         forward: !args.no_forward,
+        profile: args.profile,
     };
     let report = run::run(&opts)?;
     let table = run::format_table(&report);
@@ -80,8 +88,10 @@ pub fn run_bench(args: &BenchArgs) -> Result<run::BenchReport> {
     if let Some(out) = &args.out {
         let md = out.with_extension("md");
         let js = out.with_extension("json");
-        crate::util::write_atomic(&md, table.as_bytes()).with_context(|| format!("writing {}", md.display()))?;
-        crate::util::write_atomic(&js, json.as_bytes()).with_context(|| format!("writing {}", js.display()))?;
+        crate::util::write_atomic(&md, table.as_bytes())
+            .with_context(|| format!("writing {}", md.display()))?;
+        crate::util::write_atomic(&js, json.as_bytes())
+            .with_context(|| format!("writing {}", js.display()))?;
     }
     Ok(report)
 }

@@ -53,6 +53,8 @@ pub struct BenchOptions {
     pub lengths: Option<Vec<usize>>,
     pub seed: u64,
     pub forward: bool,
+    /// Accumulate per-kernel time of the timed training steps.
+    pub profile: bool,
 }
 
 /// Parses a variant spec into a label and method settings for an `layers`-layer model.
@@ -60,14 +62,20 @@ pub fn parse_variant(spec: &str, layers: usize, keep_ratio: f32) -> Result<(Stri
     let (head, ratio) = match spec.split_once(':') {
         Some((h, r)) => (
             h,
-            Some(r.parse::<f32>().with_context(|| format!("variant {spec:?}: bad keep ratio {r:?}"))?),
+            Some(
+                r.parse::<f32>()
+                    .with_context(|| format!("variant {spec:?}: bad keep ratio {r:?}"))?,
+            ),
         ),
         None => (spec, None),
     };
     let (name, layer) = match head.split_once('@') {
         Some((n, l)) => (
             n,
-            Some(l.parse::<usize>().with_context(|| format!("variant {spec:?}: bad combine layer {l:?}"))?),
+            Some(
+                l.parse::<usize>()
+                    .with_context(|| format!("variant {spec:?}: bad combine layer {l:?}"))?,
+            ),
         ),
         None => (head, None),
     };
@@ -84,7 +92,8 @@ pub fn parse_variant(spec: &str, layers: usize, keep_ratio: f32) -> Result<(Stri
         }
         m.combine_layer = l;
     }
-    m.validate(layers).with_context(|| format!("variant {spec:?}"))?;
+    m.validate(layers)
+        .with_context(|| format!("variant {spec:?}"))?;
     Ok((spec.to_string(), m))
 }
 
@@ -133,6 +142,9 @@ pub struct VariantResult {
     pub speedup_forward: f64,
     pub memory_ratio: f64,
     pub flops_ratio: f64,
+    /// Per-kernel seconds per training step (median-free mean over timed steps), when
+    /// profiling.
+    pub kernel_seconds: Vec<(String, f64)>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -162,6 +174,7 @@ struct Runner {
     transient_peak: usize,
     fwd_flops: u64,
     kept_last: f64,
+    kernel_seconds: Vec<f64>,
 }
 
 fn cpu_features() -> String {
@@ -192,7 +205,11 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
         }
     };
     if opts.seq < 2 || opts.seq > bert.max_position_embeddings {
-        bail!("--seq {} must be in 2..={}", opts.seq, bert.max_position_embeddings);
+        bail!(
+            "--seq {} must be in 2..={}",
+            opts.seq,
+            bert.max_position_embeddings
+        );
     }
     if opts.batch == 0 {
         bail!("--batch must be positive");
@@ -232,13 +249,24 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
     let base_params = match base {
         Some(p) => p,
         None => {
-            let m = Model::random(bert.clone(), MethodConfig::new(Variant::Bert, layers), num_labels, opts.seed)?;
+            let m = Model::random(
+                bert.clone(),
+                MethodConfig::new(Variant::Bert, layers),
+                num_labels,
+                opts.seed,
+            )?;
             m.params
         }
     };
     let mut runners = Vec::new();
     for (label, method) in specs {
-        let model = Model::from_bert_params(bert.clone(), base_params.clone(), method, num_labels, opts.seed)?;
+        let model = Model::from_bert_params(
+            bert.clone(),
+            base_params.clone(),
+            method,
+            num_labels,
+            opts.seed,
+        )?;
         let opt = AdamW::new(&model.params, AdamWConfig::default());
         let grads = model.params.zeros_like();
         runners.push(Runner {
@@ -251,6 +279,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
             transient_peak: 0,
             fwd_flops: 0,
             kept_last: 0.0,
+            kernel_seconds: vec![0.0; crate::profile::KERNELS.len()],
         });
     }
     drop(base_params);
@@ -261,17 +290,46 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
         let timed = rep >= opts.warmup;
         for (i, r) in runners.iter_mut().enumerate() {
             let step_seed = opts.seed ^ ((rep * 1000 + i) as u64);
+            crate::profile::enable(opts.profile && timed);
+            crate::profile::reset();
             alloc::reset_peak();
             let before = alloc::current_bytes();
             let t0 = Instant::now();
-            let (out, tape) = r.model.forward(&batch, Mode::Train { seed: step_seed }, true);
-            softmax_cross_entropy(&out.logits, opts.batch, num_labels, &labels, &mut probs, Some(&mut dlogits));
+            let (out, tape) = r
+                .model
+                .forward(&batch, Mode::Train { seed: step_seed }, true);
+            softmax_cross_entropy(
+                &out.logits,
+                opts.batch,
+                num_labels,
+                &labels,
+                &mut probs,
+                Some(&mut dlogits),
+            );
             r.grads.fill_zero();
-            r.model.backward(tape.as_ref().expect("tape recorded"), &dlogits, &mut r.grads);
+            r.model.backward(
+                tape.as_ref().expect("tape recorded"),
+                &dlogits,
+                &mut r.grads,
+            );
             drop(tape);
-            clip_grad_norm(&mut r.grads, 1.0);
-            r.opt.step(&mut r.model.params, &r.grads, 1e-5);
+            crate::profile::timed(crate::profile::Kernel::Optimizer, || {
+                clip_grad_norm(&mut r.grads, 1.0);
+                r.opt.step(&mut r.model.params, &r.grads, 1e-5);
+            });
             let dt = t0.elapsed().as_secs_f64();
+            crate::profile::enable(false);
+            if timed {
+                let snap = crate::profile::snapshot();
+                let accounted: f64 = snap.iter().map(|(_, s)| s).sum();
+                for (k, (_, secs)) in snap.iter().enumerate() {
+                    r.kernel_seconds[k] += secs;
+                }
+                if opts.profile {
+                    let other = crate::profile::Kernel::Other as usize;
+                    r.kernel_seconds[other] += (dt - accounted).max(0.0);
+                }
+            }
             let peak = alloc::peak_bytes().saturating_sub(before);
             r.transient_peak = r.transient_peak.max(peak);
             if timed {
@@ -279,7 +337,8 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
             }
             r.fwd_flops = forward_flops(&r.model, batch.seq, &batch.lengths, &out.trace);
             if let Some(last) = out.trace.layers.last() {
-                r.kept_last = last.kept.iter().map(|k| k.len()).sum::<usize>() as f64 / opts.batch as f64;
+                r.kept_last =
+                    last.kept.iter().map(|k| k.len()).sum::<usize>() as f64 / opts.batch as f64;
             }
         }
         if opts.forward {
@@ -313,10 +372,22 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
                 speedup_forward: f64::NAN,
                 memory_ratio: f64::NAN,
                 flops_ratio: f64::NAN,
+                kernel_seconds: if opts.profile {
+                    crate::profile::KERNELS
+                        .iter()
+                        .zip(&r.kernel_seconds)
+                        .map(|(k, s)| (k.name().to_string(), s / r.train.len().max(1) as f64))
+                        .collect()
+                } else {
+                    Vec::new()
+                },
             }
         })
         .collect();
-    if let Some(base) = results.iter().position(|r| r.method.variant == Variant::Bert) {
+    if let Some(base) = results
+        .iter()
+        .position(|r| r.method.variant == Variant::Bert)
+    {
         let b = results[base].clone();
         for r in &mut results {
             r.speedup_train = b.train_step.median_s / r.train_step.median_s;
@@ -377,6 +448,27 @@ pub fn format_table(r: &BenchReport) -> String {
             v.memory_ratio,
             v.flops_ratio
         ));
+    }
+    if r.results.iter().any(|v| !v.kernel_seconds.is_empty()) {
+        s.push_str("\nPer-kernel seconds per training step (mean over timed steps):\n\n| kernel |");
+        for v in &r.results {
+            s.push_str(&format!(" {} |", v.variant));
+        }
+        s.push_str("\n|---|");
+        for _ in &r.results {
+            s.push_str("---:|");
+        }
+        s.push('\n');
+        for (k, kernel) in crate::profile::KERNELS.iter().enumerate() {
+            s.push_str(&format!("| {} |", kernel.name()));
+            for v in &r.results {
+                s.push_str(&format!(
+                    " {:.3} |",
+                    v.kernel_seconds.get(k).map(|x| x.1).unwrap_or(0.0)
+                ));
+            }
+            s.push('\n');
+        }
     }
     if let Some(rss) = r.peak_rss_bytes {
         s.push_str(&format!("\npeak RSS of the process: {:.0} MiB\n", mib(rss)));

@@ -15,6 +15,7 @@ use crate::kernels::attention::{
 use crate::kernels::dropout::{dropout_backward, dropout_forward};
 use crate::kernels::layernorm::{layernorm_backward, layernorm_forward};
 use crate::kernels::linear::{linear_backward, linear_forward};
+use crate::profile::{timed, Kernel};
 use crate::rng::mix64;
 use rayon::prelude::*;
 
@@ -177,9 +178,11 @@ fn scatter_add_rows(dxk: &[f32], kv: &KvIndex, t: usize, d: usize, dx: &mut [f32
 }
 
 fn lin(p: &ParamStore, ids: LinearIds, x: &[f32], rows: usize, i: usize, o: usize) -> Vec<f32> {
-    let mut y = vec![0.0f32; rows * o];
-    linear_forward(x, rows, i, p.data(ids.w), Some(p.data(ids.b)), o, &mut y);
-    y
+    timed(Kernel::Linear, || {
+        let mut y = vec![0.0f32; rows * o];
+        linear_forward(x, rows, i, p.data(ids.w), Some(p.data(ids.b)), o, &mut y);
+        y
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -196,18 +199,20 @@ fn lin_back(
     grads: &mut ParamStore,
 ) {
     let (dw, db) = grads.pair_mut(ids.w, ids.b);
-    linear_backward(
-        x,
-        rows,
-        i,
-        p.data(ids.w),
-        o,
-        dy,
-        dx,
-        accumulate_dx,
-        dw,
-        Some(db),
-    );
+    timed(Kernel::LinearBackward, || {
+        linear_backward(
+            x,
+            rows,
+            i,
+            p.data(ids.w),
+            o,
+            dy,
+            dx,
+            accumulate_dx,
+            dw,
+            Some(db),
+        )
+    });
 }
 
 /// `y = LN(x)`, returning (y, mean, rstd).
@@ -215,24 +220,28 @@ fn norm(p: &ParamStore, ids: NormIds, x: &[f32], rows: usize, d: usize, eps: f32
     let mut y = vec![0.0f32; rows * d];
     let mut mean = vec![0.0f32; rows];
     let mut rstd = vec![0.0f32; rows];
-    layernorm_forward(
-        x,
-        rows,
-        d,
-        p.data(ids.g),
-        p.data(ids.b),
-        eps,
-        &mut y,
-        &mut mean,
-        &mut rstd,
-    );
+    timed(Kernel::LayerNorm, || {
+        layernorm_forward(
+            x,
+            rows,
+            d,
+            p.data(ids.g),
+            p.data(ids.b),
+            eps,
+            &mut y,
+            &mut mean,
+            &mut rstd,
+        )
+    });
     [y, mean, rstd]
 }
 
 fn add_into(a: &mut [f32], b: &[f32]) {
-    a.par_chunks_mut(4096)
-        .zip(b.par_chunks(4096))
-        .for_each(|(x, y)| x.iter_mut().zip(y).for_each(|(x, y)| *x += *y));
+    timed(Kernel::Residual, || {
+        a.par_chunks_mut(4096)
+            .zip(b.par_chunks(4096))
+            .for_each(|(x, y)| x.iter_mut().zip(y).for_each(|(x, y)| *x += *y))
+    });
 }
 
 pub struct LayerOutput {
@@ -268,7 +277,7 @@ pub fn layer_forward(
     let xk = if kv.identity {
         Vec::new()
     } else {
-        gather_rows(&x, kv, t, d)
+        timed(Kernel::GatherScatter, || gather_rows(&x, kv, t, d))
     };
     let kv_in: &[f32] = if kv.identity { &x } else { &xk };
     let q = lin(p, ids.query, &x, rows, d, d);
@@ -290,37 +299,43 @@ pub fn layer_forward(
     };
     let mut ctx = vec![0.0f32; rows * d];
     let mut importance = importance_weights.map(|_| vec![0.0f32; batch * heads * kv.kmax]);
-    attention_forward(
-        adims,
-        &q,
-        &k,
-        &v,
-        &kv.count,
-        scale,
-        drop.and_then(|dr| dr.attn()),
-        record.then_some(probs.as_mut_slice()),
-        &mut ctx,
-        importance_weights
-            .zip(importance.as_mut())
-            .map(|(w, out)| Importance {
-                query_weight: w,
-                out: out.as_mut_slice(),
-            }),
-    );
+    timed(Kernel::Attention, || {
+        attention_forward(
+            adims,
+            &q,
+            &k,
+            &v,
+            &kv.count,
+            scale,
+            drop.and_then(|dr| dr.attn()),
+            record.then_some(probs.as_mut_slice()),
+            &mut ctx,
+            importance_weights
+                .zip(importance.as_mut())
+                .map(|(w, out)| Importance {
+                    query_weight: w,
+                    out: out.as_mut_slice(),
+                }),
+        )
+    });
 
     let mut s1 = lin(p, ids.attn_out, &ctx, rows, d, d);
     if let Some(dr) = drop {
-        dropout_forward(&mut s1, dr.hidden_p, dr.attn_out_seed(), 0);
+        timed(Kernel::Dropout, || {
+            dropout_forward(&mut s1, dr.hidden_p, dr.attn_out_seed(), 0)
+        });
     }
     add_into(&mut s1, &x);
     let [h1, ln1_mean, ln1_rstd] = norm(p, ids.attn_norm, &s1, rows, d, ln_eps);
 
     let inter = lin(p, ids.ffn_in, &h1, rows, d, ffn);
     let mut act = vec![0.0f32; rows * ffn];
-    gelu_forward(&inter, &mut act);
+    timed(Kernel::Gelu, || gelu_forward(&inter, &mut act));
     let mut s2 = lin(p, ids.ffn_out, &act, rows, ffn, d);
     if let Some(dr) = drop {
-        dropout_forward(&mut s2, dr.hidden_p, dr.ffn_out_seed(), 0);
+        timed(Kernel::Dropout, || {
+            dropout_forward(&mut s2, dr.hidden_p, dr.ffn_out_seed(), 0)
+        });
     }
     add_into(&mut s2, &h1);
     let [out, ln2_mean, ln2_rstd] = norm(p, ids.ffn_norm, &s2, rows, d, ln_eps);
@@ -378,23 +393,27 @@ pub fn layer_backward(
     let mut ds2 = vec![0.0f32; rows * d];
     {
         let (dg, db) = grads.pair_mut(ids.ffn_norm.g, ids.ffn_norm.b);
-        layernorm_backward(
-            &tape.s2,
-            rows,
-            d,
-            p.data(ids.ffn_norm.g),
-            &tape.ln2_mean,
-            &tape.ln2_rstd,
-            dout,
-            &mut ds2,
-            false,
-            dg,
-            db,
-        );
+        timed(Kernel::LayerNormBackward, || {
+            layernorm_backward(
+                &tape.s2,
+                rows,
+                d,
+                p.data(ids.ffn_norm.g),
+                &tape.ln2_mean,
+                &tape.ln2_rstd,
+                dout,
+                &mut ds2,
+                false,
+                dg,
+                db,
+            )
+        });
     }
     let mut dh1 = ds2.clone();
     if let Some(dr) = drop {
-        dropout_backward(&mut ds2, dr.hidden_p, dr.ffn_out_seed(), 0);
+        timed(Kernel::Dropout, || {
+            dropout_backward(&mut ds2, dr.hidden_p, dr.ffn_out_seed(), 0)
+        });
     }
     let mut dact = vec![0.0f32; rows * ffn];
     lin_back(
@@ -410,7 +429,9 @@ pub fn layer_backward(
         grads,
     );
     let mut dinter = vec![0.0f32; rows * ffn];
-    gelu_backward(&tape.inter, &dact, &mut dinter);
+    timed(Kernel::GeluBackward, || {
+        gelu_backward(&tape.inter, &dact, &mut dinter)
+    });
     drop_vec(dact);
     lin_back(
         p,
@@ -430,23 +451,27 @@ pub fn layer_backward(
     let mut ds1 = vec![0.0f32; rows * d];
     {
         let (dg, db) = grads.pair_mut(ids.attn_norm.g, ids.attn_norm.b);
-        layernorm_backward(
-            &tape.s1,
-            rows,
-            d,
-            p.data(ids.attn_norm.g),
-            &tape.ln1_mean,
-            &tape.ln1_rstd,
-            &dh1,
-            &mut ds1,
-            false,
-            dg,
-            db,
-        );
+        timed(Kernel::LayerNormBackward, || {
+            layernorm_backward(
+                &tape.s1,
+                rows,
+                d,
+                p.data(ids.attn_norm.g),
+                &tape.ln1_mean,
+                &tape.ln1_rstd,
+                &dh1,
+                &mut ds1,
+                false,
+                dg,
+                db,
+            )
+        });
     }
     let mut dx = ds1.clone();
     if let Some(dr) = drop {
-        dropout_backward(&mut ds1, dr.hidden_p, dr.attn_out_seed(), 0);
+        timed(Kernel::Dropout, || {
+            dropout_backward(&mut ds1, dr.hidden_p, dr.attn_out_seed(), 0)
+        });
     }
     let mut dctx = vec![0.0f32; rows * d];
     lin_back(
@@ -473,20 +498,22 @@ pub fn layer_backward(
     let mut dq = vec![0.0f32; rows * d];
     let mut dk = vec![0.0f32; krows * d];
     let mut dv = vec![0.0f32; krows * d];
-    attention_backward(
-        adims,
-        &tape.q,
-        &tape.k,
-        &tape.v,
-        &kv.count,
-        scale,
-        drop.and_then(|dr| dr.attn()),
-        &tape.probs,
-        &dctx,
-        &mut dq,
-        &mut dk,
-        &mut dv,
-    );
+    timed(Kernel::AttentionBackward, || {
+        attention_backward(
+            adims,
+            &tape.q,
+            &tape.k,
+            &tape.v,
+            &kv.count,
+            scale,
+            drop.and_then(|dr| dr.attn()),
+            &tape.probs,
+            &dctx,
+            &mut dq,
+            &mut dk,
+            &mut dv,
+        )
+    });
     lin_back(
         p,
         ids.query,
@@ -550,7 +577,9 @@ pub fn layer_backward(
             true,
             grads,
         );
-        scatter_add_rows(&dxk, kv, t, d, &mut dx);
+        timed(Kernel::GatherScatter, || {
+            scatter_add_rows(&dxk, kv, t, d, &mut dx)
+        });
     }
     dx
 }

@@ -99,6 +99,7 @@ use crate::kernels::dropout::{dropout_backward, dropout_forward};
 use crate::kernels::embedding::{embedding_backward, embedding_forward};
 use crate::kernels::layernorm::{layernorm_backward, layernorm_forward};
 use crate::kernels::linear::{linear_backward, linear_forward};
+use crate::profile::{timed, Kernel};
 use crate::rng::{mix64, Rng};
 
 /// Backward record of one forward pass (private fields; see `Model::forward`).
@@ -480,7 +481,9 @@ impl Model {
                         let src = &imp[(b * heads + h) * kv.kmax..][..tk];
                         scores[h * tk..(h + 1) * tk].copy_from_slice(src);
                     }
-                    let sel = fuzzy::select(cands, &scores, heads, &select_cfg);
+                    let sel = timed(Kernel::Selection, || {
+                        fuzzy::select(cands, &scores, heads, &select_cfg)
+                    });
                     selections[b] = Some(sel);
                 }
             }
@@ -730,20 +733,22 @@ impl Model {
             }
             let cids = lay.combiner.as_ref().expect("combiner present");
             let mut dx = vec![0.0f32; bsz * t * d];
-            combiner_backward(
-                p,
-                cids,
-                CombinerDims {
-                    batch: bsz,
-                    n,
-                    m,
-                    d,
-                },
-                tape.combiner.as_ref().expect("combiner tape recorded"),
-                &dh,
-                &mut dx,
-                grads,
-            );
+            timed(Kernel::CombinerBackward, || {
+                combiner_backward(
+                    p,
+                    cids,
+                    CombinerDims {
+                        batch: bsz,
+                        n,
+                        m,
+                        d,
+                    },
+                    tape.combiner.as_ref().expect("combiner tape recorded"),
+                    &dh,
+                    &mut dx,
+                    grads,
+                )
+            });
             dx
         } else {
             dh

@@ -518,6 +518,7 @@ pub fn train_loop<M: Trainable>(
     let mut records: Vec<EpochRecord> = Vec::new();
     let mut best: Option<usize> = None;
 
+    let log_lines = !std::io::IsTerminal::is_terminal(&std::io::stderr());
     for epoch in 0..settings.epochs {
         let epoch_start = Instant::now();
         let mut order: Vec<usize> = (0..train.len()).collect();
@@ -593,11 +594,20 @@ pub fn train_loop<M: Trainable>(
             tokens += batch.lengths.iter().sum::<usize>();
             step_seconds += step_start.elapsed().as_secs_f64();
             bar.inc(1);
-            bar.set_message(format!(
+            let msg = format!(
                 "loss {:.4} lr {lr:.2e} {:.0} tok/s",
                 loss_sum / seen as f64,
                 tokens as f64 / step_seconds.max(1e-9)
-            ));
+            );
+            // Logs (stderr not a terminal) get a plain line every 10 steps instead of a bar.
+            if settings.progress && log_lines && step % 10 == 0 {
+                eprintln!(
+                    "epoch {}/{} step {step}/{total_steps}: {msg}",
+                    epoch + 1,
+                    settings.epochs
+                );
+            }
+            bar.set_message(msg);
         }
         bar.finish_and_clear();
 
