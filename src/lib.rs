@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod data;
 pub mod demo;
+pub mod explain;
 pub mod kernels;
 pub mod metrics;
 pub mod model;
