@@ -1280,3 +1280,78 @@ mod tests {
         check_well_formed(&e.to_html());
     }
 }
+
+// ------------------------------------------------------------------ the `explain` command
+
+/// `corefocus explain`: which tokens a checkpoint keeps, layer by layer, for one text.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ExplainArgs {
+    /// A checkpoint directory written by `corefocus train`.
+    #[arg(long)]
+    pub checkpoint: std::path::PathBuf,
+    /// The text to explain.
+    #[arg(long, conflicts_with = "file")]
+    pub text: Option<String>,
+    /// A file whose whole content is the text to explain.
+    #[arg(required_unless_present = "text")]
+    pub file: Option<std::path::PathBuf>,
+    /// Also write a self-contained HTML page with the token heatmaps.
+    #[arg(long)]
+    pub html: Option<std::path::PathBuf>,
+    /// Print JSON instead of the text report.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs the checkpoint on the text and builds its explanation.
+pub fn explain_text(
+    model: &crate::model::Model,
+    tokenizer: &crate::data::tokenize::TextTokenizer,
+    labels: &[String],
+    max_len: usize,
+    text: &str,
+) -> anyhow::Result<Explanation> {
+    use crate::model::{Batch, Mode};
+    let ids = tokenizer.encode(text, max_len)?;
+    let batch = Batch::from_sequences(&[ids.as_slice()], tokenizer.pad_id());
+    model.check_batch(&batch)?;
+    let (out, _) = model.forward(&batch, Mode::Eval, false);
+    let mut probs = vec![0.0f32; model.num_labels];
+    crate::kernels::loss::softmax_rows(&out.logits, 1, model.num_labels, &mut probs);
+    let tokens: Vec<String> = ids.iter().map(|&i| tokenizer.id_to_token(i)).collect();
+    Ok(explain(
+        &tokens,
+        &out.trace,
+        0,
+        &model.method,
+        model.bert.num_hidden_layers,
+        labels,
+        &probs,
+    ))
+}
+
+pub fn run_explain(args: &ExplainArgs) -> anyhow::Result<Explanation> {
+    use anyhow::Context;
+    let (model, tokenizer, meta) = crate::train::load_checkpoint(&args.checkpoint)?;
+    let text = match (&args.text, &args.file) {
+        (Some(t), _) => t.clone(),
+        (None, Some(f)) => std::fs::read_to_string(f)
+            .with_context(|| format!("cannot read {} as UTF-8 text", f.display()))?,
+        (None, None) => anyhow::bail!("give --text or a FILE"),
+    };
+    if text.trim().is_empty() {
+        anyhow::bail!("the text to explain is empty");
+    }
+    let e = explain_text(&model, &tokenizer, &meta.labels, meta.max_len, &text)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&e.to_json())?);
+    } else {
+        println!("{}", e.to_text());
+    }
+    if let Some(path) = &args.html {
+        crate::util::write_atomic(path, e.to_html().as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(e)
+}

@@ -5,6 +5,7 @@
 use clap::{Parser, Subcommand};
 use corefocus::bench::{alloc::CountingAlloc, run_bench, BenchArgs};
 use corefocus::demo::{run_demo, DemoArgs};
+use corefocus::explain::{run_explain, ExplainArgs};
 use corefocus::train::{
     run_eval, run_predict, run_train, EvalOptions, PredictOptions, TrainOptions,
 };
@@ -38,6 +39,9 @@ enum Command {
     /// The built-in default job: trains BERT and the method's variants on a synthetic
     /// corpus (offline, a few minutes) and prints a side-by-side table.
     Demo(DemoArgs),
+    /// Show which tokens a checkpoint keeps as keys/values per layer, the fuzzy
+    /// breakpoints and the combination-token assignment; `--html` writes a heatmap page.
+    Explain(ExplainArgs),
 }
 
 fn run(command: Command) -> anyhow::Result<()> {
@@ -47,6 +51,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Predict(opts) => run_predict(&opts).map(|_| ()),
         Command::Bench(args) => run_bench(&args).map(|_| ()),
         Command::Demo(args) => run_demo(&args).map(|_| ()),
+        Command::Explain(args) => run_explain(&args).map(|_| ()),
     }
 }
 

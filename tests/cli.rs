@@ -227,6 +227,39 @@ fn train_eval_predict(variant_args: &[&str], tag: &str) {
         );
     }
 
+    // explain: a per-layer report on stdout and a self-contained, well-formed HTML page.
+    let html = root.join("explain.html");
+    let stdout = ok(
+        &corefocus(
+            &[
+                "explain",
+                "--checkpoint",
+                o,
+                "--text",
+                "a superb <b>film</b> & a wonderful plot",
+                "--html",
+                html.to_str().unwrap(),
+            ],
+            None,
+        ),
+        "explain",
+    );
+    assert!(stdout.contains("Layer 1"), "{stdout}");
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.starts_with("<!DOCTYPE html>") || page.starts_with("<!doctype html>"));
+    assert!(page.trim_end().ends_with("</html>"));
+    assert!(!page.contains("<b>film"), "token text must be escaped");
+    assert!(page.contains("&lt;"), "escaped token expected");
+    for tag in ["html", "body", "span", "table"] {
+        let open = page.matches(&format!("<{tag}")).count();
+        let close = page.matches(&format!("</{tag}>")).count();
+        assert_eq!(open, close, "<{tag}> balanced");
+    }
+    assert!(
+        page.contains("class=\"tok l"),
+        "token spans coloured by layer"
+    );
+
     // Refuses to train over an existing run without --overwrite; errors go to stderr.
     let args = ["train", "--model", m, "--data", d, "--out", o];
     let failed = corefocus(&args, None);
