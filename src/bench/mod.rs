@@ -13,16 +13,21 @@ use std::path::PathBuf;
 pub struct BenchArgs {
     /// Backbone: minilm-l6, bert-base (random weights; timing does not depend on them) or
     /// a checkpoint directory.
-    #[arg(long, default_value = "minilm-l6")]
+    #[arg(long, default_value = "bert-base")]
     pub config: String,
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 4)]
     pub batch: usize,
     #[arg(long, default_value_t = 512)]
     pub seq: usize,
     /// Comma-separated variants: bert, p, pf, c, pfc; `@L` sets the combine layer and
-    /// `:R` the keep ratio, e.g. `bert,pf,pfc@7,pf:0.7`.
-    #[arg(long, value_delimiter = ',', default_value = "bert")]
+    /// `:R` the keep ratio, e.g. `bert,pf,pfc@7,pf:0.7`. Default: the paper's Table 3 set,
+    /// bert, p, pf, c@(L-1), pfc@(L-1), pfc@(7L/12) (c@11, pfc@11, pfc@7 for 12 layers).
+    #[arg(long, value_delimiter = ',')]
     pub variant: Vec<String>,
+    /// Instead of --variant: bert plus pf at keep ratios 0.95..0.6 (`keep-ratio`, Table 4)
+    /// or pfc at every combine layer 2..L (`combine-layer`, Table 5).
+    #[arg(long, value_parser = ["keep-ratio", "combine-layer"])]
+    pub sweep: Option<String>,
     /// Keep ratio p for the pruning variants without an explicit `:R`.
     #[arg(long, default_value_t = 0.9)]
     pub keep_ratio: f32,
@@ -64,11 +69,25 @@ pub fn run_bench(args: &BenchArgs) -> Result<run::BenchReport> {
         }
         None => None,
     };
+    let model: run::BenchModel = args.config.parse()?;
+    let layers = run::layers_of(&model)?;
+    let variants = match (args.sweep.as_deref(), args.variant.is_empty()) {
+        (Some(_), false) => anyhow::bail!("give either --variant or --sweep, not both"),
+        (Some("keep-ratio"), _) => ["bert", "pf:0.95", "pf:0.9", "pf:0.8", "pf:0.7", "pf:0.6"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        (Some(_), _) => std::iter::once("bert".to_string())
+            .chain((2..=layers).map(|l| format!("pfc@{l}")))
+            .collect(),
+        (None, true) => table3_variants(layers),
+        (None, false) => args.variant.clone(),
+    };
     let opts = run::BenchOptions {
-        model: args.config.parse()?,
+        model,
         batch: args.batch,
         seq: args.seq,
-        variants: args.variant.clone(),
+        variants,
         keep_ratio: args.keep_ratio,
         warmup: args.warmup,
         reps: args.reps.max(1),
@@ -94,4 +113,29 @@ pub fn run_bench(args: &BenchArgs) -> Result<run::BenchReport> {
             .with_context(|| format!("writing {}", js.display()))?;
     }
     Ok(report)
+}
+
+/// The paper's Table 3 set for an `layers`-layer model: bert, p, pf, c@(L-1), pfc@(L-1),
+/// pfc@round(7L/12) (layer 7 of 12: the efficiency-oriented combining layer).
+pub fn table3_variants(layers: usize) -> Vec<String> {
+    let late = layers.saturating_sub(1).max(2);
+    let early = ((7 * layers + 6) / 12).clamp(2, layers);
+    let mut v: Vec<String> = ["bert", "p", "pf"].iter().map(|s| s.to_string()).collect();
+    v.push(format!("c@{late}"));
+    v.push(format!("pfc@{late}"));
+    if early != late {
+        v.push(format!("pfc@{early}"));
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table3_set_matches_the_paper_for_bert_base() {
+        assert_eq!(table3_variants(12), ["bert", "p", "pf", "c@11", "pfc@11", "pfc@7"]);
+        assert_eq!(table3_variants(6), ["bert", "p", "pf", "c@5", "pfc@5", "pfc@4"]);
+    }
 }

@@ -38,6 +38,15 @@ impl std::str::FromStr for BenchModel {
     }
 }
 
+/// Number of layers of a bench backbone.
+pub fn layers_of(m: &BenchModel) -> Result<usize> {
+    Ok(match m {
+        BenchModel::MiniLmL6 => 6,
+        BenchModel::BertBase => 12,
+        BenchModel::Dir(d) => BertConfig::from_file(&d.join("config.json"))?.num_hidden_layers,
+    })
+}
+
 #[derive(Clone, Debug)]
 pub struct BenchOptions {
     pub model: BenchModel,
