@@ -5,7 +5,12 @@ use rayon::prelude::*;
 use std::time::Instant;
 
 fn main() {
-    let shapes = [(4096, 384, 384), (4096, 384, 1536), (4096, 1536, 384), (2048, 768, 3072)];
+    let shapes = [
+        (4096, 384, 384),
+        (4096, 384, 1536),
+        (4096, 1536, 384),
+        (2048, 768, 3072),
+    ];
     for (rows, i, o) in shapes {
         let x = vec![0.5f32; rows * i];
         let w = vec![0.01f32; o * i];

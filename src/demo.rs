@@ -320,6 +320,20 @@ pub fn run_demo(args: &DemoArgs) -> Result<Vec<DemoRow>> {
         });
     }
     println!("{}", format_rows(&rows));
+    // Which tokens did the last (most efficient) variant keep for one test document?
+    if let Some(last) = args.variants.last() {
+        let ckpt = args.out.join(format!("run-{last}"));
+        let (model, tok, meta) = crate::train::load_checkpoint(&ckpt)?;
+        let doc = generate(&CorpusSpec::default(), 1, args.seed + 2).remove(0);
+        let e = crate::explain::explain_text(&model, &tok, &meta.labels, meta.max_len, &doc.text)?;
+        let html = args.out.join("explain.html");
+        write_atomic(&html, e.to_html().as_bytes())?;
+        println!(
+            "explain: {} (variant {last}, one test document of class {:?}: which tokens stayed keys/values, layer by layer)",
+            html.display(),
+            CLASSES[doc.label]
+        );
+    }
     println!(
         "total time {:.0} s; checkpoints and reports under {}",
         t0.elapsed().as_secs_f64(),

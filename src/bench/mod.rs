@@ -135,7 +135,13 @@ mod tests {
 
     #[test]
     fn table3_set_matches_the_paper_for_bert_base() {
-        assert_eq!(table3_variants(12), ["bert", "p", "pf", "c@11", "pfc@11", "pfc@7"]);
-        assert_eq!(table3_variants(6), ["bert", "p", "pf", "c@5", "pfc@5", "pfc@4"]);
+        assert_eq!(
+            table3_variants(12),
+            ["bert", "p", "pf", "c@11", "pfc@11", "pfc@7"]
+        );
+        assert_eq!(
+            table3_variants(6),
+            ["bert", "p", "pf", "c@5", "pfc@5", "pfc@4"]
+        );
     }
 }

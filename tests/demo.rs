@@ -1,0 +1,45 @@
+//! The built-in default job end to end, on a small corpus so it runs in seconds.
+
+use std::process::Command;
+
+#[test]
+fn demo_trains_variants_and_writes_report_and_explain_page() {
+    let out = std::env::temp_dir().join(format!("corefocus-demo-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let status = Command::new(env!("CARGO_BIN_EXE_corefocus"))
+        .args([
+            "demo",
+            "--out",
+            out.to_str().unwrap(),
+            "--train-docs",
+            "48",
+            "--epochs",
+            "1",
+        ])
+        .args(["--variants", "bert,pfc"])
+        .output()
+        .expect("corefocus runs");
+    let stdout = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.status.success(),
+        "demo failed: {}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    assert!(
+        stdout.contains("| bert |") && stdout.contains("| pfc |"),
+        "{stdout}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("demo_report.json")).unwrap())
+            .unwrap();
+    let rows = report.as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    for r in rows {
+        let acc = r["accuracy"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&acc));
+        assert!(r["train_seconds"].as_f64().unwrap() > 0.0);
+    }
+    let page = std::fs::read_to_string(out.join("explain.html")).unwrap();
+    assert!(page.contains("<html") && page.trim_end().ends_with("</html>"));
+    std::fs::remove_dir_all(&out).unwrap();
+}
