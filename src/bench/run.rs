@@ -149,7 +149,10 @@ pub struct VariantResult {
     pub mean_kept_last_layer: f64,
     pub speedup_train: f64,
     pub speedup_forward: f64,
+    /// Ratio to BERT of the step's transient peak (activations and temporaries).
     pub memory_ratio: f64,
+    /// Ratio to BERT of persistent + transient.
+    pub memory_ratio_total: f64,
     pub flops_ratio: f64,
     /// Per-kernel seconds per training step (median-free mean over timed steps), when
     /// profiling.
@@ -380,6 +383,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
                 speedup_train: f64::NAN,
                 speedup_forward: f64::NAN,
                 memory_ratio: f64::NAN,
+                memory_ratio_total: f64::NAN,
                 flops_ratio: f64::NAN,
                 kernel_seconds: if opts.profile {
                     crate::profile::KERNELS
@@ -403,7 +407,8 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
             if let (Some(bf), Some(rf)) = (&b.forward, &r.forward) {
                 r.speedup_forward = bf.median_s / rf.median_s;
             }
-            r.memory_ratio = r.peak_tensor_bytes as f64 / b.peak_tensor_bytes as f64;
+            r.memory_ratio = r.step_transient_peak_bytes as f64 / b.step_transient_peak_bytes as f64;
+            r.memory_ratio_total = r.peak_tensor_bytes as f64 / b.peak_tensor_bytes as f64;
             r.flops_ratio = r.train_flops as f64 / b.train_flops as f64;
         }
     }
@@ -434,8 +439,8 @@ pub fn format_table(r: &BenchReport) -> String {
         "model {} ({} layers, hidden {}), batch {} x {} tokens, {} threads, cpu {}, {} warm-up + {} timed rounds (interleaved)\n\n",
         r.model, r.layers, r.hidden, r.batch, r.seq, r.threads, r.cpu, r.warmup, r.reps
     );
-    s.push_str("| variant | train step median s | min s | forward median s | min s | peak tensor MiB | train GFLOP | kept (last layer) | speedup train | speedup fwd | memory ratio | FLOPs ratio |\n");
-    s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    s.push_str("| variant | train step median s | min s | forward median s | min s | activation peak MiB | + params/grads/AdamW MiB | train GFLOP | kept (last layer) | speedup train | speedup fwd | activation memory ratio | total memory ratio | FLOPs ratio |\n");
+    s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for v in &r.results {
         let (fm, fmin) = v
             .forward
@@ -443,18 +448,20 @@ pub fn format_table(r: &BenchReport) -> String {
             .map(|f| (format!("{:.3}", f.median_s), format!("{:.3}", f.min_s)))
             .unwrap_or(("-".into(), "-".into()));
         s.push_str(&format!(
-            "| {} | {:.3} | {:.3} | {} | {} | {:.0} | {:.1} | {:.1} | {:.2}x | {:.2}x | {:.2} | {:.3} |\n",
+            "| {} | {:.3} | {:.3} | {} | {} | {:.0} | {:.0} | {:.1} | {:.1} | {:.2}x | {:.2}x | {:.2} | {:.2} | {:.3} |\n",
             v.variant,
             v.train_step.median_s,
             v.train_step.min_s,
             fm,
             fmin,
+            mib(v.step_transient_peak_bytes),
             mib(v.peak_tensor_bytes),
             v.train_flops as f64 / 1e9,
             v.mean_kept_last_layer,
             v.speedup_train,
             v.speedup_forward,
             v.memory_ratio,
+            v.memory_ratio_total,
             v.flops_ratio
         ));
     }
@@ -479,8 +486,9 @@ pub fn format_table(r: &BenchReport) -> String {
             s.push('\n');
         }
     }
+    s.push_str("\nactivation peak: the most bytes allocated during one training step (forward, backward, optimizer) above the level before it; + params/grads/AdamW adds the 16 bytes per parameter held throughout.\n");
     if let Some(rss) = r.peak_rss_bytes {
-        s.push_str(&format!("\npeak RSS of the process: {:.0} MiB\n", mib(rss)));
+        s.push_str(&format!("peak RSS of the process (all variants together): {:.0} MiB\n", mib(rss)));
     }
     if !r.counting_allocator {
         s.push_str("\n(counting allocator not installed: transient memory is 0)\n");
