@@ -407,7 +407,8 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
             if let (Some(bf), Some(rf)) = (&b.forward, &r.forward) {
                 r.speedup_forward = bf.median_s / rf.median_s;
             }
-            r.memory_ratio = r.step_transient_peak_bytes as f64 / b.step_transient_peak_bytes as f64;
+            r.memory_ratio =
+                r.step_transient_peak_bytes as f64 / b.step_transient_peak_bytes as f64;
             r.memory_ratio_total = r.peak_tensor_bytes as f64 / b.peak_tensor_bytes as f64;
             r.flops_ratio = r.train_flops as f64 / b.train_flops as f64;
         }
@@ -488,7 +489,10 @@ pub fn format_table(r: &BenchReport) -> String {
     }
     s.push_str("\nactivation peak: the most bytes allocated during one training step (forward, backward, optimizer) above the level before it; + params/grads/AdamW adds the 16 bytes per parameter held throughout.\n");
     if let Some(rss) = r.peak_rss_bytes {
-        s.push_str(&format!("peak RSS of the process (all variants together): {:.0} MiB\n", mib(rss)));
+        s.push_str(&format!(
+            "peak RSS of the process (all variants together): {:.0} MiB\n",
+            mib(rss)
+        ));
     }
     if !r.counting_allocator {
         s.push_str("\n(counting allocator not installed: transient memory is 0)\n");

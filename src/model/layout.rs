@@ -155,3 +155,32 @@ impl Layout {
         })
     }
 }
+
+impl Layout {
+    /// Every tensor id the layout refers to.
+    pub fn ids(&self) -> Vec<ParamId> {
+        let mut v = Vec::new();
+        let e = &self.embeddings;
+        v.extend([e.word, e.position, e.token_type, e.norm.g, e.norm.b]);
+        for l in self.layers.iter().flatten() {
+            for lin in [l.query, l.key, l.value, l.attn_out, l.ffn_in, l.ffn_out] {
+                v.extend([lin.w, lin.b]);
+            }
+            for n in [l.attn_norm, l.ffn_norm] {
+                v.extend([n.g, n.b]);
+            }
+        }
+        if let Some(p) = self.pooler {
+            v.extend([p.w, p.b]);
+        }
+        v.extend(self.comb_tokens);
+        if let Some(c) = &self.combiner {
+            v.extend([
+                c.norm_c_w, c.norm_c_b, c.norm_e_w, c.norm_e_b, c.w_q, c.b_q, c.w_k, c.b_k, c.w_v,
+                c.b_v, c.w_o, c.b_o,
+            ]);
+        }
+        v.extend([self.classifier.w, self.classifier.b]);
+        v
+    }
+}

@@ -285,7 +285,18 @@ impl Model {
     ) -> Result<Model> {
         bert.validate()?;
         method.validate(bert.num_hidden_layers)?;
-        Layout::resolve(&params, &bert, &method, num_labels)?;
+        let layout = Layout::resolve(&params, &bert, &method, num_labels)?;
+        let mut used = vec![false; params.len()];
+        for id in layout.ids() {
+            used[id] = true;
+        }
+        if let Some(extra) = params.tensors.iter().zip(&used).find(|(_, u)| !**u) {
+            bail!(
+                "unexpected tensor `{}` for a {} model with these settings",
+                extra.0.name,
+                method.variant.name()
+            );
+        }
         Ok(Model {
             bert,
             method,
@@ -856,4 +867,58 @@ fn lin_back(
         dw,
         Some(db),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny() -> (BertConfig, MethodConfig) {
+        (
+            BertConfig::sized(40, 8, 2, 2, 16),
+            MethodConfig::new(Variant::Bert, 2),
+        )
+    }
+
+    #[test]
+    fn from_params_rejects_missing_extra_and_misshapen_tensors() {
+        let (cfg, method) = tiny();
+        let model = Model::random(cfg.clone(), method.clone(), 3, 1).unwrap();
+
+        let mut extra = model.params.clone();
+        extra.add("comb_tokens", &[8, 8], vec![0.0; 64]);
+        let err = Model::from_params(cfg.clone(), method.clone(), 3, extra).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("unexpected tensor `comb_tokens`"),
+            "{err:#}"
+        );
+
+        let mut missing = ParamStore::new();
+        for t in model
+            .params
+            .tensors
+            .iter()
+            .filter(|t| t.name != "classifier.bias")
+        {
+            missing.add(&t.name, &t.shape, t.data.clone());
+        }
+        let err = Model::from_params(cfg.clone(), method.clone(), 3, missing).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("missing tensor `classifier.bias`"),
+            "{err:#}"
+        );
+
+        let err = Model::from_params(cfg, method, 4, model.params.clone()).unwrap_err();
+        assert!(format!("{err:#}").contains("classifier.weight"), "{err:#}");
+    }
+
+    #[test]
+    fn batch_checks_catch_out_of_range_ids_and_lengths() {
+        let (cfg, method) = tiny();
+        let model = Model::random(cfg, method, 3, 1).unwrap();
+        let ok = Batch::from_sequences(&[&[2, 5, 3]], 0);
+        assert!(model.check_batch(&ok).is_ok());
+        let bad = Batch::from_sequences(&[&[2, 99, 3]], 0);
+        assert!(model.check_batch(&bad).is_err());
+    }
 }
