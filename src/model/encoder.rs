@@ -340,7 +340,7 @@ pub fn layer_forward(
     add_into(&mut s2, &h1);
     let [out, ln2_mean, ln2_rstd] = norm(p, ids.ffn_norm, &s2, rows, d, ln_eps);
 
-    let tape = record.then(|| LayerTape {
+    let tape = record.then_some(LayerTape {
         x_in: x,
         xk,
         q,

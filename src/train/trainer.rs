@@ -600,7 +600,7 @@ pub fn train_loop<M: Trainable>(
                 tokens as f64 / step_seconds.max(1e-9)
             );
             // Logs (stderr not a terminal) get a plain line every 10 steps instead of a bar.
-            if settings.progress && log_lines && step % 10 == 0 {
+            if settings.progress && log_lines && step.is_multiple_of(10) {
                 eprintln!(
                     "epoch {}/{} step {step}/{total_steps}: {msg}",
                     epoch + 1,
