@@ -5,9 +5,11 @@
 pub mod bench;
 pub mod data;
 pub mod demo;
+pub mod experiment;
 pub mod kernels;
 pub mod metrics;
 pub mod model;
+pub mod plot;
 pub mod profile;
 pub mod rng;
 pub mod train;

@@ -5,6 +5,7 @@
 use clap::{Parser, Subcommand};
 use corefocus::bench::{alloc::CountingAlloc, run_bench, BenchArgs};
 use corefocus::demo::{run_demo, DemoArgs};
+use corefocus::experiment::{run_experiment, ExperimentArgs};
 use corefocus::train::{
     run_eval, run_predict, run_train, EvalOptions, PredictOptions, TrainOptions,
 };
@@ -38,6 +39,9 @@ enum Command {
     /// The built-in default job: trains BERT and the method's variants on a synthetic
     /// corpus (offline, a few minutes) and prints a side-by-side table.
     Demo(DemoArgs),
+    /// Run a named grid of the paper's tables (datasets x variants x seeds), resumable;
+    /// writes one result.json per cell, results.md (mean ± std, delta vs BERT) and plots.
+    Experiment(ExperimentArgs),
 }
 
 fn run(command: Command) -> anyhow::Result<()> {
@@ -47,6 +51,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Predict(opts) => run_predict(&opts).map(|_| ()),
         Command::Bench(args) => run_bench(&args).map(|_| ()),
         Command::Demo(args) => run_demo(&args).map(|_| ()),
+        Command::Experiment(args) => run_experiment(&args).map(|_| ()),
     }
 }
 
