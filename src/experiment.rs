@@ -789,8 +789,9 @@ pub fn format_markdown(grid: &str, rows: &[AggRow], pending: usize, failed: &[St
          sample standard deviation over seeds (no ± for one seed). Recipe: lr 2e-5, 10% linear \
          warm-up then linear decay, batch 16, validation on the dev split or a stratified 20% of \
          the training split. Δ acc = accuracy minus BERT's on the same dataset and schedule, in \
-         points. Speed and memory: mean wall seconds of the whole run, mean training tokens/s, \
-         mean peak heap.\n\n",
+         points (grids without a bert cell take it from the table2 grid next to them). Speed \
+         and memory: mean wall seconds of the whole run, mean training tokens/s, mean peak \
+         heap.\n\n",
     );
     if pending > 0 {
         s.push_str(&format!(

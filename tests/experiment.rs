@@ -194,6 +194,30 @@ fn tiny_grid_trains_every_cell_then_resumes() {
     let (stdout, _) = ok(&corefocus(&dry), "dry run");
     assert_eq!(stdout.matches(": done").count(), 3, "{stdout}");
 
+    // Another variant in the same grid directory, weights dropped once recorded: the
+    // table pools every result under the grid, old and new.
+    let mut more = args.to_vec();
+    let variants_value = more.iter().position(|a| *a == "--variants").unwrap() + 1;
+    more[variants_value] = "p";
+    more.push("--drop-checkpoints");
+    let (stdout, _) = ok(&corefocus(&more), "experiment, one more variant");
+    assert!(stdout.contains("1 cells: 1 trained"), "{stdout}");
+    let p_dir = grid.join("synth/p-seed1");
+    assert!(p_dir.join("result.json").is_file() && p_dir.join("test_report.json").is_file());
+    assert!(!p_dir.join("model.safetensors").exists(), "weights dropped");
+    assert!(
+        grid.join("synth/bert-seed1/model.safetensors").is_file(),
+        "kept by default"
+    );
+    let md = std::fs::read_to_string(grid.join("results.md")).unwrap();
+    for row in [
+        "| bert | - | - | - | 1 |",
+        "| p | 0.9 | - | - | 1 |",
+        "| pfc-l5 | 0.9 | 5 | 8 | 1 |",
+    ] {
+        assert!(md.contains(row), "{row:?} not in {md}");
+    }
+
     // A different schedule for the same cells is refused rather than mixed in.
     let mut other = args.to_vec();
     let epochs_value = other.iter().position(|a| *a == "--epochs").unwrap() + 1;
