@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 use corefocus::bench::{alloc::CountingAlloc, run_bench, BenchArgs};
 use corefocus::demo::{run_demo, DemoArgs};
 use corefocus::explain::{run_explain, ExplainArgs};
+use corefocus::experiment::{run_experiment, ExperimentArgs};
 use corefocus::train::{
     run_eval, run_predict, run_train, EvalOptions, PredictOptions, TrainOptions,
 };
@@ -42,6 +43,9 @@ enum Command {
     /// Show which tokens a checkpoint keeps as keys/values per layer, the fuzzy
     /// breakpoints and the combination-token assignment; `--html` writes a heatmap page.
     Explain(ExplainArgs),
+    /// Run a named grid of the paper's tables (datasets x variants x seeds), resumable;
+    /// writes one result.json per cell, results.md (mean ± std, delta vs BERT) and plots.
+    Experiment(ExperimentArgs),
 }
 
 fn run(command: Command) -> anyhow::Result<()> {
@@ -52,6 +56,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Bench(args) => run_bench(&args).map(|_| ()),
         Command::Demo(args) => run_demo(&args).map(|_| ()),
         Command::Explain(args) => run_explain(&args).map(|_| ()),
+        Command::Experiment(args) => run_experiment(&args).map(|_| ()),
     }
 }
 

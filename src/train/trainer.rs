@@ -855,7 +855,16 @@ pub fn run_train(opts: &TrainOptions) -> Result<TrainOutcome> {
                 save_checkpoint(&opts.out, m, &tokenizer, &meta)?;
                 kept = Some((rec.epoch, rec.val_loss));
             }
-            metrics.append(rec)
+            metrics.append(rec)?;
+            // The curves are a convenience: a plotting failure must not stop training.
+            let (log, curves) = (
+                opts.out.join("metrics.jsonl"),
+                opts.out.join("training_curves.svg"),
+            );
+            if let Err(e) = crate::plot::plot_training_curves(&log, &curves) {
+                eprintln!("warning: {e:#}");
+            }
+            Ok(())
         },
     );
     let summary = result.map_err(|e| match kept {

@@ -1,0 +1,230 @@
+//! End-to-end test of `corefocus experiment`: a tiny grid (three variants, one seed, one
+//! epoch, max length 32) on a synthetic 4-examples-per-class dataset with the test
+//! checkpoint, through the binary (so the counting allocator is installed), then a rerun
+//! that must skip every finished cell.
+
+mod common;
+
+use corefocus::experiment::CellResult;
+use corefocus::plot::{check_svg_structure, svg_texts};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn scratch(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("corefocus-experiment-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn write_split(dir: &Path, name: &str, rows: &[(String, &str)]) {
+    let file = std::fs::File::create(dir.join(format!("{name}.jsonl.gz"))).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(file, flate2::Compression::default());
+    for (text, label) in rows {
+        writeln!(gz, "{}", serde_json::json!({"text": text, "label": label})).unwrap();
+    }
+    gz.finish().unwrap();
+}
+
+/// Two classes with distinct vocabularies: 4 training, 2 dev and 2 test examples each.
+fn synthetic_dataset(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let words = [
+        (
+            "space",
+            [
+                "galaxy", "planet", "orbit", "comet", "nebula", "rocket", "star", "moon",
+            ],
+        ),
+        (
+            "food",
+            [
+                "recipe", "oven", "garlic", "flour", "soup", "bread", "salt", "pepper",
+            ],
+        ),
+    ];
+    let doc = |w: &[&str; 8], i: usize| {
+        format!(
+            "the {} and the {} near the {}",
+            w[i % 8],
+            w[(i + 3) % 8],
+            w[(i + 5) % 8]
+        )
+    };
+    let split = |range: std::ops::Range<usize>| -> Vec<(String, &str)> {
+        range
+            .flat_map(|i| words.iter().map(move |(label, w)| (doc(w, i), *label)))
+            .collect()
+    };
+    write_split(dir, "train", &split(0..4));
+    write_split(dir, "dev", &split(4..6));
+    write_split(dir, "test", &split(6..8));
+    std::fs::write(dir.join("labels.txt"), "food\nspace\n").unwrap();
+}
+
+fn corefocus(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_corefocus"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(out: &Output, what: &str) -> (String, String) {
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{what} failed: {stderr}");
+    (String::from_utf8(out.stdout.clone()).unwrap(), stderr)
+}
+
+fn svg_at(path: &Path) -> Vec<String> {
+    let svg = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    check_svg_structure(&svg).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    svg_texts(&svg)
+}
+
+#[test]
+fn tiny_grid_trains_every_cell_then_resumes() {
+    let model = common::test_model_dir();
+    let root = scratch("tiny");
+    synthetic_dataset(&root.join("data/synth"));
+    let (m, data, runs) = (
+        model.to_str().unwrap().to_string(),
+        root.join("data").to_str().unwrap().to_string(),
+        root.join("runs").to_str().unwrap().to_string(),
+    );
+    let args = [
+        "experiment",
+        "table2",
+        "--model",
+        &m,
+        "--data-root",
+        &data,
+        "--root",
+        &runs,
+        "--datasets",
+        "synth",
+        "--variants",
+        "bert,pf,pfc@L-1",
+        "--seeds",
+        "1",
+        "--epochs",
+        "1",
+        "--max-len",
+        "32",
+    ];
+    let (stdout, _) = ok(&corefocus(&args), "experiment");
+    assert!(
+        stdout.contains("3 cells: 3 trained, 0 already done, 0 failed"),
+        "{stdout}"
+    );
+
+    let grid = root.join("runs/table2");
+    let mut created = Vec::new();
+    for (cell, variant) in [("bert", "bert"), ("pf", "pf"), ("pfc-l5", "pfc")] {
+        let dir = grid.join(format!("synth/{cell}-seed1"));
+        let text = std::fs::read_to_string(dir.join("result.json")).unwrap();
+        let r: CellResult = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            (r.dataset.as_str(), r.cell.as_str(), r.seed),
+            ("synth", cell, 1)
+        );
+        assert_eq!(r.variant.name(), variant);
+        assert_eq!((r.epochs, r.max_len, r.test_examples), (1, 32, 4));
+        assert!((0.0..=1.0).contains(&r.test_accuracy));
+        assert!((0.0..=1.0).contains(&r.test_macro_f1));
+        assert!(
+            (r.test_micro_f1 - r.test_accuracy).abs() < 1e-9,
+            "single-label micro-F1 = accuracy"
+        );
+        assert_eq!(r.curve.len(), 1);
+        assert_eq!(r.best_epoch, 1);
+        assert!(r.train_seconds > 0.0 && r.tokens_per_s > 0.0);
+        // The binary counts heap bytes: at least the model's 22M f32 parameters.
+        let peak = r
+            .peak_heap_bytes
+            .expect("the binary installs the counting allocator");
+        assert!(peak > 22_000_000 * 4, "peak heap {peak}");
+        if cell == "pfc-l5" {
+            assert_eq!(
+                (r.settings.combine_layer, r.settings.combine_tokens),
+                (5, 8)
+            );
+        }
+        let texts = svg_at(&dir.join("training_curves.svg"));
+        for t in ["train loss", "validation loss", "validation accuracy"] {
+            assert!(
+                texts.iter().any(|x| x == t),
+                "{cell}: {t:?} not in {texts:?}"
+            );
+        }
+        created.push(text);
+    }
+
+    let md = std::fs::read_to_string(grid.join("results.md")).unwrap();
+    assert!(md.contains("## synth"), "{md}");
+    for row in [
+        "| bert | - | - | - | 1 |",
+        "| pf | 0.9 | - | - | 1 |",
+        "| pfc-l5 | 0.9 | 5 | 8 | 1 |",
+    ] {
+        assert!(md.contains(row), "{row:?} not in {md}");
+    }
+    assert!(md.contains("baseline"), "{md}");
+    assert!(!md.contains("not finished"), "{md}");
+    let texts = svg_at(&grid.join("curves-synth-seed1.svg"));
+    for cell in ["bert", "pf", "pfc-l5"] {
+        assert!(texts.iter().any(|t| t == cell), "{cell} not in {texts:?}");
+    }
+
+    // Rerun: every cell is finished, nothing is trained or rewritten.
+    let (stdout, stderr) = ok(&corefocus(&args), "experiment rerun");
+    assert!(
+        stdout.contains("3 cells: 0 trained, 3 already done"),
+        "{stdout}"
+    );
+    assert_eq!(stderr.matches("done, skipping").count(), 3, "{stderr}");
+    for (cell, before) in ["bert", "pf", "pfc-l5"].iter().zip(&created) {
+        let after =
+            std::fs::read_to_string(grid.join(format!("synth/{cell}-seed1/result.json"))).unwrap();
+        assert_eq!(&after, before, "{cell} result rewritten");
+    }
+    let mut dry = args.to_vec();
+    dry.push("--dry-run");
+    let (stdout, _) = ok(&corefocus(&dry), "dry run");
+    assert_eq!(stdout.matches(": done").count(), 3, "{stdout}");
+
+    // Another variant in the same grid directory, weights dropped once recorded: the
+    // table pools every result under the grid, old and new.
+    let mut more = args.to_vec();
+    let variants_value = more.iter().position(|a| *a == "--variants").unwrap() + 1;
+    more[variants_value] = "p";
+    more.push("--drop-checkpoints");
+    let (stdout, _) = ok(&corefocus(&more), "experiment, one more variant");
+    assert!(stdout.contains("1 cells: 1 trained"), "{stdout}");
+    let p_dir = grid.join("synth/p-seed1");
+    assert!(p_dir.join("result.json").is_file() && p_dir.join("test_report.json").is_file());
+    assert!(!p_dir.join("model.safetensors").exists(), "weights dropped");
+    assert!(
+        grid.join("synth/bert-seed1/model.safetensors").is_file(),
+        "kept by default"
+    );
+    let md = std::fs::read_to_string(grid.join("results.md")).unwrap();
+    for row in [
+        "| bert | - | - | - | 1 |",
+        "| p | 0.9 | - | - | 1 |",
+        "| pfc-l5 | 0.9 | 5 | 8 | 1 |",
+    ] {
+        assert!(md.contains(row), "{row:?} not in {md}");
+    }
+
+    // A different schedule for the same cells is refused rather than mixed in.
+    let mut other = args.to_vec();
+    let epochs_value = other.iter().position(|a| *a == "--epochs").unwrap() + 1;
+    other[epochs_value] = "2";
+    let out = corefocus(&other);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("another recipe"), "{stderr}");
+    std::fs::remove_dir_all(&root).unwrap();
+}
