@@ -9,13 +9,13 @@
 /// those features. The body is duplicated textually (rather than passed as a closure)
 /// so that the compiler vectorises it inside the AVX2 copy instead of outlining it.
 macro_rules! simd_fn {
-    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $body:block) => {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
         $(#[$meta])*
-        $vis fn $name($($arg: $ty),*) {
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx2,fma")]
-                unsafe fn avx2($($arg: $ty),*) $body
+                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? $body
                 if std::arch::is_x86_feature_detected!("avx2")
                     && std::arch::is_x86_feature_detected!("fma")
                 {
@@ -23,7 +23,7 @@ macro_rules! simd_fn {
                     return unsafe { avx2($($arg),*) };
                 }
             }
-            fn baseline($($arg: $ty),*) $body
+            fn baseline($($arg: $ty),*) $(-> $ret)? $body
             baseline($($arg),*)
         }
     };
@@ -194,7 +194,7 @@ mod tests {
                     "tail({x}) = {t:e} vs {wt:e}"
                 );
             }
-            if bits % 4096 == 0 {
+            if bits.is_multiple_of(4096) {
                 assert_eq!(gauss_and_lower_tail(-x), (g, t));
             }
             bits += 64;
