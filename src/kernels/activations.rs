@@ -1,27 +1,39 @@
 //! Exact (erf) GELU, as HF's `"gelu"`.
 
-use super::fastmath::{exp_f64, one_plus_erf, simd_fn};
+use super::fastmath::{gauss_and_lower_tail, simd_fn};
 use rayon::prelude::*;
 
 /// Elements per parallel task: large enough to amortise scheduling, small enough to
 /// spread `[tokens x 1536]` activations over the pool.
 const CHUNK: usize = 16 * 1024;
 
-/// GELU of one value, computed in f64 (relative error about 1.2e-7, set by the erfc fit;
-/// f64 keeps the `exp(-x^2/2)` argument exact enough in the negative tail).
+/// 1/√(2π): the normal density is φ(x) = e^(-x²/2) / √(2π).
+const INV_SQRT_2PI: f32 = 0.398_942_3;
+
+/// Φ(x) from the lower tail Φ(-|x|): for x > 0, 1 - Φ(-x) (at least 0.5, so the
+/// subtraction loses nothing in relative terms).
+#[inline(always)]
+fn normal_cdf(x: f32, lower_tail: f32) -> f32 {
+    if x > 0.0 {
+        1.0 - lower_tail
+    } else {
+        lower_tail
+    }
+}
+
+/// GELU of one value, x Φ(x), in f32 (relative error a few 1e-8, see
+/// `gauss_and_lower_tail`).
 #[inline(always)]
 fn gelu(x: f32) -> f32 {
-    let x = x as f64;
-    (0.5 * x * one_plus_erf(x * std::f64::consts::FRAC_1_SQRT_2)) as f32
+    let (_, lower_tail) = gauss_and_lower_tail(x);
+    x * normal_cdf(x, lower_tail)
 }
 
 /// d gelu / dx = Φ(x) + x φ(x).
 #[inline(always)]
-fn gelu_grad(x: f32) -> f64 {
-    const INV_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
-    let x = x as f64;
-    0.5 * one_plus_erf(x * std::f64::consts::FRAC_1_SQRT_2)
-        + x * INV_SQRT_2PI * exp_f64(-0.5 * x * x)
+fn gelu_grad(x: f32) -> f32 {
+    let (gauss, lower_tail) = gauss_and_lower_tail(x);
+    normal_cdf(x, lower_tail) + x * (gauss * INV_SQRT_2PI)
 }
 
 simd_fn! {
@@ -35,7 +47,7 @@ simd_fn! {
 simd_fn! {
     fn gelu_grad_chunk(x: &[f32], dy: &[f32], dx: &mut [f32]) {
         for ((d, &xv), &g) in dx.iter_mut().zip(x).zip(dy) {
-            *d = (g as f64 * gelu_grad(xv)) as f32;
+            *d = g * gelu_grad(xv);
         }
     }
 }
@@ -138,15 +150,12 @@ mod tests {
     #[test]
     #[ignore = "timing printout, run by hand"]
     fn gelu_timing() {
+        use crate::kernels::fastmath::timing::report;
         let x = random_vec(1, 4096 * 1536, 2.0);
         let mut y = vec![0.0; x.len()];
-        for _ in 0..3 {
-            let t = std::time::Instant::now();
-            gelu_forward(&x, &mut y);
-            let f = t.elapsed();
-            let t = std::time::Instant::now();
-            gelu_backward(&x, &x, &mut y);
-            println!("gelu 4096x1536: forward {f:?}, backward {:?}", t.elapsed());
-        }
+        report("gelu forward 4096x1536", 5, || gelu_forward(&x, &mut y));
+        report("gelu backward 4096x1536", 5, || {
+            gelu_backward(&x, &x, &mut y)
+        });
     }
 }

@@ -9,11 +9,23 @@
 //! per-head buffer, which is scattered into the interleaved `[B, len, H*dh]` layout
 //! afterwards (the heads' column blocks interleave in memory, so tasks cannot each own
 //! a plain sub-slice of the output).
+//!
+//! Within a task, queries are processed in blocks of `ROW_BLOCK` rows: the block's
+//! `[rows, kv]` scores go through softmax, the stored copy, importance and dropout while
+//! they are in L2, instead of as whole `[q_len, kv]` planes (1 MiB at 512 x 512) that
+//! each elementwise pass would stream from memory again.
 
-use super::dropout::apply_mask;
+use super::dropout::Mask;
 use super::fastmath::{exp_f32, simd_fn};
-use super::matmul::{matmul, MatRef, Par};
+use super::matmul::MatRef;
 use rayon::prelude::*;
+use tiles::matmul_tiles;
+
+mod tiles;
+
+/// Query rows per block: a `[64, 512]` f32 score block is 128 KiB, so it and its
+/// companion block (backward) stay in a 512 KiB L2 with room for K and V.
+const ROW_BLOCK: usize = 64;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AttnDims {
@@ -25,7 +37,8 @@ pub struct AttnDims {
 }
 
 /// Dropout on the attention probabilities (training only). The mask of probability
-/// element `((b*H + h)*q_len + i)*kv_len + j` is `hash_uniform(seed, that index) < p`.
+/// element `((b*H + h)*q_len + i)*kv_len + j` is
+/// `dropout::mask_uniform(seed, that index) < p`.
 #[derive(Clone, Copy, Debug)]
 pub struct AttnDropout {
     pub p: f32,
@@ -129,52 +142,91 @@ pub fn attention_forward(
         .enumerate()
         .for_each_init(
             Scratch::default,
-            |scratch, (bh, ((ctx_h, probs_bh), importance_bh))| {
+            |scratch, (bh, ((ctx_h, mut probs_bh), importance_bh))| {
                 let (b, h) = (bh / heads, bh % heads);
                 let kvc = kv_count[b];
                 let view = HeadViews::new(d, q, k, v, b, h, kvc);
-                let drop_mask = dropout.map(|dr| RowDropout::new(dr, bh, d));
-                let weights = query_weight.map(|w| &w[b * q_len..(b + 1) * q_len]);
+                let mask = dropout.map(|dr| Mask::new(dr.p, dr.seed));
+                let plane_base = (bh * plane) as u64;
+                // Score blocks have rows of `stride` >= kvc floats (see `pack_transposed`).
+                let stride = padded_len(kvc);
+                pack_transposed(view.k, stride, &mut scratch.packed);
+                // Importance: per-slot sums of w_i P_ij over the rows with w_i != 0.
+                let mut importance_acc = query_weight.zip(importance_bh).map(|(w, out)| {
+                    scratch.acc.clear();
+                    scratch.acc.resize(kvc, 0.0);
+                    (&w[b * q_len..(b + 1) * q_len], out)
+                });
+                let mut weight_total = 0.0f64;
 
-                // P lives in the caller's `probs` when given (needed by backward), else in
-                // scratch; dropout then works on a scratch copy or in place respectively.
-                let p_drop: &[f32] = match probs_bh {
-                    Some(p) => {
-                        probabilities(&view, scale, kvc, kv_len, p);
-                        if let (Some(out), Some(w)) = (importance_bh, weights) {
-                            importance_from(p, w, kvc, kv_len, &mut scratch.acc, out);
-                        }
-                        match drop_mask {
-                            Some(mask) => {
-                                let pd = scratch.plane(plane);
-                                pd.copy_from_slice(p);
-                                mask.apply(pd, kvc, kv_len);
-                                pd
+                for i0 in (0..q_len).step_by(ROW_BLOCK) {
+                    let rows = ROW_BLOCK.min(q_len - i0);
+                    // The block's probabilities (dense, row stride kvc): scores, then
+                    // softmax, then dropout, all in place.
+                    let (block, kt, acc) = scratch.block_packed_acc(rows * stride);
+                    let kt = MatRef::strided(kt, head_dim, stride, stride);
+                    matmul_tiles(block, stride, view.q.rows_from(i0, rows), kt, false);
+                    // Row r of the block ends up as e^(s - max) (through the dropout
+                    // mask): the 1/Σ normalisation is applied to the dh-wide ctx row
+                    // instead, and to the stored copy of P while it is written.
+                    let mut inv_sums = [0.0f32; ROW_BLOCK];
+                    for (r, inv_sum) in inv_sums.iter_mut().enumerate().take(rows) {
+                        let i = i0 + r;
+                        let row = &mut block[r * stride..r * stride + kvc];
+                        let sum = exp_shifted_sum(row, scale);
+                        // sum >= 1 (the max contributes e^0) unless the row is empty.
+                        let inv = if kvc == 0 { 0.0 } else { 1.0 / sum };
+                        *inv_sum = inv;
+                        if let Some((w, _)) = &importance_acc {
+                            let wi = w[i];
+                            if wi != 0.0 {
+                                weight_total += wi as f64;
+                                accumulate_weighted(acc, row, inv, wi);
                             }
-                            None => p,
+                        }
+                        let base = plane_base + (i * kv_len) as u64;
+                        match (probs_bh.as_deref_mut(), mask) {
+                            (Some(p), mask) => {
+                                let stored = &mut p[i * kv_len..(i + 1) * kv_len];
+                                stored[kvc..].fill(0.0);
+                                let stored = &mut stored[..kvc];
+                                match mask {
+                                    Some(mask) => {
+                                        mask.store_scaled_and_apply(row, inv, stored, base)
+                                    }
+                                    None => store_scaled(row, inv, stored),
+                                }
+                            }
+                            (None, Some(mask)) => mask.apply(row, base),
+                            (None, None) => {}
                         }
                     }
-                    None => {
-                        let (pbuf, acc) = scratch.plane_and_acc(plane);
-                        probabilities(&view, scale, kvc, kv_len, pbuf);
-                        if let (Some(out), Some(w)) = (importance_bh, weights) {
-                            importance_from(pbuf, w, kvc, kv_len, acc, out);
+                    // ctx rows = P_drop · V; with kvc = 0 this writes zeros.
+                    let ctx_rows = &mut ctx_h[i0 * head_dim..(i0 + rows) * head_dim];
+                    matmul_tiles(
+                        ctx_rows,
+                        head_dim,
+                        MatRef::strided(block, rows, kvc, stride),
+                        view.v,
+                        false,
+                    );
+                    for (ctx_row, &inv) in ctx_rows.chunks_exact_mut(head_dim).zip(&inv_sums) {
+                        for x in ctx_row {
+                            *x *= inv;
                         }
-                        if let Some(mask) = drop_mask {
-                            mask.apply(pbuf, kvc, kv_len);
-                        }
-                        pbuf
                     }
-                };
-                // ctx_h = P_drop[:, ..kvc] · V[..kvc]; with kvc = 0 matmul writes zeros.
-                matmul(
-                    ctx_h,
-                    head_dim,
-                    MatRef::strided(p_drop, q_len, kvc, kv_len),
-                    view.v,
-                    false,
-                    Par::Serial,
-                );
+                }
+                if let Some((_, out)) = importance_acc.take() {
+                    let inv = if weight_total == 0.0 {
+                        0.0
+                    } else {
+                        1.0 / weight_total
+                    };
+                    for (o, &a) in out[..kvc].iter_mut().zip(&scratch.acc) {
+                        *o = (a * inv) as f32;
+                    }
+                    out[kvc..].fill(0.0);
+                }
             },
         );
     scatter_heads(&ctx_heads, batch, q_len, heads, head_dim, ctx);
@@ -229,7 +281,8 @@ pub fn attention_backward(
     }
     let dropout = dropout.filter(|dr| dr.p > 0.0);
 
-    // Per-head gradients, dense: [B, H, len, dh].
+    // Per-head gradients, dense: [B, H, len, dh]. Zeroed: slots past kv_count[b] (and
+    // everything when kv_count[b] = 0) keep zero gradient.
     let mut dq_heads = vec![0.0f32; tasks * q_len * head_dim];
     let mut dk_heads = vec![0.0f32; tasks * kv_len * head_dim];
     let mut dv_heads = vec![0.0f32; tasks * kv_len * head_dim];
@@ -242,8 +295,7 @@ pub fn attention_backward(
             let (b, h) = (bh / heads, bh % heads);
             let kvc = kv_count[b];
             if kvc == 0 {
-                // No valid slot: ctx was constant zero, so every gradient is zero
-                // (the buffers start zeroed).
+                // No valid slot: ctx was constant zero, so every gradient is zero.
                 return;
             }
             let view = HeadViews::new(d, q, k, v, b, h, kvc);
@@ -253,34 +305,59 @@ pub fn attention_backward(
                 head_dim,
                 width,
             );
-            let p = &probs[bh * plane..(bh + 1) * plane];
-            let (pd_buf, ds_buf) = scratch.two_planes(plane);
+            let p_plane = &probs[bh * plane..(bh + 1) * plane];
+            let mask = dropout.map(|dr| Mask::new(dr.p, dr.seed));
+            let plane_base = (bh * plane) as u64;
+            let stride = padded_len(kvc);
+            pack_transposed(view.v, stride, &mut scratch.packed);
 
-            let (p_drop, keep_scale): (&[f32], f32) = match dropout {
-                Some(dr) => {
-                    pd_buf.copy_from_slice(p);
-                    RowDropout::new(dr, bh, d).apply(pd_buf, kvc, kv_len);
-                    (pd_buf, 1.0 / (1.0 - dr.p))
+            for i0 in (0..q_len).step_by(ROW_BLOCK) {
+                let rows = ROW_BLOCK.min(q_len - i0);
+                let first = i0 == 0;
+                let p_rows = &p_plane[i0 * kv_len..];
+                let dctx_blk = dctx_h.rows_from(i0, rows);
+                let (pd_buf, ds_buf, vt) = scratch.two_blocks_packed(rows * stride);
+                let vt = MatRef::strided(vt, head_dim, stride, stride);
+                // P_drop of the block: the stored P through the recomputed mask.
+                let p_drop: MatRef = match mask {
+                    Some(mask) => {
+                        for r in 0..rows {
+                            mask.apply_into(
+                                &p_rows[r * kv_len..r * kv_len + kvc],
+                                &mut pd_buf[r * stride..r * stride + kvc],
+                                plane_base + ((i0 + r) * kv_len) as u64,
+                            );
+                        }
+                        MatRef::strided(pd_buf, rows, kvc, stride)
+                    }
+                    None => MatRef::strided(p_rows, rows, kvc, kv_len),
+                };
+                // dV += P_dropᵀ · dctx   [kvc, dh]
+                matmul_tiles(dv_h, head_dim, p_drop.t(), dctx_blk, !first);
+                // dP_drop = dctx · Vᵀ   [rows, kvc] (row stride `stride`)
+                matmul_tiles(ds_buf, stride, dctx_blk, vt, false);
+                // dS = scale (P_drop ⊙ dP_drop - P Σ_j P_drop dP_drop), row by row.
+                for r in 0..rows {
+                    let p_row = &p_rows[r * kv_len..r * kv_len + kvc];
+                    let pd_row = match mask {
+                        Some(_) => &pd_buf[r * stride..r * stride + kvc],
+                        None => p_row,
+                    };
+                    let ds_row = &mut ds_buf[r * stride..r * stride + kvc];
+                    softmax_grad_row(p_row, pd_row, ds_row, scale);
                 }
-                None => (p, 1.0),
-            };
-            let p_drop_view = MatRef::strided(p_drop, q_len, kvc, kv_len);
-
-            // dV = P_dropᵀ · dctx   [kvc, dh]; slots past kvc stay zero.
-            matmul(dv_h, head_dim, p_drop_view.t(), dctx_h, false, Par::Serial);
-            // dP_drop = dctx · Vᵀ   [q_len, kvc] (row stride kv_len)
-            matmul(ds_buf, kv_len, dctx_h, view.v.t(), false, Par::Serial);
-            // dS = scale · P ⊙ (dP - rowsum(dP ⊙ P)), row by row, in place.
-            for i in 0..q_len {
-                let row = i * kv_len..i * kv_len + kvc;
-                let pd_row = dropout.map(|_| &p_drop[row.clone()]);
-                softmax_grad_row(&p[row.clone()], pd_row, &mut ds_buf[row], keep_scale, scale);
+                let ds = MatRef::strided(ds_buf, rows, kvc, stride);
+                // dQ rows = dS · K   [rows, dh]
+                matmul_tiles(
+                    &mut dq_h[i0 * head_dim..(i0 + rows) * head_dim],
+                    head_dim,
+                    ds,
+                    view.k,
+                    false,
+                );
+                // dK += dSᵀ · Q rows   [kvc, dh]
+                matmul_tiles(dk_h, head_dim, ds.t(), view.q.rows_from(i0, rows), !first);
             }
-            let ds_view = MatRef::strided(ds_buf, q_len, kvc, kv_len);
-            // dQ = dS · K   [q_len, dh]
-            matmul(dq_h, head_dim, ds_view, view.k, false, Par::Serial);
-            // dK = dSᵀ · Q   [kvc, dh]
-            matmul(dk_h, head_dim, ds_view.t(), view.q, false, Par::Serial);
         });
     scatter_heads(&dq_heads, batch, q_len, heads, head_dim, dq);
     scatter_heads(&dk_heads, batch, kv_len, heads, head_dim, dk);
@@ -346,102 +423,93 @@ impl<'a> HeadViews<'a> {
     }
 }
 
+/// Row-block views of untransposed matrices (`MatRef` belongs to the matmul seam, so
+/// the slicing lives here).
+trait RowsFrom<'a> {
+    fn rows_from(self, first: usize, rows: usize) -> MatRef<'a>;
+}
+
+impl<'a> RowsFrom<'a> for MatRef<'a> {
+    /// Rows `first .. first + rows`.
+    fn rows_from(self, first: usize, rows: usize) -> MatRef<'a> {
+        assert!(
+            first + rows <= self.rows,
+            "attention: row block out of range"
+        );
+        MatRef {
+            data: &self.data[first * self.row_stride..],
+            rows,
+            ..self
+        }
+    }
+}
+
 /// Per-task scratch, reused across the tasks a rayon worker runs.
 #[derive(Default)]
 struct Scratch {
     a: Vec<f32>,
     b: Vec<f32>,
+    /// A head's K or V, transposed and padded (`pack_transposed`).
+    packed: Vec<f32>,
     acc: Vec<f64>,
 }
 
+fn grown(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    &mut buf[..len]
+}
+
 impl Scratch {
-    fn plane(&mut self, len: usize) -> &mut [f32] {
-        self.a.resize(len, 0.0);
-        &mut self.a[..len]
+    fn block_packed_acc(&mut self, len: usize) -> (&mut [f32], &[f32], &mut [f64]) {
+        (grown(&mut self.a, len), &self.packed, &mut self.acc)
     }
 
-    fn plane_and_acc(&mut self, len: usize) -> (&mut [f32], &mut Vec<f64>) {
-        self.a.resize(len, 0.0);
-        (&mut self.a[..len], &mut self.acc)
-    }
-
-    fn two_planes(&mut self, len: usize) -> (&mut [f32], &mut [f32]) {
-        self.a.resize(len, 0.0);
-        self.b.resize(len, 0.0);
-        (&mut self.a[..len], &mut self.b[..len])
+    fn two_blocks_packed(&mut self, len: usize) -> (&mut [f32], &mut [f32], &[f32]) {
+        (
+            grown(&mut self.a, len),
+            grown(&mut self.b, len),
+            &self.packed,
+        )
     }
 }
 
-/// The attention-dropout mask of one (example, head) plane.
-#[derive(Clone, Copy)]
-struct RowDropout {
-    p: f32,
-    keep_scale: f32,
-    seed: u64,
-    /// Mask index of element (0, 0) of this plane: `(b*H + h) * q_len * kv_len`.
-    plane_base: u64,
-}
-
-impl RowDropout {
-    fn new(dr: AttnDropout, bh: usize, d: AttnDims) -> Self {
-        RowDropout {
-            p: dr.p,
-            keep_scale: 1.0 / (1.0 - dr.p),
-            seed: dr.seed,
-            plane_base: (bh * d.q_len * d.kv_len) as u64,
-        }
-    }
-
-    /// Drops and rescales the valid slots of every row of `plane` (`[q_len, kv_len]`).
-    fn apply(&self, plane: &mut [f32], kvc: usize, kv_len: usize) {
-        for (i, row) in plane.chunks_mut(kv_len).enumerate() {
-            let base = self.plane_base + (i * kv_len) as u64;
-            apply_mask(&mut row[..kvc], self.p, self.keep_scale, self.seed, base);
-        }
+/// Row stride of score blocks over `kvc` slots: a multiple of 16, so that the products
+/// with a packed transposed head (`pack_transposed`) run on whole register tiles, and
+/// not a multiple of 256 (1 KiB): rows 2 KiB apart would all map to the same few L1
+/// cache sets.
+fn padded_len(kvc: usize) -> usize {
+    let stride = kvc.div_ceil(16) * 16;
+    if stride.is_multiple_of(256) {
+        stride + 16
+    } else {
+        stride
     }
 }
 
-/// `p` (`[q_len, kv_len]`) = row softmax of `scale · q kᵀ` over the first `kvc` slots;
-/// the other slots are exactly 0 (and every slot is 0 when `kvc == 0`).
-fn probabilities(view: &HeadViews, scale: f32, kvc: usize, kv_len: usize, p: &mut [f32]) {
-    if kvc > 0 {
-        matmul(p, kv_len, view.q, view.k.t(), false, Par::Serial);
-    }
-    for row in p.chunks_mut(kv_len) {
-        let (valid, masked) = row.split_at_mut(kvc);
-        softmax_row(valid, scale);
-        masked.fill(0.0);
-    }
-}
-
-/// `out[j] = Σ_i w[i] P[i, j] / Σ_i w[i]` over the valid slots, 0 elsewhere, and all 0
-/// when the weights sum to 0 (an example without real queries). Sums in f64 because
-/// the scores are ranked to make discrete pruning decisions.
-fn importance_from(
-    p: &[f32],
-    w: &[f32],
-    kvc: usize,
-    kv_len: usize,
-    acc: &mut Vec<f64>,
-    out: &mut [f32],
-) {
-    acc.clear();
-    acc.resize(kvc, 0.0);
-    let mut total = 0.0f64;
-    for (row, &wi) in p.chunks(kv_len).zip(w) {
-        if wi == 0.0 {
-            continue;
+/// `out` = `m`ᵀ (`[m.cols, stride]`, row-major) for `m` = `[kvc, dh]`, with the columns
+/// past `kvc` zero: the right operand of `[rows, dh] x [dh, kvc]` products. Goes in
+/// blocks of 8 rows of `m`, so that each output row gets 8 contiguous values at a time.
+fn pack_transposed(m: MatRef, stride: usize, out: &mut Vec<f32>) {
+    const BLOCK: usize = 8;
+    let (kvc, dh) = (m.rows, m.cols);
+    assert!(stride >= kvc, "attention: packed stride {stride} < {kvc}");
+    out.clear();
+    out.resize(dh * stride, 0.0);
+    for j0 in (0..kvc).step_by(BLOCK) {
+        let n = BLOCK.min(kvc - j0);
+        let mut rows = [&m.data[..0]; BLOCK];
+        for (jj, row) in rows.iter_mut().enumerate().take(n) {
+            let start = (j0 + jj) * m.row_stride;
+            *row = &m.data[start..start + (dh - 1) * m.col_stride + 1];
         }
-        total += wi as f64;
-        for (a, &pv) in acc.iter_mut().zip(&row[..kvc]) {
-            *a += wi as f64 * pv as f64;
+        for (c, dst) in out.chunks_exact_mut(stride).enumerate() {
+            for (d, row) in dst[j0..j0 + n].iter_mut().zip(&rows) {
+                *d = row[c * m.col_stride];
+            }
         }
     }
-    let inv = if total == 0.0 { 0.0 } else { 1.0 / total };
-    for (o, &a) in out[..kvc].iter_mut().zip(acc.iter()) {
-        *o = (a * inv) as f32;
-    }
-    out[kvc..].fill(0.0);
 }
 
 /// Copies per-head rows `[B, H, len, dh]` into the interleaved `[B, len, H*dh]`.
@@ -521,39 +589,54 @@ fn lane_dot(x: &[f32], y: &[f32]) -> f32 {
 }
 
 simd_fn! {
-    /// In place: `row = softmax(scale · row)`, numerically stable (max subtracted).
-    /// Each step is its own simple loop so that each one vectorises.
-    fn softmax_row(row: &mut [f32], scale: f32) {
+    /// In place: `row = e^(scale · (row - max row))`; returns the sum of the new row.
+    /// (The softmax without its normalisation, which the caller folds into later
+    /// steps.) Numerically stable: every exponent is <= 0 and the max gives e^0 = 1.
+    fn exp_shifted_sum(row: &mut [f32], scale: f32) -> f32 {
         if row.is_empty() {
-            return;
+            return 0.0;
         }
         // scale > 0, so the max of the raw scores gives the max of the scaled ones.
         let max = lane_max(row);
+        // Two simple loops (each vectorises; fused they do not) over a row in L1.
         for x in row.iter_mut() {
             *x = exp_f32((*x - max) * scale);
         }
-        let inv = 1.0 / lane_sum(row);
-        for x in row.iter_mut() {
-            *x *= inv;
+        lane_sum(row)
+    }
+}
+
+simd_fn! {
+    /// `stored = row · factor`.
+    fn store_scaled(row: &[f32], factor: f32, stored: &mut [f32]) {
+        for (s, &x) in stored.iter_mut().zip(row) {
+            *s = x * factor;
         }
     }
 }
 
 simd_fn! {
-    /// In place: `ds = scale · p ⊙ (dp - Σ_j dp_j p_j)` where `dp` holds the gradient
-    /// with respect to the *dropped-out* probabilities on entry. With dropout
-    /// (`p_drop` given), `dp = dp_drop ⊙ mask / (1-p)`; the mask is read off `p_drop`:
-    /// a nonzero entry was kept, and a zero entry was either dropped (gradient 0) or
-    /// has `p = 0`, where the gradient is multiplied by 0 anyway.
-    fn softmax_grad_row(p: &[f32], p_drop: Option<&[f32]>, ds: &mut [f32], keep_scale: f32, scale: f32) {
-        if let Some(pd) = p_drop {
-            for (g, &kept) in ds.iter_mut().zip(pd) {
-                *g = if kept != 0.0 { *g * keep_scale } else { 0.0 };
-            }
+    /// `acc[j] += w · fl32(e[j] · inv)` in f64, i.e. w times the probability as stored:
+    /// the importance sums rank slots for discrete pruning decisions, so they are
+    /// accumulated exactly enough not to depend on the order of a long f32 sum.
+    fn accumulate_weighted(acc: &mut [f64], e: &[f32], inv: f32, w: f32) {
+        let w = w as f64;
+        for (a, &ev) in acc.iter_mut().zip(e) {
+            *a += w * (ev * inv) as f64;
         }
-        let dot = lane_dot(ds, p);
-        for (g, &pv) in ds.iter_mut().zip(p) {
-            *g = scale * pv * (*g - dot);
+    }
+}
+
+simd_fn! {
+    /// In place: `ds = scale · (p_drop ⊙ dp_drop - p · Σ_j p_drop_j dp_drop_j)`, the
+    /// gradient of the scores given `dp_drop` (on entry), the gradient with respect to
+    /// the dropped-out probabilities `p_drop = p ⊙ mask / (1-p)` (`p_drop = p` without
+    /// dropout). This is `scale · p ⊙ (dp - Σ_j dp_j p_j)` with `dp = dp_drop ⊙ mask /
+    /// (1-p)` the gradient with respect to `p`, written without the mask.
+    fn softmax_grad_row(p: &[f32], p_drop: &[f32], ds: &mut [f32], scale: f32) {
+        let dot = lane_dot(ds, p_drop);
+        for ((g, &pv), &pd) in ds.iter_mut().zip(p).zip(p_drop) {
+            *g = scale * (pd * *g - pv * dot);
         }
     }
 }
@@ -561,8 +644,8 @@ simd_fn! {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::dropout::mask_uniform;
     use crate::kernels::gradcheck::{assert_grad_close, dot, numeric_grad, random_vec, to_f64};
-    use crate::rng::hash_uniform;
 
     /// Outputs of the f64 reference.
     struct RefOut {
@@ -617,7 +700,7 @@ mod tests {
                         probs[index] = pij;
                         importance[bh * kv_len + j] += w * pij;
                         let pd = match dropout {
-                            Some(dr) if hash_uniform(dr.seed, index as u64) < dr.p => 0.0,
+                            Some(dr) if mask_uniform(dr.seed, index as u64) < dr.p => 0.0,
                             Some(dr) => pij / (1.0 - dr.p as f64),
                             None => pij,
                         };
@@ -849,6 +932,15 @@ mod tests {
     }
 
     #[test]
+    fn matches_reference_across_row_blocks() {
+        // More queries than two row blocks (plus a partial one): the per-block outputs,
+        // the importance sums over blocks and the dK/dV accumulation across blocks.
+        let c = case(dims(2, 2 * ROW_BLOCK + 7, 9, 2, 3), &[9, 5], 80);
+        check(&c, Some(AttnDropout { p: 0.2, seed: 11 }));
+        check(&c, None);
+    }
+
+    #[test]
     fn zero_valid_slots_is_finite_and_zero() {
         let c = case(dims(2, 4, 3, 2, 4), &[3, 0], 40);
         let out = run_forward(&c, Some(AttnDropout { p: 0.2, seed: 3 }), true);
@@ -921,17 +1013,16 @@ mod tests {
     #[test]
     #[ignore = "timing printout, run by hand"]
     fn attention_timing_minilm_shape() {
-        // MiniLM (H=12, dh=32), B=8, 512 queries and keys.
-        let c = case(
-            dims(8, 512, 512, 12, 32),
-            &[512, 512, 400, 512, 300, 512, 512, 100],
-            70,
-        );
+        use crate::kernels::fastmath::timing::report;
+        // MiniLM (H=12, dh=32), B=8, 512 queries and keys (the unpruned `bert` variant).
+        let c = case(dims(8, 512, 512, 12, 32), &[512; 8], 70);
         let n_probs = 8 * 12 * 512 * 512;
         let mut probs = vec![0.0f32; n_probs];
         let mut ctx = vec![0.0f32; c.q.len()];
-        for _ in 0..3 {
-            let t = std::time::Instant::now();
+        let mut importance = vec![0.0f32; 8 * 12 * 512];
+        let dropout = Some(AttnDropout { p: 0.1, seed: 1 });
+        println!("{} threads", rayon::current_num_threads());
+        report("attention forward, inference", 8, || {
             attention_forward(
                 c.d,
                 &c.q,
@@ -943,10 +1034,9 @@ mod tests {
                 None,
                 &mut ctx,
                 None,
-            );
-            let inference = t.elapsed();
-            let t = std::time::Instant::now();
-            let dropout = Some(AttnDropout { p: 0.1, seed: 1 });
+            )
+        });
+        report("attention forward, train (dropout, probs)", 8, || {
             attention_forward(
                 c.d,
                 &c.q,
@@ -958,14 +1048,31 @@ mod tests {
                 Some(&mut probs),
                 &mut ctx,
                 None,
-            );
-            let train = t.elapsed();
-            let (mut dq, mut dk, mut dv) = (
-                vec![0.0; c.q.len()],
-                vec![0.0; c.k.len()],
-                vec![0.0; c.v.len()],
-            );
-            let t = std::time::Instant::now();
+            )
+        });
+        report("attention forward, train + importance", 8, || {
+            attention_forward(
+                c.d,
+                &c.q,
+                &c.k,
+                &c.v,
+                &c.kv_count,
+                c.scale,
+                dropout,
+                Some(&mut probs),
+                &mut ctx,
+                Some(Importance {
+                    query_weight: &c.query_weight,
+                    out: &mut importance,
+                }),
+            )
+        });
+        let (mut dq, mut dk, mut dv) = (
+            vec![0.0; c.q.len()],
+            vec![0.0; c.k.len()],
+            vec![0.0; c.v.len()],
+        );
+        report("attention backward (dropout)", 8, || {
             attention_backward(
                 c.d,
                 &c.q,
@@ -979,12 +1086,7 @@ mod tests {
                 &mut dq,
                 &mut dk,
                 &mut dv,
-            );
-            println!(
-                "attention B=8 L=512 H=12 dh=32 ({} threads): forward inference {inference:?}, forward train (dropout, probs) {train:?}, backward {:?}",
-                rayon::current_num_threads(),
-                t.elapsed()
-            );
-        }
+            )
+        });
     }
 }

@@ -1,12 +1,187 @@
 //! Inverted dropout whose mask is a pure function of (seed, element index), so backward
 //! recomputes it instead of storing it.
+//!
+//! The mask of element `n` is `mask_uniform(seed, n) < p`. The uniform comes from a
+//! 32-bit hash that vectorises (8 lanes of 32-bit multiplies with AVX2), keyed per
+//! block of 2^16 consecutive indices by a 64-bit hash of (seed, block): one scalar
+//! `mix64` pair per 65536 elements instead of per element.
 
 use super::fastmath::simd_fn;
-use crate::rng::hash_uniform;
+use crate::rng::mix64;
 use rayon::prelude::*;
 
 /// Elements per parallel task.
 const CHUNK: usize = 16 * 1024;
+
+/// log2 of the number of consecutive indices that share one block key.
+const KEY_BLOCK_BITS: u32 = 16;
+const KEY_BLOCK: u64 = 1 << KEY_BLOCK_BITS;
+
+/// The key of index block `block` (indices `block << 16 ..`) in stream `seed`.
+#[inline]
+fn block_key(seed: u64, block: u64) -> u32 {
+    (mix64(seed ^ mix64(block.wrapping_add(0x632B_E59B_D9B4_E019))) >> 32) as u32
+}
+
+/// A 32-bit integer hash with full avalanche (Wellons' "lowbias32"); a bijection, so
+/// the 2^16 indices of one block get distinct values.
+#[inline(always)]
+fn hash32(mut x: u32) -> u32 {
+    x ^= x >> 16;
+    x = x.wrapping_mul(0x7FEB_352D);
+    x ^= x >> 15;
+    x = x.wrapping_mul(0x846C_A68B);
+    x ^ (x >> 16)
+}
+
+/// 24 random bits of element `low` of a block, as an `f32` integer in [0, 2^24).
+#[inline(always)]
+fn mask_bits(key: u32, low: u32) -> f32 {
+    // < 2^24, so the i32 -> f32 conversion (one vector instruction) is exact.
+    (hash32(key ^ low) >> 8) as i32 as f32
+}
+
+/// The uniform in [0, 1) (a multiple of 2^-24) that decides whether element `index`
+/// of stream `seed` is dropped: it is dropped when this is `< p`. The definition that
+/// the vectorised kernels below follow; also the reference for tests.
+pub fn mask_uniform(seed: u64, index: u64) -> f32 {
+    let key = block_key(seed, index >> KEY_BLOCK_BITS);
+    mask_bits(key, (index & (KEY_BLOCK - 1)) as u32) * (1.0 / (1u32 << 24) as f32)
+}
+
+/// The dropout mask of one stream: probability `p`, survivors scaled by `1/(1-p)`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Mask {
+    /// `p * 2^24`: element `n` is dropped when its 24 hash bits are below this.
+    threshold: f32,
+    keep_scale: f32,
+    seed: u64,
+}
+
+impl Mask {
+    pub(crate) fn new(p: f32, seed: u64) -> Self {
+        debug_assert!((0.0..=1.0).contains(&p), "dropout probability {p}");
+        Mask {
+            threshold: p * (1u32 << 24) as f32,
+            // With p = 1 every element is dropped, so the infinite scale is never used.
+            keep_scale: 1.0 / (1.0 - p),
+            seed,
+        }
+    }
+
+    /// `x[i] = 0` where element `base + i` is dropped, else `x[i] * keep_scale`.
+    pub(crate) fn apply(&self, x: &mut [f32], base: u64) {
+        self.for_each_block(base, x.len(), |range, key, low| {
+            mask_in_place(&mut x[range], key, low, self.threshold, self.keep_scale)
+        });
+    }
+
+    /// `dst[i] = 0` where element `base + i` is dropped, else `src[i] * keep_scale`.
+    pub(crate) fn apply_into(&self, src: &[f32], dst: &mut [f32], base: u64) {
+        assert_eq!(
+            src.len(),
+            dst.len(),
+            "dropout: src and dst differ in length"
+        );
+        self.for_each_block(base, src.len(), |range, key, low| {
+            mask_copy(
+                &src[range.clone()],
+                &mut dst[range],
+                key,
+                low,
+                self.threshold,
+                self.keep_scale,
+            )
+        });
+    }
+
+    /// `stored[i] = x[i] * factor`, and in place `x[i] = 0` where element `base + i` is
+    /// dropped, else `x[i] * keep_scale` (without `factor`): one pass for attention
+    /// rows whose normalised copy is kept and whose unnormalised values go on.
+    pub(crate) fn store_scaled_and_apply(
+        &self,
+        x: &mut [f32],
+        factor: f32,
+        stored: &mut [f32],
+        base: u64,
+    ) {
+        assert_eq!(
+            x.len(),
+            stored.len(),
+            "dropout: x and stored differ in length"
+        );
+        self.for_each_block(base, x.len(), |range, key, low| {
+            mask_store(
+                &mut x[range.clone()],
+                factor,
+                &mut stored[range],
+                key,
+                low,
+                self.threshold,
+                self.keep_scale,
+            )
+        });
+    }
+
+    /// Splits the element range `base .. base + len` at key-block boundaries and calls
+    /// `f(local range, block key, index of the range's first element in its block)`.
+    fn for_each_block(
+        &self,
+        base: u64,
+        len: usize,
+        mut f: impl FnMut(std::ops::Range<usize>, u32, u32),
+    ) {
+        let mut done = 0usize;
+        while done < len {
+            let index = base + done as u64;
+            let low = index & (KEY_BLOCK - 1);
+            let n = ((KEY_BLOCK - low) as usize).min(len - done);
+            f(
+                done..done + n,
+                block_key(self.seed, index >> KEY_BLOCK_BITS),
+                low as u32,
+            );
+            done += n;
+        }
+    }
+}
+
+simd_fn! {
+    fn mask_in_place(x: &mut [f32], key: u32, low: u32, threshold: f32, keep_scale: f32) {
+        for (i, v) in x.iter_mut().enumerate() {
+            let dropped = mask_bits(key, low + i as u32) < threshold;
+            *v = if dropped { 0.0 } else { *v * keep_scale };
+        }
+    }
+}
+
+simd_fn! {
+    fn mask_copy(src: &[f32], dst: &mut [f32], key: u32, low: u32, threshold: f32, keep_scale: f32) {
+        for (i, (d, &s)) in dst.iter_mut().zip(src).enumerate() {
+            let dropped = mask_bits(key, low + i as u32) < threshold;
+            *d = if dropped { 0.0 } else { s * keep_scale };
+        }
+    }
+}
+
+simd_fn! {
+    #[allow(clippy::too_many_arguments)]
+    fn mask_store(
+        x: &mut [f32],
+        factor: f32,
+        stored: &mut [f32],
+        key: u32,
+        low: u32,
+        threshold: f32,
+        keep_scale: f32,
+    ) {
+        for (i, (v, st)) in x.iter_mut().zip(stored.iter_mut()).enumerate() {
+            *st = *v * factor;
+            let dropped = mask_bits(key, low + i as u32) < threshold;
+            *v = if dropped { 0.0 } else { *v * keep_scale };
+        }
+    }
+}
 
 /// Zeroes each element with probability `p` and scales the rest by `1/(1-p)`, in place.
 /// Element `i` of the buffer uses mask index `offset + i`.
@@ -15,29 +190,15 @@ pub fn dropout_forward(x: &mut [f32], p: f32, seed: u64, offset: u64) {
     if p <= 0.0 {
         return;
     }
-    // With p = 1 every element is dropped (hash_uniform < 1), so the infinite scale is
-    // never used.
-    let keep_scale = 1.0 / (1.0 - p);
+    let mask = Mask::new(p, seed);
     x.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| {
-        let base = offset + (c * CHUNK) as u64;
-        apply_mask(chunk, p, keep_scale, seed, base);
+        mask.apply(chunk, offset + (c * CHUNK) as u64);
     });
 }
 
 /// Applies the same mask (and scale) to a gradient, in place.
 pub fn dropout_backward(dx: &mut [f32], p: f32, seed: u64, offset: u64) {
     dropout_forward(dx, p, seed, offset)
-}
-
-simd_fn! {
-    /// `x[i] = 0` where `hash_uniform(seed, base + i) < p`, else `x[i] * keep_scale`.
-    /// Shared with the attention kernel (serially, inside its own parallel loop).
-    pub(crate) fn apply_mask(x: &mut [f32], p: f32, keep_scale: f32, seed: u64, base: u64) {
-        for (i, v) in x.iter_mut().enumerate() {
-            let dropped = hash_uniform(seed, base + i as u64) < p;
-            *v = if dropped { 0.0 } else { *v * keep_scale };
-        }
-    }
 }
 
 #[cfg(test)]
@@ -50,7 +211,7 @@ mod tests {
         x.iter()
             .enumerate()
             .map(|(i, &v)| {
-                if (hash_uniform(seed, offset + i as u64) as f64) < p {
+                if (mask_uniform(seed, offset + i as u64) as f64) < p {
                     0.0
                 } else {
                     v / (1.0 - p)
@@ -60,11 +221,12 @@ mod tests {
     }
 
     #[test]
-    fn forward_matches_definition_across_chunks() {
-        // Longer than several chunks so the per-chunk offsets are exercised.
-        let n = 3 * CHUNK + 123;
+    fn forward_matches_definition_across_chunks_and_key_blocks() {
+        // Longer than several chunks and crossing key blocks, so the per-chunk offsets
+        // and the block splitting are exercised.
+        let n = 5 * CHUNK + 123;
         let x = random_vec(1, n, 1.0);
-        let (p, seed, offset) = (0.3f32, 42u64, 1_000_003u64);
+        let (p, seed, offset) = (0.3f32, 42u64, 3 * KEY_BLOCK - 1000);
         let mut y = x.clone();
         dropout_forward(&mut y, p, seed, offset);
         let want = dropout_ref(&to_f64(&x), p as f64, seed, offset);
@@ -89,10 +251,46 @@ mod tests {
         dropout_forward(b, p, seed, offset + 5000);
         assert_eq!(halves, y);
 
+        // `apply_into` and `store_scaled_and_apply` agree with the in-place form, also
+        // at an unaligned base.
+        let mask = Mask::new(p, seed);
+        let mut copied = vec![f32::NAN; n - 7];
+        mask.apply_into(&x[7..], &mut copied, offset + 7);
+        assert_eq!(copied, y[7..]);
+        let mut masked = x[7..].to_vec();
+        let mut stored = vec![f32::NAN; n - 7];
+        mask.store_scaled_and_apply(&mut masked, 0.5, &mut stored, offset + 7);
+        assert_eq!(masked, y[7..]);
+        for (s, &v) in stored.iter().zip(&x[7..]) {
+            assert_eq!(*s, v * 0.5);
+        }
+
         // A different seed gives a different mask.
         let mut other = x.clone();
         dropout_forward(&mut other, p, seed + 1, offset);
         assert_ne!(other, y);
+    }
+
+    #[test]
+    fn mask_is_unbiased_and_uncorrelated() {
+        // Mean 1/2 and no correlation between neighbours, within and across key
+        // blocks, and between two streams.
+        let n = 4 * KEY_BLOCK;
+        let u: Vec<f64> = (0..n).map(|i| mask_uniform(9, i) as f64 - 0.5).collect();
+        let w: Vec<f64> = (0..n).map(|i| mask_uniform(10, i) as f64 - 0.5).collect();
+        let nf = n as f64;
+        let mean = u.iter().sum::<f64>() / nf;
+        assert!(mean.abs() < 0.003, "mean {mean}");
+        let var = 1.0 / 12.0;
+        for lag in [1usize, 2, 8, 512] {
+            let c = u.iter().zip(&u[lag..]).map(|(a, b)| a * b).sum::<f64>() / nf / var;
+            assert!(c.abs() < 0.01, "lag {lag}: correlation {c}");
+        }
+        let c = u.iter().zip(&w).map(|(a, b)| a * b).sum::<f64>() / nf / var;
+        assert!(c.abs() < 0.01, "streams: correlation {c}");
+        let block = KEY_BLOCK as usize;
+        let c = u.iter().zip(&u[block..]).map(|(a, b)| a * b).sum::<f64>() / nf / var;
+        assert!(c.abs() < 0.01, "blocks: correlation {c}");
     }
 
     #[test]
@@ -126,5 +324,13 @@ mod tests {
         for i in 0..n {
             assert_eq!(y[i] == 0.0, dx[i] == 0.0, "mask differs at {i}");
         }
+    }
+
+    #[test]
+    #[ignore = "timing printout, run by hand"]
+    fn dropout_timing() {
+        use crate::kernels::fastmath::timing::report;
+        let mut x = random_vec(1, 4096 * 384, 1.0);
+        report("dropout 4096x384", 5, || dropout_forward(&mut x, 0.1, 3, 0));
     }
 }

@@ -1,0 +1,242 @@
+//! The small matrix products inside attention, with AVX2/FMA register tiles.
+//!
+//! Every product in the attention passes has one side that is a head slice (`dh`
+//! columns, `dh` = 32 or 64) and the other a block of scores: `[rows, dh] x [dh, kv]`,
+//! `[rows, kv] x [kv, dh]` and `[kv, rows] x [rows, dh]`. The general gemm re-packs
+//! both operands on every call, which for these thin shapes costs as much as the
+//! arithmetic. Here the right operand is read in place (its rows must be contiguous,
+//! a multiple of 8 wide), the left operand is broadcast element by element from any
+//! strided layout (so transposed score blocks need no copy), and a 6 x 16 tile of the
+//! result lives in 12 AVX registers for the whole inner loop. Anything else (no AVX2,
+//! or a shape the tiles do not cover) goes to the general `matmul`.
+
+use super::super::matmul::{matmul, MatRef, Par};
+
+/// Rows of the register tile.
+const MR: usize = 6;
+
+/// `dst[i * ldc + j] (+)= Σ_p a[i, p] · b[p, j]` for the `a.rows x b.cols` result.
+pub(super) fn matmul_tiles(dst: &mut [f32], ldc: usize, a: MatRef, b: MatRef, accumulate: bool) {
+    assert_eq!(a.cols, b.rows, "attention tiles: inner dimensions differ");
+    let (m, n, k) = (a.rows, b.cols, a.cols);
+    if m == 0 || n == 0 {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if b.col_stride == 1
+        && n.is_multiple_of(8)
+        && k > 0
+        && std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma")
+    {
+        assert!(
+            ldc >= n && (m - 1) * ldc + n <= dst.len(),
+            "attention tiles: dst"
+        );
+        let a_last = (m - 1) * a.row_stride + (k - 1) * a.col_stride;
+        assert!(a_last < a.data.len(), "attention tiles: lhs out of range");
+        assert!(
+            (k - 1) * b.row_stride + n <= b.data.len(),
+            "attention tiles: rhs out of range"
+        );
+        // SAFETY: AVX2 and FMA were just detected; every element the kernel touches,
+        // a[i*rs + p*cs], b[p*ldb + j] and dst[i*ldc + j] for i < m, p < k, j < n,
+        // lies inside the slices by the three assertions above.
+        unsafe {
+            avx2::product(
+                dst.as_mut_ptr(),
+                ldc,
+                a.data.as_ptr(),
+                a.row_stride,
+                a.col_stride,
+                b.data.as_ptr(),
+                b.row_stride,
+                m,
+                n,
+                k,
+                accumulate,
+            );
+        }
+        return;
+    }
+    matmul(dst, ldc, a, b, accumulate, Par::Serial);
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::MR;
+    use std::arch::x86_64::*;
+
+    /// See `matmul_tiles`; `n` is a multiple of 8 and all indices are in bounds.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn product(
+        c: *mut f32,
+        ldc: usize,
+        a: *const f32,
+        a_rs: usize,
+        a_cs: usize,
+        b: *const f32,
+        ldb: usize,
+        m: usize,
+        n: usize,
+        k: usize,
+        accumulate: bool,
+    ) {
+        let t = Tile {
+            c,
+            ldc,
+            a,
+            a_rs,
+            a_cs,
+            b,
+            ldb,
+            k,
+            accumulate,
+        };
+        let mut i = 0;
+        while i + MR <= m {
+            t.row_panel::<MR>(i, n);
+            i += MR;
+        }
+        match m - i {
+            0 => {}
+            1 => t.row_panel::<1>(i, n),
+            2 => t.row_panel::<2>(i, n),
+            3 => t.row_panel::<3>(i, n),
+            4 => t.row_panel::<4>(i, n),
+            _ => t.row_panel::<5>(i, n),
+        }
+    }
+
+    struct Tile {
+        c: *mut f32,
+        ldc: usize,
+        a: *const f32,
+        a_rs: usize,
+        a_cs: usize,
+        b: *const f32,
+        ldb: usize,
+        k: usize,
+        accumulate: bool,
+    }
+
+    impl Tile {
+        #[target_feature(enable = "avx2,fma")]
+        #[inline]
+        unsafe fn row_panel<const R: usize>(&self, i: usize, n: usize) {
+            let mut j = 0;
+            while j + 16 <= n {
+                self.tile::<R, 2>(i, j);
+                j += 16;
+            }
+            if j < n {
+                self.tile::<R, 1>(i, j);
+            }
+        }
+
+        /// Rows `i .. i+R`, columns `j .. j+8V` of the result.
+        #[target_feature(enable = "avx2,fma")]
+        #[inline]
+        unsafe fn tile<const R: usize, const V: usize>(&self, i: usize, j: usize) {
+            let mut acc = [[_mm256_setzero_ps(); V]; R];
+            let mut a_p = self.a.add(i * self.a_rs);
+            let mut b_p = self.b.add(j);
+            for _ in 0..self.k {
+                let mut bv = [_mm256_setzero_ps(); V];
+                for (v, b) in bv.iter_mut().enumerate() {
+                    *b = _mm256_loadu_ps(b_p.add(8 * v));
+                }
+                for (r, acc_r) in acc.iter_mut().enumerate() {
+                    let av = _mm256_broadcast_ss(&*a_p.add(r * self.a_rs));
+                    for (x, &b) in acc_r.iter_mut().zip(&bv) {
+                        *x = _mm256_fmadd_ps(av, b, *x);
+                    }
+                }
+                a_p = a_p.add(self.a_cs);
+                b_p = b_p.add(self.ldb);
+            }
+            for (r, acc_r) in acc.iter().enumerate() {
+                let c_row = self.c.add((i + r) * self.ldc + j);
+                for (v, &x) in acc_r.iter().enumerate() {
+                    let out = c_row.add(8 * v);
+                    let x = if self.accumulate {
+                        _mm256_add_ps(_mm256_loadu_ps(out), x)
+                    } else {
+                        x
+                    };
+                    _mm256_storeu_ps(out, x);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::gradcheck::random_vec;
+
+    fn naive(a: MatRef, b: MatRef) -> Vec<f64> {
+        let mut out = vec![0.0; a.rows * b.cols];
+        for i in 0..a.rows {
+            for j in 0..b.cols {
+                out[i * b.cols + j] = (0..a.cols)
+                    .map(|p| {
+                        a.data[i * a.row_stride + p * a.col_stride] as f64
+                            * b.data[p * b.row_stride + j * b.col_stride] as f64
+                    })
+                    .sum();
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn matches_naive_for_tile_remainders_strides_and_accumulation() {
+        // m over 1..=13 covers every remainder of the 6-row tile; n = 8, 16, 24, 40
+        // the 8- and 16-wide column tiles; a transposed, strided left operand; a right
+        // operand whose rows are strided; and a fallback shape (n = 12).
+        for (m, n, k) in [(1, 8, 1), (7, 16, 5), (13, 24, 32), (12, 40, 3), (5, 12, 7)] {
+            for transposed in [false, true] {
+                let lda = k + 3;
+                let a_buf = random_vec((m * 100 + n) as u64, m.max(k) * lda + m + k, 1.0);
+                let a = if transposed {
+                    // a[i, p] at p * (m + 2) + i
+                    MatRef {
+                        data: &a_buf,
+                        rows: m,
+                        cols: k,
+                        row_stride: 1,
+                        col_stride: m + 2,
+                    }
+                } else {
+                    MatRef::strided(&a_buf, m, k, lda)
+                };
+                let ldb = n + 5;
+                let b_buf = random_vec((k * 10 + n) as u64, k * ldb, 1.0);
+                let b = MatRef::strided(&b_buf, k, n, ldb);
+                let want = naive(a, b);
+                let ldc = n + 1;
+                let mut dst = vec![f32::NAN; (m - 1) * ldc + n];
+                matmul_tiles(&mut dst, ldc, a, b, false);
+                for i in 0..m {
+                    for j in 0..n {
+                        let (g, w) = (dst[i * ldc + j] as f64, want[i * n + j]);
+                        assert!(
+                            (g - w).abs() < 1e-5 * (1.0 + w.abs()),
+                            "{m}x{n}x{k} ({i},{j})"
+                        );
+                    }
+                }
+                matmul_tiles(&mut dst, ldc, a, b, true);
+                for i in 0..m {
+                    for j in 0..n {
+                        let (g, w) = (dst[i * ldc + j] as f64, 2.0 * want[i * n + j]);
+                        assert!((g - w).abs() < 2e-5 * (1.0 + w.abs()), "acc {m}x{n}x{k}");
+                    }
+                }
+            }
+        }
+    }
+}
