@@ -115,7 +115,11 @@ fn every_documented_case_is_tested() {
             "{}: not exercised in {file}",
             row.id
         );
-        assert!(!literal_pieces(&row.message).is_empty(), "{}: empty message", row.id);
+        assert!(
+            !literal_pieces(&row.message).is_empty(),
+            "{}: empty message",
+            row.id
+        );
     }
 }
 
@@ -139,7 +143,9 @@ fn tiny_model(s: &Scratch, name: &str) -> PathBuf {
     let mut store = ParamStore::new();
     for (i, (name, shape)) in names::bert_tensors(&cfg).into_iter().enumerate() {
         let n: usize = shape.iter().product();
-        let data = (0..n).map(|j| ((i * 31 + j * 7) % 17) as f32 / 40.0 - 0.2).collect();
+        let data = (0..n)
+            .map(|j| ((i * 31 + j * 7) % 17) as f32 / 40.0 - 0.2)
+            .collect();
         store.add(&name, &shape, data);
     }
     write_safetensors(&dir.join("model.safetensors"), &store, None).unwrap();
@@ -147,7 +153,11 @@ fn tiny_model(s: &Scratch, name: &str) -> PathBuf {
 }
 
 fn write_config(dir: &Path, cfg: &BertConfig) {
-    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(cfg).unwrap()).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(cfg).unwrap(),
+    )
+    .unwrap();
 }
 
 /// 12 training, 4 dev and 4 test rows of a two-class toy task, as JSON Lines.
@@ -220,27 +230,84 @@ fn dataset_errors() {
     };
     let with_line = |line: &str| format!("{}\n{line}\n", good[0]);
 
-    let out = run("d01", &[("train.jsonl", with_line("{\"text\": \"a\", \"label\": ").as_bytes())], &[]);
+    let out = run(
+        "d01",
+        &[(
+            "train.jsonl",
+            with_line("{\"text\": \"a\", \"label\": ").as_bytes(),
+        )],
+        &[],
+    );
     expect(&out, "D01", &["train.jsonl:2"]);
-    let out = run("d02", &[("train.jsonl", with_line("[1, 2]").as_bytes())], &[]);
+    let out = run(
+        "d02",
+        &[("train.jsonl", with_line("[1, 2]").as_bytes())],
+        &[],
+    );
     expect(&out, "D02", &["train.jsonl:2"]);
-    let out = run("d03", &[("train.jsonl", with_line("{\"text\": \"the film\"}").as_bytes())], &[]);
+    let out = run(
+        "d03",
+        &[(
+            "train.jsonl",
+            with_line("{\"text\": \"the film\"}").as_bytes(),
+        )],
+        &[],
+    );
     expect(&out, "D03", &["train.jsonl:2", "\"label\""]);
-    let out = run("d04", &[("train.jsonl", with_line("{\"text\": 5, \"label\": \"pos\"}").as_bytes())], &[]);
+    let out = run(
+        "d04",
+        &[(
+            "train.jsonl",
+            with_line("{\"text\": 5, \"label\": \"pos\"}").as_bytes(),
+        )],
+        &[],
+    );
     expect(&out, "D04", &["train.jsonl:2", "\"text\""]);
-    let out = run("d05", &[("train.jsonl", with_line("{\"text\": \"a\", \"label\": [1]}").as_bytes())], &[]);
+    let out = run(
+        "d05",
+        &[(
+            "train.jsonl",
+            with_line("{\"text\": \"a\", \"label\": [1]}").as_bytes(),
+        )],
+        &[],
+    );
     expect(&out, "D05", &["train.jsonl:2", "\"label\""]);
-    let out = run("d06", &[("train.jsonl", with_line("{\"text\": \"\", \"label\": \"pos\"}").as_bytes())], &[]);
+    let out = run(
+        "d06",
+        &[(
+            "train.jsonl",
+            with_line("{\"text\": \"\", \"label\": \"pos\"}").as_bytes(),
+        )],
+        &[],
+    );
     expect(&out, "D06", &["train.jsonl:2"]);
-    let out = run("d07", &[("train.jsonl", with_line("{\"text\": \" \\t\\n \", \"label\": \"pos\"}").as_bytes())], &[]);
+    let out = run(
+        "d07",
+        &[(
+            "train.jsonl",
+            with_line("{\"text\": \" \\t\\n \", \"label\": \"pos\"}").as_bytes(),
+        )],
+        &[],
+    );
     expect(&out, "D06", &["train.jsonl:2"]);
-    let out = run("d08", &[("train.jsonl", with_line("{\"text\": \"a\", \"label\": \"  \"}").as_bytes())], &[]);
+    let out = run(
+        "d08",
+        &[(
+            "train.jsonl",
+            with_line("{\"text\": \"a\", \"label\": \"  \"}").as_bytes(),
+        )],
+        &[],
+    );
     expect(&out, "D07", &["train.jsonl:2"]);
     let mut bad_utf8 = format!("{}\n", good[0]).into_bytes();
     bad_utf8.extend_from_slice(b"{\"text\": \"caf\xe9\", \"label\": \"pos\"}\n");
     let out = run("d09", &[("train.jsonl", &bad_utf8)], &[]);
     expect(&out, "D08", &["train.jsonl:2"]);
-    let out = run("d10", &[("train.jsonl", train.as_bytes())], &["--text-column", "body"]);
+    let out = run(
+        "d10",
+        &[("train.jsonl", train.as_bytes())],
+        &["--text-column", "body"],
+    );
     expect(&out, "D03", &["train.jsonl:1", "\"body\""]);
 
     // CSV / TSV.
@@ -249,9 +316,17 @@ fn dataset_errors() {
     expect(&out, "D09", &["train.csv:3"]);
     let out = run("d12", &[("train.csv", b"body,label\nthe film,pos\n")], &[]);
     expect(&out, "D10", &["train.csv:1", "\"text\"", "body, label"]);
-    let out = run("d13", &[("train.csv", b"text,label\n\"the film\",pos\n\"  \",neg\n")], &[]);
+    let out = run(
+        "d13",
+        &[("train.csv", b"text,label\n\"the film\",pos\n\"  \",neg\n")],
+        &[],
+    );
     expect(&out, "D06", &["train.csv:3"]);
-    let out = run("d14", &[("train.csv", b"text,label\nthe film,pos\ncaf\xe9,neg\n")], &[]);
+    let out = run(
+        "d14",
+        &[("train.csv", b"text,label\nthe film,pos\ncaf\xe9,neg\n")],
+        &[],
+    );
     expect(&out, "D11", &["train.csv:3"]);
     let out = run("d15", &[("train.csv", b"")], &[]);
     expect(&out, "D12", &["train.csv"]);
@@ -268,42 +343,103 @@ fn dataset_errors() {
     expect(&out, "D13", &["train.jsonl.gz"]);
     let out = run("d19", &[("training.jsonl", train.as_bytes())], &[]);
     expect(&out, "D14", &["train.jsonl, train.jsonl.gz"]);
-    let out = run("d20", &[("train.jsonl", train.as_bytes()), ("train.csv", b"text,label\na,b\n")], &[]);
+    let out = run(
+        "d20",
+        &[
+            ("train.jsonl", train.as_bytes()),
+            ("train.csv", b"text,label\na,b\n"),
+        ],
+        &[],
+    );
     expect(&out, "D15", &["train.jsonl", "train.csv"]);
     let missing = s.path("no-such-dir");
     let out = train_on(&s, &model, &missing, &[]);
     expect(&out, "D16", &[missing.to_str().unwrap()]);
-    let out = run("d21", &[("train.jsonl", train.as_bytes()), ("dev.jsonl", b"\n  \n")], &[]);
+    let out = run(
+        "d21",
+        &[("train.jsonl", train.as_bytes()), ("dev.jsonl", b"\n  \n")],
+        &[],
+    );
     expect(&out, "D17", &["dev.jsonl"]);
     let out = run("d22", &[("train.jsonl", b"\n")], &[]);
     expect(&out, "D17", &["train.jsonl"]);
     let out = run("d23", &[("train.txt", b"x")], &[]);
     expect(&out, "D14", &["d23"]);
-    let out = run("d24", &[("train.jsonl", train.as_bytes()), ("test.jsonl", b"{\"text\": \"the plot\", \"label\": \"meh\"}\n")], &[]);
+    let out = run(
+        "d24",
+        &[
+            ("train.jsonl", train.as_bytes()),
+            (
+                "test.jsonl",
+                b"{\"text\": \"the plot\", \"label\": \"meh\"}\n",
+            ),
+        ],
+        &[],
+    );
     expect(&out, "D18", &["test.jsonl:1", "\"meh\"", "neg, pos"]);
-    let out = run("d25", &[("train.jsonl", train.as_bytes()), ("labels.txt", b"neg\npos\nmeh\n")], &[]);
+    let out = run(
+        "d25",
+        &[
+            ("train.jsonl", train.as_bytes()),
+            ("labels.txt", b"neg\npos\nmeh\n"),
+        ],
+        &[],
+    );
     expect(&out, "D19", &["labels.txt", "\"meh\"", "train.jsonl"]);
-    let out = run("d26", &[("train.jsonl", train.as_bytes()), ("labels.txt", b"neg\n")], &[]);
+    let out = run(
+        "d26",
+        &[("train.jsonl", train.as_bytes()), ("labels.txt", b"neg\n")],
+        &[],
+    );
     expect(&out, "D20", &["train.jsonl:1", "\"pos\"", "labels.txt"]);
-    let out = run("d27", &[("train.jsonl", train.as_bytes()), ("labels.txt", b"neg\npos\nneg\n")], &[]);
+    let out = run(
+        "d27",
+        &[
+            ("train.jsonl", train.as_bytes()),
+            ("labels.txt", b"neg\npos\nneg\n"),
+        ],
+        &[],
+    );
     expect(&out, "D21", &["labels.txt:3", "\"neg\""]);
-    let int_rows = "{\"text\": \"the film\", \"label\": 0}\n{\"text\": \"the plot\", \"label\": 5}\n";
-    let out = run("d28", &[("train.jsonl", int_rows.as_bytes()), ("labels.txt", b"neg\npos\n")], &[]);
+    let int_rows =
+        "{\"text\": \"the film\", \"label\": 0}\n{\"text\": \"the plot\", \"label\": 5}\n";
+    let out = run(
+        "d28",
+        &[
+            ("train.jsonl", int_rows.as_bytes()),
+            ("labels.txt", b"neg\npos\n"),
+        ],
+        &[],
+    );
     expect(&out, "D22", &["train.jsonl:2", "5"]);
     let one_class: Vec<String> = (0..6)
         .map(|i| serde_json::json!({"text": format!("the film {i}"), "label": "pos"}).to_string())
         .collect();
-    let out = run("d29", &[("train.jsonl", one_class.join("\n").as_bytes())], &[]);
+    let out = run(
+        "d29",
+        &[("train.jsonl", one_class.join("\n").as_bytes())],
+        &[],
+    );
     expect(&out, "D23", &["d29"]);
     // No dev split and one example per class: nothing can be held out for validation.
     let singletons = format!("{}\n{}\n", good[0], good[1]);
     let out = run("d30", &[("train.jsonl", singletons.as_bytes())], &[]);
     expect(&out, "D24", &["d30"]);
-    let out = run("d31", &[("train.jsonl", b"\xef\xbb\xbf{\"text\": \"x\", \"label\": \"a\"}\n\xff\n")], &[]);
+    let out = run(
+        "d31",
+        &[(
+            "train.jsonl",
+            b"\xef\xbb\xbf{\"text\": \"x\", \"label\": \"a\"}\n\xff\n",
+        )],
+        &[],
+    );
     expect(&out, "D08", &["train.jsonl:2"]);
 }
 
 // ----------------------------------------------------------------- model checkpoints (HF)
+
+/// A tensor as written to a safetensors file: name, dtype, shape, bytes.
+type RawTensor = (String, safetensors::Dtype, Vec<usize>, Vec<u8>);
 
 #[test]
 fn model_checkpoint_errors() {
@@ -329,27 +465,82 @@ fn model_checkpoint_errors() {
     let mut json = serde_json::to_value(&cfg).unwrap();
     json.as_object_mut().unwrap().remove("num_hidden_layers");
     std::fs::write(m.join("config.json"), json.to_string()).unwrap();
-    expect(&train(&m, &[]), "M04", &["m04/config.json", "num_hidden_layers"]);
+    expect(
+        &train(&m, &[]),
+        "M04",
+        &["m04/config.json", "num_hidden_layers"],
+    );
     let m = fresh("m05");
-    write_config(&m, &BertConfig { num_attention_heads: 0, ..cfg.clone() });
-    expect(&train(&m, &[]), "M05", &["m05/config.json", "num_attention_heads"]);
+    write_config(
+        &m,
+        &BertConfig {
+            num_attention_heads: 0,
+            ..cfg.clone()
+        },
+    );
+    expect(
+        &train(&m, &[]),
+        "M05",
+        &["m05/config.json", "num_attention_heads"],
+    );
     let m = fresh("m06");
-    write_config(&m, &BertConfig { num_attention_heads: 3, ..cfg.clone() });
+    write_config(
+        &m,
+        &BertConfig {
+            num_attention_heads: 3,
+            ..cfg.clone()
+        },
+    );
     expect(&train(&m, &[]), "M06", &["m06/config.json"]);
     let m = fresh("m07");
-    write_config(&m, &BertConfig { hidden_act: "relu".into(), ..cfg.clone() });
+    write_config(
+        &m,
+        &BertConfig {
+            hidden_act: "relu".into(),
+            ..cfg.clone()
+        },
+    );
     expect(&train(&m, &[]), "M07", &["m07/config.json"]);
     let m = fresh("m08");
-    write_config(&m, &BertConfig { hidden_dropout_prob: 1.5, ..cfg.clone() });
-    expect(&train(&m, &[]), "M08", &["m08/config.json", "hidden_dropout_prob"]);
+    write_config(
+        &m,
+        &BertConfig {
+            hidden_dropout_prob: 1.5,
+            ..cfg.clone()
+        },
+    );
+    expect(
+        &train(&m, &[]),
+        "M08",
+        &["m08/config.json", "hidden_dropout_prob"],
+    );
     let m = fresh("m09");
-    write_config(&m, &BertConfig { vocab_size: 1 << 30, ..cfg.clone() });
+    write_config(
+        &m,
+        &BertConfig {
+            vocab_size: 1 << 30,
+            ..cfg.clone()
+        },
+    );
     expect(&train(&m, &[]), "M09", &["m09/config.json", "vocab_size"]);
     let m = fresh("m09b");
-    write_config(&m, &BertConfig { initializer_range: f32::INFINITY, ..cfg.clone() });
+    write_config(
+        &m,
+        &BertConfig {
+            initializer_range: f32::INFINITY,
+            ..cfg.clone()
+        },
+    );
     let text = std::fs::read_to_string(m.join("config.json")).unwrap();
-    assert!(text.contains("null"), "serde writes a non-finite float as null: {text}");
-    expect(&train(&m, &[]), "M03", &["m09b/config.json", "initializer_range"]);
+    assert!(
+        text.contains("null"),
+        "serde writes a non-finite float as null: {text}"
+    );
+    expect(
+        &train(&m, &[]),
+        "M03",
+        &["m09b/config.json", "initializer_range"],
+    );
 
     // Weights.
     let m = fresh("m10");
@@ -361,15 +552,19 @@ fn model_checkpoint_errors() {
     let bytes = std::fs::read(m.join("model.safetensors")).unwrap();
     std::fs::write(m.join("model.safetensors"), &bytes[..bytes.len() - 100]).unwrap();
     expect(&train(&m, &[]), "M12", &["m12/model.safetensors"]);
-    std::fs::write(m.join("model.safetensors"), b"\x10\x00\x00\x00\x00\x00\x00\x00garbage!garbage!").unwrap();
+    std::fs::write(
+        m.join("model.safetensors"),
+        b"\x10\x00\x00\x00\x00\x00\x00\x00garbage!garbage!",
+    )
+    .unwrap();
     expect(&train(&m, &[]), "M12", &["m12/model.safetensors"]);
     std::fs::write(m.join("model.safetensors"), b"").unwrap();
     expect(&train(&m, &[]), "M12", &["m12/model.safetensors"]);
 
     // Tensors: rewrite the file with one tensor dropped, reshaped, retyped or added.
-    let rewrite = |name: &str, edit: &dyn Fn(&mut Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)>)| {
+    let rewrite = |name: &str, edit: &dyn Fn(&mut Vec<RawTensor>)| {
         let m = fresh(name);
-        let mut tensors: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = names::bert_tensors(&cfg)
+        let mut tensors: Vec<RawTensor> = names::bert_tensors(&cfg)
             .into_iter()
             .map(|(n, shape)| {
                 let count: usize = shape.iter().product();
@@ -379,30 +574,72 @@ fn model_checkpoint_errors() {
         edit(&mut tensors);
         let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
             .iter()
-            .map(|(n, d, s, b)| (n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap()))
+            .map(|(n, d, s, b)| {
+                (
+                    n.clone(),
+                    safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+                )
+            })
             .collect();
-        std::fs::write(m.join("model.safetensors"), safetensors::serialize(views, None).unwrap()).unwrap();
+        std::fs::write(
+            m.join("model.safetensors"),
+            safetensors::serialize(views, None).unwrap(),
+        )
+        .unwrap();
         m
     };
-    let m = rewrite("m13", &|t| t.retain(|(n, ..)| n != "encoder.layer.1.output.dense.weight"));
-    expect(&train(&m, &[]), "M13", &["encoder.layer.1.output.dense.weight", "[8, 16]"]);
+    let m = rewrite("m13", &|t| {
+        t.retain(|(n, ..)| n != "encoder.layer.1.output.dense.weight")
+    });
+    expect(
+        &train(&m, &[]),
+        "M13",
+        &["encoder.layer.1.output.dense.weight", "[8, 16]"],
+    );
     let m = rewrite("m14", &|t| {
-        let x = t.iter_mut().find(|(n, ..)| n == "embeddings.LayerNorm.bias").unwrap();
+        let x = t
+            .iter_mut()
+            .find(|(n, ..)| n == "embeddings.LayerNorm.bias")
+            .unwrap();
         x.2 = vec![4];
         x.3 = vec![0; 16];
     });
-    expect(&train(&m, &[]), "M14", &["embeddings.LayerNorm.bias", "[4]", "[8]"]);
+    expect(
+        &train(&m, &[]),
+        "M14",
+        &["embeddings.LayerNorm.bias", "[4]", "[8]"],
+    );
     let m = rewrite("m15", &|t| {
-        let x = t.iter_mut().find(|(n, ..)| n == "embeddings.LayerNorm.bias").unwrap();
+        let x = t
+            .iter_mut()
+            .find(|(n, ..)| n == "embeddings.LayerNorm.bias")
+            .unwrap();
         x.1 = safetensors::Dtype::I32;
     });
-    expect(&train(&m, &[]), "M15", &["embeddings.LayerNorm.bias", "I32"]);
+    expect(
+        &train(&m, &[]),
+        "M15",
+        &["embeddings.LayerNorm.bias", "I32"],
+    );
     let m = rewrite("m16", &|t| {
-        t.push(("encoder.layer.2.output.dense.bias".into(), safetensors::Dtype::F32, vec![8], vec![0; 32]))
+        t.push((
+            "encoder.layer.2.output.dense.bias".into(),
+            safetensors::Dtype::F32,
+            vec![8],
+            vec![0; 32],
+        ))
     });
-    expect(&train(&m, &[]), "M16", &["encoder.layer.2.output.dense.bias"]);
+    expect(
+        &train(&m, &[]),
+        "M16",
+        &["encoder.layer.2.output.dense.bias"],
+    );
     let m = rewrite("m17", &|t| {
-        let x = t.iter().find(|(n, ..)| n == "embeddings.LayerNorm.bias").unwrap().clone();
+        let x = t
+            .iter()
+            .find(|(n, ..)| n == "embeddings.LayerNorm.bias")
+            .unwrap()
+            .clone();
         t.push((format!("bert.{}", x.0), x.1, x.2, x.3));
     });
     expect(&train(&m, &[]), "M17", &["embeddings.LayerNorm.bias"]);
@@ -415,7 +652,10 @@ fn model_checkpoint_errors() {
     std::fs::write(m.join("tokenizer.json"), "{\"version\": ").unwrap();
     expect(&train(&m, &[]), "M19", &["m19/tokenizer.json"]);
     let m = fresh("m20");
-    let small = BertConfig { vocab_size: 8, ..cfg.clone() };
+    let small = BertConfig {
+        vocab_size: 8,
+        ..cfg.clone()
+    };
     write_config(&m, &small);
     let mut store = ParamStore::new();
     for (name, shape) in names::bert_tensors(&small) {
@@ -443,15 +683,47 @@ fn option_errors() {
     };
     // Checked against config.json before the dataset is read or --out is created.
     expect(&train(&["--max-len", "600"]), "O01", &["config.json"]);
-    expect(&train(&["--variant", "bert", "--keep-ratio", "0.5"]), "O02", &[]);
-    expect(&train(&["--variant", "pf", "--combine-layer", "3"]), "O03", &[]);
-    expect(&train(&["--variant", "c", "--combine-layer", "1"]), "O04", &[]);
-    expect(&train(&["--variant", "pfc", "--combine-layer", "7"]), "O04", &["6-layer"]);
-    expect(&train(&["--variant", "pfc", "--pooling", "cls"]), "O05", &[]);
+    expect(
+        &train(&["--variant", "bert", "--keep-ratio", "0.5"]),
+        "O02",
+        &[],
+    );
+    expect(
+        &train(&["--variant", "pf", "--combine-layer", "3"]),
+        "O03",
+        &[],
+    );
+    expect(
+        &train(&["--variant", "c", "--combine-layer", "1"]),
+        "O04",
+        &[],
+    );
+    expect(
+        &train(&["--variant", "pfc", "--combine-layer", "7"]),
+        "O04",
+        &["6-layer"],
+    );
+    expect(
+        &train(&["--variant", "pfc", "--pooling", "cls"]),
+        "O05",
+        &[],
+    );
     expect(&train(&["--variant", "p", "--keep-ratio", "0"]), "O06", &[]);
-    expect(&train(&["--variant", "pf", "--keep-ratio", "1.5"]), "O06", &[]);
-    expect(&train(&["--variant", "c", "--combine-tokens", "0"]), "O07", &[]);
-    expect(&train(&["--variant", "c", "--combine-tokens", "100000"]), "O07b", &[]);
+    expect(
+        &train(&["--variant", "pf", "--keep-ratio", "1.5"]),
+        "O06",
+        &[],
+    );
+    expect(
+        &train(&["--variant", "c", "--combine-tokens", "0"]),
+        "O07",
+        &[],
+    );
+    expect(
+        &train(&["--variant", "c", "--combine-tokens", "100000"]),
+        "O07b",
+        &[],
+    );
     expect(&train(&["--variant", "c", "--assign-eps", "0"]), "O08", &[]);
     expect(&train(&["--classifier-dropout", "1"]), "O09", &[]);
     expect(&train(&["--lr", "0"]), "O10", &[]);
@@ -479,7 +751,11 @@ fn checkpoint_and_inference_errors() {
     let model = tiny_model(&s, "model");
     let data = toy_data(&s, "data");
     let out = train_on(&s, &model, &data, &[]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let good = s.path("out");
     let copy = |name: &str| {
         let dir = s.path(name);
@@ -493,7 +769,10 @@ fn checkpoint_and_inference_errors() {
         dir
     };
     let predict = |ckpt: &Path, input: &[u8]| {
-        corefocus(&args(&["predict", "--checkpoint", ckpt.to_str().unwrap()]), input)
+        corefocus(
+            &args(&["predict", "--checkpoint", ckpt.to_str().unwrap()]),
+            input,
+        )
     };
     let eval = |ckpt: &Path, extra: &[&str]| {
         let mut a = args(&[
@@ -526,10 +805,20 @@ fn checkpoint_and_inference_errors() {
         m["method"]["variant"] = "c".into();
         m["method"]["combine_layer"] = 1.into();
     });
-    expect(&predict(&c, b"x\n"), "C04", &["c04/corefocus.json", "--combine-layer 1"]);
+    expect(
+        &predict(&c, b"x\n"),
+        "C04",
+        &["c04/corefocus.json", "--combine-layer 1"],
+    );
     let c = copy("c05");
-    edit_meta(&c, &|m| m["labels"] = serde_json::json!(["neg", "pos", "meh"]));
-    expect(&predict(&c, b"x\n"), "C05", &["c05/model.safetensors", "classifier.weight"]);
+    edit_meta(&c, &|m| {
+        m["labels"] = serde_json::json!(["neg", "pos", "meh"])
+    });
+    expect(
+        &predict(&c, b"x\n"),
+        "C05",
+        &["c05/model.safetensors", "classifier.weight"],
+    );
     let c = copy("c06");
     edit_meta(&c, &|m| m["format_version"] = 99.into());
     expect(&predict(&c, b"x\n"), "C06", &["c06/corefocus.json"]);
@@ -539,25 +828,68 @@ fn checkpoint_and_inference_errors() {
     expect(&predict(&c, b"x\n"), "M12", &["c07/model.safetensors"]);
     // A checkpoint whose weights have a tensor the model does not use.
     let c = copy("c08");
-    let mut store = corefocus::model::checkpoint::read_safetensors(&c.join("model.safetensors"), false).unwrap();
+    let mut store =
+        corefocus::model::checkpoint::read_safetensors(&c.join("model.safetensors"), false)
+            .unwrap();
     store.add("encoder.layer.5.output.dense.bias", &[8], vec![0.0; 8]);
     write_safetensors(&c.join("model.safetensors"), &store, None).unwrap();
-    expect(&predict(&c, b"x\n"), "C07", &["c08/model.safetensors", "encoder.layer.5.output.dense.bias"]);
+    expect(
+        &predict(&c, b"x\n"),
+        "C07",
+        &["c08/model.safetensors", "encoder.layer.5.output.dense.bias"],
+    );
     let c = copy("c09");
     std::fs::remove_file(c.join("config.json")).unwrap();
     expect(&predict(&c, b"x\n"), "C08", &["c09/config.json"]);
 
     // eval / predict inputs.
-    expect(&predict(&good, b"the film\nthe \xff plot\n"), "I01", &["standard input, line 2"]);
+    expect(
+        &predict(&good, b"the film\nthe \xff plot\n"),
+        "I01",
+        &["standard input, line 2"],
+    );
     let input = s.write("in.txt", b"ok\n\xc3\x28\n");
-    let out = corefocus(&args(&["predict", "--checkpoint", good.to_str().unwrap(), input.to_str().unwrap()]), b"");
-    expect(&out, "I01", &["in.txt, line 2"]);
-    let out = corefocus(&args(&["predict", "--checkpoint", good.to_str().unwrap(), &s.s("missing.txt")]), b"");
-    expect(&out, "I02", &["missing.txt"]);
-    expect(&eval(&good, &["--split", "validation"]), "I03", &["\"validation\""]);
-    let no_test = data_with(&s, "no-test", &[("train.jsonl", std::fs::read(data.join("train.jsonl")).unwrap().as_slice())]);
     let out = corefocus(
-        &args(&["eval", "--checkpoint", good.to_str().unwrap(), "--data", no_test.to_str().unwrap()]),
+        &args(&[
+            "predict",
+            "--checkpoint",
+            good.to_str().unwrap(),
+            input.to_str().unwrap(),
+        ]),
+        b"",
+    );
+    expect(&out, "I01", &["in.txt, line 2"]);
+    let out = corefocus(
+        &args(&[
+            "predict",
+            "--checkpoint",
+            good.to_str().unwrap(),
+            &s.s("missing.txt"),
+        ]),
+        b"",
+    );
+    expect(&out, "I02", &["missing.txt"]);
+    expect(
+        &eval(&good, &["--split", "validation"]),
+        "I03",
+        &["\"validation\""],
+    );
+    let no_test = data_with(
+        &s,
+        "no-test",
+        &[(
+            "train.jsonl",
+            std::fs::read(data.join("train.jsonl")).unwrap().as_slice(),
+        )],
+    );
+    let out = corefocus(
+        &args(&[
+            "eval",
+            "--checkpoint",
+            good.to_str().unwrap(),
+            "--data",
+            no_test.to_str().unwrap(),
+        ]),
         b"",
     );
     expect(&out, "I04", &["no-test"]);
@@ -570,16 +902,32 @@ fn checkpoint_and_inference_errors() {
         ],
     );
     let out = corefocus(
-        &args(&["eval", "--checkpoint", good.to_str().unwrap(), "--data", other.to_str().unwrap()]),
+        &args(&[
+            "eval",
+            "--checkpoint",
+            good.to_str().unwrap(),
+            "--data",
+            other.to_str().unwrap(),
+        ]),
         b"",
     );
     expect(&out, "D18", &["test.jsonl:1", "\"a\"", "neg, pos"]);
     expect(&eval(&good, &["--eval-batch", "0"]), "I05", &[]);
     let blocked = s.write("blocked", "a file, not a directory");
     let report = blocked.join("report.json");
-    expect(&eval(&good, &["--out", report.to_str().unwrap()]), "I06", &["blocked"]);
+    expect(
+        &eval(&good, &["--out", report.to_str().unwrap()]),
+        "I06",
+        &["blocked"],
+    );
     let out = corefocus(
-        &args(&["explain", "--checkpoint", good.to_str().unwrap(), "--text", "  \n "]),
+        &args(&[
+            "explain",
+            "--checkpoint",
+            good.to_str().unwrap(),
+            "--text",
+            "  \n ",
+        ]),
         b"",
     );
     expect(&out, "I07", &[]);

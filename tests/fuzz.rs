@@ -50,15 +50,45 @@ fn opts() -> ReadOptions {
 /// checks rather than failing on the first byte.
 fn syntax_soup() -> impl Strategy<Value = Vec<u8>> {
     let pieces: Vec<&'static [u8]> = vec![
-        b"{", b"}", b"[", b"]", b"\"", b":", b",", b"\n", b"\r\n", b"\t", b" ", b"\\", b"\"text\"",
-        b"\"label\"", b"text", b"label", b"\"a\"", b"\"b c\"", b"0", b"1", b"-3", b"1e400",
-        b"99999999999999999999", b"null", b"true", b"1.5", b"\"\"", b"\xef\xbb\xbf", b"\xff",
-        b"\xc3", b"\xc3\xa9", b"\"\\u00e9\"", b"\"\\ud800\"", b"x", b"  ",
+        b"{",
+        b"}",
+        b"[",
+        b"]",
+        b"\"",
+        b":",
+        b",",
+        b"\n",
+        b"\r\n",
+        b"\t",
+        b" ",
+        b"\\",
+        b"\"text\"",
+        b"\"label\"",
+        b"text",
+        b"label",
+        b"\"a\"",
+        b"\"b c\"",
+        b"0",
+        b"1",
+        b"-3",
+        b"1e400",
+        b"99999999999999999999",
+        b"null",
+        b"true",
+        b"1.5",
+        b"\"\"",
+        b"\xef\xbb\xbf",
+        b"\xff",
+        b"\xc3",
+        b"\xc3\xa9",
+        b"\"\\u00e9\"",
+        b"\"\\ud800\"",
+        b"x",
+        b"  ",
     ];
     prop_oneof![
         proptest::collection::vec(any::<u8>(), 0..300),
-        proptest::collection::vec(proptest::sample::select(pieces), 0..80)
-            .prop_map(|p| p.concat()),
+        proptest::collection::vec(proptest::sample::select(pieces), 0..80).prop_map(|p| p.concat()),
     ]
 }
 
@@ -79,7 +109,11 @@ fn json_value() -> impl Strategy<Value = serde_json::Value> {
         prop_oneof![
             proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
             proptest::collection::btree_map(
-                prop_oneof![Just("text".to_string()), Just("label".to_string()), unicode_string(0..5)],
+                prop_oneof![
+                    Just("text".to_string()),
+                    Just("label".to_string()),
+                    unicode_string(0..5)
+                ],
                 inner,
                 0..4
             )
@@ -109,7 +143,13 @@ fn label() -> impl Strategy<Value = String> {
 /// Reads `bytes` as each supported format; results may be errors, never panics. A
 /// successful read must yield only valid examples.
 fn read_all_formats(dir: &Path, bytes: &[u8]) {
-    for name in ["train.jsonl", "train.csv", "train.tsv", "train.jsonl.gz", "train.csv.gz"] {
+    for name in [
+        "train.jsonl",
+        "train.csv",
+        "train.tsv",
+        "train.jsonl.gz",
+        "train.csv.gz",
+    ] {
         let path = dir.join(name);
         std::fs::write(&path, bytes).unwrap();
         check_examples(read_split(&path, &opts()));
@@ -129,7 +169,10 @@ fn check_examples(result: anyhow::Result<Vec<corefocus::data::Example>>) {
         assert!(!examples.is_empty());
         for e in examples {
             assert!(!e.text.trim().is_empty(), "blank text accepted: {e:?}");
-            assert!(!e.label.is_empty() && e.label.trim() == e.label, "bad label accepted: {e:?}");
+            assert!(
+                !e.label.is_empty() && e.label.trim() == e.label,
+                "bad label accepted: {e:?}"
+            );
         }
     }
 }
@@ -242,7 +285,10 @@ fn minilm_tokenizer() -> &'static TextTokenizer {
                 Path::new(env!("CARGO_MANIFEST_DIR")).join("target/models/all-MiniLM-L6-v2")
             });
         TextTokenizer::from_dir(&dir).unwrap_or_else(|e| {
-            panic!("test checkpoint tokenizer missing at {}: {e:#} (run scripts/fetch-test-model.sh)", dir.display())
+            panic!(
+                "test checkpoint tokenizer missing at {}: {e:#} (run scripts/fetch-test-model.sh)",
+                dir.display()
+            )
         })
     })
 }
@@ -250,14 +296,28 @@ fn minilm_tokenizer() -> &'static TextTokenizer {
 fn word_tokenizer() -> &'static TextTokenizer {
     static TOK: OnceLock<TextTokenizer> = OnceLock::new();
     TOK.get_or_init(|| {
-        let words: Vec<String> = ["the", "film", "Über", "日本", "a.b"].iter().map(|s| s.to_string()).collect();
+        let words: Vec<String> = ["the", "film", "Über", "日本", "a.b"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         TextTokenizer::word_level(&words, true).unwrap()
     })
 }
 
-fn check_encoding(tok: &TextTokenizer, text: &str, max_len: usize) -> Result<Vec<u32>, TestCaseError> {
-    let ids = tok.encode(text, max_len).map_err(|e| TestCaseError::fail(format!("{e:#}")))?;
-    prop_assert!(ids.len() >= 2 && ids.len() <= max_len, "{} ids for max_len {}", ids.len(), max_len);
+fn check_encoding(
+    tok: &TextTokenizer,
+    text: &str,
+    max_len: usize,
+) -> Result<Vec<u32>, TestCaseError> {
+    let ids = tok
+        .encode(text, max_len)
+        .map_err(|e| TestCaseError::fail(format!("{e:#}")))?;
+    prop_assert!(
+        ids.len() >= 2 && ids.len() <= max_len,
+        "{} ids for max_len {}",
+        ids.len(),
+        max_len
+    );
     prop_assert_eq!(ids[0], tok.cls_id());
     prop_assert_eq!(*ids.last().unwrap(), tok.sep_id());
     // (vocab_size builds the whole vocabulary map: once per text, not per id.)
@@ -325,7 +385,11 @@ fn tiny_hf_weights() -> &'static [u8] {
         let mut store = ParamStore::new();
         for (i, (name, shape)) in names::bert_tensors(&tiny_config()).into_iter().enumerate() {
             let n: usize = shape.iter().product();
-            store.add(&name, &shape, (0..n).map(|j| (i + j) as f32 / 64.0).collect());
+            store.add(
+                &name,
+                &shape,
+                (0..n).map(|j| (i + j) as f32 / 64.0).collect(),
+            );
         }
         let path = scratch("hf-src").join("model.safetensors");
         write_safetensors(&path, &store, None).unwrap();
@@ -343,15 +407,28 @@ fn tiny_corefocus_checkpoint() -> &'static Vec<(String, Vec<u8>)> {
         method.combine_tokens = 3;
         method.keep_ratio = 0.7;
         let model = Model::random(cfg, method.clone(), 2, 5).unwrap();
-        let words: Vec<String> = ["the", "film", "good", "bad"].iter().map(|s| s.to_string()).collect();
+        let words: Vec<String> = ["the", "film", "good", "bad"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         let tok = TextTokenizer::word_level(&words, true).unwrap();
-        let meta = CheckpointMeta::new(vec!["neg".into(), "pos".into()], method, 10, None, Some(1), Some(0.5));
+        let meta = CheckpointMeta::new(
+            vec!["neg".into(), "pos".into()],
+            method,
+            10,
+            None,
+            Some(1),
+            Some(0.5),
+        );
         let dir = scratch("cf-src").join("ckpt");
         save_checkpoint(&dir, &model, &tok, &meta).unwrap();
         let mut files = Vec::new();
         for e in std::fs::read_dir(&dir).unwrap() {
             let e = e.unwrap();
-            files.push((e.file_name().to_string_lossy().to_string(), std::fs::read(e.path()).unwrap()));
+            files.push((
+                e.file_name().to_string_lossy().to_string(),
+                std::fs::read(e.path()).unwrap(),
+            ));
         }
         files.sort();
         files
@@ -366,7 +443,10 @@ fn header_len(bytes: &[u8]) -> Option<usize> {
 
 /// A safetensors file with its header JSON edited by `edit`, the data kept (unchanged
 /// when an earlier damage left no readable header).
-fn with_header(bytes: &[u8], edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) -> Vec<u8> {
+fn with_header(
+    bytes: &[u8],
+    edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>),
+) -> Vec<u8> {
     let Some(n) = header_len(bytes) else {
         return bytes.to_vec();
     };
@@ -406,28 +486,40 @@ enum Damage {
 }
 
 fn damage() -> impl Strategy<Value = Damage> {
-    let big = prop_oneof![0u64..64, 0u64..100_000, Just(u64::MAX), Just(u64::MAX / 2), Just(1 << 40)];
+    let big = prop_oneof![
+        0u64..64,
+        0u64..100_000,
+        Just(u64::MAX),
+        Just(u64::MAX / 2),
+        Just(1 << 40)
+    ];
     let dim = prop_oneof![0usize..20, Just(usize::MAX), Just(1 << 31), Just(1 << 62)];
     prop_oneof![
         any::<usize>().prop_map(Damage::Truncate),
         (any::<usize>(), any::<u8>()).prop_map(|(i, b)| Damage::FlipByte(i, b)),
         big.clone().prop_map(Damage::HeaderLength),
         (any::<usize>(), big.clone(), big).prop_map(|(t, a, b)| Damage::Offsets(t, a, b)),
-        (any::<usize>(), proptest::collection::vec(dim, 0..4)).prop_map(|(t, s)| Damage::Shape(t, s)),
+        (any::<usize>(), proptest::collection::vec(dim, 0..4))
+            .prop_map(|(t, s)| Damage::Shape(t, s)),
         (
             any::<usize>(),
-            proptest::sample::select(vec!["F32", "F16", "BF16", "F64", "I64", "I32", "U8", "BOOL", "F8_E4M3", "C64", "XX", ""])
+            proptest::sample::select(vec![
+                "F32", "F16", "BF16", "F64", "I64", "I32", "U8", "BOOL", "F8_E4M3", "C64", "XX", ""
+            ])
         )
             .prop_map(|(t, d)| Damage::Dtype(t, d)),
         any::<usize>().prop_map(Damage::Remove),
-        (any::<usize>(), prop_oneof![
-            Just("bert.embeddings.LayerNorm.weight".to_string()),
-            Just("classifier.weight".to_string()),
-            Just("embeddings.LayerNorm.gamma".to_string()),
-            Just("encoder.layer.9.output.dense.bias".to_string()),
-            Just("__metadata__".to_string()),
-            unicode_string(0..8),
-        ])
+        (
+            any::<usize>(),
+            prop_oneof![
+                Just("bert.embeddings.LayerNorm.weight".to_string()),
+                Just("classifier.weight".to_string()),
+                Just("embeddings.LayerNorm.gamma".to_string()),
+                Just("encoder.layer.9.output.dense.bias".to_string()),
+                Just("__metadata__".to_string()),
+                unicode_string(0..8),
+            ]
+        )
             .prop_map(|(t, n)| Damage::Rename(t, n)),
         json_value().prop_map(Damage::Metadata),
         proptest::collection::vec(any::<u8>(), 1..64).prop_map(Damage::Append),
@@ -496,7 +588,11 @@ fn load_damaged(tag: &str, damages: &[Damage], meta_edit: Option<(String, serde_
         weights = apply(&weights, d);
     }
     std::fs::write(hf.join("model.safetensors"), &weights).unwrap();
-    std::fs::write(hf.join("config.json"), serde_json::to_string(&tiny_config()).unwrap()).unwrap();
+    std::fs::write(
+        hf.join("config.json"),
+        serde_json::to_string(&tiny_config()).unwrap(),
+    )
+    .unwrap();
     let _ = read_safetensors(&hf.join("model.safetensors"), false);
     let _ = read_safetensors(&hf.join("model.safetensors"), true);
     let _ = load_hf_checkpoint(&hf);
@@ -521,7 +617,9 @@ fn load_damaged(tag: &str, damages: &[Damage], meta_edit: Option<(String, serde_
         std::fs::write(ckpt.join(name), bytes).unwrap();
     }
     if let Ok((model, tok, meta)) = load_checkpoint(&ckpt) {
-        let ids = vec![tok.encode("the film good the bad film the the", meta.max_len).unwrap()];
+        let ids = vec![tok
+            .encode("the film good the bad film the the", meta.max_len)
+            .unwrap()];
         let probs = predict_probs(&model, &ids, tok.pad_id(), 4);
         assert_eq!(probs.len(), meta.labels.len());
     }
@@ -529,10 +627,21 @@ fn load_damaged(tag: &str, damages: &[Damage], meta_edit: Option<(String, serde_
 
 fn meta_edit() -> impl Strategy<Value = Option<(String, serde_json::Value)>> {
     let field = proptest::sample::select(vec![
-        "max_len", "labels", "format_version", "method.variant", "method.keep_ratio",
-        "method.combine_layer", "method.combine_tokens", "method.combine_scale",
-        "method.assign_eps", "method.pooling", "method.pct_low", "method.pct_high",
-        "method.classifier_dropout", "method.imp_thresh", "method.combine_ln_eps",
+        "max_len",
+        "labels",
+        "format_version",
+        "method.variant",
+        "method.keep_ratio",
+        "method.combine_layer",
+        "method.combine_tokens",
+        "method.combine_scale",
+        "method.assign_eps",
+        "method.pooling",
+        "method.pct_low",
+        "method.pct_high",
+        "method.classifier_dropout",
+        "method.imp_thresh",
+        "method.combine_ln_eps",
     ]);
     let value = prop_oneof![
         json_value(),
@@ -574,7 +683,11 @@ proptest! {
 fn undamaged_fixtures_load() {
     let hf = scratch("clean-hf");
     std::fs::write(hf.join("model.safetensors"), tiny_hf_weights()).unwrap();
-    std::fs::write(hf.join("config.json"), serde_json::to_string(&tiny_config()).unwrap()).unwrap();
+    std::fs::write(
+        hf.join("config.json"),
+        serde_json::to_string(&tiny_config()).unwrap(),
+    )
+    .unwrap();
     load_hf_checkpoint(&hf).unwrap();
     let ckpt = scratch("clean-cf");
     for (name, bytes) in tiny_corefocus_checkpoint() {

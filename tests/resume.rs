@@ -170,7 +170,10 @@ fn assert_same_run(a: &Path, b: &Path, what: &str) {
     }
     assert_eq!(metrics(a), metrics(b), "{what}: metrics.jsonl");
     assert_eq!(test_report(a), test_report(b), "{what}: test_report.json");
-    assert!(!b.join("resume").exists(), "{what}: a finished run keeps no resume state");
+    assert!(
+        !b.join("resume").exists(),
+        "{what}: a finished run keeps no resume state"
+    );
 }
 
 #[test]
@@ -188,22 +191,52 @@ fn interrupted_runs_resume_to_identical_weights() {
     // Stopped at the end of epoch 1 (step 3, before its validation), again mid-epoch 2
     // (step 5, saving every 2 steps on the way), then finished.
     let parts = s.path("parts");
-    stopped(&corefocus(&train_args(&data, &parts, &["--stop-after-steps", "3"])), "first part");
+    stopped(
+        &corefocus(&train_args(&data, &parts, &["--stop-after-steps", "3"])),
+        "first part",
+    );
     let pos = state(&parts)["loop_position"].clone();
-    assert_eq!((pos["step"].as_u64(), pos["epoch"].as_u64(), pos["position"].as_u64()), (Some(3), Some(0), Some(12)));
-    assert!(!parts.join("metrics.jsonl").exists(), "no epoch validated yet");
+    assert_eq!(
+        (
+            pos["step"].as_u64(),
+            pos["epoch"].as_u64(),
+            pos["position"].as_u64()
+        ),
+        (Some(3), Some(0), Some(12))
+    );
+    assert!(
+        !parts.join("metrics.jsonl").exists(),
+        "no epoch validated yet"
+    );
     for f in ["model.safetensors", "optimizer.safetensors", "state.json"] {
         assert!(parts.join("resume").join(f).is_file(), "resume/{f}");
     }
     stopped(
-        &corefocus(&train_args(&data, &parts, &["--resume", "--save-every", "2", "--stop-after-steps", "5"])),
+        &corefocus(&train_args(
+            &data,
+            &parts,
+            &["--resume", "--save-every", "2", "--stop-after-steps", "5"],
+        )),
         "second part",
     );
     let pos = state(&parts)["loop_position"].clone();
-    assert_eq!((pos["step"].as_u64(), pos["epoch"].as_u64(), pos["position"].as_u64()), (Some(5), Some(1), Some(8)));
+    assert_eq!(
+        (
+            pos["step"].as_u64(),
+            pos["epoch"].as_u64(),
+            pos["position"].as_u64()
+        ),
+        (Some(5), Some(1), Some(8))
+    );
     assert_eq!(metrics(&parts).len(), 1, "epoch 1 is logged");
-    assert!(parts.join("corefocus.json").is_file(), "epoch 1's checkpoint is kept");
-    succeeded(&corefocus(&train_args(&data, &parts, &["--resume"])), "last part");
+    assert!(
+        parts.join("corefocus.json").is_file(),
+        "epoch 1's checkpoint is kept"
+    );
+    succeeded(
+        &corefocus(&train_args(&data, &parts, &["--resume"])),
+        "last part",
+    );
     assert_same_run(&full, &parts, "stopped twice");
 
     // Killed (SIGKILL) once a resume state exists, wherever it then is.
@@ -217,7 +250,10 @@ fn interrupted_runs_resume_to_identical_weights() {
         .unwrap();
     let start = std::time::Instant::now();
     while !killed.join("resume/state.json").is_file() {
-        assert!(start.elapsed().as_secs() < 120, "no resume state within 120 s");
+        assert!(
+            start.elapsed().as_secs() < 120,
+            "no resume state within 120 s"
+        );
         if let Some(status) = child.try_wait().unwrap() {
             panic!("the run ended ({status}) before it could be killed");
         }
@@ -227,7 +263,10 @@ fn interrupted_runs_resume_to_identical_weights() {
     child.wait().unwrap();
     let step = state(&killed)["loop_position"]["step"].as_u64().unwrap();
     assert!((2..6).contains(&step), "killed at step {step}");
-    succeeded(&corefocus(&train_args(&data, &killed, &["--resume"])), "resume after kill");
+    succeeded(
+        &corefocus(&train_args(&data, &killed, &["--resume"])),
+        "resume after kill",
+    );
     assert_same_run(&full, &killed, "killed");
 
     // A finished run has nothing to resume.
@@ -241,7 +280,10 @@ fn resume_refuses_changed_options_and_data() {
     let data = s.path("data");
     toy_data(&data);
     let out = s.path("out");
-    stopped(&corefocus(&train_args(&data, &out, &["--stop-after-steps", "1"])), "stop");
+    stopped(
+        &corefocus(&train_args(&data, &out, &["--stop-after-steps", "1"])),
+        "stop",
+    );
 
     let mut changed = train_args(&data, &out, &["--resume"]);
     let lr = changed.iter().position(|a| a == "--lr").unwrap();
@@ -257,15 +299,26 @@ fn resume_refuses_changed_options_and_data() {
     let backup = s.path("data-backup");
     std::fs::rename(&data, &backup).unwrap();
     std::fs::rename(&other, &data).unwrap();
-    expect(&corefocus(&train_args(&data, &out, &["--resume"])), "R02", &[]);
+    expect(
+        &corefocus(&train_args(&data, &out, &["--resume"])),
+        "R02",
+        &[],
+    );
     std::fs::remove_dir_all(&data).unwrap();
     std::fs::rename(&backup, &data).unwrap();
 
     let weights = out.join("resume/model.safetensors");
     let bytes = std::fs::read(&weights).unwrap();
     std::fs::write(&weights, &bytes[..bytes.len() / 3]).unwrap();
-    expect(&corefocus(&train_args(&data, &out, &["--resume"])), "R03", &["resume/model.safetensors"]);
-    assert!(out.join("resume/state.json").is_file(), "a refused resume changes nothing");
+    expect(
+        &corefocus(&train_args(&data, &out, &["--resume"])),
+        "R03",
+        &["resume/model.safetensors"],
+    );
+    assert!(
+        out.join("resume/state.json").is_file(),
+        "a refused resume changes nothing"
+    );
 }
 
 #[test]
@@ -279,12 +332,16 @@ fn nan_loss_stops_and_keeps_the_last_good_checkpoint() {
     expect(&failed, "R04", &[out.to_str().unwrap(), "step 4 of 6"]);
 
     let meta: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("corefocus.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(out.join("corefocus.json")).unwrap())
+            .unwrap();
     assert_eq!(meta["best_epoch"], 1);
     assert_eq!(metrics(&out).len(), 1);
     assert!(!out.join("test_report.json").exists());
     let st = state(&out);
-    assert_eq!(st["loop_position"]["epoch"], 1, "the epoch-1 resume state stays");
+    assert_eq!(
+        st["loop_position"]["epoch"], 1,
+        "the epoch-1 resume state stays"
+    );
     // The kept checkpoint is whole: it evaluates.
     let model_eval = corefocus(&[
         "eval".to_string(),
@@ -295,7 +352,10 @@ fn nan_loss_stops_and_keeps_the_last_good_checkpoint() {
     ]);
     succeeded(&model_eval, "eval of the kept checkpoint");
     // Without the injection the run resumes and finishes.
-    succeeded(&corefocus(&train_args(&data, &out, &["--resume"])), "resume after NaN");
+    succeeded(
+        &corefocus(&train_args(&data, &out, &["--resume"])),
+        "resume after NaN",
+    );
     assert_eq!(metrics(&out).len(), 2);
     let _ = std::io::stdout().flush();
 }

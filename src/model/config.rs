@@ -71,9 +71,18 @@ impl BertConfig {
                 .nth(e.line().saturating_sub(1))
                 .map(str::trim)
                 .filter(|l| !l.is_empty() && e.line() > 0)
-                .map(|l| format!(" (line {}: {})", e.line(), l.chars().take(80).collect::<String>()))
+                .map(|l| {
+                    format!(
+                        " (line {}: {})",
+                        e.line(),
+                        l.chars().take(80).collect::<String>()
+                    )
+                })
                 .unwrap_or_default();
-            anyhow::anyhow!("{}: not a valid BERT config.json: {e}{line}", path.display())
+            anyhow::anyhow!(
+                "{}: not a valid BERT config.json: {e}{line}",
+                path.display()
+            )
         })?;
         cfg.validate()
             .with_context(|| format!("{}: invalid configuration", path.display()))?;
@@ -331,6 +340,17 @@ impl MethodConfig {
         }
         if !(self.pct_low <= self.pct_high && self.pct_low >= 0.0 && self.pct_high <= 100.0) {
             bail!("fuzzy percentiles must satisfy 0 <= low <= high <= 100");
+        }
+        // Settings only corefocus.json can change; a hand-edited file must not turn the
+        // forward pass into NaNs.
+        if !(self.combine_scale.is_finite() && self.combine_scale > 0.0) {
+            bail!("combine_scale {} must be positive", self.combine_scale);
+        }
+        if !(self.combine_ln_eps.is_finite() && self.combine_ln_eps > 0.0) {
+            bail!("combine_ln_eps {} must be positive", self.combine_ln_eps);
+        }
+        if !(self.imp_thresh.is_finite() && self.unimp_thresh.is_finite()) {
+            bail!("the fuzzy thresholds must be finite numbers");
         }
         Ok(())
     }

@@ -200,7 +200,11 @@ pub fn load_checkpoint(dir: &Path) -> Result<(Model, TextTokenizer, CheckpointMe
 
 /// Names in `params` that a classifier of this configuration does not have (missing and
 /// misshapen tensors are found by `Model::from_params`).
-fn unexpected_tensors(params: &ParamStore, bert: &BertConfig, method: &MethodConfig) -> Vec<String> {
+fn unexpected_tensors(
+    params: &ParamStore,
+    bert: &BertConfig,
+    method: &MethodConfig,
+) -> Vec<String> {
     let replaced = method
         .variant
         .combines()
@@ -522,7 +526,13 @@ mod tests {
     #[test]
     fn every_variant_has_exactly_the_expected_tensors() {
         let bert = BertConfig::sized(16, 8, 3, 2, 16);
-        for variant in [Variant::Bert, Variant::P, Variant::Pf, Variant::C, Variant::Pfc] {
+        for variant in [
+            Variant::Bert,
+            Variant::P,
+            Variant::Pf,
+            Variant::C,
+            Variant::Pfc,
+        ] {
             for pooling in [Pooling::Mean, Pooling::Cls] {
                 let mut method = MethodConfig::new(variant, 3);
                 method.pooling = pooling;

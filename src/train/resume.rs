@@ -200,7 +200,12 @@ pub fn save_resume_state(
             serde_json::to_string_pretty(state)?.as_bytes(),
         )
     })
-    .with_context(|| format!("cannot save the resume state in {}", resume_dir(out).display()))
+    .with_context(|| {
+        format!(
+            "cannot save the resume state in {}",
+            resume_dir(out).display()
+        )
+    })
 }
 
 /// Builds the state.json contents.
@@ -227,8 +232,8 @@ pub fn read_resume_state(out: &Path) -> Result<ResumeState> {
             path.display()
         );
     }
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
     let state: ResumeState = serde_json::from_str(&text)
         .with_context(|| format!("{}: not a valid corefocus resume state", path.display()))?;
     ensure!(
@@ -242,7 +247,7 @@ pub fn read_resume_state(out: &Path) -> Result<ResumeState> {
         p.epoch <= state.options.epochs
             && p.records.len() == p.epoch
             && p.best.is_none_or(|b| b < p.records.len())
-            && p.best.is_some() == !p.records.is_empty(),
+            && p.best.is_some() != p.records.is_empty(),
         "{}: inconsistent resume state (epoch {}, {} epoch records, best {:?})",
         path.display(),
         p.epoch,
@@ -317,8 +322,13 @@ mod tests {
         b.method.keep_ratio = Some(0.5);
         let diff = differing_options(&a, &b).unwrap();
         assert_eq!(diff.len(), 2, "{diff:?}");
-        assert!(diff[0].starts_with("--keep-ratio 0.5 (the interrupted run had (unset))"));
-        assert!(diff[1].starts_with("--lr 0.0002"), "{diff:?}");
+        assert_eq!(
+            diff,
+            vec![
+                "--lr 0.0002 (the interrupted run had 0.0001)".to_string(),
+                "--keep-ratio 0.5 (the interrupted run had (unset))".to_string(),
+            ]
+        );
     }
 
     #[test]
@@ -327,8 +337,14 @@ mod tests {
         let a = set(vec![vec![1, 2], vec![3]], vec![0, 1]);
         let f = data_fingerprint(&[&a]);
         assert_eq!(f, data_fingerprint(&[&a.clone()]));
-        assert_ne!(f, data_fingerprint(&[&set(vec![vec![1], vec![2, 3]], vec![0, 1])]));
-        assert_ne!(f, data_fingerprint(&[&set(vec![vec![1, 2], vec![3]], vec![1, 1])]));
+        assert_ne!(
+            f,
+            data_fingerprint(&[&set(vec![vec![1], vec![2, 3]], vec![0, 1])])
+        );
+        assert_ne!(
+            f,
+            data_fingerprint(&[&set(vec![vec![1, 2], vec![3]], vec![1, 1])])
+        );
         assert_ne!(f, data_fingerprint(&[&a, &EncodedSet::default()]));
     }
 }

@@ -1137,8 +1137,7 @@ fn check_max_len(max_len: usize, bert: &BertConfig, config_path: &Path) -> Resul
 /// labels.txt class missing from the training split; a `--max-train-examples` subset that
 /// misses a class was asked for, so it only earns a warning.
 fn warn_missing_classes(train: &[Example], labels: &[String]) {
-    let present: std::collections::HashSet<&str> =
-        train.iter().map(|e| e.label.as_str()).collect();
+    let present: std::collections::HashSet<&str> = train.iter().map(|e| e.label.as_str()).collect();
     let missing: Vec<&str> = labels
         .iter()
         .map(String::as_str)
@@ -1500,6 +1499,100 @@ mod tests {
         // Steps 6 and 7 ran after the epoch-1 snapshot; step 8 updated nothing (no NaNs).
         assert_ne!(snapshot.unwrap(), model.params.tensors[0].data);
         assert!(model.params.tensors[0].data.iter().all(|x| x.is_finite()));
+    }
+
+    #[test]
+    fn resuming_from_any_step_reaches_the_same_parameters() {
+        let labels = vec!["neg".to_string(), "pos".to_string()];
+        // 23 examples, batch 8: the last batch of each epoch is short.
+        let (train, dev) = (toy_set(23, 1), toy_set(10, 2));
+        let settings = toy_settings();
+        let (mut records_full, mut full) = (Vec::new(), BagOfWords::new(20, 2));
+        train_loop(
+            &mut full,
+            &train,
+            &dev,
+            &labels,
+            0,
+            &settings,
+            &mut |_, r, _| {
+                records_full.push(r.clone());
+                Ok(())
+            },
+        )
+        .unwrap();
+        let total = 4 * 3;
+        for stop in 1..=total {
+            // Run until `stop`, keeping what `on_save` is handed there.
+            let mut first = BagOfWords::new(20, 2);
+            let mut saved = None;
+            let control = LoopControl {
+                stop_after_steps: Some(stop),
+                save_every: 2,
+                ..LoopControl::default()
+            };
+            let err = train_loop_with(
+                &mut first,
+                &train,
+                &dev,
+                &labels,
+                0,
+                &settings,
+                control,
+                &mut |_, _, _| Ok(()),
+                &mut |m, pos, opt| {
+                    saved = Some((m.params.clone(), pos.clone(), opt.clone()));
+                    Ok(())
+                },
+            )
+            .unwrap_err();
+            assert!(resume::is_stopped_for_test(&err), "{err}");
+            let (params, position, opt) = saved.unwrap();
+            assert_eq!(position.step, stop);
+            // Continue in a fresh model from the saved state.
+            let mut second = BagOfWords::new(20, 2);
+            second.params = params;
+            let mut records = position.records.clone();
+            let control = LoopControl {
+                start: Some((position, opt)),
+                ..LoopControl::default()
+            };
+            let summary = train_loop_with(
+                &mut second,
+                &train,
+                &dev,
+                &labels,
+                0,
+                &settings,
+                control,
+                &mut |_, r, _| {
+                    records.push(r.clone());
+                    Ok(())
+                },
+                &mut |_, _, _| Ok(()),
+            )
+            .unwrap();
+            assert_eq!(summary.steps, total);
+            for (a, b) in full.params.tensors.iter().zip(&second.params.tensors) {
+                assert!(a.data == b.data, "stop {stop}: {} differs", a.name);
+            }
+            let strip = |r: &EpochRecord| {
+                (
+                    r.epoch,
+                    r.step,
+                    r.train_loss,
+                    r.val_loss,
+                    r.grad_norm,
+                    r.lr,
+                    r.best,
+                )
+            };
+            assert_eq!(
+                records.iter().map(strip).collect::<Vec<_>>(),
+                records_full.iter().map(strip).collect::<Vec<_>>(),
+                "stop {stop}"
+            );
+        }
     }
 
     #[test]

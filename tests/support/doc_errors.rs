@@ -21,12 +21,22 @@ pub fn table() -> Vec<Row> {
     let text = std::fs::read_to_string(&path).unwrap();
     let mut rows = Vec::new();
     for line in text.lines() {
-        let cells: Vec<&str> = line.trim().trim_matches('|').split('|').map(str::trim).collect();
+        let cells: Vec<&str> = line
+            .trim()
+            .trim_matches('|')
+            .split('|')
+            .map(str::trim)
+            .collect();
         // | ID | Input | Exit | Message | Test |
-        if cells.len() != 5 || cells[0].is_empty() || !cells[0].chars().next().unwrap().is_ascii_uppercase() {
+        if cells.len() != 5
+            || cells[0].is_empty()
+            || !cells[0].chars().next().unwrap().is_ascii_uppercase()
+        {
             continue;
         }
-        let Ok(exit) = cells[2].parse::<i32>() else { continue };
+        let Ok(exit) = cells[2].parse::<i32>() else {
+            continue;
+        };
         let message = cells[3]
             .split('`')
             .nth(1)
@@ -39,7 +49,11 @@ pub fn table() -> Vec<Row> {
             test: cells[4].to_string(),
         });
     }
-    assert!(rows.len() > 40, "docs/errors.md: only {} rows parsed", rows.len());
+    assert!(
+        rows.len() > 40,
+        "docs/errors.md: only {} rows parsed",
+        rows.len()
+    );
     rows
 }
 
@@ -48,12 +62,17 @@ pub fn literal_pieces(message: &str) -> Vec<String> {
     let mut pieces = Vec::new();
     let mut rest = message;
     while let Some(start) = rest.find('<') {
-        let Some(len) = rest[start..].find('>') else { break };
+        let Some(len) = rest[start..].find('>') else {
+            break;
+        };
         pieces.push(rest[..start].to_string());
         rest = &rest[start + len + 1..];
     }
     pieces.push(rest.to_string());
-    pieces.into_iter().filter(|p| !p.trim().is_empty()).collect()
+    pieces
+        .into_iter()
+        .filter(|p| !p.trim().is_empty())
+        .collect()
 }
 
 /// Asserts that `out` is the documented failure `id`: its exit status, exactly one
@@ -79,11 +98,13 @@ pub fn expect(out: &Output, id: &str, names: &[&str]) {
     for piece in literal_pieces(&row.message) {
         match line[at..].find(&piece) {
             Some(i) => at += i + piece.len(),
-            None => panic!("{id}: {piece:?} (of `{}`) not found in order in:\n{line}", row.message),
+            None => panic!(
+                "{id}: {piece:?} (of `{}`) not found in order in:\n{line}",
+                row.message
+            ),
         }
     }
     for name in names {
         assert!(line.contains(name), "{id}: {name:?} not named in:\n{line}");
     }
 }
-
