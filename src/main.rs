@@ -64,6 +64,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
+        // The test-only `train --stop-after-steps` has its own status.
+        Err(e) if corefocus::train::resume::is_stopped_for_test(&e) => {
+            eprintln!("{e:#}");
+            ExitCode::from(corefocus::train::resume::STOPPED_EXIT_CODE)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

@@ -5,7 +5,8 @@ use std::io::Write;
 use std::path::Path;
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory, fsync,
-/// then rename, so readers never see a half-written file.
+/// rename, fsync of the directory, so readers never see a half-written file and a crash
+/// leaves the old or the new contents.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path
         .parent()
@@ -26,6 +27,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
             .with_context(|| format!("cannot sync {}", tmp.display()))?;
         std::fs::rename(&tmp, path)
             .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
+        // Make the rename itself durable (best effort: not every file system allows it).
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
         Ok(())
     })();
     if result.is_err() {

@@ -245,11 +245,16 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
     let seqs: Vec<Vec<u32>> = lengths
         .iter()
         .map(|&len| {
+            // `% vocab`: a small custom --config vocabulary must not index out of range.
+            let vocab = bert.vocab_size as u32;
             (0..len)
                 .map(|i| match i {
-                    0 => 101,
-                    _ if i + 1 == len => 102,
-                    _ => 1000 + rng.below(bert.vocab_size.saturating_sub(1000).max(1)) as u32,
+                    0 => 101 % vocab,
+                    _ if i + 1 == len => 102 % vocab,
+                    _ => {
+                        (1000 + rng.below(bert.vocab_size.saturating_sub(1000).max(1)) as u32)
+                            % vocab
+                    }
                 })
                 .collect()
         })

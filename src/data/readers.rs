@@ -61,8 +61,8 @@ const LABELS_FILE: &str = "labels.txt";
 /// or a folder `<split>/<class>/*.txt` (folder-per-class); optional labels.txt.
 /// Missing train -> error naming the dir and the names tried.
 ///
-/// Labels come from `labels.txt` when present (a train label missing from it is an
-/// error), else they are the sorted unique train labels (numerically sorted when every
+/// Labels come from `labels.txt` when present (a train label missing from it, or a class
+/// of it without a training example, is an error), else they are the sorted unique train labels (numerically sorted when every
 /// label is an integer, so integer labels `0..n` map to indices `0..n`). Dev and test
 /// labels are checked against them here, so an unknown label fails before training.
 pub fn load_dataset(dir: &Path, opts: &ReadOptions) -> Result<DatasetSplits> {
@@ -106,6 +106,28 @@ pub fn load_dataset(dir: &Path, opts: &ReadOptions) -> Result<DatasetSplits> {
                     bad.label,
                     labels_path.display(),
                     labels.join(", ")
+                );
+            }
+            // A class nothing teaches would be predicted never (or by chance), and its
+            // test examples would silently count as errors: reject it instead.
+            let taught: HashSet<&str> = train.iter().map(|e| e.label.as_str()).collect();
+            let untaught: Vec<&str> = labels
+                .iter()
+                .map(String::as_str)
+                .filter(|l| !taught.contains(l))
+                .collect();
+            if !untaught.is_empty() {
+                bail!(
+                    "{}: class(es) {} have no training example in {}; remove them from {} or add \
+                     training examples",
+                    labels_path.display(),
+                    untaught
+                        .iter()
+                        .map(|l| format!("\"{l}\""))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    train_path.display(),
+                    LABELS_FILE
                 );
             }
             labels

@@ -64,8 +64,26 @@ impl BertConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
-        let cfg: BertConfig = serde_json::from_str(&text)
-            .with_context(|| format!("{}: not a valid BERT config.json", path.display()))?;
+        let cfg: BertConfig = serde_json::from_str(&text).map_err(|e| {
+            // serde names missing fields but not mistyped ones; quote the offending line.
+            let line = text
+                .lines()
+                .nth(e.line().saturating_sub(1))
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && e.line() > 0)
+                .map(|l| {
+                    format!(
+                        " (line {}: {})",
+                        e.line(),
+                        l.chars().take(80).collect::<String>()
+                    )
+                })
+                .unwrap_or_default();
+            anyhow::anyhow!(
+                "{}: not a valid BERT config.json: {e}{line}",
+                path.display()
+            )
+        })?;
         cfg.validate()
             .with_context(|| format!("{}: invalid configuration", path.display()))?;
         Ok(cfg)
@@ -123,6 +141,12 @@ impl BertConfig {
             if mt != "bert" {
                 bail!("field `model_type` = {mt:?}: only \"bert\" checkpoints are supported");
             }
+        }
+        if !(self.initializer_range.is_finite() && self.initializer_range >= 0.0) {
+            bail!(
+                "field `initializer_range` = {} must be a non-negative number",
+                self.initializer_range
+            );
         }
         if self.pad_token_id >= self.vocab_size {
             bail!(
@@ -223,6 +247,10 @@ pub enum CombineInit {
     Random,
 }
 
+/// Upper bound of `--combine-tokens`: far above any useful m (the paper uses 8 to 64), and
+/// small enough that a typo cannot ask for an impossible allocation.
+pub const MAX_COMBINE_TOKENS: usize = 4096;
+
 /// The method's settings (method.md). Stored in `corefocus.json`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct MethodConfig {
@@ -291,11 +319,17 @@ impl MethodConfig {
             if self.combine_tokens == 0 {
                 bail!("--combine-tokens must be at least 1");
             }
+            if self.combine_tokens > MAX_COMBINE_TOKENS {
+                bail!(
+                    "--combine-tokens {} is too large (at most {MAX_COMBINE_TOKENS})",
+                    self.combine_tokens
+                );
+            }
             if self.pooling == Pooling::Cls {
                 bail!("--pooling cls is not available with combining (variants c, pfc): the representation is the mean of the combination tokens");
             }
-            if self.assign_eps.is_nan() || self.assign_eps <= 0.0 {
-                bail!("assign_eps must be positive");
+            if !(self.assign_eps.is_finite() && self.assign_eps > 0.0) {
+                bail!("--assign-eps {} must be positive", self.assign_eps);
             }
         }
         if !(0.0..1.0).contains(&self.classifier_dropout) {
@@ -306,6 +340,17 @@ impl MethodConfig {
         }
         if !(self.pct_low <= self.pct_high && self.pct_low >= 0.0 && self.pct_high <= 100.0) {
             bail!("fuzzy percentiles must satisfy 0 <= low <= high <= 100");
+        }
+        // Settings only corefocus.json can change; a hand-edited file must not turn the
+        // forward pass into NaNs.
+        if !(self.combine_scale.is_finite() && self.combine_scale > 0.0) {
+            bail!("combine_scale {} must be positive", self.combine_scale);
+        }
+        if !(self.combine_ln_eps.is_finite() && self.combine_ln_eps > 0.0) {
+            bail!("combine_ln_eps {} must be positive", self.combine_ln_eps);
+        }
+        if !(self.imp_thresh.is_finite() && self.unimp_thresh.is_finite()) {
+            bail!("the fuzzy thresholds must be finite numbers");
         }
         Ok(())
     }

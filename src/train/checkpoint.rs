@@ -9,7 +9,7 @@
 
 use super::api::{read_safetensors, write_safetensors, TextTokenizer};
 use super::trainer::TrainOptions;
-use crate::model::{BertConfig, MethodConfig, Model};
+use crate::model::{names, BertConfig, MethodConfig, Model, ParamStore, Pooling};
 use crate::util::write_atomic;
 use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -163,7 +163,23 @@ pub fn load_checkpoint(dir: &Path) -> Result<(Model, TextTokenizer, CheckpointMe
                 meta_path.display()
             )
         })?;
+    ensure!(
+        meta.max_len <= bert.max_position_embeddings,
+        "{}: field `max_len` = {} exceeds the model's {} position embeddings",
+        meta_path.display(),
+        meta.max_len,
+        bert.max_position_embeddings
+    );
     let params = read_safetensors(&dir.join(MODEL_FILE), false)?;
+    let extra = unexpected_tensors(&params, &bert, &meta.method);
+    ensure!(
+        extra.is_empty(),
+        "{}: {} tensor(s) the model described by {CONFIG_FILE} and {META_FILE} does not have \
+         (e.g. {}); do these files belong together?",
+        dir.join(MODEL_FILE).display(),
+        extra.len(),
+        extra.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
+    );
     let model = Model::from_params(bert, meta.method.clone(), meta.labels.len(), params)
         .with_context(|| {
             format!(
@@ -180,6 +196,41 @@ pub fn load_checkpoint(dir: &Path) -> Result<(Model, TextTokenizer, CheckpointMe
         model.bert.vocab_size
     );
     Ok((model, tokenizer, meta))
+}
+
+/// Names in `params` that a classifier of this configuration does not have (missing and
+/// misshapen tensors are found by `Model::from_params`).
+fn unexpected_tensors(
+    params: &ParamStore,
+    bert: &BertConfig,
+    method: &MethodConfig,
+) -> Vec<String> {
+    let replaced = method
+        .variant
+        .combines()
+        .then(|| names::layer_prefix(method.combine_layer - 1) + ".");
+    let mut expected: HashSet<String> = names::bert_tensors(bert)
+        .into_iter()
+        .map(|(name, _)| name)
+        .filter(|name| !replaced.as_deref().is_some_and(|r| name.starts_with(r)))
+        .filter(|name| !names::is_pooler(name) || method.pooling == Pooling::Cls)
+        .collect();
+    if method.variant.combines() {
+        expected.insert("comb_tokens".to_string());
+        for part in ["norm_c", "norm_e", "w_q", "w_k", "w_v", "w_o"] {
+            for kind in ["weight", "bias"] {
+                expected.insert(format!("combiner.{part}.{kind}"));
+            }
+        }
+    }
+    expected.insert("classifier.weight".to_string());
+    expected.insert("classifier.bias".to_string());
+    params
+        .tensors
+        .iter()
+        .filter(|t| !expected.contains(&t.name))
+        .map(|t| t.name.clone())
+        .collect()
 }
 
 fn missing_checkpoint_message(dir: &Path) -> String {
@@ -470,6 +521,35 @@ mod tests {
         remove_stale_temporaries(&dir).unwrap();
         assert!(!root.join(".run.old-1").exists());
         std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn every_variant_has_exactly_the_expected_tensors() {
+        let bert = BertConfig::sized(16, 8, 3, 2, 16);
+        for variant in [
+            Variant::Bert,
+            Variant::P,
+            Variant::Pf,
+            Variant::C,
+            Variant::Pfc,
+        ] {
+            for pooling in [Pooling::Mean, Pooling::Cls] {
+                let mut method = MethodConfig::new(variant, 3);
+                method.pooling = pooling;
+                if method.validate(3).is_err() {
+                    continue; // cls pooling with combining
+                }
+                let model = Model::random(bert.clone(), method.clone(), 3, 1).unwrap();
+                let extra = unexpected_tensors(&model.params, &bert, &method);
+                assert!(extra.is_empty(), "{variant:?} {pooling:?}: {extra:?}");
+                let mut params = model.params.clone();
+                params.add("encoder.layer.9.output.dense.bias", &[8], vec![0.0; 8]);
+                assert_eq!(
+                    unexpected_tensors(&params, &bert, &method),
+                    vec!["encoder.layer.9.output.dense.bias".to_string()]
+                );
+            }
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@ use super::api::{label_ids, stratified_split, ReadOptions, TextTokenizer};
 use super::api::{load_dataset, load_hf_checkpoint, softmax_cross_entropy, DatasetSplits, Example};
 use super::checkpoint::{load_checkpoint, save_checkpoint, utc_timestamp, CheckpointMeta};
 use super::eval::{evaluate, EvalResult};
+use super::resume::{self, EpochProgress, LoopPosition, StoppedForTest};
 use super::schedule::LinearSchedule;
 use crate::model::{
     Batch, BertConfig, CombineInit, MethodConfig, Mode, Model, ParamStore, Pooling, Variant,
@@ -248,6 +249,19 @@ pub struct TrainOptions {
     /// Replace an existing output directory (only one that holds corefocus output).
     #[arg(long)]
     pub overwrite: bool,
+    /// Continue the interrupted run in --out from its last saved state (`<out>/resume/`);
+    /// the other options must be those of the interrupted run.
+    #[arg(long)]
+    pub resume: bool,
+    /// Also save the resume state every N optimizer steps (0: only at epoch ends).
+    #[arg(long, default_value_t = 0)]
+    pub save_every: u64,
+    /// Test only: save the resume state after optimizer step N, then exit with status 3.
+    #[arg(long, hide = true)]
+    pub stop_after_steps: Option<u64>,
+    /// Test only: make the logits (so the loss) NaN at optimizer step N (1-based).
+    #[arg(long, hide = true)]
+    pub inject_nan_at_step: Option<u64>,
 }
 
 impl Default for TrainOptions {
@@ -271,6 +285,10 @@ impl Default for TrainOptions {
             max_eval_examples: None,
             eval_batch: 64,
             overwrite: false,
+            resume: false,
+            save_every: 0,
+            stop_after_steps: None,
+            inject_nan_at_step: None,
         }
     }
 }
@@ -310,6 +328,17 @@ impl TrainOptions {
         }
         if let Some(n) = self.max_eval_examples {
             ensure!(n >= 1, "--max-eval-examples must be at least 1");
+        }
+        ensure!(
+            !(self.resume && self.overwrite),
+            "--resume and --overwrite contradict each other: --resume continues the run in --out, \
+             --overwrite replaces it"
+        );
+        for (flag, n) in [
+            ("--stop-after-steps", self.stop_after_steps),
+            ("--inject-nan-at-step", self.inject_nan_at_step),
+        ] {
+            ensure!(n != Some(0), "{flag} must be at least 1");
         }
         self.method.check_applicable()
     }
@@ -505,6 +534,50 @@ pub fn train_loop<M: Trainable>(
     settings: &LoopSettings,
     on_epoch: &mut dyn FnMut(&M, &EpochRecord, &EvalResult) -> Result<()>,
 ) -> Result<LoopSummary> {
+    train_loop_with(
+        model,
+        train,
+        dev,
+        labels,
+        pad_id,
+        settings,
+        LoopControl::default(),
+        on_epoch,
+        &mut |_, _, _| Ok(()),
+    )
+}
+
+/// Resuming, periodic saving and the test-only failure injections of [`train_loop_with`].
+#[derive(Default)]
+pub struct LoopControl {
+    /// Continue from this position with this optimizer state (the model's parameters
+    /// must already be the saved ones).
+    pub start: Option<(LoopPosition, AdamW)>,
+    /// Call `on_save` every this many optimizer steps too (0: only at epoch ends).
+    pub save_every: u64,
+    /// After optimizer step N: call `on_save`, then stop with a [`StoppedForTest`] error.
+    pub stop_after_steps: Option<u64>,
+    /// Test only: make the logits of optimizer step N (1-based) NaN.
+    pub inject_nan_at_step: Option<u64>,
+}
+
+/// [`train_loop`] that can start from a saved position and calls `on_save` with the model,
+/// the loop's position and the optimizer after every epoch (after `on_epoch`) and every
+/// `control.save_every` steps, so the caller can save a resume state. A run resumed from a
+/// position reaches the same parameters as the uninterrupted run: the batches, dropout
+/// seeds and learning rates depend only on the settings, the epoch and the step.
+#[allow(clippy::too_many_arguments)]
+pub fn train_loop_with<M: Trainable>(
+    model: &mut M,
+    train: &EncodedSet,
+    dev: &EncodedSet,
+    labels: &[String],
+    pad_id: u32,
+    settings: &LoopSettings,
+    control: LoopControl,
+    on_epoch: &mut dyn FnMut(&M, &EpochRecord, &EvalResult) -> Result<()>,
+    on_save: &mut dyn FnMut(&M, &LoopPosition, &AdamW) -> Result<()>,
+) -> Result<LoopSummary> {
     ensure!(!train.is_empty(), "the training set is empty");
     ensure!(!dev.is_empty(), "the validation set is empty");
     assert_eq!(model.num_labels(), labels.len(), "model classes vs labels");
@@ -512,17 +585,55 @@ pub fn train_loop<M: Trainable>(
     let steps_per_epoch = train.len().div_ceil(settings.batch_size) as u64;
     let total_steps = steps_per_epoch * settings.epochs as u64;
     let schedule = LinearSchedule::new(settings.lr, total_steps, settings.warmup);
-    let mut opt = AdamW::new(model.params(), settings.adamw);
     let mut grads = model.params().zeros_like();
-    let mut step: u64 = 0;
-    let mut records: Vec<EpochRecord> = Vec::new();
-    let mut best: Option<usize> = None;
+    let (start, mut opt) = match control.start {
+        Some((position, opt)) => {
+            let done_in_epoch = position.position.div_ceil(settings.batch_size) as u64;
+            ensure!(
+                position.epoch <= settings.epochs
+                    && position.position <= train.len()
+                    && (position.position == train.len()
+                        || position.position.is_multiple_of(settings.batch_size))
+                    && position.step == position.epoch as u64 * steps_per_epoch + done_in_epoch
+                    && opt.step == position.step
+                    && position.records.len() == position.epoch,
+                "the resume state (epoch {}, step {}, position {}, optimizer step {}) does not fit \
+                 this run ({} training examples, batch size {}, {} epochs)",
+                position.epoch + 1,
+                position.step,
+                position.position,
+                opt.step,
+                train.len(),
+                settings.batch_size,
+                settings.epochs
+            );
+            (position, opt)
+        }
+        None => (
+            LoopPosition {
+                step: 0,
+                epoch: 0,
+                position: 0,
+                progress: EpochProgress::default(),
+                records: Vec::new(),
+                best: None,
+            },
+            AdamW::new(model.params(), settings.adamw),
+        ),
+    };
+    let first_epoch = start.epoch;
+    let mut step = start.step;
+    let mut records = start.records;
+    let mut best = start.best;
+    let mut resume_at = Some((start.position, start.progress));
 
     let log_lines = !std::io::IsTerminal::is_terminal(&std::io::stderr());
-    for epoch in 0..settings.epochs {
+    for epoch in first_epoch..settings.epochs {
         let epoch_start = Instant::now();
         let mut order: Vec<usize> = (0..train.len()).collect();
         Rng::new(settings.seed.wrapping_add(epoch as u64)).shuffle(&mut order);
+        // Mid-epoch on resume: skip the batches already trained on, keep their sums.
+        let (skip, mut p) = resume_at.take().unwrap_or_default();
 
         let bar = if settings.progress {
             let bar = ProgressBar::new(steps_per_epoch);
@@ -535,10 +646,10 @@ pub fn train_loop<M: Trainable>(
             ProgressBar::hidden()
         };
         bar.set_prefix(format!("epoch {}/{}", epoch + 1, settings.epochs));
+        bar.set_position(skip.div_ceil(settings.batch_size) as u64);
 
-        let (mut loss_sum, mut seen, mut tokens) = (0.0f64, 0usize, 0usize);
-        let (mut step_seconds, mut norm_sum, mut lr) = (0.0f64, 0.0f64, 0.0f64);
-        for chunk in order.chunks(settings.batch_size) {
+        let mut position = skip;
+        for chunk in order[skip..].chunks(settings.batch_size) {
             let step_start = Instant::now();
             let seqs: Vec<&[u32]> = chunk.iter().map(|&i| train.ids[i].as_slice()).collect();
             let gold: Vec<usize> = chunk.iter().map(|&i| train.labels[i]).collect();
@@ -548,8 +659,11 @@ pub fn train_loop<M: Trainable>(
             let mode = Mode::Train {
                 seed: step_seed(settings.seed, step),
             };
-            let (logits, tape) = model.logits(&batch, mode, true);
+            let (mut logits, tape) = model.logits(&batch, mode, true);
             let tape = tape.expect("a forward pass with record=true returns a tape");
+            if control.inject_nan_at_step == Some(step + 1) {
+                logits[0] = f32::NAN;
+            }
             let mut probs = vec![0.0f32; rows * classes];
             let mut dlogits = vec![0.0f32; rows * classes];
             let loss = softmax_cross_entropy(
@@ -584,20 +698,22 @@ pub fn train_loop<M: Trainable>(
                     step + 1
                 );
             }
-            lr = schedule.lr_at(step);
-            opt.step(model.params_mut(), &grads, lr);
+            p.lr = schedule.lr_at(step);
+            opt.step(model.params_mut(), &grads, p.lr);
             step += 1;
+            position += rows;
 
-            loss_sum += loss as f64 * rows as f64;
-            seen += rows;
-            norm_sum += norm;
-            tokens += batch.lengths.iter().sum::<usize>();
-            step_seconds += step_start.elapsed().as_secs_f64();
+            p.loss_sum += loss as f64 * rows as f64;
+            p.seen += rows;
+            p.norm_sum += norm;
+            p.tokens += batch.lengths.iter().sum::<usize>();
+            p.step_seconds += step_start.elapsed().as_secs_f64();
             bar.inc(1);
             let msg = format!(
-                "loss {:.4} lr {lr:.2e} {:.0} tok/s",
-                loss_sum / seen as f64,
-                tokens as f64 / step_seconds.max(1e-9)
+                "loss {:.4} lr {:.2e} {:.0} tok/s",
+                p.loss_sum / p.seen as f64,
+                p.lr,
+                p.tokens as f64 / p.step_seconds.max(1e-9)
             );
             // Logs (stderr not a terminal) get a plain line every 10 steps instead of a bar.
             if settings.progress && log_lines && step.is_multiple_of(10) {
@@ -608,6 +724,29 @@ pub fn train_loop<M: Trainable>(
                 );
             }
             bar.set_message(msg);
+
+            let stop = control.stop_after_steps == Some(step);
+            // The epoch-end save follows the epoch's last step anyway.
+            let periodic = control.save_every > 0
+                && step.is_multiple_of(control.save_every)
+                && position < train.len();
+            if stop || periodic {
+                let mut progress = p.clone();
+                progress.elapsed += epoch_start.elapsed().as_secs_f64();
+                let here = LoopPosition {
+                    step,
+                    epoch,
+                    position,
+                    progress,
+                    records: records.clone(),
+                    best,
+                };
+                on_save(model, &here, &opt)?;
+            }
+            if stop {
+                bar.abandon();
+                return Err(StoppedForTest { step }.into());
+            }
         }
         bar.finish_and_clear();
 
@@ -623,14 +762,14 @@ pub fn train_loop<M: Trainable>(
         let record = EpochRecord {
             epoch: epoch + 1,
             step,
-            train_loss: loss_sum / seen.max(1) as f64,
+            train_loss: p.loss_sum / p.seen.max(1) as f64,
             val_loss: val.loss,
             val_accuracy: val.report.accuracy,
             val_macro_f1: val.report.macro_f1,
-            lr,
-            seconds: epoch_start.elapsed().as_secs_f64(),
-            tokens_per_s: tokens as f64 / step_seconds.max(1e-9),
-            grad_norm: norm_sum / steps_per_epoch.max(1) as f64,
+            lr: p.lr,
+            seconds: p.elapsed + epoch_start.elapsed().as_secs_f64(),
+            tokens_per_s: p.tokens as f64 / p.step_seconds.max(1e-9),
+            grad_norm: p.norm_sum / steps_per_epoch.max(1) as f64,
             best: is_best,
         };
         if settings.progress {
@@ -652,9 +791,18 @@ pub fn train_loop<M: Trainable>(
             best = Some(records.len() - 1);
         }
         on_epoch(model, records.last().expect("just pushed"), &val)?;
+        let here = LoopPosition {
+            step,
+            epoch: epoch + 1,
+            position: 0,
+            progress: EpochProgress::default(),
+            records: records.clone(),
+            best,
+        };
+        on_save(model, &here, &opt)?;
     }
     Ok(LoopSummary {
-        best: best.expect("at least one epoch ran"),
+        best: best.context("no epoch ran")?,
         records,
         steps: step,
     })
@@ -676,8 +824,14 @@ impl MetricsLog {
         }
     }
 
-    pub fn append<T: Serialize>(&mut self, record: &T) -> Result<()> {
+    /// Adds a line without writing the file (a resumed run's earlier epochs).
+    pub fn push<T: Serialize>(&mut self, record: &T) -> Result<()> {
         self.lines.push(serde_json::to_string(record)?);
+        Ok(())
+    }
+
+    pub fn append<T: Serialize>(&mut self, record: &T) -> Result<()> {
+        self.push(record)?;
         let mut text = self.lines.join("\n");
         text.push('\n');
         write_atomic(&self.path, text.as_bytes())
@@ -767,8 +921,22 @@ pub struct TrainOutcome {
 /// the test split if there is one.
 pub fn run_train(opts: &TrainOptions) -> Result<TrainOutcome> {
     opts.validate()?;
-    // Fail early on an occupied --out, but delete nothing before the inputs have loaded.
-    check_out_dir(&opts.out, opts.overwrite)?;
+    let resume_state = if opts.resume {
+        let state = resume::read_resume_state(&opts.out)?;
+        let differing = resume::differing_options(&state.options, opts)?;
+        ensure!(
+            differing.is_empty(),
+            "--resume: options differ from those of the interrupted run in {}: {}; pass the same options",
+            opts.out.display(),
+            differing.join("; ")
+        );
+        Some(state)
+    } else {
+        // Fail early on an occupied --out, but delete nothing before the inputs have loaded.
+        check_out_dir(&opts.out, opts.overwrite)?;
+        None
+    };
+    check_model_fits(opts)?;
 
     let ds = load_dataset(&opts.data, &opts.read_options())
         .with_context(|| format!("cannot load the dataset {}", opts.data.display()))?;
@@ -794,15 +962,17 @@ pub fn run_train(opts: &TrainOptions) -> Result<TrainOutcome> {
         opts.data.display(),
         labels.len()
     );
+    ensure!(
+        !splits.dev.is_empty(),
+        "{}: the validation set is empty: there is no dev split, and no class of the training \
+         split has the 2 examples needed to hold one out",
+        opts.data.display()
+    );
+    warn_missing_classes(&splits.train, &labels);
 
     let tokenizer = TextTokenizer::from_dir(&opts.model)?;
     let (bert, bert_params) = load_hf_checkpoint(&opts.model)?;
-    ensure!(
-        opts.max_len <= bert.max_position_embeddings,
-        "--max-len {} exceeds the model's max_position_embeddings {}",
-        opts.max_len,
-        bert.max_position_embeddings
-    );
+    check_max_len(opts.max_len, &bert, &opts.model.join("config.json"))?;
     ensure!(
         tokenizer.vocab_size() <= bert.vocab_size,
         "{}: the tokenizer has {} tokens but the model only {} embeddings",
@@ -831,17 +1001,49 @@ pub fn run_train(opts: &TrainOptions) -> Result<TrainOutcome> {
         LinearSchedule::new(opts.lr, steps as u64, opts.warmup).warmup_steps
     );
 
-    prepare_out_dir(&opts.out, opts.overwrite)?;
-    let pad_id = tokenizer.pad_id();
+    let fingerprint = resume::data_fingerprint(&[&train, &dev]);
     let mut metrics = MetricsLog::new(opts.out.join("metrics.jsonl"));
     let mut kept: Option<(usize, f64)> = None;
-    let result = train_loop(
+    let mut control = LoopControl {
+        start: None,
+        save_every: opts.save_every,
+        stop_after_steps: opts.stop_after_steps,
+        inject_nan_at_step: opts.inject_nan_at_step,
+    };
+    if let Some(state) = resume_state {
+        ensure!(
+            state.data_fingerprint == fingerprint,
+            "--resume: the encoded training or validation data differ from those of the \
+             interrupted run in {} (dataset, tokenizer or --max-len changed?)",
+            opts.out.display()
+        );
+        let optimizer = resume::load_resume_tensors(&opts.out, &mut model.params, settings.adamw)?;
+        let position = state.loop_position;
+        eprintln!(
+            "corefocus train: resuming at epoch {}, optimizer step {} of {steps}",
+            (position.epoch + 1).min(opts.epochs),
+            position.step
+        );
+        for record in &position.records {
+            metrics.push(record)?;
+        }
+        kept = position
+            .best
+            .map(|b| (position.records[b].epoch, position.records[b].val_loss));
+        control.start = Some((position, optimizer));
+        super::checkpoint::remove_stale_temporaries(&opts.out)?;
+    } else {
+        prepare_out_dir(&opts.out, opts.overwrite)?;
+    }
+    let pad_id = tokenizer.pad_id();
+    let result = train_loop_with(
         &mut model,
         &train,
         &dev,
         &labels,
         pad_id,
         &settings,
+        control,
         &mut |m, rec, _| {
             if rec.best {
                 let meta = CheckpointMeta::new(
@@ -866,8 +1068,13 @@ pub fn run_train(opts: &TrainOptions) -> Result<TrainOutcome> {
             }
             Ok(())
         },
+        &mut |m, position, optimizer| {
+            let state = resume::new_state(position.clone(), opts, &fingerprint);
+            resume::save_resume_state(&opts.out, &m.params, optimizer, &state)
+        },
     );
     let summary = result.map_err(|e| match kept {
+        _ if resume::is_stopped_for_test(&e) => e,
         Some((epoch, loss)) => e.context(format!(
             "training stopped; the last good checkpoint (epoch {epoch}, val loss {loss:.4}) is kept in {}",
             opts.out.display()
@@ -903,7 +1110,55 @@ pub fn run_train(opts: &TrainOptions) -> Result<TrainOutcome> {
         )?;
         outcome.test = Some((result.loss, result.report.accuracy, result.report.macro_f1));
     }
+    // Finished: nothing left to resume.
+    resume::remove_resume_state(&opts.out)?;
     Ok(outcome)
+}
+
+/// Checks `--max-len` and the method flags against the model's config.json before the
+/// dataset is read (a missing or broken config.json is reported later, when it loads).
+fn check_model_fits(opts: &TrainOptions) -> Result<()> {
+    ensure!(
+        opts.model.is_dir(),
+        "checkpoint directory {} does not exist or is not a directory",
+        opts.model.display()
+    );
+    let config_path = opts.model.join("config.json");
+    if !config_path.is_file() {
+        return Ok(());
+    }
+    let bert = BertConfig::from_file(&config_path)?;
+    check_max_len(opts.max_len, &bert, &config_path)?;
+    opts.method.to_config(&bert).map(|_| ())
+}
+
+fn check_max_len(max_len: usize, bert: &BertConfig, config_path: &Path) -> Result<()> {
+    ensure!(
+        max_len <= bert.max_position_embeddings,
+        "--max-len {max_len} exceeds the model's {} position embeddings (max_position_embeddings in {})",
+        bert.max_position_embeddings,
+        config_path.display()
+    );
+    Ok(())
+}
+
+/// A class without training examples cannot be learned. The dataset loader rejects a
+/// labels.txt class missing from the training split; a `--max-train-examples` subset that
+/// misses a class was asked for, so it only earns a warning.
+fn warn_missing_classes(train: &[Example], labels: &[String]) {
+    let present: std::collections::HashSet<&str> = train.iter().map(|e| e.label.as_str()).collect();
+    let missing: Vec<&str> = labels
+        .iter()
+        .map(String::as_str)
+        .filter(|l| !present.contains(l))
+        .collect();
+    if !missing.is_empty() {
+        eprintln!(
+            "warning: no training example of class(es) {} in the training subset; the model \
+             cannot learn them",
+            missing.join(", ")
+        );
+    }
 }
 
 #[cfg(test)]
@@ -1253,6 +1508,100 @@ mod tests {
         // Steps 6 and 7 ran after the epoch-1 snapshot; step 8 updated nothing (no NaNs).
         assert_ne!(snapshot.unwrap(), model.params.tensors[0].data);
         assert!(model.params.tensors[0].data.iter().all(|x| x.is_finite()));
+    }
+
+    #[test]
+    fn resuming_from_any_step_reaches_the_same_parameters() {
+        let labels = vec!["neg".to_string(), "pos".to_string()];
+        // 23 examples, batch 8: the last batch of each epoch is short.
+        let (train, dev) = (toy_set(23, 1), toy_set(10, 2));
+        let settings = toy_settings();
+        let (mut records_full, mut full) = (Vec::new(), BagOfWords::new(20, 2));
+        train_loop(
+            &mut full,
+            &train,
+            &dev,
+            &labels,
+            0,
+            &settings,
+            &mut |_, r, _| {
+                records_full.push(r.clone());
+                Ok(())
+            },
+        )
+        .unwrap();
+        let total = 4 * 3;
+        for stop in 1..=total {
+            // Run until `stop`, keeping what `on_save` is handed there.
+            let mut first = BagOfWords::new(20, 2);
+            let mut saved = None;
+            let control = LoopControl {
+                stop_after_steps: Some(stop),
+                save_every: 2,
+                ..LoopControl::default()
+            };
+            let err = train_loop_with(
+                &mut first,
+                &train,
+                &dev,
+                &labels,
+                0,
+                &settings,
+                control,
+                &mut |_, _, _| Ok(()),
+                &mut |m, pos, opt| {
+                    saved = Some((m.params.clone(), pos.clone(), opt.clone()));
+                    Ok(())
+                },
+            )
+            .unwrap_err();
+            assert!(resume::is_stopped_for_test(&err), "{err}");
+            let (params, position, opt) = saved.unwrap();
+            assert_eq!(position.step, stop);
+            // Continue in a fresh model from the saved state.
+            let mut second = BagOfWords::new(20, 2);
+            second.params = params;
+            let mut records = position.records.clone();
+            let control = LoopControl {
+                start: Some((position, opt)),
+                ..LoopControl::default()
+            };
+            let summary = train_loop_with(
+                &mut second,
+                &train,
+                &dev,
+                &labels,
+                0,
+                &settings,
+                control,
+                &mut |_, r, _| {
+                    records.push(r.clone());
+                    Ok(())
+                },
+                &mut |_, _, _| Ok(()),
+            )
+            .unwrap();
+            assert_eq!(summary.steps, total);
+            for (a, b) in full.params.tensors.iter().zip(&second.params.tensors) {
+                assert!(a.data == b.data, "stop {stop}: {} differs", a.name);
+            }
+            let strip = |r: &EpochRecord| {
+                (
+                    r.epoch,
+                    r.step,
+                    r.train_loss,
+                    r.val_loss,
+                    r.grad_norm,
+                    r.lr,
+                    r.best,
+                )
+            };
+            assert_eq!(
+                records.iter().map(strip).collect::<Vec<_>>(),
+                records_full.iter().map(strip).collect::<Vec<_>>(),
+                "stop {stop}"
+            );
+        }
     }
 
     #[test]

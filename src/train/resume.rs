@@ -1,0 +1,350 @@
+//! Resumable training. `train` saves, at every epoch end and every `--save-every` optimizer
+//! steps, everything needed to continue bit-identically into `<out>/resume/`:
+//!
+//! - `model.safetensors`: the current parameters (not the best epoch's: those are the
+//!   checkpoint in `<out>` itself);
+//! - `optimizer.safetensors`: the AdamW moments and step count ([`AdamW::state_to_store`]);
+//! - `state.json` ([`ResumeState`]): where the loop stands ([`LoopPosition`]: optimizer
+//!   step, epoch, position in the epoch's shuffled order, the epoch's running sums, the
+//!   epoch records so far and the best epoch), the run's options and a fingerprint of its
+//!   encoded training and validation data.
+//!
+//! Random streams need no saving: the trainer derives each step's dropout / Gumbel seed from
+//! `seed + step` and each epoch's shuffle from `seed + epoch`. The directory is replaced as
+//! a whole ([`replace_dir_atomically`]) with `state.json` written last, so a crash leaves
+//! either the previous state or the new one. `train --resume` reads it back; a finished
+//! run removes it.
+
+use super::adamw::{AdamW, AdamWConfig};
+use super::api::{read_safetensors, write_safetensors};
+use super::checkpoint::{replace_dir_atomically, utc_timestamp};
+use super::trainer::{EncodedSet, EpochRecord, TrainOptions};
+use crate::model::ParamStore;
+use crate::util::write_atomic;
+use anyhow::{bail, ensure, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+pub const RESUME_DIR: &str = "resume";
+pub const STATE_FILE: &str = "state.json";
+pub const PARAMS_FILE: &str = "model.safetensors";
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+pub const RESUME_FORMAT_VERSION: u32 = 1;
+
+/// Exit status of `corefocus train --stop-after-steps N` (a test-only flag), distinct from
+/// the 1 of errors and the 2 of usage errors.
+pub const STOPPED_EXIT_CODE: u8 = 3;
+
+/// The error `--stop-after-steps` ends training with, after saving the resume state.
+#[derive(Debug)]
+pub struct StoppedForTest {
+    pub step: u64,
+}
+
+impl std::fmt::Display for StoppedForTest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "stopped after optimizer step {} as asked by --stop-after-steps, with the resume \
+             state saved (continue with --resume)",
+            self.step
+        )
+    }
+}
+
+impl std::error::Error for StoppedForTest {}
+
+/// Whether `err` (or an error it wraps) is a [`StoppedForTest`].
+pub fn is_stopped_for_test(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| e.is::<StoppedForTest>())
+}
+
+/// Running sums of the epoch in progress, so that its record comes out as if the run had
+/// not been interrupted.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct EpochProgress {
+    /// Sum over the epoch's examples so far of their batch's mean loss.
+    pub loss_sum: f64,
+    /// Examples trained on this epoch.
+    pub seen: usize,
+    /// Real (non-padding) tokens trained on this epoch.
+    pub tokens: usize,
+    /// Seconds spent in training steps this epoch.
+    pub step_seconds: f64,
+    /// Sum of the pre-clipping gradient norms of this epoch's steps.
+    pub norm_sum: f64,
+    /// Learning rate of the last step.
+    pub lr: f64,
+    /// Wall seconds of the epoch before an interruption (0 when not resumed).
+    pub elapsed: f64,
+}
+
+/// Where the training loop stands between two optimizer steps.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct LoopPosition {
+    /// Optimizer steps taken.
+    pub step: u64,
+    /// 0-based epoch in progress; equal to the number of epochs when training is done.
+    pub epoch: usize,
+    /// Examples of this epoch's shuffled order already trained on.
+    pub position: usize,
+    pub progress: EpochProgress,
+    /// One record per finished epoch.
+    pub records: Vec<EpochRecord>,
+    /// Index into `records` of the epoch with the lowest validation loss.
+    pub best: Option<usize>,
+}
+
+/// `<out>/resume/state.json`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ResumeState {
+    pub format_version: u32,
+    pub loop_position: LoopPosition,
+    /// The interrupted run's options; a resumed run must use the same.
+    pub options: TrainOptions,
+    /// [`data_fingerprint`] of the encoded training and validation sets.
+    pub data_fingerprint: String,
+    pub created: String,
+}
+
+/// FNV-1a over the token ids and class indices of `sets` (lengths included, so the
+/// boundaries count): a changed dataset, tokenizer or `--max-len` changes it.
+pub fn data_fingerprint(sets: &[&EncodedSet]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |x: u64| {
+        for b in x.to_le_bytes() {
+            h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    for set in sets {
+        feed(set.len() as u64);
+        for (ids, &label) in set.ids.iter().zip(&set.labels) {
+            feed(ids.len() as u64);
+            ids.iter().for_each(|&id| feed(id as u64));
+            feed(label as u64);
+        }
+    }
+    format!("{h:016x}")
+}
+
+/// Options that may differ between an interrupted run and its continuation: they steer
+/// the interruption and saving, not what is computed.
+const CONTROL_OPTIONS: &[&str] = &[
+    "resume",
+    "save_every",
+    "stop_after_steps",
+    "inject_nan_at_step",
+    "overwrite",
+];
+
+/// The `--flags` whose values differ between `saved` and `now` (control flags aside).
+pub fn differing_options(saved: &TrainOptions, now: &TrainOptions) -> Result<Vec<String>> {
+    let saved = serde_json::to_value(saved)?;
+    let now = serde_json::to_value(now)?;
+    let mut out = Vec::new();
+    diff_objects(&saved, &now, &mut out);
+    Ok(out)
+}
+
+fn diff_objects(a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+    let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else {
+        return;
+    };
+    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    for key in keys {
+        if CONTROL_OPTIONS.contains(&key.as_str()) {
+            continue;
+        }
+        let (x, y) = (a.get(key), b.get(key));
+        match (x, y) {
+            (Some(x), Some(y)) if x.is_object() && y.is_object() => diff_objects(x, y, out),
+            _ if x == y => {}
+            _ => {
+                let show = |v: Option<&serde_json::Value>| {
+                    v.map_or("(unset)".to_string(), |v| match v {
+                        serde_json::Value::Null => "(unset)".to_string(),
+                        serde_json::Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    })
+                };
+                out.push(format!(
+                    "--{} {} (the interrupted run had {})",
+                    key.replace('_', "-"),
+                    show(y),
+                    show(x)
+                ));
+            }
+        }
+    }
+}
+
+pub fn resume_dir(out: &Path) -> PathBuf {
+    out.join(RESUME_DIR)
+}
+
+/// Saves the resume state of a run in `out` atomically (see the module documentation).
+pub fn save_resume_state(
+    out: &Path,
+    params: &ParamStore,
+    optimizer: &AdamW,
+    state: &ResumeState,
+) -> Result<()> {
+    replace_dir_atomically(&resume_dir(out), |tmp| {
+        write_safetensors(&tmp.join(PARAMS_FILE), params, None)?;
+        write_safetensors(&tmp.join(OPTIMIZER_FILE), &optimizer.state_to_store(), None)?;
+        // Last: a directory with state.json is complete.
+        write_atomic(
+            &tmp.join(STATE_FILE),
+            serde_json::to_string_pretty(state)?.as_bytes(),
+        )
+    })
+    .with_context(|| {
+        format!(
+            "cannot save the resume state in {}",
+            resume_dir(out).display()
+        )
+    })
+}
+
+/// Builds the state.json contents.
+pub fn new_state(position: LoopPosition, options: &TrainOptions, fingerprint: &str) -> ResumeState {
+    ResumeState {
+        format_version: RESUME_FORMAT_VERSION,
+        loop_position: position,
+        options: options.clone(),
+        data_fingerprint: fingerprint.to_string(),
+        created: utc_timestamp(),
+    }
+}
+
+/// Reads and checks `<out>/resume/state.json` (not the tensors: see [`load_resume_tensors`]).
+pub fn read_resume_state(out: &Path) -> Result<ResumeState> {
+    let dir = resume_dir(out);
+    let path = dir.join(STATE_FILE);
+    if !path.is_file() {
+        bail!(
+            "--resume: {} has no resume state ({} is missing): the run finished, or stopped \
+             before its first save; train without --resume (with --overwrite to replace the \
+             directory)",
+            out.display(),
+            path.display()
+        );
+    }
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let state: ResumeState = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a valid corefocus resume state", path.display()))?;
+    ensure!(
+        state.format_version == RESUME_FORMAT_VERSION,
+        "{}: resume format version {} is not supported (this build reads {RESUME_FORMAT_VERSION})",
+        path.display(),
+        state.format_version
+    );
+    let p = &state.loop_position;
+    ensure!(
+        p.epoch <= state.options.epochs
+            && p.records.len() == p.epoch
+            && p.best.is_none_or(|b| b < p.records.len())
+            && p.best.is_some() != p.records.is_empty(),
+        "{}: inconsistent resume state (epoch {}, {} epoch records, best {:?})",
+        path.display(),
+        p.epoch,
+        p.records.len(),
+        p.best
+    );
+    Ok(state)
+}
+
+/// Replaces `params` with the saved ones (same names and shapes required) and returns the
+/// saved optimizer state.
+pub fn load_resume_tensors(
+    out: &Path,
+    params: &mut ParamStore,
+    config: AdamWConfig,
+) -> Result<AdamW> {
+    let dir = resume_dir(out);
+    let params_path = dir.join(PARAMS_FILE);
+    let saved = read_safetensors(&params_path, false)?;
+    ensure!(
+        saved.len() == params.len(),
+        "{}: {} tensors, but the model has {}",
+        params_path.display(),
+        saved.len(),
+        params.len()
+    );
+    for t in params.tensors.iter_mut() {
+        let s = saved.get(&t.name).with_context(|| {
+            format!("{}: tensor `{}` is missing", params_path.display(), t.name)
+        })?;
+        ensure!(
+            s.shape == t.shape,
+            "{}: tensor `{}` has shape {:?}, the model has {:?}",
+            params_path.display(),
+            t.name,
+            s.shape,
+            t.shape
+        );
+        t.data.copy_from_slice(&s.data);
+    }
+    let opt_path = dir.join(OPTIMIZER_FILE);
+    let state = read_safetensors(&opt_path, false)?;
+    AdamW::from_store(params, &state, config, &opt_path.display().to_string())
+}
+
+/// Removes the resume state of a finished run.
+pub fn remove_resume_state(out: &Path) -> Result<()> {
+    let dir = resume_dir(out);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)
+            .with_context(|| format!("cannot remove {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn differing_options_name_the_flags() {
+        let a = TrainOptions {
+            lr: 1e-4,
+            ..TrainOptions::default()
+        };
+        let mut b = a.clone();
+        b.save_every = 7;
+        b.resume = true;
+        b.overwrite = true;
+        assert!(differing_options(&a, &b).unwrap().is_empty());
+        b.lr = 2e-4;
+        b.method.keep_ratio = Some(0.5);
+        let diff = differing_options(&a, &b).unwrap();
+        assert_eq!(diff.len(), 2, "{diff:?}");
+        assert_eq!(
+            diff,
+            vec![
+                "--lr 0.0002 (the interrupted run had 0.0001)".to_string(),
+                "--keep-ratio 0.5 (the interrupted run had (unset))".to_string(),
+            ]
+        );
+    }
+
+    #[test]
+    fn fingerprint_sees_ids_labels_and_boundaries() {
+        let set = |ids: Vec<Vec<u32>>, labels: Vec<usize>| EncodedSet { ids, labels };
+        let a = set(vec![vec![1, 2], vec![3]], vec![0, 1]);
+        let f = data_fingerprint(&[&a]);
+        assert_eq!(f, data_fingerprint(&[&a.clone()]));
+        assert_ne!(
+            f,
+            data_fingerprint(&[&set(vec![vec![1], vec![2, 3]], vec![0, 1])])
+        );
+        assert_ne!(
+            f,
+            data_fingerprint(&[&set(vec![vec![1, 2], vec![3]], vec![1, 1])])
+        );
+        assert_ne!(f, data_fingerprint(&[&a, &EncodedSet::default()]));
+    }
+}

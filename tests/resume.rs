@@ -1,0 +1,361 @@
+//! `train --resume`: an interrupted run (stopped by the test-only `--stop-after-steps`, or
+//! killed with SIGKILL) continues from `<out>/resume/` to bit-identical final weights,
+//! metrics and test report; and a NaN loss stops training keeping the last good
+//! checkpoint. Uses the test checkpoint with `--max-len 16` and 12 training examples.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+#[path = "support/doc_errors.rs"]
+mod doc_errors;
+use doc_errors::expect;
+
+fn model_dir() -> PathBuf {
+    let dir = std::env::var_os("COREFOCUS_TEST_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("target/models/all-MiniLM-L6-v2")
+        });
+    assert!(
+        dir.join("model.safetensors").is_file(),
+        "test checkpoint missing at {}: run scripts/fetch-test-model.sh (or set COREFOCUS_TEST_MODEL)",
+        dir.display()
+    );
+    dir
+}
+
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(tag: &str) -> Self {
+        let d = std::env::temp_dir().join(format!("corefocus-resume-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        Scratch(d)
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// 12 training, 4 dev and 4 test examples of a two-class toy task.
+fn toy_data(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let pos = ["wonderful", "great", "excellent", "lovely"];
+    let neg = ["awful", "terrible", "boring", "bad"];
+    let mut rows = Vec::new();
+    for i in 0..10 {
+        for (words, label) in [(&pos, "pos"), (&neg, "neg")] {
+            let text = format!("the film was {} and {}", words[i % 4], words[(i + 1) % 4]);
+            rows.push(serde_json::json!({"text": text, "label": label}).to_string());
+        }
+    }
+    std::fs::write(dir.join("train.jsonl"), rows[..12].join("\n")).unwrap();
+    std::fs::write(dir.join("dev.jsonl"), rows[12..16].join("\n")).unwrap();
+    std::fs::write(dir.join("test.jsonl"), rows[16..].join("\n")).unwrap();
+}
+
+/// `train` arguments shared by every run of one comparison (3 steps per epoch).
+fn train_args(data: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
+    let model = model_dir();
+    let mut a: Vec<String> = [
+        "train",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "4",
+        "--max-len",
+        "16",
+        "--lr",
+        "1e-4",
+        "--variant",
+        "pf",
+        "--keep-ratio",
+        "0.7",
+        "--seed",
+        "11",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
+fn corefocus(args: &[String]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_corefocus"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap()
+}
+
+fn succeeded(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({:?}): {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn stopped(out: &Output, what: &str) {
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{what}: expected the --stop-after-steps status 3: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn state(out: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(out.join("resume/state.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// metrics.jsonl without its timing fields.
+fn metrics(out: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let o = v.as_object_mut().unwrap();
+            o.remove("seconds");
+            o.remove("tokens_per_s");
+            v
+        })
+        .collect()
+}
+
+fn test_report(out: &Path) -> (serde_json::Value, serde_json::Value) {
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("test_report.json")).unwrap())
+            .unwrap();
+    (v["loss"].clone(), v["report"].clone())
+}
+
+fn assert_same_run(a: &Path, b: &Path, what: &str) {
+    // Bit-identical tensors (the header's metadata map may be serialised in any order).
+    let wa = std::fs::read(a.join("model.safetensors")).unwrap();
+    let wb = std::fs::read(b.join("model.safetensors")).unwrap();
+    let (ta, tb) = (
+        safetensors::SafeTensors::deserialize(&wa).unwrap(),
+        safetensors::SafeTensors::deserialize(&wb).unwrap(),
+    );
+    let mut names = ta.names();
+    names.sort();
+    let mut names_b = tb.names();
+    names_b.sort();
+    assert_eq!(names, names_b, "{what}: tensor names");
+    for name in names {
+        let (x, y) = (ta.tensor(name).unwrap(), tb.tensor(name).unwrap());
+        assert_eq!(x.shape(), y.shape(), "{what}: {name}");
+        assert!(x.data() == y.data(), "{what}: tensor {name} differs");
+    }
+    assert_eq!(metrics(a), metrics(b), "{what}: metrics.jsonl");
+    assert_eq!(test_report(a), test_report(b), "{what}: test_report.json");
+    assert!(
+        !b.join("resume").exists(),
+        "{what}: a finished run keeps no resume state"
+    );
+}
+
+#[test]
+fn interrupted_runs_resume_to_identical_weights() {
+    let s = Scratch::new("same");
+    let data = s.path("data");
+    toy_data(&data);
+
+    // Uninterrupted.
+    let full = s.path("full");
+    succeeded(&corefocus(&train_args(&data, &full, &[])), "full run");
+    assert!(!full.join("resume").exists());
+    assert_eq!(metrics(&full).len(), 2);
+
+    // Stopped at the end of epoch 1 (step 3, before its validation), again mid-epoch 2
+    // (step 5, saving every 2 steps on the way), then finished.
+    let parts = s.path("parts");
+    stopped(
+        &corefocus(&train_args(&data, &parts, &["--stop-after-steps", "3"])),
+        "first part",
+    );
+    let pos = state(&parts)["loop_position"].clone();
+    assert_eq!(
+        (
+            pos["step"].as_u64(),
+            pos["epoch"].as_u64(),
+            pos["position"].as_u64()
+        ),
+        (Some(3), Some(0), Some(12))
+    );
+    assert!(
+        !parts.join("metrics.jsonl").exists(),
+        "no epoch validated yet"
+    );
+    for f in ["model.safetensors", "optimizer.safetensors", "state.json"] {
+        assert!(parts.join("resume").join(f).is_file(), "resume/{f}");
+    }
+    stopped(
+        &corefocus(&train_args(
+            &data,
+            &parts,
+            &["--resume", "--save-every", "2", "--stop-after-steps", "5"],
+        )),
+        "second part",
+    );
+    let pos = state(&parts)["loop_position"].clone();
+    assert_eq!(
+        (
+            pos["step"].as_u64(),
+            pos["epoch"].as_u64(),
+            pos["position"].as_u64()
+        ),
+        (Some(5), Some(1), Some(8))
+    );
+    assert_eq!(metrics(&parts).len(), 1, "epoch 1 is logged");
+    assert!(
+        parts.join("corefocus.json").is_file(),
+        "epoch 1's checkpoint is kept"
+    );
+    succeeded(
+        &corefocus(&train_args(&data, &parts, &["--resume"])),
+        "last part",
+    );
+    assert_same_run(&full, &parts, "stopped twice");
+
+    // Killed (SIGKILL) once a resume state exists, wherever it then is.
+    let killed = s.path("killed");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_corefocus"))
+        .args(train_args(&data, &killed, &["--save-every", "2"]))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while !killed.join("resume/state.json").is_file() {
+        assert!(
+            start.elapsed().as_secs() < 120,
+            "no resume state within 120 s"
+        );
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the run ended ({status}) before it could be killed");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let step = state(&killed)["loop_position"]["step"].as_u64().unwrap();
+    assert!((2..6).contains(&step), "killed at step {step}");
+    succeeded(
+        &corefocus(&train_args(&data, &killed, &["--resume"])),
+        "resume after kill",
+    );
+    assert_same_run(&full, &killed, "killed");
+
+    // A finished run has nothing to resume.
+    let out = corefocus(&train_args(&data, &full, &["--resume"]));
+    expect(&out, "O17", &["resume/state.json"]);
+}
+
+#[test]
+fn resume_refuses_changed_options_and_data() {
+    let s = Scratch::new("refuse");
+    let data = s.path("data");
+    toy_data(&data);
+    let out = s.path("out");
+    stopped(
+        &corefocus(&train_args(&data, &out, &["--stop-after-steps", "1"])),
+        "stop",
+    );
+
+    let mut changed = train_args(&data, &out, &["--resume"]);
+    let lr = changed.iter().position(|a| a == "--lr").unwrap();
+    changed[lr + 1] = "3e-4".into();
+    expect(&corefocus(&changed), "R01", &["--lr 0.0003", "0.0001"]);
+
+    let mut rows = std::fs::read_to_string(data.join("train.jsonl")).unwrap();
+    rows.push_str("\n{\"text\": \"the film was fine\", \"label\": \"pos\"}");
+    let other = s.path("other-data");
+    toy_data(&other);
+    std::fs::write(other.join("train.jsonl"), rows).unwrap();
+    // Same --data path, different contents.
+    let backup = s.path("data-backup");
+    std::fs::rename(&data, &backup).unwrap();
+    std::fs::rename(&other, &data).unwrap();
+    expect(
+        &corefocus(&train_args(&data, &out, &["--resume"])),
+        "R02",
+        &[],
+    );
+    std::fs::remove_dir_all(&data).unwrap();
+    std::fs::rename(&backup, &data).unwrap();
+
+    let weights = out.join("resume/model.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+    std::fs::write(&weights, &bytes[..bytes.len() / 3]).unwrap();
+    expect(
+        &corefocus(&train_args(&data, &out, &["--resume"])),
+        "R03",
+        &["resume/model.safetensors"],
+    );
+    assert!(
+        out.join("resume/state.json").is_file(),
+        "a refused resume changes nothing"
+    );
+}
+
+#[test]
+fn nan_loss_stops_and_keeps_the_last_good_checkpoint() {
+    let s = Scratch::new("nan");
+    let data = s.path("data");
+    toy_data(&data);
+    let out = s.path("out");
+    // Step 4 is the first step of epoch 2.
+    let failed = corefocus(&train_args(&data, &out, &["--inject-nan-at-step", "4"]));
+    expect(&failed, "R04", &[out.to_str().unwrap(), "step 4 of 6"]);
+
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("corefocus.json")).unwrap())
+            .unwrap();
+    assert_eq!(meta["best_epoch"], 1);
+    assert_eq!(metrics(&out).len(), 1);
+    assert!(!out.join("test_report.json").exists());
+    let st = state(&out);
+    assert_eq!(
+        st["loop_position"]["epoch"], 1,
+        "the epoch-1 resume state stays"
+    );
+    // The kept checkpoint is whole: it evaluates.
+    let model_eval = corefocus(&[
+        "eval".to_string(),
+        "--checkpoint".to_string(),
+        out.to_str().unwrap().to_string(),
+        "--data".to_string(),
+        data.to_str().unwrap().to_string(),
+    ]);
+    succeeded(&model_eval, "eval of the kept checkpoint");
+    // Without the injection the run resumes and finishes.
+    succeeded(
+        &corefocus(&train_args(&data, &out, &["--resume"])),
+        "resume after NaN",
+    );
+    assert_eq!(metrics(&out).len(), 2);
+    let _ = std::io::stdout().flush();
+}
