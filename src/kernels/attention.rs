@@ -5,10 +5,8 @@
 //! slots (the rest are masked out). Head `h` occupies columns `h*dh .. (h+1)*dh`.
 //!
 //! Both passes run one rayon task per (example, head) pair; each task uses serial
-//! matmuls on strided views of its head's columns and writes its results into a dense
-//! per-head buffer, which is scattered into the interleaved `[B, len, H*dh]` layout
-//! afterwards (the heads' column blocks interleave in memory, so tasks cannot each own
-//! a plain sub-slice of the output).
+//! products on strided views of its head's columns and writes its results straight
+//! into its column block of the interleaved `[B, len, H*dh]` outputs (`HeadColumns`).
 //!
 //! Within a task, queries are processed in blocks of `ROW_BLOCK` rows: the block's
 //! `[rows, kv]` scores go through softmax, the stored copy, importance and dropout while
@@ -133,16 +131,14 @@ pub fn attention_forward(
         return;
     }
 
-    // ctx per head, dense: [B, H, q_len, dh].
-    let mut ctx_heads = vec![0.0f32; tasks * q_len * head_dim];
-    ctx_heads
-        .par_chunks_mut(q_len * head_dim)
-        .zip(probs_slots.into_par_iter())
+    let ctx_out = HeadColumns::new(ctx, q_len, heads, head_dim);
+    probs_slots
+        .into_par_iter()
         .zip(importance_slots.into_par_iter())
         .enumerate()
         .for_each_init(
             Scratch::default,
-            |scratch, (bh, ((ctx_h, mut probs_bh), importance_bh))| {
+            |scratch, (bh, (mut probs_bh, importance_bh))| {
                 let (b, h) = (bh / heads, bh % heads);
                 let kvc = kv_count[b];
                 let view = HeadViews::new(d, q, k, v, b, h, kvc);
@@ -161,10 +157,11 @@ pub fn attention_forward(
 
                 for i0 in (0..q_len).step_by(ROW_BLOCK) {
                     let rows = ROW_BLOCK.min(q_len - i0);
-                    // The block's probabilities (dense, row stride kvc): scores, then
-                    // softmax, then dropout, all in place.
-                    let (block, kt, acc) = scratch.block_packed_acc(rows * stride);
-                    let kt = MatRef::strided(kt, head_dim, stride, stride);
+                    // The block's probabilities (row stride `stride`): scores, then
+                    // exponentials, then dropout, all in place.
+                    let bufs = scratch.buffers(rows * stride, rows * head_dim);
+                    let (block, ctx_rows) = (bufs.a, bufs.out);
+                    let kt = MatRef::strided(bufs.packed, head_dim, stride, stride);
                     matmul_tiles(block, stride, view.q.rows_from(i0, rows), kt, false);
                     // Row r of the block ends up as e^(s - max) (through the dropout
                     // mask): the 1/Σ normalisation is applied to the dh-wide ctx row
@@ -181,7 +178,7 @@ pub fn attention_forward(
                             let wi = w[i];
                             if wi != 0.0 {
                                 weight_total += wi as f64;
-                                accumulate_weighted(acc, row, inv, wi);
+                                accumulate_weighted(bufs.acc, row, inv, wi);
                             }
                         }
                         let base = plane_base + (i * kv_len) as u64;
@@ -201,8 +198,7 @@ pub fn attention_forward(
                             (None, None) => {}
                         }
                     }
-                    // ctx rows = P_drop · V; with kvc = 0 this writes zeros.
-                    let ctx_rows = &mut ctx_h[i0 * head_dim..(i0 + rows) * head_dim];
+                    // ctx rows = P_drop · V / Σ; with kvc = 0 this writes zeros.
                     matmul_tiles(
                         ctx_rows,
                         head_dim,
@@ -210,11 +206,8 @@ pub fn attention_forward(
                         view.v,
                         false,
                     );
-                    for (ctx_row, &inv) in ctx_rows.chunks_exact_mut(head_dim).zip(&inv_sums) {
-                        for x in ctx_row {
-                            *x *= inv;
-                        }
-                    }
+                    // SAFETY: this task is the only one for (b, h).
+                    unsafe { ctx_out.write_rows(b, h, i0, ctx_rows, Some(&inv_sums[..rows])) };
                 }
                 if let Some((_, out)) = importance_acc.take() {
                     let inv = if weight_total == 0.0 {
@@ -229,7 +222,6 @@ pub fn attention_forward(
                 }
             },
         );
-    scatter_heads(&ctx_heads, batch, q_len, heads, head_dim, ctx);
 }
 
 /// Backward. `dq` (`[B, q_len, H*dh]`), `dk`, `dv` (`[B, kv_len, H*dh]`) are
@@ -281,23 +273,14 @@ pub fn attention_backward(
     }
     let dropout = dropout.filter(|dr| dr.p > 0.0);
 
-    // Per-head gradients, dense: [B, H, len, dh]. Zeroed: slots past kv_count[b] (and
-    // everything when kv_count[b] = 0) keep zero gradient.
-    let mut dq_heads = vec![0.0f32; tasks * q_len * head_dim];
-    let mut dk_heads = vec![0.0f32; tasks * kv_len * head_dim];
-    let mut dv_heads = vec![0.0f32; tasks * kv_len * head_dim];
-    dq_heads
-        .par_chunks_mut(q_len * head_dim)
-        .zip(dk_heads.par_chunks_mut(kv_len * head_dim))
-        .zip(dv_heads.par_chunks_mut(kv_len * head_dim))
-        .enumerate()
-        .for_each_init(Scratch::default, |scratch, (bh, ((dq_h, dk_h), dv_h))| {
+    let dq_out = HeadColumns::new(dq, q_len, heads, head_dim);
+    let dk_out = HeadColumns::new(dk, kv_len, heads, head_dim);
+    let dv_out = HeadColumns::new(dv, kv_len, heads, head_dim);
+    (0..tasks)
+        .into_par_iter()
+        .for_each_init(Scratch::default, |scratch, bh| {
             let (b, h) = (bh / heads, bh % heads);
             let kvc = kv_count[b];
-            if kvc == 0 {
-                // No valid slot: ctx was constant zero, so every gradient is zero.
-                return;
-            }
             let view = HeadViews::new(d, q, k, v, b, h, kvc);
             let dctx_h = MatRef::strided(
                 &dctx[b * q_len * width + h * head_dim..],
@@ -310,14 +293,18 @@ pub fn attention_backward(
             let plane_base = (bh * plane) as u64;
             let stride = padded_len(kvc);
             pack_transposed(view.v, stride, &mut scratch.packed);
+            // dK and dV of this head, summed over the query blocks: [kv_len, dh], the
+            // rows past kvc zero. (Taken out of the scratch while its blocks are in use.)
+            let (mut dk_h, mut dv_h) = scratch.take_key_grads(kv_len * head_dim);
 
             for i0 in (0..q_len).step_by(ROW_BLOCK) {
                 let rows = ROW_BLOCK.min(q_len - i0);
                 let first = i0 == 0;
                 let p_rows = &p_plane[i0 * kv_len..];
                 let dctx_blk = dctx_h.rows_from(i0, rows);
-                let (pd_buf, ds_buf, vt) = scratch.two_blocks_packed(rows * stride);
-                let vt = MatRef::strided(vt, head_dim, stride, stride);
+                let bufs = scratch.buffers(rows * stride, rows * head_dim);
+                let (pd_buf, ds_buf, dq_rows) = (bufs.a, bufs.b, bufs.out);
+                let vt = MatRef::strided(bufs.packed, head_dim, stride, stride);
                 // P_drop of the block: the stored P through the recomputed mask.
                 let p_drop: MatRef = match mask {
                     Some(mask) => {
@@ -333,7 +320,7 @@ pub fn attention_backward(
                     None => MatRef::strided(p_rows, rows, kvc, kv_len),
                 };
                 // dV += P_dropᵀ · dctx   [kvc, dh]
-                matmul_tiles(dv_h, head_dim, p_drop.t(), dctx_blk, !first);
+                matmul_tiles(&mut dv_h, head_dim, p_drop.t(), dctx_blk, !first);
                 // dP_drop = dctx · Vᵀ   [rows, kvc] (row stride `stride`)
                 matmul_tiles(ds_buf, stride, dctx_blk, vt, false);
                 // dS = scale (P_drop ⊙ dP_drop - P Σ_j P_drop dP_drop), row by row.
@@ -347,21 +334,22 @@ pub fn attention_backward(
                     softmax_grad_row(p_row, pd_row, ds_row, scale);
                 }
                 let ds = MatRef::strided(ds_buf, rows, kvc, stride);
-                // dQ rows = dS · K   [rows, dh]
-                matmul_tiles(
-                    &mut dq_h[i0 * head_dim..(i0 + rows) * head_dim],
-                    head_dim,
-                    ds,
-                    view.k,
-                    false,
-                );
+                // dQ rows = dS · K   [rows, dh]; with kvc = 0 this writes zeros.
+                matmul_tiles(dq_rows, head_dim, ds, view.k, false);
+                // SAFETY: this task is the only one for (b, h).
+                unsafe { dq_out.write_rows(b, h, i0, dq_rows, None) };
                 // dK += dSᵀ · Q rows   [kvc, dh]
-                matmul_tiles(dk_h, head_dim, ds.t(), view.q.rows_from(i0, rows), !first);
+                let q_rows = view.q.rows_from(i0, rows);
+                matmul_tiles(&mut dk_h, head_dim, ds.t(), q_rows, !first);
             }
+            // SAFETY: this task is the only one for (b, h).
+            unsafe {
+                dk_out.write_rows(b, h, 0, &dk_h, None);
+                dv_out.write_rows(b, h, 0, &dv_h, None);
+            }
+            scratch.dk = dk_h;
+            scratch.dv = dv_h;
         });
-    scatter_heads(&dq_heads, batch, q_len, heads, head_dim, dq);
-    scatter_heads(&dk_heads, batch, kv_len, heads, head_dim, dk);
-    scatter_heads(&dv_heads, batch, kv_len, heads, head_dim, dv);
 }
 
 impl AttnDims {
@@ -449,9 +437,22 @@ impl<'a> RowsFrom<'a> for MatRef<'a> {
 struct Scratch {
     a: Vec<f32>,
     b: Vec<f32>,
+    /// Output rows of one block, `[rows, dh]`.
+    out: Vec<f32>,
     /// A head's K or V, transposed and padded (`pack_transposed`).
     packed: Vec<f32>,
     acc: Vec<f64>,
+    dk: Vec<f32>,
+    dv: Vec<f32>,
+}
+
+/// Disjoint borrows of the scratch buffers for one query block.
+struct BlockBuffers<'s> {
+    a: &'s mut [f32],
+    b: &'s mut [f32],
+    out: &'s mut [f32],
+    packed: &'s [f32],
+    acc: &'s mut [f64],
 }
 
 fn grown(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
@@ -462,16 +463,100 @@ fn grown(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
 }
 
 impl Scratch {
-    fn block_packed_acc(&mut self, len: usize) -> (&mut [f32], &[f32], &mut [f64]) {
-        (grown(&mut self.a, len), &self.packed, &mut self.acc)
+    /// Score blocks `a`, `b` of `block` floats and output rows of `out` floats.
+    fn buffers(&mut self, block: usize, out: usize) -> BlockBuffers<'_> {
+        BlockBuffers {
+            a: grown(&mut self.a, block),
+            b: grown(&mut self.b, block),
+            out: grown(&mut self.out, out),
+            packed: &self.packed,
+            acc: &mut self.acc,
+        }
     }
 
-    fn two_blocks_packed(&mut self, len: usize) -> (&mut [f32], &mut [f32], &[f32]) {
-        (
-            grown(&mut self.a, len),
-            grown(&mut self.b, len),
-            &self.packed,
-        )
+    /// Zeroed dK and dV accumulators of `len` floats, moved out of the scratch (the
+    /// caller puts them back).
+    fn take_key_grads(&mut self, len: usize) -> (Vec<f32>, Vec<f32>) {
+        let mut dk = std::mem::take(&mut self.dk);
+        let mut dv = std::mem::take(&mut self.dv);
+        for buf in [&mut dk, &mut dv] {
+            buf.clear();
+            buf.resize(len, 0.0);
+        }
+        (dk, dv)
+    }
+}
+
+/// An output `[B, len, H*dh]` that the (example, head) tasks fill concurrently, each
+/// its own column block `h*dh .. (h+1)*dh` of example b's rows. The blocks interleave
+/// in memory, so no task can hold a `&mut` sub-slice; tasks write through a raw
+/// pointer instead, to disjoint elements.
+struct HeadColumns<'a> {
+    ptr: *mut f32,
+    len: usize,
+    rows: usize,
+    heads: usize,
+    head_dim: usize,
+    _out: std::marker::PhantomData<&'a mut [f32]>,
+}
+
+// SAFETY: the pointer comes from a `&'a mut [f32]` that the struct borrows for 'a, and
+// `write_rows` requires callers to write disjoint elements from different threads.
+unsafe impl Send for HeadColumns<'_> {}
+unsafe impl Sync for HeadColumns<'_> {}
+
+impl<'a> HeadColumns<'a> {
+    /// `out` is `[batch, rows, heads * head_dim]`.
+    fn new(out: &'a mut [f32], rows: usize, heads: usize, head_dim: usize) -> Self {
+        HeadColumns {
+            ptr: out.as_mut_ptr(),
+            len: out.len(),
+            rows,
+            heads,
+            head_dim,
+            _out: std::marker::PhantomData,
+        }
+    }
+
+    /// Writes `src` (`[n, dh]`, dense) into rows `first .. first + n` of example `b`,
+    /// columns of head `h`, each row multiplied by `row_scale[r]` when given.
+    ///
+    /// # Safety
+    /// No other thread may write the same (b, h) column block concurrently (each
+    /// (b, h) belongs to one task).
+    unsafe fn write_rows(
+        &self,
+        b: usize,
+        h: usize,
+        first: usize,
+        src: &[f32],
+        row_scale: Option<&[f32]>,
+    ) {
+        let dh = self.head_dim;
+        let n = src.len() / dh.max(1);
+        let width = self.heads * dh;
+        assert!(
+            h < self.heads && first + n <= self.rows,
+            "attention: rows out of range"
+        );
+        let start = (b * self.rows + first) * width + h * dh;
+        assert!(
+            n == 0 || start + (n - 1) * width + dh <= self.len,
+            "attention: output too small"
+        );
+        for (r, src_row) in src.chunks_exact(dh).enumerate() {
+            // SAFETY: in bounds by the assertions above; disjoint from other tasks'
+            // writes by the caller's contract, and nothing reads `out` meanwhile.
+            let dst = std::slice::from_raw_parts_mut(self.ptr.add(start + r * width), dh);
+            match row_scale {
+                Some(scale) => {
+                    for (d, &x) in dst.iter_mut().zip(src_row) {
+                        *d = x * scale[r];
+                    }
+                }
+                None => dst.copy_from_slice(src_row),
+            }
+        }
     }
 }
 
@@ -510,31 +595,6 @@ fn pack_transposed(m: MatRef, stride: usize, out: &mut Vec<f32>) {
             }
         }
     }
-}
-
-/// Copies per-head rows `[B, H, len, dh]` into the interleaved `[B, len, H*dh]`.
-fn scatter_heads(
-    heads_buf: &[f32],
-    batch: usize,
-    len: usize,
-    heads: usize,
-    head_dim: usize,
-    out: &mut [f32],
-) {
-    let width = heads * head_dim;
-    if width == 0 {
-        return;
-    }
-    debug_assert_eq!(out.len(), batch * len * width);
-    out.par_chunks_mut(width)
-        .enumerate()
-        .for_each(|(r, out_row)| {
-            let (b, i) = (r / len, r % len);
-            for (h, dst) in out_row.chunks_mut(head_dim).enumerate() {
-                let src = ((b * heads + h) * len + i) * head_dim;
-                dst.copy_from_slice(&heads_buf[src..src + head_dim]);
-            }
-        });
 }
 
 /// Lanes of the manual reductions below: eight independent partial results let the

@@ -141,15 +141,23 @@ pub(crate) mod timing {
             .sum()
     }
 
-    /// Runs `f` `reps` times and prints the best wall and CPU milliseconds.
+    /// Prints the best wall and CPU milliseconds per call of `f` over `reps`
+    /// measurements. Each measurement repeats `f` enough times to last ~50 ms, since
+    /// the kernel's CPU-time accounting can be as coarse as one scheduler tick (4 ms).
     pub fn report(label: &str, reps: usize, mut f: impl FnMut()) {
+        let t0 = std::time::Instant::now();
+        f();
+        let once = t0.elapsed().as_secs_f64();
+        let inner = ((0.05 / once.max(1e-6)).ceil() as usize).clamp(1, 1000);
         let (mut wall, mut cpu) = (f64::INFINITY, f64::INFINITY);
         for _ in 0..reps {
             let c0 = process_cpu_ns();
             let t0 = std::time::Instant::now();
-            f();
-            wall = wall.min(t0.elapsed().as_secs_f64() * 1e3);
-            cpu = cpu.min((process_cpu_ns() - c0) as f64 * 1e-6);
+            for _ in 0..inner {
+                f();
+            }
+            wall = wall.min(t0.elapsed().as_secs_f64() * 1e3 / inner as f64);
+            cpu = cpu.min((process_cpu_ns() - c0) as f64 * 1e-6 / inner as f64);
         }
         println!("{label}: best wall {wall:.2} ms, best cpu {cpu:.2} ms");
     }
