@@ -5,8 +5,8 @@
 pub mod bench;
 pub mod data;
 pub mod demo;
-pub mod explain;
 pub mod experiment;
+pub mod explain;
 pub mod kernels;
 pub mod metrics;
 pub mod model;

@@ -5,8 +5,8 @@
 use clap::{Parser, Subcommand};
 use corefocus::bench::{alloc::CountingAlloc, run_bench, BenchArgs};
 use corefocus::demo::{run_demo, DemoArgs};
-use corefocus::explain::{run_explain, ExplainArgs};
 use corefocus::experiment::{run_experiment, ExperimentArgs};
+use corefocus::explain::{run_explain, ExplainArgs};
 use corefocus::train::{
     run_eval, run_predict, run_train, EvalOptions, PredictOptions, TrainOptions,
 };

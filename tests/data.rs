@@ -304,7 +304,10 @@ fn load_dataset_finds_splits_by_alternative_names_and_formats() {
     // ...but a class without any training example is an error naming it (docs/errors.md).
     dir.write("labels.txt", b"b\n\n  c\na\n");
     let err = load_dataset(dir.path(), &opts()).unwrap_err();
-    assert!(format!("{err:#}").contains("\"c\" have no training example"), "{err:#}");
+    assert!(
+        format!("{err:#}").contains("\"c\" have no training example"),
+        "{err:#}"
+    );
 }
 
 #[test]
