@@ -297,10 +297,18 @@ fn load_dataset_finds_splits_by_alternative_names_and_formats() {
         vec![1, 0, 1]
     );
 
-    // labels.txt wins (its order, including labels without train examples)
-    dir.write("labels.txt", b"b\n\n  c\na\n");
+    // labels.txt wins (its order)
+    dir.write("labels.txt", b"b\n\n  a\n");
     let splits = load_dataset(dir.path(), &opts()).unwrap();
-    assert_eq!(splits.labels, strings(&["b", "c", "a"]));
+    assert_eq!(splits.labels, strings(&["b", "a"]));
+    // ... but a class of it without a training example is an error naming the class
+    // (docs/errors.md, D19).
+    dir.write("labels.txt", b"b\n\n  c\na\n");
+    let message = format!("{:#}", load_dataset(dir.path(), &opts()).unwrap_err());
+    assert!(
+        message.contains("\"c\"") && message.contains("no training example"),
+        "{message}"
+    );
 }
 
 #[test]

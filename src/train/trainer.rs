@@ -92,7 +92,7 @@ pub struct MethodArgs {
     /// Preservation ratio p in (0, 1] for p/pf/pfc [default: 0.9].
     #[arg(long)]
     pub keep_ratio: Option<f32>,
-    /// 1-based layer replaced by the combining module (c/pfc) [default: 11 of 12, else L-1].
+    /// 1-based layer replaced by the combining module (c/pfc) [default: 11 of 12, else L-1, at least 2].
     #[arg(long)]
     pub combine_layer: Option<usize>,
     /// Number of combination tokens m (c/pfc) [default: 8].
