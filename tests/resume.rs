@@ -319,6 +319,18 @@ fn resume_refuses_changed_options_and_data() {
         out.join("resume/state.json").is_file(),
         "a refused resume changes nothing"
     );
+
+    // A run stopped before its first epoch ended holds only the resume state; it still
+    // counts as corefocus output that --overwrite may replace.
+    assert!(!out.join("metrics.jsonl").exists() && !out.join("corefocus.json").exists());
+    stopped(
+        &corefocus(&train_args(
+            &data,
+            &out,
+            &["--overwrite", "--stop-after-steps", "1"],
+        )),
+        "overwrite of a resume-only directory",
+    );
 }
 
 #[test]

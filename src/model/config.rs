@@ -287,7 +287,9 @@ impl MethodConfig {
             combine_layer: if layers == 12 {
                 11
             } else {
-                layers.saturating_sub(1).max(1)
+                // The last layer but one, and never layer 1 (it has no earlier layer to feed the
+                // combiner): a 2-layer model combines at layer 2.
+                layers.saturating_sub(1).max(2)
             },
             combine_tokens: 8,
             combine_init: CombineInit::Copy,

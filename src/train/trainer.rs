@@ -92,7 +92,7 @@ pub struct MethodArgs {
     /// Preservation ratio p in (0, 1] for p/pf/pfc [default: 0.9].
     #[arg(long)]
     pub keep_ratio: Option<f32>,
-    /// 1-based layer replaced by the combining module (c/pfc) [default: 11 of 12, else L-1].
+    /// 1-based layer replaced by the combining module (c/pfc) [default: 11 of 12, else L-1, at least 2].
     #[arg(long)]
     pub combine_layer: Option<usize>,
     /// Number of combination tokens m (c/pfc) [default: 8].
@@ -860,12 +860,13 @@ pub fn check_out_dir(out: &Path, overwrite: bool) -> Result<bool> {
         "output directory {} is not empty; pass --overwrite to replace it",
         out.display()
     );
-    let ours = ["corefocus.json", "metrics.jsonl"]
+    // (`resume/state.json` alone: a run interrupted before its first epoch ended.)
+    let ours = ["corefocus.json", "metrics.jsonl", "resume/state.json"]
         .iter()
         .any(|f| out.join(f).exists());
     ensure!(
         ours,
-        "output directory {} holds no corefocus.json or metrics.jsonl, so it does not look like \
+        "output directory {} holds no corefocus.json, metrics.jsonl or resume state, so it does not look like \
          corefocus output; refusing to delete it even with --overwrite",
         out.display()
     );
