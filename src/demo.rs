@@ -204,7 +204,7 @@ pub struct DemoArgs {
     /// Variants to train side by side.
     #[arg(long, value_delimiter = ',', default_value = "bert,pf,pfc")]
     pub variants: Vec<String>,
-    #[arg(long, default_value_t = 960)]
+    #[arg(long, default_value_t = 640)]
     pub train_docs: usize,
     #[arg(long, default_value_t = 3)]
     pub epochs: usize,
