@@ -140,20 +140,27 @@ mod avx2 {
         #[inline]
         unsafe fn tile<const R: usize, const V: usize>(&self, i: usize, j: usize) {
             let mut acc = [[_mm256_setzero_ps(); V]; R];
-            let mut a_p = self.a.add(i * self.a_rs);
+            // One base pointer per row and one shared offset: the broadcast addresses
+            // are then independent (base + offset) instead of a chain of additions
+            // through the rows, which would be the loop's critical path.
+            let mut a_rows = [self.a; R];
+            for (r, row) in a_rows.iter_mut().enumerate() {
+                *row = self.a.add((i + r) * self.a_rs);
+            }
+            let mut a_off = 0usize;
             let mut b_p = self.b.add(j);
             for _ in 0..self.k {
                 let mut bv = [_mm256_setzero_ps(); V];
                 for (v, b) in bv.iter_mut().enumerate() {
                     *b = _mm256_loadu_ps(b_p.add(8 * v));
                 }
-                for (r, acc_r) in acc.iter_mut().enumerate() {
-                    let av = _mm256_broadcast_ss(&*a_p.add(r * self.a_rs));
+                for (acc_r, row) in acc.iter_mut().zip(&a_rows) {
+                    let av = _mm256_broadcast_ss(&*row.add(a_off));
                     for (x, &b) in acc_r.iter_mut().zip(&bv) {
                         *x = _mm256_fmadd_ps(av, b, *x);
                     }
                 }
-                a_p = a_p.add(self.a_cs);
+                a_off += self.a_cs;
                 b_p = b_p.add(self.ldb);
             }
             for (r, acc_r) in acc.iter().enumerate() {
