@@ -17,7 +17,7 @@ use super::dropout::Mask;
 use super::fastmath::{exp2_f32, simd_fn};
 use super::matmul::MatRef;
 use rayon::prelude::*;
-use tiles::matmul_tiles;
+use tiles::{matmul_tiles, pack_transposed};
 
 mod tiles;
 
@@ -570,30 +570,6 @@ fn padded_len(kvc: usize) -> usize {
         stride + 16
     } else {
         stride
-    }
-}
-
-/// `out` = `m`ᵀ (`[m.cols, stride]`, row-major) for `m` = `[kvc, dh]`, with the columns
-/// past `kvc` zero: the right operand of `[rows, dh] x [dh, kvc]` products. Goes in
-/// blocks of 8 rows of `m`, so that each output row gets 8 contiguous values at a time.
-fn pack_transposed(m: MatRef, stride: usize, out: &mut Vec<f32>) {
-    const BLOCK: usize = 8;
-    let (kvc, dh) = (m.rows, m.cols);
-    assert!(stride >= kvc, "attention: packed stride {stride} < {kvc}");
-    out.clear();
-    out.resize(dh * stride, 0.0);
-    for j0 in (0..kvc).step_by(BLOCK) {
-        let n = BLOCK.min(kvc - j0);
-        let mut rows = [&m.data[..0]; BLOCK];
-        for (jj, row) in rows.iter_mut().enumerate().take(n) {
-            let start = (j0 + jj) * m.row_stride;
-            *row = &m.data[start..start + (dh - 1) * m.col_stride + 1];
-        }
-        for (c, dst) in out.chunks_exact_mut(stride).enumerate() {
-            for (d, row) in dst[j0..j0 + n].iter_mut().zip(&rows) {
-                *d = row[c * m.col_stride];
-            }
-        }
     }
 }
 
