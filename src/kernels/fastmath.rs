@@ -45,7 +45,7 @@ pub(crate) fn exp2_f32(a: f32) -> f32 {
     let k_int = (shifted.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
     let r = clamped - k;
     let p = (((((1.545_316_3e-4 * r + 1.339_086_3e-3) * r + 9.618_083e-3) * r + 5.550_357e-2) * r
-        + 2.402_265_1e-1)
+        + 2.402_265e-1)
         * r
         + 6.931_472e-1)
         * r
