@@ -1088,6 +1088,26 @@ mod tests {
                 None,
             )
         });
+        report(
+            "attention forward, train, freshly allocated probs",
+            8,
+            || {
+                let mut fresh = vec![0.0f32; n_probs];
+                attention_forward(
+                    c.d,
+                    &c.q,
+                    &c.k,
+                    &c.v,
+                    &c.kv_count,
+                    c.scale,
+                    dropout,
+                    Some(&mut fresh),
+                    &mut ctx,
+                    None,
+                );
+                drop(fresh);
+            },
+        );
         report("attention forward, train + importance", 8, || {
             attention_forward(
                 c.d,
