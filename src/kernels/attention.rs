@@ -14,10 +14,10 @@
 //! each elementwise pass would stream from memory again.
 
 use super::dropout::Mask;
-use super::fastmath::{exp_f32, simd_fn};
+use super::fastmath::{exp2_f32, simd_fn};
 use super::matmul::MatRef;
 use rayon::prelude::*;
-use tiles::matmul_tiles;
+use tiles::{matmul_tiles, pack_transposed};
 
 mod tiles;
 
@@ -573,30 +573,6 @@ fn padded_len(kvc: usize) -> usize {
     }
 }
 
-/// `out` = `m`ᵀ (`[m.cols, stride]`, row-major) for `m` = `[kvc, dh]`, with the columns
-/// past `kvc` zero: the right operand of `[rows, dh] x [dh, kvc]` products. Goes in
-/// blocks of 8 rows of `m`, so that each output row gets 8 contiguous values at a time.
-fn pack_transposed(m: MatRef, stride: usize, out: &mut Vec<f32>) {
-    const BLOCK: usize = 8;
-    let (kvc, dh) = (m.rows, m.cols);
-    assert!(stride >= kvc, "attention: packed stride {stride} < {kvc}");
-    out.clear();
-    out.resize(dh * stride, 0.0);
-    for j0 in (0..kvc).step_by(BLOCK) {
-        let n = BLOCK.min(kvc - j0);
-        let mut rows = [&m.data[..0]; BLOCK];
-        for (jj, row) in rows.iter_mut().enumerate().take(n) {
-            let start = (j0 + jj) * m.row_stride;
-            *row = &m.data[start..start + (dh - 1) * m.col_stride + 1];
-        }
-        for (c, dst) in out.chunks_exact_mut(stride).enumerate() {
-            for (d, row) in dst[j0..j0 + n].iter_mut().zip(&rows) {
-                *d = row[c * m.col_stride];
-            }
-        }
-    }
-}
-
 /// Lanes of the manual reductions below: eight independent partial results let the
 /// compiler vectorise them (a single running float sum cannot be reordered).
 const LANES: usize = 8;
@@ -658,9 +634,11 @@ simd_fn! {
         }
         // scale > 0, so the max of the raw scores gives the max of the scaled ones.
         let max = lane_max(row);
+        // e^(scale·d) = 2^(scale·log2(e)·d).
+        let scale2 = scale * std::f32::consts::LOG2_E;
         // Two simple loops (each vectorises; fused they do not) over a row in L1.
         for x in row.iter_mut() {
-            *x = exp_f32((*x - max) * scale);
+            *x = exp2_f32((*x - max) * scale2);
         }
         lane_sum(row)
     }
@@ -1110,6 +1088,26 @@ mod tests {
                 None,
             )
         });
+        report(
+            "attention forward, train, freshly allocated probs",
+            8,
+            || {
+                let mut fresh = vec![0.0f32; n_probs];
+                attention_forward(
+                    c.d,
+                    &c.q,
+                    &c.k,
+                    &c.v,
+                    &c.kv_count,
+                    c.scale,
+                    dropout,
+                    Some(&mut fresh),
+                    &mut ctx,
+                    None,
+                );
+                drop(fresh);
+            },
+        );
         report("attention forward, train + importance", 8, || {
             attention_forward(
                 c.d,

@@ -62,6 +62,54 @@ pub(super) fn matmul_tiles(dst: &mut [f32], ldc: usize, a: MatRef, b: MatRef, ac
     matmul(dst, ldc, a, b, accumulate, Par::Serial);
 }
 
+/// `out` = `m`ᵀ (`[m.cols, stride]`, row-major) for `m` = `[kvc, dh]`, with the columns
+/// past `kvc` zero: the right operand of `[rows, dh] x [dh, kvc]` products. With AVX2
+/// and contiguous rows, 8 x 8 blocks go through registers; otherwise element by element.
+pub(super) fn pack_transposed(m: MatRef, stride: usize, out: &mut Vec<f32>) {
+    let (kvc, dh) = (m.rows, m.cols);
+    assert!(stride >= kvc, "attention: packed stride {stride} < {kvc}");
+    // Every element is written below, so only growth needs initialising.
+    out.resize(dh * stride, 0.0);
+    for dst in out.chunks_exact_mut(stride) {
+        dst[kvc..].fill(0.0);
+    }
+    if kvc == 0 || dh == 0 {
+        return;
+    }
+    assert!(
+        (kvc - 1) * m.row_stride + (dh - 1) * m.col_stride < m.data.len(),
+        "attention: packed source out of range"
+    );
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if m.col_stride == 1 && dh.is_multiple_of(8) && std::arch::is_x86_feature_detected!("avx2") {
+        let blocks = kvc / 8;
+        for jb in 0..blocks {
+            for cb in 0..dh / 8 {
+                // SAFETY: AVX2 was detected; the block reads rows 8jb .. 8jb+8 < kvc,
+                // columns 8cb .. 8cb+8 <= dh of `m` (in range by the assertion above)
+                // and writes rows 8cb .. 8cb+8 < dh, columns 8jb .. 8jb+8 <= kvc <=
+                // stride of `out` (length dh * stride).
+                unsafe {
+                    avx2::transpose_8x8(
+                        m.data.as_ptr().add(8 * jb * m.row_stride + 8 * cb),
+                        m.row_stride,
+                        out.as_mut_ptr().add(8 * cb * stride + 8 * jb),
+                        stride,
+                    );
+                }
+            }
+        }
+        done = blocks * 8;
+    }
+    for j in done..kvc {
+        let row = &m.data[j * m.row_stride..];
+        for (c, dst) in out.chunks_exact_mut(stride).enumerate() {
+            dst[j] = row[c * m.col_stride];
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::MR;
@@ -109,6 +157,48 @@ mod avx2 {
         }
     }
 
+    /// The 8 x 8 block at `src` (row stride `src_stride`) transposed into `dst` (row
+    /// stride `dst_stride`). Both blocks must be in bounds.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn transpose_8x8(
+        src: *const f32,
+        src_stride: usize,
+        dst: *mut f32,
+        dst_stride: usize,
+    ) {
+        let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(src.add(i * src_stride)));
+        // Interleave pairs of rows, then pairs of pairs, then swap 128-bit halves.
+        let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+        let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+        let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+        let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+        let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+        let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+        let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+        let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+        let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+        let s1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+        let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+        let s3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+        let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+        let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+        let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+        let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+        let out = [
+            _mm256_permute2f128_ps::<0x20>(s0, s4),
+            _mm256_permute2f128_ps::<0x20>(s1, s5),
+            _mm256_permute2f128_ps::<0x20>(s2, s6),
+            _mm256_permute2f128_ps::<0x20>(s3, s7),
+            _mm256_permute2f128_ps::<0x31>(s0, s4),
+            _mm256_permute2f128_ps::<0x31>(s1, s5),
+            _mm256_permute2f128_ps::<0x31>(s2, s6),
+            _mm256_permute2f128_ps::<0x31>(s3, s7),
+        ];
+        for (i, &o) in out.iter().enumerate() {
+            _mm256_storeu_ps(dst.add(i * dst_stride), o);
+        }
+    }
+
     struct Tile {
         c: *mut f32,
         ldc: usize,
@@ -140,20 +230,27 @@ mod avx2 {
         #[inline]
         unsafe fn tile<const R: usize, const V: usize>(&self, i: usize, j: usize) {
             let mut acc = [[_mm256_setzero_ps(); V]; R];
-            let mut a_p = self.a.add(i * self.a_rs);
+            // One base pointer per row and one shared offset: the broadcast addresses
+            // are then independent (base + offset) instead of a chain of additions
+            // through the rows, which would be the loop's critical path.
+            let mut a_rows = [self.a; R];
+            for (r, row) in a_rows.iter_mut().enumerate() {
+                *row = self.a.add((i + r) * self.a_rs);
+            }
+            let mut a_off = 0usize;
             let mut b_p = self.b.add(j);
             for _ in 0..self.k {
                 let mut bv = [_mm256_setzero_ps(); V];
                 for (v, b) in bv.iter_mut().enumerate() {
                     *b = _mm256_loadu_ps(b_p.add(8 * v));
                 }
-                for (r, acc_r) in acc.iter_mut().enumerate() {
-                    let av = _mm256_broadcast_ss(&*a_p.add(r * self.a_rs));
+                for (acc_r, row) in acc.iter_mut().zip(&a_rows) {
+                    let av = _mm256_broadcast_ss(&*row.add(a_off));
                     for (x, &b) in acc_r.iter_mut().zip(&bv) {
                         *x = _mm256_fmadd_ps(av, b, *x);
                     }
                 }
-                a_p = a_p.add(self.a_cs);
+                a_off += self.a_cs;
                 b_p = b_p.add(self.ldb);
             }
             for (r, acc_r) in acc.iter().enumerate() {
@@ -190,6 +287,27 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn pack_transposed_matches_definition() {
+        // kvc with and without a remainder of the 8-row blocks, dh = 16 (register
+        // blocks) and dh = 12 (element path), a reused buffer with stale contents.
+        let mut out = vec![f32::NAN; 3];
+        for (kvc, dh, stride) in [(21, 16, 32), (16, 16, 16), (5, 12, 16), (0, 8, 16)] {
+            let width = dh + 4;
+            let src = random_vec((kvc * dh) as u64 + 1, kvc.max(1) * width, 1.0);
+            let m = MatRef::strided(&src, kvc, dh, width);
+            out.iter_mut().for_each(|x| *x = f32::NAN);
+            pack_transposed(m, stride, &mut out);
+            assert_eq!(out.len(), dh * stride);
+            for c in 0..dh {
+                for j in 0..stride {
+                    let want = if j < kvc { src[j * width + c] } else { 0.0 };
+                    assert_eq!(out[c * stride + j], want, "kvc {kvc} dh {dh} ({c}, {j})");
+                }
+            }
+        }
     }
 
     #[test]
