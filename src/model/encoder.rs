@@ -185,8 +185,9 @@ fn lin(p: &ParamStore, ids: LinearIds, x: &[f32], rows: usize, i: usize, o: usiz
     })
 }
 
+/// Backward of `lin`: parameter gradients accumulate into `grads`.
 #[allow(clippy::too_many_arguments)]
-fn lin_back(
+pub(crate) fn lin_back(
     p: &ParamStore,
     ids: LinearIds,
     x: &[f32],
@@ -234,6 +235,39 @@ fn norm(p: &ParamStore, ids: NormIds, x: &[f32], rows: usize, d: usize, eps: f32
         )
     });
     [y, mean, rstd]
+}
+
+/// Backward of `norm`: returns dx; gamma/beta gradients accumulate into `grads`.
+#[allow(clippy::too_many_arguments)]
+fn norm_back(
+    p: &ParamStore,
+    ids: NormIds,
+    x: &[f32],
+    mean: &[f32],
+    rstd: &[f32],
+    dy: &[f32],
+    rows: usize,
+    d: usize,
+    grads: &mut ParamStore,
+) -> Vec<f32> {
+    let mut dx = vec![0.0f32; rows * d];
+    let (dg, db) = grads.pair_mut(ids.g, ids.b);
+    timed(Kernel::LayerNormBackward, || {
+        layernorm_backward(
+            x,
+            rows,
+            d,
+            p.data(ids.g),
+            mean,
+            rstd,
+            dy,
+            &mut dx,
+            false,
+            dg,
+            db,
+        )
+    });
+    dx
 }
 
 fn add_into(a: &mut [f32], b: &[f32]) {
@@ -390,25 +424,17 @@ pub fn layer_backward(
     let krows = batch * kv.kmax;
 
     // Output LayerNorm: ds2 is the gradient of the residual sum (FFN branch + h1).
-    let mut ds2 = vec![0.0f32; rows * d];
-    {
-        let (dg, db) = grads.pair_mut(ids.ffn_norm.g, ids.ffn_norm.b);
-        timed(Kernel::LayerNormBackward, || {
-            layernorm_backward(
-                &tape.s2,
-                rows,
-                d,
-                p.data(ids.ffn_norm.g),
-                &tape.ln2_mean,
-                &tape.ln2_rstd,
-                dout,
-                &mut ds2,
-                false,
-                dg,
-                db,
-            )
-        });
-    }
+    let mut ds2 = norm_back(
+        p,
+        ids.ffn_norm,
+        &tape.s2,
+        &tape.ln2_mean,
+        &tape.ln2_rstd,
+        dout,
+        rows,
+        d,
+        grads,
+    );
     let mut dh1 = ds2.clone();
     if let Some(dr) = drop {
         timed(Kernel::Dropout, || {
@@ -448,25 +474,17 @@ pub fn layer_backward(
     drop_vec(dinter);
 
     // Attention LayerNorm: ds1 feeds both the residual (dx) and the attention branch.
-    let mut ds1 = vec![0.0f32; rows * d];
-    {
-        let (dg, db) = grads.pair_mut(ids.attn_norm.g, ids.attn_norm.b);
-        timed(Kernel::LayerNormBackward, || {
-            layernorm_backward(
-                &tape.s1,
-                rows,
-                d,
-                p.data(ids.attn_norm.g),
-                &tape.ln1_mean,
-                &tape.ln1_rstd,
-                &dh1,
-                &mut ds1,
-                false,
-                dg,
-                db,
-            )
-        });
-    }
+    let mut ds1 = norm_back(
+        p,
+        ids.attn_norm,
+        &tape.s1,
+        &tape.ln1_mean,
+        &tape.ln1_rstd,
+        &dh1,
+        rows,
+        d,
+        grads,
+    );
     let mut dx = ds1.clone();
     if let Some(dr) = drop {
         timed(Kernel::Dropout, || {

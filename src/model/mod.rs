@@ -91,14 +91,16 @@ pub mod layout;
 
 use anyhow::{bail, Result};
 use combiner::{combiner_backward, combiner_forward, CombinerDims, CombinerSettings, CombinerTape};
-use encoder::{layer_backward, layer_forward, KvIndex, LayerDims, LayerDropout, LayerTape};
-use layout::{Layout, LinearIds};
+use encoder::{
+    layer_backward, layer_forward, lin_back, KvIndex, LayerDims, LayerDropout, LayerTape,
+};
+use layout::Layout;
 use rayon::prelude::*;
 
 use crate::kernels::dropout::{dropout_backward, dropout_forward};
 use crate::kernels::embedding::{embedding_backward, embedding_forward};
 use crate::kernels::layernorm::{layernorm_backward, layernorm_forward};
-use crate::kernels::linear::{linear_backward, linear_forward};
+use crate::kernels::linear::linear_forward;
 use crate::profile::{timed, Kernel};
 use crate::rng::{mix64, Rng};
 
@@ -677,7 +679,8 @@ impl Model {
             d,
             self.num_labels,
             dlogits,
-            &mut dpooled,
+            Some(&mut dpooled),
+            false,
             grads,
         );
         if let Some(s) = seed_for(seed, SITE_HEAD) {
@@ -718,7 +721,7 @@ impl Model {
                     .flat_map(|b| tape.final_hidden[b * t * d..b * t * d + d].iter().copied())
                     .collect();
                 let mut dcls = vec![0.0f32; bsz * d];
-                lin_back(p, pl, &cls, bsz, d, d, &dpre, &mut dcls, grads);
+                lin_back(p, pl, &cls, bsz, d, d, &dpre, Some(&mut dcls), false, grads);
                 for b in 0..bsz {
                     dh[b * t * d..b * t * d + d].copy_from_slice(&dcls[b * d..(b + 1) * d]);
                 }
@@ -840,33 +843,6 @@ impl Model {
             grads.data_mut(lay.embeddings.position),
         );
     }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn lin_back(
-    p: &ParamStore,
-    ids: LinearIds,
-    x: &[f32],
-    rows: usize,
-    i: usize,
-    o: usize,
-    dy: &[f32],
-    dx: &mut [f32],
-    grads: &mut ParamStore,
-) {
-    let (dw, db) = grads.pair_mut(ids.w, ids.b);
-    linear_backward(
-        x,
-        rows,
-        i,
-        p.data(ids.w),
-        o,
-        dy,
-        Some(dx),
-        false,
-        dw,
-        Some(db),
-    );
 }
 
 #[cfg(test)]
