@@ -4,6 +4,26 @@ use anyhow::{Context, Result};
 use std::io::Write;
 use std::path::Path;
 
+/// Makes glibc's allocator keep freed memory for reuse instead of returning it to the OS.
+///
+/// A training step allocates and frees the same few hundred MiB of activations every step.
+/// By default glibc serves each large block with a fresh `mmap` and unmaps it on free, so
+/// every step pays first-touch page faults on all of it (measured: MiniLM-L6 8x512 training
+/// step 5.08 s -> 4.06 s with mmap off). With `mmap` off and trimming raised, freed blocks
+/// stay in the heap and the next step's allocations reuse warm pages. Peak RSS is
+/// unchanged (it is reached anyway); memory is held until the process exits.
+/// A no-op on other platforms and C libraries.
+pub fn retain_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tunables; it is called once at start-up,
+    // before the program spawns threads, and a rejected value leaves the default.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_MAX, 0);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
+}
+
+
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory, fsync,
 /// rename, fsync of the directory, so readers never see a half-written file and a crash
 /// leaves the old or the new contents.
