@@ -319,7 +319,8 @@ struct AppState {
     stats: Arc<Stats>,
     /// Name reported as `model`: the checkpoint directory's name.
     model_name: String,
-    model_info: serde_json::Value,
+    /// The `GET /v1/model` body.
+    model_info: Bytes,
     max_texts_per_request: usize,
     max_body_bytes: usize,
 }
@@ -338,6 +339,13 @@ struct ClassifyRequest {
     text: Option<String>,
     #[serde(default)]
     explain: bool,
+}
+
+/// The `POST /v1/classify` answer.
+#[derive(Serialize)]
+struct ClassifyResponse<'a> {
+    results: Vec<ResultView<'a>>,
+    model: &'a str,
 }
 
 /// One result in the response, labels by name, probabilities in label order.
@@ -493,10 +501,12 @@ async fn classify(
                 .iter()
                 .map(|result| ResultView { labels, result })
                 .collect();
-            Json(serde_json::json!({
-                "results": views,
-                "model": state.model_name,
-            }))
+            // Serialised directly (not through `Value`): probabilities print as f32,
+            // fields in the documented order.
+            Json(ClassifyResponse {
+                results: views,
+                model: &state.model_name,
+            })
             .into_response()
         }
         Ok(Err(message)) => error(StatusCode::INTERNAL_SERVER_ERROR, message),
@@ -520,7 +530,11 @@ async fn healthz(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn model_info(State(state): State<Arc<AppState>>) -> Response {
-    Json(state.model_info.clone()).into_response()
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        state.model_info.clone(),
+    )
+        .into_response()
 }
 
 async fn not_found() -> Response {
@@ -537,26 +551,52 @@ async fn method_not_allowed() -> Response {
     )
 }
 
+/// Server limits, as `GET /v1/model` reports them.
+#[derive(Serialize)]
+struct Limits {
+    max_batch: usize,
+    batch_wait_ms: u64,
+    max_texts_per_request: usize,
+    max_body_bytes: usize,
+    queue_limit: usize,
+}
+
 /// What `GET /v1/model` answers: the checkpoint, its labels and settings, the limits.
-fn describe(c: &Classifier, checkpoint: &Path, name: &str, args: &ServeArgs) -> serde_json::Value {
-    serde_json::json!({
-        "model": name,
-        "checkpoint": checkpoint.display().to_string(),
-        "labels": c.meta.labels,
-        "variant": c.meta.method.variant.name(),
-        "method": c.meta.method,
-        "max_len": c.max_len,
-        "num_layers": c.model.bert.num_hidden_layers,
-        "hidden_size": c.model.bert.hidden_size,
-        "corefocus_version": env!("CARGO_PKG_VERSION"),
-        "limits": {
-            "max_batch": args.max_batch,
-            "batch_wait_ms": args.batch_wait_ms,
-            "max_texts_per_request": args.max_texts_per_request,
-            "max_body_bytes": args.max_body_bytes,
-            "queue_limit": args.queue_limit,
+#[derive(Serialize)]
+struct ModelInfo<'a> {
+    model: &'a str,
+    checkpoint: String,
+    labels: &'a [String],
+    variant: &'static str,
+    method: &'a crate::model::MethodConfig,
+    max_len: usize,
+    num_layers: usize,
+    hidden_size: usize,
+    corefocus_version: &'static str,
+    limits: Limits,
+}
+
+/// The `GET /v1/model` body, serialised once (directly, so f32 settings print as f32).
+fn describe(c: &Classifier, checkpoint: &Path, name: &str, args: &ServeArgs) -> Result<Bytes> {
+    let info = ModelInfo {
+        model: name,
+        checkpoint: checkpoint.display().to_string(),
+        labels: &c.meta.labels,
+        variant: c.meta.method.variant.name(),
+        method: &c.meta.method,
+        max_len: c.max_len,
+        num_layers: c.model.bert.num_hidden_layers,
+        hidden_size: c.model.bert.hidden_size,
+        corefocus_version: env!("CARGO_PKG_VERSION"),
+        limits: Limits {
+            max_batch: args.max_batch,
+            batch_wait_ms: args.batch_wait_ms,
+            max_texts_per_request: args.max_texts_per_request,
+            max_body_bytes: args.max_body_bytes,
+            queue_limit: args.queue_limit,
         },
-    })
+    };
+    Ok(Bytes::from(serde_json::to_vec(&info)?))
 }
 
 /// The router over a shared state (the tests of this module drive it directly).
@@ -608,7 +648,7 @@ pub fn run_serve(args: &ServeArgs) -> Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_else(|| checkpoint.display().to_string());
-    let model_info = describe(&classifier, &checkpoint, &model_name, args);
+    let model_info = describe(&classifier, &checkpoint, &model_name, args)?;
 
     let stats = Arc::new(Stats::default());
     let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(args.queue_limit);
