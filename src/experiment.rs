@@ -46,7 +46,7 @@ pub struct ExperimentArgs {
     /// SST-2 and BBC News).
     #[arg(value_parser = clap::builder::PossibleValuesParser::new(GRIDS))]
     pub grid: String,
-    /// HF model directory to warm-start from.
+    /// HF model directory to warm-start from, or a Hugging Face hub id (see `train --model`).
     #[arg(long)]
     pub model: PathBuf,
     /// Directory holding one folder per dataset.
@@ -1080,7 +1080,10 @@ pub struct ExperimentOutcome {
 /// cell is reported and the rest still run), refreshing results.md and the plots after
 /// each; fails at the end if any cell failed.
 pub fn run_experiment(args: &ExperimentArgs) -> Result<ExperimentOutcome> {
-    let bert = BertConfig::from_file(&args.model.join("config.json"))
+    // Resolved here for the plan (a hub id is fetched once); each cell's `train` resolves
+    // the same spec again, from the cache.
+    let model_dir = crate::model::hub::resolve_model(&args.model)?;
+    let bert = BertConfig::from_file(&model_dir.join("config.json"))
         .with_context(|| format!("--model {}", args.model.display()))?;
     let plan = plan(args, &bert)?;
     let statuses: Vec<Result<CellStatus>> = plan.cells.iter().map(cell_status).collect();

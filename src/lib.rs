@@ -13,5 +13,6 @@ pub mod model;
 pub mod plot;
 pub mod profile;
 pub mod rng;
+pub mod serve;
 pub mod train;
 pub mod util;

@@ -7,6 +7,8 @@ use corefocus::bench::{alloc::CountingAlloc, run_bench, BenchArgs};
 use corefocus::demo::{run_demo, DemoArgs};
 use corefocus::experiment::{run_experiment, ExperimentArgs};
 use corefocus::explain::{run_explain, ExplainArgs};
+use corefocus::serve::loadgen::{run_loadgen, LoadgenArgs};
+use corefocus::serve::{run_serve, ServeArgs};
 use corefocus::train::{
     run_eval, run_predict, run_train, EvalOptions, PredictOptions, TrainOptions,
 };
@@ -46,6 +48,12 @@ enum Command {
     /// Run a named grid of the paper's tables (datasets x variants x seeds), resumable;
     /// writes one result.json per cell, results.md (mean ± std, delta vs BERT) and plots.
     Experiment(ExperimentArgs),
+    /// Serve a checkpoint over HTTP: POST /v1/classify (JSON), GET /v1/model, GET /healthz;
+    /// batches concurrent requests; SIGINT/SIGTERM finish the queued work and exit.
+    Serve(ServeArgs),
+    /// Load generator for `serve`: concurrent classify requests, then requests/s and
+    /// latency percentiles.
+    Loadgen(LoadgenArgs),
 }
 
 fn run(command: Command) -> anyhow::Result<()> {
@@ -57,6 +65,8 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Demo(args) => run_demo(&args).map(|_| ()),
         Command::Explain(args) => run_explain(&args).map(|_| ()),
         Command::Experiment(args) => run_experiment(&args).map(|_| ()),
+        Command::Serve(args) => run_serve(&args),
+        Command::Loadgen(args) => run_loadgen(&args).map(|_| ()),
     }
 }
 

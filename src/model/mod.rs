@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod combiner;
 pub mod config;
 pub mod fuzzy;
+pub mod hub;
 pub mod names;
 pub mod params;
 

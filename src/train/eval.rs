@@ -101,6 +101,19 @@ pub fn predict_probs<M: Trainable>(
     probs
 }
 
+/// Class probabilities `[n, classes]` of raw `texts` (truncated to `max_len` tokens), in
+/// input order: the inference path of `predict` and `serve`.
+pub fn classify_texts<M: Trainable>(
+    model: &M,
+    tokenizer: &super::api::TextTokenizer,
+    texts: &[&str],
+    max_len: usize,
+    batch_size: usize,
+) -> Result<Vec<f32>> {
+    let ids = tokenizer.encode_batch(texts, max_len)?;
+    Ok(predict_probs(model, &ids, tokenizer.pad_id(), batch_size))
+}
+
 // ------------------------------------------------------------------------------ eval
 
 /// `corefocus eval` options.
@@ -269,10 +282,8 @@ pub fn predict_lines<M: Trainable>(
         }
         if texts.len() >= PREDICT_CHUNK || (n == 0 && !texts.is_empty()) {
             let refs: Vec<&str> = texts.iter().map(|t| t.as_str()).collect();
-            let ids = tokenizer
-                .encode_batch(&refs, meta.max_len)
+            let probs = classify_texts(model, tokenizer, &refs, meta.max_len, batch_size)
                 .with_context(|| format!("cannot tokenize {source}"))?;
-            let probs = predict_probs(model, &ids, tokenizer.pad_id(), batch_size);
             for row in probs.chunks(meta.labels.len()) {
                 let line = serde_json::to_string(&Prediction {
                     labels: &meta.labels,

@@ -10,7 +10,9 @@ pub mod trainer;
 
 pub use adamw::{clip_grad_norm, AdamW, AdamWConfig};
 pub use checkpoint::{load_checkpoint, save_checkpoint, CheckpointMeta};
-pub use eval::{evaluate, run_eval, run_predict, EvalOptions, EvalResult, PredictOptions};
+pub use eval::{
+    classify_texts, evaluate, run_eval, run_predict, EvalOptions, EvalResult, PredictOptions,
+};
 pub use schedule::LinearSchedule;
 pub use trainer::{
     run_train, train_loop, train_loop_with, LoopControl, LoopSettings, TrainOptions, Trainable,

@@ -200,7 +200,9 @@ impl MethodArgs {
 #[derive(clap::Args, Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct TrainOptions {
-    /// HF model directory (config.json, model.safetensors, tokenizer files).
+    /// HF model directory (config.json, model.safetensors, tokenizer files), or a Hugging
+    /// Face hub id (`bert-base-uncased`, `org/name[@revision]`): used from the HF cache,
+    /// downloaded into it when missing.
     #[arg(long)]
     pub model: PathBuf,
     /// Dataset directory (train/dev/test .jsonl.gz and labels.txt).
@@ -937,7 +939,10 @@ pub fn run_train(opts: &TrainOptions) -> Result<TrainOutcome> {
         check_out_dir(&opts.out, opts.overwrite)?;
         None
     };
-    check_model_fits(opts)?;
+    // `--model` may name a hub model: resolved once to a local directory (the options
+    // keep what the user wrote, so `--resume` compares like with like).
+    let model_dir = crate::model::hub::resolve_model(&opts.model)?;
+    check_model_fits(opts, &model_dir)?;
 
     let ds = load_dataset(&opts.data, &opts.read_options())
         .with_context(|| format!("cannot load the dataset {}", opts.data.display()))?;
@@ -971,19 +976,19 @@ pub fn run_train(opts: &TrainOptions) -> Result<TrainOutcome> {
     );
     warn_missing_classes(&splits.train, &labels);
 
-    let tokenizer = TextTokenizer::from_dir(&opts.model)?;
-    let (bert, bert_params) = load_hf_checkpoint(&opts.model)?;
-    check_max_len(opts.max_len, &bert, &opts.model.join("config.json"))?;
+    let tokenizer = TextTokenizer::from_dir(&model_dir)?;
+    let (bert, bert_params) = load_hf_checkpoint(&model_dir)?;
+    check_max_len(opts.max_len, &bert, &model_dir.join("config.json"))?;
     ensure!(
         tokenizer.vocab_size() <= bert.vocab_size,
         "{}: the tokenizer has {} tokens but the model only {} embeddings",
-        opts.model.display(),
+        model_dir.display(),
         tokenizer.vocab_size(),
         bert.vocab_size
     );
     let method = opts.method.to_config(&bert)?;
     let mut model = Model::from_bert_params(bert, bert_params, method, labels.len(), opts.seed)
-        .with_context(|| format!("cannot build the classifier from {}", opts.model.display()))?;
+        .with_context(|| format!("cannot build the classifier from {}", model_dir.display()))?;
 
     let train = encode_examples(&tokenizer, &splits.train, &labels, opts.max_len, "train")?;
     let dev = encode_examples(&tokenizer, &splits.dev, &labels, opts.max_len, "validation")?;
@@ -1116,15 +1121,16 @@ pub fn run_train(opts: &TrainOptions) -> Result<TrainOutcome> {
     Ok(outcome)
 }
 
-/// Checks `--max-len` and the method flags against the model's config.json before the
-/// dataset is read (a missing or broken config.json is reported later, when it loads).
-fn check_model_fits(opts: &TrainOptions) -> Result<()> {
+/// Checks `--max-len` and the method flags against the config.json of the (resolved)
+/// model directory before the dataset is read (a missing or broken config.json is
+/// reported later, when it loads).
+fn check_model_fits(opts: &TrainOptions, model_dir: &Path) -> Result<()> {
     ensure!(
-        opts.model.is_dir(),
+        model_dir.is_dir(),
         "checkpoint directory {} does not exist or is not a directory",
-        opts.model.display()
+        model_dir.display()
     );
-    let config_path = opts.model.join("config.json");
+    let config_path = model_dir.join("config.json");
     if !config_path.is_file() {
         return Ok(());
     }
