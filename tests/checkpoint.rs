@@ -1,6 +1,9 @@
 //! Checkpoint I/O: the real MiniLM checkpoint, safetensors round trips, half-precision
 //! conversion and the error messages for broken checkpoints.
 
+mod common;
+
+use common::{test_model_dir, write_config, Scratch};
 use corefocus::model::checkpoint::{
     load_hf_checkpoint, read_safetensors, read_safetensors_with_metadata, write_safetensors,
 };
@@ -9,37 +12,7 @@ use corefocus::model::{BertConfig, ParamStore};
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-
-/// The test checkpoint directory; a missing one fails the test with instructions.
-fn model_dir() -> PathBuf {
-    let dir = std::env::var_os("COREFOCUS_TEST_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("target/models/all-MiniLM-L6-v2")
-        });
-    assert!(
-        dir.join("model.safetensors").is_file() && dir.join("config.json").is_file(),
-        "test checkpoint not found at {} — run scripts/fetch-test-model.sh \
-         (or set COREFOCUS_TEST_MODEL)",
-        dir.display()
-    );
-    dir
-}
-
-/// A fresh, empty directory under the system temp dir.
-fn temp_dir(tag: &str) -> PathBuf {
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!(
-        "corefocus-checkpoint-{tag}-{}-{n}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use std::path::Path;
 
 /// Full error chain as one string.
 fn err_text<T: std::fmt::Debug>(r: anyhow::Result<T>) -> String {
@@ -48,7 +21,7 @@ fn err_text<T: std::fmt::Debug>(r: anyhow::Result<T>) -> String {
 
 #[test]
 fn loads_minilm() {
-    let dir = model_dir();
+    let dir = test_model_dir();
     let (cfg, store) = load_hf_checkpoint(&dir).unwrap();
     assert_eq!(cfg, {
         let mut want = BertConfig::minilm_l6();
@@ -92,7 +65,8 @@ fn loads_minilm() {
 
 #[test]
 fn write_read_round_trip() {
-    let dir = temp_dir("roundtrip");
+    let scratch = Scratch::new("roundtrip");
+    let dir = scratch.dir();
     let mut store = ParamStore::new();
     store.add(
         "b.weight",
@@ -126,7 +100,6 @@ fn write_read_round_trip() {
     assert!(no_meta.is_empty());
     let files: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().collect();
     assert_eq!(files.len(), 1);
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 // ---- a tiny synthetic checkpoint for the error cases ----
@@ -211,21 +184,13 @@ fn write_raw(
     std::fs::write(path, bytes).unwrap();
 }
 
-fn write_config(dir: &Path, cfg: &BertConfig) {
-    std::fs::write(
-        dir.join("config.json"),
-        serde_json::to_string_pretty(cfg).unwrap(),
-    )
-    .unwrap();
-}
-
 /// A valid tiny checkpoint directory with F32 weights.
-fn tiny_checkpoint(tag: &str) -> (PathBuf, BertConfig, Vec<NamedTensor>) {
-    let dir = temp_dir(tag);
+fn tiny_checkpoint(tag: &str) -> (Scratch, BertConfig, Vec<NamedTensor>) {
+    let dir = Scratch::new(tag);
     let cfg = tiny_config();
     let tensors = tiny_tensors(&cfg);
-    write_config(&dir, &cfg);
-    write_raw(&dir.join("model.safetensors"), &tensors, Enc::F32, &[]);
+    write_config(dir.dir(), &cfg);
+    write_raw(&dir.path("model.safetensors"), &tensors, Enc::F32, &[]);
     (dir, cfg, tensors)
 }
 
@@ -239,29 +204,30 @@ fn assert_matches(store: &ParamStore, tensors: &[NamedTensor]) {
 
 #[test]
 fn tiny_checkpoint_loads() {
-    let (dir, cfg, tensors) = tiny_checkpoint("ok");
-    let (got_cfg, store) = load_hf_checkpoint(&dir).unwrap();
+    let (scratch, cfg, tensors) = tiny_checkpoint("ok");
+    let dir = scratch.dir();
+    let (got_cfg, store) = load_hf_checkpoint(dir).unwrap();
     assert_eq!(got_cfg, cfg);
     assert_matches(&store, &tensors);
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
 fn half_and_double_precision_are_converted() {
     for (tag, enc) in [("f16", Enc::F16), ("bf16", Enc::Bf16), ("f64", Enc::F64)] {
-        let (dir, _, tensors) = tiny_checkpoint(tag);
+        let (scratch, _, tensors) = tiny_checkpoint(tag);
+        let dir = scratch.dir();
         let path = dir.join("model.safetensors");
         write_raw(&path, &tensors, enc, &[]);
-        let (_, store) = load_hf_checkpoint(&dir).unwrap();
+        let (_, store) = load_hf_checkpoint(dir).unwrap();
         assert_matches(&store, &tensors);
         let raw = read_safetensors(&path, false).unwrap();
         for (name, _, data) in &tensors {
             assert_eq!(&raw.get(name).unwrap().data, data, "{tag} {name}");
         }
-        std::fs::remove_dir_all(&dir).ok();
     }
     // A value that is not exact in bf16 is rounded the way `half` rounds it.
-    let dir = temp_dir("bf16-rounding");
+    let scratch = Scratch::new("bf16-rounding");
+    let dir = scratch.dir();
     let path = dir.join("x.safetensors");
     let t = vec![("x".to_string(), vec![2], vec![1.0f32 / 3.0, 1000.1])];
     write_raw(&path, &t, Enc::Bf16, &[]);
@@ -272,12 +238,12 @@ fn half_and_double_precision_are_converted() {
         .data
         .clone();
     assert_eq!(got, vec![half::bf16::from_f32(1.0 / 3.0).to_f32(), 1000.0]);
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
 fn task_model_prefix_and_heads_are_handled() {
-    let (dir, _, tensors) = tiny_checkpoint("prefixed");
+    let (scratch, _, tensors) = tiny_checkpoint("prefixed");
+    let dir = scratch.dir();
     // BertForSequenceClassification layout without pooler: `bert.` prefix, a classifier head,
     // an MLM head with a LayerNorm, and the int64 position_ids buffer.
     let mut prefixed: Vec<_> = tensors
@@ -304,7 +270,7 @@ fn task_model_prefix_and_heads_are_handled() {
         Enc::F32,
         &[buffer],
     );
-    let (_, store) = load_hf_checkpoint(&dir).unwrap();
+    let (_, store) = load_hf_checkpoint(dir).unwrap();
     let no_pooler: Vec<_> = tensors
         .iter()
         .filter(|(n, _, _)| !n.starts_with("pooler."))
@@ -324,14 +290,14 @@ fn task_model_prefix_and_heads_are_handled() {
         })
         .collect();
     write_raw(&dir.join("model.safetensors"), &renamed, Enc::F32, &[]);
-    let (_, store) = load_hf_checkpoint(&dir).unwrap();
+    let (_, store) = load_hf_checkpoint(dir).unwrap();
     assert_matches(&store, &tensors);
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
 fn broken_weight_files_name_the_file() {
-    let (dir, _, _) = tiny_checkpoint("truncated");
+    let (scratch, _, _) = tiny_checkpoint("truncated");
+    let dir = scratch.dir();
     let path = dir.join("model.safetensors");
     let bytes = std::fs::read(&path).unwrap();
     for (what, contents) in [
@@ -341,7 +307,7 @@ fn broken_weight_files_name_the_file() {
         ("empty", Vec::new()),
     ] {
         std::fs::write(&path, &contents).unwrap();
-        let err = err_text(load_hf_checkpoint(&dir));
+        let err = err_text(load_hf_checkpoint(dir));
         assert!(err.contains(&path.display().to_string()), "{what}: {err}");
         assert!(
             err.contains("not a valid safetensors file"),
@@ -353,12 +319,12 @@ fn broken_weight_files_name_the_file() {
     let missing = dir.join("nope.safetensors");
     let err = err_text(read_safetensors(&missing, true));
     assert!(err.contains(&missing.display().to_string()), "{err}");
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
 fn missing_tensor_is_named() {
-    let (dir, _, tensors) = tiny_checkpoint("missing");
+    let (scratch, _, tensors) = tiny_checkpoint("missing");
+    let dir = scratch.dir();
     let path = dir.join("model.safetensors");
     let without: Vec<_> = tensors
         .iter()
@@ -366,7 +332,7 @@ fn missing_tensor_is_named() {
         .cloned()
         .collect();
     write_raw(&path, &without, Enc::F32, &[]);
-    let err = err_text(load_hf_checkpoint(&dir));
+    let err = err_text(load_hf_checkpoint(dir));
     assert!(
         err.contains("encoder.layer.1.intermediate.dense.weight"),
         "{err}"
@@ -381,17 +347,17 @@ fn missing_tensor_is_named() {
         .cloned()
         .collect();
     write_raw(&path, &without, Enc::F32, &[]);
-    let err = err_text(load_hf_checkpoint(&dir));
+    let err = err_text(load_hf_checkpoint(dir));
     assert!(
         err.contains("pooler.dense.bias") && err.contains("missing"),
         "{err}"
     );
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
 fn wrong_shape_is_named() {
-    let (dir, _, mut tensors) = tiny_checkpoint("shape");
+    let (scratch, _, mut tensors) = tiny_checkpoint("shape");
+    let dir = scratch.dir();
     let path = dir.join("model.safetensors");
     let t = tensors
         .iter_mut()
@@ -399,19 +365,19 @@ fn wrong_shape_is_named() {
     let (_, shape, _) = t.unwrap();
     *shape = vec![2, 8];
     write_raw(&path, &tensors, Enc::F32, &[]);
-    let err = err_text(load_hf_checkpoint(&dir));
+    let err = err_text(load_hf_checkpoint(dir));
     assert!(
         err.contains("encoder.layer.0.attention.self.key.weight"),
         "{err}"
     );
     assert!(err.contains("[2, 8]") && err.contains("[4, 4]"), "{err}");
     assert!(err.contains(&path.display().to_string()), "{err}");
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
 fn bad_dtypes_and_unexplained_tensors() {
-    let (dir, _, tensors) = tiny_checkpoint("dtype");
+    let (scratch, _, tensors) = tiny_checkpoint("dtype");
+    let dir = scratch.dir();
     let path = dir.join("model.safetensors");
     // A required tensor stored as int32.
     let name = "embeddings.LayerNorm.bias";
@@ -427,7 +393,7 @@ fn bad_dtypes_and_unexplained_tensors() {
         Enc::F32,
         &[(name.into(), Dtype::I32, vec![4], ints)],
     );
-    let err = err_text(load_hf_checkpoint(&dir));
+    let err = err_text(load_hf_checkpoint(dir));
     assert!(err.contains(name) && err.contains("I32"), "{err}");
     let err = err_text(read_safetensors(&path, false));
     assert!(err.contains(name) && err.contains("I32"), "{err}");
@@ -444,59 +410,58 @@ fn bad_dtypes_and_unexplained_tensors() {
     let mut more = tensors.clone();
     more.push(extra);
     write_raw(&path, &more, Enc::F32, &[]);
-    let err = err_text(load_hf_checkpoint(&dir));
+    let err = err_text(load_hf_checkpoint(dir));
     assert!(err.contains("encoder.layer.2.output.dense.bias"), "{err}");
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
 fn config_errors() {
-    let (dir, cfg, _) = tiny_checkpoint("config");
+    let (scratch, cfg, _) = tiny_checkpoint("config");
+    let dir = scratch.dir();
     let config_path = dir.join("config.json");
 
     let mut relu = cfg.clone();
     relu.hidden_act = "relu".into();
-    write_config(&dir, &relu);
-    let err = err_text(load_hf_checkpoint(&dir));
+    write_config(dir, &relu);
+    let err = err_text(load_hf_checkpoint(dir));
     assert!(err.contains("hidden_act") && err.contains("relu"), "{err}");
     assert!(err.contains(&config_path.display().to_string()), "{err}");
 
     let mut odd = cfg.clone();
     odd.num_attention_heads = 3;
-    write_config(&dir, &odd);
-    let err = err_text(load_hf_checkpoint(&dir));
+    write_config(dir, &odd);
+    let err = err_text(load_hf_checkpoint(dir));
     assert!(
         err.contains("hidden_size") && err.contains("num_attention_heads"),
         "{err}"
     );
 
     std::fs::write(&config_path, b"{\"hidden_size\": ").unwrap();
-    let err = err_text(load_hf_checkpoint(&dir));
+    let err = err_text(load_hf_checkpoint(dir));
     assert!(err.contains(&config_path.display().to_string()), "{err}");
 
     std::fs::remove_file(&config_path).unwrap();
-    let err = err_text(load_hf_checkpoint(&dir));
+    let err = err_text(load_hf_checkpoint(dir));
     assert!(
         err.contains("config.json") && err.contains(&dir.display().to_string()),
         "{err}"
     );
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
 fn weight_file_errors() {
-    let (dir, _, _) = tiny_checkpoint("bin");
+    let (scratch, _, _) = tiny_checkpoint("bin");
+    let dir = scratch.dir();
     std::fs::rename(dir.join("model.safetensors"), dir.join("pytorch_model.bin")).unwrap();
-    let err = err_text(load_hf_checkpoint(&dir));
+    let err = err_text(load_hf_checkpoint(dir));
     assert!(err.contains("convert to safetensors"), "{err}");
     assert!(err.contains(&dir.display().to_string()), "{err}");
 
     std::fs::remove_file(dir.join("pytorch_model.bin")).unwrap();
-    let err = err_text(load_hf_checkpoint(&dir));
+    let err = err_text(load_hf_checkpoint(dir));
     assert!(err.contains("model.safetensors"), "{err}");
 
     let missing_dir = dir.join("does-not-exist");
     let err = err_text(load_hf_checkpoint(&missing_dir));
     assert!(err.contains(&missing_dir.display().to_string()), "{err}");
-    std::fs::remove_dir_all(&dir).ok();
 }

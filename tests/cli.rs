@@ -1,40 +1,10 @@
 //! End-to-end test of the command line: train -> eval -> predict on a tiny synthetic
 //! dataset with the test checkpoint (all-MiniLM-L6-v2).
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+mod common;
 
-fn model_dir() -> PathBuf {
-    let dir = std::env::var_os("COREFOCUS_TEST_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("target/models/all-MiniLM-L6-v2")
-        });
-    assert!(
-        dir.join("config.json").is_file(),
-        "test checkpoint missing at {}: run scripts/fetch-test-model.sh (or set COREFOCUS_TEST_MODEL)",
-        dir.display()
-    );
-    dir
-}
-
-fn scratch(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("corefocus-cli-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn write_split(dir: &Path, name: &str, rows: &[(&str, &str)]) {
-    let file = std::fs::File::create(dir.join(format!("{name}.jsonl.gz"))).unwrap();
-    let mut gz = flate2::write::GzEncoder::new(file, flate2::Compression::default());
-    for (text, label) in rows {
-        let line = serde_json::json!({"text": text, "label": label});
-        writeln!(gz, "{line}").unwrap();
-    }
-    gz.finish().unwrap();
-}
+use common::{corefocus, corefocus_with_input, read_json, succeeded, test_model_dir, Scratch};
+use std::path::Path;
 
 /// A sentiment toy set: distinct positive and negative words, so one epoch can learn it.
 fn toy_dataset(dir: &Path) {
@@ -69,40 +39,16 @@ fn toy_dataset(dir: &Path) {
             ));
         }
     }
-    let rows: Vec<(&str, &str)> = rows.iter().map(|(t, l)| (t.as_str(), *l)).collect();
-    write_split(dir, "train", &rows[..24]);
-    write_split(dir, "dev", &rows[24..30]);
-    write_split(dir, "test", &rows[30..]);
+    common::write_jsonl_gz(dir, "train", &rows[..24]);
+    common::write_jsonl_gz(dir, "dev", &rows[24..30]);
+    common::write_jsonl_gz(dir, "test", &rows[30..]);
     std::fs::write(dir.join("labels.txt"), "neg\npos\n").unwrap();
 }
 
-fn corefocus(args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_corefocus"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let input = stdin.unwrap_or("").to_string();
-    let mut pipe = child.stdin.take().unwrap();
-    std::thread::spawn(move || pipe.write_all(input.as_bytes()));
-    child.wait_with_output().unwrap()
-}
-
-fn ok(out: &Output, what: &str) -> String {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{what} failed: {stderr}");
-    String::from_utf8(out.stdout.clone()).unwrap()
-}
-
-fn read_json(path: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
 fn train_eval_predict(variant_args: &[&str], tag: &str) {
-    let model = model_dir();
-    let root = scratch(tag);
+    let model = test_model_dir();
+    let scratch = Scratch::new(tag);
+    let root = scratch.dir();
     let data = root.join("data");
     std::fs::create_dir_all(&data).unwrap();
     toy_dataset(&data);
@@ -131,7 +77,7 @@ fn train_eval_predict(variant_args: &[&str], tag: &str) {
         "1e-4",
     ];
     args.extend_from_slice(variant_args);
-    let stdout = ok(&corefocus(&args, None), "train");
+    let stdout = succeeded(&corefocus(&args), "train");
     assert!(
         stdout.contains("accuracy"),
         "train prints the test table: {stdout}"
@@ -192,7 +138,7 @@ fn train_eval_predict(variant_args: &[&str], tag: &str) {
         "--out",
         report.to_str().unwrap(),
     ];
-    let stdout = ok(&corefocus(&args, None), "eval");
+    let stdout = succeeded(&corefocus(&args), "eval");
     assert!(stdout.contains("accuracy"));
     let report = read_json(&report);
     assert_eq!(report["accuracy"], test_report["accuracy"]);
@@ -203,8 +149,8 @@ fn train_eval_predict(variant_args: &[&str], tag: &str) {
 
     // predict: one JSON line per input line, in order, probabilities summing to 1.
     let input = "what a wonderful and superb film\nan awful, dreadful plot\n\n";
-    let stdout = ok(
-        &corefocus(&["predict", "--checkpoint", o], Some(input)),
+    let stdout = succeeded(
+        &corefocus_with_input(&["predict", "--checkpoint", o], input.as_bytes()),
         "predict",
     );
     let preds: Vec<serde_json::Value> = stdout
@@ -229,19 +175,16 @@ fn train_eval_predict(variant_args: &[&str], tag: &str) {
 
     // explain: a per-layer report on stdout and a self-contained, well-formed HTML page.
     let html = root.join("explain.html");
-    let stdout = ok(
-        &corefocus(
-            &[
-                "explain",
-                "--checkpoint",
-                o,
-                "--text",
-                "a superb <b>film</b> & a wonderful plot",
-                "--html",
-                html.to_str().unwrap(),
-            ],
-            None,
-        ),
+    let stdout = succeeded(
+        &corefocus(&[
+            "explain",
+            "--checkpoint",
+            o,
+            "--text",
+            "a superb <b>film</b> & a wonderful plot",
+            "--html",
+            html.to_str().unwrap(),
+        ]),
         "explain",
     );
     assert!(stdout.contains("Layer 1"), "{stdout}");
@@ -262,15 +205,13 @@ fn train_eval_predict(variant_args: &[&str], tag: &str) {
 
     // Refuses to train over an existing run without --overwrite; errors go to stderr.
     let args = ["train", "--model", m, "--data", d, "--out", o];
-    let failed = corefocus(&args, None);
+    let failed = corefocus(&args);
     assert_eq!(failed.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&failed.stderr);
     assert!(
         stderr.starts_with("error:") && stderr.contains("--overwrite"),
         "{stderr}"
     );
-
-    std::fs::remove_dir_all(&root).unwrap();
 }
 
 #[test]
@@ -295,11 +236,11 @@ fn pfc_train_eval_predict() {
 
 #[test]
 fn errors_name_the_problem_and_exit_1() {
-    let root = scratch("errors");
-    let missing = root.join("nope");
-    let out = corefocus(
+    let root = Scratch::new("errors");
+    let missing = root.path("nope");
+    let out = corefocus_with_input(
         &["predict", "--checkpoint", missing.to_str().unwrap()],
-        Some("text\n"),
+        b"text\n",
     );
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -309,26 +250,23 @@ fn errors_name_the_problem_and_exit_1() {
     );
 
     // clap rejects an unknown variant (its own exit code 2) and names the choices.
-    let out = corefocus(
-        &[
-            "train",
-            "--model",
-            "m",
-            "--data",
-            "d",
-            "--out",
-            "o",
-            "--variant",
-            "zzz",
-        ],
-        None,
-    );
+    let out = corefocus(&[
+        "train",
+        "--model",
+        "m",
+        "--data",
+        "d",
+        "--out",
+        "o",
+        "--variant",
+        "zzz",
+    ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("bert, p, pf, c or pfc"));
 
     // A method flag that does not apply to the variant fails before anything is loaded
     // or created.
-    let run = root.join("o");
+    let run = root.path("o");
     let args = [
         "train",
         "--model",
@@ -340,7 +278,7 @@ fn errors_name_the_problem_and_exit_1() {
         "--keep-ratio",
         "0.5",
     ];
-    let out = corefocus(&args, None);
+    let out = corefocus(&args);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -352,18 +290,15 @@ fn errors_name_the_problem_and_exit_1() {
     // An occupied --out is refused before the inputs are read.
     std::fs::create_dir_all(&run).unwrap();
     std::fs::write(run.join("notes.txt"), "keep me").unwrap();
-    let out = corefocus(
-        &[
-            "train",
-            "--model",
-            "m",
-            "--data",
-            "d",
-            "--out",
-            run.to_str().unwrap(),
-        ],
-        None,
-    );
+    let out = corefocus(&[
+        "train",
+        "--model",
+        "m",
+        "--data",
+        "d",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("not empty") && stderr.contains("--overwrite"),
@@ -379,8 +314,7 @@ fn errors_name_the_problem_and_exit_1() {
         run.to_str().unwrap(),
         "--overwrite",
     ];
-    let stderr = String::from_utf8_lossy(&corefocus(&args, None).stderr).to_string();
+    let stderr = String::from_utf8_lossy(&corefocus(&args).stderr).to_string();
     assert!(stderr.contains("refusing to delete"), "{stderr}");
     assert!(run.join("notes.txt").exists());
-    std::fs::remove_dir_all(&root).unwrap();
 }

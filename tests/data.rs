@@ -1,61 +1,14 @@
 //! Dataset readers, label handling and stratified splits.
 
+mod common;
+
+use common::{data_dir, gzip, strings, Scratch};
 use corefocus::data::{
     label_ids, length_stats, load_dataset, read_split, read_split_with_labels, stratified_split,
     Example, ReadOptions,
 };
-use flate2::write::GzEncoder;
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-
-/// A fresh directory under the system temp dir, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let unique = format!(
-            "corefocus-data-{}-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed),
-            name
-        );
-        let path = std::env::temp_dir().join(unique);
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-
-    /// Writes `bytes` to `name` (creating parent folders) and returns the full path.
-    fn write(&self, name: &str, bytes: &[u8]) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, bytes).unwrap();
-        path
-    }
-
-    fn write_gz(&self, name: &str, bytes: &[u8]) -> PathBuf {
-        self.write(name, &gzip(bytes))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn gzip(bytes: &[u8]) -> Vec<u8> {
-    let mut encoder = GzEncoder::new(Vec::new(), flate2::Compression::default());
-    encoder.write_all(bytes).unwrap();
-    encoder.finish().unwrap()
-}
+use std::path::Path;
 
 fn opts() -> ReadOptions {
     ReadOptions::default()
@@ -88,10 +41,6 @@ fn assert_names(message: &str, path: &Path, line: Option<usize>) {
     );
 }
 
-fn strings(items: &[&str]) -> Vec<String> {
-    items.iter().map(|s| s.to_string()).collect()
-}
-
 // ---------------------------------------------------------------- formats
 
 const JSONL: &str = concat!(
@@ -104,7 +53,7 @@ const JSONL: &str = concat!(
 
 #[test]
 fn jsonl_reads_texts_exactly_and_skips_blank_lines() {
-    let dir = TempDir::new("jsonl");
+    let dir = Scratch::new("jsonl");
     let path = dir.write("train.jsonl", JSONL.as_bytes());
     let examples = read_split(&path, &opts()).unwrap();
     assert_eq!(
@@ -124,7 +73,7 @@ fn jsonl_reads_texts_exactly_and_skips_blank_lines() {
 
 #[test]
 fn jsonl_gz_matches_plain() {
-    let dir = TempDir::new("jsonl-gz");
+    let dir = Scratch::new("jsonl-gz");
     let plain = read_split(&dir.write("a.jsonl", JSONL.as_bytes()), &opts()).unwrap();
     let gz_path = dir.write_gz("b.jsonl.gz", JSONL.as_bytes());
     let gz = read_split(&gz_path, &opts()).unwrap();
@@ -135,7 +84,7 @@ fn jsonl_gz_matches_plain() {
 
 #[test]
 fn jsonl_custom_columns() {
-    let dir = TempDir::new("jsonl-cols");
+    let dir = Scratch::new("jsonl-cols");
     let path = dir.write(
         "x.jsonl",
         b"{\"sentence\": \"hello\", \"y\": \"a\", \"text\": 5}\n{\"sentence\": \"world\", \"y\": \"b\"}\n",
@@ -151,7 +100,7 @@ fn jsonl_custom_columns() {
 
 #[test]
 fn jsonl_integer_labels_index_labels_txt_or_stay_strings() {
-    let dir = TempDir::new("jsonl-int");
+    let dir = Scratch::new("jsonl-int");
     let body = b"{\"text\": \"a\", \"label\": 1}\n{\"text\": \"b\", \"label\": 0}\n{\"text\": \"c\", \"label\": \"negative\"}\n";
     let path = dir.write("train.jsonl", body);
 
@@ -166,7 +115,7 @@ fn jsonl_integer_labels_index_labels_txt_or_stay_strings() {
         labels_of(&examples),
         vec!["positive", "negative", "negative"]
     );
-    let splits = load_dataset(dir.path(), &opts()).unwrap();
+    let splits = load_dataset(dir.dir(), &opts()).unwrap();
     assert_eq!(
         labels_of(&splits.train),
         vec!["positive", "negative", "negative"]
@@ -187,19 +136,19 @@ fn jsonl_integer_labels_index_labels_txt_or_stay_strings() {
 
 #[test]
 fn integer_labels_without_labels_txt_sort_numerically() {
-    let dir = TempDir::new("int-sort");
+    let dir = Scratch::new("int-sort");
     let mut body = String::new();
     for label in [10, 2, 0, 1, 2] {
         body.push_str(&format!("{{\"text\": \"t{label}\", \"label\": {label}}}\n"));
     }
     dir.write("train.jsonl", body.as_bytes());
-    let splits = load_dataset(dir.path(), &opts()).unwrap();
+    let splits = load_dataset(dir.dir(), &opts()).unwrap();
     assert_eq!(splits.labels, strings(&["0", "1", "2", "10"]));
 }
 
 #[test]
 fn csv_quoting_multiline_and_line_numbers() {
-    let dir = TempDir::new("csv");
+    let dir = Scratch::new("csv");
     let body =
         "id,label,text\n1,sport,\"A, quoted \"\"text\"\"\nover two lines \"\n2,tech,  plain  \n";
     let path = dir.write("train.csv", body.as_bytes());
@@ -218,7 +167,7 @@ fn csv_quoting_multiline_and_line_numbers() {
 
 #[test]
 fn csv_custom_columns() {
-    let dir = TempDir::new("csv-cols");
+    let dir = Scratch::new("csv-cols");
     let path = dir.write("d.csv", b"sentence,category\nhello there,greet\n");
     let options = ReadOptions {
         text_column: Some("sentence".into()),
@@ -231,7 +180,7 @@ fn csv_custom_columns() {
 
 #[test]
 fn tsv_keeps_quotes_literally() {
-    let dir = TempDir::new("tsv");
+    let dir = Scratch::new("tsv");
     let body = "text\tlabel\n\"quoted\" start, and comma\tpos\nsecond \"row\"\tneg\r\n";
     let path = dir.write("train.tsv", body.as_bytes());
     let examples = read_split(&path, &opts()).unwrap();
@@ -249,14 +198,14 @@ fn tsv_keeps_quotes_literally() {
 
 #[test]
 fn folder_per_class() {
-    let dir = TempDir::new("folders");
+    let dir = Scratch::new("folders");
     dir.write("train/sport/002.txt", b"Second sport\n\nbody text\n");
     dir.write("train/sport/001.txt", b"\xEF\xBB\xBFFirst sport");
     dir.write("train/business/001.txt", b" Markets \n");
     dir.write("train/business/notes.md", b"ignored: not a .txt file");
     dir.write("train/.hidden/001.txt", b"ignored: hidden folder");
     dir.write("train/README.txt", b"ignored: not inside a class folder");
-    let split_dir = dir.path().join("train");
+    let split_dir = dir.dir().join("train");
     let examples = read_split(&split_dir, &opts()).unwrap();
     assert_eq!(labels_of(&examples), vec!["business", "sport", "sport"]);
     // the byte-order mark is dropped, everything else kept
@@ -269,7 +218,7 @@ fn folder_per_class() {
         split_dir.join("sport/001.txt").display().to_string()
     );
 
-    let splits = load_dataset(dir.path(), &opts()).unwrap();
+    let splits = load_dataset(dir.dir(), &opts()).unwrap();
     assert_eq!(splits.labels, strings(&["business", "sport"]));
     assert!(splits.dev.is_none() && splits.test.is_none());
 }
@@ -278,15 +227,15 @@ fn folder_per_class() {
 
 #[test]
 fn load_dataset_finds_splits_by_alternative_names_and_formats() {
-    let dir = TempDir::new("load");
+    let dir = Scratch::new("load");
     dir.write_gz(
         "train.jsonl.gz",
         b"{\"text\": \"x\", \"label\": \"b\"}\n{\"text\": \"y\", \"label\": \"a\"}\n{\"text\": \"z\", \"label\": \"b\"}\n",
     );
     dir.write("validation.csv", b"text,label\nv1,a\n");
     dir.write("test/b/1.txt", b"t1");
-    let splits = load_dataset(dir.path(), &opts()).unwrap();
-    assert_eq!(splits.dir, dir.path());
+    let splits = load_dataset(dir.dir(), &opts()).unwrap();
+    assert_eq!(splits.dir, dir.dir());
     assert_eq!(splits.train.len(), 3);
     assert_eq!(texts(splits.dev.as_ref().unwrap()), vec!["v1"]);
     assert_eq!(labels_of(splits.test.as_ref().unwrap()), vec!["b"]);
@@ -299,12 +248,12 @@ fn load_dataset_finds_splits_by_alternative_names_and_formats() {
 
     // labels.txt wins (its order)
     dir.write("labels.txt", b"b\n\n  a\n");
-    let splits = load_dataset(dir.path(), &opts()).unwrap();
+    let splits = load_dataset(dir.dir(), &opts()).unwrap();
     assert_eq!(splits.labels, strings(&["b", "a"]));
     // ... but a class of it without a training example is an error naming the class
     // (docs/errors.md, D19).
     dir.write("labels.txt", b"b\n\n  c\na\n");
-    let message = format!("{:#}", load_dataset(dir.path(), &opts()).unwrap_err());
+    let message = format!("{:#}", load_dataset(dir.dir(), &opts()).unwrap_err());
     assert!(
         message.contains("\"c\"") && message.contains("no training example"),
         "{message}"
@@ -313,11 +262,11 @@ fn load_dataset_finds_splits_by_alternative_names_and_formats() {
 
 #[test]
 fn load_dataset_missing_train_names_dir_and_candidates() {
-    let dir = TempDir::new("no-train");
+    let dir = Scratch::new("no-train");
     dir.write("dev.jsonl", b"{\"text\": \"x\", \"label\": \"a\"}\n");
-    let message = format!("{:#}", load_dataset(dir.path(), &opts()).unwrap_err());
+    let message = format!("{:#}", load_dataset(dir.dir(), &opts()).unwrap_err());
     assert!(
-        message.contains(&dir.path().display().to_string()),
+        message.contains(&dir.dir().display().to_string()),
         "{message}"
     );
     for name in [
@@ -330,7 +279,7 @@ fn load_dataset_missing_train_names_dir_and_candidates() {
         assert!(message.contains(name), "{message} lacks {name}");
     }
 
-    let missing = dir.path().join("does-not-exist");
+    let missing = dir.dir().join("does-not-exist");
     let message = format!("{:#}", load_dataset(&missing, &opts()).unwrap_err());
     assert!(
         message.contains(&missing.display().to_string()),
@@ -340,10 +289,10 @@ fn load_dataset_missing_train_names_dir_and_candidates() {
 
 #[test]
 fn load_dataset_rejects_two_files_for_one_split() {
-    let dir = TempDir::new("ambiguous");
+    let dir = Scratch::new("ambiguous");
     dir.write("train.jsonl", b"{\"text\": \"x\", \"label\": \"a\"}\n");
     dir.write("train.csv", b"text,label\nx,a\n");
-    let message = format!("{:#}", load_dataset(dir.path(), &opts()).unwrap_err());
+    let message = format!("{:#}", load_dataset(dir.dir(), &opts()).unwrap_err());
     assert!(
         message.contains("train.jsonl") && message.contains("train.csv"),
         "{message}"
@@ -352,13 +301,13 @@ fn load_dataset_rejects_two_files_for_one_split() {
 
 #[test]
 fn train_label_missing_from_labels_txt_is_named() {
-    let dir = TempDir::new("labels-missing");
+    let dir = Scratch::new("labels-missing");
     dir.write("labels.txt", b"a\nb\n");
     let train = dir.write(
         "train.jsonl",
         b"{\"text\": \"x\", \"label\": \"a\"}\n{\"text\": \"y\", \"label\": \"zebra\"}\n",
     );
-    let message = format!("{:#}", load_dataset(dir.path(), &opts()).unwrap_err());
+    let message = format!("{:#}", load_dataset(dir.dir(), &opts()).unwrap_err());
     assert!(message.contains("\"zebra\""), "{message}");
     assert!(message.contains("labels.txt"), "{message}");
     assert_names(&message, &train, Some(2));
@@ -366,7 +315,7 @@ fn train_label_missing_from_labels_txt_is_named() {
 
 #[test]
 fn unknown_test_label_is_reported_with_origin_and_known_labels() {
-    let dir = TempDir::new("unknown-test");
+    let dir = Scratch::new("unknown-test");
     dir.write(
         "train.jsonl",
         b"{\"text\": \"x\", \"label\": \"a\"}\n{\"text\": \"y\", \"label\": \"b\"}\n",
@@ -375,7 +324,7 @@ fn unknown_test_label_is_reported_with_origin_and_known_labels() {
         "test.jsonl",
         b"{\"text\": \"x\", \"label\": \"a\"}\n\n{\"text\": \"q\", \"label\": \"c\"}\n",
     );
-    let message = format!("{:#}", load_dataset(dir.path(), &opts()).unwrap_err());
+    let message = format!("{:#}", load_dataset(dir.dir(), &opts()).unwrap_err());
     assert_names(&message, &test, Some(3));
     assert!(
         message.contains("test") && message.contains("\"c\""),
@@ -402,10 +351,10 @@ fn unknown_test_label_is_reported_with_origin_and_known_labels() {
 
 #[test]
 fn labels_txt_duplicates_are_an_error() {
-    let dir = TempDir::new("labels-dup");
+    let dir = Scratch::new("labels-dup");
     let labels = dir.write("labels.txt", b"a\nb\n\na\n");
     dir.write("train.jsonl", b"{\"text\": \"x\", \"label\": \"a\"}\n");
-    let message = format!("{:#}", load_dataset(dir.path(), &opts()).unwrap_err());
+    let message = format!("{:#}", load_dataset(dir.dir(), &opts()).unwrap_err());
     assert_names(&message, &labels, Some(4));
     assert!(
         message.contains("duplicate") && message.contains("\"a\""),
@@ -417,7 +366,7 @@ fn labels_txt_duplicates_are_an_error() {
 
 #[test]
 fn jsonl_errors_name_file_and_line() {
-    let dir = TempDir::new("jsonl-errors");
+    let dir = Scratch::new("jsonl-errors");
     let good = "{\"text\": \"fine\", \"label\": \"a\"}\n\n";
     let cases: [(&str, &[u8], &str); 9] = [
         (
@@ -474,7 +423,7 @@ fn jsonl_errors_name_file_and_line() {
 
 #[test]
 fn invalid_utf8_names_file_and_line() {
-    let dir = TempDir::new("utf8");
+    let dir = Scratch::new("utf8");
     let jsonl = dir.write(
         "bad.jsonl",
         b"{\"text\": \"ok\", \"label\": \"a\"}\n{\"text\": \"caf\xE9\", \"label\": \"a\"}\n",
@@ -499,14 +448,14 @@ fn invalid_utf8_names_file_and_line() {
 
     dir.write("folder/train/a/1.txt", b"fine");
     let txt = dir.write("folder/train/b/2.txt", b"line one\nline two\ncaf\xE9\n");
-    let message = read_err(&dir.path().join("folder/train"));
+    let message = read_err(&dir.dir().join("folder/train"));
     assert_names(&message, &txt, Some(3));
     assert!(message.contains("UTF-8"), "{message}");
 }
 
 #[test]
 fn csv_errors_name_file_and_line() {
-    let dir = TempDir::new("csv-errors");
+    let dir = Scratch::new("csv-errors");
 
     let missing = dir.write("missing-col.csv", b"id,body,label\n1,hello,a\n");
     let message = read_err(&missing);
@@ -557,7 +506,7 @@ fn csv_errors_name_file_and_line() {
 
 #[test]
 fn truncated_and_corrupt_gzip_name_the_file() {
-    let dir = TempDir::new("gz-errors");
+    let dir = Scratch::new("gz-errors");
     let mut body = String::new();
     for i in 0..2000 {
         body.push_str(&format!(
@@ -588,20 +537,20 @@ fn truncated_and_corrupt_gzip_name_the_file() {
 
 #[test]
 fn unknown_extension_and_missing_path() {
-    let dir = TempDir::new("ext");
+    let dir = Scratch::new("ext");
     let path = dir.write("train.txt", b"hello");
     let message = read_err(&path);
     assert_names(&message, &path, None);
     assert!(message.contains(".jsonl"), "{message}");
-    let missing = dir.path().join("nope.jsonl");
+    let missing = dir.dir().join("nope.jsonl");
     assert_names(&read_err(&missing), &missing, None);
 }
 
 #[test]
 fn empty_text_file_in_class_folder() {
-    let dir = TempDir::new("folder-empty");
+    let dir = Scratch::new("folder-empty");
     let empty = dir.write("train/a/1.txt", b"  \n\n");
-    let message = read_err(&dir.path().join("train"));
+    let message = read_err(&dir.dir().join("train"));
     assert_names(&message, &empty, Some(1));
     assert!(message.contains("empty"), "{message}");
 }
@@ -724,16 +673,9 @@ fn length_stats_mean_median_max() {
 
 // ---------------------------------------------------------------- real data
 
-fn shared_data_dir() -> PathBuf {
-    match std::env::var_os("COREFOCUS_DATA") {
-        Some(dir) => PathBuf::from(dir),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data"),
-    }
-}
-
 #[test]
 fn reads_bbc_news() {
-    let dir = shared_data_dir().join("bbc-news");
+    let dir = data_dir().join("bbc-news");
     assert!(
         dir.is_dir(),
         "BBC News not found at {} (set COREFOCUS_DATA)",
@@ -790,7 +732,7 @@ fn reads_bbc_news() {
 
 #[test]
 fn reads_sst2_and_20newsgroups() {
-    let data = shared_data_dir();
+    let data = data_dir();
     let sst2 = load_dataset(&data.join("sst2"), &opts()).unwrap();
     assert_eq!(
         (

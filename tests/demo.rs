@@ -1,12 +1,14 @@
 //! The built-in default job end to end, on a small corpus so it runs in seconds.
 
-use std::process::Command;
+mod common;
+
+use common::Scratch;
 
 #[test]
 fn demo_trains_variants_and_writes_report_and_explain_page() {
-    let out = std::env::temp_dir().join(format!("corefocus-demo-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&out);
-    let status = Command::new(env!("CARGO_BIN_EXE_corefocus"))
+    let scratch = Scratch::new("demo");
+    let out = scratch.path("out");
+    let status = common::corefocus_command()
         .args([
             "demo",
             "--out",
@@ -41,5 +43,4 @@ fn demo_trains_variants_and_writes_report_and_explain_page() {
     }
     let page = std::fs::read_to_string(out.join("explain.html")).unwrap();
     assert!(page.contains("<html") && page.trim_end().ends_with("</html>"));
-    std::fs::remove_dir_all(&out).unwrap();
 }

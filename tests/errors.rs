@@ -7,94 +7,18 @@
 //! binary; `every_documented_case_is_tested` checks that each row's ID occurs in the test
 //! file the row names.
 
-use corefocus::data::tokenize::TextTokenizer;
+mod common;
+
+use common::doc_errors::{expect, literal_pieces, table};
+use common::{
+    corefocus, corefocus_with_input, crate_root, gzip, read_json, strings, succeeded,
+    test_model_dir, tiny_model, tiny_model_config, toy_data, toy_rows, train_args, write_config,
+    Scratch,
+};
 use corefocus::model::checkpoint::write_safetensors;
 use corefocus::model::{names, BertConfig, ParamStore};
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-
-#[path = "support/doc_errors.rs"]
-mod doc_errors;
-
-fn crate_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The all-MiniLM-L6-v2 test checkpoint (512 positions, 6 layers); never skipped.
-fn real_model() -> PathBuf {
-    let dir = std::env::var_os("COREFOCUS_TEST_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| crate_root().join("target/models/all-MiniLM-L6-v2"));
-    assert!(
-        dir.join("config.json").is_file(),
-        "test checkpoint missing at {}: run scripts/fetch-test-model.sh (or set COREFOCUS_TEST_MODEL)",
-        dir.display()
-    );
-    dir
-}
-
-/// A fresh scratch directory, removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Self {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "corefocus-errors-{tag}-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-    fn write(&self, name: &str, bytes: impl AsRef<[u8]>) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, bytes).unwrap();
-        path
-    }
-    fn s(&self, name: &str) -> String {
-        self.path(name).to_str().unwrap().to_string()
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn gzip(bytes: &[u8]) -> Vec<u8> {
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    gz.write_all(bytes).unwrap();
-    gz.finish().unwrap()
-}
-
-fn corefocus(args: &[String], stdin: &[u8]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_corefocus"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let input = stdin.to_vec();
-    let mut pipe = child.stdin.take().unwrap();
-    std::thread::spawn(move || pipe.write_all(&input));
-    child.wait_with_output().unwrap()
-}
-
-fn args(list: &[&str]) -> Vec<String> {
-    list.iter().map(|s| s.to_string()).collect()
-}
-
-use doc_errors::{expect, literal_pieces, table};
+use std::process::Output;
 
 #[test]
 fn every_documented_case_is_tested() {
@@ -125,85 +49,10 @@ fn every_documented_case_is_tested() {
 
 // ---------------------------------------------------------------------------- fixtures
 
-const WORDS: &[&str] = &[
-    "the", "film", "plot", "was", "good", "great", "fine", "nice", "bad", "awful", "poor", "dull",
-];
-
-/// A tiny HF-format BERT directory (word-level tokenizer, 2 layers, hidden 8) that trains
-/// in well under a second.
-fn tiny_model(s: &Scratch, name: &str) -> PathBuf {
-    let dir = s.path(name);
-    std::fs::create_dir_all(&dir).unwrap();
-    let words: Vec<String> = WORDS.iter().map(|w| w.to_string()).collect();
-    let tok = TextTokenizer::word_level(&words, true).unwrap();
-    tok.save(&dir).unwrap();
-    let mut cfg = BertConfig::sized(32, 8, 2, 2, 16);
-    cfg.max_position_embeddings = 32;
-    write_config(&dir, &cfg);
-    let mut store = ParamStore::new();
-    for (i, (name, shape)) in names::bert_tensors(&cfg).into_iter().enumerate() {
-        let n: usize = shape.iter().product();
-        let data = (0..n)
-            .map(|j| ((i * 31 + j * 7) % 17) as f32 / 40.0 - 0.2)
-            .collect();
-        store.add(&name, &shape, data);
-    }
-    write_safetensors(&dir.join("model.safetensors"), &store, None).unwrap();
-    dir
-}
-
-fn write_config(dir: &Path, cfg: &BertConfig) {
-    std::fs::write(
-        dir.join("config.json"),
-        serde_json::to_string_pretty(cfg).unwrap(),
-    )
-    .unwrap();
-}
-
-/// 12 training, 4 dev and 4 test rows of a two-class toy task, as JSON Lines.
-fn toy_rows() -> Vec<String> {
-    let pos = ["good", "great", "fine", "nice"];
-    let neg = ["bad", "awful", "poor", "dull"];
-    let mut rows = Vec::new();
-    for i in 0..10 {
-        for (words, label) in [(&pos, "pos"), (&neg, "neg")] {
-            let text = format!("the film was {} {}", words[i % 4], words[(i + 1) % 4]);
-            rows.push(serde_json::json!({"text": text, "label": label}).to_string());
-        }
-    }
-    rows
-}
-
-fn toy_data(s: &Scratch, name: &str) -> PathBuf {
-    let rows = toy_rows();
-    let dir = s.path(name);
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("train.jsonl"), rows[..12].join("\n")).unwrap();
-    std::fs::write(dir.join("dev.jsonl"), rows[12..16].join("\n")).unwrap();
-    std::fs::write(dir.join("test.jsonl"), rows[16..].join("\n")).unwrap();
-    std::fs::write(dir.join("labels.txt"), "neg\npos\n").unwrap();
-    dir
-}
-
 /// `train` on `data` with the tiny model (fails before training for every dataset case).
 fn train_on(s: &Scratch, model: &Path, data: &Path, extra: &[&str]) -> Output {
-    let mut a = args(&[
-        "train",
-        "--model",
-        model.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        &s.s("out"),
-        "--epochs",
-        "1",
-        "--batch-size",
-        "4",
-        "--max-len",
-        "16",
-    ]);
-    a.extend(args(extra));
-    corefocus(&a, b"")
+    let options = ["--epochs", "1", "--batch-size", "4", "--max-len", "16"];
+    corefocus(&train_args(model, data, &s.path("out"), &options, extra))
 }
 
 /// A dataset directory holding only `files`.
@@ -221,7 +70,7 @@ fn data_with(s: &Scratch, name: &str, files: &[(&str, &[u8])]) -> PathBuf {
 #[test]
 fn dataset_errors() {
     let s = Scratch::new("data");
-    let model = tiny_model(&s, "model");
+    let model = tiny_model(&s.path("model"));
     let good = toy_rows();
     let train = good[..12].join("\n");
     let run = |name: &str, files: &[(&str, &[u8])], extra: &[&str]| {
@@ -444,13 +293,9 @@ type RawTensor = (String, safetensors::Dtype, Vec<usize>, Vec<u8>);
 #[test]
 fn model_checkpoint_errors() {
     let s = Scratch::new("model");
-    let data = toy_data(&s, "data");
-    let cfg = {
-        let mut c = BertConfig::sized(32, 8, 2, 2, 16);
-        c.max_position_embeddings = 32;
-        c
-    };
-    let fresh = |name: &str| tiny_model(&s, name);
+    let data = toy_data(&s.path("data"));
+    let cfg = tiny_model_config();
+    let fresh = |name: &str| tiny_model(&s.path(name));
     let train = |model: &Path, extra: &[&str]| train_on(&s, model, &data, extra);
 
     let missing = s.path("nope");
@@ -671,16 +516,9 @@ fn model_checkpoint_errors() {
 #[test]
 fn option_errors() {
     let s = Scratch::new("opts");
-    let model = real_model();
-    let m = model.to_str().unwrap().to_string();
-    let data = toy_data(&s, "data");
-    let d = data.to_str().unwrap().to_string();
-    let o = s.s("out");
-    let train = |extra: &[&str]| {
-        let mut a = args(&["train", "--model", &m, "--data", &d, "--out", &o]);
-        a.extend(args(extra));
-        corefocus(&a, b"")
-    };
+    let model = test_model_dir();
+    let data = toy_data(&s.path("data"));
+    let train = |extra: &[&str]| corefocus(&train_args(&model, &data, &s.path("out"), &[], extra));
     // Checked against config.json before the dataset is read or --out is created.
     expect(&train(&["--max-len", "600"]), "O01", &["config.json"]);
     expect(
@@ -748,14 +586,9 @@ fn option_errors() {
 #[test]
 fn checkpoint_and_inference_errors() {
     let s = Scratch::new("ckpt");
-    let model = tiny_model(&s, "model");
-    let data = toy_data(&s, "data");
-    let out = train_on(&s, &model, &data, &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let model = tiny_model(&s.path("model"));
+    let data = toy_data(&s.path("data"));
+    succeeded(&train_on(&s, &model, &data, &[]), "train");
     let good = s.path("out");
     let copy = |name: &str| {
         let dir = s.path(name);
@@ -769,26 +602,25 @@ fn checkpoint_and_inference_errors() {
         dir
     };
     let predict = |ckpt: &Path, input: &[u8]| {
-        corefocus(
-            &args(&["predict", "--checkpoint", ckpt.to_str().unwrap()]),
+        corefocus_with_input(
+            &strings(&["predict", "--checkpoint", ckpt.to_str().unwrap()]),
             input,
         )
     };
     let eval = |ckpt: &Path, extra: &[&str]| {
-        let mut a = args(&[
+        let mut a = strings(&[
             "eval",
             "--checkpoint",
             ckpt.to_str().unwrap(),
             "--data",
             data.to_str().unwrap(),
         ]);
-        a.extend(args(extra));
-        corefocus(&a, b"")
+        a.extend(strings(extra));
+        corefocus(&a)
     };
     let edit_meta = |dir: &Path, edit: &dyn Fn(&mut serde_json::Value)| {
         let path = dir.join("corefocus.json");
-        let mut meta: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let mut meta = read_json(&path);
         edit(&mut meta);
         std::fs::write(&path, meta.to_string()).unwrap();
     };
@@ -849,25 +681,19 @@ fn checkpoint_and_inference_errors() {
         &["standard input, line 2"],
     );
     let input = s.write("in.txt", b"ok\n\xc3\x28\n");
-    let out = corefocus(
-        &args(&[
-            "predict",
-            "--checkpoint",
-            good.to_str().unwrap(),
-            input.to_str().unwrap(),
-        ]),
-        b"",
-    );
+    let out = corefocus(&strings(&[
+        "predict",
+        "--checkpoint",
+        good.to_str().unwrap(),
+        input.to_str().unwrap(),
+    ]));
     expect(&out, "I01", &["in.txt, line 2"]);
-    let out = corefocus(
-        &args(&[
-            "predict",
-            "--checkpoint",
-            good.to_str().unwrap(),
-            &s.s("missing.txt"),
-        ]),
-        b"",
-    );
+    let out = corefocus(&strings(&[
+        "predict",
+        "--checkpoint",
+        good.to_str().unwrap(),
+        &s.arg("missing.txt"),
+    ]));
     expect(&out, "I02", &["missing.txt"]);
     expect(
         &eval(&good, &["--split", "validation"]),
@@ -882,16 +708,13 @@ fn checkpoint_and_inference_errors() {
             std::fs::read(data.join("train.jsonl")).unwrap().as_slice(),
         )],
     );
-    let out = corefocus(
-        &args(&[
-            "eval",
-            "--checkpoint",
-            good.to_str().unwrap(),
-            "--data",
-            no_test.to_str().unwrap(),
-        ]),
-        b"",
-    );
+    let out = corefocus(&strings(&[
+        "eval",
+        "--checkpoint",
+        good.to_str().unwrap(),
+        "--data",
+        no_test.to_str().unwrap(),
+    ]));
     expect(&out, "I04", &["no-test"]);
     let other = data_with(
         &s,
@@ -901,16 +724,13 @@ fn checkpoint_and_inference_errors() {
             ("test.jsonl", b"{\"text\": \"the film\", \"label\": \"a\"}\n"),
         ],
     );
-    let out = corefocus(
-        &args(&[
-            "eval",
-            "--checkpoint",
-            good.to_str().unwrap(),
-            "--data",
-            other.to_str().unwrap(),
-        ]),
-        b"",
-    );
+    let out = corefocus(&strings(&[
+        "eval",
+        "--checkpoint",
+        good.to_str().unwrap(),
+        "--data",
+        other.to_str().unwrap(),
+    ]));
     expect(&out, "D18", &["test.jsonl:1", "\"a\"", "neg, pos"]);
     expect(&eval(&good, &["--eval-batch", "0"]), "I05", &[]);
     let blocked = s.write("blocked", "a file, not a directory");
@@ -920,41 +740,31 @@ fn checkpoint_and_inference_errors() {
         "I06",
         &["blocked"],
     );
-    let out = corefocus(
-        &args(&[
-            "explain",
-            "--checkpoint",
-            good.to_str().unwrap(),
-            "--text",
-            "  \n ",
-        ]),
-        b"",
-    );
+    let out = corefocus(&strings(&[
+        "explain",
+        "--checkpoint",
+        good.to_str().unwrap(),
+        "--text",
+        "  \n ",
+    ]));
     expect(&out, "I07", &[]);
 
     // Not an error: `bench` on a model whose vocabulary is smaller than the synthetic
     // token ids it draws (they used to index the embeddings out of range).
-    let out = corefocus(
-        &args(&[
-            "bench",
-            "--config",
-            model.to_str().unwrap(),
-            "--batch",
-            "2",
-            "--seq",
-            "16",
-            "--reps",
-            "1",
-            "--warmup",
-            "0",
-            "--variant",
-            "bert,pfc",
-        ]),
-        b"",
-    );
-    assert!(
-        out.status.success(),
-        "bench: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = corefocus(&strings(&[
+        "bench",
+        "--config",
+        model.to_str().unwrap(),
+        "--batch",
+        "2",
+        "--seq",
+        "16",
+        "--reps",
+        "1",
+        "--warmup",
+        "0",
+        "--variant",
+        "bert,pfc",
+    ]));
+    succeeded(&out, "bench");
 }

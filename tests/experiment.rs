@@ -5,27 +5,10 @@
 
 mod common;
 
+use common::{corefocus, succeeded, write_jsonl_gz, Scratch};
 use corefocus::experiment::CellResult;
 use corefocus::plot::{check_svg_structure, svg_texts};
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn scratch(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("corefocus-experiment-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn write_split(dir: &Path, name: &str, rows: &[(String, &str)]) {
-    let file = std::fs::File::create(dir.join(format!("{name}.jsonl.gz"))).unwrap();
-    let mut gz = flate2::write::GzEncoder::new(file, flate2::Compression::default());
-    for (text, label) in rows {
-        writeln!(gz, "{}", serde_json::json!({"text": text, "label": label})).unwrap();
-    }
-    gz.finish().unwrap();
-}
+use std::path::Path;
 
 /// Two classes with distinct vocabularies: 4 training, 2 dev and 2 test examples each.
 fn synthetic_dataset(dir: &Path) {
@@ -57,23 +40,10 @@ fn synthetic_dataset(dir: &Path) {
             .flat_map(|i| words.iter().map(move |(label, w)| (doc(w, i), *label)))
             .collect()
     };
-    write_split(dir, "train", &split(0..4));
-    write_split(dir, "dev", &split(4..6));
-    write_split(dir, "test", &split(6..8));
+    write_jsonl_gz(dir, "train", &split(0..4));
+    write_jsonl_gz(dir, "dev", &split(4..6));
+    write_jsonl_gz(dir, "test", &split(6..8));
     std::fs::write(dir.join("labels.txt"), "food\nspace\n").unwrap();
-}
-
-fn corefocus(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_corefocus"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(out: &Output, what: &str) -> (String, String) {
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(out.status.success(), "{what} failed: {stderr}");
-    (String::from_utf8(out.stdout.clone()).unwrap(), stderr)
 }
 
 fn svg_at(path: &Path) -> Vec<String> {
@@ -86,7 +56,8 @@ fn svg_at(path: &Path) -> Vec<String> {
 #[test]
 fn tiny_grid_trains_every_cell_then_resumes() {
     let model = common::test_model_dir();
-    let root = scratch("tiny");
+    let scratch = Scratch::new("tiny");
+    let root = scratch.dir();
     synthetic_dataset(&root.join("data/synth"));
     let (m, data, runs) = (
         model.to_str().unwrap().to_string(),
@@ -113,7 +84,7 @@ fn tiny_grid_trains_every_cell_then_resumes() {
         "--max-len",
         "32",
     ];
-    let (stdout, _) = ok(&corefocus(&args), "experiment");
+    let stdout = succeeded(&corefocus(&args), "experiment");
     assert!(
         stdout.contains("3 cells: 3 trained, 0 already done, 0 failed"),
         "{stdout}"
@@ -178,7 +149,9 @@ fn tiny_grid_trains_every_cell_then_resumes() {
     }
 
     // Rerun: every cell is finished, nothing is trained or rewritten.
-    let (stdout, stderr) = ok(&corefocus(&args), "experiment rerun");
+    let rerun = corefocus(&args);
+    let stdout = succeeded(&rerun, "experiment rerun");
+    let stderr = String::from_utf8_lossy(&rerun.stderr);
     assert!(
         stdout.contains("3 cells: 0 trained, 3 already done"),
         "{stdout}"
@@ -191,7 +164,7 @@ fn tiny_grid_trains_every_cell_then_resumes() {
     }
     let mut dry = args.to_vec();
     dry.push("--dry-run");
-    let (stdout, _) = ok(&corefocus(&dry), "dry run");
+    let stdout = succeeded(&corefocus(&dry), "dry run");
     assert_eq!(stdout.matches(": done").count(), 3, "{stdout}");
 
     // Another variant in the same grid directory, weights dropped once recorded: the
@@ -200,7 +173,7 @@ fn tiny_grid_trains_every_cell_then_resumes() {
     let variants_value = more.iter().position(|a| *a == "--variants").unwrap() + 1;
     more[variants_value] = "p";
     more.push("--drop-checkpoints");
-    let (stdout, _) = ok(&corefocus(&more), "experiment, one more variant");
+    let stdout = succeeded(&corefocus(&more), "experiment, one more variant");
     assert!(stdout.contains("1 cells: 1 trained"), "{stdout}");
     let p_dir = grid.join("synth/p-seed1");
     assert!(p_dir.join("result.json").is_file() && p_dir.join("test_report.json").is_file());
@@ -226,5 +199,4 @@ fn tiny_grid_trains_every_cell_then_resumes() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("another recipe"), "{stderr}");
-    std::fs::remove_dir_all(&root).unwrap();
 }

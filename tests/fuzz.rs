@@ -3,6 +3,9 @@
 //! input must come back exactly. Case counts are modest here so the suite stays fast;
 //! `scripts/fuzz.sh` runs the same properties with a large `PROPTEST_CASES`.
 
+mod common;
+
+use common::{gzip, write_config, Scratch};
 use corefocus::data::tokenize::TextTokenizer;
 use corefocus::data::{load_dataset, read_split, read_split_with_labels, ReadOptions};
 use corefocus::model::checkpoint::{load_hf_checkpoint, read_safetensors, write_safetensors};
@@ -11,7 +14,6 @@ use corefocus::train::eval::predict_probs;
 use corefocus::train::{load_checkpoint, save_checkpoint, CheckpointMeta};
 use proptest::prelude::*;
 use proptest::test_runner::Config;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -25,19 +27,6 @@ fn config(cases: u32) -> Config {
     };
     c.failure_persistence = None;
     c
-}
-
-/// A scratch directory per test (tests run in parallel threads of one process).
-fn scratch(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("corefocus-fuzz-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn gzip(bytes: &[u8]) -> Vec<u8> {
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(bytes).unwrap();
-    gz.finish().unwrap()
 }
 
 fn opts() -> ReadOptions {
@@ -182,8 +171,9 @@ proptest! {
 
     #[test]
     fn readers_never_panic_on_arbitrary_bytes(bytes in syntax_soup()) {
-        let dir = scratch("bytes");
-        read_all_formats(&dir, &bytes);
+        let scratch = Scratch::new("bytes");
+        let dir = scratch.dir();
+        read_all_formats(dir, &bytes);
     }
 
     #[test]
@@ -191,7 +181,8 @@ proptest! {
         lines in proptest::collection::vec(json_value(), 1..6),
         with_labels in any::<bool>(),
     ) {
-        let dir = scratch("jsonl");
+        let scratch = Scratch::new("jsonl");
+        let dir = scratch.dir();
         let text: Vec<String> = lines.iter().map(|v| v.to_string()).collect();
         let path = dir.join("train.jsonl");
         std::fs::write(&path, text.join("\n")).unwrap();
@@ -202,7 +193,7 @@ proptest! {
         if with_labels {
             std::fs::write(dir.join("labels.txt"), "neg\npos\n").unwrap();
         }
-        let _ = load_dataset(&dir, &opts());
+        let _ = load_dataset(dir, &opts());
         for f in ["train.jsonl", "test.jsonl", "labels.txt"] {
             let _ = std::fs::remove_file(dir.join(f));
         }
@@ -213,7 +204,8 @@ proptest! {
         rows in proptest::collection::vec(proptest::collection::vec(unicode_string(0..10), 0..4), 0..6),
         header in proptest::collection::vec(prop_oneof![Just("text".to_string()), Just("label".to_string()), unicode_string(0..4)], 0..4),
     ) {
-        let dir = scratch("csv");
+        let scratch = Scratch::new("csv");
+        let dir = scratch.dir();
         for (name, delimiter) in [("train.csv", b','), ("train.tsv", b'\t')] {
             let mut w = csv::WriterBuilder::new().delimiter(delimiter).flexible(true).from_writer(Vec::new());
             w.write_record(&header).unwrap();
@@ -230,7 +222,8 @@ proptest! {
 
     #[test]
     fn valid_rows_round_trip(rows in proptest::collection::vec((text(), label()), 1..12)) {
-        let dir = scratch("roundtrip");
+        let scratch = Scratch::new("roundtrip");
+        let dir = scratch.dir();
         // JSON Lines, plain and gzip-compressed.
         let jsonl: Vec<String> = rows
             .iter()
@@ -391,7 +384,8 @@ fn tiny_hf_weights() -> &'static [u8] {
                 (0..n).map(|j| (i + j) as f32 / 64.0).collect(),
             );
         }
-        let path = scratch("hf-src").join("model.safetensors");
+        let scratch = Scratch::new("hf-src");
+        let path = scratch.path("model.safetensors");
         write_safetensors(&path, &store, None).unwrap();
         std::fs::read(&path).unwrap()
     })
@@ -420,7 +414,8 @@ fn tiny_corefocus_checkpoint() -> &'static Vec<(String, Vec<u8>)> {
             Some(1),
             Some(0.5),
         );
-        let dir = scratch("cf-src").join("ckpt");
+        let scratch = Scratch::new("cf-src");
+        let dir = scratch.path("ckpt");
         save_checkpoint(&dir, &model, &tok, &meta).unwrap();
         let mut files = Vec::new();
         for e in std::fs::read_dir(&dir).unwrap() {
@@ -582,22 +577,20 @@ fn apply(bytes: &[u8], d: &Damage) -> Vec<u8> {
 /// Loads the damaged HF checkpoint and corefocus checkpoint; errors are fine, panics are
 /// not, and a corefocus checkpoint that loads must also run.
 fn load_damaged(tag: &str, damages: &[Damage], meta_edit: Option<(String, serde_json::Value)>) {
-    let hf = scratch(&format!("{tag}-hf"));
+    let hf_scratch = Scratch::new(&format!("{tag}-hf"));
+    let hf = hf_scratch.dir();
     let mut weights = tiny_hf_weights().to_vec();
     for d in damages {
         weights = apply(&weights, d);
     }
     std::fs::write(hf.join("model.safetensors"), &weights).unwrap();
-    std::fs::write(
-        hf.join("config.json"),
-        serde_json::to_string(&tiny_config()).unwrap(),
-    )
-    .unwrap();
+    write_config(hf, &tiny_config());
     let _ = read_safetensors(&hf.join("model.safetensors"), false);
     let _ = read_safetensors(&hf.join("model.safetensors"), true);
-    let _ = load_hf_checkpoint(&hf);
+    let _ = load_hf_checkpoint(hf);
 
-    let ckpt = scratch(&format!("{tag}-cf"));
+    let ckpt_scratch = Scratch::new(&format!("{tag}-cf"));
+    let ckpt = ckpt_scratch.dir();
     for (name, bytes) in tiny_corefocus_checkpoint() {
         let mut bytes = bytes.clone();
         if name == "model.safetensors" {
@@ -616,7 +609,7 @@ fn load_damaged(tag: &str, damages: &[Damage], meta_edit: Option<(String, serde_
         }
         std::fs::write(ckpt.join(name), bytes).unwrap();
     }
-    if let Ok((model, tok, meta)) = load_checkpoint(&ckpt) {
+    if let Ok((model, tok, meta)) = load_checkpoint(ckpt) {
         let ids = vec![tok
             .encode("the film good the bad film the the", meta.max_len)
             .unwrap()];
@@ -662,12 +655,13 @@ proptest! {
 
     #[test]
     fn safetensors_reader_never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
-        let dir = scratch("st-bytes");
+        let scratch = Scratch::new("st-bytes");
+        let dir = scratch.dir();
         let path = dir.join("model.safetensors");
         std::fs::write(&path, &bytes).unwrap();
         prop_assert!(read_safetensors(&path, false).is_err() || bytes.len() >= 8);
-        std::fs::write(dir.join("config.json"), serde_json::to_string(&tiny_config()).unwrap()).unwrap();
-        prop_assert!(load_hf_checkpoint(&dir).is_err());
+        write_config(dir, &tiny_config());
+        prop_assert!(load_hf_checkpoint(dir).is_err());
     }
 
     #[test]
@@ -681,17 +675,15 @@ proptest! {
 
 #[test]
 fn undamaged_fixtures_load() {
-    let hf = scratch("clean-hf");
+    let hf_scratch = Scratch::new("clean-hf");
+    let hf = hf_scratch.dir();
     std::fs::write(hf.join("model.safetensors"), tiny_hf_weights()).unwrap();
-    std::fs::write(
-        hf.join("config.json"),
-        serde_json::to_string(&tiny_config()).unwrap(),
-    )
-    .unwrap();
-    load_hf_checkpoint(&hf).unwrap();
-    let ckpt = scratch("clean-cf");
+    write_config(hf, &tiny_config());
+    load_hf_checkpoint(hf).unwrap();
+    let ckpt_scratch = Scratch::new("clean-cf");
+    let ckpt = ckpt_scratch.dir();
     for (name, bytes) in tiny_corefocus_checkpoint() {
         std::fs::write(ckpt.join(name), bytes).unwrap();
     }
-    load_checkpoint(&ckpt).unwrap();
+    load_checkpoint(ckpt).unwrap();
 }

@@ -6,71 +6,13 @@
 //! Every child process gets its own HF_HUB_CACHE / HF_ENDPOINT / HF_HUB_OFFLINE, so the
 //! tests neither read the user's cache nor race on the environment.
 
-use corefocus::data::tokenize::TextTokenizer;
-use corefocus::model::checkpoint::write_safetensors;
-use corefocus::model::{names, BertConfig, ParamStore};
+mod common;
+
+use common::doc_errors::expect;
+use common::{read_json, tiny_model, toy_data, Scratch};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
-
-#[path = "support/doc_errors.rs"]
-mod doc_errors;
-use doc_errors::expect;
-
-fn scratch(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("corefocus-hub-cli-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-const WORDS: &[&str] = &[
-    "the", "film", "plot", "was", "good", "great", "fine", "nice", "bad", "awful", "poor", "dull",
-];
-
-/// A tiny HF-format BERT directory (word-level tokenizer, 2 layers, hidden 8).
-fn tiny_model(dir: &Path) {
-    std::fs::create_dir_all(dir).unwrap();
-    let words: Vec<String> = WORDS.iter().map(|w| w.to_string()).collect();
-    TextTokenizer::word_level(&words, true)
-        .unwrap()
-        .save(dir)
-        .unwrap();
-    let mut cfg = BertConfig::sized(32, 8, 2, 2, 16);
-    cfg.max_position_embeddings = 32;
-    std::fs::write(
-        dir.join("config.json"),
-        serde_json::to_string_pretty(&cfg).unwrap(),
-    )
-    .unwrap();
-    let mut store = ParamStore::new();
-    for (i, (name, shape)) in names::bert_tensors(&cfg).into_iter().enumerate() {
-        let n: usize = shape.iter().product();
-        let data = (0..n)
-            .map(|j| ((i * 31 + j * 7) % 17) as f32 / 40.0 - 0.2)
-            .collect();
-        store.add(&name, &shape, data);
-    }
-    write_safetensors(&dir.join("model.safetensors"), &store, None).unwrap();
-}
-
-/// A two-class toy dataset.
-fn toy_data(dir: &Path) {
-    std::fs::create_dir_all(dir).unwrap();
-    let pos = ["good", "great", "fine", "nice"];
-    let neg = ["bad", "awful", "poor", "dull"];
-    let mut rows = Vec::new();
-    for i in 0..10 {
-        for (words, label) in [(&pos, "pos"), (&neg, "neg")] {
-            let text = format!("the film was {} {}", words[i % 4], words[(i + 1) % 4]);
-            rows.push(serde_json::json!({"text": text, "label": label}).to_string());
-        }
-    }
-    std::fs::write(dir.join("train.jsonl"), rows[..12].join("\n")).unwrap();
-    std::fs::write(dir.join("dev.jsonl"), rows[12..16].join("\n")).unwrap();
-    std::fs::write(dir.join("test.jsonl"), rows[16..].join("\n")).unwrap();
-    std::fs::write(dir.join("labels.txt"), "neg\npos\n").unwrap();
-}
 
 const SHA: &str = "4f2e3c1d0b9a88776655443322110fedcba98765";
 
@@ -99,7 +41,7 @@ fn cache_model(cache: &Path, repo: &str, files_from: &Path, skip: &[&str]) -> Pa
 
 /// `corefocus train --model <spec>` with the hub environment `env`.
 fn train(spec: &str, data: &Path, out: &Path, env: &[(&str, &Path)], offline: bool) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_corefocus"));
+    let mut cmd = common::corefocus_command();
     cmd.args(["train", "--model", spec, "--data"])
         .arg(data)
         .arg("--out")
@@ -130,7 +72,8 @@ fn train(spec: &str, data: &Path, out: &Path, env: &[(&str, &Path)], offline: bo
 
 #[test]
 fn a_cached_hub_model_trains_offline() {
-    let root = scratch("cached");
+    let scratch = Scratch::new("cached");
+    let root = scratch.dir();
     let model = root.join("tiny");
     tiny_model(&model);
     let data = root.join("data");
@@ -149,9 +92,7 @@ fn a_cached_hub_model_trains_offline() {
     let stderr = String::from_utf8_lossy(&result.stderr);
     assert!(result.status.success(), "train failed:\n{stderr}");
     assert!(out.join("corefocus.json").is_file());
-    let meta: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("corefocus.json")).unwrap())
-            .unwrap();
+    let meta = read_json(&out.join("corefocus.json"));
     // The run records the spec the user gave, not the cache path.
     assert_eq!(meta["train"]["model"], "corefocus-test/tiny-bert");
 
@@ -187,12 +128,12 @@ fn a_cached_hub_model_trains_offline() {
         result.status.success(),
         "a complete cached snapshot needs no network:\n{stderr}"
     );
-    let _ = std::fs::remove_dir_all(&root);
 }
 
 #[test]
 fn uncached_hub_models_fail_fast_without_network() {
-    let root = scratch("uncached");
+    let scratch = Scratch::new("uncached");
+    let root = scratch.dir();
     let data = root.join("data");
     toy_data(&data);
     let cache = root.join("empty-cache");
@@ -237,5 +178,4 @@ fn uncached_hub_models_fail_fast_without_network() {
             "{out}: created although the model failed"
         );
     }
-    let _ = std::fs::remove_dir_all(&root);
 }

@@ -3,76 +3,27 @@
 //! metrics and test report; and a NaN loss stops training keeping the last good
 //! checkpoint. Uses the test checkpoint with `--max-len 16` and 12 training examples.
 
+mod common;
+
+use common::doc_errors::expect;
+use common::{corefocus, read_json, succeeded, Scratch};
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-
-#[path = "support/doc_errors.rs"]
-mod doc_errors;
-use doc_errors::expect;
-
-fn model_dir() -> PathBuf {
-    let dir = std::env::var_os("COREFOCUS_TEST_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("target/models/all-MiniLM-L6-v2")
-        });
-    assert!(
-        dir.join("model.safetensors").is_file(),
-        "test checkpoint missing at {}: run scripts/fetch-test-model.sh (or set COREFOCUS_TEST_MODEL)",
-        dir.display()
-    );
-    dir
-}
-
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Self {
-        let d = std::env::temp_dir().join(format!("corefocus-resume-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        Scratch(d)
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use std::path::Path;
+use std::process::{Output, Stdio};
 
 /// 12 training, 4 dev and 4 test examples of a two-class toy task.
 fn toy_data(dir: &Path) {
-    std::fs::create_dir_all(dir).unwrap();
-    let pos = ["wonderful", "great", "excellent", "lovely"];
-    let neg = ["awful", "terrible", "boring", "bad"];
-    let mut rows = Vec::new();
-    for i in 0..10 {
-        for (words, label) in [(&pos, "pos"), (&neg, "neg")] {
-            let text = format!("the film was {} and {}", words[i % 4], words[(i + 1) % 4]);
-            rows.push(serde_json::json!({"text": text, "label": label}).to_string());
-        }
-    }
-    std::fs::write(dir.join("train.jsonl"), rows[..12].join("\n")).unwrap();
-    std::fs::write(dir.join("dev.jsonl"), rows[12..16].join("\n")).unwrap();
-    std::fs::write(dir.join("test.jsonl"), rows[16..].join("\n")).unwrap();
+    let rows = common::toy_rows_with(
+        ["wonderful", "great", "excellent", "lovely"],
+        ["awful", "terrible", "boring", "bad"],
+        " and ",
+    );
+    common::write_toy_splits(dir, &rows);
 }
 
 /// `train` arguments shared by every run of one comparison (3 steps per epoch).
 fn train_args(data: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
-    let model = model_dir();
-    let mut a: Vec<String> = [
-        "train",
-        "--model",
-        model.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
+    let options = [
         "--epochs",
         "2",
         "--batch-size",
@@ -87,31 +38,9 @@ fn train_args(data: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
         "0.7",
         "--seed",
         "11",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    a.extend(extra.iter().map(|s| s.to_string()));
-    a
-}
-
-fn corefocus(args: &[String]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_corefocus"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .output()
-        .unwrap()
-}
-
-fn succeeded(out: &Output, what: &str) {
-    assert!(
-        out.status.success(),
-        "{what} failed ({:?}): {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ];
+    let model = common::test_model_dir();
+    common::train_args(&model, data, out, &options, extra)
 }
 
 fn stopped(out: &Output, what: &str) {
@@ -124,8 +53,7 @@ fn stopped(out: &Output, what: &str) {
 }
 
 fn state(out: &Path) -> serde_json::Value {
-    let text = std::fs::read_to_string(out.join("resume/state.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
+    read_json(&out.join("resume/state.json"))
 }
 
 /// metrics.jsonl without its timing fields.
@@ -144,9 +72,7 @@ fn metrics(out: &Path) -> Vec<serde_json::Value> {
 }
 
 fn test_report(out: &Path) -> (serde_json::Value, serde_json::Value) {
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("test_report.json")).unwrap())
-            .unwrap();
+    let v = read_json(&out.join("test_report.json"));
     (v["loss"].clone(), v["report"].clone())
 }
 
@@ -241,7 +167,7 @@ fn interrupted_runs_resume_to_identical_weights() {
 
     // Killed (SIGKILL) once a resume state exists, wherever it then is.
     let killed = s.path("killed");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_corefocus"))
+    let mut child = common::corefocus_command()
         .args(train_args(&data, &killed, &["--save-every", "2"]))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -343,9 +269,7 @@ fn nan_loss_stops_and_keeps_the_last_good_checkpoint() {
     let failed = corefocus(&train_args(&data, &out, &["--inject-nan-at-step", "4"]));
     expect(&failed, "R04", &[out.to_str().unwrap(), "step 4 of 6"]);
 
-    let meta: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("corefocus.json")).unwrap())
-            .unwrap();
+    let meta = read_json(&out.join("corefocus.json"));
     assert_eq!(meta["best_epoch"], 1);
     assert_eq!(metrics(&out).len(), 1);
     assert!(!out.join("test_report.json").exists());

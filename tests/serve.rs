@@ -13,24 +13,17 @@ use corefocus::train::{save_checkpoint, CheckpointMeta};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 #[path = "common/mod.rs"]
 mod common;
-#[path = "support/doc_errors.rs"]
-mod doc_errors;
-use doc_errors::expect;
+
+use common::doc_errors::expect;
+use common::{corefocus, Scratch};
 
 const LABELS: [&str; 3] = ["business", "sport", "tech"];
-
-fn scratch(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("corefocus-serve-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 /// A PF checkpoint of the test model with a random head (max_len 64).
 fn make_checkpoint(dir: &Path) {
@@ -53,7 +46,7 @@ struct Server {
 
 impl Server {
     fn start(checkpoint: &Path, extra: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_corefocus"))
+        let mut child = common::corefocus_command()
             .args(["serve", "--checkpoint", checkpoint.to_str().unwrap()])
             .args(["--addr", "127.0.0.1:0"])
             .args(extra)
@@ -148,24 +141,12 @@ fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
 
 /// `corefocus predict` on `texts` (one per line): its JSON lines.
 fn predict(checkpoint: &Path, texts: &[&str]) -> Vec<Value> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_corefocus"))
-        .args(["predict", "--checkpoint", checkpoint.to_str().unwrap()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
     let input = texts.join("\n") + "\n";
-    let mut pipe = child.stdin.take().unwrap();
-    std::thread::spawn(move || pipe.write_all(input.as_bytes()));
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "predict failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = common::corefocus_with_input(
+        &["predict", "--checkpoint", checkpoint.to_str().unwrap()],
+        input.as_bytes(),
     );
-    String::from_utf8(out.stdout)
-        .unwrap()
+    common::succeeded(&out, "predict")
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
@@ -197,7 +178,8 @@ const TEXTS: [&str; 6] = [
 
 #[test]
 fn serve_answers_like_predict_enforces_limits_and_batches() {
-    let root = scratch("main");
+    let scratch = Scratch::new("main");
+    let root = scratch.dir();
     let ckpt = root.join("ckpt");
     make_checkpoint(&ckpt);
     let server = Server::start(
@@ -343,20 +325,12 @@ fn serve_answers_like_predict_enforces_limits_and_batches() {
     let (_, health) = server.get("/healthz");
     assert_eq!(health["texts"], 19 + 48, "{health}");
     drop(server);
-    let _ = std::fs::remove_dir_all(&root);
-}
-
-fn corefocus(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_corefocus"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
 }
 
 #[test]
 fn serve_and_loadgen_option_errors() {
-    let root = scratch("errors");
+    let scratch = Scratch::new("errors");
+    let root = scratch.dir();
     let ckpt = root.join("ckpt");
     make_checkpoint(&ckpt);
     let c = ckpt.to_str().unwrap();
@@ -397,7 +371,6 @@ fn serve_and_loadgen_option_errors() {
     expect(&out, "S04", &["127.0.0.1:9"]);
     let out = corefocus(&["loadgen", "--url", "https://example.com"]);
     expect(&out, "S05", &[]);
-    let _ = std::fs::remove_dir_all(&root);
 }
 
 /// Exit status 1 with one `error:` line holding `message`.
@@ -411,7 +384,8 @@ fn expect_message(out: &std::process::Output, message: &str) {
 
 #[test]
 fn a_full_queue_answers_429() {
-    let root = scratch("queue");
+    let scratch = Scratch::new("queue");
+    let root = scratch.dir();
     let ckpt = root.join("ckpt");
     make_checkpoint(&ckpt);
     // One queued request at most; batches of 8 texts start at once (no waiting to fill).
@@ -460,12 +434,12 @@ fn a_full_queue_answers_429() {
     let (status, answer) = slow.join().unwrap();
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["results"].as_array().unwrap().len(), 8);
-    let _ = std::fs::remove_dir_all(&root);
 }
 
 #[test]
 fn sigterm_finishes_the_request_in_flight_and_exits_0() {
-    let root = scratch("shutdown");
+    let scratch = Scratch::new("shutdown");
+    let root = scratch.dir();
     let ckpt = root.join("ckpt");
     make_checkpoint(&ckpt);
     // The inference thread holds a lone request for up to 1.5 s hoping to fill a batch,
@@ -535,5 +509,4 @@ fn sigterm_finishes_the_request_in_flight_and_exits_0() {
     assert!(stderr.contains("stopped after 9 requests"), "{stderr}");
     // No longer listening.
     assert!(TcpStream::connect(&server.addr).is_err());
-    let _ = std::fs::remove_dir_all(&root);
 }

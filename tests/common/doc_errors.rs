@@ -1,13 +1,8 @@
 //! The table of docs/errors.md, read by the tests that back its rows: [`expect`] checks a
 //! command's failure against the row of an ID.
-#![allow(dead_code)]
 
-use std::path::PathBuf;
+use super::crate_root;
 use std::process::Output;
-
-fn crate_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 pub struct Row {
     pub id: String,
