@@ -23,7 +23,6 @@ pub fn retain_freed_memory() {
     }
 }
 
-
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory, fsync,
 /// rename, fsync of the directory, so readers never see a half-written file and a crash
 /// leaves the old or the new contents.
