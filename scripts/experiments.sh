@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The accuracy grids of issue 5 / docs/results.md, in priority order. Resumable: every
+# finished cell (runs/experiments/<grid>/<dataset>/<cell>/result.json) is skipped, so run
+# it again after an interruption. Each grid also (re)writes its results.md and SVG plots.
+#
+# Usage: scripts/experiments.sh [step...]
+#   steps: table2-sst2 table2-bbc table4 table5 table6 table2-20ng   (default: all, in order)
+# Settings (recorded in docs/results.md): MiniLM-L6, lr 2e-5, batch 16, 10% warm-up,
+# best checkpoint by validation loss, EPOCHS epochs (default 2), max length sst2 64,
+# bbc-news 512, 20newsgroups 256 (CPU budget), 3 seeds (20newsgroups 1).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/fetch-test-model.sh
+cargo build --release --locked
+M=${COREFOCUS_TEST_MODEL:-target/models/all-MiniLM-L6-v2}
+DATA=${COREFOCUS_DATA:-../shared/data}
+EPOCHS=${EPOCHS:-2}
+run() { ./target/release/corefocus experiment "$@" --model "$M" --data-root "$DATA" \
+          --epochs "$EPOCHS" --drop-checkpoints; }
+for step in "${@:-table2-sst2 table2-bbc table4 table5 table6 table2-20ng}"; do
+  for s in $step; do
+    echo "== $s ($(date -u +%H:%M:%S))"
+    case $s in
+      table2-sst2) run table2 --datasets sst2 --seeds 3 ;;
+      table2-bbc) run table2 --datasets bbc-news --seeds 3 ;;
+      table2-20ng) run table2 --datasets 20newsgroups --seeds 1 --variants bert,pf,pfc@L-1 ;;
+      table4 | table5) run "$s" --seeds 1 ;;
+      table6) run table6 --seeds 1 ;;
+      *) echo "unknown step $s" >&2; exit 2 ;;
+    esac
+  done
+done
