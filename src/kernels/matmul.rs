@@ -1,4 +1,5 @@
-//! The one seam to the matrix-multiply engine (the `gemm` crate, which picks AVX-512 /
+//! The one seam to the matrix-multiply engine: our AVX2/FMA kernel (`gemm_avx2`) where
+//! the CPU has it, else the `gemm` crate (which picks AVX-512 /
 //! AVX2 / SSE kernels at run time). Everything else in the engine calls `matmul`, so a
 //! different backend (CUDA later) replaces this file, not the model.
 
@@ -71,10 +72,31 @@ pub enum Par {
     Rayon,
 }
 
-/// `dst = beta_dst * dst + a * b` where `dst` is a dense row-major `[a.rows, b.cols]`
-/// matrix with row stride `dst_row_stride`. `accumulate = false` overwrites `dst`
-/// (its previous contents are never read, so it may hold garbage).
+/// Which engine computes a product: `Auto` is the AVX2/FMA kernel of `gemm_avx2` where
+/// the CPU has it, else the `gemm` crate; `GemmCrate` forces the crate (for comparisons).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Backend {
+    Auto,
+    GemmCrate,
+}
+
+/// `dst (+)= a * b` where `dst` is a dense row-major `[a.rows, b.cols]` matrix with row
+/// stride `dst_row_stride`. `accumulate = false` overwrites `dst` (its previous contents
+/// are never read, so it may hold garbage).
 pub fn matmul(
+    dst: &mut [f32],
+    dst_row_stride: usize,
+    a: MatRef,
+    b: MatRef,
+    accumulate: bool,
+    par: Par,
+) {
+    matmul_with(Backend::Auto, dst, dst_row_stride, a, b, accumulate, par);
+}
+
+/// `matmul` on a chosen backend.
+pub fn matmul_with(
+    backend: Backend,
     dst: &mut [f32],
     dst_row_stride: usize,
     a: MatRef,
@@ -101,17 +123,20 @@ pub fn matmul(
     }
     a.check("lhs");
     b.check("rhs");
-    let parallelism = match par {
-        Par::Serial => gemm::Parallelism::None,
-        Par::Rayon => {
-            let threads = rayon::current_num_threads();
-            // Small products are faster on one thread than split across the pool.
-            if threads > 1 && m * n * k >= 64 * 64 * 64 {
-                gemm::Parallelism::Rayon(threads)
-            } else {
-                gemm::Parallelism::None
-            }
-        }
+    let threads = match par {
+        Par::Serial => 1,
+        // Small products are faster on one thread than split across the pool.
+        Par::Rayon if m * n * k < 64 * 64 * 64 => 1,
+        Par::Rayon => rayon::current_num_threads(),
+    };
+    #[cfg(target_arch = "x86_64")]
+    if backend == Backend::Auto && super::gemm_avx2::available() {
+        super::gemm_avx2::gemm(dst, dst_row_stride, a, b, accumulate, threads);
+        return;
+    }
+    let parallelism = match threads {
+        1 => gemm::Parallelism::None,
+        t => gemm::Parallelism::Rayon(t),
     };
     // SAFETY: all three views were bounds-checked above against their slices, `dst` is
     // borrowed mutably and so cannot alias `a` or `b`.
