@@ -35,8 +35,9 @@ use std::sync::OnceLock;
 
 /// Rows of the register tile (A panel width).
 const MR: usize = 6;
-/// Columns of the register tile (B panel width): two ymm vectors.
-const NR: usize = 16;
+/// Columns of the register tile (B panel width) in ymm vectors, and in floats.
+const NV: usize = 2;
+const NR: usize = 8 * NV;
 /// Depth of a packed block: a B panel is `KC * NR * 4` = 16 KiB, half of L1d.
 const KC: usize = 256;
 /// Rows of a packed A block: `MC * KC * 4` = 144 KiB, well inside a 512 KiB L2.
@@ -202,7 +203,9 @@ fn aligned_space(buf: &mut Vec<f32>, len: usize) -> *mut f32 {
 fn with_pack_space<R>(a_len: usize, b_len: usize, f: impl FnOnce(*mut f32, *mut f32) -> R) -> R {
     PACK_A.with(|pa| {
         PACK_B.with(|pb| match (pa.try_borrow_mut(), pb.try_borrow_mut()) {
-            (Ok(mut pa), Ok(mut pb)) => f(aligned_space(&mut pa, a_len), aligned_space(&mut pb, b_len)),
+            (Ok(mut pa), Ok(mut pb)) => {
+                f(aligned_space(&mut pa, a_len), aligned_space(&mut pb, b_len))
+            }
             _ => {
                 let (mut pa, mut pb) = (Vec::new(), Vec::new());
                 f(aligned_space(&mut pa, a_len), aligned_space(&mut pb, b_len))
@@ -242,7 +245,16 @@ unsafe fn serial(c: Dst, a: Operand, b: Operand, m: usize, n: usize, k: usize, a
                         for ir in (0..mc).step_by(MR) {
                             let mr = MR.min(mc - ir);
                             let tile = c.ptr.add((ic + ir) * c.ld + jc + jr);
-                            kernel(kc, pack_a.add(ir * kc), b_panel, tile, c.ld, mr, nr, overwrite);
+                            kernel(
+                                kc,
+                                pack_a.add(ir * kc),
+                                b_panel,
+                                tile,
+                                c.ld,
+                                mr,
+                                nr,
+                                overwrite,
+                            );
                         }
                     }
                 }
@@ -319,13 +331,10 @@ unsafe fn pack_transposing<const W: usize>(
                 if rows == 8 {
                     _mm256_storeu_ps(out, v);
                 } else {
-                    // W = 6: the low four lanes, then lanes 4 and 5.
-                    debug_assert_eq!(rows, 6);
-                    _mm_storeu_ps(out, _mm256_castps256_ps128(v));
-                    _mm_storel_epi64(
-                        out.add(4) as *mut __m128i,
-                        _mm_castps_si128(_mm256_extractf128_ps::<1>(v)),
-                    );
+                    // A panel narrower than 8 (W = MR): only the first `rows` lanes.
+                    let mut lanes = [0.0f32; 8];
+                    _mm256_storeu_ps(lanes.as_mut_ptr(), v);
+                    std::ptr::copy_nonoverlapping(lanes.as_ptr(), out, rows);
                 }
             }
         }
@@ -387,15 +396,25 @@ unsafe fn kernel(
     nr: usize,
     overwrite: bool,
 ) {
-    let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+    // The C tile is touched only after the loop; fetch it now so that its (often
+    // L3 or memory) latency overlaps the arithmetic instead of following it.
+    for r in 0..mr {
+        let row = c.add(r * ldc);
+        _mm_prefetch::<_MM_HINT_T0>(row as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(row.add(nr - 1) as *const i8);
+    }
+    let mut acc = [[_mm256_setzero_ps(); NV]; MR];
     let (mut a, mut b) = (a_panel, b_panel);
     for _ in 0..kc {
-        let b0 = _mm256_loadu_ps(b);
-        let b1 = _mm256_loadu_ps(b.add(8));
+        let mut bv = [_mm256_setzero_ps(); NV];
+        for (v, x) in bv.iter_mut().enumerate() {
+            *x = _mm256_loadu_ps(b.add(8 * v));
+        }
         for (r, acc_r) in acc.iter_mut().enumerate() {
             let av = _mm256_broadcast_ss(&*a.add(r));
-            acc_r[0] = _mm256_fmadd_ps(av, b0, acc_r[0]);
-            acc_r[1] = _mm256_fmadd_ps(av, b1, acc_r[1]);
+            for (x, &bv) in acc_r.iter_mut().zip(&bv) {
+                *x = _mm256_fmadd_ps(av, bv, *x);
+            }
         }
         a = a.add(MR);
         b = b.add(NR);
@@ -493,7 +512,10 @@ mod tests {
         for i in 0..m {
             for j in 0..n {
                 let (g, w) = (got[i * ldc + j] as f64, 2.0 * want[i * n + j]);
-                assert!((g - w).abs() <= 2.0 * tol(w), "{case} accumulate: {g} vs {w}");
+                assert!(
+                    (g - w).abs() <= 2.0 * tol(w),
+                    "{case} accumulate: {g} vs {w}"
+                );
             }
         }
     }
@@ -530,7 +552,10 @@ mod tests {
             let m = 1 + (rng.uniform() * 200.0) as usize;
             let n = 1 + (rng.uniform() * 200.0) as usize;
             let k = 1 + (rng.uniform() * 300.0) as usize;
-            let layouts = ((rng.uniform() * 3.0) as usize, (rng.uniform() * 3.0) as usize);
+            let layouts = (
+                (rng.uniform() * 3.0) as usize,
+                (rng.uniform() * 3.0) as usize,
+            );
             let threads = 1 + (rng.uniform() * 3.0) as usize;
             check(m, n, k, layouts.0, layouts.1, threads);
         }
