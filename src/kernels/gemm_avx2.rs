@@ -45,6 +45,21 @@ const MC: usize = 144;
 /// Columns of a packed B block: `KC * NC * 4` = 3 MiB, in L3.
 const NC: usize = 3072;
 
+/// Cache block sizes (upper bounds; the actual blocks are evened out per shape).
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug)]
+pub struct Blocking {
+    pub kc: usize,
+    pub mc: usize,
+    pub nc: usize,
+}
+
+const BLOCKING: Blocking = Blocking {
+    kc: KC,
+    mc: MC,
+    nc: NC,
+};
+
 /// Whether this CPU has AVX2 and FMA (detected once).
 pub(crate) fn available() -> bool {
     static AVAILABLE: OnceLock<bool> = OnceLock::new();
@@ -107,6 +122,24 @@ pub(crate) fn gemm(
     accumulate: bool,
     threads: usize,
 ) {
+    gemm_with_blocking(BLOCKING, dst, ldc, a, b, accumulate, threads);
+}
+
+/// `gemm` with chosen block sizes (for tuning experiments).
+#[doc(hidden)]
+pub fn gemm_with_blocking(
+    blocking: Blocking,
+    dst: &mut [f32],
+    ldc: usize,
+    a: MatRef,
+    b: MatRef,
+    accumulate: bool,
+    threads: usize,
+) {
+    assert!(
+        blocking.kc > 0 && blocking.mc > 0 && blocking.nc > 0,
+        "gemm: empty blocks"
+    );
     assert!(available(), "gemm: AVX2 and FMA are required");
     assert_eq!(a.cols, b.rows, "gemm: inner dimensions differ");
     let (m, n, k) = (a.rows, b.cols, a.cols);
@@ -146,11 +179,13 @@ pub(crate) fn gemm(
     let split_rows = m.div_ceil(MR) >= n.div_ceil(NR);
     let (len, unit) = if split_rows { (m, MR) } else { (n, NR) };
     let tiles = len.div_ceil(unit);
-    let parts = threads.clamp(1, tiles);
+    // Waking a pool thread costs tens of microseconds; give each part at least about
+    // a million multiply-adds (~15 µs of work).
+    let parts = threads.min(tiles).min(m * n * k >> 20).max(1);
     if parts == 1 {
         // SAFETY: AVX2/FMA are present (asserted); all of a, b and the m x n result lie
         // inside their slices (checked above), and `dst` is borrowed mutably.
-        unsafe { serial(c, a_op, b_op, m, n, k, accumulate) };
+        unsafe { serial(blocking, c, a_op, b_op, m, n, k, accumulate) };
         return;
     }
     let per_part = tiles.div_ceil(parts) * unit;
@@ -171,13 +206,31 @@ pub(crate) fn gemm(
                     ptr: c.ptr.add(start * c.ld),
                     ..c
                 };
-                serial(c_part, a_op.at(start, 0), b_op, count, n, k, accumulate);
+                serial(
+                    blocking,
+                    c_part,
+                    a_op.at(start, 0),
+                    b_op,
+                    count,
+                    n,
+                    k,
+                    accumulate,
+                );
             } else {
                 let c_part = Dst {
                     ptr: c.ptr.add(start),
                     ..c
                 };
-                serial(c_part, a_op, b_op.at(0, start), m, count, k, accumulate);
+                serial(
+                    blocking,
+                    c_part,
+                    a_op,
+                    b_op.at(0, start),
+                    m,
+                    count,
+                    k,
+                    accumulate,
+                );
             }
         }
     });
@@ -220,11 +273,20 @@ fn with_pack_space<R>(a_len: usize, b_len: usize, f: impl FnOnce(*mut f32, *mut 
 /// AVX2 and FMA are available; a (m x k), b (k x n) and c (m x n) are in bounds, and
 /// nothing else accesses the m x n part of c during the call.
 #[allow(clippy::too_many_arguments)]
-unsafe fn serial(c: Dst, a: Operand, b: Operand, m: usize, n: usize, k: usize, accumulate: bool) {
+unsafe fn serial(
+    blocking: Blocking,
+    c: Dst,
+    a: Operand,
+    b: Operand,
+    m: usize,
+    n: usize,
+    k: usize,
+    accumulate: bool,
+) {
     // Even block sizes: K = 384 runs as 2 x 192 rather than 256 + 128.
-    let kc_step = k.div_ceil(k.div_ceil(KC));
-    let mc_step = m.div_ceil(m.div_ceil(MC)).next_multiple_of(MR);
-    let nc_step = n.div_ceil(n.div_ceil(NC)).next_multiple_of(NR);
+    let kc_step = k.div_ceil(k.div_ceil(blocking.kc));
+    let mc_step = m.div_ceil(m.div_ceil(blocking.mc)).next_multiple_of(MR);
+    let nc_step = n.div_ceil(n.div_ceil(blocking.nc)).next_multiple_of(NR);
     with_pack_space(mc_step * kc_step, nc_step * kc_step, |pack_a, pack_b| {
         for jc in (0..n).step_by(nc_step) {
             let nc = nc_step.min(n - jc);

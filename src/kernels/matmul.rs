@@ -94,6 +94,13 @@ pub fn matmul(
     matmul_with(Backend::Auto, dst, dst_row_stride, a, b, accumulate, par);
 }
 
+/// `COREFOCUS_GEMM=crate` in the environment makes `Auto` use the `gemm` crate, to
+/// compare whole training steps on one binary.
+fn gemm_crate_forced() -> bool {
+    static FORCED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FORCED.get_or_init(|| std::env::var("COREFOCUS_GEMM").is_ok_and(|v| v == "crate"))
+}
+
 /// `matmul` on a chosen backend.
 pub fn matmul_with(
     backend: Backend,
@@ -130,7 +137,7 @@ pub fn matmul_with(
         Par::Rayon => rayon::current_num_threads(),
     };
     #[cfg(target_arch = "x86_64")]
-    if backend == Backend::Auto && super::gemm_avx2::available() {
+    if backend == Backend::Auto && super::gemm_avx2::available() && !gemm_crate_forced() {
         super::gemm_avx2::gemm(dst, dst_row_stride, a, b, accumulate, threads);
         return;
     }
