@@ -467,17 +467,31 @@ unsafe fn kernel(
     }
     let mut acc = [[_mm256_setzero_ps(); NV]; MR];
     let (mut a, mut b) = (a_panel, b_panel);
-    for _ in 0..kc {
-        let mut bv = [_mm256_setzero_ps(); NV];
-        for (v, x) in bv.iter_mut().enumerate() {
-            *x = _mm256_loadu_ps(b.add(8 * v));
-        }
-        for (r, acc_r) in acc.iter_mut().enumerate() {
-            let av = _mm256_broadcast_ss(&*a.add(r));
-            for (x, &bv) in acc_r.iter_mut().zip(&bv) {
-                *x = _mm256_fmadd_ps(av, bv, *x);
+    // One step of k: NV vectors of B, MR broadcasts of A, MR * NV FMAs.
+    macro_rules! step {
+        ($p:expr) => {
+            let mut bv = [_mm256_setzero_ps(); NV];
+            for (v, x) in bv.iter_mut().enumerate() {
+                *x = _mm256_loadu_ps(b.add($p * NR + 8 * v));
             }
-        }
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                let av = _mm256_broadcast_ss(&*a.add($p * MR + r));
+                for (x, &bv) in acc_r.iter_mut().zip(&bv) {
+                    *x = _mm256_fmadd_ps(av, bv, *x);
+                }
+            }
+        };
+    }
+    for _ in 0..kc / 4 {
+        step!(0);
+        step!(1);
+        step!(2);
+        step!(3);
+        a = a.add(4 * MR);
+        b = b.add(4 * NR);
+    }
+    for _ in 0..kc % 4 {
+        step!(0);
         a = a.add(MR);
         b = b.add(NR);
     }
