@@ -181,7 +181,7 @@ pub fn gemm_with_blocking(
     let tiles = len.div_ceil(unit);
     // Waking a pool thread costs tens of microseconds; give each part at least about
     // a million multiply-adds (~15 µs of work).
-    let parts = threads.min(tiles).min(m * n * k >> 20).max(1);
+    let parts = threads.min(tiles).min((m * n * k) >> 20).max(1);
     if parts == 1 {
         // SAFETY: AVX2/FMA are present (asserted); all of a, b and the m x n result lie
         // inside their slices (checked above), and `dst` is borrowed mutably.
