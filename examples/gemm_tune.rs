@@ -32,6 +32,9 @@ fn main() {
         (384, 384, 4096, true, false),
         (1536, 384, 4096, true, false),
         (384, 1536, 4096, true, false),
+        (2048, 3072, 768, false, true),
+        (2048, 768, 3072, false, true),
+        (768, 3072, 2048, true, false),
     ];
     for threads in [1, 2] {
         for &(m, n, k, ta, tb) in &shapes {

@@ -42,8 +42,9 @@ const NR: usize = 8 * NV;
 const KC: usize = 256;
 /// Rows of a packed A block: `MC * KC * 4` = 144 KiB, well inside a 512 KiB L2.
 const MC: usize = 144;
-/// Columns of a packed B block: `KC * NC * 4` = 3 MiB, in L3.
-const NC: usize = 3072;
+/// Columns of a packed B block: `KC * NC * 4` = 2 MiB, in L3 (3072 was measurably
+/// slower on bert-base's N = 3072 products).
+const NC: usize = 2048;
 
 /// Cache block sizes (upper bounds; the actual blocks are evened out per shape).
 #[doc(hidden)]
@@ -180,8 +181,8 @@ pub fn gemm_with_blocking(
     let (len, unit) = if split_rows { (m, MR) } else { (n, NR) };
     let tiles = len.div_ceil(unit);
     // Waking a pool thread costs tens of microseconds; give each part at least about
-    // a million multiply-adds (~15 µs of work).
-    let parts = threads.min(tiles).min((m * n * k) >> 20).max(1);
+    // four million multiply-adds (~50 µs of work).
+    let parts = threads.min(tiles).min((m * n * k) >> 22).max(1);
     if parts == 1 {
         // SAFETY: AVX2/FMA are present (asserted); all of a, b and the m x n result lie
         // inside their slices (checked above), and `dst` is borrowed mutably.
