@@ -137,7 +137,9 @@ pub fn matmul_with(
         Par::Rayon => rayon::current_num_threads(),
     };
     #[cfg(target_arch = "x86_64")]
-    if backend == Backend::Auto && super::gemm_avx2::available() && !gemm_crate_forced() {
+    // Products only one or two register tiles wide (n <= 32, e.g. [512 x 512] x
+    // [512 x 32]) stay on the crate: packing A costs more than it saves there.
+    if backend == Backend::Auto && n > 32 && super::gemm_avx2::available() && !gemm_crate_forced() {
         super::gemm_avx2::gemm(dst, dst_row_stride, a, b, accumulate, threads);
         return;
     }
