@@ -1,4 +1,5 @@
-//! The one seam to the matrix-multiply engine (the `gemm` crate, which picks AVX-512 /
+//! The one seam to the matrix-multiply engine: our AVX2/FMA kernel (`gemm_avx2`) where
+//! the CPU has it, else the `gemm` crate (which picks AVX-512 /
 //! AVX2 / SSE kernels at run time). Everything else in the engine calls `matmul`, so a
 //! different backend (CUDA later) replaces this file, not the model.
 
@@ -71,10 +72,38 @@ pub enum Par {
     Rayon,
 }
 
-/// `dst = beta_dst * dst + a * b` where `dst` is a dense row-major `[a.rows, b.cols]`
-/// matrix with row stride `dst_row_stride`. `accumulate = false` overwrites `dst`
-/// (its previous contents are never read, so it may hold garbage).
+/// Which engine computes a product: `Auto` is the AVX2/FMA kernel of `gemm_avx2` where
+/// the CPU has it, else the `gemm` crate; `GemmCrate` forces the crate (for comparisons).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Backend {
+    Auto,
+    GemmCrate,
+}
+
+/// `dst (+)= a * b` where `dst` is a dense row-major `[a.rows, b.cols]` matrix with row
+/// stride `dst_row_stride`. `accumulate = false` overwrites `dst` (its previous contents
+/// are never read, so it may hold garbage).
 pub fn matmul(
+    dst: &mut [f32],
+    dst_row_stride: usize,
+    a: MatRef,
+    b: MatRef,
+    accumulate: bool,
+    par: Par,
+) {
+    matmul_with(Backend::Auto, dst, dst_row_stride, a, b, accumulate, par);
+}
+
+/// `COREFOCUS_GEMM=crate` in the environment makes `Auto` use the `gemm` crate, to
+/// compare whole training steps on one binary.
+fn gemm_crate_forced() -> bool {
+    static FORCED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FORCED.get_or_init(|| std::env::var("COREFOCUS_GEMM").is_ok_and(|v| v == "crate"))
+}
+
+/// `matmul` on a chosen backend.
+pub fn matmul_with(
+    backend: Backend,
     dst: &mut [f32],
     dst_row_stride: usize,
     a: MatRef,
@@ -101,17 +130,22 @@ pub fn matmul(
     }
     a.check("lhs");
     b.check("rhs");
-    let parallelism = match par {
-        Par::Serial => gemm::Parallelism::None,
-        Par::Rayon => {
-            let threads = rayon::current_num_threads();
-            // Small products are faster on one thread than split across the pool.
-            if threads > 1 && m * n * k >= 64 * 64 * 64 {
-                gemm::Parallelism::Rayon(threads)
-            } else {
-                gemm::Parallelism::None
-            }
-        }
+    let threads = match par {
+        Par::Serial => 1,
+        // Small products are faster on one thread than split across the pool.
+        Par::Rayon if m * n * k < 64 * 64 * 64 => 1,
+        Par::Rayon => rayon::current_num_threads(),
+    };
+    #[cfg(target_arch = "x86_64")]
+    // Products only one or two register tiles wide (n <= 32, e.g. [512 x 512] x
+    // [512 x 32]) stay on the crate: packing A costs more than it saves there.
+    if backend == Backend::Auto && n > 32 && super::gemm_avx2::available() && !gemm_crate_forced() {
+        super::gemm_avx2::gemm(dst, dst_row_stride, a, b, accumulate, threads);
+        return;
+    }
+    let parallelism = match threads {
+        1 => gemm::Parallelism::None,
+        t => gemm::Parallelism::Rayon(t),
     };
     // SAFETY: all three views were bounds-checked above against their slices, `dst` is
     // borrowed mutably and so cannot alias `a` or `b`.

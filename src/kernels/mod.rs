@@ -6,6 +6,8 @@ pub mod attention;
 pub mod dropout;
 pub mod embedding;
 pub(crate) mod fastmath;
+#[cfg(target_arch = "x86_64")]
+pub mod gemm_avx2;
 #[cfg(test)]
 pub(crate) mod gradcheck;
 pub mod layernorm;

@@ -1,0 +1,72 @@
+//! Block-size tuning for the AVX2 gemm (a development aid): several `Blocking`s run
+//! interleaved on the model's shapes, best time of N, one thread and the pool.
+//!
+//! `cargo run --release --example gemm_tune [reps] kc,mc,nc kc,mc,nc ...`
+#[cfg(target_arch = "x86_64")]
+fn main() {
+    use corefocus::kernels::gemm_avx2::{gemm_with_blocking, Blocking};
+    use corefocus::kernels::matmul::MatRef;
+    use std::time::Instant;
+    let args: Vec<String> = std::env::args().collect();
+    let reps: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(10);
+    let blockings: Vec<Blocking> = args
+        .iter()
+        .skip(2)
+        .filter_map(|s| {
+            let v: Vec<usize> = s.split(',').filter_map(|x| x.parse().ok()).collect();
+            (v.len() == 3).then(|| Blocking {
+                kc: v[0],
+                mc: v[1],
+                nc: v[2],
+            })
+        })
+        .collect();
+    println!("{blockings:?}");
+    // (m, n, k, a transposed, b transposed)
+    let shapes = [
+        (4096, 384, 384, false, true),
+        (4096, 1536, 384, false, true),
+        (4096, 384, 1536, false, true),
+        (4096, 384, 1536, false, false),
+        (4096, 1536, 384, false, false),
+        (384, 384, 4096, true, false),
+        (1536, 384, 4096, true, false),
+        (384, 1536, 4096, true, false),
+        (2048, 3072, 768, false, true),
+        (2048, 768, 3072, false, true),
+        (768, 3072, 2048, true, false),
+    ];
+    for threads in [1, 2] {
+        for &(m, n, k, ta, tb) in &shapes {
+            let a_buf: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 * 0.1).collect();
+            let b_buf: Vec<f32> = (0..k * n).map(|i| (i % 11) as f32 * 0.1).collect();
+            let a = if ta {
+                MatRef::new(&a_buf, k, m).t()
+            } else {
+                MatRef::new(&a_buf, m, k)
+            };
+            let b = if tb {
+                MatRef::new(&b_buf, n, k).t()
+            } else {
+                MatRef::new(&b_buf, k, n)
+            };
+            let mut c = vec![0.0f32; m * n];
+            let mut best = vec![f64::MAX; blockings.len()];
+            for _ in 0..reps {
+                for (slot, &bl) in blockings.iter().enumerate() {
+                    let t = Instant::now();
+                    gemm_with_blocking(bl, &mut c, n, a, b, false, threads);
+                    best[slot] = best[slot].min(t.elapsed().as_secs_f64());
+                }
+            }
+            let gf: Vec<String> = best
+                .iter()
+                .map(|s| format!("{:6.1}", 2.0 * (m * n * k) as f64 / s / 1e9))
+                .collect();
+            println!("{threads}t {m}x{n}x{k}: {}", gf.join(" "));
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn main() {}
