@@ -529,24 +529,8 @@ unsafe fn kernel(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::gradcheck::random_vec;
+    use crate::kernels::gradcheck::{naive_matmul as naive, random_vec};
     use crate::rng::Rng;
-
-    /// `a · b` in f64 by definition.
-    fn naive(a: MatRef, b: MatRef) -> Vec<f64> {
-        let mut out = vec![0.0; a.rows * b.cols];
-        for i in 0..a.rows {
-            for j in 0..b.cols {
-                out[i * b.cols + j] = (0..a.cols)
-                    .map(|p| {
-                        a.data[i * a.row_stride + p * a.col_stride] as f64
-                            * b.data[p * b.row_stride + j * b.col_stride] as f64
-                    })
-                    .sum();
-            }
-        }
-        out
-    }
 
     /// Layouts of a `rows x cols` operand: 0 row-major, 1 transposed storage, 2 rows
     /// of a wider buffer at an offset (a head slice).

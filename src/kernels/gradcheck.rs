@@ -1,6 +1,7 @@
 //! Test helpers for finite-difference gradient checks: kernels are f32, references are
 //! written in f64 inside each test and differentiated with central differences.
 
+use crate::kernels::matmul::MatRef;
 use crate::rng::Rng;
 
 /// `n` normal values times `scale`, from a fixed seed.
@@ -65,4 +66,20 @@ pub fn assert_grad_close(name: &str, got: &[f32], want: &[f64], tol: f64) {
         err2.sqrt(),
         ref2.sqrt()
     );
+}
+
+/// `a · b` in f64 by definition: the reference the matrix-product kernels are tested against.
+pub fn naive_matmul(a: MatRef, b: MatRef) -> Vec<f64> {
+    let mut out = vec![0.0; a.rows * b.cols];
+    for i in 0..a.rows {
+        for j in 0..b.cols {
+            out[i * b.cols + j] = (0..a.cols)
+                .map(|p| {
+                    a.data[i * a.row_stride + p * a.col_stride] as f64
+                        * b.data[p * b.row_stride + j * b.col_stride] as f64
+                })
+                .sum();
+        }
+    }
+    out
 }

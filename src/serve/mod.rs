@@ -356,23 +356,13 @@ struct ResultView<'a> {
 
 impl Serialize for ResultView<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        struct Probabilities<'a>(&'a [String], &'a [f32]);
-        impl Serialize for Probabilities<'_> {
-            fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-                let mut map = s.serialize_map(Some(self.0.len()))?;
-                for (label, p) in self.0.iter().zip(self.1) {
-                    map.serialize_entry(label, p)?;
-                }
-                map.end()
-            }
-        }
         let r = self.result;
         let mut map = s.serialize_map(None)?;
         map.serialize_entry("label", &self.labels[r.label_id])?;
         map.serialize_entry("label_id", &r.label_id)?;
         map.serialize_entry(
             "probabilities",
-            &Probabilities(self.labels, &r.probabilities),
+            &crate::train::eval::LabelProbabilities(self.labels, &r.probabilities),
         )?;
         if let Some(kept) = &r.kept_tokens {
             map.serialize_entry("kept_tokens", kept)?;

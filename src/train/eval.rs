@@ -222,6 +222,20 @@ pub struct PredictOptions {
     pub eval_batch: usize,
 }
 
+/// Serialises as a JSON object `{label: probability, ...}` in the checkpoint's label order
+/// (shared by `predict` and `serve` so both print the same shape).
+pub(crate) struct LabelProbabilities<'a>(pub &'a [String], pub &'a [f32]);
+
+impl Serialize for LabelProbabilities<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (label, p) in self.0.iter().zip(self.1) {
+            map.serialize_entry(label, p)?;
+        }
+        map.end()
+    }
+}
+
 /// One output line of `predict`: the label and every label's probability, in the
 /// checkpoint's label order.
 struct Prediction<'a> {
@@ -231,19 +245,12 @@ struct Prediction<'a> {
 
 impl Serialize for Prediction<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        struct Probabilities<'a>(&'a [String], &'a [f32]);
-        impl Serialize for Probabilities<'_> {
-            fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-                let mut map = s.serialize_map(Some(self.0.len()))?;
-                for (label, p) in self.0.iter().zip(self.1) {
-                    map.serialize_entry(label, p)?;
-                }
-                map.end()
-            }
-        }
         let mut map = s.serialize_map(Some(2))?;
         map.serialize_entry("label", &self.labels[argmax(self.probs)])?;
-        map.serialize_entry("probabilities", &Probabilities(self.labels, self.probs))?;
+        map.serialize_entry(
+            "probabilities",
+            &LabelProbabilities(self.labels, self.probs),
+        )?;
         map.end()
     }
 }

@@ -272,22 +272,7 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::gradcheck::random_vec;
-
-    fn naive(a: MatRef, b: MatRef) -> Vec<f64> {
-        let mut out = vec![0.0; a.rows * b.cols];
-        for i in 0..a.rows {
-            for j in 0..b.cols {
-                out[i * b.cols + j] = (0..a.cols)
-                    .map(|p| {
-                        a.data[i * a.row_stride + p * a.col_stride] as f64
-                            * b.data[p * b.row_stride + j * b.col_stride] as f64
-                    })
-                    .sum();
-            }
-        }
-        out
-    }
+    use crate::kernels::gradcheck::{naive_matmul as naive, random_vec};
 
     #[test]
     fn pack_transposed_matches_definition() {
