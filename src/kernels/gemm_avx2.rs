@@ -411,7 +411,7 @@ unsafe fn pack_transposing<const W: usize>(
 
 /// Rows of an 8 x 8 block to its columns.
 #[target_feature(enable = "avx2")]
-fn transpose_8x8(r: [__m256; 8]) -> [__m256; 8] {
+pub(crate) fn transpose_8x8(r: [__m256; 8]) -> [__m256; 8] {
     // Interleave pairs of rows, then pairs of pairs, then swap 128-bit halves.
     let t0 = _mm256_unpacklo_ps(r[0], r[1]);
     let t1 = _mm256_unpackhi_ps(r[0], r[1]);
