@@ -5,6 +5,11 @@
 #
 # Usage: scripts/experiments.sh [step...]
 #   steps: table2-sst2 table2-bbc table4 table5 table6 table2-20ng   (default: all, in order)
+#          save   (only copy finished cells into results/experiments)
+# Finished cells are kept in git under results/experiments (result.json, metrics.jsonl,
+# test_report.json per cell, and each grid's results.md and plots): the script restores
+# them into runs/experiments first, so a fresh clone resumes where the grid stood, and
+# copies new ones back after every step.
 # Settings (recorded in docs/results.md): MiniLM-L6, lr 2e-5, batch 16, 10% warm-up,
 # best checkpoint by validation loss, EPOCHS epochs (default 2), max length sst2 64,
 # bbc-news 512, 20newsgroups 256 (CPU budget), 3 seeds (20newsgroups 1).
@@ -15,6 +20,23 @@ cargo build --release --locked
 M=${COREFOCUS_TEST_MODEL:-target/models/all-MiniLM-L6-v2}
 DATA=${COREFOCUS_DATA:-../shared/data}
 EPOCHS=${EPOCHS:-2}
+RUNS=runs/experiments
+RESULTS=results/experiments
+# copy_cells FROM TO: finished cells' small files and the grids' tables and plots, where
+# TO lacks them or has older copies (a cell without result.json is not finished: skipped).
+copy_cells() {
+  [ -d "$1" ] || return 0
+  (cd "$1" && for r in $(find . -name result.json); do
+     d=$(dirname "$r")
+     for f in result.json metrics.jsonl test_report.json; do [ -f "$d/$f" ] && echo "$d/$f"; done
+   done; find . -maxdepth 2 -name results.md -o -maxdepth 2 -name '*.svg') |
+  while read -r f; do
+    if [ ! -f "$2/$f" ] || [ "$1/$f" -nt "$2/$f" ]; then
+      mkdir -p "$2/$(dirname "$f")" && cp -p "$1/$f" "$2/$f"
+    fi
+  done
+}
+copy_cells "$RESULTS" "$RUNS"
 run() { ./target/release/corefocus experiment "$@" --model "$M" --data-root "$DATA" \
           --epochs "$EPOCHS" --drop-checkpoints; }
 for step in "${@:-table2-sst2 table2-bbc table4 table5 table6 table2-20ng}"; do
@@ -26,7 +48,9 @@ for step in "${@:-table2-sst2 table2-bbc table4 table5 table6 table2-20ng}"; do
       table2-20ng) run table2 --datasets 20newsgroups --seeds 1 --variants bert,pf,pfc@L-1 ;;
       table4 | table5) run "$s" --seeds 1 ;;
       table6) run table6 --seeds 1 ;;
+      save) ;;
       *) echo "unknown step $s" >&2; exit 2 ;;
     esac
+    copy_cells "$RUNS" "$RESULTS"
   done
 done
