@@ -23,7 +23,8 @@ EPOCHS=${EPOCHS:-2}
 RUNS=runs/experiments
 RESULTS=results/experiments
 # copy_cells FROM TO: finished cells' small files and the grids' tables and plots, where
-# TO lacks them or has older copies (a cell without result.json is not finished: skipped).
+# TO lacks them or has older copies (a cell without result.json is not finished: skipped);
+# each file is copied to a temporary name and renamed, so an interruption leaves no half file.
 copy_cells() {
   [ -d "$1" ] || return 0
   (cd "$1" && for r in $(find . -name result.json); do
@@ -32,7 +33,7 @@ copy_cells() {
    done; find . -maxdepth 2 -name results.md -o -maxdepth 2 -name '*.svg') |
   while read -r f; do
     if [ ! -f "$2/$f" ] || [ "$1/$f" -nt "$2/$f" ]; then
-      mkdir -p "$2/$(dirname "$f")" && cp -p "$1/$f" "$2/$f"
+      mkdir -p "$2/$(dirname "$f")" && cp -p "$1/$f" "$2/$f.tmp" && mv "$2/$f.tmp" "$2/$f"
     fi
   done
 }
