@@ -1,19 +1,43 @@
 //! A counting global allocator: current and peak bytes held on the heap, so a benchmark
 //! can report the peak memory of one training step (reset the peak before the step).
 //! The binary installs it with `#[global_allocator]`; in other processes the counters
-//! simply stay at zero.
+//! simply stay at zero. Buffers idle in the activation pool (`kernels::workspace`) are
+//! allocated but hold no tensor: they are subtracted, so "current" and "peak" are the
+//! bytes live tensors hold.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub struct CountingAlloc;
 
+/// Heap bytes allocated through the counting allocator.
 static CURRENT: AtomicUsize = AtomicUsize::new(0);
+/// Of those, bytes idle in the activation pool.
+static POOLED: AtomicUsize = AtomicUsize::new(0);
+/// Peak of CURRENT - POOLED.
 static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+fn live(heap: usize) -> usize {
+    heap.saturating_sub(POOLED.load(Ordering::Relaxed))
+}
 
 fn grew(size: usize) {
     let now = CURRENT.fetch_add(size, Ordering::Relaxed) + size;
-    PEAK.fetch_max(now, Ordering::Relaxed);
+    PEAK.fetch_max(live(now), Ordering::Relaxed);
+}
+
+/// A buffer of `bytes` went idle into the activation pool.
+pub fn retired(bytes: usize) {
+    POOLED.fetch_add(bytes, Ordering::Relaxed);
+}
+
+/// A buffer of `bytes` left the activation pool to hold a tensor again.
+pub fn reused(bytes: usize) {
+    // Saturating: the pool reports even where this allocator is not installed.
+    let _ = POOLED.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| {
+        Some(p.saturating_sub(bytes))
+    });
+    PEAK.fetch_max(current_bytes(), Ordering::Relaxed);
 }
 
 // SAFETY: delegates every call to the system allocator and only updates counters.
@@ -49,9 +73,9 @@ unsafe impl GlobalAlloc for CountingAlloc {
     }
 }
 
-/// Bytes currently allocated through the counting allocator.
+/// Bytes live tensors hold: allocated through the counting allocator, not idle in the pool.
 pub fn current_bytes() -> usize {
-    CURRENT.load(Ordering::Relaxed)
+    live(CURRENT.load(Ordering::Relaxed))
 }
 
 /// Peak bytes since the last `reset_peak`.
@@ -61,7 +85,7 @@ pub fn peak_bytes() -> usize {
 
 /// Starts a new peak measurement from the current level.
 pub fn reset_peak() {
-    PEAK.store(CURRENT.load(Ordering::Relaxed), Ordering::Relaxed);
+    PEAK.store(current_bytes(), Ordering::Relaxed);
 }
 
 /// Whether the counting allocator is installed in this process.

@@ -309,6 +309,14 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
             let step_seed = opts.seed ^ ((rep * 1000 + i) as u64);
             crate::profile::enable(opts.profile && timed);
             crate::profile::reset();
+            // Memory is measured on each variant's first step, from an empty activation
+            // pool: later steps may reuse another variant's (up to 2x larger) buffers,
+            // which would blur its peak; their timings do profit from the warm pool, as
+            // training does.
+            let measure_memory = rep == 0;
+            if measure_memory {
+                crate::kernels::workspace::clear();
+            }
             alloc::reset_peak();
             let before = alloc::current_bytes();
             let t0 = Instant::now();
@@ -347,8 +355,9 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
                     r.kernel_seconds[other] += (dt - accounted).max(0.0);
                 }
             }
-            let peak = alloc::peak_bytes().saturating_sub(before);
-            r.transient_peak = r.transient_peak.max(peak);
+            if measure_memory {
+                r.transient_peak = alloc::peak_bytes().saturating_sub(before);
+            }
             if timed {
                 r.train.push(dt);
             }
@@ -453,8 +462,14 @@ pub fn format_table(r: &BenchReport) -> String {
             .as_ref()
             .map(|f| (format!("{:.3}", f.median_s), format!("{:.3}", f.min_s)))
             .unwrap_or(("-".into(), "-".into()));
+        // Without forward timings (--no-forward) there is no forward speedup to print.
+        let fwd_speedup = if v.speedup_forward.is_finite() {
+            format!("{:.2}x", v.speedup_forward)
+        } else {
+            "-".into()
+        };
         s.push_str(&format!(
-            "| {} | {:.3} | {:.3} | {} | {} | {:.0} | {:.0} | {:.1} | {:.1} | {:.2}x | {:.2}x | {:.2} | {:.2} | {:.3} |\n",
+            "| {} | {:.3} | {:.3} | {} | {} | {:.0} | {:.0} | {:.1} | {:.1} | {:.2}x | {} | {:.2} | {:.2} | {:.3} |\n",
             v.variant,
             v.train_step.median_s,
             v.train_step.min_s,
@@ -465,7 +480,7 @@ pub fn format_table(r: &BenchReport) -> String {
             v.train_flops as f64 / 1e9,
             v.mean_kept_last_layer,
             v.speedup_train,
-            v.speedup_forward,
+            fwd_speedup,
             v.memory_ratio,
             v.memory_ratio_total,
             v.flops_ratio

@@ -16,3 +16,4 @@ pub mod loss;
 pub mod matmul;
 
 pub use matmul::{matmul, MatRef, Par};
+pub mod workspace;

@@ -15,6 +15,7 @@ use crate::kernels::attention::{
 use crate::kernels::dropout::{dropout_backward, dropout_forward};
 use crate::kernels::layernorm::{layernorm_backward, layernorm_forward};
 use crate::kernels::linear::{linear_backward, linear_forward};
+use crate::kernels::workspace;
 use crate::profile::{timed, Kernel};
 use crate::rng::mix64;
 use rayon::prelude::*;
@@ -99,9 +100,10 @@ impl LayerDropout {
 
 /// Activations one layer keeps for its backward pass (sized to what is kept).
 pub struct LayerTape {
+    /// Layer input; the pruned key/value rows are gathered from it again in backward
+    /// rather than kept (a copy of `kmax` rows per example would cost memory exactly
+    /// where pruning is meant to save it).
     x_in: Vec<f32>,
-    /// Gathered key/value input rows `[batch, kmax, d]` (empty when the index is identity).
-    xk: Vec<f32>,
     q: Vec<f32>,
     k: Vec<f32>,
     v: Vec<f32>,
@@ -118,12 +120,35 @@ pub struct LayerTape {
     ln2_rstd: Vec<f32>,
 }
 
+impl Drop for LayerTape {
+    fn drop(&mut self) {
+        for v in [
+            &mut self.x_in,
+            &mut self.q,
+            &mut self.k,
+            &mut self.v,
+            &mut self.probs,
+            &mut self.ctx,
+            &mut self.s1,
+            &mut self.ln1_mean,
+            &mut self.ln1_rstd,
+            &mut self.h1,
+            &mut self.inter,
+            &mut self.act,
+            &mut self.s2,
+            &mut self.ln2_mean,
+            &mut self.ln2_rstd,
+        ] {
+            workspace::recycle(std::mem::take(v));
+        }
+    }
+}
+
 impl LayerTape {
     /// Bytes held by the tape's buffers.
     pub fn bytes(&self) -> usize {
         4 * [
             &self.x_in,
-            &self.xk,
             &self.q,
             &self.k,
             &self.v,
@@ -147,13 +172,15 @@ impl LayerTape {
 
 /// `xk[b, s] = x[b, rows[b, s]]`, zero rows for surplus slots.
 fn gather_rows(x: &[f32], kv: &KvIndex, t: usize, d: usize) -> Vec<f32> {
-    let mut xk = vec![0.0f32; kv.rows.len() * d];
+    let mut xk = workspace::take(kv.rows.len() * d);
     xk.par_chunks_mut(d).enumerate().for_each(|(slot, dst)| {
         let r = kv.rows[slot];
         if r != u32::MAX {
             let b = slot / kv.kmax;
             let src = (b * t + r as usize) * d;
             dst.copy_from_slice(&x[src..src + d]);
+        } else {
+            dst.fill(0.0);
         }
     });
     xk
@@ -179,7 +206,7 @@ fn scatter_add_rows(dxk: &[f32], kv: &KvIndex, t: usize, d: usize, dx: &mut [f32
 
 fn lin(p: &ParamStore, ids: LinearIds, x: &[f32], rows: usize, i: usize, o: usize) -> Vec<f32> {
     timed(Kernel::Linear, || {
-        let mut y = vec![0.0f32; rows * o];
+        let mut y = workspace::take(rows * o);
         linear_forward(x, rows, i, p.data(ids.w), Some(p.data(ids.b)), o, &mut y);
         y
     })
@@ -218,9 +245,9 @@ pub(crate) fn lin_back(
 
 /// `y = LN(x)`, returning (y, mean, rstd).
 fn norm(p: &ParamStore, ids: NormIds, x: &[f32], rows: usize, d: usize, eps: f32) -> [Vec<f32>; 3] {
-    let mut y = vec![0.0f32; rows * d];
-    let mut mean = vec![0.0f32; rows];
-    let mut rstd = vec![0.0f32; rows];
+    let mut y = workspace::take(rows * d);
+    let mut mean = workspace::take(rows);
+    let mut rstd = workspace::take(rows);
     timed(Kernel::LayerNorm, || {
         layernorm_forward(
             x,
@@ -250,7 +277,7 @@ fn norm_back(
     d: usize,
     grads: &mut ParamStore,
 ) -> Vec<f32> {
-    let mut dx = vec![0.0f32; rows * d];
+    let mut dx = workspace::take(rows * d);
     let (dg, db) = grads.pair_mut(ids.g, ids.b);
     timed(Kernel::LayerNormBackward, || {
         layernorm_backward(
@@ -317,6 +344,7 @@ pub fn layer_forward(
     let q = lin(p, ids.query, &x, rows, d, d);
     let k = lin(p, ids.key, kv_in, krows, d, d);
     let v = lin(p, ids.value, kv_in, krows, d, d);
+    drop_vec(xk);
 
     let adims = AttnDims {
         batch,
@@ -327,11 +355,11 @@ pub fn layer_forward(
     };
     let scale = 1.0 / ((d / heads) as f32).sqrt();
     let mut probs = if record {
-        vec![0.0f32; batch * heads * t * kv.kmax]
+        workspace::take(batch * heads * t * kv.kmax)
     } else {
         Vec::new()
     };
-    let mut ctx = vec![0.0f32; rows * d];
+    let mut ctx = workspace::take(rows * d);
     let mut importance = importance_weights.map(|_| vec![0.0f32; batch * heads * kv.kmax]);
     timed(Kernel::Attention, || {
         attention_forward(
@@ -363,7 +391,7 @@ pub fn layer_forward(
     let [h1, ln1_mean, ln1_rstd] = norm(p, ids.attn_norm, &s1, rows, d, ln_eps);
 
     let inter = lin(p, ids.ffn_in, &h1, rows, d, ffn);
-    let mut act = vec![0.0f32; rows * ffn];
+    let mut act = workspace::take(rows * ffn);
     timed(Kernel::Gelu, || gelu_forward(&inter, &mut act));
     let mut s2 = lin(p, ids.ffn_out, &act, rows, ffn, d);
     if let Some(dr) = drop {
@@ -374,9 +402,9 @@ pub fn layer_forward(
     add_into(&mut s2, &h1);
     let [out, ln2_mean, ln2_rstd] = norm(p, ids.ffn_norm, &s2, rows, d, ln_eps);
 
-    let tape = record.then_some(LayerTape {
+    // Built either way: without `record` its drop hands the buffers back to the pool.
+    let tape = LayerTape {
         x_in: x,
-        xk,
         q,
         k,
         v,
@@ -391,11 +419,11 @@ pub fn layer_forward(
         s2,
         ln2_mean,
         ln2_rstd,
-    });
+    };
     LayerOutput {
         out,
         importance,
-        tape,
+        tape: record.then_some(tape),
     }
 }
 
@@ -441,7 +469,7 @@ pub fn layer_backward(
             dropout_backward(&mut ds2, dr.hidden_p, dr.ffn_out_seed(), 0)
         });
     }
-    let mut dact = vec![0.0f32; rows * ffn];
+    let mut dact = workspace::take(rows * ffn);
     lin_back(
         p,
         ids.ffn_out,
@@ -454,11 +482,12 @@ pub fn layer_backward(
         false,
         grads,
     );
-    let mut dinter = vec![0.0f32; rows * ffn];
+    let mut dinter = workspace::take(rows * ffn);
     timed(Kernel::GeluBackward, || {
         gelu_backward(&tape.inter, &dact, &mut dinter)
     });
     drop_vec(dact);
+    drop_vec(ds2);
     lin_back(
         p,
         ids.ffn_in,
@@ -485,13 +514,14 @@ pub fn layer_backward(
         d,
         grads,
     );
+    drop_vec(dh1);
     let mut dx = ds1.clone();
     if let Some(dr) = drop {
         timed(Kernel::Dropout, || {
             dropout_backward(&mut ds1, dr.hidden_p, dr.attn_out_seed(), 0)
         });
     }
-    let mut dctx = vec![0.0f32; rows * d];
+    let mut dctx = workspace::take(rows * d);
     lin_back(
         p,
         ids.attn_out,
@@ -504,6 +534,7 @@ pub fn layer_backward(
         false,
         grads,
     );
+    drop_vec(ds1);
 
     let adims = AttnDims {
         batch,
@@ -513,9 +544,9 @@ pub fn layer_backward(
         head_dim: d / heads,
     };
     let scale = 1.0 / ((d / heads) as f32).sqrt();
-    let mut dq = vec![0.0f32; rows * d];
-    let mut dk = vec![0.0f32; krows * d];
-    let mut dv = vec![0.0f32; krows * d];
+    let mut dq = workspace::take(rows * d);
+    let mut dk = workspace::take(krows * d);
+    let mut dv = workspace::take(krows * d);
     timed(Kernel::AttentionBackward, || {
         attention_backward(
             adims,
@@ -532,6 +563,7 @@ pub fn layer_backward(
             &mut dv,
         )
     });
+    drop_vec(dctx);
     lin_back(
         p,
         ids.query,
@@ -544,6 +576,7 @@ pub fn layer_backward(
         true,
         grads,
     );
+    drop_vec(dq);
     if kv.identity {
         lin_back(
             p,
@@ -570,11 +603,12 @@ pub fn layer_backward(
             grads,
         );
     } else {
-        let mut dxk = vec![0.0f32; krows * d];
+        let xk = timed(Kernel::GatherScatter, || gather_rows(&tape.x_in, kv, t, d));
+        let mut dxk = workspace::take(krows * d);
         lin_back(
             p,
             ids.key,
-            &tape.xk,
+            &xk,
             krows,
             d,
             d,
@@ -586,7 +620,7 @@ pub fn layer_backward(
         lin_back(
             p,
             ids.value,
-            &tape.xk,
+            &xk,
             krows,
             d,
             d,
@@ -595,14 +629,19 @@ pub fn layer_backward(
             true,
             grads,
         );
+        drop_vec(xk);
         timed(Kernel::GatherScatter, || {
             scatter_add_rows(&dxk, kv, t, d, &mut dx)
         });
+        drop_vec(dxk);
     }
+    drop_vec(dk);
+    drop_vec(dv);
     dx
 }
 
-/// Frees a large buffer early (keeps peak memory down in backward).
+/// Returns a large buffer to the activation pool as soon as it is dead (keeps peak
+/// memory down in backward; the next step reuses it without a zero-fill).
 fn drop_vec(v: Vec<f32>) {
-    drop(v)
+    workspace::recycle(v)
 }

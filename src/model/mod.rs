@@ -90,6 +90,7 @@ pub struct Model {
 pub mod encoder;
 pub mod layout;
 
+use crate::kernels::workspace;
 use anyhow::{bail, Result};
 use combiner::{combiner_backward, combiner_forward, CombinerDims, CombinerSettings, CombinerTape};
 use encoder::{
@@ -735,7 +736,7 @@ impl Model {
             let kv = KvIndex::identity(bsz, m);
             for (l, lt) in tape.after.iter().rev() {
                 let ids = lay.layers[*l].as_ref().expect("layer present");
-                dh = layer_backward(
+                let dprev = layer_backward(
                     p,
                     ids,
                     adims,
@@ -745,6 +746,7 @@ impl Model {
                     &dh,
                     grads,
                 );
+                workspace::recycle(std::mem::replace(&mut dh, dprev));
             }
             let cids = lay.combiner.as_ref().expect("combiner present");
             let mut dx = vec![0.0f32; bsz * t * d];
@@ -773,7 +775,7 @@ impl Model {
         let dims = self.layer_dims(bsz, t);
         for (l, kv, lt) in tape.full.iter().rev() {
             let ids = lay.layers[*l].as_ref().expect("layer present");
-            dx = layer_backward(
+            let dprev = layer_backward(
                 p,
                 ids,
                 dims,
@@ -783,6 +785,7 @@ impl Model {
                 &dx,
                 grads,
             );
+            workspace::recycle(std::mem::replace(&mut dx, dprev));
         }
 
         // Embeddings and combination tokens.
