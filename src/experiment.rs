@@ -497,6 +497,11 @@ pub struct CellResult {
     /// metrics.jsonl of the run.
     pub curve: Vec<EpochRecord>,
     pub created: String,
+    /// `<grid>/<dataset>/<cell>-seed<k>` of the identical finished cell (same dataset,
+    /// seed, schedule and resolved method settings) whose run this result copies, when
+    /// the cell was not trained itself (see `reuse_twin`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reused_from: Option<String>,
 }
 
 /// Reads a `result.json`.
@@ -586,6 +591,7 @@ pub fn run_cell(grid: &str, cell: &Cell, drop_checkpoint: bool) -> Result<CellRe
         peak_heap_bytes,
         curve: records.clone(),
         created: utc_timestamp(),
+        reused_from: None,
     };
     write_atomic(
         &cell.dir.join(RESULT_FILE),
@@ -597,6 +603,66 @@ pub fn run_cell(grid: &str, cell: &Cell, drop_checkpoint: bool) -> Result<CellRe
             .with_context(|| format!("cannot remove {}", weights.display()))?;
     }
     Ok(result)
+}
+
+/// Grids overlap: Table 4's p = 0.9 cell, Table 5's layer-5 cell and Table 6's m = 8
+/// cells are Table 2 cells under another name. When another grid under `root` holds a
+/// trained (not itself reused) cell with the same dataset, seed, schedule and resolved
+/// method settings, the same run would be repeated: instead its result, curve and test
+/// report are copied into `cell.dir`, the result naming its source in `reused_from`.
+pub fn reuse_twin(root: &Path, grid: &str, cell: &Cell) -> Result<Option<CellResult>> {
+    let wanted = Recipe::of(&cell.options);
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return Ok(None);
+    };
+    let mut grid_dirs: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name() != grid && !e.file_name().to_string_lossy().starts_with('.'))
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    grid_dirs.sort();
+    for grid_dir in grid_dirs {
+        let twin = load_results(&grid_dir)?.into_iter().find(|r| {
+            r.reused_from.is_none()
+                && r.dataset == cell.dataset
+                && r.seed == cell.seed
+                && r.settings == cell.settings
+                && r.recipe.schedule_key() == wanted.schedule_key()
+        });
+        let Some(twin) = twin else { continue };
+        let source = format!(
+            "{}/{}/{}-seed{}",
+            twin.grid, twin.dataset, twin.cell, twin.seed
+        );
+        let twin_dir = grid_dir
+            .join(&twin.dataset)
+            .join(format!("{}-seed{}", twin.cell, twin.seed));
+        std::fs::create_dir_all(&cell.dir)
+            .with_context(|| format!("cannot create {}", cell.dir.display()))?;
+        for name in ["metrics.jsonl", "test_report.json"] {
+            let from = twin_dir.join(name);
+            if from.is_file() {
+                let bytes = std::fs::read(&from)
+                    .with_context(|| format!("cannot read {}", from.display()))?;
+                write_atomic(&cell.dir.join(name), &bytes)?;
+            }
+        }
+        let result = CellResult {
+            grid: grid.to_string(),
+            cell: cell.name.clone(),
+            recipe: wanted,
+            created: utc_timestamp(),
+            reused_from: Some(source),
+            ..twin
+        };
+        write_atomic(
+            &cell.dir.join(RESULT_FILE),
+            serde_json::to_string_pretty(&result)?.as_bytes(),
+        )?;
+        return Ok(Some(result));
+    }
+    Ok(None)
 }
 
 /// Every `result.json` under `grid_dir` (`<dataset>/<cell>-seed<k>/result.json`), sorted
@@ -1054,7 +1120,23 @@ pub fn write_reports(
     };
     let cell_order: Vec<String> = plan.cells.iter().map(|c| c.name.clone()).collect();
     let rows = aggregate(&results, &extra, &plan.grid.datasets, &cell_order);
-    let md = format_markdown(&plan.grid.name, &rows, pending, failed);
+    let mut md = format_markdown(&plan.grid.name, &rows, pending, failed);
+    let reused: Vec<String> = results
+        .iter()
+        .filter_map(|r| {
+            let from = r.reused_from.as_ref()?;
+            Some(format!("{}/{}-seed{} = {from}", r.dataset, r.cell, r.seed))
+        })
+        .collect();
+    if !reused.is_empty() {
+        md.push_str(
+            "\nCells that are the same run as a finished cell of another grid (same dataset, \
+             seed, schedule and method settings) were not trained again; they copy its result:\n\n",
+        );
+        for line in reused {
+            md.push_str(&format!("- {line}\n"));
+        }
+    }
     let path = plan.grid_dir.join("results.md");
     write_atomic(&path, md.as_bytes())?;
     if let Err(e) = write_plots(&plan.grid_dir, plan.grid.sweep, &results, &rows) {
@@ -1160,6 +1242,27 @@ pub fn run_experiment(args: &ExperimentArgs) -> Result<ExperimentOutcome> {
                 continue;
             }
             Ok(CellStatus::Pending) => {}
+        }
+        match reuse_twin(&args.root, &plan.grid.name, cell) {
+            Ok(Some(r)) => {
+                skipped += 1;
+                pending -= 1;
+                eprintln!(
+                    "experiment {}: [{}/{total}] {} is the same run as {}: result copied",
+                    plan.grid.name,
+                    i + 1,
+                    cell.label(),
+                    r.reused_from.as_deref().unwrap_or("?")
+                );
+                write_reports(&plan, Some(&baselines_dir), pending, &failed)?;
+                continue;
+            }
+            Ok(None) => {}
+            Err(e) => eprintln!(
+                "experiment {}: {}: looking for an identical finished cell failed ({e:#}); training it",
+                plan.grid.name,
+                cell.label()
+            ),
         }
         eprintln!(
             "experiment {}: [{}/{total}] training {} (max len {}, {} epochs) in {}",
@@ -1459,6 +1562,7 @@ mod tests {
             peak_heap_bytes: Some(1 << 20),
             curve,
             created: "2024-01-01T00:00:00Z".into(),
+            reused_from: None,
         }
     }
 
@@ -1469,6 +1573,61 @@ mod tests {
             serde_json::to_string_pretty(r).unwrap(),
         )
         .unwrap();
+    }
+
+    #[test]
+    fn sweep_cells_identical_to_finished_table2_cells_copy_their_results() {
+        let root = scratch("twins");
+        let bert = BertConfig::minilm_l6();
+        let grid_args = |grid: &str, epochs: usize| ExperimentArgs {
+            datasets: Some(vec!["toy".into()]),
+            seeds: 1,
+            epochs,
+            ..args(grid, &root)
+        };
+        let t2 = plan(
+            &ExperimentArgs {
+                variants: Some(vec!["pfc@L-1".into(), "pf".into()]),
+                ..grid_args("table2", 1)
+            },
+            &bert,
+        )
+        .unwrap();
+        for c in &t2.cells {
+            write_result(&fake_result(c, "table2", 0.8), &c.dir);
+            std::fs::write(c.dir.join("metrics.jsonl"), format!("{}\n", c.name)).unwrap();
+        }
+
+        let copied = |grid: &str, epochs: usize, cell: &str| {
+            let p = plan(&grid_args(grid, epochs), &bert).unwrap();
+            let c = p.cells.iter().find(|c| c.name == cell).expect(cell);
+            reuse_twin(&root, grid, c).unwrap().map(|r| {
+                assert_eq!((r.grid.as_str(), r.cell.as_str()), (grid, cell));
+                assert!(matches!(cell_status(c), Ok(CellStatus::Done(_))));
+                let curve = std::fs::read_to_string(c.dir.join("metrics.jsonl")).unwrap();
+                (r.reused_from.unwrap(), curve)
+            })
+        };
+        let from_pfc = Some((
+            "table2/toy/pfc-l5-seed1".to_string(),
+            "pfc-l5\n".to_string(),
+        ));
+        assert_eq!(copied("table5", 1, "pfc-l5"), from_pfc);
+        assert_eq!(copied("table6", 1, "pfc-m8"), from_pfc);
+        let from_pf = Some(("table2/toy/pf-seed1".to_string(), "pf\n".to_string()));
+        assert_eq!(copied("table4", 1, "pf-p0.9"), from_pf);
+        // Other settings, or the same settings on another schedule, are trained.
+        assert_eq!(copied("table5", 1, "pfc-l3"), None);
+        assert_eq!(copied("table4", 1, "pf-p0.8"), None);
+        assert_eq!(copied("table5", 2, "pfc-l5"), None);
+
+        // The grid's table says which cells are copies.
+        let p5 = plan(&grid_args("table5", 1), &bert).unwrap();
+        let md = std::fs::read_to_string(write_reports(&p5, None, 4, &[]).unwrap()).unwrap();
+        assert!(
+            md.contains("- toy/pfc-l5-seed1 = table2/toy/pfc-l5-seed1"),
+            "{md}"
+        );
     }
 
     #[test]
