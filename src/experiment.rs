@@ -83,6 +83,13 @@ pub struct ExperimentArgs {
     /// metrics, plots and reports stay).
     #[arg(long)]
     pub drop_checkpoints: bool,
+    /// Save each cell's resume state every this many optimizer steps (besides epoch ends),
+    /// so an interrupted cell continues from there on the next run instead of restarting.
+    #[arg(long, default_value_t = 25)]
+    pub save_every: u64,
+    /// Test only: stop each trained cell after optimizer step N (its resume state saved).
+    #[arg(long, hide = true)]
+    pub stop_after_steps: Option<u64>,
 }
 
 impl ExperimentArgs {
@@ -102,6 +109,8 @@ impl ExperimentArgs {
             max_eval_examples: None,
             dry_run: false,
             drop_checkpoints: false,
+            save_every: 25,
+            stop_after_steps: None,
         }
     }
 }
@@ -439,8 +448,11 @@ pub fn plan(args: &ExperimentArgs, bert: &BertConfig) -> Result<Plan> {
                     seed,
                     max_train_examples: args.max_train_examples,
                     max_eval_examples: args.max_eval_examples,
-                    // Only a crashed attempt of this very cell (no result.json) is replaced.
+                    // Only a crashed attempt of this very cell (no result.json) is replaced
+                    // (or continued: see `resumable`).
                     overwrite: true,
+                    save_every: args.save_every,
+                    stop_after_steps: args.stop_after_steps,
                     ..TrainOptions::default()
                 };
                 options
@@ -502,6 +514,10 @@ pub struct CellResult {
     /// the cell was not trained itself (see `reuse_twin`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reused_from: Option<String>,
+    /// The run continued an interrupted attempt from its saved state: `train_seconds`
+    /// counts the last attempt only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resumed: bool,
 }
 
 /// Reads a `result.json`.
@@ -540,6 +556,26 @@ pub fn cell_status(cell: &Cell) -> Result<CellStatus> {
         );
     }
     Ok(CellStatus::Done(Box::new(result)))
+}
+
+/// The options that continue an interrupted attempt of `cell` from its saved resume state,
+/// when there is one recorded with the same options; None (train from the start) otherwise.
+pub fn resumable(cell: &Cell) -> Option<TrainOptions> {
+    let state_path = cell
+        .dir
+        .join(crate::train::resume::RESUME_DIR)
+        .join(crate::train::resume::STATE_FILE);
+    if !state_path.is_file() {
+        return None;
+    }
+    let options = TrainOptions {
+        resume: true,
+        overwrite: false,
+        ..cell.options.clone()
+    };
+    let state = crate::train::resume::read_resume_state(&cell.dir).ok()?;
+    let differing = crate::train::resume::differing_options(&state.options, &options).ok()?;
+    differing.is_empty().then_some(options)
 }
 
 /// Trains one cell and records its `result.json`.
@@ -592,6 +628,7 @@ pub fn run_cell(grid: &str, cell: &Cell, drop_checkpoint: bool) -> Result<CellRe
         curve: records.clone(),
         created: utc_timestamp(),
         reused_from: None,
+        resumed: cell.options.resume,
     };
     write_atomic(
         &cell.dir.join(RESULT_FILE),
@@ -1128,6 +1165,17 @@ pub fn write_reports(
             Some(format!("{}/{}-seed{} = {from}", r.dataset, r.cell, r.seed))
         })
         .collect();
+    let resumed: Vec<String> = results
+        .iter()
+        .filter(|r| r.resumed && r.reused_from.is_none())
+        .map(|r| format!("{}/{}-seed{}", r.dataset, r.cell, r.seed))
+        .collect();
+    if !resumed.is_empty() {
+        md.push_str(&format!(
+            "\nResumed after an interruption (run s counts the last attempt only): {}.\n",
+            resumed.join(", ")
+        ));
+    }
     if !reused.is_empty() {
         md.push_str(
             "\nCells that are the same run as a finished cell of another grid (same dataset, \
@@ -1264,15 +1312,25 @@ pub fn run_experiment(args: &ExperimentArgs) -> Result<ExperimentOutcome> {
                 cell.label()
             ),
         }
+        let resumed = resumable(cell);
         eprintln!(
-            "experiment {}: [{}/{total}] training {} (max len {}, {} epochs) in {}",
+            "experiment {}: [{}/{total}] {} {} (max len {}, {} epochs) in {}",
             plan.grid.name,
             i + 1,
+            if resumed.is_some() {
+                "resuming the interrupted"
+            } else {
+                "training"
+            },
             cell.label(),
             cell.options.max_len,
             cell.options.epochs,
             cell.dir.display()
         );
+        let cell = &Cell {
+            options: resumed.unwrap_or_else(|| cell.options.clone()),
+            ..cell.clone()
+        };
         match run_cell(&plan.grid.name, cell, args.drop_checkpoints) {
             Ok(r) => {
                 ran += 1;
@@ -1563,6 +1621,7 @@ mod tests {
             curve,
             created: "2024-01-01T00:00:00Z".into(),
             reused_from: None,
+            resumed: false,
         }
     }
 

@@ -200,3 +200,64 @@ fn tiny_grid_trains_every_cell_then_resumes() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("another recipe"), "{stderr}");
 }
+
+#[test]
+fn an_interrupted_cell_continues_from_its_saved_state() {
+    let model = common::test_model_dir();
+    let scratch = Scratch::new("interrupted");
+    let root = scratch.dir();
+    synthetic_dataset(&root.join("data/synth"));
+    let (m, data, runs) = (
+        model.to_str().unwrap().to_string(),
+        root.join("data").to_str().unwrap().to_string(),
+        root.join("runs").to_str().unwrap().to_string(),
+    );
+    let args = [
+        "experiment",
+        "table2",
+        "--model",
+        &m,
+        "--data-root",
+        &data,
+        "--root",
+        &runs,
+        "--datasets",
+        "synth",
+        "--variants",
+        "bert",
+        "--seeds",
+        "1",
+        "--epochs",
+        "2",
+        "--max-len",
+        "32",
+    ];
+    // One step per epoch (8 examples, batch 16): stop after the first.
+    let mut stopping = args.to_vec();
+    stopping.extend(["--stop-after-steps", "1"]);
+    let out = corefocus(&stopping);
+    assert!(!out.status.success(), "the stopped cell counts as failed");
+    let cell = root.join("runs/table2/synth/bert-seed1");
+    assert!(cell.join("resume/state.json").is_file());
+    assert!(!cell.join("result.json").exists());
+
+    let rerun = corefocus(&args);
+    let stdout = succeeded(&rerun, "experiment after the interruption");
+    let stderr = String::from_utf8_lossy(&rerun.stderr);
+    assert!(
+        stderr.contains("resuming the interrupted synth/bert-seed1"),
+        "{stderr}"
+    );
+    assert!(stdout.contains("1 cells: 1 trained"), "{stdout}");
+    let r: CellResult =
+        serde_json::from_str(&std::fs::read_to_string(cell.join("result.json")).unwrap()).unwrap();
+    assert!(r.resumed);
+    // Both epochs are in the curve: the first from the interrupted attempt.
+    assert_eq!(r.curve.len(), 2);
+    assert!(
+        !cell.join("resume").exists(),
+        "a finished run leaves no resume state"
+    );
+    let md = std::fs::read_to_string(root.join("runs/table2/results.md")).unwrap();
+    assert!(md.contains("Resumed after an interruption"), "{md}");
+}
