@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The accuracy grids of issue 5 / docs/results.md, in priority order. Resumable: every
-# finished cell (runs/experiments/<grid>/<dataset>/<cell>/result.json) is skipped, so run
-# it again after an interruption. Each grid also (re)writes its results.md and SVG plots.
+# finished cell (runs/experiments/<grid>/<dataset>/<cell>/result.json) is skipped and an
+# interrupted one continues from its last saved state (every 25 steps), so run it again
+# after an interruption. A sweep cell that is the same run as a finished Table 2 cell
+# copies its result. Each grid also (re)writes its results.md and SVG plots.
 #
 # Usage: scripts/experiments.sh [step...]
 #   steps: table2-sst2-1 table2-bbc-1 table2-20ng table4 table5 table6 table2-sst2 table2-bbc
