@@ -53,37 +53,33 @@ fn svg_at(path: &Path) -> Vec<String> {
     svg_texts(&svg)
 }
 
+/// `experiment table2` on the synthetic dataset under `root` (written here), one seed,
+/// max length 32, with the test checkpoint.
+fn tiny_grid_args(root: &Path, variants: &str, epochs: &str) -> Vec<String> {
+    synthetic_dataset(&root.join("data/synth"));
+    let path = |p: &Path| p.to_str().unwrap().to_string();
+    let mut args = vec!["experiment".to_string(), "table2".to_string()];
+    for (flag, value) in [
+        ("--model", path(&common::test_model_dir())),
+        ("--data-root", path(&root.join("data"))),
+        ("--root", path(&root.join("runs"))),
+        ("--datasets", "synth".into()),
+        ("--variants", variants.into()),
+        ("--seeds", "1".into()),
+        ("--epochs", epochs.into()),
+        ("--max-len", "32".into()),
+    ] {
+        args.extend([flag.to_string(), value]);
+    }
+    args
+}
+
 #[test]
 fn tiny_grid_trains_every_cell_then_resumes() {
-    let model = common::test_model_dir();
     let scratch = Scratch::new("tiny");
     let root = scratch.dir();
-    synthetic_dataset(&root.join("data/synth"));
-    let (m, data, runs) = (
-        model.to_str().unwrap().to_string(),
-        root.join("data").to_str().unwrap().to_string(),
-        root.join("runs").to_str().unwrap().to_string(),
-    );
-    let args = [
-        "experiment",
-        "table2",
-        "--model",
-        &m,
-        "--data-root",
-        &data,
-        "--root",
-        &runs,
-        "--datasets",
-        "synth",
-        "--variants",
-        "bert,pf,pfc@L-1",
-        "--seeds",
-        "1",
-        "--epochs",
-        "1",
-        "--max-len",
-        "32",
-    ];
+    let args = tiny_grid_args(root, "bert,pf,pfc@L-1", "1");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let stdout = succeeded(&corefocus(&args), "experiment");
     assert!(
         stdout.contains("3 cells: 3 trained, 0 already done, 0 failed"),
@@ -203,35 +199,10 @@ fn tiny_grid_trains_every_cell_then_resumes() {
 
 #[test]
 fn an_interrupted_cell_continues_from_its_saved_state() {
-    let model = common::test_model_dir();
     let scratch = Scratch::new("interrupted");
     let root = scratch.dir();
-    synthetic_dataset(&root.join("data/synth"));
-    let (m, data, runs) = (
-        model.to_str().unwrap().to_string(),
-        root.join("data").to_str().unwrap().to_string(),
-        root.join("runs").to_str().unwrap().to_string(),
-    );
-    let args = [
-        "experiment",
-        "table2",
-        "--model",
-        &m,
-        "--data-root",
-        &data,
-        "--root",
-        &runs,
-        "--datasets",
-        "synth",
-        "--variants",
-        "bert",
-        "--seeds",
-        "1",
-        "--epochs",
-        "2",
-        "--max-len",
-        "32",
-    ];
+    let args = tiny_grid_args(root, "bert", "2");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     // One step per epoch (8 examples, batch 16): stop after the first.
     let mut stopping = args.to_vec();
     stopping.extend(["--stop-after-steps", "1"]);
