@@ -149,7 +149,8 @@ mod tests {
             .collect();
         assert_eq!(pool.bytes, 900 * 4);
         // 150 fits 200 and 300 within 2x: the smaller one.
-        assert_eq!(pool.take(150).unwrap().as_ptr(), ptrs[1]);
+        let got = pool.take(150).unwrap();
+        assert_eq!(got.as_ptr(), ptrs[1]);
         // 100 has nothing within 2x (300 and 400 are too large).
         assert!(pool.take(100).is_none());
         assert_eq!(pool.bytes, 700 * 4);
@@ -158,7 +159,8 @@ mod tests {
         assert_eq!(evicted.len(), 1);
         assert_eq!(evicted[0].as_ptr(), ptrs[0]);
         assert_eq!(pool.bytes, 900 * 4);
-        assert_eq!(pool.take(400).unwrap().as_ptr(), ptrs[2]);
+        let got = pool.take(400).unwrap();
+        assert_eq!(got.as_ptr(), ptrs[2]);
         // A buffer larger than the whole limit is not kept.
         assert_eq!(pool.put(Vec::with_capacity(2000)).len(), 1);
         assert_eq!(pool.bytes, 500 * 4);
