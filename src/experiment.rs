@@ -561,19 +561,13 @@ pub fn cell_status(cell: &Cell) -> Result<CellStatus> {
 /// The options that continue an interrupted attempt of `cell` from its saved resume state,
 /// when there is one recorded with the same options; None (train from the start) otherwise.
 pub fn resumable(cell: &Cell) -> Option<TrainOptions> {
-    let state_path = cell
-        .dir
-        .join(crate::train::resume::RESUME_DIR)
-        .join(crate::train::resume::STATE_FILE);
-    if !state_path.is_file() {
-        return None;
-    }
+    // No (readable) state: nothing to continue.
+    let state = crate::train::resume::read_resume_state(&cell.dir).ok()?;
     let options = TrainOptions {
         resume: true,
         overwrite: false,
         ..cell.options.clone()
     };
-    let state = crate::train::resume::read_resume_state(&cell.dir).ok()?;
     let differing = crate::train::resume::differing_options(&state.options, &options).ok()?;
     differing.is_empty().then_some(options)
 }
