@@ -9,7 +9,8 @@
 //! recorded with a different recipe is an error rather than silently mixed in.
 //! `<root>/<grid>/results.md` aggregates every result under the grid directory (mean ±
 //! std over seeds, accuracy delta vs BERT of the same dataset and recipe), next to the
-//! grid's plots.
+//! grid's plots. Several processes may work on the same grids at once: each cell is
+//! claimed with a lock (`claim_cell`) and a process skips the cells another one holds.
 
 use crate::model::{BertConfig, MethodConfig, Variant};
 use crate::plot::{write_svg, Panel, Series};
@@ -518,6 +519,10 @@ pub struct CellResult {
     /// counts the last attempt only.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub resumed: bool,
+    /// Worker threads the run used (`RAYON_NUM_THREADS`); absent in results recorded
+    /// before it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads: Option<usize>,
 }
 
 /// Reads a `result.json`.
@@ -572,6 +577,41 @@ pub fn resumable(cell: &Cell) -> Option<TrainOptions> {
     differing.is_empty().then_some(options)
 }
 
+/// A cell held by this process: an exclusive advisory lock (`flock`) on
+/// `<grid>/<dataset>/.<cell>-seed<k>.claim`, released when dropped or when the process
+/// ends, however it ends. It lets several `experiment` processes work through the same
+/// grids (on 2 cores, two single-threaded processes train ~10% more cells per hour than
+/// one on both): each trains the cells no other process holds. The lock file lies beside
+/// the cell directory, not in it, because a fresh run empties that directory; it is left
+/// in place afterwards (removing it could race with a process about to lock it).
+#[derive(Debug)]
+pub struct CellClaim {
+    _file: std::fs::File,
+}
+
+/// Claims the cell whose run directory is `cell_dir`; None when another process holds it.
+pub fn claim_cell(cell_dir: &Path) -> Result<Option<CellClaim>> {
+    let (Some(parent), Some(name)) = (cell_dir.parent(), cell_dir.file_name()) else {
+        bail!("{}: not a cell directory", cell_dir.display());
+    };
+    std::fs::create_dir_all(parent)
+        .with_context(|| format!("cannot create {}", parent.display()))?;
+    let path = parent.join(format!(".{}.claim", name.to_string_lossy()));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(CellClaim { _file: file })),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
+}
+
 /// Trains one cell and records its `result.json`.
 pub fn run_cell(grid: &str, cell: &Cell, drop_checkpoint: bool) -> Result<CellResult> {
     let counting = crate::bench::alloc::is_counting();
@@ -623,6 +663,7 @@ pub fn run_cell(grid: &str, cell: &Cell, drop_checkpoint: bool) -> Result<CellRe
         created: utc_timestamp(),
         reused_from: None,
         resumed: cell.options.resume,
+        threads: Some(rayon::current_num_threads()),
     };
     write_atomic(
         &cell.dir.join(RESULT_FILE),
@@ -1170,6 +1211,23 @@ pub fn write_reports(
             resumed.join(", ")
         ));
     }
+    let mut by_threads: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+    for r in results.iter().filter(|r| r.reused_from.is_none()) {
+        if let Some(t) = r.threads {
+            let label = format!("{}/{}-seed{}", r.dataset, r.cell, r.seed);
+            by_threads.entry(t).or_default().push(label);
+        }
+    }
+    if !by_threads.is_empty() {
+        let groups: Vec<String> = by_threads
+            .iter()
+            .map(|(t, cells)| format!("{t}: {}", cells.join(", ")))
+            .collect();
+        md.push_str(&format!(
+            "\nWorker threads per run (compare run times only at equal counts): {}.\n",
+            groups.join("; ")
+        ));
+    }
     if !reused.is_empty() {
         md.push_str(
             "\nCells that are the same run as a finished cell of another grid (same dataset, \
@@ -1197,12 +1255,14 @@ pub struct ExperimentOutcome {
     pub cells: usize,
     pub ran: usize,
     pub skipped: usize,
+    /// Cells skipped because another process holds them (`claim_cell`).
+    pub busy: Vec<String>,
     pub failed: Vec<String>,
 }
 
 /// `corefocus experiment`: runs the grid's unfinished cells one after another (a failed
-/// cell is reported and the rest still run), refreshing results.md and the plots after
-/// each; fails at the end if any cell failed.
+/// cell is reported and the rest still run; a cell another process holds is left to it),
+/// refreshing results.md and the plots after each; fails at the end if any cell failed.
 pub fn run_experiment(args: &ExperimentArgs) -> Result<ExperimentOutcome> {
     // Resolved here for the plan (a hub id is fetched once); each cell's `train` resolves
     // the same spec again, from the cache.
@@ -1242,6 +1302,7 @@ pub fn run_experiment(args: &ExperimentArgs) -> Result<ExperimentOutcome> {
             cells: plan.cells.len(),
             ran: 0,
             skipped: 0,
+            busy: Vec::new(),
             failed: Vec::new(),
         });
     }
@@ -1259,7 +1320,7 @@ pub fn run_experiment(args: &ExperimentArgs) -> Result<ExperimentOutcome> {
         .iter()
         .filter(|s| matches!(s, Ok(CellStatus::Pending)))
         .count();
-    let (mut ran, mut skipped, mut failed) = (0, 0, Vec::new());
+    let (mut ran, mut skipped, mut failed, mut busy) = (0, 0, Vec::new(), Vec::new());
     let total = plan.cells.len();
     for (i, (cell, status)) in plan.cells.iter().zip(statuses).enumerate() {
         match status {
@@ -1284,6 +1345,36 @@ pub fn run_experiment(args: &ExperimentArgs) -> Result<ExperimentOutcome> {
                 continue;
             }
             Ok(CellStatus::Pending) => {}
+        }
+        // Held until this iteration ends: the cell is ours while it trains.
+        let _claim = match claim_cell(&cell.dir) {
+            Ok(Some(claim)) => claim,
+            Ok(None) => {
+                busy.push(cell.label());
+                eprintln!(
+                    "experiment {}: [{}/{total}] {} is being trained by another process, skipping",
+                    plan.grid.name,
+                    i + 1,
+                    cell.label()
+                );
+                continue;
+            }
+            Err(e) => {
+                failed.push(format!("{}: {e:#}", cell.label()));
+                continue;
+            }
+        };
+        // Another process may have finished it since the status above was read.
+        if let Ok(CellStatus::Done(_)) = cell_status(cell) {
+            skipped += 1;
+            pending -= 1;
+            eprintln!(
+                "experiment {}: [{}/{total}] {} was finished by another process, skipping",
+                plan.grid.name,
+                i + 1,
+                cell.label()
+            );
+            continue;
         }
         match reuse_twin(&args.root, &plan.grid.name, cell) {
             Ok(Some(r)) => {
@@ -1355,8 +1446,9 @@ pub fn run_experiment(args: &ExperimentArgs) -> Result<ExperimentOutcome> {
         std::fs::read_to_string(&results_md).unwrap_or_default()
     );
     println!(
-        "{} cells: {ran} trained, {skipped} already done, {} failed; table in {}",
+        "{} cells: {ran} trained, {skipped} already done, {} being trained by another process, {} failed; table in {}",
         total,
+        busy.len(),
         failed.len(),
         results_md.display()
     );
@@ -1373,6 +1465,7 @@ pub fn run_experiment(args: &ExperimentArgs) -> Result<ExperimentOutcome> {
         cells: total,
         ran,
         skipped,
+        busy,
         failed,
     })
 }
@@ -1616,6 +1709,7 @@ mod tests {
             created: "2024-01-01T00:00:00Z".into(),
             reused_from: None,
             resumed: false,
+            threads: None,
         }
     }
 

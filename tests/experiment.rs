@@ -5,8 +5,8 @@
 
 mod common;
 
-use common::{corefocus, succeeded, write_jsonl_gz, Scratch};
-use corefocus::experiment::CellResult;
+use common::{corefocus, corefocus_command, succeeded, write_jsonl_gz, Scratch};
+use corefocus::experiment::{claim_cell, CellResult};
 use corefocus::plot::{check_svg_structure, svg_texts};
 use std::path::Path;
 
@@ -82,7 +82,9 @@ fn tiny_grid_trains_every_cell_then_resumes() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let stdout = succeeded(&corefocus(&args), "experiment");
     assert!(
-        stdout.contains("3 cells: 3 trained, 0 already done, 0 failed"),
+        stdout.contains(
+            "3 cells: 3 trained, 0 already done, 0 being trained by another process, 0 failed"
+        ),
         "{stdout}"
     );
 
@@ -231,4 +233,60 @@ fn an_interrupted_cell_continues_from_its_saved_state() {
     );
     let md = std::fs::read_to_string(root.join("runs/table2/results.md")).unwrap();
     assert!(md.contains("Resumed after an interruption"), "{md}");
+}
+
+#[test]
+fn a_cell_another_process_holds_is_left_to_it() {
+    let scratch = Scratch::new("claimed");
+    let root = scratch.dir();
+    let args = tiny_grid_args(root, "bert,pf", "1");
+    let pf_dir = root.join("runs/table2/synth/pf-seed1");
+    // This test process plays the other `experiment` process: it holds pf's claim.
+    let claim = claim_cell(&pf_dir).unwrap().expect("nobody holds pf yet");
+    assert!(
+        claim_cell(&pf_dir).unwrap().is_none(),
+        "a second claim fails while the first is held"
+    );
+    let run_on = |threads: &str| {
+        corefocus_command()
+            .args(&args)
+            .env("RAYON_NUM_THREADS", threads)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = run_on("2");
+    let stdout = succeeded(&out, "experiment beside a held cell");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stdout.contains(
+            "2 cells: 1 trained, 0 already done, 1 being trained by another process, 0 failed"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("synth/pf-seed1 is being trained by another process, skipping"),
+        "{stderr}"
+    );
+    assert!(root
+        .join("runs/table2/synth/bert-seed1/result.json")
+        .is_file());
+    assert!(!pf_dir.exists(), "the held cell was not touched");
+
+    // Released (the holder ended): the next run trains it, on the threads it is given.
+    drop(claim);
+    let stdout = succeeded(&run_on("1"), "experiment after the release");
+    assert!(
+        stdout.contains("2 cells: 1 trained, 1 already done"),
+        "{stdout}"
+    );
+    let r: CellResult =
+        serde_json::from_str(&std::fs::read_to_string(pf_dir.join("result.json")).unwrap())
+            .unwrap();
+    assert_eq!(r.threads, Some(1));
+    let md = std::fs::read_to_string(root.join("runs/table2/results.md")).unwrap();
+    assert!(
+        md.contains("threads per run (compare run times only at equal counts): 1: synth/pf-seed1; 2: synth/bert-seed1."),
+        "{md}"
+    );
 }
