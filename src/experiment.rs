@@ -1086,7 +1086,8 @@ fn sweep_series(
 }
 
 /// Writes the grid's plots into `grid_dir`; returns the files written.
-///  - `curves-<dataset>-seed<k>.svg`: validation accuracy per epoch, one line per cell;
+///  - `curves-<dataset>-seed<k>.svg`: validation accuracy per epoch and the training
+///    loss every `LOSS_WINDOW` steps, one line per cell;
 ///  - table4: `accuracy_vs_keep_ratio.svg`; table5: `combine_layer.svg` (accuracy and
 ///    training speed); table6: `accuracy_vs_combine_tokens.svg`.
 pub fn write_plots(
@@ -1118,17 +1119,39 @@ pub fn write_plots(
                 )
             })
             .collect();
+        let mut panels = vec![Panel {
+            title: "validation accuracy".into(),
+            x_label: "epoch".into(),
+            y_label: "accuracy %".into(),
+            series,
+            integer_x: true,
+        }];
+        // Cells recorded before the step curve existed have none: left out of this panel.
+        let losses: Vec<Series> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                Series::new(r.cell.clone(), crate::plot::step_loss_curve(&r.curve)).with_color(i)
+            })
+            .filter(|s| !s.points.is_empty())
+            .collect();
+        if !losses.is_empty() {
+            panels.push(Panel {
+                title: format!(
+                    "training loss, mean over {} steps",
+                    crate::train::trainer::LOSS_WINDOW
+                ),
+                x_label: "optimizer step".into(),
+                y_label: "cross-entropy".into(),
+                series: losses,
+                integer_x: true,
+            });
+        }
         let path = grid_dir.join(format!("curves-{dataset}-seed{seed}.svg"));
         write_svg(
             &path,
-            &format!("{dataset}, seed {seed}: validation accuracy per epoch"),
-            &[Panel {
-                title: "validation accuracy".into(),
-                x_label: "epoch".into(),
-                y_label: "accuracy %".into(),
-                series,
-                integer_x: true,
-            }],
+            &format!("{dataset}, seed {seed}: training curves"),
+            &panels,
         )?;
         written.push(path);
     }
@@ -1683,6 +1706,10 @@ mod tests {
                 tokens_per_s: 1000.0 * cell.settings.combine_layer as f64,
                 grad_norm: 1.0,
                 best: true,
+                loss_curve: vec![crate::train::resume::LossPoint {
+                    step: e as u64 * 4,
+                    loss: 1.0 / e as f64,
+                }],
             })
             .collect();
         CellResult {
@@ -1841,6 +1868,12 @@ mod tests {
             let texts = crate::plot::svg_texts(&svg);
             assert!(
                 texts.iter().any(|t| t == "bert") && texts.iter().any(|t| t == "pf"),
+                "{texts:?}"
+            );
+            assert!(
+                texts
+                    .iter()
+                    .any(|t| t == "training loss, mean over 10 steps"),
                 "{texts:?}"
             );
         }

@@ -3,7 +3,7 @@
 //! validation accuracy per epoch). Every file is rendered to a string first and written
 //! atomically, so a reader never sees half a chart.
 
-use crate::train::trainer::EpochRecord;
+use crate::train::trainer::{EpochRecord, LOSS_WINDOW};
 use crate::util::write_atomic;
 use anyhow::{anyhow, Context, Result};
 use plotters::prelude::*;
@@ -266,13 +266,31 @@ pub fn read_metrics(metrics_jsonl: &Path) -> Result<Vec<EpochRecord>> {
         .collect()
 }
 
-/// The two panels of a run's training curves: train and validation loss, and validation
-/// accuracy (with macro-F1), per epoch.
+/// A run's training-loss curve, `(optimizer step, mean loss of the window)` over all its
+/// epochs (empty for records written before the curve was recorded).
+pub fn step_loss_curve(records: &[EpochRecord]) -> Vec<(f64, f64)> {
+    records
+        .iter()
+        .flat_map(|r| r.loss_curve.iter().map(|p| (p.step as f64, p.loss)))
+        .collect()
+}
+
+/// The panels of a run's training curves: train and validation loss, and validation
+/// accuracy (with macro-F1), per epoch; then, where recorded, the training loss every
+/// `LOSS_WINDOW` steps.
 pub fn training_curve_panels(records: &[EpochRecord]) -> Vec<Panel> {
     let per_epoch = |f: fn(&EpochRecord) -> f64| -> Vec<(f64, f64)> {
         records.iter().map(|r| (r.epoch as f64, f(r))).collect()
     };
-    vec![
+    let steps = step_loss_curve(records);
+    let step_panel = (!steps.is_empty()).then(|| Panel {
+        title: format!("training loss, mean over {LOSS_WINDOW} steps"),
+        x_label: "optimizer step".into(),
+        y_label: "cross-entropy".into(),
+        series: vec![Series::new("train loss", steps)],
+        integer_x: true,
+    });
+    let epoch_panels = vec![
         Panel {
             title: "loss".into(),
             x_label: "epoch".into(),
@@ -293,7 +311,8 @@ pub fn training_curve_panels(records: &[EpochRecord]) -> Vec<Panel> {
             ],
             integer_x: true,
         },
-    ]
+    ];
+    epoch_panels.into_iter().chain(step_panel).collect()
 }
 
 /// Plots a run's `metrics.jsonl` to `out_svg`: train and validation loss, validation
@@ -411,6 +430,13 @@ mod tests {
             tokens_per_s: 100.0,
             grad_norm: 1.0,
             best: true,
+            loss_curve: [5, 10]
+                .iter()
+                .map(|&k| crate::train::resume::LossPoint {
+                    step: (epoch as u64 - 1) * 10 + k,
+                    loss: train_loss + 0.1 - 0.02 * k as f64,
+                })
+                .collect(),
         }
     }
 
@@ -440,13 +466,17 @@ mod tests {
             "validation accuracy",
             "validation macro-F1",
             "training curves corefocus-plot-{}",
+            "training loss, mean over 10 steps",
+            "optimizer step",
         ] {
             let name = name.replace("{}", &std::process::id().to_string());
             assert!(texts.contains(&name), "text {name:?} missing in {texts:?}");
         }
-        // Three epochs: each line is one polyline of three points.
-        assert!(svg.matches("<polyline").count() >= 4, "lines drawn");
-        assert!(svg.matches("<circle").count() >= 12, "markers drawn");
+        // Three epochs: each per-epoch line is one polyline of three points; the step
+        // curve has six.
+        assert_eq!(step_loss_curve(&read_metrics(&metrics).unwrap()).len(), 6);
+        assert!(svg.matches("<polyline").count() >= 5, "lines drawn");
+        assert!(svg.matches("<circle").count() >= 18, "markers drawn");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -121,7 +121,12 @@ fn tiny_grid_trains_every_cell_then_resumes() {
             );
         }
         let texts = svg_at(&dir.join("training_curves.svg"));
-        for t in ["train loss", "validation loss", "validation accuracy"] {
+        for t in [
+            "train loss",
+            "validation loss",
+            "validation accuracy",
+            "optimizer step",
+        ] {
             assert!(
                 texts.iter().any(|x| x == t),
                 "{cell}: {t:?} not in {texts:?}"
@@ -145,6 +150,12 @@ fn tiny_grid_trains_every_cell_then_resumes() {
     for cell in ["bert", "pf", "pfc-l5"] {
         assert!(texts.iter().any(|t| t == cell), "{cell} not in {texts:?}");
     }
+    assert!(
+        texts
+            .iter()
+            .any(|t| t == "training loss, mean over 10 steps"),
+        "{texts:?}"
+    );
 
     // Rerun: every cell is finished, nothing is trained or rewritten.
     let rerun = corefocus(&args);

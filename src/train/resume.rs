@@ -77,6 +77,21 @@ pub struct EpochProgress {
     pub lr: f64,
     /// Wall seconds of the epoch before an interruption (0 when not resumed).
     pub elapsed: f64,
+    /// The epoch's training-loss curve so far (see `EpochRecord::loss_curve`), and the
+    /// sums of the window in progress. (Default: a state saved before they existed.)
+    #[serde(default)]
+    pub loss_curve: Vec<LossPoint>,
+    #[serde(default)]
+    pub window_loss_sum: f64,
+    #[serde(default)]
+    pub window_seen: usize,
+}
+
+/// Mean training loss per example over a window of optimizer steps ending at `step`.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
+pub struct LossPoint {
+    pub step: u64,
+    pub loss: f64,
 }
 
 /// Where the training loop stands between two optimizer steps.

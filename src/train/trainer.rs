@@ -8,7 +8,7 @@ use super::api::{label_ids, stratified_split, ReadOptions, TextTokenizer};
 use super::api::{load_dataset, load_hf_checkpoint, softmax_cross_entropy, DatasetSplits, Example};
 use super::checkpoint::{load_checkpoint, save_checkpoint, utc_timestamp, CheckpointMeta};
 use super::eval::{evaluate, EvalResult};
-use super::resume::{self, EpochProgress, LoopPosition, StoppedForTest};
+use super::resume::{self, EpochProgress, LoopPosition, LossPoint, StoppedForTest};
 use super::schedule::LinearSchedule;
 use crate::model::{
     Batch, BertConfig, CombineInit, MethodConfig, Mode, Model, ParamStore, Pooling, Variant,
@@ -507,7 +507,15 @@ pub struct EpochRecord {
     pub grad_norm: f64,
     /// Whether this epoch has the lowest validation loss so far (its checkpoint is kept).
     pub best: bool,
+    /// Mean training loss per example over every `LOSS_WINDOW` optimizer steps of the
+    /// epoch (windows end at multiples of it; the epoch's last may be shorter). Absent in
+    /// records written before it was.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub loss_curve: Vec<LossPoint>,
 }
+
+/// Optimizer steps per point of `EpochRecord::loss_curve` (and per log line).
+pub const LOSS_WINDOW: u64 = 10;
 
 /// What the loop reports at the end.
 #[derive(Clone, Debug)]
@@ -707,6 +715,11 @@ pub fn train_loop_with<M: Trainable>(
 
             p.loss_sum += loss as f64 * rows as f64;
             p.seen += rows;
+            p.window_loss_sum += loss as f64 * rows as f64;
+            p.window_seen += rows;
+            if step.is_multiple_of(LOSS_WINDOW) {
+                close_loss_window(&mut p, step);
+            }
             p.norm_sum += norm;
             p.tokens += batch.lengths.iter().sum::<usize>();
             p.step_seconds += step_start.elapsed().as_secs_f64();
@@ -718,7 +731,7 @@ pub fn train_loop_with<M: Trainable>(
                 p.tokens as f64 / p.step_seconds.max(1e-9)
             );
             // Logs (stderr not a terminal) get a plain line every 10 steps instead of a bar.
-            if settings.progress && log_lines && step.is_multiple_of(10) {
+            if settings.progress && log_lines && step.is_multiple_of(LOSS_WINDOW) {
                 eprintln!(
                     "epoch {}/{} step {step}/{total_steps}: {msg}",
                     epoch + 1,
@@ -751,6 +764,7 @@ pub fn train_loop_with<M: Trainable>(
             }
         }
         bar.finish_and_clear();
+        close_loss_window(&mut p, step);
 
         let val = evaluate(model, dev, labels, pad_id, settings.eval_batch);
         if !val.loss.is_finite() {
@@ -773,6 +787,7 @@ pub fn train_loop_with<M: Trainable>(
             tokens_per_s: p.tokens as f64 / p.step_seconds.max(1e-9),
             grad_norm: p.norm_sum / steps_per_epoch.max(1) as f64,
             best: is_best,
+            loss_curve: std::mem::take(&mut p.loss_curve),
         };
         if settings.progress {
             eprintln!(
@@ -808,6 +823,18 @@ pub fn train_loop_with<M: Trainable>(
         records,
         steps: step,
     })
+}
+
+/// Ends the loss window in progress at `step` (nothing when it is empty).
+fn close_loss_window(p: &mut EpochProgress, step: u64) {
+    if p.window_seen > 0 {
+        p.loss_curve.push(LossPoint {
+            step,
+            loss: p.window_loss_sum / p.window_seen as f64,
+        });
+        p.window_loss_sum = 0.0;
+        p.window_seen = 0;
+    }
 }
 
 // ------------------------------------------------------------------------ output files
@@ -1537,6 +1564,20 @@ mod tests {
             },
         )
         .unwrap();
+        // 3 steps an epoch, loss windows of 10 steps: each epoch closes its window; the
+        // fourth also has one ending at step 10.
+        let windows: Vec<Vec<u64>> = records_full
+            .iter()
+            .map(|r| r.loss_curve.iter().map(|p| p.step).collect())
+            .collect();
+        assert_eq!(windows, [vec![3], vec![6], vec![9], vec![10, 12]]);
+        for r in &records_full[..3] {
+            assert_eq!(r.loss_curve[0].loss, r.train_loss, "one window = the epoch");
+        }
+        // Epoch 4: windows of 8 (step 10) and 8 + 7 examples; their weighted mean is the
+        // epoch's loss.
+        let (a, b) = (records_full[3].loss_curve[0], records_full[3].loss_curve[1]);
+        assert!(((a.loss * 8.0 + b.loss * 15.0) / 23.0 - records_full[3].train_loss).abs() < 1e-12);
         let total = 4 * 3;
         for stop in 1..=total {
             // Run until `stop`, keeping what `on_save` is handed there.
@@ -1601,6 +1642,7 @@ mod tests {
                     r.grad_norm,
                     r.lr,
                     r.best,
+                    r.loss_curve.clone(),
                 )
             };
             assert_eq!(
