@@ -13,7 +13,7 @@
 #   JOBS (default 2) processes walk the steps side by side, each with nproc/JOBS rayon
 #   threads (RAYON_NUM_THREADS overrides); each cell is claimed by one process, so they
 #   share the work cell by cell. On the 2-core development machine two one-thread
-#   processes train ~10% more cells per hour than one on both cores (the GEMMs scale
+#   processes train 10-15% more cells per hour than one on both cores (the GEMMs scale
 #   imperfectly across cores); each cell records its thread count. Run it with the
 #   steps in this order: a sweep cell whose Table 2 twin is still being trained by the
 #   other process is trained again rather than copied.

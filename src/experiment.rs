@@ -580,7 +580,7 @@ pub fn resumable(cell: &Cell) -> Option<TrainOptions> {
 /// A cell held by this process: an exclusive advisory lock (`flock`) on
 /// `<grid>/<dataset>/.<cell>-seed<k>.claim`, released when dropped or when the process
 /// ends, however it ends. It lets several `experiment` processes work through the same
-/// grids (on 2 cores, two single-threaded processes train ~10% more cells per hour than
+/// grids (on 2 cores, two single-threaded processes train 10-15% more cells per hour than
 /// one on both): each trains the cells no other process holds. The lock file lies beside
 /// the cell directory, not in it, because a fresh run empties that directory; it is left
 /// in place afterwards (removing it could race with a process about to lock it).
