@@ -200,7 +200,9 @@ where
                 color.stroke_width(width),
             ))
         } else {
-            chart.draw_series(LineSeries::new(points, color.stroke_width(width)).point_size(3))
+            // Markers only where they can be told apart (not on per-step curves).
+            let marker = if points.len() > 40 { 0 } else { 3 };
+            chart.draw_series(LineSeries::new(points, color.stroke_width(width)).point_size(marker))
         };
         drawn
             .map_err(err)?
@@ -502,6 +504,28 @@ mod tests {
         assert!(!texts.iter().any(|t| t == "1.2" || t == "0.5"), "{texts:?}");
         assert_eq!(padded_range([1.0].into_iter(), true), (0.5, 1.5));
         assert_eq!(padded_range(std::iter::empty(), false), (0.0, 1.0));
+    }
+
+    #[test]
+    fn dense_series_are_drawn_without_markers() {
+        let panel = |n: usize| Panel {
+            title: "steps".into(),
+            x_label: "step".into(),
+            y_label: "loss".into(),
+            series: vec![Series::new(
+                "train loss",
+                (0..n).map(|i| (i as f64, 1.0 / (1 + i) as f64)).collect(),
+            )],
+            integer_x: true,
+        };
+        let circles = |n| {
+            render_svg("t", &[panel(n)])
+                .unwrap()
+                .matches("<circle")
+                .count()
+        };
+        assert_eq!(circles(40), 40);
+        assert_eq!(circles(41), 0);
     }
 
     #[test]
