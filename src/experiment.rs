@@ -1345,25 +1345,24 @@ pub fn run_experiment(args: &ExperimentArgs) -> Result<ExperimentOutcome> {
         .count();
     let (mut ran, mut skipped, mut failed, mut busy) = (0, 0, Vec::new(), Vec::new());
     let total = plan.cells.len();
+    // "experiment <grid>: [i/total] <dataset>/<cell>-seed<k> <what>" on stderr.
+    let say = |i: usize, cell: &Cell, what: &str| {
+        eprintln!(
+            "experiment {}: [{}/{total}] {} {what}",
+            plan.grid.name,
+            i + 1,
+            cell.label()
+        )
+    };
     for (i, (cell, status)) in plan.cells.iter().zip(statuses).enumerate() {
         match status {
             Ok(CellStatus::Done(_)) => {
                 skipped += 1;
-                eprintln!(
-                    "experiment {}: [{}/{total}] {} done, skipping",
-                    plan.grid.name,
-                    i + 1,
-                    cell.label()
-                );
+                say(i, cell, "done, skipping");
                 continue;
             }
             Err(e) => {
-                eprintln!(
-                    "experiment {}: [{}/{total}] {}: {e:#}",
-                    plan.grid.name,
-                    i + 1,
-                    cell.label()
-                );
+                say(i, cell, &format!("cannot run: {e:#}"));
                 failed.push(format!("{}: {e:#}", cell.label()));
                 continue;
             }
@@ -1374,15 +1373,11 @@ pub fn run_experiment(args: &ExperimentArgs) -> Result<ExperimentOutcome> {
             Ok(Some(claim)) => claim,
             Ok(None) => {
                 busy.push(cell.label());
-                eprintln!(
-                    "experiment {}: [{}/{total}] {} is being trained by another process, skipping",
-                    plan.grid.name,
-                    i + 1,
-                    cell.label()
-                );
+                say(i, cell, "is being trained by another process, skipping");
                 continue;
             }
             Err(e) => {
+                say(i, cell, &format!("cannot be claimed: {e:#}"));
                 failed.push(format!("{}: {e:#}", cell.label()));
                 continue;
             }
@@ -1391,45 +1386,39 @@ pub fn run_experiment(args: &ExperimentArgs) -> Result<ExperimentOutcome> {
         if let Ok(CellStatus::Done(_)) = cell_status(cell) {
             skipped += 1;
             pending -= 1;
-            eprintln!(
-                "experiment {}: [{}/{total}] {} was finished by another process, skipping",
-                plan.grid.name,
-                i + 1,
-                cell.label()
-            );
+            say(i, cell, "was finished by another process, skipping");
             continue;
         }
         match reuse_twin(&args.root, &plan.grid.name, cell) {
             Ok(Some(r)) => {
                 skipped += 1;
                 pending -= 1;
-                eprintln!(
-                    "experiment {}: [{}/{total}] {} is the same run as {}: result copied",
-                    plan.grid.name,
-                    i + 1,
-                    cell.label(),
-                    r.reused_from.as_deref().unwrap_or("?")
+                let source = r.reused_from.as_deref().unwrap_or("?");
+                say(
+                    i,
+                    cell,
+                    &format!("is the same run as {source}: result copied"),
                 );
                 write_reports(&plan, Some(&baselines_dir), pending, &failed)?;
                 continue;
             }
             Ok(None) => {}
-            Err(e) => eprintln!(
-                "experiment {}: {}: looking for an identical finished cell failed ({e:#}); training it",
-                plan.grid.name,
-                cell.label()
+            Err(e) => say(
+                i,
+                cell,
+                &format!("looking for an identical finished cell failed ({e:#}); training it"),
             ),
         }
         let resumed = resumable(cell);
+        let action = if resumed.is_some() {
+            "resuming the interrupted"
+        } else {
+            "training"
+        };
         eprintln!(
-            "experiment {}: [{}/{total}] {} {} (max len {}, {} epochs) in {}",
+            "experiment {}: [{}/{total}] {action} {} (max len {}, {} epochs) in {}",
             plan.grid.name,
             i + 1,
-            if resumed.is_some() {
-                "resuming the interrupted"
-            } else {
-                "training"
-            },
             cell.label(),
             cell.options.max_len,
             cell.options.epochs,
