@@ -949,6 +949,9 @@ pub fn format_markdown(grid: &str, rows: &[AggRow], pending: usize, failed: &[St
     let mut current: Option<&str> = None;
     for r in rows {
         if current != Some(r.dataset.as_str()) {
+            if current.is_some() {
+                s.push('\n'); // ends the previous dataset's table
+            }
             current = Some(r.dataset.as_str());
             s.push_str(&format!(
                 "## {}\n\n| cell | p | layer | m | seeds | accuracy | macro-F1 | micro-F1 | Δ acc vs BERT | run s | train tokens/s | peak heap MiB | epochs | max len | train examples |\n\
@@ -1938,7 +1941,7 @@ mod tests {
 
         let rows = aggregate(&results, &[], &dataset_order, &cell_order);
         let md = format_markdown("table2", &rows, 2, &["d/pf-seed3: boom".into()]);
-        assert!(md.contains("## d\n") && md.contains("## e\n"));
+        assert!(md.contains("## d\n") && md.contains("|\n\n## e\n"));
         assert!(md.contains("| bert | - | - | - | 1,2,3 | 82.00 ± 2.00 | 77.00 ± 2.00 | 82.00 ± 2.00 | baseline |"), "{md}");
         assert!(
             md.contains("| pf | 0.9 | - | - | 1,2 | 86.00 ± 1.41 |"),
