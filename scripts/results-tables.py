@@ -1,0 +1,43 @@
+#!/usr/bin/env python3
+"""Prints the two issue-5 tables of docs/results.md from results/experiments/*/*/*/result.json:
+Table 2 as mean ± sample std over the finished seeds (Δ = mean over seeds of the cell's
+accuracy minus BERT's of the same seed), then every finished cell."""
+import glob, json, os, statistics as st
+
+root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "results", "experiments")
+rows = [json.load(open(f)) for f in glob.glob(os.path.join(root, "*", "*", "*", "result.json"))]
+base = {(r["dataset"], r["seed"]): r["test_accuracy"] for r in rows if r["grid"] == "table2" and r["cell"] == "bert"}
+CELLS = ["bert", "p", "pf", "c-l5", "pfc-l5", "c-l4", "pfc-l4"]
+GRIDS = {"table2": 0, "table4": 1, "table5": 2, "table6": 3}
+
+
+def ms(xs):
+    return "%.2f" % xs[0] if len(xs) == 1 else "%.2f ± %.2f" % (st.mean(xs), st.stdev(xs))
+
+
+print("| dataset | cell | seeds | test accuracy % | macro-F1 % | Δ vs BERT |\n|---|---|---|---:|---:|---:|")
+for ds in ["sst2", "bbc-news", "20newsgroups"]:
+    for c in CELLS:
+        rs = sorted((r for r in rows if r["grid"] == "table2" and r["dataset"] == ds and r["cell"] == c), key=lambda r: r["seed"])
+        if not rs:
+            continue
+        deltas = [100 * (r["test_accuracy"] - base[(ds, r["seed"])]) for r in rs if (ds, r["seed"]) in base]
+        d = "baseline" if c == "bert" else ("%+.2f" % deltas[0] if len(deltas) == 1 else "%+.2f ± %.2f" % (st.mean(deltas), st.stdev(deltas)))
+        print("| %s | %s | %s | %s | %s | %s |" % (ds, c, ",".join(str(r["seed"]) for r in rs),
+              ms([100 * r["test_accuracy"] for r in rs]), ms([100 * r["test_macro_f1"] for r in rs]), d))
+print()
+print("| grid | dataset | cell | test accuracy % | macro-F1 % | Δ vs BERT | best epoch (dev loss) | run s |\n|---|---|---|---:|---:|---:|---:|---:|")
+key = lambda c: (CELLS.index(c), "") if c in CELLS else (len(CELLS), c)
+for r in sorted(rows, key=lambda r: (GRIDS[r["grid"]], r["dataset"], r["seed"], key(r["cell"]))):
+    b = base.get((r["dataset"], r["seed"]))
+    d = "baseline" if r["cell"] == "bert" else ("%+.2f" % ((r["test_accuracy"] - b) * 100) if b is not None else "n/a")
+    note = []
+    if r.get("reused_from"):
+        note.append("= " + r["reused_from"])
+    if r.get("resumed"):
+        note.append("resumed")
+    if r.get("threads") == 1 and not r.get("reused_from"):
+        note.append("1 thread")
+    print("| %s | %s | %s, seed %d | %.2f | %.2f | %s | %d (%.3f) | %.0f%s |" % (
+        r["grid"], r["dataset"], r["cell"], r["seed"], 100 * r["test_accuracy"], 100 * r["test_macro_f1"], d,
+        r["best_epoch"], r["best_val_loss"], r["train_seconds"], " (" + "; ".join(note) + ")" if note else ""))
