@@ -10,6 +10,8 @@
 #          (default: all, in this order: seed 1 of every grid first, so a partial run
 #          already covers every table, then seeds 2 and 3 of Table 2)
 #          save   (only copy finished cells into results/experiments)
+#          report (only rewrite every grid's results.md and plots from the finished cells,
+#                  e.g. after a newer binary changed them; then copy them like save)
 #   JOBS (default 2) processes walk the steps side by side, each with nproc/JOBS rayon
 #   threads (RAYON_NUM_THREADS overrides); each cell is claimed by one process, so they
 #   share the work cell by cell. On the 2-core development machine two one-thread
@@ -68,6 +70,9 @@ lane() {
       table4 | table5) run "$s" --seeds 1 ;;
       table6) run table6 --seeds 1 ;;
       save) ;;
+      report)
+        run table2 --datasets sst2,bbc-news --seeds 3 --report-only
+        for g in table4 table5 table6; do run $g --seeds 1 --report-only; done ;;
       *) echo "unknown step $s" >&2; exit 2 ;;
     esac
     copy_cells "$RUNS" "$RESULTS"

@@ -80,6 +80,10 @@ pub struct ExperimentArgs {
     /// Print the cells and whether each is done, then stop.
     #[arg(long)]
     pub dry_run: bool,
+    /// Rewrite the grid's results.md and plots from its finished cells, then stop
+    /// (trains nothing; e.g. after copying cells in, or to redraw with a newer binary).
+    #[arg(long, conflicts_with = "dry_run")]
+    pub report_only: bool,
     /// Delete each cell's model weights once its result is recorded (saves disk; the
     /// metrics, plots and reports stay).
     #[arg(long)]
@@ -109,6 +113,7 @@ impl ExperimentArgs {
             max_train_examples: None,
             max_eval_examples: None,
             dry_run: false,
+            report_only: false,
             drop_checkpoints: false,
             save_every: 25,
             stop_after_steps: None,
@@ -388,12 +393,18 @@ pub struct Plan {
     pub grid: GridSpec,
     pub grid_dir: PathBuf,
     pub cells: Vec<Cell>,
+    /// Row order of the grid's reports: the built-in grid's datasets and cell names, then
+    /// any the request adds. Several requests (e.g. one dataset at a time) write the same
+    /// results.md, so its order must not depend on which one wrote it last.
+    pub report_datasets: Vec<String>,
+    pub report_cells: Vec<String>,
 }
 
 /// Expands `args` for a model of configuration `bert`, validating every cell's settings.
 pub fn plan(args: &ExperimentArgs, bert: &BertConfig) -> Result<Plan> {
     let layers = bert.num_hidden_layers;
     let mut grid = builtin_grid(&args.grid, layers)?;
+    let builtin = grid.clone();
     if let Some(d) = &args.datasets {
         grid.datasets = d.iter().map(|s| s.trim().to_string()).collect();
     }
@@ -428,6 +439,19 @@ pub fn plan(args: &ExperimentArgs, bert: &BertConfig) -> Result<Plan> {
             methods.push((name, args, config));
         }
     }
+
+    let mut report_datasets = builtin.datasets.clone();
+    append_missing(&mut report_datasets, &grid.datasets);
+    let mut report_cells = Vec::new();
+    for v in &builtin.variants {
+        // (a built-in variant the model cannot run, e.g. a layer past its depth, simply
+        // has no row)
+        if let Ok(args) = v.parse::<VariantSpec>().and_then(|s| s.method_args(layers)) {
+            append_missing(&mut report_cells, &[cell_name(&args)]);
+        }
+    }
+    let requested: Vec<String> = methods.iter().map(|(n, _, _)| n.clone()).collect();
+    append_missing(&mut report_cells, &requested);
 
     let grid_dir = args.root.join(&grid.name);
     let mut cells = Vec::new();
@@ -474,7 +498,39 @@ pub fn plan(args: &ExperimentArgs, bert: &BertConfig) -> Result<Plan> {
         grid,
         grid_dir,
         cells,
+        report_datasets,
+        report_cells,
     })
+}
+
+impl Plan {
+    /// `datasets a, b; cells x, y; seeds 1-3`, for the reports.
+    pub fn request_summary(&self) -> String {
+        let mut cells: Vec<String> = Vec::new();
+        append_missing(
+            &mut cells,
+            &self
+                .cells
+                .iter()
+                .map(|c| c.name.clone())
+                .collect::<Vec<_>>(),
+        );
+        let seeds = self.cells.iter().map(|c| c.seed).max().unwrap_or(0);
+        format!(
+            "datasets {}; cells {}; seeds 1-{seeds}",
+            self.grid.datasets.join(", "),
+            cells.join(", ")
+        )
+    }
+}
+
+/// Appends the items of `more` that `to` lacks, in order.
+fn append_missing(to: &mut Vec<String>, more: &[String]) {
+    for m in more {
+        if !to.contains(m) {
+            to.push(m.clone());
+        }
+    }
 }
 
 // ----------------------------------------------------------------------------- results
@@ -920,7 +976,15 @@ fn pct(s: &Stat) -> String {
 }
 
 /// The Markdown table of `rows`, one section per dataset.
-pub fn format_markdown(grid: &str, rows: &[AggRow], pending: usize, failed: &[String]) -> String {
+/// `pending` counts the unfinished cells of the request that wrote it, which `request`
+/// describes (a request may cover part of the grid; the rows are every finished cell).
+pub fn format_markdown(
+    grid: &str,
+    rows: &[AggRow],
+    pending: usize,
+    request: &str,
+    failed: &[String],
+) -> String {
     let mut s = format!("# Experiment `{grid}`\n\n");
     s.push_str(
         "Test-split scores of the checkpoint with the lowest validation loss, in percent: mean ± \
@@ -933,7 +997,7 @@ pub fn format_markdown(grid: &str, rows: &[AggRow], pending: usize, failed: &[St
     );
     if pending > 0 {
         s.push_str(&format!(
-            "**{pending} cells of the requested grid are not finished yet.**\n\n"
+            "**{pending} cells of the last run's request ({request}) are not finished yet.**\n\n"
         ));
     }
     if !failed.is_empty() {
@@ -1216,9 +1280,14 @@ pub fn write_reports(
         Some(dir) if dir != plan.grid_dir => load_results(dir).unwrap_or_default(),
         _ => Vec::new(),
     };
-    let cell_order: Vec<String> = plan.cells.iter().map(|c| c.name.clone()).collect();
-    let rows = aggregate(&results, &extra, &plan.grid.datasets, &cell_order);
-    let mut md = format_markdown(&plan.grid.name, &rows, pending, failed);
+    let rows = aggregate(&results, &extra, &plan.report_datasets, &plan.report_cells);
+    let mut md = format_markdown(
+        &plan.grid.name,
+        &rows,
+        pending,
+        &plan.request_summary(),
+        failed,
+    );
     let reused: Vec<String> = results
         .iter()
         .filter_map(|r| {
@@ -1333,6 +1402,31 @@ pub fn run_experiment(args: &ExperimentArgs) -> Result<ExperimentOutcome> {
         });
     }
 
+    let baselines_dir = args.root.join("table2");
+    let mut pending = statuses
+        .iter()
+        .filter(|s| matches!(s, Ok(CellStatus::Pending)))
+        .count();
+    // (the reports need no data)
+    if args.report_only {
+        let results_md = write_reports(&plan, Some(&baselines_dir), pending, &[])?;
+        eprintln!(
+            "experiment {}: {} of {} cells finished; rewrote {} and the plots",
+            plan.grid.name,
+            plan.cells.len() - pending,
+            plan.cells.len(),
+            results_md.display()
+        );
+        return Ok(ExperimentOutcome {
+            grid_dir: plan.grid_dir.clone(),
+            results_md: Some(results_md),
+            cells: plan.cells.len(),
+            ran: 0,
+            skipped: plan.cells.len() - pending,
+            busy: Vec::new(),
+            failed: Vec::new(),
+        });
+    }
     for d in &plan.grid.datasets {
         let dir = args.data_root.join(d);
         ensure!(
@@ -1341,11 +1435,6 @@ pub fn run_experiment(args: &ExperimentArgs) -> Result<ExperimentOutcome> {
             dir.display()
         );
     }
-    let baselines_dir = args.root.join("table2");
-    let mut pending = statuses
-        .iter()
-        .filter(|s| matches!(s, Ok(CellStatus::Pending)))
-        .count();
     let (mut ran, mut skipped, mut failed, mut busy) = (0, 0, Vec::new(), Vec::new());
     let total = plan.cells.len();
     // "experiment <grid>: [i/total] <dataset>/<cell>-seed<k> <what>" on stderr.
@@ -1661,6 +1750,30 @@ mod tests {
             (5, 16)
         );
         assert_eq!(c.dir, root.join("table2/toy/pfc-l5-m16-seed1"));
+        // Reports list the built-in grid's rows first, whatever this request covers, so
+        // requests for parts of a grid write the same order.
+        assert_eq!(
+            p.report_datasets,
+            ["sst2", "bbc-news", "20newsgroups", "toy"]
+        );
+        assert_eq!(
+            p.report_cells,
+            [
+                "bert",
+                "p",
+                "pf",
+                "c-l5",
+                "pfc-l5",
+                "c-l4",
+                "pfc-l4",
+                "pfc-l5-m16",
+                "pf-p0.5"
+            ]
+        );
+        assert_eq!(
+            p.request_summary(),
+            "datasets toy; cells pfc-l5-m16, c-l5, pf-p0.5; seeds 1-2"
+        );
 
         let err = |variants: &[&str]| {
             let a = ExperimentArgs {
@@ -1940,7 +2053,13 @@ mod tests {
         assert_eq!(rows[0].delta_accuracy, None);
 
         let rows = aggregate(&results, &[], &dataset_order, &cell_order);
-        let md = format_markdown("table2", &rows, 2, &["d/pf-seed3: boom".into()]);
+        let md = format_markdown(
+            "table2",
+            &rows,
+            2,
+            "datasets d, e; cells bert, pf; seeds 1-3",
+            &["d/pf-seed3: boom".into()],
+        );
         assert!(md.contains("## d\n") && md.contains("|\n\n## e\n"));
         assert!(md.contains("| bert | - | - | - | 1,2,3 | 82.00 ± 2.00 | 77.00 ± 2.00 | 82.00 ± 2.00 | baseline |"), "{md}");
         assert!(
@@ -1952,7 +2071,10 @@ mod tests {
             md.contains("| pf | 0.9 | - | - | 1 | 70.00 | 65.00 | 70.00 | n/a |"),
             "{md}"
         );
-        assert!(md.contains("2 cells of the requested grid are not finished"));
+        assert!(
+            md.contains("2 cells of the last run's request (datasets d, e; cells bert, pf; seeds 1-3) are not finished"),
+            "{md}"
+        );
         assert!(md.contains("d/pf-seed3: boom"));
 
         // Two schedules of one cell stay apart and are labelled.
@@ -1963,7 +2085,7 @@ mod tests {
         with_quick.push(quick);
         let rows = aggregate(&with_quick, &[], &dataset_order, &cell_order);
         assert_eq!(rows.len(), 4);
-        let md = format_markdown("table2", &rows, 0, &[]);
+        let md = format_markdown("table2", &rows, 0, "", &[]);
         assert!(md.contains("pf [model all-MiniLM-L6-v2"), "{md}");
         assert!(md.contains("train 10"), "{md}");
     }

@@ -192,13 +192,39 @@ fn tiny_grid_trains_every_cell_then_resumes() {
         "kept by default"
     );
     let md = std::fs::read_to_string(grid.join("results.md")).unwrap();
-    for row in [
+    // Rows in the built-in grid's order, though this request named only p.
+    let at = |row: &str| {
+        md.find(row)
+            .unwrap_or_else(|| panic!("{row:?} not in {md}"))
+    };
+    let rows = [
         "| bert | - | - | - | 1 |",
         "| p | 0.9 | - | - | 1 |",
+        "| pf | 0.9 | - | - | 1 |",
         "| pfc-l5 | 0.9 | 5 | 8 | 1 |",
-    ] {
-        assert!(md.contains(row), "{row:?} not in {md}");
-    }
+    ];
+    assert!(rows.windows(2).all(|w| at(w[0]) < at(w[1])), "{md}");
+
+    // --report-only redraws the same table and plots from the finished cells, whichever
+    // part of the grid the request names, and trains nothing.
+    std::fs::remove_file(grid.join("results.md")).unwrap();
+    std::fs::remove_file(grid.join("curves-synth-seed1.svg")).unwrap();
+    let mut report = args.to_vec();
+    report[variants_value] = "bert";
+    report.push("--report-only");
+    let out = corefocus(&report);
+    succeeded(&out, "report only");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("1 of 1 cells finished; rewrote"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("training"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(grid.join("results.md")).unwrap(),
+        md
+    );
+    assert!(grid.join("curves-synth-seed1.svg").is_file());
 
     // A different schedule for the same cells is refused rather than mixed in.
     let mut other = args.to_vec();
