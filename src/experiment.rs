@@ -1409,6 +1409,12 @@ pub fn run_experiment(args: &ExperimentArgs) -> Result<ExperimentOutcome> {
         .count();
     // (the reports need no data)
     if args.report_only {
+        // (a mistyped --root must not leave an empty report behind)
+        ensure!(
+            plan.grid_dir.is_dir(),
+            "--report-only: no grid directory {} (see --root)",
+            plan.grid_dir.display()
+        );
         let results_md = write_reports(&plan, Some(&baselines_dir), pending, &[])?;
         eprintln!(
             "experiment {}: {} of {} cells finished; rewrote {} and the plots",

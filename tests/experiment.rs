@@ -225,6 +225,15 @@ fn tiny_grid_trains_every_cell_then_resumes() {
         md
     );
     assert!(grid.join("curves-synth-seed1.svg").is_file());
+    let missing = root.join("no-such-root");
+    let mut typo = report.clone();
+    let root_value = typo.iter().position(|a| *a == "--root").unwrap() + 1;
+    typo[root_value] = missing.to_str().unwrap();
+    let out = corefocus(&typo);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no grid directory"), "{stderr}");
+    assert!(!missing.exists(), "nothing written under a mistyped --root");
 
     // A different schedule for the same cells is refused rather than mixed in.
     let mut other = args.to_vec();
