@@ -2,13 +2,14 @@
 """Prints the two issue-5 tables of docs/results.md from results/experiments/*/*/*/result.json:
 Table 2 as mean ± sample std over the finished seeds (Δ = mean over seeds of the cell's
 accuracy minus BERT's of the same seed), then every finished cell."""
-import glob, json, os, statistics as st
+import glob, json, os, re, statistics as st
 
 root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "results", "experiments")
 rows = [json.load(open(f)) for f in glob.glob(os.path.join(root, "*", "*", "*", "result.json"))]
 base = {(r["dataset"], r["seed"]): r["test_accuracy"] for r in rows if r["grid"] == "table2" and r["cell"] == "bert"}
 CELLS = ["bert", "p", "pf", "c-l5", "pfc-l5", "c-l4", "pfc-l4"]
 GRIDS = {"table2": 0, "table4": 1, "table5": 2, "table6": 3}
+DATASETS = ["sst2", "bbc-news", "20newsgroups"]
 
 
 def ms(xs):
@@ -16,7 +17,7 @@ def ms(xs):
 
 
 print("| dataset | cell | seeds | test accuracy % | macro-F1 % | Δ vs BERT |\n|---|---|---|---:|---:|---:|")
-for ds in ["sst2", "bbc-news", "20newsgroups"]:
+for ds in DATASETS:
     for c in CELLS:
         rs = sorted((r for r in rows if r["grid"] == "table2" and r["dataset"] == ds and r["cell"] == c), key=lambda r: r["seed"])
         if not rs:
@@ -27,8 +28,20 @@ for ds in ["sst2", "bbc-news", "20newsgroups"]:
               ms([100 * r["test_accuracy"] for r in rs]), ms([100 * r["test_macro_f1"] for r in rs]), d))
 print()
 print("| grid | dataset | cell | test accuracy % | macro-F1 % | Δ vs BERT | best epoch (dev loss) | run s |\n|---|---|---|---:|---:|---:|---:|---:|")
-key = lambda c: (CELLS.index(c), "") if c in CELLS else (len(CELLS), c)
-for r in sorted(rows, key=lambda r: (GRIDS[r["grid"]], r["dataset"], r["seed"], key(r["cell"]))):
+
+
+def key(grid, c):
+    """Table 2's cells in its order; a sweep's in the paper's: keep ratio p falling,
+    combine layer l and cluster count m rising (from the one the sweep varies)."""
+    if grid == "table2" and c in CELLS:
+        return CELLS.index(c)
+    m = re.search({"table4": r"-p([0-9.]+)", "table5": r"-l([0-9]+)", "table6": r"-m([0-9]+)"}.get(grid, "$^"), c)
+    if not m:
+        return len(CELLS)
+    return -float(m.group(1)) if grid == "table4" else float(m.group(1))
+
+
+for r in sorted(rows, key=lambda r: (GRIDS[r["grid"]], DATASETS.index(r["dataset"]), r["seed"], key(r["grid"], r["cell"]))):
     b = base.get((r["dataset"], r["seed"]))
     d = "baseline" if r["cell"] == "bert" else ("%+.2f" % ((r["test_accuracy"] - b) * 100) if b is not None else "n/a")
     note = []

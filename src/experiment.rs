@@ -504,7 +504,7 @@ pub fn plan(args: &ExperimentArgs, bert: &BertConfig) -> Result<Plan> {
 }
 
 impl Plan {
-    /// `datasets a, b; cells x, y; seeds 1-3`, for the reports.
+    /// `datasets a, b; cells x, y; seeds 1-3` (or `seed 1`), for the reports.
     pub fn request_summary(&self) -> String {
         let mut cells: Vec<String> = Vec::new();
         append_missing(
@@ -515,9 +515,12 @@ impl Plan {
                 .map(|c| c.name.clone())
                 .collect::<Vec<_>>(),
         );
-        let seeds = self.cells.iter().map(|c| c.seed).max().unwrap_or(0);
+        let seeds = match self.cells.iter().map(|c| c.seed).max().unwrap_or(0) {
+            1 => "seed 1".to_string(),
+            n => format!("seeds 1-{n}"),
+        };
         format!(
-            "datasets {}; cells {}; seeds 1-{seeds}",
+            "datasets {}; cells {}; {seeds}",
             self.grid.datasets.join(", "),
             cells.join(", ")
         )
@@ -866,8 +869,8 @@ pub struct AggRow {
     pub accuracy: Stat,
     pub macro_f1: Stat,
     pub micro_f1: Stat,
-    /// Mean accuracy minus BERT's mean accuracy on the same dataset and schedule
-    /// (fractions; the table shows points).
+    /// Mean over the seeds BERT also ran of the accuracy minus BERT's of the same seed,
+    /// dataset and schedule (fractions; the table shows points).
     pub delta_accuracy: Option<f64>,
     pub train_seconds: Stat,
     pub tokens_per_s: Stat,
@@ -886,8 +889,8 @@ fn order_key(order: &[String], x: &str) -> (usize, String) {
 }
 
 /// Pools `results` by dataset, cell and schedule; deltas against the `bert` cell of the
-/// same dataset and schedule in `results`, else in `extra_baselines` (e.g. table2's BERT
-/// for the ablation grids). Rows are ordered by `dataset_order` then `cell_order`
+/// same dataset, schedule and seed in `results`, else in `extra_baselines` (e.g. table2's
+/// BERT for the ablation grids). Rows are ordered by `dataset_order` then `cell_order`
 /// (unlisted names after, alphabetically).
 pub fn aggregate(
     results: &[CellResult],
@@ -901,24 +904,33 @@ pub fn aggregate(
         let key = (r.dataset.clone(), r.cell.clone(), r.recipe.schedule_key());
         groups.entry(key).or_default().push(r);
     }
-    let baseline = |dataset: &str, schedule: &str| -> Option<f64> {
-        let pick = |rs: &[CellResult]| -> Vec<f64> {
+    // BERT's accuracy per seed on a dataset and schedule: this grid's own, else the extra
+    // baselines' (a sweep's seed-1 cells meet table2's seed-1 BERT, not its 3-seed mean).
+    let baseline = |dataset: &str, schedule: &str| -> BTreeMap<u64, f64> {
+        let pick = |rs: &[CellResult]| -> BTreeMap<u64, f64> {
             rs.iter()
                 .filter(|r| {
                     r.cell == BASELINE_CELL
                         && r.dataset == dataset
                         && r.recipe.schedule_key() == schedule
                 })
-                .map(|r| r.test_accuracy)
+                .map(|r| (r.seed, r.test_accuracy))
                 .collect()
         };
         let own = pick(results);
-        let accs = if own.is_empty() {
+        if own.is_empty() {
             pick(extra_baselines)
         } else {
             own
-        };
-        (!accs.is_empty()).then(|| mean_std(&accs).mean)
+        }
+    };
+    // Mean over the seeds BERT also has of the cell's accuracy minus BERT's of that seed.
+    let paired_delta = |rs: &[&CellResult], bert: &BTreeMap<u64, f64>| -> Option<f64> {
+        let deltas: Vec<f64> = rs
+            .iter()
+            .filter_map(|r| bert.get(&r.seed).map(|b| r.test_accuracy - b))
+            .collect();
+        (!deltas.is_empty()).then(|| mean_std(&deltas).mean)
     };
     let mut rows: Vec<AggRow> = groups
         .into_iter()
@@ -933,7 +945,7 @@ pub fn aggregate(
             let accuracy = stat(|r| r.test_accuracy);
             let first = rs[0];
             AggRow {
-                delta_accuracy: baseline(&dataset, &schedule).map(|b| accuracy.mean - b),
+                delta_accuracy: paired_delta(&rs, &baseline(&dataset, &schedule)),
                 dataset,
                 cell,
                 variant: first.variant,
@@ -990,8 +1002,9 @@ pub fn format_markdown(
         "Test-split scores of the checkpoint with the lowest validation loss, in percent: mean ± \
          sample standard deviation over seeds (no ± for one seed). Recipe: lr 2e-5, 10% linear \
          warm-up then linear decay, batch 16, validation on the dev split or a stratified 20% of \
-         the training split. Δ acc = accuracy minus BERT's on the same dataset and schedule, in \
-         points (grids without a bert cell take it from the table2 grid next to them). Speed \
+         the training split. Δ acc = accuracy minus BERT's on the same dataset, schedule and seed, \
+         in points, averaged over the seeds BERT also ran (grids without a bert cell take it \
+         from the table2 grid next to them). Speed \
          and memory: mean wall seconds of the whole run, mean training tokens/s, mean peak \
          heap.\n\n",
     );
@@ -1134,7 +1147,7 @@ fn sweep_series(
             dataset.clone()
         };
         if with_baseline {
-            // Baseline accuracy = row accuracy - delta (same for every row of the group).
+            // Baseline accuracy = row accuracy - delta (the same for rows of the same seeds).
             if let Some((_, y, Some(d))) = pts.iter().find(|p| p.2.is_some()).copied() {
                 let base = y - d * 100.0;
                 let (lo, hi) = (pts[0].0, pts[pts.len() - 1].0);
@@ -1780,6 +1793,15 @@ mod tests {
             p.request_summary(),
             "datasets toy; cells pfc-l5-m16, c-l5, pf-p0.5; seeds 1-2"
         );
+        let one_seed = plan(
+            &ExperimentArgs {
+                seeds: 1,
+                ..a.clone()
+            },
+            &bert,
+        )
+        .unwrap();
+        assert!(one_seed.request_summary().ends_with("; seed 1"));
 
         let err = |variants: &[&str]| {
             let a = ExperimentArgs {
@@ -2026,7 +2048,7 @@ mod tests {
         // baseline with another schedule is ignored.
         let mut extra_same = fake_result(cell("e", "bert", 1), "table2", 0.60);
         extra_same.grid = "other".into();
-        let mut extra_other = fake_result(cell("e", "bert", 2), "table2", 0.10);
+        let mut extra_other = fake_result(cell("e", "bert", 1), "table2", 0.10);
         extra_other.recipe.max_len = 128;
         results[5].peak_heap_bytes = None;
 
@@ -2047,7 +2069,8 @@ mod tests {
         assert!((b.delta_accuracy.unwrap()).abs() < 1e-12);
         assert!((pf.accuracy.mean - 0.86).abs() < 1e-12);
         assert!((pf.accuracy.std - 0.02f64.sqrt() / 10.0).abs() < 1e-12);
-        assert!((pf.delta_accuracy.unwrap() - 0.04).abs() < 1e-12);
+        // Paired by seed: (0.85 - 0.80 + 0.87 - 0.82) / 2, not 0.86 - BERT's 3-seed 0.82.
+        assert!((pf.delta_accuracy.unwrap() - 0.05).abs() < 1e-12);
         assert!((pf.train_seconds.mean - 15.0).abs() < 1e-12);
         assert_eq!(pf.peak_heap_bytes, Some(1048576.0));
         assert!((e.delta_accuracy.unwrap() - 0.10).abs() < 1e-12);
@@ -2072,7 +2095,7 @@ mod tests {
             md.contains("| pf | 0.9 | - | - | 1,2 | 86.00 ± 1.41 |"),
             "{md}"
         );
-        assert!(md.contains("| +4.00 |"), "{md}");
+        assert!(md.contains("| +5.00 |"), "{md}");
         assert!(
             md.contains("| pf | 0.9 | - | - | 1 | 70.00 | 65.00 | 70.00 | n/a |"),
             "{md}"
