@@ -1002,11 +1002,10 @@ pub fn format_markdown(
         "Test-split scores of the checkpoint with the lowest validation loss, in percent: mean ± \
          sample standard deviation over seeds (no ± for one seed). Recipe: lr 2e-5, 10% linear \
          warm-up then linear decay, batch 16, validation on the dev split or a stratified 20% of \
-         the training split. Δ acc = accuracy minus BERT's on the same dataset, schedule and seed, \
-         in points, averaged over the seeds BERT also ran (grids without a bert cell take it \
-         from the table2 grid next to them). Speed \
-         and memory: mean wall seconds of the whole run, mean training tokens/s, mean peak \
-         heap.\n\n",
+         the training split. Δ acc = accuracy minus BERT's on the same dataset, schedule and \
+         seed, in points, averaged over the seeds BERT also ran (grids without a bert cell take \
+         it from the table2 grid next to them). Speed and memory: mean wall seconds of the \
+         whole run, mean training tokens/s, mean peak heap.\n\n",
     );
     if pending > 0 {
         s.push_str(&format!(
@@ -2080,6 +2079,15 @@ mod tests {
         // Without any matching baseline there is no delta.
         let rows = aggregate(&results[5..], &[extra_other], &dataset_order, &cell_order);
         assert_eq!(rows[0].delta_accuracy, None);
+        // A seed BERT did not run does not enter the delta: with BERT's seed 2 alone, pf's
+        // seed 1 has no partner (0.87 - 0.82, not the 0.86 mean - 0.82).
+        let rows = aggregate(
+            &[results[1].clone(), results[3].clone(), results[4].clone()],
+            &[],
+            &dataset_order,
+            &cell_order,
+        );
+        assert!((rows[1].delta_accuracy.unwrap() - 0.05).abs() < 1e-12);
 
         let rows = aggregate(&results, &[], &dataset_order, &cell_order);
         let md = format_markdown(
