@@ -872,6 +872,8 @@ pub struct AggRow {
     /// Mean over the seeds BERT also ran of the accuracy minus BERT's of the same seed,
     /// dataset and schedule (fractions; the table shows points).
     pub delta_accuracy: Option<f64>,
+    /// BERT's mean accuracy over those same seeds (the sweep plots' dashed line).
+    pub baseline_accuracy: Option<f64>,
     pub train_seconds: Stat,
     pub tokens_per_s: Stat,
     /// Mean over the seeds that recorded it.
@@ -924,13 +926,14 @@ pub fn aggregate(
             own
         }
     };
-    // Mean over the seeds BERT also has of the cell's accuracy minus BERT's of that seed.
-    let paired_delta = |rs: &[&CellResult], bert: &BTreeMap<u64, f64>| -> Option<f64> {
-        let deltas: Vec<f64> = rs
+    // Over the seeds BERT also has: the mean of the cell's accuracy minus BERT's of that
+    // seed, and BERT's mean accuracy.
+    let paired = |rs: &[&CellResult], bert: &BTreeMap<u64, f64>| -> Option<(f64, f64)> {
+        let (deltas, bases): (Vec<f64>, Vec<f64>) = rs
             .iter()
-            .filter_map(|r| bert.get(&r.seed).map(|b| r.test_accuracy - b))
-            .collect();
-        (!deltas.is_empty()).then(|| mean_std(&deltas).mean)
+            .filter_map(|r| bert.get(&r.seed).map(|&b| (r.test_accuracy - b, b)))
+            .unzip();
+        (!deltas.is_empty()).then(|| (mean_std(&deltas).mean, mean_std(&bases).mean))
     };
     let mut rows: Vec<AggRow> = groups
         .into_iter()
@@ -944,8 +947,10 @@ pub fn aggregate(
                 .collect();
             let accuracy = stat(|r| r.test_accuracy);
             let first = rs[0];
+            let vs_bert = paired(&rs, &baseline(&dataset, &schedule));
             AggRow {
-                delta_accuracy: paired_delta(&rs, &baseline(&dataset, &schedule)),
+                delta_accuracy: vs_bert.map(|(d, _)| d),
+                baseline_accuracy: vs_bert.map(|(_, b)| b),
                 dataset,
                 cell,
                 variant: first.variant,
@@ -1124,7 +1129,7 @@ fn sweep_series(
     let Some(variant) = sweep_variant(sweep) else {
         return Vec::new();
     };
-    // (dataset, schedule) -> (x, value, delta vs BERT) per row.
+    // (dataset, schedule) -> (x, value, BERT's accuracy) per row.
     type Points = Vec<(f64, f64, Option<f64>)>;
     let mut groups: BTreeMap<(String, String), Points> = BTreeMap::new();
     for r in rows.iter().filter(|r| r.variant == variant) {
@@ -1132,7 +1137,7 @@ fn sweep_series(
             groups
                 .entry((r.dataset.clone(), r.schedule.clone()))
                 .or_default()
-                .push((x, value(r), r.delta_accuracy));
+                .push((x, value(r), r.baseline_accuracy));
         }
     }
     let schedules_of = |d: &str| groups.keys().filter(|(gd, _)| gd == d).count();
@@ -1146,9 +1151,8 @@ fn sweep_series(
             dataset.clone()
         };
         if with_baseline {
-            // Baseline accuracy = row accuracy - delta (the same for rows of the same seeds).
-            if let Some((_, y, Some(d))) = pts.iter().find(|p| p.2.is_some()).copied() {
-                let base = y - d * 100.0;
+            // (the same for every row whose seeds are the same)
+            if let Some(base) = pts.iter().find_map(|p| p.2).map(|b| b * 100.0) {
                 let (lo, hi) = (pts[0].0, pts[pts.len() - 1].0);
                 series.push(
                     Series::new(format!("{label}: bert"), vec![(lo, base), (hi, base)])
@@ -1419,7 +1423,7 @@ pub fn run_experiment(args: &ExperimentArgs) -> Result<ExperimentOutcome> {
         .iter()
         .filter(|s| matches!(s, Ok(CellStatus::Pending)))
         .count();
-    // (the reports need no data)
+    // --report-only stops here: the reports need no data directories.
     if args.report_only {
         // (a mistyped --root must not leave an empty report behind)
         ensure!(
@@ -2070,15 +2074,18 @@ mod tests {
         assert!((pf.accuracy.std - 0.02f64.sqrt() / 10.0).abs() < 1e-12);
         // Paired by seed: (0.85 - 0.80 + 0.87 - 0.82) / 2, not 0.86 - BERT's 3-seed 0.82.
         assert!((pf.delta_accuracy.unwrap() - 0.05).abs() < 1e-12);
+        assert!((pf.baseline_accuracy.unwrap() - 0.81).abs() < 1e-12);
         assert!((pf.train_seconds.mean - 15.0).abs() < 1e-12);
         assert_eq!(pf.peak_heap_bytes, Some(1048576.0));
         assert!((e.delta_accuracy.unwrap() - 0.10).abs() < 1e-12);
+        assert!((e.baseline_accuracy.unwrap() - 0.60).abs() < 1e-12);
         assert_eq!(e.peak_heap_bytes, None);
         assert_eq!(e.accuracy.n, 1);
 
         // Without any matching baseline there is no delta.
         let rows = aggregate(&results[5..], &[extra_other], &dataset_order, &cell_order);
         assert_eq!(rows[0].delta_accuracy, None);
+        assert_eq!(rows[0].baseline_accuracy, None);
         // A seed BERT did not run does not enter the delta: with BERT's seed 2 alone, pf's
         // seed 1 has no partner (0.87 - 0.82, not the 0.86 mean - 0.82).
         let rows = aggregate(
@@ -2088,6 +2095,7 @@ mod tests {
             &cell_order,
         );
         assert!((rows[1].delta_accuracy.unwrap() - 0.05).abs() < 1e-12);
+        assert!((rows[1].baseline_accuracy.unwrap() - 0.82).abs() < 1e-12);
 
         let rows = aggregate(&results, &[], &dataset_order, &cell_order);
         let md = format_markdown(
