@@ -1,11 +1,22 @@
 #!/usr/bin/env python3
 """Prints the two issue-5 tables of docs/results.md from results/experiments/*/*/*/result.json:
 Table 2 as mean ± sample std over the finished seeds (Δ = mean over seeds of the cell's
-accuracy minus BERT's of the same seed), then every finished cell."""
-import glob, json, os, re, statistics as st
+accuracy minus BERT's of the same seed), then every finished cell, then the trained cells'
+total run time."""
+import glob, json, os, re, statistics as st, sys
 
-root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "results", "experiments")
-rows = [json.load(open(f)) for f in glob.glob(os.path.join(root, "*", "*", "*", "result.json"))]
+root = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "results", "experiments"))
+
+
+def load(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        sys.exit("results-tables.py: cannot read %s: %s" % (path, e))
+
+
+rows = [load(f) for f in sorted(glob.glob(os.path.join(root, "*", "*", "*", "result.json")))]
 base = {(r["dataset"], r["seed"]): r["test_accuracy"] for r in rows if r["grid"] == "table2" and r["cell"] == "bert"}
 CELLS = ["bert", "p", "pf", "c-l5", "pfc-l5", "c-l4", "pfc-l4"]
 GRIDS = {"table2": 0, "table4": 1, "table5": 2, "table6": 3}
@@ -54,3 +65,7 @@ for r in sorted(rows, key=lambda r: (GRIDS[r["grid"]], DATASETS.index(r["dataset
     print("| %s | %s | %s, seed %d | %.2f | %.2f | %s | %d (%.3f) | %.0f%s |" % (
         r["grid"], r["dataset"], r["cell"], r["seed"], 100 * r["test_accuracy"], 100 * r["test_macro_f1"], d,
         r["best_epoch"], r["best_val_loss"], r["train_seconds"], " (" + "; ".join(note) + ")" if note else ""))
+trained = [r for r in rows if not r.get("reused_from")]
+print()
+print("%d trained cells (%d more copy a trained cell's result); their run times sum to %.1f hours." % (
+    len(trained), len(rows) - len(trained), sum(r["train_seconds"] for r in trained) / 3600))
