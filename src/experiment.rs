@@ -1293,7 +1293,9 @@ pub fn write_reports(
 ) -> Result<PathBuf> {
     let results = load_results(&plan.grid_dir)?;
     let extra = match extra_baselines_dir {
-        Some(dir) if dir != plan.grid_dir => load_results(dir).unwrap_or_default(),
+        // (a missing grid has no results; an unreadable result is an error, not a silently
+        // missing baseline)
+        Some(dir) if dir != plan.grid_dir => load_results(dir)?,
         _ => Vec::new(),
     };
     let rows = aggregate(&results, &extra, &plan.report_datasets, &plan.report_cells);
@@ -1937,6 +1939,15 @@ mod tests {
         assert!(
             md.contains("- toy/pfc-l5-seed1 = table2/toy/pfc-l5-seed1"),
             "{md}"
+        );
+
+        // An unreadable baseline result is an error naming its file.
+        let bad = t2.cells[0].dir.join(RESULT_FILE);
+        std::fs::write(&bad, "{").unwrap();
+        let err = write_reports(&p5, Some(&root.join("table2")), 4, &[]).unwrap_err();
+        assert!(
+            format!("{err:#}").contains(&bad.display().to_string()),
+            "{err:#}"
         );
     }
 
