@@ -52,7 +52,7 @@ def key(grid, c):
     return -float(m.group(1)) if grid == "table4" else float(m.group(1))
 
 
-for r in sorted(rows, key=lambda r: (GRIDS[r["grid"]], DATASETS.index(r["dataset"]), r["seed"], key(r["grid"], r["cell"]))):
+for r in sorted(rows, key=lambda r: (GRIDS[r["grid"]], (DATASETS + [r["dataset"]]).index(r["dataset"]), r["seed"], key(r["grid"], r["cell"]))):
     b = base.get((r["dataset"], r["seed"]))
     d = "baseline" if r["cell"] == "bert" else ("%+.2f" % ((r["test_accuracy"] - b) * 100) if b is not None else "n/a")
     note = []
