@@ -189,7 +189,7 @@ mod tests {
 
 use crate::data::tokenize::TextTokenizer;
 use crate::model::{checkpoint, names, BertConfig, MethodConfig, Model, ParamStore, Variant};
-use crate::train::trainer::{run_train, MethodArgs, TrainOptions};
+use crate::train::trainer::{run_train, LrSpec, MethodArgs, TrainOptions};
 use crate::util::write_atomic;
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
@@ -297,7 +297,9 @@ pub fn run_demo(args: &DemoArgs) -> Result<Vec<DemoRow>> {
                 variant,
                 ..MethodArgs::default()
             },
-            lr: 1e-3,
+            // A randomly initialised model: one rate for every tensor, no search.
+            lr: LrSpec::Fixed(1e-3),
+            new_lr_scale: 1.0,
             epochs: args.epochs,
             batch_size: 16,
             max_len: 320,

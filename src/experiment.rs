@@ -1,7 +1,9 @@
 //! `corefocus experiment`: the paper's accuracy tables as named grids of training runs
-//! (datasets x variants x seeds), each cell trained in-process with the paper's recipe
-//! (lr 2e-5, 10% warm-up, batch 16, best checkpoint by validation loss, a stratified 20%
-//! of the training split for validation where a dataset has no dev split).
+//! (datasets x variants x seeds), each cell trained in-process: the paper's grids
+//! (table2/4/5/6) with the paper's recipe (lr 2e-5, method.md's reference settings),
+//! `recipe` with `train`'s defaults (the combining recipe, lr chosen on validation per
+//! cell); all with 10% warm-up, batch 16, the best checkpoint by validation loss, a
+//! stratified 20% of the training split for validation where a dataset has no dev split.
 //!
 //! Layout: `<root>/<grid>/<dataset>/<cell>-seed<k>/` holds the run (checkpoint,
 //! metrics.jsonl, training_curves.svg, test_report.json) and `result.json`, written last
@@ -15,7 +17,9 @@
 use crate::model::{BertConfig, MethodConfig, Variant};
 use crate::plot::{write_svg, Panel, Series};
 use crate::train::checkpoint::{utc_timestamp, MODEL_FILE};
-use crate::train::trainer::{run_train, EpochRecord, MethodArgs, TrainOptions};
+use crate::train::trainer::{
+    run_train, EpochRecord, LrSpec, MethodArgs, MethodDefaults, TrainOptions, DEFAULT_NEW_LR_SCALE,
+};
 use crate::util::write_atomic;
 use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -24,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// The built-in grids.
-pub const GRIDS: [&str; 4] = ["table2", "table4", "table5", "table6"];
+pub const GRIDS: [&str; 5] = ["table2", "table4", "table5", "table6", "recipe"];
 
 /// Name of each cell's result file.
 pub const RESULT_FILE: &str = "result.json";
@@ -44,7 +48,8 @@ pub fn default_max_len(dataset: &str) -> usize {
 pub struct ExperimentArgs {
     /// The grid: table2 (variants x datasets), table4 (keep ratio p of PF on BBC News),
     /// table5 (combining layer of PFC on BBC News), table6 (combination tokens m of PFC on
-    /// SST-2 and BBC News).
+    /// SST-2 and BBC News), all at the paper's recipe; recipe (Table 2's bert, pf, c and
+    /// pfc at layer L-1 with train's defaults: the combining recipe, --lr auto).
     #[arg(value_parser = clap::builder::PossibleValuesParser::new(GRIDS))]
     pub grid: String,
     /// HF model directory to warm-start from, or a Hugging Face hub id (see `train --model`).
@@ -139,6 +144,10 @@ pub struct GridSpec {
     pub datasets: Vec<String>,
     pub variants: Vec<String>,
     pub sweep: Sweep,
+    /// The training recipe: `false` for the paper's grids (lr 2e-5, method.md's reference
+    /// settings, one learning rate for every tensor), as recorded before the combining
+    /// recipe existed; `true` for `recipe` (lr chosen on validation, `train`'s defaults).
+    pub recommended: bool,
 }
 
 /// The paper's efficient combining layer (7 of 12) scaled to a model of `layers` layers:
@@ -166,8 +175,16 @@ pub fn builtin_grid(name: &str, layers: usize) -> Result<GridSpec> {
                     format!("pfc@{e}"),
                 ],
                 sweep: Sweep::None,
+                recommended: false,
             }
         }
+        "recipe" => GridSpec {
+            name: name.into(),
+            datasets: strings(&["sst2", "bbc-news", "20newsgroups"]),
+            variants: strings(&["bert", "pf", "c@L-1", "pfc@L-1"]),
+            sweep: Sweep::None,
+            recommended: true,
+        },
         "table4" => GridSpec {
             name: name.into(),
             datasets: strings(&["bbc-news"]),
@@ -176,12 +193,14 @@ pub fn builtin_grid(name: &str, layers: usize) -> Result<GridSpec> {
                 .map(|p| format!("pf:p={p}"))
                 .collect(),
             sweep: Sweep::KeepRatio,
+            recommended: false,
         },
         "table5" => GridSpec {
             name: name.into(),
             datasets: strings(&["bbc-news"]),
             variants: (2..=layers).map(|l| format!("pfc@{l}")).collect(),
             sweep: Sweep::CombineLayer,
+            recommended: false,
         },
         "table6" => GridSpec {
             name: name.into(),
@@ -191,6 +210,7 @@ pub fn builtin_grid(name: &str, layers: usize) -> Result<GridSpec> {
                 .map(|m| format!("pfc:m={m}"))
                 .collect(),
             sweep: Sweep::CombineTokens,
+            recommended: false,
         },
         _ => bail!(
             "unknown grid {name:?} (expected one of {})",
@@ -318,7 +338,13 @@ pub fn cell_name(m: &MethodArgs) -> String {
 pub struct Recipe {
     /// The model directory's name (e.g. all-MiniLM-L6-v2).
     pub model: String,
-    pub lr: f64,
+    pub lr: LrSpec,
+    /// Candidates of `lr: auto` (empty for a fixed rate, and in results recorded before it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lr_grid: Vec<f64>,
+    /// Learning-rate multiplier of newly created tensors (1 in results recorded before it).
+    #[serde(default = "one")]
+    pub new_lr_scale: f64,
     pub warmup: f64,
     pub batch_size: usize,
     pub epochs: usize,
@@ -338,6 +364,11 @@ impl Recipe {
                 .map(|n| n.to_string_lossy().to_string())
                 .unwrap_or_else(|| opts.model.display().to_string()),
             lr: opts.lr,
+            lr_grid: match opts.lr {
+                LrSpec::Auto => opts.lr_grid.clone(),
+                LrSpec::Fixed(_) => Vec::new(),
+            },
+            new_lr_scale: opts.new_lr_scale,
             warmup: opts.warmup,
             batch_size: opts.batch_size,
             epochs: opts.epochs,
@@ -354,9 +385,24 @@ impl Recipe {
     pub fn schedule_key(&self) -> String {
         let opt = |n: Option<usize>| n.map_or("all".to_string(), |n| n.to_string());
         format!(
-            "model {}, lr {}, warm-up {}, batch {}, epochs {}, max len {}, train {}, eval {}",
+            "model {}, lr {}{}, warm-up {}, batch {}, epochs {}, max len {}, train {}, eval {}",
             self.model,
             self.lr,
+            match self.lr {
+                LrSpec::Auto => format!(
+                    " of {}, new tensors x{}",
+                    self.lr_grid
+                        .iter()
+                        .map(|x| x.to_string())
+                        .collect::<Vec<_>>()
+                        .join("/"),
+                    self.new_lr_scale
+                ),
+                LrSpec::Fixed(_) if self.new_lr_scale != 1.0 => {
+                    format!(", new tensors x{}", self.new_lr_scale)
+                }
+                LrSpec::Fixed(_) => String::new(),
+            },
             self.warmup,
             self.batch_size,
             self.epochs,
@@ -365,6 +411,10 @@ impl Recipe {
             opt(self.max_eval_examples)
         )
     }
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 /// One training run of a grid.
@@ -428,9 +478,12 @@ pub fn plan(args: &ExperimentArgs, bert: &BertConfig) -> Result<Plan> {
     let mut methods: Vec<(String, MethodArgs, MethodConfig)> = Vec::new();
     for v in &grid.variants {
         let spec: VariantSpec = v.parse()?;
-        let args = spec
+        let mut args = spec
             .method_args(layers)
             .with_context(|| format!("variant {v:?}"))?;
+        if !grid.recommended {
+            args.defaults = MethodDefaults::Paper;
+        }
         let config = args
             .to_config(bert)
             .with_context(|| format!("variant {v:?}"))?;
@@ -465,7 +518,16 @@ pub fn plan(args: &ExperimentArgs, bert: &BertConfig) -> Result<Plan> {
                     data: args.data_root.join(dataset),
                     out: dir.clone(),
                     method: method.clone(),
-                    lr: 2e-5,
+                    lr: if grid.recommended {
+                        LrSpec::Auto
+                    } else {
+                        LrSpec::Fixed(2e-5)
+                    },
+                    new_lr_scale: if grid.recommended {
+                        DEFAULT_NEW_LR_SCALE
+                    } else {
+                        1.0
+                    },
                     warmup: 0.1,
                     batch_size: 16,
                     epochs: args.epochs,
@@ -578,6 +640,10 @@ pub struct CellResult {
     /// counts the last attempt only.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub resumed: bool,
+    /// Peak learning rate trained with (what `lr: auto` chose); absent in results
+    /// recorded before it was (their recipe's fixed rate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr_chosen: Option<f64>,
     /// Worker threads the run used (`RAYON_NUM_THREADS`); absent in results recorded
     /// before it was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -722,6 +788,7 @@ pub fn run_cell(grid: &str, cell: &Cell, drop_checkpoint: bool) -> Result<CellRe
         created: utc_timestamp(),
         reused_from: None,
         resumed: cell.options.resume,
+        lr_chosen: Some(outcome.lr),
         threads: Some(rayon::current_num_threads()),
     };
     write_atomic(
@@ -878,6 +945,8 @@ pub struct AggRow {
     pub tokens_per_s: Stat,
     /// Mean over the seeds that recorded it.
     pub peak_heap_bytes: Option<f64>,
+    /// The learning rate `lr: auto` chose, per seed (empty for a fixed rate).
+    pub lrs_chosen: Vec<f64>,
 }
 
 /// The baseline cell's name.
@@ -966,6 +1035,11 @@ pub fn aggregate(
                 train_seconds: stat(|r| r.train_seconds),
                 tokens_per_s: stat(|r| r.tokens_per_s),
                 peak_heap_bytes: (!heaps.is_empty()).then(|| mean_std(&heaps).mean),
+                lrs_chosen: rs
+                    .iter()
+                    .filter(|r| r.recipe.lr == LrSpec::Auto)
+                    .filter_map(|r| r.lr_chosen)
+                    .collect(),
             }
         })
         .collect();
@@ -1003,15 +1077,22 @@ pub fn format_markdown(
     failed: &[String],
 ) -> String {
     let mut s = format!("# Experiment `{grid}`\n\n");
-    s.push_str(
+    let auto = rows.iter().any(|r| !r.lrs_chosen.is_empty());
+    let recipe = if auto {
+        "Recipe: train's defaults (the combining recipe of docs/combining.md; peak lr chosen per \
+         cell by validation loss of short trials, `--lr auto`, column lr; new tensors at 10x), \
+         10% linear warm-up then linear decay"
+    } else {
+        "Recipe: lr 2e-5, 10% linear warm-up then linear decay"
+    };
+    s.push_str(&format!(
         "Test-split scores of the checkpoint with the lowest validation loss, in percent: mean ± \
-         sample standard deviation over seeds (no ± for one seed). Recipe: lr 2e-5, 10% linear \
-         warm-up then linear decay, batch 16, validation on the dev split or a stratified 20% of \
-         the training split. Δ acc = accuracy minus BERT's on the same dataset, schedule and \
+         sample standard deviation over seeds (no ± for one seed). {recipe}, batch 16, validation \
+         on the dev split or a stratified 20% of the training split. Δ acc = accuracy minus BERT's on the same dataset, schedule and \
          seed, in points, averaged over the seeds BERT also ran (grids without a bert cell take \
          it from the table2 grid next to them). Speed and memory: mean wall seconds of the \
-         whole run, mean training tokens/s, mean peak heap.\n\n",
-    );
+         whole run, mean training tokens/s, mean peak heap.\n\n"
+    ));
     if pending > 0 {
         s.push_str(&format!(
             "**{pending} cells of the last run's request ({request}) are not finished yet.**\n\n"
@@ -1034,9 +1115,10 @@ pub fn format_markdown(
                 s.push('\n'); // ends the previous dataset's table
             }
             current = Some(r.dataset.as_str());
+            let (lr_head, lr_rule) = if auto { (" lr |", "---|") } else { ("", "") };
             s.push_str(&format!(
-                "## {}\n\n| cell | p | layer | m | seeds | accuracy | macro-F1 | micro-F1 | Δ acc vs BERT | run s | train tokens/s | peak heap MiB | epochs | max len | train examples |\n\
-                 |---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+                "## {}\n\n| cell | p | layer | m | seeds |{lr_head} accuracy | macro-F1 | micro-F1 | Δ acc vs BERT | run s | train tokens/s | peak heap MiB | epochs | max len | train examples |\n\
+                 |---|---:|---:|---:|---|{lr_rule}---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
                 r.dataset
             ));
         }
@@ -1057,7 +1139,7 @@ pub fn format_markdown(
             r.cell.clone()
         };
         s.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.0} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} |{} {} | {} | {} | {} | {:.0} | {:.0} | {} | {} | {} | {} |\n",
             cell,
             if r.variant.prunes() {
                 format!("{}", m.keep_ratio)
@@ -1079,6 +1161,12 @@ pub fn format_markdown(
                 .map(|s| s.to_string())
                 .collect::<Vec<_>>()
                 .join(","),
+            if auto {
+                let lrs: Vec<String> = r.lrs_chosen.iter().map(|x| format!("{x:e}")).collect();
+                format!(" {} |", lrs.join(","))
+            } else {
+                String::new()
+            },
             pct(&r.accuracy),
             pct(&r.macro_f1),
             pct(&r.micro_f1),
@@ -1683,8 +1771,10 @@ mod tests {
         );
         assert_eq!(
             (c.options.lr, c.options.warmup, c.options.batch_size),
-            (2e-5, 0.1, 16)
+            (LrSpec::Fixed(2e-5), 0.1, 16)
         );
+        assert_eq!(c.options.new_lr_scale, 1.0, "the paper's grids: one rate");
+        assert_eq!(c.options.method.defaults, MethodDefaults::Paper);
         assert_eq!(
             (
                 c.settings.variant,
@@ -1847,6 +1937,7 @@ mod tests {
                 loss_curve: vec![crate::train::resume::LossPoint {
                     step: e as u64 * 4,
                     loss: 1.0 / e as f64,
+                    combine: None,
                 }],
             })
             .collect();
@@ -1874,6 +1965,7 @@ mod tests {
             created: "2024-01-01T00:00:00Z".into(),
             reused_from: None,
             resumed: false,
+            lr_chosen: None,
             threads: None,
         }
     }

@@ -437,6 +437,7 @@ mod tests {
                 .map(|&k| crate::train::resume::LossPoint {
                     step: (epoch as u64 - 1) * 10 + k,
                     loss: train_loss + 0.1 - 0.02 * k as f64,
+                    combine: None,
                 })
                 .collect(),
         }

@@ -247,6 +247,50 @@ pub enum CombineInit {
     Random,
 }
 
+/// How the m outputs of a combining model become one document vector.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CombinePooling {
+    /// The paper's plain mean of the m outputs (method.md, "Head").
+    #[default]
+    Mean,
+    /// Each output weighted by the share of the document's real tokens the combiner
+    /// assigned to it (the counts are constants of the backward pass): a token weighs the
+    /// same whichever group it joined, and an empty group weighs nothing.
+    Counts,
+}
+
+/// What follows the grouping in the combining module.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CombineBlock {
+    /// method.md: `c_i' = c_i + W_o u_i` goes straight into the next layer.
+    #[default]
+    Plain,
+    /// The rest of the replaced transformer layer follows, as GroupViT's grouping block
+    /// has a LayerNorm and MLP after it: `c_i'` is that layer's attention residual sum,
+    /// so its attention LayerNorm, feed-forward block and output LayerNorm (copied from
+    /// the replaced layer with `--combine-init copy`) give the next layer inputs of the
+    /// distribution it was trained on.
+    Layer,
+}
+
+/// Initial value of the m combination tokens.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CombineTokenInit {
+    /// N(0, 0.02), the reference's (norm ~0.4 against ~9 for an embedded token).
+    #[default]
+    Normal,
+    /// The embedding (word + token type 0, then the embedding LayerNorm) of m random
+    /// vocabulary tokens: distinct vectors at the scale of real embedded tokens.
+    Vocab,
+}
+
+fn yes() -> bool {
+    true
+}
+
 /// Upper bound of `--combine-tokens`: far above any useful m (the paper uses 8 to 64), and
 /// small enough that a typo cannot ask for an impossible allocation.
 pub const MAX_COMBINE_TOKENS: usize = 4096;
@@ -262,6 +306,19 @@ pub struct MethodConfig {
     /// Number of combination tokens m.
     pub combine_tokens: usize,
     pub combine_init: CombineInit,
+    /// Initial combination tokens (absent in checkpoints written before it: `normal`).
+    #[serde(default)]
+    pub combine_token_init: CombineTokenInit,
+    /// Gumbel noise on the assignment logits during training (method.md; absent in
+    /// checkpoints written before it: on).
+    #[serde(default = "yes")]
+    pub combine_noise: bool,
+    /// What follows the grouping (absent in checkpoints written before it: `plain`).
+    #[serde(default)]
+    pub combine_block: CombineBlock,
+    /// Pooling of the m outputs (absent in checkpoints written before it: `mean`).
+    #[serde(default)]
+    pub combine_pooling: CombinePooling,
     /// Scale of the combiner's assignment logits (1 = unscaled, as the paper's eq. 9).
     pub combine_scale: f32,
     /// Denominator epsilon of the combiner's weighted mean.
@@ -279,7 +336,8 @@ pub struct MethodConfig {
 }
 
 impl MethodConfig {
-    /// Defaults of method.md for an `layers`-layer model.
+    /// The reference settings of method.md (what `../golden/` was made with) for an
+    /// `layers`-layer model. The command line's defaults are [`MethodConfig::recommended`].
     pub fn new(variant: Variant, layers: usize) -> Self {
         MethodConfig {
             variant,
@@ -293,6 +351,10 @@ impl MethodConfig {
             },
             combine_tokens: 8,
             combine_init: CombineInit::Copy,
+            combine_token_init: CombineTokenInit::Normal,
+            combine_pooling: CombinePooling::Mean,
+            combine_block: CombineBlock::Plain,
+            combine_noise: true,
             combine_scale: 1.0,
             assign_eps: 1.0,
             combine_ln_eps: 1e-5,
@@ -303,6 +365,20 @@ impl MethodConfig {
             unimp_thresh: 0.9,
             classifier_dropout: 0.1,
         }
+    }
+
+    /// The combining recipe `train` uses by default (docs/combining.md): combination
+    /// tokens at the scale of real tokens, assignment logits scaled by `1/sqrt(d)`, and
+    /// count-weighted pooling. Without combining it equals [`MethodConfig::new`].
+    pub fn recommended(variant: Variant, bert: &BertConfig) -> Self {
+        let mut m = Self::new(variant, bert.num_hidden_layers);
+        if variant.combines() {
+            m.combine_token_init = CombineTokenInit::Vocab;
+            m.combine_pooling = CombinePooling::Counts;
+            m.combine_block = CombineBlock::Layer;
+            m.combine_scale = 1.0 / (bert.hidden_size as f32).sqrt();
+        }
+        m
     }
 
     /// Checks the settings against a model of `layers` layers.

@@ -6,7 +6,7 @@
 //! a `KvIndex`, gathered *before* the key/value projections so their cost falls with the
 //! kept count.
 
-use super::layout::{LayerIds, LinearIds, NormIds};
+use super::layout::{FfnBlockIds, LayerIds, LinearIds, NormIds};
 use super::params::ParamStore;
 use crate::kernels::activations::{gelu_backward, gelu_forward};
 use crate::kernels::attention::{
@@ -109,15 +109,7 @@ pub struct LayerTape {
     v: Vec<f32>,
     probs: Vec<f32>,
     ctx: Vec<f32>,
-    s1: Vec<f32>,
-    ln1_mean: Vec<f32>,
-    ln1_rstd: Vec<f32>,
-    h1: Vec<f32>,
-    inter: Vec<f32>,
-    act: Vec<f32>,
-    s2: Vec<f32>,
-    ln2_mean: Vec<f32>,
-    ln2_rstd: Vec<f32>,
+    ffn: FfnTape,
 }
 
 impl Drop for LayerTape {
@@ -129,15 +121,6 @@ impl Drop for LayerTape {
             &mut self.v,
             &mut self.probs,
             &mut self.ctx,
-            &mut self.s1,
-            &mut self.ln1_mean,
-            &mut self.ln1_rstd,
-            &mut self.h1,
-            &mut self.inter,
-            &mut self.act,
-            &mut self.s2,
-            &mut self.ln2_mean,
-            &mut self.ln2_rstd,
         ] {
             workspace::recycle(std::mem::take(v));
         }
@@ -154,6 +137,44 @@ impl LayerTape {
             &self.v,
             &self.probs,
             &self.ctx,
+        ]
+        .iter()
+        .map(|v| v.len())
+        .sum::<usize>()
+            + self.ffn.bytes()
+    }
+}
+
+/// What [`ffn_block_backward`] needs.
+pub struct FfnTape {
+    s1: Vec<f32>,
+    ln1_mean: Vec<f32>,
+    ln1_rstd: Vec<f32>,
+    h1: Vec<f32>,
+    inter: Vec<f32>,
+    act: Vec<f32>,
+    s2: Vec<f32>,
+    ln2_mean: Vec<f32>,
+    ln2_rstd: Vec<f32>,
+}
+
+impl FfnTape {
+    fn buffers(&mut self) -> [&mut Vec<f32>; 9] {
+        [
+            &mut self.s1,
+            &mut self.ln1_mean,
+            &mut self.ln1_rstd,
+            &mut self.h1,
+            &mut self.inter,
+            &mut self.act,
+            &mut self.s2,
+            &mut self.ln2_mean,
+            &mut self.ln2_rstd,
+        ]
+    }
+
+    pub fn bytes(&self) -> usize {
+        4 * [
             &self.s1,
             &self.ln1_mean,
             &self.ln1_rstd,
@@ -168,6 +189,133 @@ impl LayerTape {
         .map(|v| v.len())
         .sum::<usize>()
     }
+}
+
+impl Drop for FfnTape {
+    fn drop(&mut self) {
+        for v in self.buffers() {
+            workspace::recycle(std::mem::take(v));
+        }
+    }
+}
+
+/// `h1 = LN1(s1)`, `out = LN2(h1 + dropout(W_2 gelu(W_1 h1 + b_1) + b_2))` over `rows`
+/// rows of `s1` (the attention branch plus the residual). Returns `out` and the tape.
+#[allow(clippy::too_many_arguments)]
+pub fn ffn_block_forward(
+    p: &ParamStore,
+    ids: &FfnBlockIds,
+    s1: Vec<f32>,
+    rows: usize,
+    d: usize,
+    ffn: usize,
+    ln_eps: f32,
+    drop: Option<LayerDropout>,
+) -> (Vec<f32>, FfnTape) {
+    let [h1, ln1_mean, ln1_rstd] = norm(p, ids.attn_norm, &s1, rows, d, ln_eps);
+    let inter = lin(p, ids.ffn_in, &h1, rows, d, ffn);
+    let mut act = workspace::take(rows * ffn);
+    timed(Kernel::Gelu, || gelu_forward(&inter, &mut act));
+    let mut s2 = lin(p, ids.ffn_out, &act, rows, ffn, d);
+    if let Some(dr) = drop {
+        timed(Kernel::Dropout, || {
+            dropout_forward(&mut s2, dr.hidden_p, dr.ffn_out_seed(), 0)
+        });
+    }
+    add_into(&mut s2, &h1);
+    let [out, ln2_mean, ln2_rstd] = norm(p, ids.ffn_norm, &s2, rows, d, ln_eps);
+    let tape = FfnTape {
+        s1,
+        ln1_mean,
+        ln1_rstd,
+        h1,
+        inter,
+        act,
+        s2,
+        ln2_mean,
+        ln2_rstd,
+    };
+    (out, tape)
+}
+
+/// Backward of [`ffn_block_forward`]: returns the gradient of `s1` and accumulates the
+/// block's parameter gradients.
+#[allow(clippy::too_many_arguments)]
+pub fn ffn_block_backward(
+    p: &ParamStore,
+    ids: &FfnBlockIds,
+    tape: &FfnTape,
+    dout: &[f32],
+    rows: usize,
+    d: usize,
+    ffn: usize,
+    drop: Option<LayerDropout>,
+    grads: &mut ParamStore,
+) -> Vec<f32> {
+    // Output LayerNorm: ds2 is the gradient of the residual sum (FFN branch + h1).
+    let mut ds2 = norm_back(
+        p,
+        ids.ffn_norm,
+        &tape.s2,
+        &tape.ln2_mean,
+        &tape.ln2_rstd,
+        dout,
+        rows,
+        d,
+        grads,
+    );
+    let mut dh1 = ds2.clone();
+    if let Some(dr) = drop {
+        timed(Kernel::Dropout, || {
+            dropout_backward(&mut ds2, dr.hidden_p, dr.ffn_out_seed(), 0)
+        });
+    }
+    let mut dact = workspace::take(rows * ffn);
+    lin_back(
+        p,
+        ids.ffn_out,
+        &tape.act,
+        rows,
+        ffn,
+        d,
+        &ds2,
+        Some(&mut dact),
+        false,
+        grads,
+    );
+    let mut dinter = workspace::take(rows * ffn);
+    timed(Kernel::GeluBackward, || {
+        gelu_backward(&tape.inter, &dact, &mut dinter)
+    });
+    drop_vec(dact);
+    drop_vec(ds2);
+    lin_back(
+        p,
+        ids.ffn_in,
+        &tape.h1,
+        rows,
+        d,
+        ffn,
+        &dinter,
+        Some(&mut dh1),
+        true,
+        grads,
+    );
+    drop_vec(dinter);
+    // Attention LayerNorm.
+    let ds1 = norm_back(
+        p,
+        ids.attn_norm,
+        &tape.s1,
+        &tape.ln1_mean,
+        &tape.ln1_rstd,
+        &dh1,
+        rows,
+        d,
+        grads,
+    );
+    drop_vec(dh1);
+    ds1
 }
 
 /// `xk[b, s] = x[b, rows[b, s]]`, zero rows for surplus slots.
@@ -388,19 +536,7 @@ pub fn layer_forward(
         });
     }
     add_into(&mut s1, &x);
-    let [h1, ln1_mean, ln1_rstd] = norm(p, ids.attn_norm, &s1, rows, d, ln_eps);
-
-    let inter = lin(p, ids.ffn_in, &h1, rows, d, ffn);
-    let mut act = workspace::take(rows * ffn);
-    timed(Kernel::Gelu, || gelu_forward(&inter, &mut act));
-    let mut s2 = lin(p, ids.ffn_out, &act, rows, ffn, d);
-    if let Some(dr) = drop {
-        timed(Kernel::Dropout, || {
-            dropout_forward(&mut s2, dr.hidden_p, dr.ffn_out_seed(), 0)
-        });
-    }
-    add_into(&mut s2, &h1);
-    let [out, ln2_mean, ln2_rstd] = norm(p, ids.ffn_norm, &s2, rows, d, ln_eps);
+    let (out, ffn_tape) = ffn_block_forward(p, &ids.ffn_block(), s1, rows, d, ffn, ln_eps, drop);
 
     // Built either way: without `record` its drop hands the buffers back to the pool.
     let tape = LayerTape {
@@ -410,15 +546,7 @@ pub fn layer_forward(
         v,
         probs,
         ctx,
-        s1,
-        ln1_mean,
-        ln1_rstd,
-        h1,
-        inter,
-        act,
-        s2,
-        ln2_mean,
-        ln2_rstd,
+        ffn: ffn_tape,
     };
     LayerOutput {
         out,
@@ -451,70 +579,17 @@ pub fn layer_backward(
     let rows = batch * t;
     let krows = batch * kv.kmax;
 
-    // Output LayerNorm: ds2 is the gradient of the residual sum (FFN branch + h1).
-    let mut ds2 = norm_back(
+    let mut ds1 = ffn_block_backward(
         p,
-        ids.ffn_norm,
-        &tape.s2,
-        &tape.ln2_mean,
-        &tape.ln2_rstd,
+        &ids.ffn_block(),
+        &tape.ffn,
         dout,
         rows,
         d,
-        grads,
-    );
-    let mut dh1 = ds2.clone();
-    if let Some(dr) = drop {
-        timed(Kernel::Dropout, || {
-            dropout_backward(&mut ds2, dr.hidden_p, dr.ffn_out_seed(), 0)
-        });
-    }
-    let mut dact = workspace::take(rows * ffn);
-    lin_back(
-        p,
-        ids.ffn_out,
-        &tape.act,
-        rows,
         ffn,
-        d,
-        &ds2,
-        Some(&mut dact),
-        false,
+        drop,
         grads,
     );
-    let mut dinter = workspace::take(rows * ffn);
-    timed(Kernel::GeluBackward, || {
-        gelu_backward(&tape.inter, &dact, &mut dinter)
-    });
-    drop_vec(dact);
-    drop_vec(ds2);
-    lin_back(
-        p,
-        ids.ffn_in,
-        &tape.h1,
-        rows,
-        d,
-        ffn,
-        &dinter,
-        Some(&mut dh1),
-        true,
-        grads,
-    );
-    drop_vec(dinter);
-
-    // Attention LayerNorm: ds1 feeds both the residual (dx) and the attention branch.
-    let mut ds1 = norm_back(
-        p,
-        ids.attn_norm,
-        &tape.s1,
-        &tape.ln1_mean,
-        &tape.ln1_rstd,
-        &dh1,
-        rows,
-        d,
-        grads,
-    );
-    drop_vec(dh1);
     let mut dx = ds1.clone();
     if let Some(dr) = drop {
         timed(Kernel::Dropout, || {

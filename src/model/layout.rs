@@ -1,7 +1,7 @@
 //! Parameter ids of each module, resolved once from the names in a `ParamStore`.
 
 use super::combiner::CombinerIds;
-use super::config::{BertConfig, MethodConfig};
+use super::config::{BertConfig, CombineBlock, MethodConfig};
 use super::names::layer_prefix;
 use super::params::{ParamId, ParamStore};
 use anyhow::{anyhow, bail, Result};
@@ -38,6 +38,28 @@ pub struct LayerIds {
     pub ffn_norm: NormIds,
 }
 
+/// The second half of a transformer layer: the attention LayerNorm over the residual sum
+/// `s1`, then the feed-forward block with its residual and output LayerNorm. Every layer
+/// ends with it; so does the combining module with `CombineBlock::Layer`.
+#[derive(Clone, Copy, Debug)]
+pub struct FfnBlockIds {
+    pub attn_norm: NormIds,
+    pub ffn_in: LinearIds,
+    pub ffn_out: LinearIds,
+    pub ffn_norm: NormIds,
+}
+
+impl LayerIds {
+    pub fn ffn_block(&self) -> FfnBlockIds {
+        FfnBlockIds {
+            attn_norm: self.attn_norm,
+            ffn_in: self.ffn_in,
+            ffn_out: self.ffn_out,
+            ffn_norm: self.ffn_norm,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Layout {
     pub embeddings: EmbeddingIds,
@@ -46,6 +68,8 @@ pub struct Layout {
     pub pooler: Option<LinearIds>,
     pub comb_tokens: Option<ParamId>,
     pub combiner: Option<CombinerIds>,
+    /// The combiner's layer block (`CombineBlock::Layer`).
+    pub combiner_block: Option<FfnBlockIds>,
     pub classifier: LinearIds,
 }
 
@@ -144,6 +168,17 @@ impl Layout {
         } else {
             (None, None)
         };
+        let combiner_block = (method.variant.combines()
+            && method.combine_block == CombineBlock::Layer)
+            .then(|| -> Result<FfnBlockIds> {
+                Ok(FfnBlockIds {
+                    attn_norm: norm(store, "combiner.attn_norm", d)?,
+                    ffn_in: linear(store, "combiner.ffn_in", f, d)?,
+                    ffn_out: linear(store, "combiner.ffn_out", d, f)?,
+                    ffn_norm: norm(store, "combiner.ffn_norm", d)?,
+                })
+            })
+            .transpose()?;
         let classifier = linear(store, "classifier", num_labels, d)?;
         Ok(Layout {
             embeddings,
@@ -151,6 +186,7 @@ impl Layout {
             pooler,
             comb_tokens,
             combiner,
+            combiner_block,
             classifier,
         })
     }
@@ -179,6 +215,10 @@ impl Layout {
                 c.norm_c_w, c.norm_c_b, c.norm_e_w, c.norm_e_b, c.w_q, c.b_q, c.w_k, c.b_k, c.w_v,
                 c.b_v, c.w_o, c.b_o,
             ]);
+        }
+        if let Some(c) = &self.combiner_block {
+            v.extend([c.ffn_in.w, c.ffn_in.b, c.ffn_out.w, c.ffn_out.b]);
+            v.extend([c.attn_norm.g, c.attn_norm.b, c.ffn_norm.g, c.ffn_norm.b]);
         }
         v.extend([self.classifier.w, self.classifier.b]);
         v

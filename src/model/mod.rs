@@ -9,7 +9,10 @@ pub mod hub;
 pub mod names;
 pub mod params;
 
-pub use config::{BertConfig, CombineInit, MethodConfig, Pooling, Variant};
+pub use config::{
+    BertConfig, CombineBlock, CombineInit, CombinePooling, CombineTokenInit, MethodConfig, Pooling,
+    Variant,
+};
 pub use params::{ParamId, ParamStore, Tensor};
 
 /// A padded batch of token sequences.
@@ -70,6 +73,42 @@ pub struct Trace {
     pub assign: Option<Vec<Vec<i64>>>,
 }
 
+/// What the combining module did in one training step (`docs/combining.md`): means over
+/// the batch of how many of the m combination tokens received tokens and the largest
+/// group's share of the real tokens; the combination tokens' mean row norm, mean pairwise
+/// cosine, and the norm of their gradient (before clipping). Sums of several steps while
+/// accumulating; [`CombineStats::mean_of`] divides.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct CombineStats {
+    pub used_slots: f64,
+    pub largest_share: f64,
+    pub token_norm: f64,
+    pub token_cosine: f64,
+    pub token_grad_norm: f64,
+}
+
+impl CombineStats {
+    pub fn add(&mut self, o: &CombineStats) {
+        self.used_slots += o.used_slots;
+        self.largest_share += o.largest_share;
+        self.token_norm += o.token_norm;
+        self.token_cosine += o.token_cosine;
+        self.token_grad_norm += o.token_grad_norm;
+    }
+
+    /// The mean of `steps` accumulated steps.
+    pub fn mean_of(&self, steps: u64) -> CombineStats {
+        let k = steps.max(1) as f64;
+        CombineStats {
+            used_slots: self.used_slots / k,
+            largest_share: self.largest_share / k,
+            token_norm: self.token_norm / k,
+            token_cosine: self.token_cosine / k,
+            token_grad_norm: self.token_grad_norm / k,
+        }
+    }
+}
+
 pub struct ForwardOutput {
     /// `[batch, num_labels]`.
     pub logits: Vec<f32>,
@@ -94,10 +133,12 @@ use crate::kernels::workspace;
 use anyhow::{bail, Result};
 use combiner::{combiner_backward, combiner_forward, CombinerDims, CombinerSettings, CombinerTape};
 use encoder::{
-    layer_backward, layer_forward, lin_back, KvIndex, LayerDims, LayerDropout, LayerTape,
+    ffn_block_backward, ffn_block_forward, layer_backward, layer_forward, lin_back, FfnTape,
+    KvIndex, LayerDims, LayerDropout, LayerTape,
 };
 use layout::Layout;
 use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
 
 use crate::kernels::dropout::{dropout_backward, dropout_forward};
 use crate::kernels::embedding::{embedding_backward, embedding_forward};
@@ -120,10 +161,16 @@ pub struct Tape {
     /// Layers on the embedded tokens: (index into layout.layers, kv index, tape).
     full: Vec<(usize, KvIndex, LayerTape)>,
     combiner: Option<CombinerTape>,
+    /// The combiner's layer block (`CombineBlock::Layer`).
+    combiner_block: Option<FfnTape>,
     /// Layers after the combiner, on the m combination tokens.
     after: Vec<(usize, LayerTape)>,
     /// Input of the pooler / mean pooling: the final hidden rows.
     final_hidden: Vec<f32>,
+    /// `[batch, rows]` weights of the weighted-sum pooling (empty: cls pooling).
+    pool_weights: Vec<f32>,
+    /// `[batch, m]` real tokens each combination token received (empty: no combining).
+    group_counts: Vec<u32>,
     /// Pooler output before dropout (cls pooling: after tanh).
     pooled: Vec<f32>,
     /// Classifier input (pooled after dropout).
@@ -156,6 +203,83 @@ const SITE_GUMBEL: u64 = 0x400;
 
 fn normal_vec(rng: &mut Rng, n: usize, std: f32) -> Vec<f32> {
     (0..n).map(|_| rng.normal() as f32 * std).collect()
+}
+
+/// Weighted-sum pooling: `pooled[b] = sum_r weights[b, r] * hidden[b, r]`, `hidden`
+/// `[batch, rows, d]`, `weights` `[batch, rows]`. Mean pooling over real tokens, the
+/// paper's mean of the m combination tokens and the count-weighted mean are its weights.
+fn pool(hidden: &[f32], weights: &[f32], d: usize, pooled: &mut [f32]) {
+    let rows = weights.len() / (pooled.len() / d);
+    pooled
+        .par_chunks_mut(d)
+        .zip(weights.par_chunks(rows))
+        .enumerate()
+        .for_each(|(b, (out, w))| {
+            out.fill(0.0);
+            for (r, &wr) in w.iter().enumerate() {
+                if wr != 0.0 {
+                    let h = &hidden[(b * rows + r) * d..][..d];
+                    out.iter_mut().zip(h).for_each(|(o, v)| *o += wr * *v);
+                }
+            }
+        });
+}
+
+/// Backward of [`pool`] (the weights are constants): `dhidden[b, r] = weights[b, r] *
+/// dpooled[b]`.
+fn pool_backward(dpooled: &[f32], weights: &[f32], d: usize, dhidden: &mut [f32]) {
+    let rows = weights.len() / (dpooled.len() / d);
+    dhidden
+        .par_chunks_mut(d)
+        .zip(weights.par_iter())
+        .enumerate()
+        .for_each(|(row, (out, &w))| {
+            let b = row / rows;
+            for (o, g) in out.iter_mut().zip(&dpooled[b * d..(b + 1) * d]) {
+                *o = w * *g;
+            }
+        });
+}
+
+/// `m` rows at the scale of real embedded tokens (`CombineTokenInit::Vocab`): the
+/// embedding of `m` random vocabulary tokens (word + token type 0, no position, as the
+/// combination tokens have none), through the embedding LayerNorm. Distinct from each
+/// other and ~20x the norm of N(0, 0.02) rows (docs/combining.md).
+fn vocab_token_states(
+    bert: &BertConfig,
+    params: &ParamStore,
+    m: usize,
+    rng: &mut Rng,
+) -> Result<Vec<f32>> {
+    let d = bert.hidden_size;
+    let get = |name: &str| {
+        params
+            .get(name)
+            .map(|t| t.data.as_slice())
+            .ok_or_else(|| anyhow::anyhow!("missing tensor `{name}`"))
+    };
+    let word = get("embeddings.word_embeddings.weight")?;
+    let token_type = &get("embeddings.token_type_embeddings.weight")?[..d];
+    let (g, b) = (
+        get("embeddings.LayerNorm.weight")?,
+        get("embeddings.LayerNorm.bias")?,
+    );
+    let mut sum = vec![0.0f32; m * d];
+    for row in sum.chunks_mut(d) {
+        let id = rng.below(bert.vocab_size);
+        for ((s, w), t) in row
+            .iter_mut()
+            .zip(&word[id * d..(id + 1) * d])
+            .zip(token_type)
+        {
+            *s = w + t;
+        }
+    }
+    let mut out = vec![0.0f32; m * d];
+    let (mut mean, mut rstd) = (vec![0.0f32; m], vec![0.0f32; m]);
+    let eps = bert.layer_norm_eps as f32;
+    layernorm_forward(&sum, m, d, g, b, eps, &mut out, &mut mean, &mut rstd);
+    Ok(out)
 }
 
 impl Model {
@@ -212,7 +336,11 @@ impl Model {
         }
         if method.variant.combines() {
             let m = method.combine_tokens;
-            store.add("comb_tokens", &[m, d], normal_vec(&mut rng, m * d, 0.02));
+            let tokens = match method.combine_token_init {
+                CombineTokenInit::Normal => normal_vec(&mut rng, m * d, 0.02),
+                CombineTokenInit::Vocab => vocab_token_states(&bert, &bert_params, m, &mut rng)?,
+            };
+            store.add("comb_tokens", &[m, d], tokens);
             for n in ["norm_c", "norm_e"] {
                 store.add(&format!("combiner.{n}.weight"), &[d], vec![1.0; d]);
                 store.add(&format!("combiner.{n}.bias"), &[d], vec![0.0; d]);
@@ -240,6 +368,36 @@ impl Model {
                 };
                 store.add(&format!("combiner.{w}.weight"), &[d, d], wd);
                 store.add(&format!("combiner.{w}.bias"), &[d], bd);
+            }
+        }
+        if method.variant.combines() && method.combine_block == CombineBlock::Layer {
+            let src = names::layer_prefix(method.combine_layer - 1);
+            let f = bert.intermediate_size;
+            for (ours, hf, shape) in [
+                ("attn_norm", "attention.output.LayerNorm", [d, 0]),
+                ("ffn_in", "intermediate.dense", [f, d]),
+                ("ffn_out", "output.dense", [d, f]),
+                ("ffn_norm", "output.LayerNorm", [d, 0]),
+            ] {
+                let is_norm = shape[1] == 0;
+                for (suffix, dims) in [
+                    ("weight", &shape[..if is_norm { 1 } else { 2 }]),
+                    ("bias", &shape[..1]),
+                ] {
+                    let n: usize = dims.iter().product();
+                    let data = match method.combine_init {
+                        CombineInit::Copy => bert_params
+                            .get(&format!("{src}.{hf}.{suffix}"))
+                            .map(|t| t.data.clone())
+                            .ok_or_else(|| {
+                                anyhow::anyhow!("missing tensor `{src}.{hf}.{suffix}`")
+                            })?,
+                        CombineInit::Random if is_norm && suffix == "weight" => vec![1.0; n],
+                        CombineInit::Random if suffix == "weight" => normal_vec(&mut rng, n, 0.02),
+                        CombineInit::Random => vec![0.0; n],
+                    };
+                    store.add(&format!("combiner.{ours}.{suffix}"), dims, data);
+                }
             }
         }
         store.add(
@@ -307,6 +465,64 @@ impl Model {
             num_labels,
             params,
         })
+    }
+
+    /// `[batch, rows]` weights of [`pool`]: without combining, 1/n_b on the real tokens
+    /// (`rows` = padded length); with combining, 1/m on each combination token (the
+    /// paper) or its share of the real tokens (`assign`: `[batch, n]` combination token of
+    /// each position, -1 for padding; `CombinePooling::Counts`).
+    fn pool_weights(&self, lengths: &[usize], rows: usize, assign: Option<&[i64]>) -> Vec<f32> {
+        let mut w = vec![0.0f32; lengths.len() * rows];
+        for (b, wb) in w.chunks_mut(rows).enumerate() {
+            if !self.method.variant.combines() {
+                wb[..lengths[b]].fill(1.0 / lengths[b] as f32);
+                continue;
+            }
+            match (self.method.combine_pooling, assign) {
+                (CombinePooling::Counts, Some(assign)) => {
+                    let n = assign.len() / lengths.len();
+                    let groups = assign[b * n..(b + 1) * n].iter().filter(|&&g| g >= 0);
+                    for &g in groups {
+                        wb[g as usize] += 1.0;
+                    }
+                    wb.iter_mut().for_each(|x| *x /= lengths[b] as f32);
+                }
+                _ => wb.fill(1.0 / rows as f32),
+            }
+        }
+        w
+    }
+
+    /// What the combining module did in the step `tape` recorded, with the gradients
+    /// `grads` of that step (see [`CombineStats`]); `None` without combining.
+    pub fn combine_stats(&self, tape: &Tape, grads: &ParamStore) -> Option<CombineStats> {
+        let id = self.layout().comb_tokens?;
+        let (m, d) = (self.method.combine_tokens, self.bert.hidden_size);
+        let bsz = tape.lengths.len();
+        let mut st = CombineStats::default();
+        for (b, counts) in tape.group_counts.chunks(m).enumerate() {
+            st.used_slots += counts.iter().filter(|&&c| c > 0).count() as f64 / bsz as f64;
+            let largest = counts.iter().copied().max().unwrap_or(0) as f64;
+            st.largest_share += largest / tape.lengths[b].max(1) as f64 / bsz as f64;
+        }
+        let rows: Vec<&[f32]> = self.params.data(id).chunks(d).collect();
+        let norm = |r: &[f32]| r.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+        st.token_norm = rows.iter().map(|r| norm(r)).sum::<f64>() / m as f64;
+        let mut pairs = 0usize;
+        for i in 0..m {
+            for j in i + 1..m {
+                let dot: f64 = rows[i]
+                    .iter()
+                    .zip(rows[j])
+                    .map(|(a, b)| (a * b) as f64)
+                    .sum();
+                st.token_cosine += dot / (norm(rows[i]) * norm(rows[j])).max(1e-30);
+                pairs += 1;
+            }
+        }
+        st.token_cosine /= pairs.max(1) as f64;
+        st.token_grad_norm = norm(grads.data(id));
+        Some(st)
     }
 
     fn layout(&self) -> Layout {
@@ -519,6 +735,7 @@ impl Model {
 
         // Token combining, then the remaining layers on the m combined tokens.
         let mut comb_tape = None;
+        let mut block_tape = None;
         let mut after_tapes = Vec::new();
         let final_hidden;
         if combines {
@@ -536,7 +753,7 @@ impl Model {
                 scale: self.method.combine_scale,
                 assign_eps: self.method.assign_eps,
                 ln_eps: self.method.combine_ln_eps,
-                gumbel_seed: seed_for(seed, SITE_GUMBEL),
+                gumbel_seed: seed_for(seed, SITE_GUMBEL).filter(|_| self.method.combine_noise),
             };
             let real: Vec<bool> = (0..bsz)
                 .flat_map(|b| (0..n).map(move |j| j < batch.lengths[b]))
@@ -546,6 +763,21 @@ impl Model {
                 combiner_forward(p, cids, cdims, &settings, &x, &real, &mut comb, record);
             trace.assign = Some(assign.chunks(n).map(|c| c.to_vec()).collect());
             comb_tape = tape;
+            // The rest of the replaced layer (`CombineBlock::Layer`).
+            if let Some(ids) = &lay.combiner_block {
+                let (out, ftape) = ffn_block_forward(
+                    p,
+                    ids,
+                    comb,
+                    bsz * m,
+                    d,
+                    self.bert.intermediate_size,
+                    self.bert.layer_norm_eps as f32,
+                    self.layer_dropout(seed, self.method.combine_layer - 1),
+                );
+                comb = out;
+                block_tape = record.then_some(ftape);
+            }
             let mut h = comb;
             let kv = KvIndex::identity(bsz, m);
             let adims = self.layer_dims(bsz, m);
@@ -574,43 +806,36 @@ impl Model {
         }
 
         // Pooling and head.
+        let rows = if combines { m } else { t };
+        let mut group_counts = vec![0u32; if combines { bsz * m } else { 0 }];
+        if let Some(assign) = &trace.assign {
+            for (b, row) in assign.iter().enumerate() {
+                for &g in row.iter().filter(|&&g| g >= 0) {
+                    group_counts[b * m + g as usize] += 1;
+                }
+            }
+        }
+        let mut pool_weights = Vec::new();
         let mut pooled = vec![0.0f32; bsz * d];
-        match (combines, self.method.pooling) {
-            (true, _) => {
-                pooled.par_chunks_mut(d).enumerate().for_each(|(b, out)| {
-                    for i in 0..m {
-                        let r = &final_hidden[(b * m + i) * d..][..d];
-                        out.iter_mut().zip(r).for_each(|(o, v)| *o += *v);
-                    }
-                    out.iter_mut().for_each(|o| *o /= m as f32);
-                });
-            }
-            (false, Pooling::Mean) => {
-                pooled.par_chunks_mut(d).enumerate().for_each(|(b, out)| {
-                    let len = batch.lengths[b];
-                    for i in 0..len {
-                        let r = &final_hidden[(b * t + i) * d..][..d];
-                        out.iter_mut().zip(r).for_each(|(o, v)| *o += *v);
-                    }
-                    out.iter_mut().for_each(|o| *o /= len as f32);
-                });
-            }
-            (false, Pooling::Cls) => {
-                let pl = lay.pooler.expect("cls pooling has a pooler");
-                let cls: Vec<f32> = (0..bsz)
-                    .flat_map(|b| final_hidden[b * t * d..b * t * d + d].iter().copied())
-                    .collect();
-                linear_forward(
-                    &cls,
-                    bsz,
-                    d,
-                    p.data(pl.w),
-                    Some(p.data(pl.b)),
-                    d,
-                    &mut pooled,
-                );
-                pooled.iter_mut().for_each(|v| *v = v.tanh());
-            }
+        if combines || self.method.pooling == Pooling::Mean {
+            let assign = trace.assign.as_ref().map(|a| a.concat());
+            pool_weights = self.pool_weights(&batch.lengths, rows, assign.as_deref());
+            pool(&final_hidden, &pool_weights, d, &mut pooled);
+        } else {
+            let pl = lay.pooler.expect("cls pooling has a pooler");
+            let cls: Vec<f32> = (0..bsz)
+                .flat_map(|b| final_hidden[b * t * d..b * t * d + d].iter().copied())
+                .collect();
+            linear_forward(
+                &cls,
+                bsz,
+                d,
+                p.data(pl.w),
+                Some(p.data(pl.b)),
+                d,
+                &mut pooled,
+            );
+            pooled.iter_mut().for_each(|v| *v = v.tanh());
         }
         let mut head_in = pooled.clone();
         if let Some(s) = seed_for(seed, SITE_HEAD) {
@@ -640,8 +865,11 @@ impl Model {
             emb_rstd,
             full: full_tapes,
             combiner: comb_tape,
+            combiner_block: block_tape,
             after: after_tapes,
             final_hidden,
+            pool_weights,
+            group_counts,
             pooled: pooled.clone(),
             head_in,
         });
@@ -692,41 +920,22 @@ impl Model {
         // Pooling.
         let final_rows = if combines { bsz * m } else { bsz * t };
         let mut dh = vec![0.0f32; final_rows * d];
-        match (combines, self.method.pooling) {
-            (true, _) => {
-                dh.par_chunks_mut(d).enumerate().for_each(|(r, out)| {
-                    let b = r / m;
-                    for (o, g) in out.iter_mut().zip(&dpooled[b * d..(b + 1) * d]) {
-                        *o = *g / m as f32;
-                    }
-                });
-            }
-            (false, Pooling::Mean) => {
-                dh.par_chunks_mut(d).enumerate().for_each(|(r, out)| {
-                    let (b, i) = (r / t, r % t);
-                    let len = tape.lengths[b];
-                    if i < len {
-                        for (o, g) in out.iter_mut().zip(&dpooled[b * d..(b + 1) * d]) {
-                            *o = *g / len as f32;
-                        }
-                    }
-                });
-            }
-            (false, Pooling::Cls) => {
-                let pl = lay.pooler.expect("cls pooling has a pooler");
-                let dpre: Vec<f32> = dpooled
-                    .iter()
-                    .zip(&tape.pooled)
-                    .map(|(g, y)| g * (1.0 - y * y))
-                    .collect();
-                let cls: Vec<f32> = (0..bsz)
-                    .flat_map(|b| tape.final_hidden[b * t * d..b * t * d + d].iter().copied())
-                    .collect();
-                let mut dcls = vec![0.0f32; bsz * d];
-                lin_back(p, pl, &cls, bsz, d, d, &dpre, Some(&mut dcls), false, grads);
-                for b in 0..bsz {
-                    dh[b * t * d..b * t * d + d].copy_from_slice(&dcls[b * d..(b + 1) * d]);
-                }
+        if !tape.pool_weights.is_empty() {
+            pool_backward(&dpooled, &tape.pool_weights, d, &mut dh);
+        } else {
+            let pl = lay.pooler.expect("cls pooling has a pooler");
+            let dpre: Vec<f32> = dpooled
+                .iter()
+                .zip(&tape.pooled)
+                .map(|(g, y)| g * (1.0 - y * y))
+                .collect();
+            let cls: Vec<f32> = (0..bsz)
+                .flat_map(|b| tape.final_hidden[b * t * d..b * t * d + d].iter().copied())
+                .collect();
+            let mut dcls = vec![0.0f32; bsz * d];
+            lin_back(p, pl, &cls, bsz, d, d, &dpre, Some(&mut dcls), false, grads);
+            for b in 0..bsz {
+                dh[b * t * d..b * t * d + d].copy_from_slice(&dcls[b * d..(b + 1) * d]);
             }
         }
 
@@ -747,6 +956,21 @@ impl Model {
                     grads,
                 );
                 workspace::recycle(std::mem::replace(&mut dh, dprev));
+            }
+            if let Some(ids) = &lay.combiner_block {
+                let ftape = tape.combiner_block.as_ref().expect("block tape recorded");
+                let ds1 = ffn_block_backward(
+                    p,
+                    ids,
+                    ftape,
+                    &dh,
+                    bsz * m,
+                    d,
+                    self.bert.intermediate_size,
+                    self.layer_dropout(seed, self.method.combine_layer - 1),
+                    grads,
+                );
+                workspace::recycle(std::mem::replace(&mut dh, ds1));
             }
             let cids = lay.combiner.as_ref().expect("combiner present");
             let mut dx = vec![0.0f32; bsz * t * d];
@@ -900,5 +1124,115 @@ mod tests {
         assert!(model.check_batch(&ok).is_ok());
         let bad = Batch::from_sequences(&[&[2, 99, 3]], 0);
         assert!(model.check_batch(&bad).is_err());
+    }
+
+    /// Central differences of `sum_k c_k logits_k` (eval mode: no dropout, no Gumbel
+    /// noise) against `backward`, for the tensors in `names`. Tensors after the combiner
+    /// do not move the hard assignments, so their loss is smooth and the check exact: it
+    /// covers the pooling stage (mean, or count-weighted with the counts as constants).
+    fn check_model_grads(method: MethodConfig, names: &[&str]) {
+        let cfg = BertConfig::sized(40, 8, 3, 2, 16);
+        let mut model = Model::random(cfg, method, 3, 7).unwrap();
+        let batch = Batch::from_sequences(&[&[2, 5, 7, 9, 11, 3], &[2, 6, 3]], 0);
+        let c = crate::kernels::gradcheck::random_vec(11, 2 * 3, 1.0);
+        let loss = |m: &Model| -> f64 {
+            let (out, _) = m.forward(&batch, Mode::Eval, false);
+            crate::kernels::gradcheck::dot(&c, &crate::kernels::gradcheck::to_f64(&out.logits))
+        };
+        let (_, tape) = model.forward(&batch, Mode::Eval, true);
+        let mut grads = model.params.zeros_like();
+        model.backward(&tape.unwrap(), &c, &mut grads);
+        for name in names {
+            let id = model
+                .params
+                .id(name)
+                .unwrap_or_else(|| panic!("no tensor {name}"));
+            let n = model.params.data(id).len();
+            let mut want = vec![0.0f64; n];
+            for (i, w) in want.iter_mut().enumerate() {
+                let x = model.params.data(id)[i];
+                let h = 1e-2f32;
+                model.params.data_mut(id)[i] = x + h;
+                let up = loss(&model);
+                model.params.data_mut(id)[i] = x - h;
+                let down = loss(&model);
+                model.params.data_mut(id)[i] = x;
+                *w = (up - down) / (2.0 * h as f64);
+            }
+            crate::kernels::gradcheck::assert_grad_close(name, grads.data(id), &want, 2e-2);
+        }
+    }
+
+    #[test]
+    fn mean_pooling_gradient_matches_finite_differences() {
+        let method = MethodConfig::new(Variant::Bert, 3);
+        check_model_grads(
+            method,
+            &["classifier.weight", "encoder.layer.2.output.dense.weight"],
+        );
+    }
+
+    #[test]
+    fn combining_poolings_gradients_match_finite_differences() {
+        for pooling in [CombinePooling::Mean, CombinePooling::Counts] {
+            let mut method = MethodConfig::new(Variant::C, 3);
+            method.combine_layer = 2;
+            method.combine_tokens = 3;
+            method.combine_pooling = pooling;
+            method.combine_token_init = CombineTokenInit::Vocab;
+            method.combine_scale = 0.35;
+            let later = [
+                "classifier.weight",
+                "encoder.layer.2.output.dense.weight",
+                "encoder.layer.2.attention.self.value.weight",
+            ];
+            check_model_grads(method.clone(), &later);
+            // The layer block after the grouping: its own tensors and W_o before it (the
+            // assignments do not depend on either).
+            method.combine_block = CombineBlock::Layer;
+            let block = [
+                "combiner.attn_norm.weight",
+                "combiner.ffn_in.weight",
+                "combiner.ffn_out.bias",
+                "combiner.ffn_norm.weight",
+                "combiner.w_o.weight",
+                "combiner.w_v.bias",
+            ];
+            check_model_grads(method, &[&later[..], &block[..]].concat());
+        }
+    }
+
+    #[test]
+    fn count_pooling_weighs_each_group_by_its_tokens() {
+        let cfg = BertConfig::sized(40, 8, 3, 2, 16);
+        let mut method = MethodConfig::new(Variant::C, 3);
+        method.combine_layer = 2;
+        method.combine_tokens = 3;
+        method.combine_pooling = CombinePooling::Counts;
+        let model = Model::random(cfg, method, 3, 7).unwrap();
+        // Example 0: 5 real tokens (groups 0, 2, 2, -, 2 with one padding), example 1: 2.
+        let assign = [0i64, 2, 2, 2, 0, -1, 1, 1, -1, -1, -1, -1];
+        let w = model.pool_weights(&[5, 2], 3, Some(&assign));
+        assert_eq!(w, vec![0.4, 0.0, 0.6, 0.0, 1.0, 0.0]);
+    }
+
+    #[test]
+    fn vocab_token_init_has_the_scale_of_embedded_tokens() {
+        let cfg = BertConfig::sized(40, 16, 3, 2, 16);
+        let mut method = MethodConfig::new(Variant::C, 3);
+        method.combine_token_init = CombineTokenInit::Vocab;
+        let model = Model::random(cfg, method.clone(), 3, 7).unwrap();
+        let t = model.params.get("comb_tokens").unwrap();
+        for row in t.data.chunks(16) {
+            let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt();
+            // LayerNorm output with gain 1, bias 0: norm sqrt(d) = 4.
+            assert!((norm - 4.0).abs() < 1e-2, "norm {norm}");
+        }
+        assert_ne!(t.data[..16], t.data[16..32], "tokens must be distinct");
+        method.combine_token_init = CombineTokenInit::Normal;
+        let model = Model::random(BertConfig::sized(40, 16, 3, 2, 16), method, 3, 7).unwrap();
+        let t = model.params.get("comb_tokens").unwrap();
+        let norm = t.data[..16].iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!(norm < 0.3, "reference init norm {norm}");
     }
 }

@@ -57,3 +57,21 @@ pub fn bert_tensors(cfg: &BertConfig) -> Vec<(String, Vec<usize>)> {
 pub fn is_pooler(name: &str) -> bool {
     name.starts_with("pooler.")
 }
+
+/// Whether tensor `name` of a classifier with `method` is created for fine-tuning rather
+/// than copied from the pretrained checkpoint: the classifier, the combination tokens,
+/// the combiner's LayerNorms, and its projections when initialised randomly. Parameter
+/// groups (`train --new-lr-scale`) give these their own learning rate.
+pub fn is_created(name: &str, method: &super::config::MethodConfig) -> bool {
+    name.starts_with("classifier.")
+        || name == "comb_tokens"
+        || name.starts_with("combiner.norm_")
+        || (name.starts_with("combiner.")
+            && method.combine_init == super::config::CombineInit::Random)
+}
+
+/// The combining module's tensors `combiner.<part>.{weight,bias}`.
+pub const COMBINER_PARTS: [&str; 6] = ["norm_c", "norm_e", "w_q", "w_k", "w_v", "w_o"];
+
+/// The combiner's layer block (`CombineBlock::Layer`): `combiner.<part>.{weight,bias}`.
+pub const COMBINER_BLOCK_PARTS: [&str; 4] = ["attn_norm", "ffn_in", "ffn_out", "ffn_norm"];

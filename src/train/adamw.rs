@@ -33,13 +33,14 @@ impl Default for AdamWConfig {
 }
 
 /// Whether weight decay applies to the tensor `name`: not to biases and not to LayerNorm
-/// weights (the BERT LayerNorms and the combiner's `norm_c` / `norm_e`), as the usual
-/// BERT fine-tuning recipe excludes them.
+/// weights (the BERT LayerNorms and the combiner's `norm_c`, `norm_e`, `attn_norm` and
+/// `ffn_norm`), as the usual BERT fine-tuning recipe excludes them.
 pub fn decays(name: &str) -> bool {
     !(name.ends_with(".bias")
         || name.contains("LayerNorm")
         || name.contains("norm_c")
-        || name.contains("norm_e"))
+        || name.contains("norm_e")
+        || name.contains("_norm."))
 }
 
 /// Optimizer state: first and second moments (same names and shapes as the parameters)
@@ -53,6 +54,8 @@ pub struct AdamW {
     pub step: u64,
     /// Per tensor: whether weight decay applies (from [`decays`]).
     decay: Vec<bool>,
+    /// Per tensor: multiplier of the learning rate (parameter groups; 1 by default).
+    lr_scale: Vec<f64>,
 }
 
 impl AdamW {
@@ -64,7 +67,15 @@ impl AdamW {
             v: params.zeros_like(),
             step: 0,
             decay: params.tensors.iter().map(|t| decays(&t.name)).collect(),
+            lr_scale: vec![1.0; params.len()],
         }
+    }
+
+    /// Parameter groups: tensor `name` learns at `scale(name)` times the scheduled rate
+    /// (e.g. newly created tensors faster than pretrained ones). Not part of the saved
+    /// state: the run's options decide it.
+    pub fn set_lr_scales(&mut self, scale: impl Fn(&str) -> f64) {
+        self.lr_scale = self.m.tensors.iter().map(|t| scale(&t.name)).collect();
     }
 
     /// One update of `params` from `grads` with learning rate `lr`.
@@ -83,11 +94,9 @@ impl AdamW {
         let t = self.step as i32;
         let bias_correction1 = 1.0 - c.beta1.powi(t);
         let bias_correction2_sqrt = (1.0 - c.beta2.powi(t)).sqrt();
-        let step_size = (lr / bias_correction1) as f32;
         let inv_bc2_sqrt = (1.0 / bias_correction2_sqrt) as f32;
         let (beta1, beta2, eps) = (c.beta1 as f32, c.beta2 as f32, c.eps as f32);
         let (one_minus_beta1, one_minus_beta2) = ((1.0 - c.beta1) as f32, (1.0 - c.beta2) as f32);
-        let decay_factor = (1.0 - lr * c.weight_decay) as f32;
         let apply_decay = c.weight_decay != 0.0;
 
         // One work item per chunk of every tensor.
@@ -98,8 +107,11 @@ impl AdamW {
             .zip(self.m.tensors.iter_mut())
             .zip(self.v.tensors.iter_mut())
             .zip(grads.tensors.iter())
-            .zip(self.decay.iter());
-        for ((((p, m), v), g), &decayed) in tensors {
+            .zip(self.decay.iter().zip(&self.lr_scale));
+        for ((((p, m), v), g), (&decayed, &scale)) in tensors {
+            let lr = lr * scale;
+            let step_size = (lr / bias_correction1) as f32;
+            let decay_factor = (1.0 - lr * c.weight_decay) as f32;
             let chunks = p
                 .data
                 .chunks_mut(CHUNK)
@@ -107,23 +119,26 @@ impl AdamW {
                 .zip(v.data.chunks_mut(CHUNK))
                 .zip(g.data.chunks(CHUNK));
             for (((p, m), v), g) in chunks {
-                items.push((p, m, v, g, apply_decay && decayed));
+                let decay = (apply_decay && decayed).then_some(decay_factor);
+                items.push((p, m, v, g, decay, step_size));
             }
         }
-        items.into_par_iter().for_each(|(p, m, v, g, decayed)| {
-            if decayed {
-                p.iter_mut().for_each(|x| *x *= decay_factor);
-            }
-            for i in 0..p.len() {
-                let gi = g[i];
-                let mi = beta1 * m[i] + one_minus_beta1 * gi;
-                let vi = beta2 * v[i] + one_minus_beta2 * gi * gi;
-                m[i] = mi;
-                v[i] = vi;
-                let denom = vi.sqrt() * inv_bc2_sqrt + eps;
-                p[i] -= step_size * mi / denom;
-            }
-        });
+        items
+            .into_par_iter()
+            .for_each(|(p, m, v, g, decay, step_size)| {
+                if let Some(f) = decay {
+                    p.iter_mut().for_each(|x| *x *= f);
+                }
+                for i in 0..p.len() {
+                    let gi = g[i];
+                    let mi = beta1 * m[i] + one_minus_beta1 * gi;
+                    let vi = beta2 * v[i] + one_minus_beta2 * gi * gi;
+                    m[i] = mi;
+                    v[i] = vi;
+                    let denom = vi.sqrt() * inv_bc2_sqrt + eps;
+                    p[i] -= step_size * mi / denom;
+                }
+            });
     }
 
     fn check_layout(&self, store: &ParamStore, what: &str) {

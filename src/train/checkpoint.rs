@@ -9,7 +9,7 @@
 
 use super::api::{read_safetensors, write_safetensors, TextTokenizer};
 use super::trainer::TrainOptions;
-use crate::model::{names, BertConfig, MethodConfig, Model, ParamStore, Pooling};
+use crate::model::{names, BertConfig, CombineBlock, MethodConfig, Model, ParamStore, Pooling};
 use crate::util::write_atomic;
 use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -217,7 +217,11 @@ fn unexpected_tensors(
         .collect();
     if method.variant.combines() {
         expected.insert("comb_tokens".to_string());
-        for part in ["norm_c", "norm_e", "w_q", "w_k", "w_v", "w_o"] {
+        let block = match method.combine_block {
+            CombineBlock::Layer => &names::COMBINER_BLOCK_PARTS[..],
+            CombineBlock::Plain => &[],
+        };
+        for part in names::COMBINER_PARTS.iter().chain(block) {
             for kind in ["weight", "bias"] {
                 expected.insert(format!("combiner.{part}.{kind}"));
             }

@@ -19,7 +19,7 @@ use super::adamw::{AdamW, AdamWConfig};
 use super::api::{read_safetensors, write_safetensors};
 use super::checkpoint::{replace_dir_atomically, utc_timestamp};
 use super::trainer::{EncodedSet, EpochRecord, TrainOptions};
-use crate::model::ParamStore;
+use crate::model::{CombineStats, ParamStore};
 use crate::util::write_atomic;
 use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -85,6 +85,11 @@ pub struct EpochProgress {
     pub window_loss_sum: f64,
     #[serde(default)]
     pub window_seen: usize,
+    /// Sums of the combining diagnostics over the window's steps (combining models).
+    #[serde(default)]
+    pub window_combine: CombineStats,
+    #[serde(default)]
+    pub window_combine_steps: u64,
 }
 
 /// Mean training loss per example over a window of optimizer steps ending at `step`.
@@ -92,6 +97,9 @@ pub struct EpochProgress {
 pub struct LossPoint {
     pub step: u64,
     pub loss: f64,
+    /// Mean combining diagnostics over the window (combining models only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub combine: Option<CombineStats>,
 }
 
 /// Where the training loop stands between two optimizer steps.
@@ -321,11 +329,12 @@ pub fn remove_resume_state(out: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::train::trainer::LrSpec;
 
     #[test]
     fn differing_options_name_the_flags() {
         let a = TrainOptions {
-            lr: 1e-4,
+            lr: LrSpec::Fixed(1e-4),
             ..TrainOptions::default()
         };
         let mut b = a.clone();
@@ -333,7 +342,7 @@ mod tests {
         b.resume = true;
         b.overwrite = true;
         assert!(differing_options(&a, &b).unwrap().is_empty());
-        b.lr = 2e-4;
+        b.lr = LrSpec::Fixed(2e-4);
         b.method.keep_ratio = Some(0.5);
         let diff = differing_options(&a, &b).unwrap();
         assert_eq!(diff.len(), 2, "{diff:?}");

@@ -11,7 +11,8 @@ use super::eval::{evaluate, EvalResult};
 use super::resume::{self, EpochProgress, LoopPosition, LossPoint, StoppedForTest};
 use super::schedule::LinearSchedule;
 use crate::model::{
-    Batch, BertConfig, CombineInit, MethodConfig, Mode, Model, ParamStore, Pooling, Variant,
+    Batch, BertConfig, CombineBlock, CombineInit, CombinePooling, CombineStats, CombineTokenInit,
+    MethodConfig, Mode, Model, ParamStore, Pooling, Variant,
 };
 use crate::rng::{mix64, Rng};
 use crate::util::write_atomic;
@@ -35,6 +36,10 @@ pub trait Trainable {
     fn logits(&self, batch: &Batch, mode: Mode, record: bool) -> (Vec<f32>, Option<Self::Tape>);
     /// Accumulates parameter gradients of the loss whose logit gradient is `dlogits`.
     fn backprop(&self, tape: &Self::Tape, dlogits: &[f32], grads: &mut ParamStore);
+    /// Diagnostics of the combining module for a step (its tape and gradients).
+    fn combine_stats(&self, _tape: &Self::Tape, _grads: &ParamStore) -> Option<CombineStats> {
+        None
+    }
 }
 
 impl Trainable for Model {
@@ -54,6 +59,9 @@ impl Trainable for Model {
     }
     fn backprop(&self, tape: &Self::Tape, dlogits: &[f32], grads: &mut ParamStore) {
         self.backward(tape, dlogits, grads)
+    }
+    fn combine_stats(&self, tape: &Self::Tape, grads: &ParamStore) -> Option<CombineStats> {
+        Model::combine_stats(self, tape, grads)
     }
 }
 
@@ -77,11 +85,122 @@ fn parse_combine_init(s: &str) -> Result<CombineInit, String> {
     }
 }
 
+fn parse_combine_pooling(s: &str) -> Result<CombinePooling, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "mean" => Ok(CombinePooling::Mean),
+        "counts" => Ok(CombinePooling::Counts),
+        _ => Err(format!(
+            "unknown combine pooling {s:?} (expected mean or counts)"
+        )),
+    }
+}
+
+fn parse_combine_block(s: &str) -> Result<CombineBlock, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "plain" => Ok(CombineBlock::Plain),
+        "layer" => Ok(CombineBlock::Layer),
+        _ => Err(format!(
+            "unknown combine block {s:?} (expected plain or layer)"
+        )),
+    }
+}
+
+fn parse_combine_token_init(s: &str) -> Result<CombineTokenInit, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "normal" => Ok(CombineTokenInit::Normal),
+        "vocab" => Ok(CombineTokenInit::Vocab),
+        _ => Err(format!(
+            "unknown combine token init {s:?} (expected normal or vocab)"
+        )),
+    }
+}
+
 fn parse_variant(s: &str) -> Result<Variant, String> {
     s.parse::<Variant>().map_err(|e| e.to_string())
 }
 
-/// The method flags; unset ones take `MethodConfig::new`'s defaults (method.md).
+/// `--lr`: a fixed peak learning rate, or `auto`: the candidate of `--lr-grid` with the
+/// lowest validation loss after a short trial run each ([`search_lr`]). Written as a
+/// number or `"auto"` in `corefocus.json`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum LrSpec {
+    Auto,
+    Fixed(f64),
+}
+
+impl std::fmt::Display for LrSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LrSpec::Auto => f.write_str("auto"),
+            LrSpec::Fixed(x) => write!(f, "{x:e}"),
+        }
+    }
+}
+
+impl std::str::FromStr for LrSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.eq_ignore_ascii_case("auto") {
+            return Ok(LrSpec::Auto);
+        }
+        s.parse::<f64>()
+            .map(LrSpec::Fixed)
+            .map_err(|_| format!("{s:?} is neither a number nor auto"))
+    }
+}
+
+impl Serialize for LrSpec {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        match self {
+            LrSpec::Auto => ser.serialize_str("auto"),
+            LrSpec::Fixed(x) => ser.serialize_f64(*x),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for LrSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(f64),
+            Text(String),
+        }
+        match Raw::deserialize(de)? {
+            Raw::Number(x) => Ok(LrSpec::Fixed(x)),
+            Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// The candidates of `--lr auto` (`--lr-grid`).
+pub const DEFAULT_LR_GRID: [f64; 3] = [2e-5, 5e-5, 1e-4];
+
+/// Learning-rate multiplier of newly created parameters (`--new-lr-scale`).
+pub const DEFAULT_NEW_LR_SCALE: f64 = 10.0;
+
+/// Where unset method flags take their values from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum MethodDefaults {
+    /// `MethodConfig::recommended`: the combining recipe of docs/combining.md.
+    Recommended,
+    /// `MethodConfig::new`: method.md's reference settings (the paper's unscaled logits,
+    /// plain mean pooling, N(0, 0.02) combination tokens); runs recorded before the
+    /// recipe existed used these.
+    Paper,
+}
+
+/// Runs recorded before parameter groups existed trained every tensor at `--lr`.
+fn one() -> f64 {
+    1.0
+}
+
+fn paper_defaults() -> MethodDefaults {
+    MethodDefaults::Paper
+}
+
+/// The method flags; unset ones take the defaults `defaults` names.
 #[derive(clap::Args, Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct MethodArgs {
@@ -89,6 +208,11 @@ pub struct MethodArgs {
     /// combining), pfc (fuzzy pruning + combining).
     #[arg(long, default_value = "bert", value_parser = parse_variant)]
     pub variant: Variant,
+    /// Defaults of the method settings below: recommended (the combining recipe,
+    /// docs/combining.md) or paper (method.md's reference settings).
+    #[arg(long = "method-defaults", value_enum, default_value = "recommended")]
+    #[serde(default = "paper_defaults")]
+    pub defaults: MethodDefaults,
     /// Preservation ratio p in (0, 1] for p/pf/pfc [default: 0.9].
     #[arg(long)]
     pub keep_ratio: Option<f32>,
@@ -101,7 +225,23 @@ pub struct MethodArgs {
     /// Combiner initialisation: copy (from the replaced layer) or random [default: copy].
     #[arg(long, value_parser = parse_combine_init)]
     pub combine_init: Option<CombineInit>,
-    /// Scale of the combiner's assignment logits [default: 1, unscaled as the paper].
+    /// Initial combination tokens: vocab (embeddings of random vocabulary tokens, at the
+    /// scale of real tokens) or normal (N(0, 0.02), the reference's) [default: vocab].
+    #[arg(long, value_parser = parse_combine_token_init)]
+    pub combine_token_init: Option<CombineTokenInit>,
+    /// After the grouping: layer (the replaced layer's LayerNorm and feed-forward block,
+    /// as GroupViT) or plain (method.md: straight into the next layer) [default: layer].
+    #[arg(long, value_parser = parse_combine_block)]
+    pub combine_block: Option<CombineBlock>,
+    /// Gumbel noise on the assignment logits during training (true, method.md) or none.
+    #[arg(long)]
+    pub combine_noise: Option<bool>,
+    /// Pooling of the m combined tokens: counts (weighted by the tokens each received) or
+    /// mean (the paper's plain mean) [default: counts].
+    #[arg(long, value_parser = parse_combine_pooling)]
+    pub combine_pooling: Option<CombinePooling>,
+    /// Scale of the combiner's assignment logits [default: 1/sqrt(hidden size); the
+    /// paper's unscaled logits are 1].
     #[arg(long)]
     pub combine_scale: Option<f32>,
     /// Denominator epsilon of the combiner's weighted mean [default: 1.0].
@@ -119,10 +259,15 @@ impl Default for MethodArgs {
     fn default() -> Self {
         MethodArgs {
             variant: Variant::Bert,
+            defaults: MethodDefaults::Recommended,
             keep_ratio: None,
             combine_layer: None,
             combine_tokens: None,
             combine_init: None,
+            combine_token_init: None,
+            combine_block: None,
+            combine_noise: None,
+            combine_pooling: None,
             combine_scale: None,
             assign_eps: None,
             pooling: None,
@@ -144,6 +289,10 @@ impl MethodArgs {
             ("--combine-layer", self.combine_layer.is_some()),
             ("--combine-tokens", self.combine_tokens.is_some()),
             ("--combine-init", self.combine_init.is_some()),
+            ("--combine-token-init", self.combine_token_init.is_some()),
+            ("--combine-pooling", self.combine_pooling.is_some()),
+            ("--combine-block", self.combine_block.is_some()),
+            ("--combine-noise", self.combine_noise.is_some()),
             ("--combine-scale", self.combine_scale.is_some()),
             ("--assign-eps", self.assign_eps.is_some()),
         ];
@@ -161,7 +310,10 @@ impl MethodArgs {
     /// not apply to the chosen variant are errors rather than silently ignored.
     pub fn to_config(&self, bert: &BertConfig) -> Result<MethodConfig> {
         self.check_applicable()?;
-        let mut m = MethodConfig::new(self.variant, bert.num_hidden_layers);
+        let mut m = match self.defaults {
+            MethodDefaults::Recommended => MethodConfig::recommended(self.variant, bert),
+            MethodDefaults::Paper => MethodConfig::new(self.variant, bert.num_hidden_layers),
+        };
         m.classifier_dropout = bert.hidden_dropout_prob;
         if let Some(p) = self.keep_ratio {
             m.keep_ratio = p;
@@ -174,6 +326,18 @@ impl MethodArgs {
         }
         if let Some(i) = self.combine_init {
             m.combine_init = i;
+        }
+        if let Some(i) = self.combine_token_init {
+            m.combine_token_init = i;
+        }
+        if let Some(p) = self.combine_pooling {
+            m.combine_pooling = p;
+        }
+        if let Some(b) = self.combine_block {
+            m.combine_block = b;
+        }
+        if let Some(n) = self.combine_noise {
+            m.combine_noise = n;
         }
         if let Some(s) = self.combine_scale {
             ensure!(
@@ -213,9 +377,18 @@ pub struct TrainOptions {
     pub out: PathBuf,
     #[command(flatten)]
     pub method: MethodArgs,
-    /// Peak learning rate.
-    #[arg(long, default_value_t = 2e-5)]
-    pub lr: f64,
+    /// Peak learning rate, or auto: the candidate of --lr-grid with the lowest validation
+    /// loss after a short trial each (about 1/8 of the run's steps per candidate).
+    #[arg(long, default_value = "auto")]
+    pub lr: LrSpec,
+    /// Candidate peak learning rates of --lr auto.
+    #[arg(long, value_delimiter = ',', default_values_t = DEFAULT_LR_GRID)]
+    pub lr_grid: Vec<f64>,
+    /// Learning rate of newly created parameters (classifier, combination tokens, the
+    /// combiner's LayerNorms, a randomly initialised combiner) as a multiple of --lr.
+    #[arg(long, default_value_t = DEFAULT_NEW_LR_SCALE)]
+    #[serde(default = "one")]
+    pub new_lr_scale: f64,
     #[arg(long, default_value_t = 3)]
     pub epochs: usize,
     /// Training batch size.
@@ -273,7 +446,9 @@ impl Default for TrainOptions {
             data: PathBuf::new(),
             out: PathBuf::new(),
             method: MethodArgs::default(),
-            lr: 2e-5,
+            lr: LrSpec::Auto,
+            lr_grid: DEFAULT_LR_GRID.to_vec(),
+            new_lr_scale: DEFAULT_NEW_LR_SCALE,
             epochs: 3,
             batch_size: 16,
             max_len: 512,
@@ -297,10 +472,21 @@ impl Default for TrainOptions {
 
 impl TrainOptions {
     pub fn validate(&self) -> Result<()> {
+        let positive = |x: f64| x.is_finite() && x > 0.0;
+        if let LrSpec::Fixed(lr) = self.lr {
+            ensure!(positive(lr), "--lr {lr} must be positive");
+        }
         ensure!(
-            self.lr.is_finite() && self.lr > 0.0,
-            "--lr {} must be positive",
-            self.lr
+            !self.lr_grid.is_empty(),
+            "--lr-grid: no learning rate given"
+        );
+        for &lr in &self.lr_grid {
+            ensure!(positive(lr), "--lr-grid: {lr} must be positive");
+        }
+        ensure!(
+            positive(self.new_lr_scale),
+            "--new-lr-scale {} must be positive",
+            self.new_lr_scale
         );
         ensure!(self.epochs >= 1, "--epochs must be at least 1");
         ensure!(self.batch_size >= 1, "--batch-size must be at least 1");
@@ -352,11 +538,14 @@ impl TrainOptions {
         }
     }
 
-    pub fn loop_settings(&self) -> LoopSettings {
+    /// The loop's settings at peak learning rate `lr` (`--lr`, or the one `auto` chose).
+    pub fn loop_settings(&self, lr: f64) -> LoopSettings {
         LoopSettings {
             epochs: self.epochs,
             batch_size: self.batch_size,
-            lr: self.lr,
+            lr,
+            new_lr_scale: self.new_lr_scale,
+            new_params: Vec::new(),
             warmup: self.warmup,
             adamw: AdamWConfig {
                 weight_decay: self.weight_decay,
@@ -475,6 +664,10 @@ pub struct LoopSettings {
     pub epochs: usize,
     pub batch_size: usize,
     pub lr: f64,
+    /// Learning-rate multiplier of the tensors named in `new_params`.
+    pub new_lr_scale: f64,
+    /// Newly created tensors (a parameter group of their own).
+    pub new_params: Vec<String>,
     pub warmup: f64,
     pub adamw: AdamWConfig,
     /// 0 disables clipping.
@@ -631,6 +824,13 @@ pub fn train_loop_with<M: Trainable>(
             AdamW::new(model.params(), settings.adamw),
         ),
     };
+    opt.set_lr_scales(|name| {
+        if settings.new_params.iter().any(|n| n == name) {
+            settings.new_lr_scale
+        } else {
+            1.0
+        }
+    });
     let first_epoch = start.epoch;
     let mut step = start.step;
     let mut records = start.records;
@@ -694,6 +894,10 @@ pub fn train_loop_with<M: Trainable>(
             }
             grads.fill_zero();
             model.backprop(&tape, &dlogits, &mut grads);
+            if let Some(st) = model.combine_stats(&tape, &grads) {
+                p.window_combine.add(&st);
+                p.window_combine_steps += 1;
+            }
             drop(tape);
             let norm = if settings.clip > 0.0 {
                 clip_grad_norm(&mut grads, settings.clip)
@@ -831,9 +1035,13 @@ fn close_loss_window(p: &mut EpochProgress, step: u64) {
         p.loss_curve.push(LossPoint {
             step,
             loss: p.window_loss_sum / p.window_seen as f64,
+            combine: (p.window_combine_steps > 0)
+                .then(|| p.window_combine.mean_of(p.window_combine_steps)),
         });
         p.window_loss_sum = 0.0;
         p.window_seen = 0;
+        p.window_combine = CombineStats::default();
+        p.window_combine_steps = 0;
     }
 }
 
@@ -940,6 +1148,8 @@ pub fn report_json(
 /// What `corefocus train` produced.
 #[derive(Debug)]
 pub struct TrainOutcome {
+    /// The peak learning rate trained with (`--lr`, or what `auto` chose).
+    pub lr: f64,
     pub records: Vec<EpochRecord>,
     pub best_epoch: usize,
     pub best_val_loss: f64,
@@ -1014,12 +1224,20 @@ pub fn run_train(opts: &TrainOptions) -> Result<TrainOutcome> {
         bert.vocab_size
     );
     let method = opts.method.to_config(&bert)?;
-    let mut model = Model::from_bert_params(bert, bert_params, method, labels.len(), opts.seed)
-        .with_context(|| format!("cannot build the classifier from {}", model_dir.display()))?;
+    let build = || {
+        Model::from_bert_params(
+            bert.clone(),
+            bert_params.clone(),
+            method.clone(),
+            labels.len(),
+            opts.seed,
+        )
+        .with_context(|| format!("cannot build the classifier from {}", model_dir.display()))
+    };
+    let mut model = build()?;
 
     let train = encode_examples(&tokenizer, &splits.train, &labels, opts.max_len, "train")?;
     let dev = encode_examples(&tokenizer, &splits.dev, &labels, opts.max_len, "validation")?;
-    let settings = opts.loop_settings();
     let steps = train.len().div_ceil(opts.batch_size) * opts.epochs;
     eprintln!(
         "corefocus train: variant {}, {} train / {} validation ({}) / {} test examples, {} labels; \
@@ -1031,7 +1249,7 @@ pub fn run_train(opts: &TrainOptions) -> Result<TrainOutcome> {
         splits.test.as_ref().map_or(0, |t| t.len()),
         labels.len(),
         steps,
-        LinearSchedule::new(opts.lr, steps as u64, opts.warmup).warmup_steps
+        LinearSchedule::new(1.0, steps as u64, opts.warmup).warmup_steps
     );
 
     let fingerprint = resume::data_fingerprint(&[&train, &dev]);
@@ -1050,7 +1268,8 @@ pub fn run_train(opts: &TrainOptions) -> Result<TrainOutcome> {
              interrupted run in {} (dataset, tokenizer or --max-len changed?)",
             opts.out.display()
         );
-        let optimizer = resume::load_resume_tensors(&opts.out, &mut model.params, settings.adamw)?;
+        let adamw = opts.loop_settings(0.0).adamw;
+        let optimizer = resume::load_resume_tensors(&opts.out, &mut model.params, adamw)?;
         let position = state.loop_position;
         eprintln!(
             "corefocus train: resuming at epoch {}, optimizer step {} of {steps}",
@@ -1069,6 +1288,30 @@ pub fn run_train(opts: &TrainOptions) -> Result<TrainOutcome> {
         prepare_out_dir(&opts.out, opts.overwrite)?;
     }
     let pad_id = tokenizer.pad_id();
+    let lr = match opts.lr {
+        LrSpec::Fixed(lr) => lr,
+        LrSpec::Auto => {
+            let search = match read_lr_search(&opts.out, opts).filter(|_| opts.resume) {
+                Some(search) => search,
+                None => {
+                    let search = search_lr(opts, &build, &train, &dev, &labels, pad_id)?;
+                    write_atomic(
+                        &opts.out.join(LR_SEARCH_FILE),
+                        serde_json::to_string_pretty(&search)?.as_bytes(),
+                    )?;
+                    search
+                }
+            };
+            eprintln!(
+                "corefocus train: --lr auto chose {:e} ({})",
+                search.chosen,
+                search.summary()
+            );
+            search.chosen
+        }
+    };
+    let mut settings = opts.loop_settings(lr);
+    settings.new_params = new_param_names(&model);
     let result = train_loop_with(
         &mut model,
         &train,
@@ -1118,6 +1361,7 @@ pub fn run_train(opts: &TrainOptions) -> Result<TrainOutcome> {
 
     let best = &summary.records[summary.best];
     let mut outcome = TrainOutcome {
+        lr,
         records: summary.records.clone(),
         best_epoch: best.epoch,
         best_val_loss: best.val_loss,
@@ -1146,6 +1390,146 @@ pub fn run_train(opts: &TrainOptions) -> Result<TrainOutcome> {
     // Finished: nothing left to resume.
     resume::remove_resume_state(&opts.out)?;
     Ok(outcome)
+}
+
+/// Names of `model`'s newly created tensors (see `names::is_created`).
+fn new_param_names(model: &Model) -> Vec<String> {
+    model
+        .params
+        .tensors
+        .iter()
+        .filter(|t| crate::model::names::is_created(&t.name, &model.method))
+        .map(|t| t.name.clone())
+        .collect()
+}
+
+/// `<out>/lr_search.json`: the trials of `--lr auto` and the rate chosen.
+pub const LR_SEARCH_FILE: &str = "lr_search.json";
+
+/// Validation examples a trial of `--lr auto` is scored on (a seeded subset).
+const LR_TRIAL_DEV: usize = 1000;
+
+/// One trial of `--lr auto`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct LrTrial {
+    pub lr: f64,
+    /// Infinite when the trial diverged (a non-finite loss).
+    pub val_loss: f64,
+    pub val_accuracy: f64,
+    pub seconds: f64,
+}
+
+/// What `--lr auto` did (`<out>/lr_search.json`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct LrSearch {
+    pub chosen: f64,
+    pub trials: Vec<LrTrial>,
+    pub trial_train_examples: usize,
+    pub trial_dev_examples: usize,
+    pub trial_steps: u64,
+    /// The options the search ran with (a resumed run reuses it only when they match).
+    pub grid: Vec<f64>,
+}
+
+impl LrSearch {
+    /// `lr 2e-5: val loss 0.41, lr 5e-5: ...`.
+    pub fn summary(&self) -> String {
+        self.trials
+            .iter()
+            .map(|t| format!("lr {:e}: val loss {:.4}", t.lr, t.val_loss))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+fn read_lr_search(out: &Path, opts: &TrainOptions) -> Option<LrSearch> {
+    let text = std::fs::read_to_string(out.join(LR_SEARCH_FILE)).ok()?;
+    let search: LrSearch = serde_json::from_str(&text).ok()?;
+    (search.grid == opts.lr_grid).then_some(search)
+}
+
+/// `--lr auto`: for each candidate of `--lr-grid`, a fresh model trains one short run (a
+/// seeded subset of the training split worth about 1/8 of the run's steps, at least 40
+/// steps, with the run's warm-up and decay compressed into it) and is scored on up to
+/// [`LR_TRIAL_DEV`] validation examples; the lowest validation loss wins (ties: the
+/// smaller rate). The test split is never looked at.
+pub fn search_lr(
+    opts: &TrainOptions,
+    build: &dyn Fn() -> Result<Model>,
+    train: &EncodedSet,
+    dev: &EncodedSet,
+    labels: &[String],
+    pad_id: u32,
+) -> Result<LrSearch> {
+    let budget = (train.len() * opts.epochs).div_ceil(8);
+    let n_train = budget.max(40 * opts.batch_size).min(train.len());
+    let pick = |set: &EncodedSet, n: usize, seed: u64| -> EncodedSet {
+        let idx = subsample((0..set.len()).collect(), Some(n), seed);
+        EncodedSet {
+            ids: idx.iter().map(|&i| set.ids[i].clone()).collect(),
+            labels: idx.iter().map(|&i| set.labels[i]).collect(),
+        }
+    };
+    let trial_train = pick(train, n_train, opts.seed ^ 0x17A1);
+    let trial_dev = pick(dev, LR_TRIAL_DEV, opts.seed ^ 0x17A2);
+    let trial_steps = trial_train.len().div_ceil(opts.batch_size) as u64;
+    let mut trials = Vec::new();
+    for (k, &lr) in opts.lr_grid.iter().enumerate() {
+        eprintln!(
+            "corefocus train: --lr auto, trial {}/{} at lr {lr:e} ({} training examples, {trial_steps} steps, {} validation examples)",
+            k + 1,
+            opts.lr_grid.len(),
+            trial_train.len(),
+            trial_dev.len()
+        );
+        let start = Instant::now();
+        let mut model = build()?;
+        let mut settings = opts.loop_settings(lr);
+        settings.epochs = 1;
+        settings.new_params = new_param_names(&model);
+        let outcome = train_loop(
+            &mut model,
+            &trial_train,
+            &trial_dev,
+            labels,
+            pad_id,
+            &settings,
+            &mut |_, _, _| Ok(()),
+        );
+        let (val_loss, val_accuracy) = match outcome {
+            Ok(summary) => {
+                let r = &summary.records[summary.best];
+                (r.val_loss, r.val_accuracy)
+            }
+            Err(e) => {
+                eprintln!("corefocus train: --lr auto, lr {lr:e} diverged: {e:#}");
+                (f64::INFINITY, 0.0)
+            }
+        };
+        trials.push(LrTrial {
+            lr,
+            val_loss,
+            val_accuracy,
+            seconds: start.elapsed().as_secs_f64(),
+        });
+    }
+    let best = trials
+        .iter()
+        .filter(|t| t.val_loss.is_finite())
+        .min_by(|a, b| {
+            a.val_loss
+                .total_cmp(&b.val_loss)
+                .then(a.lr.total_cmp(&b.lr))
+        })
+        .context("--lr auto: every trial diverged (non-finite loss); pass a smaller --lr-grid")?;
+    Ok(LrSearch {
+        chosen: best.lr,
+        trials: trials.clone(),
+        trial_train_examples: trial_train.len(),
+        trial_dev_examples: trial_dev.len(),
+        trial_steps,
+        grid: opts.lr_grid.clone(),
+    })
 }
 
 /// Checks `--max-len` and the method flags against the config.json of the (resolved)
@@ -1216,7 +1600,9 @@ mod tests {
             ..TrainOptions::default()
         };
         assert_eq!(cli.opts, expected);
-        assert_eq!(expected.lr, 2e-5);
+        assert_eq!(expected.lr, LrSpec::Auto);
+        assert_eq!(expected.lr_grid, DEFAULT_LR_GRID);
+        assert_eq!(expected.method.defaults, MethodDefaults::Recommended);
         assert_eq!(expected.batch_size, 16);
         assert_eq!(expected.warmup, 0.1);
         assert_eq!(expected.clip, 1.0);
@@ -1308,6 +1694,48 @@ mod tests {
         .to_config(&bert)
         .unwrap_err();
         assert!(err.to_string().contains("--combine-layer 7"), "{err}");
+
+        // Combining: the recommended recipe unless the paper's defaults are asked for.
+        let pfc = MethodArgs {
+            variant: Variant::Pfc,
+            ..MethodArgs::default()
+        };
+        let m = pfc.to_config(&bert).unwrap();
+        assert_eq!(
+            m,
+            MethodConfig {
+                classifier_dropout: bert.hidden_dropout_prob,
+                ..MethodConfig::recommended(Variant::Pfc, &bert)
+            }
+        );
+        let paper = MethodArgs {
+            defaults: MethodDefaults::Paper,
+            ..pfc.clone()
+        };
+        assert_eq!(
+            paper.to_config(&bert).unwrap(),
+            MethodConfig {
+                classifier_dropout: bert.hidden_dropout_prob,
+                ..MethodConfig::new(Variant::Pfc, 6)
+            }
+        );
+        let flags = MethodArgs {
+            combine_pooling: Some(CombinePooling::Mean),
+            combine_noise: Some(false),
+            ..paper
+        };
+        let m = flags.to_config(&bert).unwrap();
+        assert_eq!(
+            (m.combine_pooling, m.combine_noise),
+            (CombinePooling::Mean, false)
+        );
+        let err = MethodArgs {
+            combine_pooling: Some(CombinePooling::Counts),
+            ..MethodArgs::default()
+        }
+        .to_config(&bert)
+        .unwrap_err();
+        assert!(err.to_string().contains("--combine-pooling"), "{err}");
     }
 
     #[test]
@@ -1443,6 +1871,8 @@ mod tests {
             epochs: 4,
             batch_size: 8,
             lr: 0.5,
+            new_lr_scale: 1.0,
+            new_params: Vec::new(),
             warmup: 0.1,
             adamw: AdamWConfig::default(),
             clip: 1.0,
