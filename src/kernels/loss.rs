@@ -58,6 +58,52 @@ pub fn softmax_rows(logits: &[f32], rows: usize, classes: usize, probs: &mut [f3
     }
 }
 
+/// Knowledge distillation (Hinton et al.): the mean over `rows` examples of
+/// `T^2 * KL(softmax(t/T) || softmax(z/T))` for student logits `z` and teacher logits `t`;
+/// adds `weight` times its gradient with respect to `z` (`T * (softmax(z/T) -
+/// softmax(t/T)) / rows` per row) into `dlogits`. The `T^2` keeps the gradient's size
+/// independent of the temperature.
+pub fn distillation_loss(
+    logits: &[f32],
+    teacher: &[f32],
+    rows: usize,
+    classes: usize,
+    temperature: f32,
+    weight: f32,
+    dlogits: &mut [f32],
+) -> f32 {
+    assert_eq!(
+        teacher.len(),
+        logits.len(),
+        "distillation: teacher vs student"
+    );
+    let scaled = |z: &[f32]| -> Vec<f32> { z.iter().map(|v| v / temperature).collect() };
+    let (zs, zt) = (scaled(logits), scaled(teacher));
+    let (mut ps, mut pt) = (vec![0.0f32; zs.len()], vec![0.0f32; zt.len()]);
+    softmax_rows(&zs, rows, classes, &mut ps);
+    softmax_rows(&zt, rows, classes, &mut pt);
+    let log_softmax = |z: &[f32]| -> Vec<f64> {
+        let max = z.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
+        let lse = max + z.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
+        z.iter().map(|&v| v as f64 - lse).collect()
+    };
+    let mut total = 0.0f64;
+    for r in 0..rows {
+        let span = r * classes..(r + 1) * classes;
+        let (ls, lt) = (
+            log_softmax(&zs[span.clone()]),
+            log_softmax(&zt[span.clone()]),
+        );
+        total += (0..classes)
+            .map(|c| lt[c].exp() * (lt[c] - ls[c]))
+            .sum::<f64>();
+        for c in span {
+            dlogits[c] += weight * temperature * (ps[c] - pt[c]) / rows as f32;
+        }
+    }
+    (total * (temperature as f64).powi(2) / rows as f64) as f32
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,6 +147,44 @@ mod tests {
         }
         let grad = numeric_grad(|z| loss_ref(z, rows, classes, &labels), &z, 1e-5);
         assert_grad_close("loss dlogits", &dlogits, &grad, 1e-6);
+    }
+
+    #[test]
+    fn distillation_loss_and_gradient() {
+        let (rows, classes, temp) = (4, 3, 2.5f32);
+        let logits = random_vec(2, rows * classes, 2.0);
+        let teacher = random_vec(3, rows * classes, 3.0);
+        let kl = |z: &[f64]| -> f64 {
+            let mut total = 0.0;
+            for r in 0..rows {
+                let ls = |v: &[f64]| {
+                    let v: Vec<f64> = v.iter().map(|x| x / temp as f64).collect();
+                    let max = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let lse = max + v.iter().map(|x| (x - max).exp()).sum::<f64>().ln();
+                    v.iter().map(|x| x - lse).collect::<Vec<f64>>()
+                };
+                let t = to_f64(&teacher[r * classes..(r + 1) * classes]);
+                let (lt, lz) = (ls(&t), ls(&z[r * classes..(r + 1) * classes]));
+                total += (0..classes)
+                    .map(|c| lt[c].exp() * (lt[c] - lz[c]))
+                    .sum::<f64>();
+            }
+            total * (temp as f64).powi(2) / rows as f64
+        };
+        // The gradient is added to what is there, scaled by the weight.
+        let mut d = vec![1.0f32; rows * classes];
+        let loss = distillation_loss(&logits, &teacher, rows, classes, temp, 0.5, &mut d);
+        let z = to_f64(&logits);
+        assert!((loss as f64 - kl(&z)).abs() < 1e-5, "{loss} vs {}", kl(&z));
+        let grad: Vec<f64> = numeric_grad(kl, &z, 1e-5)
+            .iter()
+            .map(|g| 1.0 + 0.5 * g)
+            .collect();
+        assert_grad_close("distillation dlogits", &d, &grad, 1e-5);
+        // Equal logits: no loss, no gradient.
+        let mut d = vec![0.0f32; rows * classes];
+        let loss = distillation_loss(&logits, &logits, rows, classes, temp, 1.0, &mut d);
+        assert!(loss.abs() < 1e-6 && d.iter().all(|v| v.abs() < 1e-6));
     }
 
     #[test]

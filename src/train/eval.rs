@@ -429,6 +429,7 @@ mod tests {
         let set = EncodedSet {
             ids: vec![vec![5], vec![1, 2, 3, 4], vec![0, 0, 0]],
             labels: vec![0, 0, 1],
+            ..EncodedSet::default()
         };
         let labels: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
         let r = evaluate(&model, &set, &labels, 0, 2);

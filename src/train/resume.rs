@@ -357,7 +357,11 @@ mod tests {
 
     #[test]
     fn fingerprint_sees_ids_labels_and_boundaries() {
-        let set = |ids: Vec<Vec<u32>>, labels: Vec<usize>| EncodedSet { ids, labels };
+        let set = |ids: Vec<Vec<u32>>, labels: Vec<usize>| EncodedSet {
+            ids,
+            labels,
+            ..EncodedSet::default()
+        };
         let a = set(vec![vec![1, 2], vec![3]], vec![0, 1]);
         let f = data_fingerprint(&[&a]);
         assert_eq!(f, data_fingerprint(&[&a.clone()]));

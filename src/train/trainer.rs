@@ -4,10 +4,13 @@
 //! checkpoints.
 
 use super::adamw::{clip_grad_norm, AdamW, AdamWConfig};
+use super::api::{
+    distillation_loss, load_dataset, load_hf_checkpoint, softmax_cross_entropy, DatasetSplits,
+    Example,
+};
 use super::api::{label_ids, stratified_split, ReadOptions, TextTokenizer};
-use super::api::{load_dataset, load_hf_checkpoint, softmax_cross_entropy, DatasetSplits, Example};
 use super::checkpoint::{load_checkpoint, save_checkpoint, utc_timestamp, CheckpointMeta};
-use super::eval::{evaluate, EvalResult};
+use super::eval::{eval_logits, evaluate, EvalResult};
 use super::resume::{self, EpochProgress, LoopPosition, LossPoint, StoppedForTest};
 use super::schedule::LinearSchedule;
 use crate::model::{
@@ -412,6 +415,17 @@ pub struct TrainOptions {
     pub text_column: String,
     #[arg(long, default_value = "label")]
     pub label_column: String,
+    /// Knowledge distillation: a fine-tuned corefocus checkpoint (same labels) whose
+    /// logits on the training examples become soft targets (beyond the paper; e.g. a BERT
+    /// teacher for a PFC student).
+    #[arg(long)]
+    pub distill_from: Option<PathBuf>,
+    /// Weight of the distillation term: loss = (1 - w) * cross-entropy + w * T^2 * KL.
+    #[arg(long, default_value_t = 0.5)]
+    pub distill_weight: f64,
+    /// Temperature T of the distillation term.
+    #[arg(long, default_value_t = 2.0)]
+    pub distill_temperature: f64,
     /// Use only this many training examples (a seeded random subset), for quick runs.
     #[arg(long)]
     pub max_train_examples: Option<usize>,
@@ -458,6 +472,9 @@ impl Default for TrainOptions {
             seed: 42,
             text_column: "text".into(),
             label_column: "label".into(),
+            distill_from: None,
+            distill_weight: 0.5,
+            distill_temperature: 2.0,
             max_train_examples: None,
             max_eval_examples: None,
             eval_batch: 64,
@@ -511,6 +528,16 @@ impl TrainOptions {
             "--clip {} must be non-negative",
             self.clip
         );
+        ensure!(
+            (0.0..=1.0).contains(&self.distill_weight),
+            "--distill-weight {} must be in [0, 1]",
+            self.distill_weight
+        );
+        ensure!(
+            positive(self.distill_temperature),
+            "--distill-temperature {} must be positive",
+            self.distill_temperature
+        );
         if let Some(n) = self.max_train_examples {
             ensure!(n >= 1, "--max-train-examples must be at least 1");
         }
@@ -546,6 +573,10 @@ impl TrainOptions {
             lr,
             new_lr_scale: self.new_lr_scale,
             new_params: Vec::new(),
+            distill: self
+                .distill_from
+                .is_some()
+                .then_some((self.distill_weight as f32, self.distill_temperature as f32)),
             warmup: self.warmup,
             adamw: AdamWConfig {
                 weight_decay: self.weight_decay,
@@ -629,6 +660,8 @@ pub fn subsample<T>(items: Vec<T>, max: Option<usize>, seed: u64) -> Vec<T> {
 pub struct EncodedSet {
     pub ids: Vec<Vec<u32>>,
     pub labels: Vec<usize>,
+    /// `[len, classes]` logits of a teacher model (`--distill-from`); empty: none.
+    pub teacher: Vec<f32>,
 }
 
 impl EncodedSet {
@@ -653,7 +686,11 @@ pub fn encode_examples(
         .encode_batch(&texts, max_len)
         .with_context(|| format!("cannot tokenize the {what} examples"))?;
     let labels = label_ids(examples, labels, what)?;
-    Ok(EncodedSet { ids, labels })
+    Ok(EncodedSet {
+        ids,
+        labels,
+        teacher: Vec::new(),
+    })
 }
 
 // ------------------------------------------------------------------------------- loop
@@ -668,6 +705,8 @@ pub struct LoopSettings {
     pub new_lr_scale: f64,
     /// Newly created tensors (a parameter group of their own).
     pub new_params: Vec<String>,
+    /// Distillation weight and temperature, for a training set with teacher logits.
+    pub distill: Option<(f32, f32)>,
     pub warmup: f64,
     pub adamw: AdamWConfig,
     /// 0 disables clipping.
@@ -884,6 +923,26 @@ pub fn train_loop_with<M: Trainable>(
                 &mut probs,
                 Some(&mut dlogits),
             );
+            let loss = match settings.distill.filter(|_| !train.teacher.is_empty()) {
+                Some((weight, temperature)) => {
+                    dlogits.iter_mut().for_each(|g| *g *= 1.0 - weight);
+                    let teacher: Vec<f32> = chunk
+                        .iter()
+                        .flat_map(|&i| train.teacher[i * classes..(i + 1) * classes].to_vec())
+                        .collect();
+                    let kl = distillation_loss(
+                        &logits,
+                        &teacher,
+                        rows,
+                        classes,
+                        temperature,
+                        weight,
+                        &mut dlogits,
+                    );
+                    (1.0 - weight) * loss + weight * kl
+                }
+                None => loss,
+            };
             if !loss.is_finite() {
                 bar.abandon();
                 bail!(
@@ -1238,6 +1297,10 @@ pub fn run_train(opts: &TrainOptions) -> Result<TrainOutcome> {
 
     let train = encode_examples(&tokenizer, &splits.train, &labels, opts.max_len, "train")?;
     let dev = encode_examples(&tokenizer, &splits.dev, &labels, opts.max_len, "validation")?;
+    let mut train = train;
+    if let Some(dir) = &opts.distill_from {
+        train.teacher = teacher_logits(dir, &splits.train, &labels, opts.eval_batch)?;
+    }
     let steps = train.len().div_ceil(opts.batch_size) * opts.epochs;
     eprintln!(
         "corefocus train: variant {}, {} train / {} validation ({}) / {} test examples, {} labels; \
@@ -1392,6 +1455,33 @@ pub fn run_train(opts: &TrainOptions) -> Result<TrainOutcome> {
     Ok(outcome)
 }
 
+/// `--distill-from`: the teacher checkpoint's logits on `examples` (`[n, classes]`),
+/// tokenized as the teacher was trained.
+fn teacher_logits(
+    dir: &Path,
+    examples: &[Example],
+    labels: &[String],
+    eval_batch: usize,
+) -> Result<Vec<f32>> {
+    let (teacher, tok, meta) =
+        load_checkpoint(dir).with_context(|| format!("--distill-from {}", dir.display()))?;
+    ensure!(
+        meta.labels == labels,
+        "--distill-from {}: the teacher's labels ({}) are not this dataset's ({})",
+        dir.display(),
+        meta.labels.join(", "),
+        labels.join(", ")
+    );
+    let set = encode_examples(&tok, examples, labels, meta.max_len, "train")?;
+    eprintln!(
+        "corefocus train: teacher {} ({}) labels the {} training examples",
+        dir.display(),
+        teacher.method.variant.name(),
+        set.len()
+    );
+    Ok(eval_logits(&teacher, &set.ids, tok.pad_id(), eval_batch))
+}
+
 /// Names of `model`'s newly created tensors (see `names::is_created`).
 fn new_param_names(model: &Model) -> Vec<String> {
     model
@@ -1465,9 +1555,14 @@ pub fn search_lr(
     let n_train = budget.max(40 * opts.batch_size).min(train.len());
     let pick = |set: &EncodedSet, n: usize, seed: u64| -> EncodedSet {
         let idx = subsample((0..set.len()).collect(), Some(n), seed);
+        let classes = set.teacher.len() / set.len().max(1);
         EncodedSet {
             ids: idx.iter().map(|&i| set.ids[i].clone()).collect(),
             labels: idx.iter().map(|&i| set.labels[i]).collect(),
+            teacher: idx
+                .iter()
+                .flat_map(|&i| set.teacher[i * classes..(i + 1) * classes].iter().copied())
+                .collect(),
         }
     };
     let trial_train = pick(train, n_train, opts.seed ^ 0x17A1);
@@ -1873,6 +1968,7 @@ mod tests {
             lr: 0.5,
             new_lr_scale: 1.0,
             new_params: Vec::new(),
+            distill: None,
             warmup: 0.1,
             adamw: AdamWConfig::default(),
             clip: 1.0,
