@@ -565,6 +565,9 @@ fn option_errors() {
     expect(&train(&["--variant", "c", "--assign-eps", "0"]), "O08", &[]);
     expect(&train(&["--classifier-dropout", "1"]), "O09", &[]);
     expect(&train(&["--lr", "0"]), "O10", &[]);
+    expect(&train(&["--lr-grid", "1e-4,0"]), "O10b", &[]);
+    expect(&train(&["--new-lr-scale", "0"]), "O10c", &[]);
+    expect(&train(&["--distill-weight", "2"]), "O10d", &[]);
     expect(&train(&["--epochs", "0"]), "O11", &[]);
     expect(&train(&["--batch-size", "0"]), "O12", &[]);
     expect(&train(&["--max-len", "1"]), "O13", &[]);
@@ -590,6 +593,31 @@ fn checkpoint_and_inference_errors() {
     let data = toy_data(&s.path("data"));
     succeeded(&train_on(&s, &model, &data, &[]), "train");
     let good = s.path("out");
+    // Distillation: a teacher of these labels trains a student; one of others is refused.
+    let teacher = good.to_string_lossy().to_string();
+    let student = |data: &Path, out: &str| {
+        let options = ["--epochs", "1", "--batch-size", "4", "--max-len", "16"];
+        let extra = ["--distill-from", teacher.as_str()];
+        corefocus(&train_args(&model, data, &s.path(out), &options, &extra))
+    };
+    succeeded(&student(&data, "student"), "train --distill-from");
+    let other = toy_data(&s.path("teacher-labels"));
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(good.join("corefocus.json")).unwrap())
+            .unwrap();
+    let mut reversed: Vec<String> = meta["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap().to_string())
+        .collect();
+    reversed.reverse();
+    std::fs::write(other.join("labels.txt"), reversed.join("\n") + "\n").unwrap();
+    expect(
+        &student(&other, "student2"),
+        "O10e",
+        &[&format!("this dataset's ({})", reversed.join(", "))],
+    );
     let copy = |name: &str| {
         let dir = s.path(name);
         std::fs::create_dir_all(&dir).unwrap();

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# The combining study of docs/combining.md (issue 15): short runs that compare the
+# combining recipe's parts. Each run: corefocus train on all-MiniLM-L6-v2, one thread,
+# into runs/combining/<name>/ (skipped when its test_report.json exists). Then
+# scripts/combining-table.py prints the study's tables from those directories.
+#
+# Usage: scripts/combining-study.sh [name...]   (default: every run below, in order)
+#   sst2-2k: 2,000 SST-2 training sentences, --max-len 64, 2 epochs, full dev and test.
+#   20ng-2k: 2,000 20 Newsgroups documents, --max-len 128, 2 epochs, 1,000 dev / test.
+# Two runs side by side on 2 cores: JOBS=2 (each gets one thread).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/fetch-test-model.sh >/dev/null
+cargo build --release --locked
+M=${COREFOCUS_TEST_MODEL:-target/models/all-MiniLM-L6-v2}
+DATA=${COREFOCUS_DATA:-../shared/data}
+OUT=runs/combining
+mkdir -p "$OUT"
+declare -A RUNS=(
+  # name                      set     seed variant flags
+  [sst2-bert]="sst2 42 bert"
+  [sst2-pfc]="sst2 42 pfc"
+  [sst2-bert-lr1e-4]="sst2 42 bert --lr 1e-4"
+  [sst2-bert-lr1e-4-s43]="sst2 43 bert --lr 1e-4"
+  [sst2-pfc-paper-lr1e-4]="sst2 42 pfc --lr 1e-4 --method-defaults paper --new-lr-scale 1"
+  [sst2-pfc-papercounts]="sst2 42 pfc --lr 1e-4 --method-defaults paper --combine-pooling counts --new-lr-scale 1"
+  [sst2-pfc-papercounts-s43]="sst2 43 pfc --lr 1e-4 --method-defaults paper --combine-pooling counts --new-lr-scale 1"
+  [sst2-pfc-plain-auto]="sst2 42 pfc --combine-block plain"
+  [sst2-pfc-plain]="sst2 42 pfc --lr 1e-4 --combine-block plain"
+  [sst2-pfc-plain-scale1-newlr1]="sst2 42 pfc --lr 1e-4 --combine-block plain --combine-scale 1 --new-lr-scale 1"
+  [sst2-pfc-plain-scale1]="sst2 42 pfc --lr 1e-4 --combine-block plain --combine-scale 1"
+  [sst2-pfc-plain-newlr1]="sst2 42 pfc --lr 1e-4 --combine-block plain --new-lr-scale 1"
+  [sst2-pfc-plain-normal]="sst2 42 pfc --lr 1e-4 --combine-block plain --combine-token-init normal"
+  [sst2-pfc-plain-mean]="sst2 42 pfc --lr 1e-4 --combine-block plain --combine-pooling mean"
+  [sst2-pfc-plain-nonoise]="sst2 42 pfc --lr 1e-4 --combine-block plain --combine-noise false"
+  [sst2-pfc-block]="sst2 42 pfc --lr 1e-4"
+  [sst2-pfc-block-nonoise]="sst2 42 pfc --lr 1e-4 --combine-noise false"
+  [sst2-c-plain]="sst2 42 c --lr 1e-4 --combine-block plain"
+  [sst2-c-block]="sst2 42 c --lr 1e-4"
+  [sst2-pfc-distill]="sst2 42 pfc --lr 1e-4 --distill-from runs/combining/sst2-bert"
+  [20ng-bert]="20newsgroups 42 bert --lr 1e-4"
+  [20ng-pfc-plain]="20newsgroups 42 pfc --lr 1e-4 --combine-block plain"
+)
+ORDER=(sst2-bert sst2-pfc sst2-bert-lr1e-4-s43 sst2-pfc-plain-auto sst2-pfc-plain-scale1
+  sst2-pfc-plain-newlr1 sst2-pfc-plain-scale1-newlr1 sst2-pfc-plain-normal sst2-pfc-plain-mean sst2-pfc-plain-nonoise
+  sst2-pfc-block sst2-pfc-block-nonoise sst2-c-plain sst2-c-block sst2-pfc-papercounts
+  sst2-pfc-papercounts-s43 sst2-pfc-distill 20ng-bert 20ng-pfc-plain)
+one() {
+  local name=$1
+  [ -f "$OUT/$name/test_report.json" ] && return 0
+  read -r set seed variant flags <<<"${RUNS[$name]}"
+  local size="--max-len 64"
+  [ "$set" = 20newsgroups ] && size="--max-len 128 --max-eval-examples 1000"
+  echo "== $name ($(date -u +%H:%M:%S))"
+  # shellcheck disable=SC2086
+  RAYON_NUM_THREADS=1 target/release/corefocus train --model "$M" --data "$DATA/$set" \
+    --out "$OUT/$name" --variant "$variant" --epochs 2 --seed "$seed" \
+    --max-train-examples 2000 $size --overwrite $flags >"$OUT/$name.log" 2>&1
+}
+names=("${@:-${ORDER[@]}}")
+if [ "${JOBS:-1}" -le 1 ]; then
+  for n in "${names[@]}"; do one "$n"; done
+else
+  # Two lanes; a run needing a teacher waits for it in its own lane's order.
+  for lane in 0 1; do
+    (i=0; for n in "${names[@]}"; do
+       [ $((i % 2)) -eq $lane ] && one "$n"; i=$((i + 1)); done) &
+  done
+  wait
+fi
+python3 scripts/combining-table.py "$OUT"
