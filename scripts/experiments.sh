@@ -7,6 +7,10 @@
 #
 # Usage: [JOBS=n] scripts/experiments.sh [step...]
 #   steps: table2-sst2-1 table2-bbc-1 table2-20ng table4 table5 table6 table2-sst2 table2-bbc
+#          (the paper's recipe, issue 5), and the combining recipe of issue 15
+#          (docs/combining.md; `experiment recipe`: bert, pf, c@L-1, pfc@L-1 at train's
+#          defaults, lr chosen on validation per cell): recipe-sst2-1 recipe-bbc-1
+#          recipe-sst2 recipe-bbc recipe-20ng (not in the default list: run them by name)
 #          (default: all, in this order: seed 1 of every grid first, so a partial run
 #          already covers every table, then seeds 2 and 3 of Table 2)
 #          save   (only copy finished cells into results/experiments)
@@ -68,11 +72,17 @@ lane() {
       table2-bbc) run table2 --datasets bbc-news --seeds 3 ;;
       table2-20ng) run table2 --datasets 20newsgroups --seeds 1 --variants bert,pf,pfc@L-1 ;;
       table4 | table5) run "$s" --seeds 1 ;;
+      recipe-sst2-1) run recipe --datasets sst2 --seeds 1 ;;
+      recipe-bbc-1) run recipe --datasets bbc-news --seeds 1 ;;
+      recipe-sst2) run recipe --datasets sst2 --seeds 3 ;;
+      recipe-bbc) run recipe --datasets bbc-news --seeds 3 ;;
+      recipe-20ng) run recipe --datasets 20newsgroups --seeds 1 ;;
       table6) run table6 --seeds 1 ;;
       save) ;;
       report)
         run table2 --datasets sst2,bbc-news --seeds 3 --report-only
-        for g in table4 table5 table6; do run $g --seeds 1 --report-only; done ;;
+        for g in table4 table5 table6; do run $g --seeds 1 --report-only; done
+        [ -d "$RUNS/recipe" ] && run recipe --seeds 3 --report-only ;;
       *) echo "unknown step $s" >&2; exit 2 ;;
     esac
     copy_cells "$RUNS" "$RESULTS"
