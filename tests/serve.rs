@@ -197,6 +197,12 @@ fn serve_answers_like_predict_enforces_limits_and_batches() {
     assert_eq!(info["max_len"], 64);
     assert_eq!(info["num_layers"], 6);
     assert_eq!(info["model"], "ckpt");
+    // Issue 16 item 10: the name only, never the checkpoint's path (failed before).
+    assert!(info.get("checkpoint").is_none(), "{info}");
+    assert!(
+        !info.to_string().contains(&*ckpt.to_string_lossy()),
+        "{info}"
+    );
     assert_eq!(info["limits"]["max_texts_per_request"], 8);
     assert_eq!(info["limits"]["max_batch"], 32);
     assert!((info["method"]["keep_ratio"].as_f64().unwrap() - 0.5).abs() < 1e-6);

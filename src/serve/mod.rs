@@ -551,11 +551,11 @@ struct Limits {
     queue_limit: usize,
 }
 
-/// What `GET /v1/model` answers: the checkpoint, its labels and settings, the limits.
+/// What `GET /v1/model` answers: the checkpoint's name, its labels and settings, the limits.
 #[derive(Serialize)]
 struct ModelInfo<'a> {
+    /// The checkpoint directory's name only: the absolute path is no client's business.
     model: &'a str,
-    checkpoint: String,
     labels: &'a [String],
     variant: &'static str,
     method: &'a crate::model::MethodConfig,
@@ -567,10 +567,9 @@ struct ModelInfo<'a> {
 }
 
 /// The `GET /v1/model` body, serialised once (directly, so f32 settings print as f32).
-fn describe(c: &Classifier, checkpoint: &Path, name: &str, args: &ServeArgs) -> Result<Bytes> {
+fn describe(c: &Classifier, name: &str, args: &ServeArgs) -> Result<Bytes> {
     let info = ModelInfo {
         model: name,
-        checkpoint: checkpoint.display().to_string(),
         labels: &c.meta.labels,
         variant: c.meta.method.variant.name(),
         method: &c.meta.method,
@@ -638,7 +637,7 @@ pub fn run_serve(args: &ServeArgs) -> Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_else(|| checkpoint.display().to_string());
-    let model_info = describe(&classifier, &checkpoint, &model_name, args)?;
+    let model_info = describe(&classifier, &model_name, args)?;
 
     let stats = Arc::new(Stats::default());
     let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(args.queue_limit);
