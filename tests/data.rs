@@ -165,6 +165,26 @@ fn csv_quoting_multiline_and_line_numbers() {
     assert_eq!(texts(&gz), texts(&examples));
 }
 
+/// Issue 16 item 5: with CRLF line endings the csv crate's line count ran one behind
+/// (an error on line 7 named line 6; failed before the fix).
+#[test]
+fn csv_crlf_errors_name_the_right_line() {
+    let dir = Scratch::new("csv-crlf");
+    let good = "text,label\r\none,a\r\n\"two\r\nlines\",b\r\nthree,a\r\nfour,b\r\n";
+    let path = dir.write("ok.csv", good.as_bytes());
+    let examples = read_split(&path, &opts()).unwrap();
+    let origins: Vec<String> = examples.iter().map(|e| e.origin.clone()).collect();
+    let at = |n: usize| format!("{}:{n}", path.display());
+    assert_eq!(origins, vec![at(2), at(3), at(5), at(6)]);
+    for (bad_row, what) in [("seven,b,extra", "row has 3 fields"), ("  ,b", "empty")] {
+        let body = format!("{good}{bad_row}\r\n");
+        let path = dir.write("bad.csv", body.as_bytes());
+        let err = format!("{:#}", read_split(&path, &opts()).unwrap_err());
+        assert!(err.contains(&format!("bad.csv:7: ")), "{err}");
+        assert!(err.contains(what), "{err}");
+    }
+}
+
 #[test]
 fn csv_custom_columns() {
     let dir = Scratch::new("csv-cols");

@@ -83,11 +83,21 @@ fn dataset_errors() {
         "d01",
         &[(
             "train.jsonl",
-            with_line("{\"text\": \"a\", \"label\": ").as_bytes(),
+            with_line("{\"text\": \"a\", \"label\": x}").as_bytes(),
         )],
         &[],
     );
-    expect(&out, "D01", &["train.jsonl:2"]);
+    expect(&out, "D01", &["train.jsonl:2", "column 24"]);
+    // Issue 16 item 5: a line cut off mid-string said "at column 0" (failed before).
+    let out = run(
+        "d01b",
+        &[(
+            "train.jsonl",
+            with_line("{\"text\": \"a film th").as_bytes(),
+        )],
+        &[],
+    );
+    expect(&out, "D01b", &["train.jsonl:2", "after 19 characters"]);
     let out = run(
         "d02",
         &[("train.jsonl", with_line("[1, 2]").as_bytes())],

@@ -442,13 +442,27 @@ fn read_jsonl(path: &Path, opts: &ReadOptions, labels: Option<&[String]>) -> Res
         if line.trim().is_empty() {
             continue;
         }
+        // Without its line ending, so that serde_json's positions are on this line (a
+        // string cut off by the newline otherwise reads as "control character at column 0").
+        let line = line.trim_end_matches(['\n', '\r']);
         let value: serde_json::Value = serde_json::from_str(line).map_err(|e| {
-            anyhow!(
-                "{}: malformed JSON at column {}: {}",
-                origin(),
-                e.column(),
-                json_error_text(&e)
-            )
+            // An end-of-input error has no useful column (serde_json says 0): the line
+            // was cut off, which is what the user needs to hear.
+            if e.is_eof() {
+                anyhow!(
+                    "{}: truncated JSON: the line ends after {} characters, inside a value ({})",
+                    origin(),
+                    line.chars().count(),
+                    json_error_text(&e)
+                )
+            } else {
+                anyhow!(
+                    "{}: malformed JSON at column {}: {}",
+                    origin(),
+                    e.column(),
+                    json_error_text(&e)
+                )
+            }
         })?;
         let object = value.as_object().ok_or_else(|| {
             anyhow!(
@@ -518,9 +532,17 @@ fn read_jsonl(path: &Path, opts: &ReadOptions, labels: Option<&[String]>) -> Res
     Ok(examples)
 }
 
+/// 1-based line of the record starting at byte offset `byte`, given the offsets of every
+/// `\n` of the input. The csv crate's own line count runs one behind on CRLF input, where
+/// it also starts a record at the `\n` of the previous line's `\r\n` (hence `<=`).
+fn line_at(newlines: &[usize], byte: u64) -> usize {
+    newlines.partition_point(|&n| (n as u64) <= byte) + 1
+}
+
 /// Maps a csv error to one naming the file and line.
-fn csv_error(path: &Path, err: csv::Error) -> anyhow::Error {
-    let line = |pos: &Option<csv::Position>| pos.as_ref().map_or(0, |p| p.line());
+fn csv_error(path: &Path, newlines: &[usize], err: csv::Error) -> anyhow::Error {
+    let line =
+        |pos: &Option<csv::Position>| pos.as_ref().map_or(0, |p| line_at(newlines, p.byte()));
     match err.kind() {
         csv::ErrorKind::Utf8 { pos, err } => anyhow!(
             "{}:{}: invalid UTF-8 in field {}",
@@ -559,12 +581,25 @@ fn csv_error(path: &Path, err: csv::Error) -> anyhow::Error {
 fn read_delimited(path: &Path, opts: &ReadOptions, delimiter: u8) -> Result<Vec<Example>> {
     let text_col = opts.text_column();
     let label_col = opts.label_column();
+    let mut bytes = Vec::new();
+    open_maybe_gz(path)?
+        .read_to_end(&mut bytes)
+        .map_err(|e| csv_error(path, &[], csv::Error::from(e)))?;
+    let newlines: Vec<usize> = bytes
+        .iter()
+        .enumerate()
+        .filter(|(_, &b)| b == b'\n')
+        .map(|(i, _)| i)
+        .collect();
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(delimiter)
         .quoting(delimiter != b'\t')
         .has_headers(true)
-        .from_reader(open_maybe_gz(path)?);
-    let header = reader.headers().map_err(|e| csv_error(path, e))?.clone();
+        .from_reader(bytes.as_slice());
+    let header = reader
+        .headers()
+        .map_err(|e| csv_error(path, &newlines, e))?
+        .clone();
     if header.is_empty() || (header.len() == 1 && header[0].is_empty()) {
         bail!(
             "{}: empty file; a header row naming the columns is required",
@@ -586,8 +621,10 @@ fn read_delimited(path: &Path, opts: &ReadOptions, delimiter: u8) -> Result<Vec<
 
     let mut examples = Vec::new();
     for record in reader.records() {
-        let record = record.map_err(|e| csv_error(path, e))?;
-        let line_no = record.position().map_or(0, |p| p.line());
+        let record = record.map_err(|e| csv_error(path, &newlines, e))?;
+        let line_no = record
+            .position()
+            .map_or(0, |p| line_at(&newlines, p.byte()));
         let origin = || format!("{}:{}", path.display(), line_no);
         // Field counts are checked by the reader (flexible = false), so indexing is safe.
         let text = record[text_index].to_string();
