@@ -5,6 +5,8 @@
 # scripts/combining-table.py prints the study's tables from those directories.
 #
 # Usage: scripts/combining-study.sh [name...]   (default: every run below, in order)
+# Each finished run's small files (metrics.jsonl, test_report.json, lr_search.json,
+# corefocus.json) are copied to results/combining/<name>/, which is committed.
 #   sst2-2k: 2,000 SST-2 training sentences, --max-len 64, 2 epochs, full dev and test.
 #   20ng-2k: 2,000 20 Newsgroups documents, --max-len 128, 2 epochs, 1,000 dev / test.
 # Two runs side by side on 2 cores: JOBS=2 (each gets one thread).
@@ -40,11 +42,12 @@ declare -A RUNS=(
   [sst2-pfc-distill]="sst2 42 pfc --lr 1e-4 --distill-from runs/combining/sst2-bert"
   [20ng-bert]="20newsgroups 42 bert --lr 1e-4"
   [20ng-pfc-plain]="20newsgroups 42 pfc --lr 1e-4 --combine-block plain"
+  [20ng-pfc-distill]="20newsgroups 42 pfc --lr 1e-4 --distill-from runs/combining/20ng-bert"
 )
 ORDER=(sst2-bert sst2-pfc sst2-bert-lr1e-4-s43 sst2-pfc-plain-auto sst2-pfc-plain-scale1
   sst2-pfc-plain-newlr1 sst2-pfc-plain-scale1-newlr1 sst2-pfc-plain-normal sst2-pfc-plain-mean sst2-pfc-plain-nonoise
   sst2-pfc-block sst2-pfc-block-nonoise sst2-c-plain sst2-c-block sst2-pfc-papercounts
-  sst2-pfc-papercounts-s43 sst2-pfc-distill 20ng-bert 20ng-pfc-plain)
+  sst2-pfc-papercounts-s43 sst2-pfc-distill 20ng-bert 20ng-pfc-plain 20ng-pfc-distill)
 one() {
   local name=$1
   [ -f "$OUT/$name/test_report.json" ] && return 0
@@ -68,4 +71,12 @@ else
   done
   wait
 fi
-python3 scripts/combining-table.py "$OUT"
+for d in "$OUT"/*/; do
+  n=$(basename "$d")
+  [ -f "$d/test_report.json" ] || continue
+  mkdir -p "results/combining/$n"
+  for f in metrics.jsonl test_report.json lr_search.json corefocus.json; do
+    [ -f "$d/$f" ] && cp "$d/$f" "results/combining/$n/$f"
+  done
+done
+python3 scripts/combining-table.py results/combining

@@ -30,7 +30,7 @@ def load(run_dir):
 
 
 def main():
-    root = sys.argv[1] if len(sys.argv) > 1 else "runs/combining"
+    root = sys.argv[1] if len(sys.argv) > 1 else "results/combining"
     names = sorted(d for d in os.listdir(root) if os.path.isfile(os.path.join(root, d, "test_report.json")))
     print("| run | lr | test acc | macro-F1 | best epoch (val loss) | slots used of m | largest share | token cosine | token grad norm |")
     print("|---|---|---:|---:|---|---:|---:|---:|---:|")

@@ -46,7 +46,7 @@ copy_cells() {
   [ -d "$1" ] || return 0
   (cd "$1" && for r in $(find . -name result.json); do
      d=$(dirname "$r")
-     for f in result.json metrics.jsonl test_report.json; do [ -f "$d/$f" ] && echo "$d/$f"; done
+     for f in result.json metrics.jsonl test_report.json lr_search.json; do [ -f "$d/$f" ] && echo "$d/$f"; done
    done; find . -maxdepth 2 -name results.md -o -maxdepth 2 -name '*.svg') |
   while read -r f; do
     if [ ! -f "$2/$f" ] || [ "$1/$f" -nt "$2/$f" ]; then
