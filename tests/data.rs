@@ -180,7 +180,7 @@ fn csv_crlf_errors_name_the_right_line() {
         let body = format!("{good}{bad_row}\r\n");
         let path = dir.write("bad.csv", body.as_bytes());
         let err = format!("{:#}", read_split(&path, &opts()).unwrap_err());
-        assert!(err.contains(&format!("bad.csv:7: ")), "{err}");
+        assert!(err.contains("bad.csv:7: "), "{err}");
         assert!(err.contains(what), "{err}");
     }
 }
