@@ -244,7 +244,7 @@ fn pool_backward(dpooled: &[f32], weights: &[f32], d: usize, dhidden: &mut [f32]
 /// `m` rows at the scale of real embedded tokens (`CombineTokenInit::Vocab`): the
 /// embedding of `m` random vocabulary tokens (word + token type 0, no position, as the
 /// combination tokens have none), through the embedding LayerNorm. Distinct from each
-/// other and ~20x the norm of N(0, 0.02) rows (docs/combining.md).
+/// other, with norms like real tokens' (11.4 against 0.40 for N(0, 0.02) rows on MiniLM-L6).
 fn vocab_token_states(
     bert: &BertConfig,
     params: &ParamStore,
