@@ -189,7 +189,7 @@ mod tests {
 
 use crate::data::tokenize::TextTokenizer;
 use crate::model::{checkpoint, names, BertConfig, MethodConfig, Model, ParamStore, Variant};
-use crate::train::trainer::{run_train, LrSpec, MethodArgs, TrainOptions};
+use crate::train::{run_train, LrSpec, MethodArgs, TrainOptions};
 use crate::util::write_atomic;
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
@@ -308,7 +308,7 @@ pub fn run_demo(args: &DemoArgs) -> Result<Vec<DemoRow>> {
             ..TrainOptions::default()
         };
         eprintln!("demo: training variant {v}");
-        crate::bench::alloc::reset_peak();
+        crate::alloc::reset_peak();
         let start = Instant::now();
         let outcome = run_train(&opts)?;
         let secs = start.elapsed().as_secs_f64();
@@ -318,7 +318,7 @@ pub fn run_demo(args: &DemoArgs) -> Result<Vec<DemoRow>> {
             accuracy: acc,
             macro_f1: f1,
             train_seconds: secs,
-            peak_heap_bytes: crate::bench::alloc::peak_bytes(),
+            peak_heap_bytes: crate::alloc::peak_bytes(),
         });
     }
     println!("{}", format_rows(&rows));

@@ -16,10 +16,10 @@
 
 use crate::model::{BertConfig, MethodConfig, Variant};
 use crate::plot::{write_svg, Panel, Series};
-use crate::train::checkpoint::{utc_timestamp, MODEL_FILE};
-use crate::train::trainer::{
-    run_train, EpochRecord, LrSpec, MethodArgs, MethodDefaults, TrainOptions, DEFAULT_NEW_LR_SCALE,
-};
+use crate::train::checkpoint::MODEL_FILE;
+use crate::train::options::DEFAULT_NEW_LR_SCALE;
+use crate::train::{run_train, EpochRecord, LrSpec, MethodArgs, MethodDefaults, TrainOptions};
+use crate::util::utc_timestamp;
 use crate::util::write_atomic;
 use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -739,12 +739,12 @@ pub fn claim_cell(cell_dir: &Path) -> Result<Option<CellClaim>> {
 
 /// Trains one cell and records its `result.json`.
 pub fn run_cell(grid: &str, cell: &Cell, drop_checkpoint: bool) -> Result<CellResult> {
-    let counting = crate::bench::alloc::is_counting();
-    crate::bench::alloc::reset_peak();
+    let counting = crate::alloc::is_counting();
+    crate::alloc::reset_peak();
     let start = Instant::now();
     let outcome = run_train(&cell.options)?;
     let train_seconds = start.elapsed().as_secs_f64();
-    let peak_heap_bytes = counting.then(|| crate::bench::alloc::peak_bytes() as u64);
+    let peak_heap_bytes = counting.then(|| crate::alloc::peak_bytes() as u64);
 
     let report_path = cell.dir.join("test_report.json");
     ensure!(
@@ -1302,7 +1302,11 @@ pub fn write_plots(
             .iter()
             .enumerate()
             .map(|(i, r)| {
-                Series::new(r.cell.clone(), crate::plot::step_loss_curve(&r.curve)).with_color(i)
+                Series::new(
+                    r.cell.clone(),
+                    crate::train::curves::step_loss_curve(&r.curve),
+                )
+                .with_color(i)
             })
             .filter(|s| !s.points.is_empty())
             .collect();
@@ -1310,7 +1314,7 @@ pub fn write_plots(
             panels.push(Panel {
                 title: format!(
                     "training loss, mean over {} steps",
-                    crate::train::trainer::LOSS_WINDOW
+                    crate::train::LOSS_WINDOW
                 ),
                 x_label: "optimizer step".into(),
                 y_label: "cross-entropy".into(),
@@ -1934,7 +1938,7 @@ mod tests {
                 tokens_per_s: 1000.0 * cell.settings.combine_layer as f64,
                 grad_norm: 1.0,
                 best: true,
-                loss_curve: vec![crate::train::resume::LossPoint {
+                loss_curve: vec![crate::train::LossPoint {
                     step: e as u64 * 4,
                     loss: 1.0 / e as f64,
                     combine: None,

@@ -2,11 +2,13 @@
 //! combining ("Focus on the Core", EMNLP 2023 Findings) on a CPU engine with explicit
 //! forward and backward passes.
 
+pub mod alloc;
 pub mod bench;
 pub mod data;
 pub mod demo;
 pub mod experiment;
 pub mod explain;
+pub mod infer;
 pub mod kernels;
 pub mod metrics;
 pub mod model;

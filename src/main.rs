@@ -3,15 +3,15 @@
 //! and an arm to `run`.
 
 use clap::{Parser, Subcommand};
-use corefocus::bench::{alloc::CountingAlloc, run_bench, BenchArgs};
+use corefocus::alloc::CountingAlloc;
+use corefocus::bench::{run_bench, BenchArgs};
 use corefocus::demo::{run_demo, DemoArgs};
 use corefocus::experiment::{run_experiment, ExperimentArgs};
 use corefocus::explain::{run_explain, ExplainArgs};
+use corefocus::infer::{run_eval, run_predict, EvalOptions, PredictOptions};
 use corefocus::serve::loadgen::{run_loadgen, LoadgenArgs};
 use corefocus::serve::{run_serve, ServeArgs};
-use corefocus::train::{
-    run_eval, run_predict, run_train, EvalOptions, PredictOptions, TrainOptions,
-};
+use corefocus::train::{run_train, TrainOptions};
 use std::process::ExitCode;
 
 /// Counts heap bytes so `bench` can report peak tensor memory.
@@ -76,7 +76,7 @@ fn main() -> ExitCode {
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         // The test-only `train --stop-after-steps` has its own status.
-        Err(e) if corefocus::train::resume::is_stopped_for_test(&e) => {
+        Err(e) if corefocus::train::records::is_stopped_for_test(&e) => {
             eprintln!("{e:#}");
             ExitCode::from(corefocus::train::resume::STOPPED_EXIT_CODE)
         }

@@ -1,8 +1,8 @@
 //! Small shared helpers.
 
-use anyhow::{Context, Result};
+use anyhow::{ensure, Context, Result};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Makes glibc's allocator keep freed memory for reuse instead of returning it to the OS.
 ///
@@ -56,6 +56,151 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+// ------------------------------------------------------------------ directories and time
+
+/// The absolute parent directory and the file name of `dir`.
+pub fn split_dir(dir: &Path) -> Result<(PathBuf, String)> {
+    let abs =
+        std::path::absolute(dir).with_context(|| format!("cannot resolve {}", dir.display()))?;
+    let name = abs
+        .file_name()
+        .filter(|n| *n != "..")
+        .with_context(|| {
+            format!(
+                "{} cannot be used as a checkpoint directory (no final name)",
+                dir.display()
+            )
+        })?
+        .to_string_lossy()
+        .to_string();
+    let parent = abs
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("/"));
+    Ok((parent, name))
+}
+
+/// Builds a new version of directory `dir` with `fill` in a temporary sibling, carries
+/// over entries of the old `dir` that `fill` did not write (files are hard-linked or
+/// copied, so the old directory stays whole until the swap), then swaps the new directory
+/// in by two renames and removes the old one. Readers see either the old or the new
+/// directory; a crash between the two renames leaves the old one as `.<name>.old-<pid>`.
+pub fn replace_dir_atomically(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let (parent, name) = split_dir(dir)?;
+    std::fs::create_dir_all(&parent)
+        .with_context(|| format!("cannot create {}", parent.display()))?;
+    let target = parent.join(&name);
+    let pid = std::process::id();
+    let tmp = parent.join(format!(".{name}.tmp-{pid}"));
+    let old = parent.join(format!(".{name}.old-{pid}"));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)
+            .with_context(|| format!("cannot remove {}", tmp.display()))?;
+    }
+    std::fs::create_dir(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    let result = (|| -> Result<()> {
+        fill(&tmp)?;
+        if target.exists() {
+            ensure!(
+                target.is_dir(),
+                "{} exists and is not a directory",
+                target.display()
+            );
+            carry_over_extras(&target, &tmp)?;
+            if old.exists() {
+                std::fs::remove_dir_all(&old)
+                    .with_context(|| format!("cannot remove {}", old.display()))?;
+            }
+            std::fs::rename(&target, &old).with_context(|| {
+                format!("cannot move {} to {}", target.display(), old.display())
+            })?;
+            std::fs::rename(&tmp, &target).with_context(|| {
+                format!("cannot move {} to {}", tmp.display(), target.display())
+            })?;
+            sync_dir(&parent);
+            std::fs::remove_dir_all(&old)
+                .with_context(|| format!("cannot remove {}", old.display()))?;
+        } else {
+            std::fs::rename(&tmp, &target).with_context(|| {
+                format!("cannot move {} to {}", tmp.display(), target.display())
+            })?;
+            sync_dir(&parent);
+        }
+        Ok(())
+    })();
+    if result.is_err() && tmp.exists() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
+/// Entries of `from` that `to` lacks: files hard-linked (copied across file systems),
+/// anything else (subdirectories, links) moved.
+fn carry_over_extras(from: &Path, to: &Path) -> Result<()> {
+    for entry in
+        std::fs::read_dir(from).with_context(|| format!("cannot read {}", from.display()))?
+    {
+        let entry = entry.with_context(|| format!("cannot read {}", from.display()))?;
+        let dest = to.join(entry.file_name());
+        if dest.symlink_metadata().is_ok() {
+            continue;
+        }
+        let src = entry.path();
+        let kind = entry
+            .file_type()
+            .with_context(|| format!("cannot stat {}", src.display()))?;
+        if kind.is_file() {
+            if std::fs::hard_link(&src, &dest).is_err() {
+                std::fs::copy(&src, &dest).with_context(|| {
+                    format!("cannot copy {} to {}", src.display(), dest.display())
+                })?;
+            }
+        } else {
+            std::fs::rename(&src, &dest)
+                .with_context(|| format!("cannot move {} to {}", src.display(), dest.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Makes the renames durable (best effort; not every file system supports it).
+fn sync_dir(dir: &Path) {
+    if let Ok(f) = std::fs::File::open(dir) {
+        let _ = f.sync_all();
+    }
+}
+
+/// Current UTC time as RFC 3339 (`2026-01-31T12:00:00Z`).
+pub fn utc_timestamp() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    format_utc(secs)
+}
+
+/// Seconds since the Unix epoch as RFC 3339 UTC (days to civil date: H. Hinnant's
+/// `civil_from_days`).
+pub fn format_utc(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60
+    )
 }
 
 #[cfg(test)]

@@ -1,6 +1,5 @@
 //! Measurement: FLOPs, peak memory, timing, and the `corefocus bench` command.
 
-pub mod alloc;
 pub mod flops;
 pub mod run;
 

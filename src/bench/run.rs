@@ -2,12 +2,12 @@
 //! variants measured side by side in one process, interleaved round-robin so machine
 //! noise hits all of them alike.
 
-use super::alloc;
 use super::flops::{backward_flops, forward_flops};
-use crate::kernels::loss::softmax_cross_entropy;
+use crate::alloc;
 use crate::model::{checkpoint, Batch, BertConfig, MethodConfig, Mode, Model, ParamStore, Variant};
 use crate::rng::Rng;
-use crate::train::adamw::{clip_grad_norm, AdamW, AdamWConfig};
+use crate::train::adamw::{AdamW, AdamWConfig};
+use crate::train::step::{train_step, StepBatch, StepSettings};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -234,33 +234,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
         .collect::<Result<_>>()?;
     let num_labels = 5;
 
-    // Random tokens; lengths drawn from the given distribution (capped at seq).
-    let mut rng = Rng::new(opts.seed);
-    let lengths: Vec<usize> = (0..opts.batch)
-        .map(|_| match &opts.lengths {
-            Some(ls) if !ls.is_empty() => ls[rng.below(ls.len())].clamp(2, opts.seq),
-            _ => opts.seq,
-        })
-        .collect();
-    let seqs: Vec<Vec<u32>> = lengths
-        .iter()
-        .map(|&len| {
-            // `% vocab`: a small custom --config vocabulary must not index out of range.
-            let vocab = bert.vocab_size as u32;
-            (0..len)
-                .map(|i| match i {
-                    0 => 101 % vocab,
-                    _ if i + 1 == len => 102 % vocab,
-                    _ => {
-                        (1000 + rng.below(bert.vocab_size.saturating_sub(1000).max(1)) as u32)
-                            % vocab
-                    }
-                })
-                .collect()
-        })
-        .collect();
-    let refs: Vec<&[u32]> = seqs.iter().map(|s| s.as_slice()).collect();
-    let batch = Batch::from_sequences(&refs, 0);
+    let (batch, lengths) = random_batch(&bert, opts);
     let labels: Vec<usize> = (0..opts.batch).map(|i| i % num_labels).collect();
 
     let base_params = match base {
@@ -301,116 +275,19 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
     }
     drop(base_params);
 
-    let mut probs = vec![0.0f32; opts.batch * num_labels];
-    let mut dlogits = vec![0.0f32; opts.batch * num_labels];
-    for rep in 0..opts.warmup + opts.reps {
-        let timed = rep >= opts.warmup;
-        for (i, r) in runners.iter_mut().enumerate() {
-            let step_seed = opts.seed ^ ((rep * 1000 + i) as u64);
-            crate::profile::enable(opts.profile && timed);
-            crate::profile::reset();
-            // Memory is measured on each variant's first step, from an empty activation
-            // pool: later steps may reuse another variant's (up to 2x larger) buffers,
-            // which would blur its peak; their timings do profit from the warm pool, as
-            // training does.
-            let measure_memory = rep == 0;
-            if measure_memory {
-                crate::kernels::workspace::clear();
-            }
-            alloc::reset_peak();
-            let before = alloc::current_bytes();
-            let t0 = Instant::now();
-            let (out, tape) = r
-                .model
-                .forward(&batch, Mode::Train { seed: step_seed }, true);
-            softmax_cross_entropy(
-                &out.logits,
-                opts.batch,
-                num_labels,
-                &labels,
-                &mut probs,
-                Some(&mut dlogits),
-            );
-            r.grads.fill_zero();
-            r.model.backward(
-                tape.as_ref().expect("tape recorded"),
-                &dlogits,
-                &mut r.grads,
-            );
-            drop(tape);
-            crate::profile::timed(crate::profile::Kernel::Optimizer, || {
-                clip_grad_norm(&mut r.grads, 1.0);
-                r.opt.step(&mut r.model.params, &r.grads, 1e-5);
-            });
-            let dt = t0.elapsed().as_secs_f64();
-            crate::profile::enable(false);
-            if timed {
-                let snap = crate::profile::snapshot();
-                let accounted: f64 = snap.iter().map(|(_, s)| s).sum();
-                for (k, (_, secs)) in snap.iter().enumerate() {
-                    r.kernel_seconds[k] += secs;
-                }
-                if opts.profile {
-                    let other = crate::profile::Kernel::Other as usize;
-                    r.kernel_seconds[other] += (dt - accounted).max(0.0);
-                }
-            }
-            if measure_memory {
-                r.transient_peak = alloc::peak_bytes().saturating_sub(before);
-            }
-            if timed {
-                r.train.push(dt);
-            }
-            r.fwd_flops = forward_flops(&r.model, batch.seq, &batch.lengths, &out.trace);
-            if let Some(last) = out.trace.layers.last() {
-                r.kept_last =
-                    last.kept.iter().map(|k| k.len()).sum::<usize>() as f64 / opts.batch as f64;
-            }
-        }
-        if opts.forward {
-            for r in runners.iter_mut() {
-                let t0 = Instant::now();
-                let (out, _) = r.model.forward(&batch, Mode::Eval, false);
-                std::hint::black_box(&out.logits);
-                if timed {
-                    r.forward.push(t0.elapsed().as_secs_f64());
-                }
-            }
+    time_rounds(&mut runners, &batch, &labels, opts);
+    for r in &mut runners {
+        // FLOPs and kept tokens from one untimed evaluation-mode pass (the pruning of a
+        // training pass differs only by its dropout noise).
+        let (out, _) = r.model.forward(&batch, Mode::Eval, false);
+        r.fwd_flops = forward_flops(&r.model, batch.seq, &batch.lengths, &out.trace);
+        if let Some(last) = out.trace.layers.last() {
+            r.kept_last =
+                last.kept.iter().map(|k| k.len()).sum::<usize>() as f64 / opts.batch as f64;
         }
     }
 
-    let mut results: Vec<VariantResult> = runners
-        .iter()
-        .map(|r| {
-            let persistent = 4 * 4 * r.model.params.numel();
-            VariantResult {
-                variant: r.label.clone(),
-                method: r.model.method.clone(),
-                train_step: summarize(&r.train),
-                forward: opts.forward.then(|| summarize(&r.forward)),
-                persistent_bytes: persistent,
-                step_transient_peak_bytes: r.transient_peak,
-                peak_tensor_bytes: persistent + r.transient_peak,
-                forward_flops: r.fwd_flops,
-                train_flops: r.fwd_flops + backward_flops(r.fwd_flops),
-                mean_kept_last_layer: r.kept_last,
-                speedup_train: f64::NAN,
-                speedup_forward: f64::NAN,
-                memory_ratio: f64::NAN,
-                memory_ratio_total: f64::NAN,
-                flops_ratio: f64::NAN,
-                kernel_seconds: if opts.profile {
-                    crate::profile::KERNELS
-                        .iter()
-                        .zip(&r.kernel_seconds)
-                        .map(|(k, s)| (k.name().to_string(), s / r.train.len().max(1) as f64))
-                        .collect()
-                } else {
-                    Vec::new()
-                },
-            }
-        })
-        .collect();
+    let mut results: Vec<VariantResult> = runners.iter().map(|r| variant_result(r, opts)).collect();
     if let Some(base) = results
         .iter()
         .position(|r| r.method.variant == Variant::Bert)
@@ -442,6 +319,133 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
         peak_rss_bytes: alloc::peak_rss_bytes(),
         results,
     })
+}
+
+/// A batch of random tokens (`[CLS] ... [SEP]`); lengths drawn from `opts.lengths`
+/// (capped at `opts.seq`), all `opts.seq` without it.
+fn random_batch(bert: &BertConfig, opts: &BenchOptions) -> (Batch, Vec<usize>) {
+    // Random tokens; lengths drawn from the given distribution (capped at seq).
+    let mut rng = Rng::new(opts.seed);
+    let lengths: Vec<usize> = (0..opts.batch)
+        .map(|_| match &opts.lengths {
+            Some(ls) if !ls.is_empty() => ls[rng.below(ls.len())].clamp(2, opts.seq),
+            _ => opts.seq,
+        })
+        .collect();
+    let seqs: Vec<Vec<u32>> = lengths
+        .iter()
+        .map(|&len| {
+            // `% vocab`: a small custom --config vocabulary must not index out of range.
+            let vocab = bert.vocab_size as u32;
+            (0..len)
+                .map(|i| match i {
+                    0 => 101 % vocab,
+                    _ if i + 1 == len => 102 % vocab,
+                    _ => {
+                        (1000 + rng.below(bert.vocab_size.saturating_sub(1000).max(1)) as u32)
+                            % vocab
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    let refs: Vec<&[u32]> = seqs.iter().map(|s| s.as_slice()).collect();
+    (Batch::from_sequences(&refs, 0), lengths)
+}
+
+/// One variant's figures from its runner (ratios to bert are filled in later).
+fn variant_result(r: &Runner, opts: &BenchOptions) -> VariantResult {
+    let persistent = 4 * 4 * r.model.params.numel();
+    VariantResult {
+        variant: r.label.clone(),
+        method: r.model.method.clone(),
+        train_step: summarize(&r.train),
+        forward: opts.forward.then(|| summarize(&r.forward)),
+        persistent_bytes: persistent,
+        step_transient_peak_bytes: r.transient_peak,
+        peak_tensor_bytes: persistent + r.transient_peak,
+        forward_flops: r.fwd_flops,
+        train_flops: r.fwd_flops + backward_flops(r.fwd_flops),
+        mean_kept_last_layer: r.kept_last,
+        speedup_train: f64::NAN,
+        speedup_forward: f64::NAN,
+        memory_ratio: f64::NAN,
+        memory_ratio_total: f64::NAN,
+        flops_ratio: f64::NAN,
+        kernel_seconds: if opts.profile {
+            crate::profile::KERNELS
+                .iter()
+                .zip(&r.kernel_seconds)
+                .map(|(k, s)| (k.name().to_string(), s / r.train.len().max(1) as f64))
+                .collect()
+        } else {
+            Vec::new()
+        },
+    }
+}
+
+/// The interleaved rounds: each round times one training step ([`train_step`], the step
+/// `train` runs) of every variant, then, with `opts.forward`, one forward pass of each.
+fn time_rounds(runners: &mut [Runner], batch: &Batch, labels: &[usize], opts: &BenchOptions) {
+    for rep in 0..opts.warmup + opts.reps {
+        let timed = rep >= opts.warmup;
+        for (i, r) in runners.iter_mut().enumerate() {
+            crate::profile::enable(opts.profile && timed);
+            crate::profile::reset();
+            // Memory is measured on each variant's first step, from an empty activation
+            // pool: later steps may reuse another variant's (up to 2x larger) buffers,
+            // which would blur its peak; their timings do profit from the warm pool, as
+            // training does.
+            let measure_memory = rep == 0;
+            if measure_memory {
+                crate::kernels::workspace::clear();
+            }
+            alloc::reset_peak();
+            let before = alloc::current_bytes();
+            let t0 = Instant::now();
+            let input = StepBatch {
+                batch,
+                gold: labels,
+                teacher: None,
+            };
+            let settings = StepSettings {
+                seed: opts.seed ^ ((rep * 1000 + i) as u64),
+                lr: 1e-5,
+                clip: 1.0,
+                distill: None,
+                poison_logits: false,
+            };
+            // Random weights and labels stay finite for the few steps timed.
+            let _ = train_step(&mut r.model, &mut r.opt, &mut r.grads, &input, &settings);
+            let dt = t0.elapsed().as_secs_f64();
+            crate::profile::enable(false);
+            if timed {
+                let snap = crate::profile::snapshot();
+                let accounted: f64 = snap.iter().map(|(_, s)| s).sum();
+                for (k, (_, secs)) in snap.iter().enumerate() {
+                    r.kernel_seconds[k] += secs;
+                }
+                if opts.profile {
+                    let other = crate::profile::Kernel::Other as usize;
+                    r.kernel_seconds[other] += (dt - accounted).max(0.0);
+                }
+                r.train.push(dt);
+            }
+            if measure_memory {
+                r.transient_peak = alloc::peak_bytes().saturating_sub(before);
+            }
+        }
+        if opts.forward {
+            for r in runners.iter_mut() {
+                let t0 = Instant::now();
+                let (out, _) = r.model.forward(batch, Mode::Eval, false);
+                std::hint::black_box(&out.logits);
+                if timed {
+                    r.forward.push(t0.elapsed().as_secs_f64());
+                }
+            }
+        }
+    }
 }
 
 fn mib(b: usize) -> f64 {

@@ -92,36 +92,8 @@ pub fn attention_forward(
     );
     let dropout = dropout.filter(|dr| dr.p > 0.0);
 
-    // Split the optional per-(b, h) outputs into one slot per task.
-    let mut probs_slots: Vec<Option<&mut [f32]>> = match probs {
-        Some(p) => {
-            assert_eq!(p.len(), tasks * plane, "attention_forward: probs length");
-            p.chunks_mut(plane.max(1)).map(Some).collect()
-        }
-        None => Vec::new(),
-    };
-    probs_slots.resize_with(tasks, || None);
-    let (query_weight, mut importance_slots): (Option<&[f32]>, Vec<Option<&mut [f32]>>) =
-        match importance {
-            Some(imp) => {
-                assert_eq!(
-                    imp.query_weight.len(),
-                    batch * q_len,
-                    "attention_forward: query_weight length"
-                );
-                assert_eq!(
-                    imp.out.len(),
-                    tasks * kv_len,
-                    "attention_forward: importance length"
-                );
-                (
-                    Some(imp.query_weight),
-                    imp.out.chunks_mut(kv_len.max(1)).map(Some).collect(),
-                )
-            }
-            None => (None, Vec::new()),
-        };
-    importance_slots.resize_with(tasks, || None);
+    let probs_slots = probs_slots(probs, tasks, plane);
+    let (query_weight, importance_slots) = importance_slots(importance, d);
     if tasks == 0 || q_len == 0 || head_dim == 0 {
         return;
     }
@@ -210,18 +182,69 @@ pub fn attention_forward(
                     unsafe { ctx_out.write_rows(b, h, i0, ctx_rows, Some(&inv_sums[..rows])) };
                 }
                 if let Some((_, out)) = importance_acc.take() {
-                    let inv = if weight_total == 0.0 {
-                        0.0
-                    } else {
-                        1.0 / weight_total
-                    };
-                    for (o, &a) in out[..kvc].iter_mut().zip(&scratch.acc) {
-                        *o = (a * inv) as f32;
-                    }
-                    out[kvc..].fill(0.0);
+                    finish_importance(out, &scratch.acc[..kvc], weight_total);
                 }
             },
         );
+}
+
+/// The optional `[B, H, q_len, kv_len]` probabilities split into one slot per (b, h) task
+/// (`None` slots without them).
+fn probs_slots(probs: Option<&mut [f32]>, tasks: usize, plane: usize) -> Vec<Option<&mut [f32]>> {
+    let mut slots: Vec<Option<&mut [f32]>> = match probs {
+        Some(p) => {
+            assert_eq!(p.len(), tasks * plane, "attention_forward: probs length");
+            p.chunks_mut(plane.max(1)).map(Some).collect()
+        }
+        None => Vec::new(),
+    };
+    slots.resize_with(tasks, || None);
+    slots
+}
+
+/// The optional importance output split into one `[kv_len]` slot per (b, h) task, with
+/// the query weights it is computed with.
+fn importance_slots(
+    importance: Option<Importance<'_>>,
+    d: AttnDims,
+) -> (Option<&[f32]>, Vec<Option<&mut [f32]>>) {
+    let tasks = d.batch * d.heads;
+    let (query_weight, mut slots): (Option<&[f32]>, Vec<Option<&mut [f32]>>) = match importance {
+        Some(imp) => {
+            assert_eq!(
+                imp.query_weight.len(),
+                d.batch * d.q_len,
+                "attention_forward: query_weight length"
+            );
+            assert_eq!(
+                imp.out.len(),
+                tasks * d.kv_len,
+                "attention_forward: importance length"
+            );
+            (
+                Some(imp.query_weight),
+                imp.out.chunks_mut(d.kv_len.max(1)).map(Some).collect(),
+            )
+        }
+        None => (None, Vec::new()),
+    };
+    slots.resize_with(tasks, || None);
+    (query_weight, slots)
+}
+
+/// Writes one task's importance: the accumulated `sum_i w_i P_ij` over the valid slots
+/// divided by the total weight, zero on the masked slots.
+fn finish_importance(out: &mut [f32], acc: &[f64], weight_total: f64) {
+    let inv = if weight_total == 0.0 {
+        0.0
+    } else {
+        1.0 / weight_total
+    };
+    let kvc = acc.len();
+    for (o, &a) in out[..kvc].iter_mut().zip(acc) {
+        *o = (a * inv) as f32;
+    }
+    out[kvc..].fill(0.0);
 }
 
 /// Backward. `dq` (`[B, q_len, H*dh]`), `dk`, `dv` (`[B, kv_len, H*dh]`) are

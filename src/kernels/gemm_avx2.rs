@@ -27,7 +27,7 @@
 //! and the threads never wait on each other. Packing buffers are thread-local and
 //! reused, so steady-state calls do not allocate.
 
-use super::matmul::MatRef;
+use super::matref::MatRef;
 use rayon::prelude::*;
 use std::arch::x86_64::*;
 use std::cell::RefCell;

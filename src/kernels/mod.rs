@@ -14,6 +14,7 @@ pub mod layernorm;
 pub mod linear;
 pub mod loss;
 pub mod matmul;
+pub mod matref;
 
 pub use matmul::{matmul, MatRef, Par};
 pub mod workspace;

@@ -89,7 +89,7 @@ pub fn take(len: usize) -> Vec<f32> {
     if len >= MIN_POOLED_LEN {
         let taken = pool().take(len);
         if let Some(mut v) = taken {
-            crate::bench::alloc::reused(bytes_of(&v));
+            crate::alloc::reused(bytes_of(&v));
             // Within capacity: truncating or extending by NaN touches no new memory.
             v.resize(len, f32::NAN);
             return v;
@@ -104,11 +104,11 @@ pub fn recycle(v: Vec<f32>) {
     if v.capacity() < MIN_POOLED_LEN {
         return;
     }
-    crate::bench::alloc::retired(bytes_of(&v));
+    crate::alloc::retired(bytes_of(&v));
     let freed = pool().put(v);
     // Freed outside the lock; each leaves the pool's count first.
     for old in freed {
-        crate::bench::alloc::reused(bytes_of(&old));
+        crate::alloc::reused(bytes_of(&old));
     }
 }
 
@@ -121,7 +121,7 @@ pub fn clear() {
         std::mem::take(&mut p.free)
     };
     for v in free {
-        crate::bench::alloc::reused(bytes_of(&v));
+        crate::alloc::reused(bytes_of(&v));
     }
 }
 

@@ -10,17 +10,13 @@
 //! inference thread takes the first waiting request, then every request that arrives
 //! within `--batch-wait-ms` or is already waiting, up to `--max-batch` texts, and runs them
 //! as one batched forward pass through the path `predict` uses
-//! ([`crate::train::classify_texts`]). SIGINT/SIGTERM stop accepting connections, let the
+//! ([`Classifier::probabilities`]). SIGINT/SIGTERM stop accepting connections, let the
 //! queued and in-flight requests finish, and exit with status 0.
 
 pub mod loadgen;
 
-use crate::data::tokenize::TextTokenizer;
 use crate::explain::explain_text;
-use crate::model::Model;
-use crate::train::checkpoint::CheckpointMeta;
-use crate::train::eval::argmax;
-use crate::train::{classify_texts, load_checkpoint};
+use crate::infer::{argmax, Classifier, LabelProbabilities};
 use anyhow::{bail, ensure, Context, Result};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -31,7 +27,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
@@ -92,15 +88,6 @@ impl ServeArgs {
 
 // --------------------------------------------------------------------- the classifier
 
-/// A loaded checkpoint, ready to classify.
-pub struct Classifier {
-    pub model: Model,
-    pub tokenizer: TextTokenizer,
-    pub meta: CheckpointMeta,
-    /// Truncation length used for every text.
-    pub max_len: usize,
-}
-
 /// The answer for one text.
 #[derive(Clone, Debug)]
 pub struct TextResult {
@@ -112,79 +99,46 @@ pub struct TextResult {
     pub kept_tokens: Option<Vec<String>>,
 }
 
-impl Classifier {
-    /// Loads a `corefocus train` checkpoint; `max_len` overrides its truncation length.
-    pub fn load(checkpoint: &Path, max_len: Option<usize>) -> Result<Classifier> {
-        let (model, tokenizer, meta) = load_checkpoint(checkpoint)?;
-        let max_len = max_len.unwrap_or(meta.max_len);
-        ensure!(
-            max_len >= 2,
-            "--max-len {max_len} must be at least 2 ([CLS] and [SEP])"
-        );
-        ensure!(
-            max_len <= model.bert.max_position_embeddings,
-            "--max-len {max_len} exceeds the model's {} position embeddings",
-            model.bert.max_position_embeddings
-        );
-        Ok(Classifier {
-            model,
-            tokenizer,
-            meta,
-            max_len,
-        })
+/// Classifies `texts` in batches of `batch_size` (the `predict` path); for the texts
+/// whose `explain` flag is set, also runs the traced forward pass of `explain` to list the
+/// kept tokens.
+pub fn classify_batch(
+    classifier: &Classifier,
+    texts: &[&str],
+    explain: &[bool],
+    batch_size: usize,
+) -> Result<Vec<TextResult>> {
+    assert_eq!(texts.len(), explain.len(), "one explain flag per text");
+    let classes = classifier.labels().len();
+    let probs = classifier.probabilities(texts, batch_size)?;
+    let mut results = Vec::with_capacity(texts.len());
+    for (i, row) in probs.chunks(classes).enumerate() {
+        let kept_tokens = if explain[i] {
+            let e = explain_text(
+                &classifier.model,
+                &classifier.tokenizer,
+                classifier.labels(),
+                classifier.max_len,
+                texts[i],
+            )?;
+            let last = e.layers.len();
+            Some(
+                e.tokens
+                    .into_iter()
+                    .filter(|t| last == 0 || t.last_kept_layer == last)
+                    .map(|t| t.text)
+                    .collect(),
+            )
+        } else {
+            None
+        };
+        results.push(TextResult {
+            label_id: argmax(row),
+            probabilities: row.to_vec(),
+            kept_tokens,
+        });
     }
-
-    pub fn labels(&self) -> &[String] {
-        &self.meta.labels
-    }
-
-    /// Classifies `texts` in batches of `batch_size` (the `predict` path); for the texts
-    /// whose `explain` flag is set, also runs the traced forward pass of `explain` to list
-    /// the kept tokens.
-    pub fn classify(
-        &self,
-        texts: &[&str],
-        explain: &[bool],
-        batch_size: usize,
-    ) -> Result<Vec<TextResult>> {
-        assert_eq!(texts.len(), explain.len(), "one explain flag per text");
-        let classes = self.labels().len();
-        let probs = classify_texts(
-            &self.model,
-            &self.tokenizer,
-            texts,
-            self.max_len,
-            batch_size,
-        )?;
-        let mut results = Vec::with_capacity(texts.len());
-        for (i, row) in probs.chunks(classes).enumerate() {
-            let kept_tokens = if explain[i] {
-                let e = explain_text(
-                    &self.model,
-                    &self.tokenizer,
-                    self.labels(),
-                    self.max_len,
-                    texts[i],
-                )?;
-                let last = e.layers.len();
-                Some(
-                    e.tokens
-                        .into_iter()
-                        .filter(|t| last == 0 || t.last_kept_layer == last)
-                        .map(|t| t.text)
-                        .collect(),
-                )
-            } else {
-                None
-            };
-            results.push(TextResult {
-                label_id: argmax(row),
-                probabilities: row.to_vec(),
-                kept_tokens,
-            });
-        }
-        Ok(results)
-    }
+    Ok(results)
 }
 
 // ------------------------------------------------------------- queue and inference thread
@@ -281,7 +235,7 @@ fn inference_loop(
             .collect();
         // A panic here is a bug; answer 500 and keep serving rather than hang every client.
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            classifier.classify(&texts, &explain, settings.max_batch)
+            classify_batch(&classifier, &texts, &explain, settings.max_batch)
         }));
         stats.batches.fetch_add(1, Ordering::Relaxed);
         stats.texts.fetch_add(texts.len() as u64, Ordering::Relaxed);
@@ -362,7 +316,7 @@ impl Serialize for ResultView<'_> {
         map.serialize_entry("label_id", &r.label_id)?;
         map.serialize_entry(
             "probabilities",
-            &crate::train::eval::LabelProbabilities(self.labels, &r.probabilities),
+            &LabelProbabilities(self.labels, &r.probabilities),
         )?;
         if let Some(kept) = &r.kept_tokens {
             map.serialize_entry("kept_tokens", kept)?;
@@ -375,112 +329,19 @@ async fn classify(
     State(state): State<Arc<AppState>>,
     body: std::result::Result<Bytes, BytesRejection>,
 ) -> Response {
-    let body = match body {
-        Ok(b) => b,
-        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                    "request body too large: the limit is {} bytes (--max-body-bytes)",
-                    state.max_body_bytes
-                ),
-            )
-        }
-        Err(rejection) => {
-            return error(
-                rejection.status(),
-                format!("cannot read the request body: {}", rejection.body_text()),
-            )
-        }
+    let (texts, explain) = match read_request(&state, body) {
+        Ok(request) => request,
+        Err(response) => return response,
     };
-    let request: ClassifyRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => {
-            let what = match e.classify() {
-                serde_json::error::Category::Data => "invalid request",
-                _ => "malformed JSON",
-            };
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "{what}: {e}; expected {{\"texts\": [\"...\"]}} or {{\"text\": \"...\"}}, \
-                     optionally with \"explain\": true"
-                ),
-            );
-        }
-    };
-    let texts = match (request.texts, request.text) {
-        (Some(texts), None) => texts,
-        (None, Some(text)) => vec![text],
-        (Some(_), Some(_)) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "give either \"texts\" (a list) or \"text\", not both",
-            )
-        }
-        (None, None) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "missing field \"texts\" (a list of strings) or \"text\" (a string)",
-            )
-        }
-    };
-    if texts.is_empty() {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "\"texts\" is empty: give at least one text",
-        );
-    }
-    if texts.len() > state.max_texts_per_request {
-        return error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "{} texts in one request; the limit is {} (--max-texts-per-request)",
-                texts.len(),
-                state.max_texts_per_request
-            ),
-        );
-    }
     let count = texts.len();
     let (reply, answer) = oneshot::channel();
     let job = Job {
         texts,
-        explain: request.explain,
+        explain,
         reply,
     };
-    let sent = {
-        let queue = state.queue.lock().unwrap_or_else(|e| e.into_inner());
-        match queue.as_ref() {
-            Some(tx) => {
-                // Count before sending: the inference thread decrements on receipt.
-                state.stats.queued.fetch_add(1, Ordering::Relaxed);
-                let r = tx.try_send(job);
-                if r.is_err() {
-                    state.stats.queued.fetch_sub(1, Ordering::Relaxed);
-                }
-                r
-            }
-            None => Err(TrySendError::Disconnected(job)),
-        }
-    };
-    match sent {
-        Ok(()) => {}
-        Err(TrySendError::Full(_)) => {
-            let mut response = error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "the request queue is full (--queue-limit); retry shortly",
-            );
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-            return response;
-        }
-        Err(TrySendError::Disconnected(_)) => {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the server is shutting down",
-            )
-        }
+    if let Err(response) = enqueue(&state, job) {
+        return response;
     }
     match answer.await {
         Ok(Ok(results)) => {
@@ -504,6 +365,118 @@ async fn classify(
             StatusCode::INTERNAL_SERVER_ERROR,
             "the inference thread stopped before answering",
         ),
+    }
+}
+
+/// The texts of a classify request and its `explain` flag, or the error response.
+#[allow(clippy::result_large_err)]
+fn read_request(
+    state: &AppState,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> std::result::Result<(Vec<String>, bool), Response> {
+    let body = match body {
+        Ok(b) => b,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return Err(error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "request body too large: the limit is {} bytes (--max-body-bytes)",
+                    state.max_body_bytes
+                ),
+            ))
+        }
+        Err(rejection) => {
+            return Err(error(
+                rejection.status(),
+                format!("cannot read the request body: {}", rejection.body_text()),
+            ))
+        }
+    };
+    let request: ClassifyRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            let what = match e.classify() {
+                serde_json::error::Category::Data => "invalid request",
+                _ => "malformed JSON",
+            };
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "{what}: {e}; expected {{\"texts\": [\"...\"]}} or {{\"text\": \"...\"}}, \
+                     optionally with \"explain\": true"
+                ),
+            ));
+        }
+    };
+    let texts = match (request.texts, request.text) {
+        (Some(texts), None) => texts,
+        (None, Some(text)) => vec![text],
+        (Some(_), Some(_)) => {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                "give either \"texts\" (a list) or \"text\", not both",
+            ))
+        }
+        (None, None) => {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                "missing field \"texts\" (a list of strings) or \"text\" (a string)",
+            ))
+        }
+    };
+    if texts.is_empty() {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "\"texts\" is empty: give at least one text",
+        ));
+    }
+    if texts.len() > state.max_texts_per_request {
+        return Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "{} texts in one request; the limit is {} (--max-texts-per-request)",
+                texts.len(),
+                state.max_texts_per_request
+            ),
+        ));
+    }
+    Ok((texts, request.explain))
+}
+
+/// Queues `job` for the inference thread, or answers 429 (queue full) / 503 (shutting down).
+#[allow(clippy::result_large_err)]
+fn enqueue(state: &AppState, job: Job) -> std::result::Result<(), Response> {
+    let sent = {
+        let queue = state.queue.lock().unwrap_or_else(|e| e.into_inner());
+        match queue.as_ref() {
+            Some(tx) => {
+                // Count before sending: the inference thread decrements on receipt.
+                state.stats.queued.fetch_add(1, Ordering::Relaxed);
+                let r = tx.try_send(job);
+                if r.is_err() {
+                    state.stats.queued.fetch_sub(1, Ordering::Relaxed);
+                }
+                r
+            }
+            None => Err(TrySendError::Disconnected(job)),
+        }
+    };
+    match sent {
+        Ok(()) => Ok(()),
+        Err(TrySendError::Full(_)) => {
+            let mut response = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "the request queue is full (--queue-limit); retry shortly",
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            Err(response)
+        }
+        Err(TrySendError::Disconnected(_)) => Err(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is shutting down",
+        )),
     }
 }
 

@@ -1,19 +1,33 @@
-//! Training: optimizer, schedule, trainer loop, evaluation, checkpoints.
+//! Training: the options, data preparation, one optimizer step, the loop, the outputs it
+//! writes (checkpoints, metrics, curves, resume states) and the `train` command.
+//!
+//! Files import downward only: `records`, `schedule`, `adamw` and `prepare` at the bottom;
+//! `step` (one optimizer step) and `eval` above them; then `train_loop`, `options`,
+//! `checkpoint`, `resume`, `outputs`, `curves`, `lr_search`; `run` (the command) on top.
 
 pub mod adamw;
-mod api;
 pub mod checkpoint;
+pub mod curves;
 pub mod eval;
+pub mod lr_search;
+pub mod options;
+pub mod outputs;
+pub mod prepare;
+pub mod records;
 pub mod resume;
+pub mod run;
 pub mod schedule;
-pub mod trainer;
+pub mod step;
+#[cfg(test)]
+mod tests;
+pub mod train_loop;
 
 pub use adamw::{clip_grad_norm, AdamW, AdamWConfig};
 pub use checkpoint::{load_checkpoint, save_checkpoint, CheckpointMeta};
-pub use eval::{
-    classify_texts, evaluate, run_eval, run_predict, EvalOptions, EvalResult, PredictOptions,
-};
+pub use eval::{evaluate, EvalResult};
+pub use options::{LrSpec, MethodArgs, MethodDefaults, TrainOptions};
+pub use records::{EpochRecord, LossPoint, LOSS_WINDOW};
+pub use run::{run_train, TrainOutcome};
 pub use schedule::LinearSchedule;
-pub use trainer::{
-    run_train, train_loop, train_loop_with, LoopControl, LoopSettings, TrainOptions, Trainable,
-};
+pub use step::{train_step, StepBatch, StepResult, StepSettings, Trainable};
+pub use train_loop::{train_loop, train_loop_with, LoopControl, LoopSettings};

@@ -16,11 +16,13 @@
 //! run removes it.
 
 use super::adamw::{AdamW, AdamWConfig};
-use super::api::{read_safetensors, write_safetensors};
-use super::checkpoint::{replace_dir_atomically, utc_timestamp};
-use super::trainer::{EncodedSet, EpochRecord, TrainOptions};
-use crate::model::{CombineStats, ParamStore};
+use super::options::TrainOptions;
+use super::prepare::EncodedSet;
+use super::records::LoopPosition;
+use crate::model::checkpoint::{read_safetensors, write_safetensors};
+use crate::model::ParamStore;
 use crate::util::write_atomic;
+use crate::util::{replace_dir_atomically, utc_timestamp};
 use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -34,89 +36,6 @@ pub const RESUME_FORMAT_VERSION: u32 = 1;
 /// Exit status of `corefocus train --stop-after-steps N` (a test-only flag), distinct from
 /// the 1 of errors and the 2 of usage errors.
 pub const STOPPED_EXIT_CODE: u8 = 3;
-
-/// The error `--stop-after-steps` ends training with, after saving the resume state.
-#[derive(Debug)]
-pub struct StoppedForTest {
-    pub step: u64,
-}
-
-impl std::fmt::Display for StoppedForTest {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "stopped after optimizer step {} as asked by --stop-after-steps, with the resume \
-             state saved (continue with --resume)",
-            self.step
-        )
-    }
-}
-
-impl std::error::Error for StoppedForTest {}
-
-/// Whether `err` (or an error it wraps) is a [`StoppedForTest`].
-pub fn is_stopped_for_test(err: &anyhow::Error) -> bool {
-    err.chain().any(|e| e.is::<StoppedForTest>())
-}
-
-/// Running sums of the epoch in progress, so that its record comes out as if the run had
-/// not been interrupted.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-pub struct EpochProgress {
-    /// Sum over the epoch's examples so far of their batch's mean loss.
-    pub loss_sum: f64,
-    /// Examples trained on this epoch.
-    pub seen: usize,
-    /// Real (non-padding) tokens trained on this epoch.
-    pub tokens: usize,
-    /// Seconds spent in training steps this epoch.
-    pub step_seconds: f64,
-    /// Sum of the pre-clipping gradient norms of this epoch's steps.
-    pub norm_sum: f64,
-    /// Learning rate of the last step.
-    pub lr: f64,
-    /// Wall seconds of the epoch before an interruption (0 when not resumed).
-    pub elapsed: f64,
-    /// The epoch's training-loss curve so far (see `EpochRecord::loss_curve`), and the
-    /// sums of the window in progress. (Default: a state saved before they existed.)
-    #[serde(default)]
-    pub loss_curve: Vec<LossPoint>,
-    #[serde(default)]
-    pub window_loss_sum: f64,
-    #[serde(default)]
-    pub window_seen: usize,
-    /// Sums of the combining diagnostics over the window's steps (combining models).
-    #[serde(default)]
-    pub window_combine: CombineStats,
-    #[serde(default)]
-    pub window_combine_steps: u64,
-}
-
-/// Mean training loss per example over a window of optimizer steps ending at `step`.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
-pub struct LossPoint {
-    pub step: u64,
-    pub loss: f64,
-    /// Mean combining diagnostics over the window (combining models only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub combine: Option<CombineStats>,
-}
-
-/// Where the training loop stands between two optimizer steps.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct LoopPosition {
-    /// Optimizer steps taken.
-    pub step: u64,
-    /// 0-based epoch in progress; equal to the number of epochs when training is done.
-    pub epoch: usize,
-    /// Examples of this epoch's shuffled order already trained on.
-    pub position: usize,
-    pub progress: EpochProgress,
-    /// One record per finished epoch.
-    pub records: Vec<EpochRecord>,
-    /// Index into `records` of the epoch with the lowest validation loss.
-    pub best: Option<usize>,
-}
 
 /// `<out>/resume/state.json`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -329,7 +248,7 @@ pub fn remove_resume_state(out: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::trainer::LrSpec;
+    use crate::train::options::LrSpec;
 
     #[test]
     fn differing_options_name_the_flags() {

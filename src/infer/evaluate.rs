@@ -1,0 +1,103 @@
+//! `corefocus eval`: a checkpoint's loss and metrics on a dataset split.
+
+use super::Classifier;
+use crate::data::{load_dataset, ReadOptions};
+use crate::train::eval::{evaluate, EvalResult};
+use crate::train::outputs::report_json;
+use crate::train::prepare::{encode_examples, resolve_splits, subsample, subset_seed};
+use crate::util::write_atomic;
+use anyhow::{bail, ensure, Context, Result};
+use std::path::PathBuf;
+
+/// `corefocus eval` options.
+#[derive(clap::Args, Clone, Debug)]
+pub struct EvalOptions {
+    /// A checkpoint written by `corefocus train`.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Dataset directory.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Which split: test, dev or train. Without a dev split, dev and train are the
+    /// held-out and remaining parts of the training split, as training made them.
+    #[arg(long, default_value = "test")]
+    pub split: String,
+    /// Also write the report as JSON here.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[arg(long, default_value = "text")]
+    pub text_column: String,
+    #[arg(long, default_value = "label")]
+    pub label_column: String,
+    #[arg(long, default_value_t = 64)]
+    pub eval_batch: usize,
+    /// Evaluate only this many examples (a seeded random subset).
+    #[arg(long)]
+    pub max_examples: Option<usize>,
+}
+
+/// `corefocus eval`: evaluates a checkpoint on a split, prints the table, optionally writes
+/// the JSON report. Returns the result.
+pub fn run_eval(opts: &EvalOptions) -> Result<EvalResult> {
+    ensure!(opts.eval_batch >= 1, "--eval-batch must be at least 1");
+    let classifier = Classifier::load(&opts.checkpoint, None)?;
+    let (model, tokenizer, meta) = (&classifier.model, &classifier.tokenizer, &classifier.meta);
+    let read = ReadOptions {
+        text_column: Some(opts.text_column.clone()),
+        label_column: Some(opts.label_column.clone()),
+    };
+    let ds = load_dataset(&opts.data, &read)
+        .with_context(|| format!("cannot load the dataset {}", opts.data.display()))?;
+    let seed = meta.train.as_ref().map_or(42, |t| t.seed);
+    let splits = resolve_splits(ds, seed);
+    let examples = match opts.split.as_str() {
+        "test" => splits
+            .test
+            .with_context(|| format!("{} has no test split", opts.data.display()))?,
+        "dev" => splits.dev,
+        "train" => splits.train,
+        other => bail!("--split {other:?}: expected test, dev or train"),
+    };
+    // The same subset `train --max-*-examples` used, for equal sizes.
+    let examples = subsample(examples, opts.max_examples, subset_seed(seed, &opts.split));
+    ensure!(
+        !examples.is_empty(),
+        "the {} split of {} is empty",
+        opts.split,
+        opts.data.display()
+    );
+    let set = encode_examples(
+        tokenizer,
+        &examples,
+        &meta.labels,
+        meta.max_len,
+        &opts.split,
+    )?;
+    let result = evaluate(
+        model,
+        &set,
+        &meta.labels,
+        tokenizer.pad_id(),
+        opts.eval_batch,
+    );
+    println!(
+        "{} split of {} ({} examples), checkpoint {}: loss {:.4}",
+        opts.split,
+        opts.data.display(),
+        set.len(),
+        opts.checkpoint.display(),
+        result.loss
+    );
+    println!("{}", result.report.to_table());
+    if let Some(out) = &opts.out {
+        let json = report_json(
+            &opts.split,
+            &opts.checkpoint,
+            &opts.data,
+            &result,
+            &meta.labels,
+        )?;
+        write_atomic(out, serde_json::to_string_pretty(&json)?.as_bytes())?;
+    }
+    Ok(result)
+}
