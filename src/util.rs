@@ -136,8 +136,10 @@ pub fn replace_dir_atomically(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>
     result
 }
 
-/// Entries of `from` that `to` lacks: files hard-linked (copied across file systems),
-/// anything else (subdirectories, links) moved.
+/// Entries of `from` that `to` lacks, hard-linked into `to` (copied across file systems;
+/// directories recreated and filled the same way), so `from` stays whole until the swap:
+/// moving a subdirectory (e.g. `resume/`) would leave its only copy in the temporary
+/// directory, which the next run deletes if the process dies before the swap.
 fn carry_over_extras(from: &Path, to: &Path) -> Result<()> {
     for entry in
         std::fs::read_dir(from).with_context(|| format!("cannot read {}", from.display()))?
@@ -151,15 +153,21 @@ fn carry_over_extras(from: &Path, to: &Path) -> Result<()> {
         let kind = entry
             .file_type()
             .with_context(|| format!("cannot stat {}", src.display()))?;
-        if kind.is_file() {
-            if std::fs::hard_link(&src, &dest).is_err() {
-                std::fs::copy(&src, &dest).with_context(|| {
-                    format!("cannot copy {} to {}", src.display(), dest.display())
-                })?;
-            }
-        } else {
-            std::fs::rename(&src, &dest)
-                .with_context(|| format!("cannot move {} to {}", src.display(), dest.display()))?;
+        if kind.is_dir() {
+            std::fs::create_dir(&dest)
+                .with_context(|| format!("cannot create {}", dest.display()))?;
+            carry_over_extras(&src, &dest)?;
+        } else if kind.is_symlink() {
+            let link = std::fs::read_link(&src)
+                .with_context(|| format!("cannot read the link {}", src.display()))?;
+            #[cfg(unix)]
+            std::os::unix::fs::symlink(&link, &dest)
+                .with_context(|| format!("cannot create the link {}", dest.display()))?;
+            #[cfg(not(unix))]
+            let _ = link;
+        } else if std::fs::hard_link(&src, &dest).is_err() {
+            std::fs::copy(&src, &dest)
+                .with_context(|| format!("cannot copy {} to {}", src.display(), dest.display()))?;
         }
     }
     Ok(())
@@ -203,6 +211,55 @@ pub fn format_utc(secs: u64) -> String {
     )
 }
 
+/// Cleans up after interrupted [`replace_dir_atomically`] calls on `dir`, whose complete
+/// versions hold `complete_file` (written last). A crash between the two renames leaves no
+/// `dir` but a complete `.<name>.tmp-<pid>` (the new version) and `.<name>.old-<pid>` (the
+/// previous one): the newest complete one is renamed back to `dir`. Then temporaries
+/// `.<name>.tmp-*` are removed, and `.<name>.old-*` ones once `dir` is complete (before that
+/// they may hold the only copy and are kept).
+pub fn remove_stale_temporaries(dir: &Path, complete_file: &str) -> Result<()> {
+    let (parent, name) = split_dir(dir)?;
+    let Ok(entries) = std::fs::read_dir(&parent) else {
+        return Ok(());
+    };
+    let (tmp_prefix, old_prefix) = (format!(".{name}.tmp-"), format!(".{name}.old-"));
+    let mut temporaries: Vec<(bool, PathBuf)> = entries
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .filter_map(|e| {
+            let n = e.file_name().to_string_lossy().to_string();
+            (n.starts_with(&tmp_prefix) || n.starts_with(&old_prefix))
+                .then(|| (n.starts_with(&tmp_prefix), e.path()))
+        })
+        .collect();
+    let target = parent.join(&name);
+    if !target.exists() {
+        // New versions (tmp) before old ones.
+        temporaries.sort_by_key(|(is_tmp, _)| !is_tmp);
+        if let Some((_, done)) = temporaries
+            .iter()
+            .find(|(_, p)| p.join(complete_file).is_file())
+        {
+            std::fs::rename(done, &target).with_context(|| {
+                format!(
+                    "cannot move {} back to {}",
+                    done.display(),
+                    target.display()
+                )
+            })?;
+            sync_dir(&parent);
+        }
+    }
+    let complete = target.join(complete_file).is_file();
+    for (is_tmp, path) in temporaries {
+        if path.exists() && (is_tmp || complete) {
+            std::fs::remove_dir_all(&path)
+                .with_context(|| format!("cannot remove {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,5 +284,34 @@ mod tests {
         assert!(format!("{err:#}").contains("taken"), "{err:#}");
         assert_eq!(std::fs::read_dir(dir.join("sub")).unwrap().count(), 2);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Issue 16: carrying the old directory's extras into the new one must leave the old
+    /// one whole (a subdirectory such as `resume/` used to be moved, so a crash before the
+    /// swap left its only copy in a temporary the next run deletes).
+    #[test]
+    fn carried_over_subdirectories_stay_in_the_old_directory_too() {
+        let root = std::env::temp_dir().join(format!("corefocus-carry-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let (from, to) = (root.join("from"), root.join("to"));
+        std::fs::create_dir_all(from.join("resume/deeper")).unwrap();
+        std::fs::create_dir_all(&to).unwrap();
+        std::fs::write(from.join("resume/state.json"), "s").unwrap();
+        std::fs::write(from.join("resume/deeper/x"), "x").unwrap();
+        std::fs::write(from.join("kept.txt"), "old").unwrap();
+        std::fs::write(to.join("kept.txt"), "new").unwrap();
+        carry_over_extras(&from, &to).unwrap();
+        for dir in [&from, &to] {
+            assert_eq!(
+                std::fs::read_to_string(dir.join("resume/state.json")).unwrap(),
+                "s"
+            );
+            assert_eq!(
+                std::fs::read_to_string(dir.join("resume/deeper/x")).unwrap(),
+                "x"
+            );
+        }
+        assert_eq!(std::fs::read_to_string(to.join("kept.txt")).unwrap(), "new");
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -77,10 +77,18 @@ fn train_eval_predict(variant_args: &[&str], tag: &str) {
         "1e-4",
     ];
     args.extend_from_slice(variant_args);
-    let stdout = succeeded(&corefocus(&args), "train");
+    let trained = corefocus(&args);
+    let stdout = succeeded(&trained, "train");
     assert!(
         stdout.contains("accuracy"),
         "train prints the test table: {stdout}"
+    );
+    // Issue 16: it ends by saying where the checkpoint and the reports are.
+    let stderr = String::from_utf8_lossy(&trained.stderr);
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("best checkpoint") && last.contains(o) && last.contains("test_report.json"),
+        "{last}"
     );
 
     for f in [

@@ -592,6 +592,11 @@ fn option_errors() {
     expect(&train(&[]), "O18", &["out"]);
     expect(&train(&["--overwrite"]), "O19", &["out"]);
     assert!(s.path("out/notes.txt").exists());
+    // Issue 16: a metrics.jsonl proves nothing; without the run marker nothing is deleted.
+    s.write("out/metrics.jsonl", "{}\n");
+    s.write("out/thesis.tex", "years of work");
+    expect(&train(&["--overwrite"]), "O19", &["out", ".corefocus-run"]);
+    assert!(s.path("out/thesis.tex").exists() && s.path("out/metrics.jsonl").exists());
 }
 
 // ------------------------------------------------------ corefocus checkpoints, eval, predict
@@ -711,6 +716,32 @@ fn checkpoint_and_inference_errors() {
     let c = copy("c09");
     std::fs::remove_file(c.join("config.json")).unwrap();
     expect(&predict(&c, b"x\n"), "C08", &["c09/config.json"]);
+    // Issue 16: 4 KB of 0xFF (NaN) written into the weights' data, header intact.
+    let c = copy("c10");
+    let mut bytes = std::fs::read(c.join("model.safetensors")).unwrap();
+    let header = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let start = 8 + header + 64;
+    let end = (start + 4096).min(bytes.len());
+    bytes[start..end].fill(0xFF);
+    std::fs::write(c.join("model.safetensors"), &bytes).unwrap();
+    expect(
+        &predict(&c, b"x\n"),
+        "C09",
+        &["c10/model.safetensors", "tensor "],
+    );
+    expect(&eval(&c, &[]), "C09", &["c10/model.safetensors"]);
+    // Finite but overflowing weights: no label is printed from NaN probabilities.
+    let c = copy("c11");
+    let mut store =
+        corefocus::model::checkpoint::read_safetensors(&c.join("model.safetensors"), false)
+            .unwrap();
+    // (Embeddings scaled by f32::MAX overflow to infinities, and attention makes NaNs.)
+    let id = store.id("embeddings.LayerNorm.weight").unwrap();
+    store.data_mut(id).fill(f32::MAX);
+    write_safetensors(&c.join("model.safetensors"), &store, None).unwrap();
+    let out = predict(&c, b"the film\nthe plot\n");
+    expect(&out, "I08", &["standard input, line 1"]);
+    assert!(out.stdout.is_empty(), "no prediction printed");
 
     // eval / predict inputs.
     expect(
@@ -754,6 +785,50 @@ fn checkpoint_and_inference_errors() {
         no_test.to_str().unwrap(),
     ]));
     expect(&out, "I04", &["no-test"]);
+    // `--split dev` without a dev split evaluates the part training held out, and says so.
+    let out = corefocus(&strings(&[
+        "eval",
+        "--checkpoint",
+        good.to_str().unwrap(),
+        "--data",
+        no_test.to_str().unwrap(),
+        "--split",
+        "dev",
+    ]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success()
+            && stderr.contains("has no dev split")
+            && stderr.contains("stratified 20% of the training split"),
+        "{stderr}"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("held out of the training split"),
+        "{stdout}"
+    );
+    // A held-out example with an unknown label names train.jsonl and says it is held out.
+    let rows: String = (0..10)
+        .map(|i| format!("{{\"text\": \"the film {i}\", \"label\": \"meh\"}}\n"))
+        .collect();
+    let odd = data_with(&s, "odd-labels", &[("train.jsonl", rows.as_bytes())]);
+    let out = corefocus(&strings(&[
+        "eval",
+        "--checkpoint",
+        good.to_str().unwrap(),
+        "--data",
+        odd.to_str().unwrap(),
+        "--split",
+        "dev",
+    ]));
+    expect(
+        &out,
+        "D18",
+        &[
+            "train.jsonl:",
+            "unknown dev (held out of the training split) label \"meh\"",
+        ],
+    );
     let other = data_with(
         &s,
         "other-labels",

@@ -137,6 +137,12 @@ fn interrupted_runs_resume_to_identical_weights() {
     for f in ["model.safetensors", "optimizer.safetensors", "state.json"] {
         assert!(parts.join("resume").join(f).is_file(), "resume/{f}");
     }
+    // Issue 16: a crash between the two renames of a resume-state save leaves no
+    // resume/, the new state complete in .resume.tmp-<pid> and the previous one in
+    // .resume.old-<pid>; --resume restores the new one and continues from it.
+    std::fs::rename(parts.join("resume"), parts.join(".resume.tmp-9")).unwrap();
+    std::fs::create_dir_all(parts.join(".resume.old-9")).unwrap();
+    std::fs::write(parts.join(".resume.old-9/model.safetensors"), "previous").unwrap();
     stopped(
         &corefocus(&train_args(
             &data,
@@ -155,6 +161,10 @@ fn interrupted_runs_resume_to_identical_weights() {
         (Some(5), Some(1), Some(8))
     );
     assert_eq!(metrics(&parts).len(), 1, "epoch 1 is logged");
+    // A save killed while writing (kill -9) leaves a temporary the next run removes: it
+    // must not end up in the final checkpoint directory.
+    std::fs::create_dir_all(parts.join(".resume.tmp-424242")).unwrap();
+    std::fs::write(parts.join(".resume.tmp-424242/model.safetensors"), "half").unwrap();
     assert!(
         parts.join("corefocus.json").is_file(),
         "epoch 1's checkpoint is kept"
@@ -164,6 +174,12 @@ fn interrupted_runs_resume_to_identical_weights() {
         "last part",
     );
     assert_same_run(&full, &parts, "stopped twice");
+    let leftovers: Vec<String> = std::fs::read_dir(&parts)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with(".resume"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporaries left: {leftovers:?}");
 
     // Killed (SIGKILL) once a resume state exists, wherever it then is.
     let killed = s.path("killed");

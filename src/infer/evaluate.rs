@@ -50,14 +50,27 @@ pub fn run_eval(opts: &EvalOptions) -> Result<EvalResult> {
         .with_context(|| format!("cannot load the dataset {}", opts.data.display()))?;
     let seed = meta.train.as_ref().map_or(42, |t| t.seed);
     let splits = resolve_splits(ds, seed);
-    let examples = match opts.split.as_str() {
-        "test" => splits
-            .test
-            .with_context(|| format!("{} has no test split", opts.data.display()))?,
-        "dev" => splits.dev,
-        "train" => splits.train,
+    let held_out = splits.dev_held_out;
+    let (examples, what) = match opts.split.as_str() {
+        "test" => (
+            splits
+                .test
+                .with_context(|| format!("{} has no test split", opts.data.display()))?,
+            "test",
+        ),
+        "dev" if held_out => (splits.dev, "dev (held out of the training split)"),
+        "dev" => (splits.dev, "dev"),
+        "train" if held_out => (splits.train, "train (less the held-out dev part)"),
+        "train" => (splits.train, "train"),
         other => bail!("--split {other:?}: expected test, dev or train"),
     };
+    if held_out && opts.split != "test" {
+        eprintln!(
+            "eval: {} has no dev split; as in training, dev is {} and train the rest",
+            opts.data.display(),
+            splits.dev_source
+        );
+    }
     // The same subset `train --max-*-examples` used, for equal sizes.
     let examples = subsample(examples, opts.max_examples, subset_seed(seed, &opts.split));
     ensure!(
@@ -66,23 +79,17 @@ pub fn run_eval(opts: &EvalOptions) -> Result<EvalResult> {
         opts.split,
         opts.data.display()
     );
-    let set = encode_examples(
-        tokenizer,
-        &examples,
-        &meta.labels,
-        meta.max_len,
-        &opts.split,
-    )?;
+    let set = encode_examples(tokenizer, &examples, &meta.labels, meta.max_len, what)?;
     let result = evaluate(
         model,
         &set,
         &meta.labels,
         tokenizer.pad_id(),
         opts.eval_batch,
+        Some(what),
     );
     println!(
-        "{} split of {} ({} examples), checkpoint {}: loss {:.4}",
-        opts.split,
+        "{what} split of {} ({} examples), checkpoint {}: loss {:.4}",
         opts.data.display(),
         set.len(),
         opts.checkpoint.display(),

@@ -67,6 +67,14 @@ impl Classifier {
     }
 }
 
+/// Index of the first row of `probs` (`[n, classes]`) holding a NaN or infinity: damaged
+/// or overflowing weights; such a row must not be reported as a prediction.
+pub fn first_non_finite_row(probs: &[f32], classes: usize) -> Option<usize> {
+    probs
+        .chunks(classes.max(1))
+        .position(|row| row.iter().any(|p| !p.is_finite()))
+}
+
 /// Class probabilities `[n, classes]` of raw `texts` (truncated to `max_len` tokens), in
 /// input order: the inference path of `predict` and `serve`.
 pub fn classify_texts<M: Trainable>(

@@ -1,7 +1,7 @@
 //! `corefocus predict`: one JSON line per input line.
 
 use super::{argmax, Classifier, LabelProbabilities};
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 use std::io::{BufRead, Write};
@@ -73,7 +73,15 @@ pub fn predict_lines(
             let probs = classifier
                 .probabilities(&refs, batch_size)
                 .with_context(|| format!("cannot tokenize {source}"))?;
-            for row in probs.chunks(classifier.labels().len()) {
+            let classes = classifier.labels().len();
+            if let Some(row) = super::first_non_finite_row(&probs, classes) {
+                let line = line_no + 1 - texts.len() + row;
+                bail!(
+                    "{source}, line {line}: the model's output is not finite (NaN or \
+                     infinity); no prediction is printed for it (is the checkpoint damaged?)"
+                );
+            }
+            for row in probs.chunks(classes) {
                 let line = serde_json::to_string(&Prediction {
                     labels: classifier.labels(),
                     probs: row,

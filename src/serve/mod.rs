@@ -111,6 +111,12 @@ pub fn classify_batch(
     assert_eq!(texts.len(), explain.len(), "one explain flag per text");
     let classes = classifier.labels().len();
     let probs = classifier.probabilities(texts, batch_size)?;
+    if let Some(i) = crate::infer::first_non_finite_row(&probs, classes) {
+        bail!(
+            "the model's output for text {i} of the batch is not finite (NaN or infinity); \
+             is the checkpoint damaged?"
+        );
+    }
     let mut results = Vec::with_capacity(texts.len());
     for (i, row) in probs.chunks(classes).enumerate() {
         let kept_tokens = if explain[i] {

@@ -172,6 +172,7 @@ pub fn load_checkpoint(dir: &Path) -> Result<(Model, TextTokenizer, CheckpointMe
         bert.max_position_embeddings
     );
     let params = read_safetensors(&dir.join(MODEL_FILE), false)?;
+    check_finite(&params, &dir.join(MODEL_FILE))?;
     let extra = unexpected_tensors(&params, &bert, &meta.method);
     ensure!(
         extra.is_empty(),
@@ -197,6 +198,21 @@ pub fn load_checkpoint(dir: &Path) -> Result<(Model, TextTokenizer, CheckpointMe
         model.bert.vocab_size
     );
     Ok((model, tokenizer, meta))
+}
+
+/// Rejects weights holding NaN or infinity (a damaged file: they would silently turn every
+/// prediction into NaN), naming the first such tensor.
+pub fn check_finite(params: &ParamStore, path: &Path) -> Result<()> {
+    for t in &params.tensors {
+        if let Some((i, v)) = t.data.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            bail!(
+                "{}: tensor {} holds a non-finite value ({v}) at element {i}; the file is damaged",
+                path.display(),
+                t.name
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Names in `params` that a classifier of this configuration does not have (missing and
@@ -261,32 +277,11 @@ fn missing_checkpoint_message(dir: &Path) -> String {
     msg
 }
 
-/// Removes temporary siblings `.<name>.tmp-*` of `dir` left by crashed saves, and
-/// `.<name>.old-*` ones once `dir` itself is a complete checkpoint (otherwise they may hold
-/// the only copy and are kept).
-pub fn remove_stale_temporaries(dir: &Path) -> Result<()> {
-    let (parent, name) = split_dir(dir)?;
-    let Ok(entries) = std::fs::read_dir(&parent) else {
-        return Ok(());
-    };
-    let dir_complete = parent.join(&name).join(META_FILE).is_file();
-    for e in entries.flatten() {
-        let n = e.file_name().to_string_lossy().to_string();
-        let stale_tmp = n.starts_with(&format!(".{name}.tmp-"));
-        let stale_old = n.starts_with(&format!(".{name}.old-")) && dir_complete;
-        if (stale_tmp || stale_old) && e.path().is_dir() {
-            std::fs::remove_dir_all(e.path())
-                .with_context(|| format!("cannot remove {}", e.path().display()))?;
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::Variant;
-    use crate::util::format_utc;
+    use crate::util::{format_utc, remove_stale_temporaries};
     use std::path::PathBuf;
 
     fn scratch(tag: &str) -> PathBuf {
@@ -376,14 +371,29 @@ mod tests {
             msg.contains("interrupted save") && msg.contains(".run.old-1"),
             "{msg}"
         );
-        remove_stale_temporaries(&dir).unwrap();
-        assert!(!root.join(".run.tmp-1").exists());
-        assert!(root.join(".run.old-1").exists());
-        // Once `run` is complete, the old copy goes.
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join(META_FILE), "{}").unwrap();
-        remove_stale_temporaries(&dir).unwrap();
-        assert!(!root.join(".run.old-1").exists());
+        // The next run puts the only complete copy back and drops the incomplete one.
+        remove_stale_temporaries(&dir, META_FILE).unwrap();
+        assert!(!root.join(".run.tmp-1").exists() && !root.join(".run.old-1").exists());
+        assert!(dir.join(META_FILE).is_file());
+        // Once `run` is complete, old copies go.
+        std::fs::create_dir_all(root.join(".run.old-2")).unwrap();
+        remove_stale_temporaries(&dir, META_FILE).unwrap();
+        assert!(!root.join(".run.old-2").exists());
+
+        // A crash between the two renames: no `run`, the new version complete in .tmp,
+        // the previous one in .old. The new version is restored, the old one removed.
+        std::fs::remove_dir_all(&dir).unwrap();
+        for (name, version) in [(".run.tmp-3", "new"), (".run.old-3", "old")] {
+            std::fs::create_dir_all(root.join(name)).unwrap();
+            std::fs::write(root.join(name).join(META_FILE), version).unwrap();
+        }
+        remove_stale_temporaries(&dir, META_FILE).unwrap();
+        assert_eq!(std::fs::read_to_string(dir.join(META_FILE)).unwrap(), "new");
+        assert_eq!(
+            std::fs::read_dir(&root).unwrap().count(),
+            1,
+            "only run is left"
+        );
         std::fs::remove_dir_all(&root).unwrap();
     }
 

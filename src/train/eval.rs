@@ -6,6 +6,7 @@ use super::step::Trainable;
 use crate::kernels::loss::{softmax_cross_entropy, softmax_rows};
 use crate::metrics::ClassificationReport;
 use crate::model::{Batch, Mode};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// Loss and metrics of one evaluation.
 #[derive(Clone, Debug)]
@@ -25,11 +26,37 @@ pub fn eval_logits<M: Trainable>(
     pad_id: u32,
     batch_size: usize,
 ) -> Vec<f32> {
+    eval_logits_with_progress(model, seqs, pad_id, batch_size, None)
+}
+
+/// [`eval_logits`] that shows a progress bar named `what` on stderr once the pass has
+/// taken more than a second (a quick pass draws nothing; indicatif hides bars when stderr
+/// is not a terminal).
+pub fn eval_logits_with_progress<M: Trainable>(
+    model: &M,
+    seqs: &[Vec<u32>],
+    pad_id: u32,
+    batch_size: usize,
+    what: Option<&str>,
+) -> Vec<f32> {
     let classes = model.num_labels();
     let mut order: Vec<usize> = (0..seqs.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(seqs[i].len()));
     let mut out = vec![0.0f32; seqs.len() * classes];
+    let bar = ProgressBar::with_draw_target(Some(seqs.len() as u64), ProgressDrawTarget::hidden());
+    if let Some(what) = what {
+        bar.set_style(
+            ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} examples (eta {eta})")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar.set_prefix(what.to_string());
+    }
+    let start = std::time::Instant::now();
     for chunk in order.chunks(batch_size.max(1)) {
+        if what.is_some() && bar.is_hidden() && start.elapsed().as_secs_f64() > 1.0 {
+            bar.set_draw_target(ProgressDrawTarget::stderr());
+        }
+        bar.inc(chunk.len() as u64);
         let batch_seqs: Vec<&[u32]> = chunk.iter().map(|&i| seqs[i].as_slice()).collect();
         let batch = Batch::from_sequences(&batch_seqs, pad_id);
         let (logits, _) = model.logits(&batch, Mode::Eval, false);
@@ -38,6 +65,7 @@ pub fn eval_logits<M: Trainable>(
                 .copy_from_slice(&logits[row * classes..(row + 1) * classes]);
         }
     }
+    bar.finish_and_clear();
     out
 }
 
@@ -52,17 +80,19 @@ pub fn argmax(row: &[f32]) -> usize {
     best
 }
 
-/// Loss, predictions and metrics of `model` on `set`.
+/// Loss, predictions and metrics of `model` on `set`; `what` names the pass in a progress
+/// bar (shown when it takes more than a second).
 pub fn evaluate<M: Trainable>(
     model: &M,
     set: &EncodedSet,
     labels: &[String],
     pad_id: u32,
     batch_size: usize,
+    what: Option<&str>,
 ) -> EvalResult {
     let classes = model.num_labels();
     let n = set.len();
-    let logits = eval_logits(model, &set.ids, pad_id, batch_size);
+    let logits = eval_logits_with_progress(model, &set.ids, pad_id, batch_size, what);
     let mut probs = vec![0.0f32; n * classes];
     let loss = if n == 0 {
         0.0
@@ -170,7 +200,7 @@ mod tests {
             ..EncodedSet::default()
         };
         let labels: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
-        let r = evaluate(&model, &set, &labels, 0, 2);
+        let r = evaluate(&model, &set, &labels, 0, 2, None);
         assert_eq!(r.predictions, vec![0, 0, 1]);
         assert_eq!(r.report.accuracy, 1.0);
         // Hand-computed mean cross-entropy of the three rows.

@@ -21,12 +21,15 @@ pub struct ResolvedSplits {
     pub labels: Vec<String>,
     /// Where the validation examples come from, for logs and reports.
     pub dev_source: String,
+    /// Whether `dev` was held out of the training split (the dataset has no dev split).
+    pub dev_held_out: bool,
 }
 
 /// The dataset's dev split, or (when it has none) a stratified [`DEV_FRACTION`] of its
 /// training split chosen by `seed`, the rest staying for training. `eval` uses the same
 /// function with the checkpoint's seed, so it sees the same split.
 pub fn resolve_splits(ds: DatasetSplits, seed: u64) -> ResolvedSplits {
+    let dev_held_out = ds.dev.is_none();
     let (train, dev, dev_source) = match ds.dev {
         Some(dev) => (ds.train, dev, "the dataset's dev split".to_string()),
         None => {
@@ -44,6 +47,7 @@ pub fn resolve_splits(ds: DatasetSplits, seed: u64) -> ResolvedSplits {
         test: ds.test,
         labels: ds.labels,
         dev_source,
+        dev_held_out,
     }
 }
 

@@ -2,12 +2,12 @@
 //! loop with checkpoints, curves and resume states as side effects, and evaluates the best
 //! checkpoint on the test split.
 
-use super::checkpoint::{load_checkpoint, save_checkpoint, CheckpointMeta};
+use super::checkpoint::{load_checkpoint, save_checkpoint, CheckpointMeta, META_FILE};
 use super::curves::plot_training_curves;
-use super::eval::{eval_logits, evaluate};
+use super::eval::{eval_logits_with_progress, evaluate};
 use super::lr_search::{read_lr_search, search_lr, LR_SEARCH_FILE};
 use super::options::{LrSpec, TrainOptions};
-use super::outputs::{check_out_dir, prepare_out_dir, report_json, MetricsLog};
+use super::outputs::{check_out_dir, prepare_out_dir, report_json, write_run_marker, MetricsLog};
 use super::prepare::{
     check_max_len, encode_examples, resolve_splits, subsample, subset_seed, warn_missing_classes,
     EncodedSet, ResolvedSplits,
@@ -20,7 +20,7 @@ use crate::data::tokenize::TextTokenizer;
 use crate::data::{load_dataset, Example};
 use crate::model::checkpoint::load_hf_checkpoint;
 use crate::model::{BertConfig, Model};
-use crate::util::write_atomic;
+use crate::util::{remove_stale_temporaries, write_atomic};
 use anyhow::{ensure, Context, Result};
 use std::path::Path;
 
@@ -50,6 +50,7 @@ pub fn run_train(opts: &TrainOptions) -> Result<TrainOutcome> {
 
     let tokenizer = TextTokenizer::from_dir(&model_dir)?;
     let (bert, bert_params) = load_hf_checkpoint(&model_dir)?;
+    super::checkpoint::check_finite(&bert_params, &model_dir.join("model.safetensors"))?;
     check_max_len(opts.max_len, &bert, &model_dir.join("config.json"))?;
     ensure!(
         tokenizer.vocab_size() <= bert.vocab_size,
@@ -108,6 +109,17 @@ pub fn run_train(opts: &TrainOptions) -> Result<TrainOutcome> {
     };
     // Finished: nothing left to resume.
     resume::remove_resume_state(&opts.out)?;
+    let reports = if test.is_some() {
+        "metrics.jsonl, training_curves.svg and test_report.json"
+    } else {
+        "metrics.jsonl and training_curves.svg"
+    };
+    eprintln!(
+        "corefocus train: done; the best checkpoint (epoch {}, val loss {:.4}) is in {}, with {reports}",
+        best.epoch,
+        best.val_loss,
+        opts.out.display()
+    );
     Ok(TrainOutcome {
         lr,
         records: summary.records.clone(),
@@ -156,7 +168,7 @@ fn fit(
         );
         kept = metrics.restore(&position.records, position.best)?;
         control.start = Some((position, optimizer));
-        super::checkpoint::remove_stale_temporaries(&opts.out)?;
+        write_run_marker(&opts.out)?;
     } else {
         prepare_out_dir(&opts.out, opts.overwrite)?;
     }
@@ -219,6 +231,10 @@ fn read_resume_or_check_out(opts: &TrainOptions) -> Result<Option<resume::Resume
         check_out_dir(&opts.out, opts.overwrite)?;
         return Ok(None);
     }
+    // A save interrupted by a crash is completed or undone first, so the state read is
+    // the last one saved and no temporary copy lingers in --out.
+    remove_stale_temporaries(&opts.out, META_FILE)?;
+    remove_stale_temporaries(&resume::resume_dir(&opts.out), resume::STATE_FILE)?;
     let state = resume::read_resume_state(&opts.out)?;
     let differing = resume::differing_options(&state.options, opts)?;
     ensure!(
@@ -314,6 +330,7 @@ fn test_best_checkpoint(
         &meta.labels,
         best_tok.pad_id(),
         opts.eval_batch,
+        Some("test"),
     );
     println!("test (best checkpoint, epoch {best_epoch}):");
     println!("{}", result.report.to_table());
@@ -349,7 +366,14 @@ fn teacher_logits(
         teacher.method.variant.name(),
         set.len()
     );
-    Ok(eval_logits(&teacher, &set.ids, tok.pad_id(), eval_batch))
+    let shown = Some("teacher logits");
+    Ok(eval_logits_with_progress(
+        &teacher,
+        &set.ids,
+        tok.pad_id(),
+        eval_batch,
+        shown,
+    ))
 }
 
 /// Checks `--max-len` and the method flags against the config.json of the (resolved)

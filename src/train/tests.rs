@@ -186,8 +186,11 @@ fn out_dir_preparation_refuses_foreign_directories() {
     let out = root.join("run");
     prepare_out_dir(&out, false).unwrap();
     assert!(out.is_dir());
-    prepare_out_dir(&out, false).unwrap(); // empty is fine
+    prepare_out_dir(&out, false).unwrap(); // holding only the marker counts as empty
 
+    // Somebody else's directory.
+    std::fs::remove_dir_all(&out).unwrap();
+    std::fs::create_dir_all(&out).unwrap();
     std::fs::write(out.join("notes.txt"), "mine").unwrap();
     let err = prepare_out_dir(&out, false).unwrap_err().to_string();
     assert!(err.contains("--overwrite"), "{err}");
@@ -195,9 +198,41 @@ fn out_dir_preparation_refuses_foreign_directories() {
     assert!(err.contains("refusing"), "{err}");
     assert!(out.join("notes.txt").exists());
 
+    // Issue 16: a metrics.jsonl is no proof of ownership; only the marker is.
     std::fs::write(out.join("metrics.jsonl"), "{}\n").unwrap();
+    let err = prepare_out_dir(&out, true).unwrap_err().to_string();
+    assert!(
+        err.contains(".corefocus-run") && err.contains("refusing"),
+        "{err}"
+    );
+    assert!(out.join("notes.txt").exists() && out.join("metrics.jsonl").exists());
+
+    // A run's directory: --overwrite removes the run's own files, never the user's.
+    std::fs::remove_dir_all(&out).unwrap();
+    prepare_out_dir(&out, false).unwrap();
+    assert!(out.join(".corefocus-run").is_file());
+    for f in [
+        "corefocus.json",
+        "metrics.jsonl",
+        "resume/state.json",
+        ".resume.tmp-7/x",
+    ] {
+        std::fs::create_dir_all(out.join(f).parent().unwrap()).unwrap();
+        std::fs::write(out.join(f), "{}").unwrap();
+    }
+    std::fs::write(out.join("thesis.tex"), "mine").unwrap();
     prepare_out_dir(&out, true).unwrap();
-    assert!(out.is_dir() && !out.join("notes.txt").exists());
+    let mut left: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    left.sort();
+    assert_eq!(left, [".corefocus-run", "thesis.tex"]);
+    // Without anything of the user's, the directory is removed and made anew.
+    std::fs::remove_file(out.join("thesis.tex")).unwrap();
+    std::fs::write(out.join("metrics.jsonl"), "{}").unwrap();
+    prepare_out_dir(&out, true).unwrap();
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 1);
     std::fs::remove_dir_all(&root).unwrap();
 }
 

@@ -206,7 +206,8 @@ pub fn train_loop_with<M: Trainable>(
         bar.finish_and_clear();
         close_loss_window(&mut at.progress, at.step);
 
-        let val = evaluate(model, dev, labels, pad_id, settings.eval_batch);
+        let shown = settings.progress.then_some("validation");
+        let val = evaluate(model, dev, labels, pad_id, settings.eval_batch, shown);
         let is_best = at.best.is_none_or(|b| val.loss < at.records[b].val_loss);
         let mut p = std::mem::take(&mut at.progress);
         let mut record = epoch_record(&val, &mut p, epoch, at.step, steps_per_epoch, epoch_start)?;
