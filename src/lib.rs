@@ -16,3 +16,4 @@ pub mod rng;
 pub mod serve;
 pub mod train;
 pub mod util;
+pub mod variant_spec;
