@@ -1,8 +1,10 @@
 //! THE reader of the golden files (`../shared/golden`, or `$COREFOCUS_GOLDEN`): the
 //! PyTorch reference's safetensors (f32 and int64 tensors) and JSON summaries. Every test
-//! that reads a golden file goes through it. It depends on `safetensors` and std only,
-//! so unit tests inside the crate can include it too:
-//! `#[path = "../../tests/common/golden.rs"] mod golden;`.
+//! that reads a golden file goes through it. It depends on `safetensors`, `serde_json` and
+//! std only, so unit tests inside the crate can include it too, declared at the top level
+//! of their file (a `#[path]` inside `mod tests { }` resolves under a directory that does
+//! not exist), e.g. in src/model/fuzzy.rs:
+//! `#[cfg(test)] #[path = "../../tests/common/golden.rs"] mod golden;`.
 #![allow(dead_code)]
 
 use safetensors::{Dtype, SafeTensors};
