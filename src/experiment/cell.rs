@@ -5,7 +5,7 @@
 use super::grid::Cell;
 use super::result::{load_results, read_result, CellResult, Recipe, RESULT_FILE};
 use crate::train::checkpoint::{utc_timestamp, MODEL_FILE};
-use crate::train::trainer::{run_train, TrainOptions};
+use crate::train::{run_train, TrainOptions};
 use crate::util::write_atomic;
 use anyhow::{bail, ensure, Context, Result};
 use std::path::{Path, PathBuf};

@@ -3,9 +3,8 @@
 
 use super::args::{ExperimentArgs, GRIDS};
 use crate::model::{BertConfig, MethodConfig};
-use crate::train::trainer::{
-    LrSpec, MethodArgs, MethodDefaults, TrainOptions, DEFAULT_NEW_LR_SCALE,
-};
+use crate::train::trainer::{LrSpec, MethodArgs, MethodDefaults, DEFAULT_NEW_LR_SCALE};
+use crate::train::TrainOptions;
 use crate::variant_spec::VariantSpec;
 use anyhow::{bail, ensure, Context, Result};
 use std::path::PathBuf;
