@@ -18,3 +18,4 @@ pub mod rng;
 pub mod serve;
 pub mod train;
 pub mod util;
+pub mod variant_spec;

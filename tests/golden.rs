@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{max_abs_diff, test_model_dir, Golden};
+use common::{golden_json, golden_params, max_abs_diff, test_model_dir, Golden};
 use corefocus::model::{
     checkpoint::load_hf_checkpoint, Batch, MethodConfig, Mode, Model, ParamStore, Variant,
 };
@@ -39,7 +39,7 @@ fn golden_model(name: &str, assign_eps: f32) -> Model {
     method.assign_eps = assign_eps;
     method.classifier_dropout = 0.0;
     let mut model = Model::from_bert_params(bert, params, method, 5, 0).expect("model builds");
-    let extra = Golden::open("extra_weights.safetensors").params();
+    let extra = golden_params("extra_weights.safetensors");
     for t in &extra.tensors {
         if let Some(id) = model.params.id(&t.name) {
             assert_eq!(model.params.tensors[id].shape, t.shape, "{}", t.name);
@@ -235,10 +235,7 @@ fn loss_and_grad(logits: &[f32], classes: usize) -> (f64, Vec<f32>) {
 /// structural zeros) ||a - ref|| / ||ref|| <= tol.
 fn check_grads(variant: &str, key: &str, tol: f64) {
     let g = Golden::open(&format!("grads_{key}.safetensors"));
-    let summary: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(common::golden_dir().join("grads_summary.json")).unwrap(),
-    )
-    .unwrap();
+    let summary = golden_json("grads_summary.json");
     let vs = &summary["variants"][key];
     let model = golden_model(variant, 1.0);
     let (out, tape) = model.forward(&golden_batch(), Mode::Eval, true);

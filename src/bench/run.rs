@@ -8,6 +8,7 @@ use crate::model::{checkpoint, Batch, BertConfig, MethodConfig, Mode, Model, Par
 use crate::rng::Rng;
 use crate::train::adamw::{AdamW, AdamWConfig};
 use crate::train::step::{train_step, StepBatch, StepSettings};
+use crate::variant_spec::VariantSpec;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -52,8 +53,8 @@ pub struct BenchOptions {
     pub model: BenchModel,
     pub batch: usize,
     pub seq: usize,
-    /// Variant specs: `bert`, `p`, `pf`, `c`, `pfc`, optionally `@<combine layer>` and
-    /// `:<keep ratio>`, e.g. `pfc@7`, `pf:0.8`.
+    /// Variant specs ([`crate::variant_spec`]): `bert`, `p`, `pf`, `c`, `pfc`, optionally
+    /// `@<combine layer>` and `:<keep ratio>` or `:p=<keep ratio>`, e.g. `pfc@7`, `pf:0.8`.
     pub variants: Vec<String>,
     pub keep_ratio: f32,
     pub warmup: usize,
@@ -66,42 +67,13 @@ pub struct BenchOptions {
     pub profile: bool,
 }
 
-/// Parses a variant spec into a label and method settings for an `layers`-layer model.
+/// Parses a variant spec (the grammar of [`crate::variant_spec`], e.g. `pfc@7`, `pf:0.8`,
+/// `pf:p=0.8`) into a label (the spec as given) and the paper's method settings for an
+/// `layers`-layer model; `keep_ratio` is the ratio of pruning variants that give none.
 pub fn parse_variant(spec: &str, layers: usize, keep_ratio: f32) -> Result<(String, MethodConfig)> {
-    let (head, ratio) = match spec.split_once(':') {
-        Some((h, r)) => (
-            h,
-            Some(
-                r.parse::<f32>()
-                    .with_context(|| format!("variant {spec:?}: bad keep ratio {r:?}"))?,
-            ),
-        ),
-        None => (spec, None),
-    };
-    let (name, layer) = match head.split_once('@') {
-        Some((n, l)) => (
-            n,
-            Some(
-                l.parse::<usize>()
-                    .with_context(|| format!("variant {spec:?}: bad combine layer {l:?}"))?,
-            ),
-        ),
-        None => (head, None),
-    };
-    let variant: Variant = name.parse()?;
-    let mut m = MethodConfig::new(variant, layers);
-    if variant.prunes() {
-        m.keep_ratio = ratio.unwrap_or(keep_ratio);
-    } else if ratio.is_some() {
-        bail!("variant {spec:?}: a keep ratio only applies to p, pf and pfc");
-    }
-    if let Some(l) = layer {
-        if !variant.combines() {
-            bail!("variant {spec:?}: a combine layer only applies to c and pfc");
-        }
-        m.combine_layer = l;
-    }
-    m.validate(layers)
+    let m = spec
+        .parse::<VariantSpec>()?
+        .method_config(layers, keep_ratio)
         .with_context(|| format!("variant {spec:?}"))?;
     Ok((spec.to_string(), m))
 }

@@ -146,16 +146,4 @@ mod tests {
             );
         }
     }
-
-    #[test]
-    #[ignore = "timing printout, run by hand"]
-    fn gelu_timing() {
-        use crate::kernels::fastmath::timing::report;
-        let x = random_vec(1, 4096 * 1536, 2.0);
-        let mut y = vec![0.0; x.len()];
-        report("gelu forward 4096x1536", 5, || gelu_forward(&x, &mut y));
-        report("gelu backward 4096x1536", 5, || {
-            gelu_backward(&x, &x, &mut y)
-        });
-    }
 }

@@ -325,12 +325,4 @@ mod tests {
             assert_eq!(y[i] == 0.0, dx[i] == 0.0, "mask differs at {i}");
         }
     }
-
-    #[test]
-    #[ignore = "timing printout, run by hand"]
-    fn dropout_timing() {
-        use crate::kernels::fastmath::timing::report;
-        let mut x = random_vec(1, 4096 * 384, 1.0);
-        report("dropout 4096x384", 5, || dropout_forward(&mut x, 0.1, 3, 0));
-    }
 }

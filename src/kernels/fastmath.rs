@@ -123,46 +123,6 @@ pub(crate) fn gauss_and_lower_tail(x: f32) -> (f32, f32) {
 }
 
 #[cfg(test)]
-pub(crate) mod timing {
-    //! CPU-time measurement for the by-hand timing tests: the machine is shared, so
-    //! wall-clock times say little; the CPU time of this process's threads does.
-
-    /// Nanoseconds on CPU of all threads of this process so far (from
-    /// `/proc/self/task/*/schedstat`; 0 where that is unavailable).
-    pub fn process_cpu_ns() -> u64 {
-        let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-            return 0;
-        };
-        tasks
-            .flatten()
-            .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-            .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-            .sum()
-    }
-
-    /// Prints the best wall and CPU milliseconds per call of `f` over `reps`
-    /// measurements. Each measurement repeats `f` enough times to last ~50 ms, since
-    /// the kernel's CPU-time accounting can be as coarse as one scheduler tick (4 ms).
-    pub fn report(label: &str, reps: usize, mut f: impl FnMut()) {
-        let t0 = std::time::Instant::now();
-        f();
-        let once = t0.elapsed().as_secs_f64();
-        let inner = ((0.05 / once.max(1e-6)).ceil() as usize).clamp(1, 1000);
-        let (mut wall, mut cpu) = (f64::INFINITY, f64::INFINITY);
-        for _ in 0..reps {
-            let c0 = process_cpu_ns();
-            let t0 = std::time::Instant::now();
-            for _ in 0..inner {
-                f();
-            }
-            wall = wall.min(t0.elapsed().as_secs_f64() * 1e3 / inner as f64);
-            cpu = cpu.min((process_cpu_ns() - c0) as f64 * 1e-6 / inner as f64);
-        }
-        println!("{label}: best wall {wall:.2} ms, best cpu {cpu:.2} ms");
-    }
-}
-
-#[cfg(test)]
 mod tests {
     use super::*;
 

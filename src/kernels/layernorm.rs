@@ -311,33 +311,3 @@ mod tests {
         }
     }
 }
-
-#[cfg(test)]
-mod timing {
-    use super::*;
-    use crate::kernels::gradcheck::random_vec;
-
-    #[test]
-    #[ignore = "timing printout, run by hand"]
-    fn layernorm_timing() {
-        use crate::kernels::fastmath::timing::report;
-        let (rows, dim) = (4096, 384);
-        let x = random_vec(1, rows * dim, 1.0);
-        let dy = random_vec(2, rows * dim, 1.0);
-        let gamma = random_vec(3, dim, 1.0);
-        let beta = random_vec(4, dim, 1.0);
-        let mut y = vec![0.0; rows * dim];
-        let (mut mean, mut rstd) = (vec![0.0; rows], vec![0.0; rows]);
-        report("layernorm forward 4096x384", 5, || {
-            layernorm_forward(
-                &x, rows, dim, &gamma, &beta, 1e-12, &mut y, &mut mean, &mut rstd,
-            )
-        });
-        let (mut dg, mut db) = (vec![0.0; dim], vec![0.0; dim]);
-        report("layernorm backward 4096x384", 5, || {
-            layernorm_backward(
-                &x, rows, dim, &gamma, &mean, &rstd, &dy, &mut y, false, &mut dg, &mut db,
-            )
-        });
-    }
-}

@@ -1,15 +1,18 @@
-//! Shared helpers of the integration tests: where the golden tensors, the datasets and the
-//! test checkpoint live; raw safetensors access (the golden files hold int64 tensors too);
+//! Shared helpers of the integration tests: where the datasets and the test checkpoint
+//! live; the golden files' reader (`golden`);
 //! scratch directories; running the `corefocus` binary; and a tiny synthetic model with a
 //! toy dataset in its vocabulary. `doc_errors` reads the table of docs/errors.md.
 #![allow(dead_code)]
 
 pub mod doc_errors;
+pub mod golden;
+
+#[allow(unused_imports)]
+pub use golden::{golden_json, Golden};
 
 use corefocus::data::tokenize::TextTokenizer;
 use corefocus::model::checkpoint::write_safetensors;
 use corefocus::model::{names, BertConfig, ParamStore};
-use safetensors::{Dtype, SafeTensors};
 use std::ffi::OsStr;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -20,13 +23,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub fn crate_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// `$COREFOCUS_GOLDEN`, else `../shared/golden` next to the crate.
-pub fn golden_dir() -> PathBuf {
-    std::env::var_os("COREFOCUS_GOLDEN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| crate_root().join("../shared/golden"))
 }
 
 /// `$COREFOCUS_DATA`, else `../shared/data` next to the crate.
@@ -62,86 +58,13 @@ pub fn test_model_dir() -> PathBuf {
 
 // ------------------------------------------------------------------------- golden tensors
 
-pub struct Golden {
-    bytes: Vec<u8>,
-    pub path: PathBuf,
-}
-
-impl Golden {
-    pub fn open(file: &str) -> Golden {
-        let path = golden_dir().join(file);
-        let bytes = std::fs::read(&path).unwrap_or_else(|e| {
-            panic!(
-                "cannot read golden file {} (set COREFOCUS_GOLDEN): {e}",
-                path.display()
-            )
-        });
-        Golden { bytes, path }
+/// Golden file `file`'s f32 tensors as a parameter store.
+pub fn golden_params(file: &str) -> ParamStore {
+    let mut store = ParamStore::new();
+    for (name, shape, values) in Golden::open(file).f32_tensors() {
+        store.add(&name, &shape, values);
     }
-
-    fn st(&self) -> SafeTensors<'_> {
-        SafeTensors::deserialize(&self.bytes).expect("golden file parses")
-    }
-
-    pub fn names(&self) -> Vec<String> {
-        self.st()
-            .names()
-            .into_iter()
-            .map(|s| s.to_string())
-            .collect()
-    }
-
-    pub fn has(&self, name: &str) -> bool {
-        self.st().tensor(name).is_ok()
-    }
-
-    pub fn shape(&self, name: &str) -> Vec<usize> {
-        self.st()
-            .tensor(name)
-            .unwrap_or_else(|_| panic!("{}: no tensor {name}", self.path.display()))
-            .shape()
-            .to_vec()
-    }
-
-    /// The raw little-endian bytes of tensor `name`, which must be of type `dtype`.
-    fn bytes_of(&self, name: &str, dtype: Dtype) -> Vec<u8> {
-        let st = self.st();
-        let t = st
-            .tensor(name)
-            .unwrap_or_else(|_| panic!("{}: no tensor {name}", self.path.display()));
-        assert_eq!(t.dtype(), dtype, "{name} is not {dtype:?}");
-        t.data().to_vec()
-    }
-
-    pub fn f32(&self, name: &str) -> Vec<f32> {
-        self.bytes_of(name, Dtype::F32)
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-            .collect()
-    }
-
-    pub fn i64(&self, name: &str) -> Vec<i64> {
-        self.bytes_of(name, Dtype::I64)
-            .chunks_exact(8)
-            .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
-            .collect()
-    }
-
-    /// All f32 tensors as a parameter store.
-    pub fn params(&self) -> ParamStore {
-        let st = self.st();
-        let mut store = ParamStore::new();
-        let mut names: Vec<_> = st.names().into_iter().map(|s| s.to_string()).collect();
-        names.sort();
-        for n in names {
-            let t = st.tensor(&n).unwrap();
-            if t.dtype() == Dtype::F32 {
-                let shape = t.shape().to_vec();
-                store.add(&n, &shape, self.f32(&n));
-            }
-        }
-        store
-    }
+    store
 }
 
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {

@@ -1,348 +1,6 @@
-//! `corefocus explain`: what the pruning and combining decided for one document.
-//!
-//! `explain` turns the forward pass's `Trace` of one example into an `Explanation`
-//! (per token: the layers in which it served as key/value, its fuzzy protection, its
-//! combination token; per layer: the kept set and the decision made from it), which
-//! renders as plain text, as a self-contained HTML page, or as JSON.
+//! Rendering an [`Explanation`]: a plain-text report, a self-contained HTML page, JSON.
 
-use serde::Serialize;
-
-use crate::model::{MethodConfig, Pooling, Trace};
-
-/// A token of the document: its text and its position in the example (0 = `[CLS]`).
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct TokenView {
-    pub text: String,
-    pub position: usize,
-}
-
-/// The variant's settings, as far as they shape the explanation.
-#[derive(Clone, Debug, Serialize)]
-pub struct SettingsSummary {
-    /// `bert`, `p`, `pf`, `c` or `pfc`.
-    pub variant: String,
-    /// One line for people, e.g. "PF: fuzzy token pruning, keep ratio 0.9, ...".
-    pub summary: String,
-    pub num_layers: usize,
-    /// Layers that ran on the document's tokens (1 ..= this); the rest, with combining,
-    /// ran on the combination tokens.
-    pub token_layers: usize,
-    /// Preservation ratio p (1 without pruning).
-    pub keep_ratio: f32,
-    /// Fuzzy protection settings (PF, PFC).
-    pub fuzzy: Option<FuzzySettings>,
-    /// Token combining settings (C, PFC).
-    pub combining: Option<CombineSettings>,
-    /// `mean` or `cls`.
-    pub pooling: String,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct FuzzySettings {
-    pub pct_low: f32,
-    pub pct_high: f32,
-    pub imp_thresh: f32,
-    pub unimp_thresh: f32,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct CombineSettings {
-    /// 1-based layer replaced by the combining module.
-    pub layer: usize,
-    /// Number of combination tokens m.
-    pub tokens: usize,
-}
-
-/// What happened to one token of the document.
-#[derive(Clone, Debug, Serialize)]
-pub struct TokenExplanation {
-    pub text: String,
-    pub position: usize,
-    /// Last layer (1-based) in which the token was a key/value; 0 if it never was (only
-    /// possible for a trace that recorded no layers).
-    pub last_kept_layer: usize,
-    /// Per token layer (index 0 = layer 1): kept as key/value there.
-    pub kept: Vec<bool>,
-    /// Per token layer: protected by the fuzzy decision made from that layer; None where
-    /// no fuzzy decision was made or the token was no longer a candidate.
-    pub protected: Vec<Option<bool>>,
-    /// Per token layer: Σ over heads of its mean received attention, as the decision
-    /// made from that layer saw it (None where no decision involved it).
-    pub head_sum: Vec<Option<f32>>,
-    /// Per token layer: fuzzy Importance membership (None where not computed).
-    pub importance: Vec<Option<f32>>,
-    /// Combination token it was assigned to (with combining).
-    pub assignment: Option<usize>,
-}
-
-/// The decision made from one layer's attention for the next layer.
-#[derive(Clone, Debug, Serialize)]
-pub struct LayerDecision {
-    /// The layer whose keys/values this decision chose (1-based).
-    pub next_layer: usize,
-    pub candidates: usize,
-    /// How many the ratio asked to keep.
-    pub requested: usize,
-    /// How many were kept (more than requested when protection saved tokens).
-    pub kept: usize,
-    /// Fuzzy percentiles a and b (PF, PFC).
-    pub a: Option<f32>,
-    pub b: Option<f32>,
-    /// Tokens protected by the fuzzy rule (empty without fuzzy protection).
-    pub protected: Vec<TokenView>,
-    /// Tokens removed by this decision.
-    pub pruned: Vec<TokenView>,
-}
-
-/// One layer that ran on the document's tokens.
-#[derive(Clone, Debug, Serialize)]
-pub struct LayerExplanation {
-    /// 1-based.
-    pub layer: usize,
-    /// Positions used as keys/values, ascending.
-    pub kept: Vec<usize>,
-    pub decision: Option<LayerDecision>,
-}
-
-/// The tokens merged into one combination token.
-#[derive(Clone, Debug, Serialize)]
-pub struct CombinationGroup {
-    /// 0-based index of the combination token.
-    pub index: usize,
-    pub tokens: Vec<TokenView>,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct LabelProbability {
-    pub label: String,
-    pub probability: f32,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct Prediction {
-    /// Index and name of the most probable label (None without probabilities).
-    pub index: Option<usize>,
-    pub label: Option<String>,
-    /// Every label with its probability, in label order.
-    pub probabilities: Vec<LabelProbability>,
-}
-
-/// The explanation of one example; see the module docs.
-#[derive(Clone, Debug, Serialize)]
-pub struct Explanation {
-    pub settings: SettingsSummary,
-    pub tokens: Vec<TokenExplanation>,
-    pub layers: Vec<LayerExplanation>,
-    /// Per combination token, the document tokens assigned to it (with combining).
-    pub combination: Option<Vec<CombinationGroup>>,
-    pub prediction: Prediction,
-}
-
-/// Builds the explanation of ONE example (index `b` of the batch) from a forward trace.
-///
-/// `tokens` are the token strings of that example, real tokens only (`[CLS]` and `[SEP]`
-/// included), so position `j` of the trace is `tokens[j]`. `num_layers` is the model's
-/// layer count; `labels` and `probabilities` are in label order.
-///
-/// Panics if the trace does not belong to `tokens` (a position beyond them, or `b` out of
-/// range): that is a caller bug, not a user error.
-pub fn explain(
-    tokens: &[String],
-    trace: &Trace,
-    b: usize,
-    method: &MethodConfig,
-    num_layers: usize,
-    labels: &[String],
-    probabilities: &[f32],
-) -> Explanation {
-    let n = tokens.len();
-    let num_token_layers = trace.layers.len();
-    let view = |position: usize| TokenView {
-        text: tokens[position].clone(),
-        position,
-    };
-    let mut per_token: Vec<TokenExplanation> = tokens
-        .iter()
-        .enumerate()
-        .map(|(position, text)| TokenExplanation {
-            text: text.clone(),
-            position,
-            last_kept_layer: 0,
-            kept: vec![false; num_token_layers],
-            protected: vec![None; num_token_layers],
-            head_sum: vec![None; num_token_layers],
-            importance: vec![None; num_token_layers],
-            assignment: None,
-        })
-        .collect();
-
-    let mut layers = Vec::with_capacity(num_token_layers);
-    for (l, layer) in trace.layers.iter().enumerate() {
-        let kept = &layer.kept[b];
-        for &pos in kept {
-            assert!(
-                pos < n,
-                "trace layer {} keeps position {pos} but the example has {n} tokens",
-                l + 1
-            );
-            per_token[pos].kept[l] = true;
-            per_token[pos].last_kept_layer = l + 1;
-        }
-        let decision = layer.selection.get(b).and_then(|s| s.as_ref()).map(|sel| {
-            // The selection's per-candidate vectors are in the order of this layer's kept set.
-            let mut protected = Vec::new();
-            let mut pruned = Vec::new();
-            for (i, &pos) in kept.iter().enumerate() {
-                let token = &mut per_token[pos];
-                token.head_sum[l] = sel.head_sum.get(i).copied();
-                token.importance[l] = sel.importance.get(i).copied();
-                if let Some(&p) = sel.protected.get(i) {
-                    token.protected[l] = Some(p);
-                    if p {
-                        protected.push(view(pos));
-                    }
-                }
-                if sel.pruned.get(i).copied().unwrap_or(false) {
-                    pruned.push(view(pos));
-                }
-            }
-            let fuzzy = !sel.protected.is_empty();
-            LayerDecision {
-                next_layer: l + 2,
-                candidates: kept.len(),
-                requested: sel.n_requested,
-                kept: sel.kept.len(),
-                a: fuzzy.then_some(sel.a),
-                b: fuzzy.then_some(sel.b),
-                protected,
-                pruned,
-            }
-        });
-        layers.push(LayerExplanation {
-            layer: l + 1,
-            kept: kept.clone(),
-            decision,
-        });
-    }
-
-    let combination = trace.assign.as_ref().map(|assign| {
-        let row = &assign[b];
-        let mut groups: Vec<CombinationGroup> = (0..method.combine_tokens)
-            .map(|index| CombinationGroup {
-                index,
-                tokens: Vec::new(),
-            })
-            .collect();
-        for (pos, token) in per_token.iter_mut().enumerate() {
-            // -1 marks padding; real tokens always have a combination token.
-            let Some(&c) = row.get(pos) else { continue };
-            if c < 0 {
-                continue;
-            }
-            let c = c as usize;
-            while groups.len() <= c {
-                groups.push(CombinationGroup {
-                    index: groups.len(),
-                    tokens: Vec::new(),
-                });
-            }
-            token.assignment = Some(c);
-            groups[c].tokens.push(view(pos));
-        }
-        groups
-    });
-
-    Explanation {
-        settings: summarize_settings(method, num_layers, num_token_layers),
-        tokens: per_token,
-        layers,
-        combination,
-        prediction: prediction(labels, probabilities),
-    }
-}
-
-fn summarize_settings(
-    method: &MethodConfig,
-    num_layers: usize,
-    token_layers: usize,
-) -> SettingsSummary {
-    let v = method.variant;
-    let fuzzy = v.fuzzy().then_some(FuzzySettings {
-        pct_low: method.pct_low,
-        pct_high: method.pct_high,
-        imp_thresh: method.imp_thresh,
-        unimp_thresh: method.unimp_thresh,
-    });
-    let combining = v.combines().then_some(CombineSettings {
-        layer: method.combine_layer,
-        tokens: method.combine_tokens,
-    });
-    let pooling = match method.pooling {
-        Pooling::Mean => "mean",
-        Pooling::Cls => "cls",
-    };
-    let mut parts = vec![format!("{} layers", num_layers)];
-    if v.prunes() {
-        parts.push(format!(
-            "{} pruning of keys/values, keep ratio {}",
-            if v.fuzzy() { "fuzzy" } else { "ratio" },
-            method.keep_ratio
-        ));
-    } else {
-        parts.push("no pruning".into());
-    }
-    if let Some(f) = &fuzzy {
-        parts.push(format!(
-            "percentiles {}/{}, thresholds {}/{}",
-            f.pct_low, f.pct_high, f.imp_thresh, f.unimp_thresh
-        ));
-    }
-    if let Some(c) = &combining {
-        parts.push(format!(
-            "combining into {} tokens at layer {}",
-            c.tokens, c.layer
-        ));
-    }
-    if !v.combines() {
-        parts.push(format!("{pooling} pooling"));
-    }
-    SettingsSummary {
-        variant: v.name().into(),
-        summary: format!("{}: {}", v.name().to_uppercase(), parts.join(", ")),
-        num_layers,
-        token_layers,
-        keep_ratio: method.keep_ratio,
-        fuzzy,
-        combining,
-        pooling: pooling.into(),
-    }
-}
-
-fn prediction(labels: &[String], probabilities: &[f32]) -> Prediction {
-    let label_name = |i: usize| {
-        labels
-            .get(i)
-            .cloned()
-            .unwrap_or_else(|| format!("class {i}"))
-    };
-    let index = probabilities
-        .iter()
-        .enumerate()
-        .max_by(|x, y| x.1.total_cmp(y.1))
-        .map(|(i, _)| i);
-    Prediction {
-        index,
-        label: index.map(label_name),
-        probabilities: probabilities
-            .iter()
-            .enumerate()
-            .map(|(i, &probability)| LabelProbability {
-                label: label_name(i),
-                probability,
-            })
-            .collect(),
-    }
-}
+use super::build::{Explanation, TokenExplanation, TokenView};
 
 /// Lists longer than this are abbreviated in the text report.
 const TEXT_LIST_MAX: usize = 24;
@@ -506,8 +164,24 @@ impl Explanation {
     /// second view coloured by combination token; a header with the settings and the
     /// prediction.
     pub fn to_html(&self) -> String {
-        let s = &self.settings;
-        let num_classes = s.token_layers;
+        let mut h = String::new();
+        h.push_str("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n");
+        h.push_str(&format!(
+            "<title>corefocus explain: {}</title>\n<style>\n{}</style>\n</head>\n<body>\n",
+            escape(&self.settings.variant.to_uppercase()),
+            self.html_css()
+        ));
+        self.push_html_header(&mut h);
+        self.push_html_layers(&mut h);
+        self.push_html_combining(&mut h);
+        h.push_str("</body>\n</html>\n");
+        h
+    }
+
+    /// The page's style sheet: the layout, then one colour class per layer (`l<k>`) and
+    /// per combination token (`g<i>`).
+    fn html_css(&self) -> String {
+        let num_classes = self.settings.token_layers;
         let mut css = String::from(
             "body{font:15px/1.5 system-ui,sans-serif;margin:1.5em auto;max-width:60em;padding:0 1em;color:#222}\n\
              h1{font-size:1.4em;margin:0 0 .3em}h2{font-size:1.1em;margin:1.4em 0 .4em}\n\
@@ -529,19 +203,15 @@ impl Explanation {
         for g in 0..num_groups {
             css.push_str(&format!(".g{g}{{background:{}}}\n", categorical_colour(g)));
         }
+        css
+    }
 
-        let mut h = String::new();
-        h.push_str("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n");
-        h.push_str(&format!(
-            "<title>corefocus explain: {}</title>\n<style>\n{css}</style>\n</head>\n<body>\n",
-            escape(&s.variant.to_uppercase())
-        ));
-
-        // Header: settings and prediction.
+    /// Header: settings and prediction.
+    fn push_html_header(&self, h: &mut String) {
         h.push_str("<header>\n<h1>corefocus explain</h1>\n");
         h.push_str(&format!(
             "<p class=\"settings\">{}</p>\n",
-            escape(&s.summary)
+            escape(&self.settings.summary)
         ));
         let p = &self.prediction;
         if let (Some(label), Some(i)) = (&p.label, p.index) {
@@ -563,8 +233,11 @@ impl Explanation {
             h.push_str("</table>\n");
         }
         h.push_str("</header>\n");
+    }
 
-        // View 1: last layer kept.
+    /// View 1: the tokens coloured by the last layer kept, and the decisions per layer.
+    fn push_html_layers(&self, h: &mut String) {
+        let num_classes = self.settings.token_layers;
         h.push_str(
             "<section id=\"layers\">\n<h2>Last layer in which each token was a key/value</h2>\n",
         );
@@ -584,7 +257,7 @@ impl Explanation {
              earlier; the darkest were kept through layer {num_classes}, the last on the \
              document's tokens.</p>\n<p class=\"doc\" id=\"doc-layers\">"
         ));
-        self.push_tokens(&mut h, |t| {
+        self.push_tokens(h, |t| {
             let class = format!("l{}", t.last_kept_layer.min(num_classes));
             let title = match t.last_kept_layer {
                 0 => "never a key/value".to_string(),
@@ -615,32 +288,33 @@ impl Explanation {
             h.push_str("</table>\n");
         }
         h.push_str("</section>\n");
+    }
 
-        // View 2: combination tokens.
-        if let Some(groups) = &self.combination {
-            let layer = s.combining.as_ref().map_or(0, |c| c.layer);
+    /// View 2 (with combining): the tokens coloured by combination token.
+    fn push_html_combining(&self, h: &mut String) {
+        let Some(groups) = &self.combination else {
+            return;
+        };
+        let layer = self.settings.combining.as_ref().map_or(0, |c| c.layer);
+        h.push_str(&format!(
+            "<section id=\"combining\">\n<h2>Combination token of each token (layer {layer})</h2>\n"
+        ));
+        h.push_str("<div class=\"legend\"><span>combination token:</span>");
+        for g in groups {
             h.push_str(&format!(
-                "<section id=\"combining\">\n<h2>Combination token of each token (layer {layer})</h2>\n"
+                "<span class=\"key g{}\" title=\"{}\">{} ({})</span>",
+                g.index,
+                tokens_count(g.tokens.len()),
+                g.index,
+                g.tokens.len()
             ));
-            h.push_str("<div class=\"legend\"><span>combination token:</span>");
-            for g in groups {
-                h.push_str(&format!(
-                    "<span class=\"key g{}\" title=\"{}\">{} ({})</span>",
-                    g.index,
-                    tokens_count(g.tokens.len()),
-                    g.index,
-                    g.tokens.len()
-                ));
-            }
-            h.push_str("</div>\n<p class=\"doc\" id=\"doc-combining\">");
-            self.push_tokens(&mut h, |t| match t.assignment {
-                Some(c) => (format!("g{c}"), format!("combination token {c}")),
-                None => ("l0".into(), "no combination token".into()),
-            });
-            h.push_str("</p>\n</section>\n");
         }
-        h.push_str("</body>\n</html>\n");
-        h
+        h.push_str("</div>\n<p class=\"doc\" id=\"doc-combining\">");
+        self.push_tokens(h, |t| match t.assignment {
+            Some(c) => (format!("g{c}"), format!("combination token {c}")),
+            None => ("l0".into(), "no combination token".into()),
+        });
+        h.push_str("</p>\n</section>\n");
     }
 
     /// Appends one `<span class="tok CLASS">` per token; WordPiece continuations (`##x`)
@@ -733,91 +407,9 @@ fn categorical_colour(i: usize) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::model::fuzzy::Selection;
-    use crate::model::{LayerTrace, Variant};
-
-    fn strings(xs: &[&str]) -> Vec<String> {
-        xs.iter().map(|s| s.to_string()).collect()
-    }
-
-    /// Six tokens with everything HTML must escape and a WordPiece continuation.
-    fn six_tokens() -> Vec<String> {
-        strings(&["[CLS]", "the", "<script>", "&", "##s", "[SEP]"])
-    }
-
-    fn labels() -> Vec<String> {
-        strings(&["negative", "positive"])
-    }
-
-    /// A selection over `kept` that removes `pruned` and protects `protected`.
-    fn selection(
-        kept: &[usize],
-        pruned: &[usize],
-        protected: Option<&[usize]>,
-        requested: usize,
-    ) -> Selection {
-        let fuzzy = protected.is_some();
-        Selection {
-            kept: kept
-                .iter()
-                .copied()
-                .filter(|p| !pruned.contains(p))
-                .collect(),
-            n_requested: requested,
-            head_sum: kept.iter().map(|&p| 0.1 * (p as f32 + 1.0)).collect(),
-            pruned: kept.iter().map(|p| pruned.contains(p)).collect(),
-            a: if fuzzy { 0.0625 } else { 0.0 },
-            b: if fuzzy { 0.25 } else { 0.0 },
-            importance: if fuzzy {
-                kept.iter().map(|&p| p as f32 / 5.0).collect()
-            } else {
-                Vec::new()
-            },
-            protected: match protected {
-                Some(pr) => kept.iter().map(|p| pr.contains(p)).collect(),
-                None => Vec::new(),
-            },
-        }
-    }
-
-    /// PF, 3 layers, p = 0.5: layer 1's decision removes `<script>` and `##s` (the other
-    /// four are protected), layer 2's protects all four so nothing goes; layer 3 decides
-    /// nothing. Example 1 of a batch of 2 (example 0 is a decoy with other decisions).
-    fn pf_trace() -> Trace {
-        let all: Vec<usize> = (0..6).collect();
-        let after: Vec<usize> = vec![0, 1, 3, 5];
-        let decoy: Vec<usize> = vec![0, 1];
-        Trace {
-            layers: vec![
-                LayerTrace {
-                    kept: vec![vec![0, 1, 2], all.clone()],
-                    selection: vec![
-                        Some(selection(&[0, 1, 2], &[2], Some(&[]), 1)),
-                        Some(selection(&all, &[2, 4], Some(&[0, 1, 3, 5]), 3)),
-                    ],
-                },
-                LayerTrace {
-                    kept: vec![decoy.clone(), after.clone()],
-                    selection: vec![
-                        Some(selection(&decoy, &[], Some(&[0, 1]), 1)),
-                        Some(selection(&after, &[], Some(&[0, 1, 3, 5]), 2)),
-                    ],
-                },
-                LayerTrace {
-                    kept: vec![decoy, after],
-                    selection: vec![None, None],
-                },
-            ],
-            assign: None,
-        }
-    }
-
-    fn pf_method() -> MethodConfig {
-        let mut m = MethodConfig::new(Variant::Pf, 3);
-        m.keep_ratio = 0.5;
-        m
-    }
+    use crate::explain::build::explain;
+    use crate::explain::test_support::{labels, pf_explanation, pfc_case, six_tokens, strings};
+    use crate::model::{LayerTrace, MethodConfig, Trace, Variant};
 
     // ---- a tiny HTML checker for the elements `to_html` emits ----
 
@@ -901,53 +493,8 @@ mod tests {
     }
 
     #[test]
-    fn pf_explanation_records_kept_layers_and_protection() {
-        let tokens = six_tokens();
-        let e = explain(
-            &tokens,
-            &pf_trace(),
-            1,
-            &pf_method(),
-            3,
-            &labels(),
-            &[0.25, 0.75],
-        );
-        let last: Vec<usize> = e.tokens.iter().map(|t| t.last_kept_layer).collect();
-        assert_eq!(last, vec![3, 3, 1, 3, 1, 3]);
-        assert_eq!(e.tokens[2].kept, vec![true, false, false]);
-        assert_eq!(e.tokens[0].kept, vec![true, true, true]);
-        assert_eq!(e.tokens[1].protected, vec![Some(true), Some(true), None]);
-        assert_eq!(e.tokens[2].protected, vec![Some(false), None, None]);
-        assert_eq!(e.tokens[3].head_sum[1], Some(0.4));
-        assert_eq!(e.layers.len(), 3);
-        let d1 = e.layers[0].decision.as_ref().unwrap();
-        assert_eq!(
-            (d1.next_layer, d1.candidates, d1.requested, d1.kept),
-            (2, 6, 3, 4)
-        );
-        assert_eq!((d1.a, d1.b), (Some(0.0625), Some(0.25)));
-        let pruned: Vec<usize> = d1.pruned.iter().map(|t| t.position).collect();
-        assert_eq!(pruned, vec![2, 4]);
-        assert_eq!(d1.pruned[0].text, "<script>");
-        assert_eq!(d1.protected.len(), 4);
-        assert!(e.layers[1].decision.as_ref().unwrap().pruned.is_empty());
-        assert!(e.layers[2].decision.is_none());
-        assert!(e.combination.is_none());
-        assert_eq!(e.prediction.index, Some(1));
-        assert_eq!(e.prediction.label.as_deref(), Some("positive"));
-    }
-
-    #[test]
     fn pf_text_report() {
-        let e = explain(
-            &six_tokens(),
-            &pf_trace(),
-            1,
-            &pf_method(),
-            3,
-            &labels(),
-            &[0.25, 0.75],
-        );
+        let e = pf_explanation();
         let text = e.to_text();
         assert!(
             text.contains("Settings: PF: 3 layers, fuzzy pruning of keys/values, keep ratio 0.5"),
@@ -995,16 +542,7 @@ mod tests {
 
     #[test]
     fn pf_html_page() {
-        let tokens = six_tokens();
-        let e = explain(
-            &tokens,
-            &pf_trace(),
-            1,
-            &pf_method(),
-            3,
-            &labels(),
-            &[0.25, 0.75],
-        );
+        let e = pf_explanation();
         let html = e.to_html();
         check_well_formed(&html);
         assert!(!html.contains("<script"), "token not escaped");
@@ -1047,30 +585,6 @@ mod tests {
         assert!(html.contains("PF: 3 layers"));
         assert!(!html.contains("doc-combining"));
         assert!(html.len() < 8000, "page is {} bytes", html.len());
-    }
-
-    /// PFC, 4 layers, combining at layer 3 into 3 tokens: layers 1-2 on the document,
-    /// layer 1 prunes `the`; combination token 2 receives nothing. Padded to 8 positions.
-    fn pfc_case() -> (Trace, MethodConfig) {
-        let all: Vec<usize> = (0..6).collect();
-        let after: Vec<usize> = vec![0, 2, 3, 4, 5];
-        let trace = Trace {
-            layers: vec![
-                LayerTrace {
-                    kept: vec![all.clone()],
-                    selection: vec![Some(selection(&all, &[1], Some(&[0, 2, 5]), 5))],
-                },
-                LayerTrace {
-                    kept: vec![after],
-                    selection: vec![None],
-                },
-            ],
-            assign: Some(vec![vec![0, 1, 1, 0, 0, 1, -1, -1]]),
-        };
-        let mut method = MethodConfig::new(Variant::Pfc, 4);
-        method.combine_layer = 3;
-        method.combine_tokens = 3;
-        (trace, method)
     }
 
     #[test]
@@ -1279,79 +793,4 @@ mod tests {
         assert!(text.contains("Prediction: class 1 (60.0%)"), "{text}");
         check_well_formed(&e.to_html());
     }
-}
-
-// ------------------------------------------------------------------ the `explain` command
-
-/// `corefocus explain`: which tokens a checkpoint keeps, layer by layer, for one text.
-#[derive(clap::Args, Clone, Debug)]
-pub struct ExplainArgs {
-    /// A checkpoint directory written by `corefocus train`.
-    #[arg(long)]
-    pub checkpoint: std::path::PathBuf,
-    /// The text to explain.
-    #[arg(long, conflicts_with = "file")]
-    pub text: Option<String>,
-    /// A file whose whole content is the text to explain.
-    #[arg(required_unless_present = "text")]
-    pub file: Option<std::path::PathBuf>,
-    /// Also write a self-contained HTML page with the token heatmaps.
-    #[arg(long)]
-    pub html: Option<std::path::PathBuf>,
-    /// Print JSON instead of the text report.
-    #[arg(long)]
-    pub json: bool,
-}
-
-/// Runs the checkpoint on the text and builds its explanation.
-pub fn explain_text(
-    model: &crate::model::Model,
-    tokenizer: &crate::data::tokenize::TextTokenizer,
-    labels: &[String],
-    max_len: usize,
-    text: &str,
-) -> anyhow::Result<Explanation> {
-    use crate::model::{Batch, Mode};
-    let ids = tokenizer.encode(text, max_len)?;
-    let batch = Batch::from_sequences(&[ids.as_slice()], tokenizer.pad_id());
-    model.check_batch(&batch)?;
-    let (out, _) = model.forward(&batch, Mode::Eval, false);
-    let mut probs = vec![0.0f32; model.num_labels];
-    crate::kernels::loss::softmax_rows(&out.logits, 1, model.num_labels, &mut probs);
-    let tokens: Vec<String> = ids.iter().map(|&i| tokenizer.id_to_token(i)).collect();
-    Ok(explain(
-        &tokens,
-        &out.trace,
-        0,
-        &model.method,
-        model.bert.num_hidden_layers,
-        labels,
-        &probs,
-    ))
-}
-
-pub fn run_explain(args: &ExplainArgs) -> anyhow::Result<Explanation> {
-    use anyhow::Context;
-    let (model, tokenizer, meta) = crate::train::load_checkpoint(&args.checkpoint)?;
-    let text = match (&args.text, &args.file) {
-        (Some(t), _) => t.clone(),
-        (None, Some(f)) => std::fs::read_to_string(f)
-            .with_context(|| format!("cannot read {} as UTF-8 text", f.display()))?,
-        (None, None) => anyhow::bail!("give --text or a FILE"),
-    };
-    if text.trim().is_empty() {
-        anyhow::bail!("the text to explain is empty");
-    }
-    let e = explain_text(&model, &tokenizer, &meta.labels, meta.max_len, &text)?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&e.to_json())?);
-    } else {
-        println!("{}", e.to_text());
-    }
-    if let Some(path) = &args.html {
-        crate::util::write_atomic(path, e.to_html().as_bytes())
-            .with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("wrote {}", path.display());
-    }
-    Ok(e)
 }

@@ -1,0 +1,262 @@
+//! The one grammar of variant specs, shared by `corefocus bench --variant` and
+//! `corefocus experiment --variants` (and the built-in grids):
+//!
+//! ```text
+//! VARIANT[@LAYER][:SETTING]...
+//!   VARIANT  bert, p, pf, c or pfc (any case)
+//!   LAYER    the combining layer: a 1-based number, L (the last layer) or L-k
+//!   SETTING  p=RATIO   keep ratio of the pruning variants (p, pf, pfc)
+//!            m=TOKENS  combination tokens of the combining variants (c, pfc)
+//!            RATIO     a bare number: the keep ratio, as p=RATIO (bench's spelling)
+//! ```
+//!
+//! e.g. `bert`, `pf:0.8` = `pf:p=0.8`, `pfc@L-1`, `pfc@4:m=16`, `pfc@7:p=0.7:m=4`. A setting
+//! given twice takes its last value. Each spec means what the `train` flags `--variant`,
+//! `--combine-layer`, `--keep-ratio` and `--combine-tokens` with those values mean
+//! ([`VariantSpec::method_args`]); `bench` resolves them on the paper's settings
+//! ([`VariantSpec::method_config`]).
+
+use crate::model::{MethodConfig, Variant};
+use crate::train::MethodArgs;
+use anyhow::{bail, ensure, Context, Result};
+
+/// A combining layer relative to the model depth.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayerSpec {
+    /// 1-based layer number.
+    Layer(usize),
+    /// `L - k`.
+    FromTop(usize),
+}
+
+impl LayerSpec {
+    /// The 1-based layer in a model of `layers` layers (`L-k` must exist; a plain number
+    /// is checked later, with the other settings).
+    pub fn resolve(self, layers: usize) -> Result<usize> {
+        match self {
+            LayerSpec::Layer(l) => Ok(l),
+            LayerSpec::FromTop(k) => {
+                ensure!(
+                    k < layers,
+                    "layer L-{k} does not exist in a {layers}-layer model"
+                );
+                Ok(layers - k)
+            }
+        }
+    }
+}
+
+/// A parsed variant spec (see the module docs).
+#[derive(Clone, Debug, PartialEq)]
+pub struct VariantSpec {
+    pub variant: Variant,
+    pub combine_layer: Option<LayerSpec>,
+    pub keep_ratio: Option<f32>,
+    pub combine_tokens: Option<usize>,
+}
+
+impl std::str::FromStr for VariantSpec {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let mut parts = s.trim().split(':');
+        let head = parts.next().unwrap_or("");
+        let (name, layer) = match head.split_once('@') {
+            Some((n, l)) => (n, Some(l)),
+            None => (head, None),
+        };
+        let variant: Variant = name
+            .parse()
+            .with_context(|| format!("variant spec {s:?}"))?;
+        let combine_layer = match layer {
+            None => None,
+            Some(l) => Some(parse_layer(l).with_context(|| {
+                format!(
+                    "variant spec {s:?}: layer {:?} is not a number, L or L-k",
+                    l.trim()
+                )
+            })?),
+        };
+        let mut spec = VariantSpec {
+            variant,
+            combine_layer,
+            keep_ratio: None,
+            combine_tokens: None,
+        };
+        for part in parts {
+            let Some((key, value)) = part.split_once('=') else {
+                // Bench's spelling: a bare keep ratio.
+                spec.keep_ratio = Some(part.trim().parse().with_context(|| {
+                    format!("variant spec {s:?}: {part:?} is neither key=value nor a keep ratio")
+                })?);
+                continue;
+            };
+            match key.trim() {
+                "p" => {
+                    spec.keep_ratio = Some(value.trim().parse().with_context(|| {
+                        format!("variant spec {s:?}: keep ratio {value:?} is not a number")
+                    })?)
+                }
+                "m" => {
+                    spec.combine_tokens = Some(value.trim().parse().with_context(|| {
+                        format!("variant spec {s:?}: token count {value:?} is not a whole number")
+                    })?)
+                }
+                other => bail!("variant spec {s:?}: unknown setting {other:?} (expected p or m)"),
+            }
+        }
+        Ok(spec)
+    }
+}
+
+/// `L`, `L-k` or a number.
+fn parse_layer(l: &str) -> Option<LayerSpec> {
+    let l = l.trim();
+    if l.eq_ignore_ascii_case("l") {
+        Some(LayerSpec::FromTop(0))
+    } else if let Some(k) = l.strip_prefix("L-").or_else(|| l.strip_prefix("l-")) {
+        k.parse().ok().map(LayerSpec::FromTop)
+    } else {
+        l.parse().ok().map(LayerSpec::Layer)
+    }
+}
+
+impl VariantSpec {
+    /// The train flags of this spec for a model of `layers` layers (every other flag at
+    /// its default; whether the settings apply to the variant is checked when they are
+    /// resolved, by `MethodArgs::to_config`).
+    pub fn method_args(&self, layers: usize) -> Result<MethodArgs> {
+        let combine_layer = match self.combine_layer {
+            None => None,
+            Some(l) => Some(l.resolve(layers)?),
+        };
+        Ok(MethodArgs {
+            variant: self.variant,
+            keep_ratio: self.keep_ratio,
+            combine_layer,
+            combine_tokens: self.combine_tokens,
+            ..MethodArgs::default()
+        })
+    }
+
+    /// The method settings of this spec on the paper's settings (`MethodConfig::new`) for a
+    /// model of `layers` layers; a pruning variant without a ratio keeps
+    /// `default_keep_ratio`. A setting the variant does not use is an error.
+    pub fn method_config(&self, layers: usize, default_keep_ratio: f32) -> Result<MethodConfig> {
+        let v = self.variant;
+        let mut m = MethodConfig::new(v, layers);
+        if v.prunes() {
+            m.keep_ratio = self.keep_ratio.unwrap_or(default_keep_ratio);
+        } else if self.keep_ratio.is_some() {
+            bail!("a keep ratio only applies to p, pf and pfc");
+        }
+        if let Some(l) = self.combine_layer {
+            ensure!(v.combines(), "a combine layer only applies to c and pfc");
+            m.combine_layer = l.resolve(layers)?;
+        }
+        if let Some(t) = self.combine_tokens {
+            ensure!(v.combines(), "combination tokens only apply to c and pfc");
+            m.combine_tokens = t;
+        }
+        m.validate(layers)?;
+        Ok(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(s: &str) -> VariantSpec {
+        s.parse().unwrap_or_else(|e| panic!("{s}: {e:#}"))
+    }
+
+    fn err(s: &str) -> String {
+        format!("{:#}", s.parse::<VariantSpec>().unwrap_err())
+    }
+
+    #[test]
+    fn both_spellings_of_the_keep_ratio_mean_the_same() {
+        let want = VariantSpec {
+            variant: Variant::Pf,
+            combine_layer: None,
+            keep_ratio: Some(0.8),
+            combine_tokens: None,
+        };
+        assert_eq!(spec("pf:0.8"), want);
+        assert_eq!(spec("pf:p=0.8"), want);
+        assert_eq!(spec(" PF:p = 0.8 "), want);
+        // The last of repeated settings counts.
+        assert_eq!(spec("pf:0.5:p=0.8"), want);
+    }
+
+    #[test]
+    fn layers_and_tokens() {
+        let s = spec("pfc@L-1:m=16");
+        assert_eq!(s.variant, Variant::Pfc);
+        assert_eq!(s.combine_layer, Some(LayerSpec::FromTop(1)));
+        assert_eq!((s.keep_ratio, s.combine_tokens), (None, Some(16)));
+        assert_eq!(spec("c@L").combine_layer, Some(LayerSpec::FromTop(0)));
+        assert_eq!(spec("c@l-2").combine_layer, Some(LayerSpec::FromTop(2)));
+        let s = spec("pfc@7:0.7:m=4");
+        assert_eq!(s.combine_layer, Some(LayerSpec::Layer(7)));
+        assert_eq!((s.keep_ratio, s.combine_tokens), (Some(0.7), Some(4)));
+        assert_eq!(
+            spec("bert"),
+            VariantSpec {
+                variant: Variant::Bert,
+                combine_layer: None,
+                keep_ratio: None,
+                combine_tokens: None,
+            }
+        );
+    }
+
+    #[test]
+    fn bad_specs_say_what_is_wrong() {
+        assert!(err("xyz").contains("unknown variant"), "{}", err("xyz"));
+        assert!(err("pf:q=1").contains("unknown setting"));
+        assert!(err("pf:x").contains("neither key=value nor a keep ratio"));
+        assert!(err("pf:p=x").contains("keep ratio \"x\" is not a number"));
+        assert!(err("pfc:m=1.5").contains("not a whole number"));
+        assert!(err("pfc@x").contains("not a number, L or L-k"));
+        assert!(err("pfc@L-x").contains("not a number, L or L-k"));
+    }
+
+    #[test]
+    fn train_flags_resolve_layers_from_the_top() {
+        let m = spec("pfc@L-1:p=0.5:m=16").method_args(6).unwrap();
+        assert_eq!(
+            (m.variant, m.combine_layer, m.keep_ratio, m.combine_tokens),
+            (Variant::Pfc, Some(5), Some(0.5), Some(16))
+        );
+        assert_eq!(spec("c@3").method_args(6).unwrap().combine_layer, Some(3));
+        let e = format!("{:#}", spec("pfc@L-9").method_args(6).unwrap_err());
+        assert!(e.contains("L-9") && e.contains("6-layer"), "{e}");
+    }
+
+    #[test]
+    fn bench_settings_start_from_the_papers() {
+        let m = spec("pf").method_config(12, 0.9).unwrap();
+        assert_eq!(m.variant, Variant::Pf);
+        assert_eq!(m.keep_ratio, 0.9);
+        let mut want = MethodConfig::new(Variant::Pf, 12);
+        want.keep_ratio = 0.9;
+        assert_eq!(format!("{m:?}"), format!("{want:?}"));
+        assert_eq!(
+            spec("pf:0.7").method_config(12, 0.9).unwrap().keep_ratio,
+            0.7
+        );
+        assert_eq!(
+            spec("p:p=0.6").method_config(12, 0.9).unwrap().keep_ratio,
+            0.6
+        );
+        let m = spec("pfc@L-1:m=16").method_config(12, 0.9).unwrap();
+        assert_eq!((m.combine_layer, m.combine_tokens), (11, 16));
+        assert_eq!(spec("c@7").method_config(12, 0.9).unwrap().combine_layer, 7);
+        let e = |s: &str| format!("{:#}", spec(s).method_config(12, 0.9).unwrap_err());
+        assert!(e("bert:0.5").contains("keep ratio only applies"));
+        assert!(e("pf@3").contains("combine layer only applies"));
+        assert!(e("p:m=4").contains("combination tokens only apply"));
+        assert!(!e("pfc@13").is_empty());
+    }
+}
