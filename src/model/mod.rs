@@ -128,6 +128,7 @@ pub struct Model {
 
 pub mod encoder;
 pub mod layout;
+mod ops;
 
 use crate::kernels::workspace;
 use anyhow::{bail, Result};

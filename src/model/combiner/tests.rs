@@ -88,7 +88,6 @@ fn check_golden_forward(file: &str, assign_eps: f32) {
         let (shape, data) = f32s(&extra, &full);
         p.add(&full, &shape, data);
     }
-    let ids = CombinerIds::lookup(&p).expect("all combiner tensors loaded");
     let inputs = read_golden("inputs.safetensors");
     let (mask_shape, mask) = i64s(&inputs, "attention_mask");
     let real: Vec<bool> = mask.iter().map(|&x| x != 0).collect();
@@ -97,6 +96,7 @@ fn check_golden_forward(file: &str, assign_eps: f32) {
     let (batch, n, d) = (mask_shape[0], mask_shape[1], shape[2]);
     let m = shape[1] - n;
     assert_eq!((batch, n, m, d), (3, 22, 8, 384));
+    let ids = CombinerIds::resolve(&p, d).expect("all combiner tensors loaded");
     let dims = CombinerDims { batch, n, m, d };
     let set = CombinerSettings {
         scale: 1.0,
@@ -329,7 +329,7 @@ fn ref_loss(pb: &Problem, th: &[Vec<f64>], frozen: Option<&RefOut>) -> f64 {
 fn run_impl(pb: &Problem) -> (Vec<i64>, Vec<f32>, Vec<Vec<f32>>, Vec<f32>) {
     let CombinerDims { batch, n, m, d } = pb.dims;
     let p = pb.f32_params();
-    let ids = CombinerIds::lookup(&p).expect("test store has every tensor");
+    let ids = CombinerIds::resolve(&p, d).expect("test store has every tensor");
     let hidden: Vec<f32> = pb.theta[HIDDEN].iter().map(|&x| x as f32).collect();
     let mut out = vec![0.0; batch * m * d];
     let (assign, tape) = combiner_forward(
@@ -529,7 +529,7 @@ fn backward_accumulates_parameters_and_overwrites_input() {
     let pb = Problem::new(5, settings(1.0, 1.0, None));
     let CombinerDims { batch, n, m, d } = pb.dims;
     let p = pb.f32_params();
-    let ids = CombinerIds::lookup(&p).expect("test store has every tensor");
+    let ids = CombinerIds::resolve(&p, d).expect("test store has every tensor");
     let hidden: Vec<f32> = pb.theta[HIDDEN].iter().map(|&x| x as f32).collect();
     let mut out = vec![0.0; batch * m * d];
     let (_, tape) = combiner_forward(
