@@ -2,52 +2,18 @@
 //! layer L_c, assigns every real token to one of m combination tokens with a hard
 //! (straight-through) Gumbel-softmax, and updates each combination token with the mean of
 //! its tokens' values.
+//!
+//! The real tokens of all examples are packed into one row block (`R` rows, example by
+//! example, ascending positions) so that every linear layer runs as one product over the
+//! whole batch; the combination tokens form a `[batch * m, d]` block.
 
-use super::params::{ParamId, ParamStore};
-use crate::kernels::layernorm::{layernorm_backward, layernorm_forward};
-use crate::kernels::linear::{linear_backward, linear_forward};
+use super::layout::{CombinerIds, LinearIds, NormIds};
+use super::ops::{self, linear_back, norm_back};
+use super::params::ParamStore;
 use crate::kernels::{matmul, MatRef, Par};
 use crate::rng::hash_uniform;
 use rayon::prelude::*;
-
-/// Parameter ids, by the names of `extra_weights.safetensors`
-/// (`combiner.norm_c.weight`, ..., `combiner.w_o.bias`).
-#[derive(Clone, Copy, Debug)]
-pub struct CombinerIds {
-    pub norm_c_w: ParamId,
-    pub norm_c_b: ParamId,
-    pub norm_e_w: ParamId,
-    pub norm_e_b: ParamId,
-    pub w_q: ParamId,
-    pub b_q: ParamId,
-    pub w_k: ParamId,
-    pub b_k: ParamId,
-    pub w_v: ParamId,
-    pub b_v: ParamId,
-    pub w_o: ParamId,
-    pub b_o: ParamId,
-}
-
-impl CombinerIds {
-    /// Looks the combiner's tensors up by name; `None` if any is missing.
-    pub fn lookup(store: &ParamStore) -> Option<Self> {
-        let g = |n: &str| store.id(&format!("combiner.{n}"));
-        Some(CombinerIds {
-            norm_c_w: g("norm_c.weight")?,
-            norm_c_b: g("norm_c.bias")?,
-            norm_e_w: g("norm_e.weight")?,
-            norm_e_b: g("norm_e.bias")?,
-            w_q: g("w_q.weight")?,
-            b_q: g("w_q.bias")?,
-            w_k: g("w_k.weight")?,
-            b_k: g("w_k.bias")?,
-            w_v: g("w_v.weight")?,
-            b_v: g("w_v.bias")?,
-            w_o: g("w_o.weight")?,
-            b_o: g("w_o.bias")?,
-        })
-    }
-}
+use std::ops::Range;
 
 /// Shapes: `hidden` is `[batch, n + m, d]` with the n embedded positions first and the m
 /// combination tokens after them.
@@ -69,24 +35,35 @@ pub struct CombinerSettings {
     pub gumbel_seed: Option<u64>,
 }
 
-/// What the backward pass needs. The real tokens of all examples are packed into one
-/// row block (`R` rows, example by example, ascending positions) so that every linear
-/// layer runs as one product over the whole batch; the combination tokens form a
-/// `[batch * m, d]` block.
-pub struct CombinerTape {
-    dims: CombinerDims,
-    scale: f32,
+/// The packed real tokens e_j and the combination tokens c_i of a batch.
+struct Packed {
     /// Start of each example's rows in the packed real-token block (`batch + 1` entries).
     real_offsets: Vec<usize>,
     /// Embedded position (0..n) of each packed real row.
     real_pos: Vec<usize>,
-    /// `[R, d]` e_j, LN_e(e_j) with its per-row mean and 1/std.
+    /// `[R, d]` real tokens e_j.
     e: Vec<f32>,
+    /// `[batch * m, d]` combination tokens c_i.
+    c: Vec<f32>,
+}
+
+impl Packed {
+    /// The packed rows of example `b`.
+    fn rows(&self, b: usize) -> Range<usize> {
+        self.real_offsets[b]..self.real_offsets[b + 1]
+    }
+}
+
+/// What the backward pass needs.
+pub struct CombinerTape {
+    dims: CombinerDims,
+    scale: f32,
+    packed: Packed,
+    /// `[R, d]` LN_e(e_j) with its per-row mean and 1/std.
     e_norm: Vec<f32>,
     e_mean: Vec<f32>,
     e_rstd: Vec<f32>,
-    /// `[batch * m, d]` c_i, LN_c(c_i) with its per-row mean and 1/std.
-    c: Vec<f32>,
+    /// `[batch * m, d]` LN_c(c_i) with its per-row mean and 1/std.
     c_norm: Vec<f32>,
     c_mean: Vec<f32>,
     c_rstd: Vec<f32>,
@@ -124,37 +101,6 @@ fn split_by_lengths(mut buf: &mut [f32], lengths: impl Iterator<Item = usize>) -
     chunks
 }
 
-/// The gradient buffers of two different parameters (found in `grads` by the names they
-/// have in `p`), borrowed mutably together.
-fn grad_pair<'a>(
-    grads: &'a mut ParamStore,
-    p: &ParamStore,
-    first: ParamId,
-    second: ParamId,
-) -> (&'a mut [f32], &'a mut [f32]) {
-    let find = |id: ParamId| {
-        let name = &p.tensors[id].name;
-        let gid = grads
-            .id(name)
-            .unwrap_or_else(|| panic!("gradient store lacks {name}"));
-        assert_eq!(
-            grads.tensors[gid].data.len(),
-            p.tensors[id].data.len(),
-            "gradient of {name} has the wrong size"
-        );
-        gid
-    };
-    let (g1, g2) = (find(first), find(second));
-    assert_ne!(g1, g2, "grad_pair: the same tensor twice");
-    if g1 < g2 {
-        let (lo, hi) = grads.tensors.split_at_mut(g2);
-        (&mut lo[g1].data, &mut hi[0].data)
-    } else {
-        let (lo, hi) = grads.tensors.split_at_mut(g1);
-        (&mut hi[0].data, &mut lo[g2].data)
-    }
-}
-
 /// Forward. Writes the combined tokens to `out` (`[batch, m, d]`) and returns the
 /// assignment of each embedded position (`[batch, n]`, -1 for padding). With `record`,
 /// returns the tape for `combiner_backward`.
@@ -179,10 +125,9 @@ pub fn combiner_forward(
     record: bool,
 ) -> (Vec<i64>, Option<CombinerTape>) {
     let CombinerDims { batch, n, m, d } = dims;
-    let seq = n + m;
     assert_eq!(
         hidden.len(),
-        batch * seq * d,
+        batch * (n + m) * d,
         "combiner: hidden is not [batch, n + m, d]"
     );
     assert_eq!(real.len(), batch * n, "combiner: real is not [batch, n]");
@@ -193,168 +138,32 @@ pub fn combiner_forward(
     );
     assert!(m > 0, "combiner: no combination tokens");
 
-    // Gather the real tokens (packed) and the combination tokens.
-    let mut real_offsets = Vec::with_capacity(batch + 1);
-    let mut real_pos = Vec::new();
-    let mut e = Vec::new();
-    let mut c = Vec::with_capacity(batch * m * d);
-    for b in 0..batch {
-        real_offsets.push(real_pos.len());
-        for j in (0..n).filter(|&j| real[b * n + j]) {
-            real_pos.push(j);
-            e.extend_from_slice(&hidden[(b * seq + j) * d..(b * seq + j + 1) * d]);
-        }
-        c.extend_from_slice(&hidden[(b * seq + n) * d..(b + 1) * seq * d]);
-    }
-    real_offsets.push(real_pos.len());
-    let rows = real_pos.len();
+    let packed = pack(hidden, real, dims);
+    let rows = packed.real_pos.len();
     let bm = batch * m;
 
     // Keys and values of the real tokens, queries of the combination tokens: one product
     // each over the whole batch.
-    let (mut e_norm, mut e_mean, mut e_rstd) =
-        (vec![0.0; rows * d], vec![0.0; rows], vec![0.0; rows]);
-    let (norm_e_w, norm_e_b) = (p.data(ids.norm_e_w), p.data(ids.norm_e_b));
-    layernorm_forward(
-        &e,
-        rows,
-        d,
-        norm_e_w,
-        norm_e_b,
-        set.ln_eps,
-        &mut e_norm,
-        &mut e_mean,
-        &mut e_rstd,
-    );
-    let (mut c_norm, mut c_mean, mut c_rstd) = (vec![0.0; bm * d], vec![0.0; bm], vec![0.0; bm]);
-    let (norm_c_w, norm_c_b) = (p.data(ids.norm_c_w), p.data(ids.norm_c_b));
-    layernorm_forward(
-        &c,
-        bm,
-        d,
-        norm_c_w,
-        norm_c_b,
-        set.ln_eps,
-        &mut c_norm,
-        &mut c_mean,
-        &mut c_rstd,
-    );
-    let mut k = vec![0.0; rows * d];
-    linear_forward(
-        &e_norm,
-        rows,
-        d,
-        p.data(ids.w_k),
-        Some(p.data(ids.b_k)),
-        d,
-        &mut k,
-    );
-    let mut q = vec![0.0; bm * d];
-    linear_forward(
-        &c_norm,
-        bm,
-        d,
-        p.data(ids.w_q),
-        Some(p.data(ids.b_q)),
-        d,
-        &mut q,
-    );
-    let mut v = vec![0.0; rows * d];
-    linear_forward(
-        &e,
-        rows,
-        d,
-        p.data(ids.w_v),
-        Some(p.data(ids.b_v)),
-        d,
-        &mut v,
-    );
+    let [e_norm, e_mean, e_rstd] = norm(p, ids.norm_e, &packed.e, rows, d, set.ln_eps);
+    let [c_norm, c_mean, c_rstd] = norm(p, ids.norm_c, &packed.c, bm, d, set.ln_eps);
+    let k = linear(p, ids.key, &e_norm, rows, d);
+    let q = linear(p, ids.query, &c_norm, bm, d);
+    let v = linear(p, ids.value, &packed.e, rows, d);
 
-    // Logits, noise and the softmax over the combination tokens, per example.
-    let mut sim = vec![0.0f32; m * rows];
-    let example_rows = |b: usize| real_offsets[b]..real_offsets[b + 1];
-    let sim_chunks = split_by_lengths(&mut sim, (0..batch).map(|b| m * example_rows(b).len()));
-    sim_chunks
-        .into_par_iter()
-        .enumerate()
-        .for_each(|(b, sim_b)| {
-            let r = example_rows(b);
-            let nb = r.len();
-            if nb == 0 {
-                return;
-            }
-            let q_b = MatRef::new(&q[b * m * d..(b + 1) * m * d], m, d);
-            let k_b = MatRef::new(&k[r.start * d..r.end * d], nb, d);
-            matmul(sim_b, nb, q_b, k_b.t(), false, Par::Serial);
-            let mut z = vec![0.0f64; m];
-            for jj in 0..nb {
-                let j = real_pos[r.start + jj];
-                for (i, zi) in z.iter_mut().enumerate() {
-                    *zi = set.scale as f64 * sim_b[i * nb + jj] as f64;
-                    if let Some(seed) = set.gumbel_seed {
-                        *zi += gumbel(seed, ((b * m + i) * n + j) as u64);
-                    }
-                }
-                let zmax = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                let total: f64 = z.iter().map(|&x| (x - zmax).exp()).sum();
-                for (i, &zi) in z.iter().enumerate() {
-                    sim_b[i * nb + jj] = ((zi - zmax).exp() / total) as f32;
-                }
-            }
-        });
-
-    // Hard assignment: argmax over i of Sim, the lowest i on ties.
-    let mut group = vec![0usize; rows];
-    for b in 0..batch {
-        let r = example_rows(b);
-        let nb = r.len();
-        let sim_b = &sim[m * r.start..m * r.end];
-        for jj in 0..nb {
-            let mut best = 0;
-            for i in 1..m {
-                if sim_b[i * nb + jj] > sim_b[best * nb + jj] {
-                    best = i;
-                }
-            }
-            group[r.start + jj] = best;
-        }
-    }
-
-    // u_i = mean of the values assigned to i, with assign_eps in the denominator.
-    let mut sums = vec![0.0f64; bm * d];
-    let mut counts = vec![0usize; bm];
-    for b in 0..batch {
-        for row in example_rows(b) {
-            let gi = b * m + group[row];
-            counts[gi] += 1;
-            for (s, &x) in sums[gi * d..(gi + 1) * d]
-                .iter_mut()
-                .zip(&v[row * d..(row + 1) * d])
-            {
-                *s += x as f64;
-            }
-        }
-    }
-    let denom: Vec<f32> = counts
-        .iter()
-        .map(|&cnt| cnt as f32 + set.assign_eps)
-        .collect();
-    let u: Vec<f32> = sums
-        .iter()
-        .enumerate()
-        .map(|(x, &s)| (s / denom[x / d] as f64) as f32)
-        .collect();
+    let sim = assignment_probs(&q, &k, &packed, dims, set);
+    let group = hard_assignment(&sim, &packed, batch, m);
+    let (u, denom) = group_means(&v, &group, &packed, dims, set.assign_eps);
 
     // c'_i = c_i + W_o u_i + b_o.
-    linear_forward(&u, bm, d, p.data(ids.w_o), Some(p.data(ids.b_o)), d, out);
-    for (o, &ci) in out.iter_mut().zip(&c) {
+    ops::linear(p, ids.out, &u, bm, d, d, out);
+    for (o, &ci) in out.iter_mut().zip(&packed.c) {
         *o += ci;
     }
 
     let mut assign = vec![-1i64; batch * n];
     for b in 0..batch {
-        for row in example_rows(b) {
-            assign[b * n + real_pos[row]] = group[row] as i64;
+        for row in packed.rows(b) {
+            assign[b * n + packed.real_pos[row]] = group[row] as i64;
         }
     }
 
@@ -362,13 +171,10 @@ pub fn combiner_forward(
     let tape = record.then_some(CombinerTape {
         dims,
         scale: set.scale,
-        real_offsets,
-        real_pos,
-        e,
+        packed,
         e_norm,
         e_mean,
         e_rstd,
-        c,
         c_norm,
         c_mean,
         c_rstd,
@@ -384,7 +190,7 @@ pub fn combiner_forward(
 }
 
 /// Backward from `dout` (`[batch, m, d]`): overwrites `dhidden` (`[batch, n + m, d]`) and
-/// accumulates parameter gradients into `grads` (same names as the parameters).
+/// accumulates parameter gradients into `grads` (a `zeros_like` of `p`).
 ///
 /// The straight-through estimator of the golden README ("Notes for a hand-written
 /// backward"), with g_i = ∂L/∂c'_i and d_i = Σ_j HA_ij + assign_eps:
@@ -408,9 +214,9 @@ pub fn combiner_backward(
         (td.batch, td.n, td.m, td.d) == (batch, n, m, d),
         "combiner_backward: dims differ from the forward's"
     );
-    let seq = n + m;
     let bm = batch * m;
-    let rows = tape.real_pos.len();
+    let packed = &tape.packed;
+    let rows = packed.real_pos.len();
     assert_eq!(
         dout.len(),
         bm * d,
@@ -418,28 +224,24 @@ pub fn combiner_backward(
     );
     assert_eq!(
         dhidden.len(),
-        batch * seq * d,
+        batch * (n + m) * d,
         "combiner_backward: dhidden is not [batch, n + m, d]"
     );
-    let example_rows = |b: usize| tape.real_offsets[b]..tape.real_offsets[b + 1];
 
     // Output projection: g_u = g W_o, ∂W_o, ∂b_o.
     let mut g_u = vec![0.0f32; bm * d];
-    {
-        let (dw_o, db_o) = grad_pair(grads, p, ids.w_o, ids.b_o);
-        linear_backward(
-            &tape.u,
-            bm,
-            d,
-            p.data(ids.w_o),
-            d,
-            dout,
-            Some(&mut g_u),
-            false,
-            dw_o,
-            Some(db_o),
-        );
-    }
+    linear_back(
+        p,
+        ids.out,
+        &tape.u,
+        bm,
+        d,
+        d,
+        dout,
+        Some(&mut g_u),
+        false,
+        grads,
+    );
     // g_u_i / d_i, shared by the value and the assignment gradients.
     let g_ud: Vec<f32> = g_u
         .iter()
@@ -450,22 +252,159 @@ pub fn combiner_backward(
     // Values: ∂v_j = g_u_{a(j)} / d_{a(j)}.
     let mut dv = vec![0.0f32; rows * d];
     for b in 0..batch {
-        for row in example_rows(b) {
+        for row in packed.rows(b) {
             let gi = b * m + tape.group[row];
             dv[row * d..(row + 1) * d].copy_from_slice(&g_ud[gi * d..(gi + 1) * d]);
         }
     }
 
-    // Assignment logits, per example: ∂HA = (g_u/d) vᵀ − ((g_u/d) · u) 1ᵀ, straight
-    // through to Sim, softmax backward over i, times the scale; then ∂q = ∂z k, ∂k = ∂zᵀ q.
-    let mut dq = vec![0.0f32; bm * d];
-    let mut dk = vec![0.0f32; rows * d];
-    let dk_chunks = split_by_lengths(&mut dk, (0..batch).map(|b| d * example_rows(b).len()));
+    let (dq, dk) = assignment_backward(tape, &g_ud);
+
+    // Real tokens: key path through W_k and LN_e, plus the value path through W_v.
+    let mut de = vec![0.0f32; rows * d];
+    let mut de_norm = vec![0.0f32; rows * d];
+    let (e, e_norm) = (&packed.e, &tape.e_norm);
+    linear_back(
+        p,
+        ids.key,
+        e_norm,
+        rows,
+        d,
+        d,
+        &dk,
+        Some(&mut de_norm),
+        false,
+        grads,
+    );
+    let e_stats = [&tape.e_mean[..], &tape.e_rstd[..]];
+    norm_back(
+        p, ids.norm_e, e, rows, d, e_stats, &de_norm, &mut de, false, grads,
+    );
+    linear_back(p, ids.value, e, rows, d, d, &dv, Some(&mut de), true, grads);
+
+    // Combination tokens: the residual g_i plus the query path through W_q and LN_c.
+    let mut dc = dout.to_vec();
+    let mut dc_norm = vec![0.0f32; bm * d];
+    let (c, c_norm) = (&packed.c, &tape.c_norm);
+    linear_back(
+        p,
+        ids.query,
+        c_norm,
+        bm,
+        d,
+        d,
+        &dq,
+        Some(&mut dc_norm),
+        false,
+        grads,
+    );
+    let c_stats = [&tape.c_mean[..], &tape.c_rstd[..]];
+    norm_back(
+        p, ids.norm_c, c, bm, d, c_stats, &dc_norm, &mut dc, true, grads,
+    );
+
+    unpack_grads(&de, &dc, packed, dims, dhidden);
+}
+
+/// Gathers the real tokens of every example (packed) and the combination tokens.
+fn pack(hidden: &[f32], real: &[bool], dims: CombinerDims) -> Packed {
+    let CombinerDims { batch, n, m, d } = dims;
+    let seq = n + m;
+    let mut real_offsets = Vec::with_capacity(batch + 1);
+    let mut real_pos = Vec::new();
+    let mut e = Vec::new();
+    let mut c = Vec::with_capacity(batch * m * d);
+    for b in 0..batch {
+        real_offsets.push(real_pos.len());
+        for j in (0..n).filter(|&j| real[b * n + j]) {
+            real_pos.push(j);
+            e.extend_from_slice(&hidden[(b * seq + j) * d..(b * seq + j + 1) * d]);
+        }
+        c.extend_from_slice(&hidden[(b * seq + n) * d..(b + 1) * seq * d]);
+    }
+    real_offsets.push(real_pos.len());
+    Packed {
+        real_offsets,
+        real_pos,
+        e,
+        c,
+    }
+}
+
+/// Backward of [`pack`]: scatters the packed gradients back to the hidden layout;
+/// padding rows get 0.
+fn unpack_grads(de: &[f32], dc: &[f32], packed: &Packed, dims: CombinerDims, dhidden: &mut [f32]) {
+    let CombinerDims { batch, n, m, d } = dims;
+    let seq = n + m;
+    dhidden.fill(0.0);
+    for b in 0..batch {
+        for row in packed.rows(b) {
+            let j = packed.real_pos[row];
+            dhidden[(b * seq + j) * d..(b * seq + j + 1) * d]
+                .copy_from_slice(&de[row * d..(row + 1) * d]);
+        }
+        dhidden[(b * seq + n) * d..(b + 1) * seq * d]
+            .copy_from_slice(&dc[b * m * d..(b + 1) * m * d]);
+    }
+}
+
+/// Sim, per example `[m, n_b]`: the assignment logits `scale * q_i · k_j` plus the Gumbel
+/// noise, softmax over the combination tokens i (in f64).
+fn assignment_probs(
+    q: &[f32],
+    k: &[f32],
+    packed: &Packed,
+    dims: CombinerDims,
+    set: &CombinerSettings,
+) -> Vec<f32> {
+    let CombinerDims { batch, n, m, d } = dims;
+    let mut sim = vec![0.0f32; m * packed.real_pos.len()];
+    let sim_chunks = split_by_lengths(&mut sim, (0..batch).map(|b| m * packed.rows(b).len()));
+    sim_chunks
+        .into_par_iter()
+        .enumerate()
+        .for_each(|(b, sim_b)| {
+            let r = packed.rows(b);
+            let nb = r.len();
+            if nb == 0 {
+                return;
+            }
+            let q_b = MatRef::new(&q[b * m * d..(b + 1) * m * d], m, d);
+            let k_b = MatRef::new(&k[r.start * d..r.end * d], nb, d);
+            matmul(sim_b, nb, q_b, k_b.t(), false, Par::Serial);
+            let mut z = vec![0.0f64; m];
+            for jj in 0..nb {
+                let j = packed.real_pos[r.start + jj];
+                for (i, zi) in z.iter_mut().enumerate() {
+                    *zi = set.scale as f64 * sim_b[i * nb + jj] as f64;
+                    if let Some(seed) = set.gumbel_seed {
+                        *zi += gumbel(seed, ((b * m + i) * n + j) as u64);
+                    }
+                }
+                let zmax = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let total: f64 = z.iter().map(|&x| (x - zmax).exp()).sum();
+                for (i, &zi) in z.iter().enumerate() {
+                    sim_b[i * nb + jj] = ((zi - zmax).exp() / total) as f32;
+                }
+            }
+        });
+    sim
+}
+
+/// Backward of [`assignment_probs`] from the value gradients `g_ud` = g_u / d, per
+/// example: ∂HA = (g_u/d) vᵀ − ((g_u/d) · u) 1ᵀ, straight through to Sim, softmax
+/// backward over i, times the scale; then ∂q = ∂z k, ∂k = ∂zᵀ q. Returns (∂q, ∂k).
+fn assignment_backward(tape: &CombinerTape, g_ud: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let CombinerDims { batch, m, d, .. } = tape.dims;
+    let packed = &tape.packed;
+    let mut dq = vec![0.0f32; batch * m * d];
+    let mut dk = vec![0.0f32; packed.real_pos.len() * d];
+    let dk_chunks = split_by_lengths(&mut dk, (0..batch).map(|b| d * packed.rows(b).len()));
     dq.par_chunks_mut(m * d)
         .zip(dk_chunks)
         .enumerate()
         .for_each(|(b, (dq_b, dk_b))| {
-            let r = example_rows(b);
+            let r = packed.rows(b);
             let nb = r.len();
             if nb == 0 {
                 dq_b.fill(0.0);
@@ -510,664 +449,75 @@ pub fn combiner_backward(
             matmul(dq_b, d, dz_m, k_b, false, Par::Serial);
             matmul(dk_b, d, dz_m.t(), q_b, false, Par::Serial);
         });
+    (dq, dk)
+}
 
-    // Real tokens: key path through W_k and LN_e, plus the value path through W_v.
-    let mut de = vec![0.0f32; rows * d];
-    {
-        let mut de_norm = vec![0.0f32; rows * d];
-        {
-            let (dw_k, db_k) = grad_pair(grads, p, ids.w_k, ids.b_k);
-            linear_backward(
-                &tape.e_norm,
-                rows,
-                d,
-                p.data(ids.w_k),
-                d,
-                &dk,
-                Some(&mut de_norm),
-                false,
-                dw_k,
-                Some(db_k),
-            );
-        }
-        let (dg, db) = grad_pair(grads, p, ids.norm_e_w, ids.norm_e_b);
-        let gamma = p.data(ids.norm_e_w);
-        layernorm_backward(
-            &tape.e,
-            rows,
-            d,
-            gamma,
-            &tape.e_mean,
-            &tape.e_rstd,
-            &de_norm,
-            &mut de,
-            false,
-            dg,
-            db,
-        );
-    }
-    {
-        let (dw_v, db_v) = grad_pair(grads, p, ids.w_v, ids.b_v);
-        linear_backward(
-            &tape.e,
-            rows,
-            d,
-            p.data(ids.w_v),
-            d,
-            &dv,
-            Some(&mut de),
-            true,
-            dw_v,
-            Some(db_v),
-        );
-    }
-
-    // Combination tokens: the residual g_i plus the query path through W_q and LN_c.
-    let mut dc = dout.to_vec();
-    {
-        let mut dc_norm = vec![0.0f32; bm * d];
-        {
-            let (dw_q, db_q) = grad_pair(grads, p, ids.w_q, ids.b_q);
-            linear_backward(
-                &tape.c_norm,
-                bm,
-                d,
-                p.data(ids.w_q),
-                d,
-                &dq,
-                Some(&mut dc_norm),
-                false,
-                dw_q,
-                Some(db_q),
-            );
-        }
-        let (dg, db) = grad_pair(grads, p, ids.norm_c_w, ids.norm_c_b);
-        let gamma = p.data(ids.norm_c_w);
-        layernorm_backward(
-            &tape.c,
-            bm,
-            d,
-            gamma,
-            &tape.c_mean,
-            &tape.c_rstd,
-            &dc_norm,
-            &mut dc,
-            true,
-            dg,
-            db,
-        );
-    }
-
-    // Scatter back to the hidden layout; padding rows get 0.
-    dhidden.fill(0.0);
+/// Hard assignment of each packed real row: argmax over i of Sim, the lowest i on ties.
+fn hard_assignment(sim: &[f32], packed: &Packed, batch: usize, m: usize) -> Vec<usize> {
+    let mut group = vec![0usize; packed.real_pos.len()];
     for b in 0..batch {
-        for row in example_rows(b) {
-            let j = tape.real_pos[row];
-            dhidden[(b * seq + j) * d..(b * seq + j + 1) * d]
-                .copy_from_slice(&de[row * d..(row + 1) * d]);
+        let r = packed.rows(b);
+        let nb = r.len();
+        let sim_b = &sim[m * r.start..m * r.end];
+        for jj in 0..nb {
+            let mut best = 0;
+            for i in 1..m {
+                if sim_b[i * nb + jj] > sim_b[best * nb + jj] {
+                    best = i;
+                }
+            }
+            group[r.start + jj] = best;
         }
-        dhidden[(b * seq + n) * d..(b + 1) * seq * d]
-            .copy_from_slice(&dc[b * m * d..(b + 1) * m * d]);
     }
+    group
+}
+
+/// u_i = mean of the values assigned to i, with `assign_eps` in the denominator (summed
+/// in f64). Returns (u `[batch * m, d]`, the denominators `[batch * m]`).
+fn group_means(
+    v: &[f32],
+    group: &[usize],
+    packed: &Packed,
+    dims: CombinerDims,
+    assign_eps: f32,
+) -> (Vec<f32>, Vec<f32>) {
+    let CombinerDims { batch, m, d, .. } = dims;
+    let mut sums = vec![0.0f64; batch * m * d];
+    let mut counts = vec![0usize; batch * m];
+    for b in 0..batch {
+        for row in packed.rows(b) {
+            let gi = b * m + group[row];
+            counts[gi] += 1;
+            for (s, &x) in sums[gi * d..(gi + 1) * d]
+                .iter_mut()
+                .zip(&v[row * d..(row + 1) * d])
+            {
+                *s += x as f64;
+            }
+        }
+    }
+    let denom: Vec<f32> = counts.iter().map(|&cnt| cnt as f32 + assign_eps).collect();
+    let u: Vec<f32> = sums
+        .iter()
+        .enumerate()
+        .map(|(x, &s)| (s / denom[x / d] as f64) as f32)
+        .collect();
+    (u, denom)
+}
+
+/// `y = x Wᵀ + b` over `rows` rows of width `d` (every combiner projection is d x d).
+fn linear(p: &ParamStore, ids: LinearIds, x: &[f32], rows: usize, d: usize) -> Vec<f32> {
+    let mut y = vec![0.0; rows * d];
+    ops::linear(p, ids, x, rows, d, d, &mut y);
+    y
+}
+
+/// `LN(x)` over rows of width `d`, returning (y, mean, rstd).
+fn norm(p: &ParamStore, ids: NormIds, x: &[f32], rows: usize, d: usize, eps: f32) -> [Vec<f32>; 3] {
+    let (mut y, mut mean, mut rstd) = (vec![0.0; rows * d], vec![0.0; rows], vec![0.0; rows]);
+    ops::norm(p, ids, x, rows, d, eps, [&mut y, &mut mean, &mut rstd]);
+    [y, mean, rstd]
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::rng::Rng;
-    use safetensors::{Dtype, SafeTensors};
-    use std::path::PathBuf;
-
-    /// The combiner's tensors in `CombinerIds` order, without the `combiner.` prefix.
-    const NAMES: [&str; 12] = [
-        "norm_c.weight",
-        "norm_c.bias",
-        "norm_e.weight",
-        "norm_e.bias",
-        "w_q.weight",
-        "w_q.bias",
-        "w_k.weight",
-        "w_k.bias",
-        "w_v.weight",
-        "w_v.bias",
-        "w_o.weight",
-        "w_o.bias",
-    ];
-    const HIDDEN: usize = NAMES.len(); // index of the input in a variable list
-
-    fn is_matrix(t: usize) -> bool {
-        NAMES[t].starts_with('w') && NAMES[t].ends_with("weight")
-    }
-
-    fn store_from(values: &[Vec<f32>], d: usize) -> ParamStore {
-        let mut p = ParamStore::new();
-        for (t, name) in NAMES.iter().enumerate() {
-            let shape = if is_matrix(t) { vec![d, d] } else { vec![d] };
-            p.add(&format!("combiner.{name}"), &shape, values[t].clone());
-        }
-        p
-    }
-
-    // ----- golden forward -----
-
-    fn golden_dir() -> PathBuf {
-        std::env::var_os("COREFOCUS_GOLDEN")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/golden"))
-    }
-
-    fn read_golden(name: &str) -> Vec<u8> {
-        let path = golden_dir().join(name);
-        std::fs::read(&path)
-            .unwrap_or_else(|e| panic!("cannot read golden file {}: {e}", path.display()))
-    }
-
-    fn tensor_bytes(bytes: &[u8], name: &str, dtype: Dtype) -> (Vec<usize>, Vec<u8>) {
-        let st = SafeTensors::deserialize(bytes).expect("golden file is not safetensors");
-        let t = st
-            .tensor(name)
-            .unwrap_or_else(|e| panic!("golden tensor {name}: {e}"));
-        assert_eq!(t.dtype(), dtype, "golden tensor {name}");
-        (t.shape().to_vec(), t.data().to_vec())
-    }
-
-    fn f32s(bytes: &[u8], name: &str) -> (Vec<usize>, Vec<f32>) {
-        let (shape, raw) = tensor_bytes(bytes, name, Dtype::F32);
-        (
-            shape,
-            raw.chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-        )
-    }
-
-    fn i64s(bytes: &[u8], name: &str) -> (Vec<usize>, Vec<i64>) {
-        let (shape, raw) = tensor_bytes(bytes, name, Dtype::I64);
-        let v = raw
-            .chunks_exact(8)
-            .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
-            .collect();
-        (shape, v)
-    }
-
-    /// Runs the combiner on `pre_combine_hidden` of a golden file with the golden
-    /// weights: the assignments must be identical and `combined` within 1e-3 (the
-    /// README's tolerance for combination-token rows).
-    fn check_golden_forward(file: &str, assign_eps: f32) {
-        let extra = read_golden("extra_weights.safetensors");
-        let mut p = ParamStore::new();
-        for name in NAMES {
-            let full = format!("combiner.{name}");
-            let (shape, data) = f32s(&extra, &full);
-            p.add(&full, &shape, data);
-        }
-        let ids = CombinerIds::lookup(&p).expect("all combiner tensors loaded");
-        let inputs = read_golden("inputs.safetensors");
-        let (mask_shape, mask) = i64s(&inputs, "attention_mask");
-        let real: Vec<bool> = mask.iter().map(|&x| x != 0).collect();
-        let g = read_golden(file);
-        let (shape, hidden) = f32s(&g, "pre_combine_hidden");
-        let (batch, n, d) = (mask_shape[0], mask_shape[1], shape[2]);
-        let m = shape[1] - n;
-        assert_eq!((batch, n, m, d), (3, 22, 8, 384));
-        let dims = CombinerDims { batch, n, m, d };
-        let set = CombinerSettings {
-            scale: 1.0,
-            assign_eps,
-            ln_eps: 1e-5,
-            gumbel_seed: None,
-        };
-        let mut out = vec![f32::NAN; batch * m * d];
-        let (assign, tape) =
-            combiner_forward(&p, &ids, dims, &set, &hidden, &real, &mut out, false);
-        assert!(tape.is_none());
-        let (_, want_assign) = i64s(&g, "assign");
-        assert_eq!(assign, want_assign, "{file}: assignments differ");
-        let (_, want) = f32s(&g, "combined");
-        let worst = out
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
-        assert!(worst <= 1e-3, "{file}: combined differs by {worst}");
-        // Recording must not change the result.
-        let mut out2 = vec![0.0; batch * m * d];
-        let (assign2, tape) =
-            combiner_forward(&p, &ids, dims, &set, &hidden, &real, &mut out2, true);
-        assert!(tape.is_some());
-        assert_eq!((assign2, out2), (assign, out));
-    }
-
-    #[test]
-    fn golden_forward_c() {
-        check_golden_forward("C.safetensors", 1.0);
-    }
-
-    #[test]
-    fn golden_forward_pfc() {
-        check_golden_forward("PFC.safetensors", 1.0);
-    }
-
-    #[test]
-    fn golden_forward_literal_eps() {
-        check_golden_forward("C_eps1e-6.safetensors", 1e-6);
-        check_golden_forward("PFC_eps1e-6.safetensors", 1e-6);
-    }
-
-    // ----- float64 reference and finite differences -----
-
-    /// A small problem: batch 2, n = 5 (the second example has padding at positions 2
-    /// and 4 and 3 real tokens), m = 3, d = 8. Padding rows of `hidden` hold NaN, so any
-    /// read of them shows.
-    struct Problem {
-        dims: CombinerDims,
-        set: CombinerSettings,
-        real: Vec<bool>,
-        /// The 12 parameters then the hidden input, as f32-representable f64 values.
-        theta: Vec<Vec<f64>>,
-        /// Weights of the test loss L = Σ out · loss_w.
-        loss_w: Vec<f64>,
-    }
-
-    impl Problem {
-        fn new(seed: u64, set: CombinerSettings) -> Problem {
-            let dims = CombinerDims {
-                batch: 2,
-                n: 5,
-                m: 3,
-                d: 8,
-            };
-            let CombinerDims { batch, n, m, d } = dims;
-            let mut rng = Rng::new(seed);
-            let mut normal =
-                |scale: f64, offset: f64| (offset + scale * rng.normal()) as f32 as f64;
-            let mut theta = Vec::new();
-            for (t, name) in NAMES.iter().enumerate() {
-                let v: Vec<f64> = if is_matrix(t) {
-                    (0..d * d)
-                        .map(|_| normal(1.0 / (d as f64).sqrt(), 0.0))
-                        .collect()
-                } else if name.starts_with("norm") && name.ends_with("weight") {
-                    (0..d).map(|_| normal(0.2, 1.0)).collect()
-                } else {
-                    (0..d).map(|_| normal(0.2, 0.0)).collect()
-                };
-                theta.push(v);
-            }
-            let real = vec![true, true, true, true, true, true, true, false, true, false];
-            let mut hidden = vec![f64::NAN; batch * (n + m) * d];
-            for b in 0..batch {
-                for row in 0..n + m {
-                    if row < n && !real[b * n + row] {
-                        continue;
-                    }
-                    for x in 0..d {
-                        hidden[(b * (n + m) + row) * d + x] = normal(1.0, 0.3);
-                    }
-                }
-            }
-            theta.push(hidden);
-            let loss_w = (0..batch * m * d).map(|_| normal(1.0, 0.0)).collect();
-            Problem {
-                dims,
-                set,
-                real,
-                theta,
-                loss_w,
-            }
-        }
-
-        fn f32_params(&self) -> ParamStore {
-            let d = self.dims.d;
-            store_from(
-                &self.theta[..HIDDEN]
-                    .iter()
-                    .map(|v| v.iter().map(|&x| x as f32).collect())
-                    .collect::<Vec<_>>(),
-                d,
-            )
-        }
-    }
-
-    /// Forward values of the float64 reference.
-    struct RefOut {
-        out: Vec<f64>,
-        /// `[batch, m, n]`, 0 in padding columns.
-        sim: Vec<f64>,
-        /// `[batch, n]` assigned combination token, `None` for padding.
-        hard: Vec<Option<usize>>,
-    }
-
-    fn ref_layernorm(x: &[f64], w: &[f64], b: &[f64], eps: f64) -> Vec<f64> {
-        let dim = x.len() as f64;
-        let mean = x.iter().sum::<f64>() / dim;
-        let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / dim;
-        let rstd = 1.0 / (var + eps).sqrt();
-        x.iter()
-            .zip(w)
-            .zip(b)
-            .map(|((v, w), b)| (v - mean) * rstd * w + b)
-            .collect()
-    }
-
-    fn ref_linear(x: &[f64], w: &[f64], b: &[f64]) -> Vec<f64> {
-        let d = b.len();
-        (0..d)
-            .map(|o| b[o] + (0..x.len()).map(|i| w[o * x.len() + i] * x[i]).sum::<f64>())
-            .collect()
-    }
-
-    /// The combiner in float64, written from the formulas. With `frozen` (the reference's
-    /// output at θ0) it computes the straight-through surrogate instead: HA =
-    /// hard(θ0) + Sim(θ) − Sim(θ0), whose value at θ0 is the forward and whose gradient
-    /// there is the straight-through gradient.
-    fn ref_forward(pb: &Problem, th: &[Vec<f64>], frozen: Option<&RefOut>) -> RefOut {
-        let CombinerDims { batch, n, m, d } = pb.dims;
-        let seq = n + m;
-        let (eps, ln_eps, scale) = (
-            pb.set.assign_eps as f64,
-            pb.set.ln_eps as f64,
-            pb.set.scale as f64,
-        );
-        let hidden = &th[HIDDEN];
-        let row = |b: usize, r: usize| &hidden[(b * seq + r) * d..(b * seq + r + 1) * d];
-        let mut out = vec![0.0; batch * m * d];
-        let mut sim = vec![0.0; batch * m * n];
-        let mut hard = vec![None; batch * n];
-        for b in 0..batch {
-            let q: Vec<Vec<f64>> = (0..m)
-                .map(|i| {
-                    ref_linear(
-                        &ref_layernorm(row(b, n + i), &th[0], &th[1], ln_eps),
-                        &th[4],
-                        &th[5],
-                    )
-                })
-                .collect();
-            let mut ha = vec![0.0; m * n];
-            let mut v = vec![vec![0.0; d]; n];
-            for j in (0..n).filter(|&j| pb.real[b * n + j]) {
-                let k = ref_linear(
-                    &ref_layernorm(row(b, j), &th[2], &th[3], ln_eps),
-                    &th[6],
-                    &th[7],
-                );
-                v[j] = ref_linear(row(b, j), &th[8], &th[9]);
-                let z: Vec<f64> = (0..m)
-                    .map(|i| {
-                        let dot: f64 = q[i].iter().zip(&k).map(|(a, b)| a * b).sum();
-                        let noise = pb
-                            .set
-                            .gumbel_seed
-                            .map_or(0.0, |s| gumbel(s, ((b * m + i) * n + j) as u64));
-                        scale * dot + noise
-                    })
-                    .collect();
-                let zmax = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                let total: f64 = z.iter().map(|x| (x - zmax).exp()).sum();
-                let mut best = 0;
-                for i in 0..m {
-                    sim[(b * m + i) * n + j] = (z[i] - zmax).exp() / total;
-                    if sim[(b * m + i) * n + j] > sim[(b * m + best) * n + j] {
-                        best = i;
-                    }
-                }
-                hard[b * n + j] = Some(best);
-                for i in 0..m {
-                    let x = (b * m + i) * n + j;
-                    ha[i * n + j] = match frozen {
-                        None => (i == best) as u8 as f64,
-                        Some(f) => (f.hard[b * n + j] == Some(i)) as u8 as f64 + sim[x] - f.sim[x],
-                    };
-                }
-            }
-            for i in 0..m {
-                let denom: f64 = (0..n).map(|j| ha[i * n + j]).sum::<f64>() + eps;
-                let u: Vec<f64> = (0..d)
-                    .map(|x| (0..n).map(|j| ha[i * n + j] * v[j][x]).sum::<f64>() / denom)
-                    .collect();
-                let proj = ref_linear(&u, &th[10], &th[11]);
-                for x in 0..d {
-                    out[(b * m + i) * d + x] = row(b, n + i)[x] + proj[x];
-                }
-            }
-        }
-        RefOut { out, sim, hard }
-    }
-
-    fn ref_loss(pb: &Problem, th: &[Vec<f64>], frozen: Option<&RefOut>) -> f64 {
-        let r = ref_forward(pb, th, frozen);
-        r.out.iter().zip(&pb.loss_w).map(|(a, b)| a * b).sum()
-    }
-
-    /// The implementation's forward and backward on the problem: (assignments, output,
-    /// parameter gradients in NAMES order, input gradient).
-    fn run_impl(pb: &Problem) -> (Vec<i64>, Vec<f32>, Vec<Vec<f32>>, Vec<f32>) {
-        let CombinerDims { batch, n, m, d } = pb.dims;
-        let p = pb.f32_params();
-        let ids = CombinerIds::lookup(&p).expect("test store has every tensor");
-        let hidden: Vec<f32> = pb.theta[HIDDEN].iter().map(|&x| x as f32).collect();
-        let mut out = vec![0.0; batch * m * d];
-        let (assign, tape) = combiner_forward(
-            &p, &ids, pb.dims, &pb.set, &hidden, &pb.real, &mut out, true,
-        );
-        let tape = tape.expect("recorded");
-        let dout: Vec<f32> = pb.loss_w.iter().map(|&x| x as f32).collect();
-        let mut grads = p.zeros_like();
-        let mut dhidden = vec![f32::NAN; batch * (n + m) * d];
-        combiner_backward(&p, &ids, pb.dims, &tape, &dout, &mut dhidden, &mut grads);
-        let g = NAMES
-            .iter()
-            .map(|nm| {
-                grads
-                    .get(&format!("combiner.{nm}"))
-                    .expect("grad")
-                    .data
-                    .clone()
-            })
-            .collect();
-        (assign, out, g, dhidden)
-    }
-
-    /// Central differences of `loss` in every entry of variable `t` (padding rows of
-    /// the hidden input are skipped and reported as NaN).
-    fn finite_differences(pb: &Problem, t: usize, loss: &dyn Fn(&[Vec<f64>]) -> f64) -> Vec<f64> {
-        let h = 1e-6;
-        let CombinerDims { n, m, d, .. } = pb.dims;
-        (0..pb.theta[t].len())
-            .map(|x| {
-                if t == HIDDEN {
-                    let (b, r) = (x / d / (n + m), x / d % (n + m));
-                    if r < n && !pb.real[b * n + r] {
-                        return f64::NAN;
-                    }
-                }
-                let mut th = pb.theta.clone();
-                th[t][x] += h;
-                let plus = loss(&th);
-                th[t][x] -= 2.0 * h;
-                let minus = loss(&th);
-                (plus - minus) / (2.0 * h)
-            })
-            .collect()
-    }
-
-    /// Per-tensor comparison (the golden README's rule): max|a − fd| ≤ tol · max|fd|.
-    /// The f32 implementation is measured at ~5e-7 of the scale; tol leaves a margin.
-    /// Padding entries (NaN in `fd`) must have exactly zero gradient.
-    fn assert_close(what: &str, analytic: &[f32], fd: &[f64], tol: f64) {
-        let scale = fd
-            .iter()
-            .filter(|x| !x.is_nan())
-            .fold(0.0f64, |a, x| a.max(x.abs()));
-        assert!(
-            scale > 1e-6,
-            "{what}: gradient is (nearly) zero, the check would be vacuous"
-        );
-        let mut worst = 0.0f64;
-        for (x, (&a, &f)) in analytic.iter().zip(fd).enumerate() {
-            if f.is_nan() {
-                assert_eq!(a, 0.0, "{what}[{x}]: padding must get zero gradient");
-            } else {
-                worst = worst.max((a as f64 - f).abs());
-            }
-        }
-        assert!(
-            worst <= tol * scale,
-            "{what}: max error {worst:e} vs scale {scale:e}"
-        );
-    }
-
-    fn settings(scale: f32, assign_eps: f32, gumbel_seed: Option<u64>) -> CombinerSettings {
-        CombinerSettings {
-            scale,
-            assign_eps,
-            ln_eps: 1e-5,
-            gumbel_seed,
-        }
-    }
-
-    const SETUPS: [(u64, f32, f32, Option<u64>); 3] = [
-        (1, 0.7, 1.0, Some(42)),
-        (2, 1.0, 0.5, None),
-        (3, 1.3, 1.0, Some(7)),
-    ];
-
-    #[test]
-    fn forward_matches_float64_reference() {
-        let mut empty_group_seen = false;
-        for (seed, scale, eps, noise) in SETUPS {
-            let pb = Problem::new(seed, settings(scale, eps, noise));
-            let r = ref_forward(&pb, &pb.theta, None);
-            let (assign, out, _, _) = run_impl(&pb);
-            let want: Vec<i64> = r.hard.iter().map(|h| h.map_or(-1, |i| i as i64)).collect();
-            assert_eq!(assign, want);
-            let worst = out
-                .iter()
-                .zip(&r.out)
-                .map(|(a, b)| (*a as f64 - b).abs())
-                .fold(0.0, f64::max);
-            assert!(worst < 1e-5, "setup {seed}: forward differs by {worst}");
-            let used: std::collections::HashSet<i64> =
-                assign[5..].iter().copied().filter(|&a| a >= 0).collect();
-            empty_group_seen |= used.len() < 3;
-        }
-        // The gradient tests must cover a combination token that received no token.
-        assert!(
-            empty_group_seen,
-            "no setup leaves a combination token empty"
-        );
-    }
-
-    #[test]
-    fn noise_changes_assignments_deterministically() {
-        let pb = Problem::new(4, settings(1.0, 1.0, None));
-        let clean = run_impl(&pb).0;
-        let noisy_pb = Problem::new(4, settings(1.0, 1.0, Some(9)));
-        let noisy = run_impl(&noisy_pb).0;
-        assert_eq!(noisy, run_impl(&noisy_pb).0);
-        let other = run_impl(&Problem::new(4, settings(1.0, 1.0, Some(10)))).0;
-        assert!(
-            noisy != clean || other != clean,
-            "Gumbel noise never changed an assignment"
-        );
-    }
-
-    /// The straight-through backward equals the gradient of the surrogate
-    /// F(θ) = L with HA := hard(θ0) + Sim(θ) − Sim(θ0), for every parameter and input.
-    #[test]
-    fn backward_matches_straight_through_surrogate() {
-        for (seed, scale, eps, noise) in SETUPS {
-            let pb = Problem::new(seed, settings(scale, eps, noise));
-            let frozen = ref_forward(&pb, &pb.theta, None);
-            let (_, _, grads, dhidden) = run_impl(&pb);
-            let surrogate = |th: &[Vec<f64>]| ref_loss(&pb, th, Some(&frozen));
-            for t in 0..=HIDDEN {
-                let fd = finite_differences(&pb, t, &surrogate);
-                let name = if t == HIDDEN { "hidden" } else { NAMES[t] };
-                let analytic = if t == HIDDEN { &dhidden } else { &grads[t] };
-                // w_q.bias and norm_c.bias are structural zeros (constant over i in the
-                // logits): compare them on the scale of their sibling weight.
-                if matches!(name, "w_q.bias" | "norm_c.bias") {
-                    let sibling = finite_differences(&pb, t - 1, &surrogate);
-                    let s = sibling.iter().fold(0.0f64, |a, x| a.max(x.abs()));
-                    let worst = analytic
-                        .iter()
-                        .zip(&fd)
-                        .map(|(a, f)| (*a as f64 - f).abs())
-                        .fold(0.0, f64::max);
-                    let fd_max = fd.iter().fold(0.0f64, |a, x| a.max(x.abs()));
-                    assert!(
-                        fd_max <= 1e-7 * s,
-                        "setup {seed} {name}: surrogate gradient {fd_max:e} not ~0"
-                    );
-                    assert!(
-                        worst <= 1e-4 * s,
-                        "setup {seed} {name}: {worst:e} vs sibling scale {s:e}"
-                    );
-                    continue;
-                }
-                assert_close(&format!("setup {seed} {name}"), analytic, &fd, 2e-5);
-            }
-        }
-    }
-
-    /// Where the forward is differentiable (W_v, b_v, W_o, b_o do not move the
-    /// assignment), plain finite differences of the true forward must agree too.
-    #[test]
-    fn backward_matches_plain_fd_for_value_and_output() {
-        for (seed, scale, eps, noise) in SETUPS {
-            let pb = Problem::new(seed, settings(scale, eps, noise));
-            let hard0 = ref_forward(&pb, &pb.theta, None).hard;
-            let (_, _, grads, _) = run_impl(&pb);
-            let loss = |th: &[Vec<f64>]| {
-                let r = ref_forward(&pb, th, None);
-                assert_eq!(
-                    r.hard, hard0,
-                    "a value/output perturbation moved an assignment"
-                );
-                r.out.iter().zip(&pb.loss_w).map(|(a, b)| a * b).sum()
-            };
-            for t in 8..12 {
-                let fd = finite_differences(&pb, t, &loss);
-                assert_close(
-                    &format!("setup {seed} {} (plain FD)", NAMES[t]),
-                    &grads[t],
-                    &fd,
-                    2e-5,
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn backward_accumulates_parameters_and_overwrites_input() {
-        let pb = Problem::new(5, settings(1.0, 1.0, None));
-        let CombinerDims { batch, n, m, d } = pb.dims;
-        let p = pb.f32_params();
-        let ids = CombinerIds::lookup(&p).expect("test store has every tensor");
-        let hidden: Vec<f32> = pb.theta[HIDDEN].iter().map(|&x| x as f32).collect();
-        let mut out = vec![0.0; batch * m * d];
-        let (_, tape) = combiner_forward(
-            &p, &ids, pb.dims, &pb.set, &hidden, &pb.real, &mut out, true,
-        );
-        let tape = tape.expect("recorded");
-        let dout: Vec<f32> = pb.loss_w.iter().map(|&x| x as f32).collect();
-        let mut grads = p.zeros_like();
-        let mut first = vec![f32::NAN; batch * (n + m) * d];
-        combiner_backward(&p, &ids, pb.dims, &tape, &dout, &mut first, &mut grads);
-        let once = grads.clone();
-        let mut second = vec![123.0; batch * (n + m) * d];
-        combiner_backward(&p, &ids, pb.dims, &tape, &dout, &mut second, &mut grads);
-        assert_eq!(first, second);
-        for (t1, t2) in once.tensors.iter().zip(&grads.tensors) {
-            for (a, b) in t1.data.iter().zip(&t2.data) {
-                assert!(
-                    (2.0 * a - b).abs() <= 1e-6 * a.abs().max(1.0),
-                    "{}: {a} then {b}",
-                    t1.name
-                );
-            }
-        }
-    }
-}
+mod tests;

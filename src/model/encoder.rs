@@ -7,14 +7,13 @@
 //! kept count.
 
 use super::layout::{FfnBlockIds, LayerIds, LinearIds, NormIds};
+use super::ops;
 use super::params::ParamStore;
 use crate::kernels::activations::{gelu_backward, gelu_forward};
 use crate::kernels::attention::{
     attention_backward, attention_forward, AttnDims, AttnDropout, Importance,
 };
 use crate::kernels::dropout::{dropout_backward, dropout_forward};
-use crate::kernels::layernorm::{layernorm_backward, layernorm_forward};
-use crate::kernels::linear::{linear_backward, linear_forward};
 use crate::kernels::workspace;
 use crate::profile::{timed, Kernel};
 use crate::rng::mix64;
@@ -355,7 +354,7 @@ fn scatter_add_rows(dxk: &[f32], kv: &KvIndex, t: usize, d: usize, dx: &mut [f32
 fn lin(p: &ParamStore, ids: LinearIds, x: &[f32], rows: usize, i: usize, o: usize) -> Vec<f32> {
     timed(Kernel::Linear, || {
         let mut y = workspace::take(rows * o);
-        linear_forward(x, rows, i, p.data(ids.w), Some(p.data(ids.b)), o, &mut y);
+        ops::linear(p, ids, x, rows, i, o, &mut y);
         y
     })
 }
@@ -374,20 +373,8 @@ pub(crate) fn lin_back(
     accumulate_dx: bool,
     grads: &mut ParamStore,
 ) {
-    let (dw, db) = grads.pair_mut(ids.w, ids.b);
     timed(Kernel::LinearBackward, || {
-        linear_backward(
-            x,
-            rows,
-            i,
-            p.data(ids.w),
-            o,
-            dy,
-            dx,
-            accumulate_dx,
-            dw,
-            Some(db),
-        )
+        ops::linear_back(p, ids, x, rows, i, o, dy, dx, accumulate_dx, grads)
     });
 }
 
@@ -397,17 +384,7 @@ fn norm(p: &ParamStore, ids: NormIds, x: &[f32], rows: usize, d: usize, eps: f32
     let mut mean = workspace::take(rows);
     let mut rstd = workspace::take(rows);
     timed(Kernel::LayerNorm, || {
-        layernorm_forward(
-            x,
-            rows,
-            d,
-            p.data(ids.g),
-            p.data(ids.b),
-            eps,
-            &mut y,
-            &mut mean,
-            &mut rstd,
-        )
+        ops::norm(p, ids, x, rows, d, eps, [&mut y, &mut mean, &mut rstd])
     });
     [y, mean, rstd]
 }
@@ -426,21 +403,8 @@ fn norm_back(
     grads: &mut ParamStore,
 ) -> Vec<f32> {
     let mut dx = workspace::take(rows * d);
-    let (dg, db) = grads.pair_mut(ids.g, ids.b);
     timed(Kernel::LayerNormBackward, || {
-        layernorm_backward(
-            x,
-            rows,
-            d,
-            p.data(ids.g),
-            mean,
-            rstd,
-            dy,
-            &mut dx,
-            false,
-            dg,
-            db,
-        )
+        ops::norm_back(p, ids, x, rows, d, [mean, rstd], dy, &mut dx, false, grads)
     });
     dx
 }
@@ -482,17 +446,7 @@ pub fn layer_forward(
         ln_eps,
     } = dims;
     let rows = batch * t;
-    let krows = batch * kv.kmax;
-    let xk = if kv.identity {
-        Vec::new()
-    } else {
-        timed(Kernel::GatherScatter, || gather_rows(&x, kv, t, d))
-    };
-    let kv_in: &[f32] = if kv.identity { &x } else { &xk };
-    let q = lin(p, ids.query, &x, rows, d, d);
-    let k = lin(p, ids.key, kv_in, krows, d, d);
-    let v = lin(p, ids.value, kv_in, krows, d, d);
-    drop_vec(xk);
+    let [q, k, v] = projections(p, ids, &x, kv, batch, t, d);
 
     let adims = AttnDims {
         batch,
@@ -639,6 +593,51 @@ pub fn layer_backward(
         )
     });
     drop_vec(dctx);
+    projections_backward(p, ids, tape, kv, batch, t, d, [dq, dk, dv], &mut dx, grads);
+    dx
+}
+
+/// The query, key and value projections: queries of all rows; keys and values of the
+/// rows `kv` lists, gathered first so that their cost falls with the kept count.
+fn projections(
+    p: &ParamStore,
+    ids: &LayerIds,
+    x: &[f32],
+    kv: &KvIndex,
+    batch: usize,
+    t: usize,
+    d: usize,
+) -> [Vec<f32>; 3] {
+    let (rows, krows) = (batch * t, batch * kv.kmax);
+    let xk = if kv.identity {
+        Vec::new()
+    } else {
+        timed(Kernel::GatherScatter, || gather_rows(x, kv, t, d))
+    };
+    let kv_in: &[f32] = if kv.identity { x } else { &xk };
+    let q = lin(p, ids.query, x, rows, d, d);
+    let k = lin(p, ids.key, kv_in, krows, d, d);
+    let v = lin(p, ids.value, kv_in, krows, d, d);
+    drop_vec(xk);
+    [q, k, v]
+}
+
+/// Backward of [`projections`]: adds the input gradient of all three to `dx` (the key and
+/// value rows scattered back to their positions) and consumes `[dq, dk, dv]`.
+#[allow(clippy::too_many_arguments)]
+fn projections_backward(
+    p: &ParamStore,
+    ids: &LayerIds,
+    tape: &LayerTape,
+    kv: &KvIndex,
+    batch: usize,
+    t: usize,
+    d: usize,
+    [dq, dk, dv]: [Vec<f32>; 3],
+    dx: &mut [f32],
+    grads: &mut ParamStore,
+) {
+    let (rows, krows) = (batch * t, batch * kv.kmax);
     lin_back(
         p,
         ids.query,
@@ -647,7 +646,7 @@ pub fn layer_backward(
         d,
         d,
         &dq,
-        Some(&mut dx),
+        Some(&mut *dx),
         true,
         grads,
     );
@@ -661,7 +660,7 @@ pub fn layer_backward(
             d,
             d,
             &dk,
-            Some(&mut dx),
+            Some(&mut *dx),
             true,
             grads,
         );
@@ -673,7 +672,7 @@ pub fn layer_backward(
             d,
             d,
             &dv,
-            Some(&mut dx),
+            Some(&mut *dx),
             true,
             grads,
         );
@@ -706,13 +705,12 @@ pub fn layer_backward(
         );
         drop_vec(xk);
         timed(Kernel::GatherScatter, || {
-            scatter_add_rows(&dxk, kv, t, d, &mut dx)
+            scatter_add_rows(&dxk, kv, t, d, dx)
         });
         drop_vec(dxk);
     }
     drop_vec(dk);
     drop_vec(dv);
-    dx
 }
 
 /// Returns a large buffer to the activation pool as soon as it is dead (keeps peak

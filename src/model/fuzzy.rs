@@ -7,6 +7,8 @@
 //! into the f64 of their shortest decimal form (`0.7f32` -> `0.7f64`), which is what the
 //! reference's Python floats were. See `keep_count` for why this matters.
 
+use crate::profile::{timed, Kernel};
+
 /// Settings of one selection step.
 #[derive(Clone, Copy, Debug)]
 pub struct SelectConfig {
@@ -218,6 +220,31 @@ pub fn select(
         importance: importance.iter().map(|&x| x as f32).collect(),
         protected,
     }
+}
+
+/// The pruning step after a layer, for a batch: example `b`'s candidates are `kept[b]`
+/// (ascending), and their scores the first `kept[b].len()` key slots of its rows of
+/// `importance` (`[batch, heads, kmax]`, S_h of each key slot; the combination tokens'
+/// slots come after the candidates and are never pruned). One [`select`] per example.
+pub fn select_batch(
+    importance: &[f32],
+    kmax: usize,
+    kept: &[Vec<usize>],
+    heads: usize,
+    cfg: &SelectConfig,
+) -> Vec<Selection> {
+    kept.iter()
+        .enumerate()
+        .map(|(b, cands)| {
+            let tk = cands.len();
+            let mut scores = vec![0.0f32; heads * tk];
+            for h in 0..heads {
+                let src = &importance[(b * heads + h) * kmax..][..tk];
+                scores[h * tk..(h + 1) * tk].copy_from_slice(src);
+            }
+            timed(Kernel::Selection, || select(cands, &scores, heads, cfg))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -1,8 +1,10 @@
-//! Parameter ids of each module, resolved once from the names in a `ParamStore`.
+//! Parameter ids of each module, resolved once from the names in a `ParamStore` (the
+//! names are those of `names.rs`). Modules take their ids from here and read tensors and
+//! gradients by id: a gradient store is a `zeros_like` of the parameters, so the same id
+//! addresses a tensor's gradient.
 
-use super::combiner::CombinerIds;
-use super::config::{BertConfig, CombineBlock, MethodConfig};
-use super::names::layer_prefix;
+use super::config::{BertConfig, CombineBlock, MethodConfig, Pooling};
+use super::names::{self, bias, weight};
 use super::params::{ParamId, ParamStore};
 use anyhow::{anyhow, bail, Result};
 
@@ -49,6 +51,32 @@ pub struct FfnBlockIds {
     pub ffn_norm: NormIds,
 }
 
+/// The combining module's tensors (`combiner.<part>`, see `names::COMBINER_PARTS`).
+#[derive(Clone, Copy, Debug)]
+pub struct CombinerIds {
+    /// LN_c on the combination tokens, LN_e on the embedded tokens.
+    pub norm_c: NormIds,
+    pub norm_e: NormIds,
+    pub query: LinearIds,
+    pub key: LinearIds,
+    pub value: LinearIds,
+    pub out: LinearIds,
+}
+
+impl CombinerIds {
+    /// Resolves the combiner's tensors of hidden size `d`, checking shapes.
+    pub fn resolve(store: &ParamStore, d: usize) -> Result<CombinerIds> {
+        Ok(CombinerIds {
+            norm_c: norm(store, names::COMBINER_NORM_C, d)?,
+            norm_e: norm(store, names::COMBINER_NORM_E, d)?,
+            query: linear(store, names::COMBINER_QUERY, d, d)?,
+            key: linear(store, names::COMBINER_KEY, d, d)?,
+            value: linear(store, names::COMBINER_VALUE, d, d)?,
+            out: linear(store, names::COMBINER_OUT, d, d)?,
+        })
+    }
+}
+
 impl LayerIds {
     pub fn ffn_block(&self) -> FfnBlockIds {
         FfnBlockIds {
@@ -86,15 +114,15 @@ fn need(store: &ParamStore, name: &str, shape: &[usize]) -> Result<ParamId> {
 
 fn linear(store: &ParamStore, prefix: &str, out: usize, inp: usize) -> Result<LinearIds> {
     Ok(LinearIds {
-        w: need(store, &format!("{prefix}.weight"), &[out, inp])?,
-        b: need(store, &format!("{prefix}.bias"), &[out])?,
+        w: need(store, &weight(prefix), &[out, inp])?,
+        b: need(store, &bias(prefix), &[out])?,
     })
 }
 
 fn norm(store: &ParamStore, prefix: &str, d: usize) -> Result<NormIds> {
     Ok(NormIds {
-        g: need(store, &format!("{prefix}.weight"), &[d])?,
-        b: need(store, &format!("{prefix}.bias"), &[d])?,
+        g: need(store, &weight(prefix), &[d])?,
+        b: need(store, &bias(prefix), &[d])?,
     })
 }
 
@@ -108,22 +136,18 @@ impl Layout {
     ) -> Result<Layout> {
         let (d, f) = (bert.hidden_size, bert.intermediate_size);
         let embeddings = EmbeddingIds {
-            word: need(
-                store,
-                "embeddings.word_embeddings.weight",
-                &[bert.vocab_size, d],
-            )?,
+            word: need(store, names::WORD_EMBEDDINGS, &[bert.vocab_size, d])?,
             position: need(
                 store,
-                "embeddings.position_embeddings.weight",
+                names::POSITION_EMBEDDINGS,
                 &[bert.max_position_embeddings, d],
             )?,
             token_type: need(
                 store,
-                "embeddings.token_type_embeddings.weight",
+                names::TOKEN_TYPE_EMBEDDINGS,
                 &[bert.type_vocab_size, d],
             )?,
-            norm: norm(store, "embeddings.LayerNorm", d)?,
+            norm: norm(store, names::EMBEDDINGS_NORM, d)?,
         };
         let replaced = method.variant.combines().then(|| method.combine_layer - 1);
         let mut layers = Vec::with_capacity(bert.num_hidden_layers);
@@ -132,39 +156,26 @@ impl Layout {
                 layers.push(None);
                 continue;
             }
-            let p = layer_prefix(l);
+            let part = |name: &str| names::layer_part(l, name);
             layers.push(Some(LayerIds {
-                query: linear(store, &format!("{p}.attention.self.query"), d, d)?,
-                key: linear(store, &format!("{p}.attention.self.key"), d, d)?,
-                value: linear(store, &format!("{p}.attention.self.value"), d, d)?,
-                attn_out: linear(store, &format!("{p}.attention.output.dense"), d, d)?,
-                attn_norm: norm(store, &format!("{p}.attention.output.LayerNorm"), d)?,
-                ffn_in: linear(store, &format!("{p}.intermediate.dense"), f, d)?,
-                ffn_out: linear(store, &format!("{p}.output.dense"), d, f)?,
-                ffn_norm: norm(store, &format!("{p}.output.LayerNorm"), d)?,
+                query: linear(store, &part(names::QUERY), d, d)?,
+                key: linear(store, &part(names::KEY), d, d)?,
+                value: linear(store, &part(names::VALUE), d, d)?,
+                attn_out: linear(store, &part(names::ATTN_OUT), d, d)?,
+                attn_norm: norm(store, &part(names::ATTN_NORM), d)?,
+                ffn_in: linear(store, &part(names::FFN_IN), f, d)?,
+                ffn_out: linear(store, &part(names::FFN_OUT), d, f)?,
+                ffn_norm: norm(store, &part(names::FFN_NORM), d)?,
             }));
         }
-        let pooler = if method.pooling == super::config::Pooling::Cls {
-            Some(linear(store, "pooler.dense", d, d)?)
+        let pooler = if method.pooling == Pooling::Cls {
+            Some(linear(store, names::POOLER, d, d)?)
         } else {
             None
         };
         let (comb_tokens, combiner) = if method.variant.combines() {
-            let ct = need(store, "comb_tokens", &[method.combine_tokens, d])?;
-            for (n, s) in [
-                ("norm_c.weight", vec![d]),
-                ("norm_c.bias", vec![d]),
-                ("norm_e.weight", vec![d]),
-                ("norm_e.bias", vec![d]),
-            ] {
-                need(store, &format!("combiner.{n}"), &s)?;
-            }
-            for w in ["w_q", "w_k", "w_v", "w_o"] {
-                linear(store, &format!("combiner.{w}"), d, d)?;
-            }
-            let ids =
-                CombinerIds::lookup(store).ok_or_else(|| anyhow!("combiner tensors incomplete"))?;
-            (Some(ct), Some(ids))
+            let ct = need(store, names::COMB_TOKENS, &[method.combine_tokens, d])?;
+            (Some(ct), Some(CombinerIds::resolve(store, d)?))
         } else {
             (None, None)
         };
@@ -172,14 +183,14 @@ impl Layout {
             && method.combine_block == CombineBlock::Layer)
             .then(|| -> Result<FfnBlockIds> {
                 Ok(FfnBlockIds {
-                    attn_norm: norm(store, "combiner.attn_norm", d)?,
-                    ffn_in: linear(store, "combiner.ffn_in", f, d)?,
-                    ffn_out: linear(store, "combiner.ffn_out", d, f)?,
-                    ffn_norm: norm(store, "combiner.ffn_norm", d)?,
+                    attn_norm: norm(store, names::COMBINER_ATTN_NORM, d)?,
+                    ffn_in: linear(store, names::COMBINER_FFN_IN, f, d)?,
+                    ffn_out: linear(store, names::COMBINER_FFN_OUT, d, f)?,
+                    ffn_norm: norm(store, names::COMBINER_FFN_NORM, d)?,
                 })
             })
             .transpose()?;
-        let classifier = linear(store, "classifier", num_labels, d)?;
+        let classifier = linear(store, names::CLASSIFIER, num_labels, d)?;
         Ok(Layout {
             embeddings,
             layers,
@@ -211,10 +222,12 @@ impl Layout {
         }
         v.extend(self.comb_tokens);
         if let Some(c) = &self.combiner {
-            v.extend([
-                c.norm_c_w, c.norm_c_b, c.norm_e_w, c.norm_e_b, c.w_q, c.b_q, c.w_k, c.b_k, c.w_v,
-                c.b_v, c.w_o, c.b_o,
-            ]);
+            for n in [c.norm_c, c.norm_e] {
+                v.extend([n.g, n.b]);
+            }
+            for lin in [c.query, c.key, c.value, c.out] {
+                v.extend([lin.w, lin.b]);
+            }
         }
         if let Some(c) = &self.combiner_block {
             v.extend([c.ffn_in.w, c.ffn_in.b, c.ffn_out.w, c.ffn_out.b]);

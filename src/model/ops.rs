@@ -1,0 +1,77 @@
+//! Linear layers and LayerNorms on parameters given by their ids (layout.rs), forward
+//! and backward. A gradient store is a `zeros_like` of the parameters, so a weight and
+//! its bias are found there under the same ids and borrowed together (`pair_mut`).
+
+use super::layout::{LinearIds, NormIds};
+use super::params::ParamStore;
+use crate::kernels::layernorm::{layernorm_backward, layernorm_forward};
+use crate::kernels::linear::{linear_backward, linear_forward};
+
+/// `y = x Wᵀ + b`: `x` `[rows, i]`, `y` `[rows, o]`.
+#[allow(clippy::too_many_arguments)]
+pub fn linear(
+    p: &ParamStore,
+    ids: LinearIds,
+    x: &[f32],
+    rows: usize,
+    i: usize,
+    o: usize,
+    y: &mut [f32],
+) {
+    linear_forward(x, rows, i, p.data(ids.w), Some(p.data(ids.b)), o, y);
+}
+
+/// Backward of [`linear`]: writes `dx` (adds to it with `accumulate_dx`) when given;
+/// the weight and bias gradients accumulate into `grads`.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_back(
+    p: &ParamStore,
+    ids: LinearIds,
+    x: &[f32],
+    rows: usize,
+    i: usize,
+    o: usize,
+    dy: &[f32],
+    dx: Option<&mut [f32]>,
+    accumulate_dx: bool,
+    grads: &mut ParamStore,
+) {
+    let (dw, db) = grads.pair_mut(ids.w, ids.b);
+    let w = p.data(ids.w);
+    linear_backward(x, rows, i, w, o, dy, dx, accumulate_dx, dw, Some(db));
+}
+
+/// `y = LN(x)` over `rows` rows of width `d`, also writing each row's mean and 1/std.
+#[allow(clippy::too_many_arguments)]
+pub fn norm(
+    p: &ParamStore,
+    ids: NormIds,
+    x: &[f32],
+    rows: usize,
+    d: usize,
+    eps: f32,
+    [y, mean, rstd]: [&mut [f32]; 3],
+) {
+    let (g, b) = (p.data(ids.g), p.data(ids.b));
+    layernorm_forward(x, rows, d, g, b, eps, y, mean, rstd);
+}
+
+/// Backward of [`norm`] from its `[mean, rstd]`: writes `dx` (adds to it with
+/// `accumulate_dx`); the gain and bias gradients accumulate into `grads`.
+#[allow(clippy::too_many_arguments)]
+pub fn norm_back(
+    p: &ParamStore,
+    ids: NormIds,
+    x: &[f32],
+    rows: usize,
+    d: usize,
+    [mean, rstd]: [&[f32]; 2],
+    dy: &[f32],
+    dx: &mut [f32],
+    accumulate_dx: bool,
+    grads: &mut ParamStore,
+) {
+    let (dg, db) = grads.pair_mut(ids.g, ids.b);
+    let g = p.data(ids.g);
+    layernorm_backward(x, rows, d, g, mean, rstd, dy, dx, accumulate_dx, dg, db);
+}

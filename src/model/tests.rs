@@ -1,0 +1,163 @@
+//! Model-level checks: construction, batch limits, gradients of the whole pass against
+//! finite differences, pooling weights and the combination tokens' initialisation.
+
+use super::*;
+
+fn tiny() -> (BertConfig, MethodConfig) {
+    (
+        BertConfig::sized(40, 8, 2, 2, 16),
+        MethodConfig::new(Variant::Bert, 2),
+    )
+}
+
+#[test]
+fn from_params_rejects_missing_extra_and_misshapen_tensors() {
+    let (cfg, method) = tiny();
+    let model = Model::random(cfg.clone(), method.clone(), 3, 1).unwrap();
+
+    let mut extra = model.params.clone();
+    extra.add("comb_tokens", &[8, 8], vec![0.0; 64]);
+    let err = Model::from_params(cfg.clone(), method.clone(), 3, extra).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("unexpected tensor `comb_tokens`"),
+        "{err:#}"
+    );
+
+    let mut missing = ParamStore::new();
+    for t in model
+        .params
+        .tensors
+        .iter()
+        .filter(|t| t.name != "classifier.bias")
+    {
+        missing.add(&t.name, &t.shape, t.data.clone());
+    }
+    let err = Model::from_params(cfg.clone(), method.clone(), 3, missing).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("missing tensor `classifier.bias`"),
+        "{err:#}"
+    );
+
+    let err = Model::from_params(cfg, method, 4, model.params.clone()).unwrap_err();
+    assert!(format!("{err:#}").contains("classifier.weight"), "{err:#}");
+}
+
+#[test]
+fn batch_checks_catch_out_of_range_ids_and_lengths() {
+    let (cfg, method) = tiny();
+    let model = Model::random(cfg, method, 3, 1).unwrap();
+    let ok = Batch::from_sequences(&[&[2, 5, 3]], 0);
+    assert!(model.check_batch(&ok).is_ok());
+    let bad = Batch::from_sequences(&[&[2, 99, 3]], 0);
+    assert!(model.check_batch(&bad).is_err());
+}
+
+/// Central differences of `sum_k c_k logits_k` (eval mode: no dropout, no Gumbel
+/// noise) against `backward`, for the tensors in `names`. Tensors after the combiner
+/// do not move the hard assignments, so their loss is smooth and the check exact: it
+/// covers the pooling stage (mean, or count-weighted with the counts as constants).
+fn check_model_grads(method: MethodConfig, names: &[&str]) {
+    let cfg = BertConfig::sized(40, 8, 3, 2, 16);
+    let mut model = Model::random(cfg, method, 3, 7).unwrap();
+    let batch = Batch::from_sequences(&[&[2, 5, 7, 9, 11, 3], &[2, 6, 3]], 0);
+    let c = crate::kernels::gradcheck::random_vec(11, 2 * 3, 1.0);
+    let loss = |m: &Model| -> f64 {
+        let (out, _) = m.forward(&batch, Mode::Eval, false);
+        crate::kernels::gradcheck::dot(&c, &crate::kernels::gradcheck::to_f64(&out.logits))
+    };
+    let (_, tape) = model.forward(&batch, Mode::Eval, true);
+    let mut grads = model.params.zeros_like();
+    model.backward(&tape.unwrap(), &c, &mut grads);
+    for name in names {
+        let id = model
+            .params
+            .id(name)
+            .unwrap_or_else(|| panic!("no tensor {name}"));
+        let n = model.params.data(id).len();
+        let mut want = vec![0.0f64; n];
+        for (i, w) in want.iter_mut().enumerate() {
+            let x = model.params.data(id)[i];
+            let h = 1e-2f32;
+            model.params.data_mut(id)[i] = x + h;
+            let up = loss(&model);
+            model.params.data_mut(id)[i] = x - h;
+            let down = loss(&model);
+            model.params.data_mut(id)[i] = x;
+            *w = (up - down) / (2.0 * h as f64);
+        }
+        crate::kernels::gradcheck::assert_grad_close(name, grads.data(id), &want, 2e-2);
+    }
+}
+
+#[test]
+fn mean_pooling_gradient_matches_finite_differences() {
+    let method = MethodConfig::new(Variant::Bert, 3);
+    check_model_grads(
+        method,
+        &["classifier.weight", "encoder.layer.2.output.dense.weight"],
+    );
+}
+
+#[test]
+fn combining_poolings_gradients_match_finite_differences() {
+    for pooling in [CombinePooling::Mean, CombinePooling::Counts] {
+        let mut method = MethodConfig::new(Variant::C, 3);
+        method.combine_layer = 2;
+        method.combine_tokens = 3;
+        method.combine_pooling = pooling;
+        method.combine_token_init = CombineTokenInit::Vocab;
+        method.combine_scale = 0.35;
+        let later = [
+            "classifier.weight",
+            "encoder.layer.2.output.dense.weight",
+            "encoder.layer.2.attention.self.value.weight",
+        ];
+        check_model_grads(method.clone(), &later);
+        // The layer block after the grouping: its own tensors and W_o before it (the
+        // assignments do not depend on either).
+        method.combine_block = CombineBlock::Layer;
+        let block = [
+            "combiner.attn_norm.weight",
+            "combiner.ffn_in.weight",
+            "combiner.ffn_out.bias",
+            "combiner.ffn_norm.weight",
+            "combiner.w_o.weight",
+            "combiner.w_v.bias",
+        ];
+        check_model_grads(method, &[&later[..], &block[..]].concat());
+    }
+}
+
+#[test]
+fn count_pooling_weighs_each_group_by_its_tokens() {
+    let cfg = BertConfig::sized(40, 8, 3, 2, 16);
+    let mut method = MethodConfig::new(Variant::C, 3);
+    method.combine_layer = 2;
+    method.combine_tokens = 3;
+    method.combine_pooling = CombinePooling::Counts;
+    let model = Model::random(cfg, method, 3, 7).unwrap();
+    // Example 0: 5 real tokens (groups 0, 2, 2, -, 2 with one padding), example 1: 2.
+    let assign = [0i64, 2, 2, 2, 0, -1, 1, 1, -1, -1, -1, -1];
+    let w = model.pool_weights(&[5, 2], 3, Some(&assign));
+    assert_eq!(w, vec![0.4, 0.0, 0.6, 0.0, 1.0, 0.0]);
+}
+
+#[test]
+fn vocab_token_init_has_the_scale_of_embedded_tokens() {
+    let cfg = BertConfig::sized(40, 16, 3, 2, 16);
+    let mut method = MethodConfig::new(Variant::C, 3);
+    method.combine_token_init = CombineTokenInit::Vocab;
+    let model = Model::random(cfg, method.clone(), 3, 7).unwrap();
+    let t = model.params.get("comb_tokens").unwrap();
+    for row in t.data.chunks(16) {
+        let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt();
+        // LayerNorm output with gain 1, bias 0: norm sqrt(d) = 4.
+        assert!((norm - 4.0).abs() < 1e-2, "norm {norm}");
+    }
+    assert_ne!(t.data[..16], t.data[16..32], "tokens must be distinct");
+    method.combine_token_init = CombineTokenInit::Normal;
+    let model = Model::random(BertConfig::sized(40, 16, 3, 2, 16), method, 3, 7).unwrap();
+    let t = model.params.get("comb_tokens").unwrap();
+    let norm = t.data[..16].iter().map(|x| x * x).sum::<f32>().sqrt();
+    assert!(norm < 0.3, "reference init norm {norm}");
+}
