@@ -250,8 +250,6 @@ pub fn select_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use safetensors::{Dtype, SafeTensors};
-    use std::path::PathBuf;
 
     fn cfg_p(keep_ratio: f32) -> SelectConfig {
         SelectConfig {
@@ -484,52 +482,7 @@ mod tests {
 
     // ----- golden decisions (P.safetensors, PF.safetensors) -----
 
-    fn golden_dir() -> PathBuf {
-        std::env::var_os("COREFOCUS_GOLDEN")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/golden"))
-    }
-
-    struct GoldenFile {
-        bytes: Vec<u8>,
-    }
-
-    impl GoldenFile {
-        fn open(name: &str) -> Self {
-            let path = golden_dir().join(name);
-            let bytes = std::fs::read(&path)
-                .unwrap_or_else(|e| panic!("cannot read golden file {}: {e}", path.display()));
-            GoldenFile { bytes }
-        }
-
-        fn tensor(&self, name: &str, dtype: Dtype) -> (Vec<usize>, Vec<u8>) {
-            let st = SafeTensors::deserialize(&self.bytes).expect("golden file is not safetensors");
-            let t = st
-                .tensor(name)
-                .unwrap_or_else(|e| panic!("golden tensor {name}: {e}"));
-            assert_eq!(t.dtype(), dtype, "golden tensor {name}");
-            (t.shape().to_vec(), t.data().to_vec())
-        }
-
-        fn f32s(&self, name: &str) -> (Vec<usize>, Vec<f32>) {
-            let (shape, raw) = self.tensor(name, Dtype::F32);
-            (
-                shape,
-                raw.chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect(),
-            )
-        }
-
-        fn i64s(&self, name: &str) -> (Vec<usize>, Vec<i64>) {
-            let (shape, raw) = self.tensor(name, Dtype::I64);
-            let v = raw
-                .chunks_exact(8)
-                .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
-                .collect();
-            (shape, v)
-        }
-    }
+    use crate::model::golden::Golden as GoldenFile;
 
     /// Candidates of decision `s`, example `b`: the positions with a score (not NaN).
     fn golden_candidates(

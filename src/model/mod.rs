@@ -13,6 +13,10 @@ pub mod combiner;
 pub mod config;
 pub mod encoder;
 pub mod fuzzy;
+/// The golden-file reader of the integration tests, shared with the unit tests here.
+#[cfg(test)]
+#[path = "../../tests/common/golden.rs"]
+pub(crate) mod golden;
 pub mod hub;
 pub mod layout;
 pub mod names;

@@ -1,10 +1,8 @@
 //! THE reader of the golden files (`../shared/golden`, or `$COREFOCUS_GOLDEN`): the
 //! PyTorch reference's safetensors (f32 and int64 tensors) and JSON summaries. Every test
 //! that reads a golden file goes through it. It depends on `safetensors`, `serde_json` and
-//! std only, so unit tests inside the crate can include it too, declared at the top level
-//! of their file (a `#[path]` inside `mod tests { }` resolves under a directory that does
-//! not exist), e.g. in src/model/fuzzy.rs:
-//! `#[cfg(test)] #[path = "../../tests/common/golden.rs"] mod golden;`.
+//! std only, so the crate's unit tests include it too: src/model/mod.rs declares it as
+//! `model::golden` (test builds only), used by the fuzzy and combiner unit tests.
 #![allow(dead_code)]
 
 use safetensors::{Dtype, SafeTensors};
@@ -94,6 +92,16 @@ impl Golden {
             .chunks_exact(8)
             .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
             .collect()
+    }
+
+    /// Shape and values of f32 tensor `name`.
+    pub fn f32s(&self, name: &str) -> (Vec<usize>, Vec<f32>) {
+        (self.shape(name), self.f32(name))
+    }
+
+    /// Shape and values of int64 tensor `name`.
+    pub fn i64s(&self, name: &str) -> (Vec<usize>, Vec<i64>) {
+        (self.shape(name), self.i64(name))
     }
 
     /// Every f32 tensor as (name, shape, values), sorted by name.

@@ -1,9 +1,8 @@
 //! The combiner against the golden files, a float64 reference and finite differences.
 
 use super::*;
+use crate::model::golden::Golden;
 use crate::rng::Rng;
-use safetensors::{Dtype, SafeTensors};
-use std::path::PathBuf;
 
 /// The combiner's tensors in `CombinerIds` order, without the `combiner.` prefix.
 const NAMES: [&str; 12] = [
@@ -37,62 +36,22 @@ fn store_from(values: &[Vec<f32>], d: usize) -> ParamStore {
 
 // ----- golden forward -----
 
-fn golden_dir() -> PathBuf {
-    std::env::var_os("COREFOCUS_GOLDEN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/golden"))
-}
-
-fn read_golden(name: &str) -> Vec<u8> {
-    let path = golden_dir().join(name);
-    std::fs::read(&path)
-        .unwrap_or_else(|e| panic!("cannot read golden file {}: {e}", path.display()))
-}
-
-fn tensor_bytes(bytes: &[u8], name: &str, dtype: Dtype) -> (Vec<usize>, Vec<u8>) {
-    let st = SafeTensors::deserialize(bytes).expect("golden file is not safetensors");
-    let t = st
-        .tensor(name)
-        .unwrap_or_else(|e| panic!("golden tensor {name}: {e}"));
-    assert_eq!(t.dtype(), dtype, "golden tensor {name}");
-    (t.shape().to_vec(), t.data().to_vec())
-}
-
-fn f32s(bytes: &[u8], name: &str) -> (Vec<usize>, Vec<f32>) {
-    let (shape, raw) = tensor_bytes(bytes, name, Dtype::F32);
-    (
-        shape,
-        raw.chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-    )
-}
-
-fn i64s(bytes: &[u8], name: &str) -> (Vec<usize>, Vec<i64>) {
-    let (shape, raw) = tensor_bytes(bytes, name, Dtype::I64);
-    let v = raw
-        .chunks_exact(8)
-        .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
-        .collect();
-    (shape, v)
-}
-
 /// Runs the combiner on `pre_combine_hidden` of a golden file with the golden
 /// weights: the assignments must be identical and `combined` within 1e-3 (the
 /// README's tolerance for combination-token rows).
 fn check_golden_forward(file: &str, assign_eps: f32) {
-    let extra = read_golden("extra_weights.safetensors");
+    let extra = Golden::open("extra_weights.safetensors");
     let mut p = ParamStore::new();
     for name in NAMES {
         let full = format!("combiner.{name}");
-        let (shape, data) = f32s(&extra, &full);
+        let (shape, data) = extra.f32s(&full);
         p.add(&full, &shape, data);
     }
-    let inputs = read_golden("inputs.safetensors");
-    let (mask_shape, mask) = i64s(&inputs, "attention_mask");
+    let inputs = Golden::open("inputs.safetensors");
+    let (mask_shape, mask) = inputs.i64s("attention_mask");
     let real: Vec<bool> = mask.iter().map(|&x| x != 0).collect();
-    let g = read_golden(file);
-    let (shape, hidden) = f32s(&g, "pre_combine_hidden");
+    let g = Golden::open(file);
+    let (shape, hidden) = g.f32s("pre_combine_hidden");
     let (batch, n, d) = (mask_shape[0], mask_shape[1], shape[2]);
     let m = shape[1] - n;
     assert_eq!((batch, n, m, d), (3, 22, 8, 384));
@@ -107,9 +66,9 @@ fn check_golden_forward(file: &str, assign_eps: f32) {
     let mut out = vec![f32::NAN; batch * m * d];
     let (assign, tape) = combiner_forward(&p, &ids, dims, &set, &hidden, &real, &mut out, false);
     assert!(tape.is_none());
-    let (_, want_assign) = i64s(&g, "assign");
+    let (_, want_assign) = g.i64s("assign");
     assert_eq!(assign, want_assign, "{file}: assignments differ");
-    let (_, want) = f32s(&g, "combined");
+    let (_, want) = g.f32s("combined");
     let worst = out
         .iter()
         .zip(&want)
