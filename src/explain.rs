@@ -1340,7 +1340,7 @@ pub fn run_explain(args: &ExplainArgs) -> anyhow::Result<Explanation> {
         (None, None) => anyhow::bail!("give --text or a FILE"),
     };
     if text.trim().is_empty() {
-        anyhow::bail!("the text to explain is empty");
+        anyhow::bail!("the text to explain: {}", crate::infer::BLANK_TEXT);
     }
     let e = explain_text(&model, &tokenizer, &meta.labels, meta.max_len, &text)?;
     if args.json {

@@ -166,14 +166,13 @@ fn assert_same(served: &Value, predicted: &Value, what: &str) {
     }
 }
 
-const TEXTS: [&str; 6] = [
+const TEXTS: [&str; 5] = [
     "Shares rose sharply after the company reported record quarterly profits.",
     "The striker scored twice in the second half to win the cup final.",
     "A new smartphone with a folding screen goes on sale in the spring.",
     "ok",
     "Central banks kept interest rates unchanged despite rising inflation, while markets \
      expect cuts later in the year as growth slows in several large economies.",
-    "",
 ];
 
 #[test]
@@ -257,6 +256,17 @@ fn serve_answers_like_predict_enforces_limits_and_batches() {
         (b"{\"txts\": [\"a\"]}", 400, "unknown field"),
         (b"{}", 400, "missing field"),
         (b"{\"text\": \"a\", \"texts\": [\"b\"]}", 400, "not both"),
+        // Issue 16 item 7 (failed before: a blank text got a confident label).
+        (
+            b"{\"texts\": [\"a\", \" \\n\\t\"]}",
+            400,
+            "\"texts\"[1]: empty or whitespace-only text",
+        ),
+        (
+            b"{\"text\": \"\"}",
+            400,
+            "\"text\": empty or whitespace-only text",
+        ),
     ];
     for (body, want, message) in cases {
         let (status, err) = http(&server.addr, "POST", "/v1/classify", body);
@@ -304,9 +314,9 @@ fn serve_answers_like_predict_enforces_limits_and_batches() {
         );
     }
     let (_, health) = server.get("/healthz");
-    // 6 + 1 + 12 texts served, in at most as many batches.
-    assert_eq!(health["texts"], 19, "{health}");
-    assert!(health["batches"].as_u64().unwrap() <= 19, "{health}");
+    // 5 + 1 + 12 texts served, in at most as many batches.
+    assert_eq!(health["texts"], 18, "{health}");
+    assert!(health["batches"].as_u64().unwrap() <= 18, "{health}");
 
     // The load generator against this server.
     let out = Command::new(env!("CARGO_BIN_EXE_corefocus"))
@@ -329,7 +339,7 @@ fn serve_answers_like_predict_enforces_limits_and_batches() {
     );
     assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{lat}");
     let (_, health) = server.get("/healthz");
-    assert_eq!(health["texts"], 19 + 48, "{health}");
+    assert_eq!(health["texts"], 18 + 48, "{health}");
     drop(server);
 }
 

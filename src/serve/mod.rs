@@ -22,7 +22,7 @@ mod conn;
 pub mod loadgen;
 
 use crate::explain::explain_text;
-use crate::infer::{argmax, Classifier, LabelProbabilities};
+use crate::infer::{argmax, is_blank, Classifier, LabelProbabilities, BLANK_TEXT};
 use anyhow::{bail, ensure, Context, Result};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -464,9 +464,9 @@ fn read_request(
             ));
         }
     };
-    let texts = match (request.texts, request.text) {
-        (Some(texts), None) => texts,
-        (None, Some(text)) => vec![text],
+    let (texts, single) = match (request.texts, request.text) {
+        (Some(texts), None) => (texts, false),
+        (None, Some(text)) => (vec![text], true),
         (Some(_), Some(_)) => {
             return Err(error(
                 StatusCode::BAD_REQUEST,
@@ -494,6 +494,17 @@ fn read_request(
                 texts.len(),
                 state.max_texts_per_request
             ),
+        ));
+    }
+    if let Some(i) = texts.iter().position(|t| is_blank(t)) {
+        let which = if single {
+            "\"text\"".to_string()
+        } else {
+            format!("\"texts\"[{i}]")
+        };
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("{which}: {BLANK_TEXT}"),
         ));
     }
     Ok((texts, request.explain))
