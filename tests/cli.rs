@@ -155,8 +155,9 @@ fn train_eval_predict(variant_args: &[&str], tag: &str) {
         (report["loss"].as_f64().unwrap() - test_report["loss"].as_f64().unwrap()).abs() < 1e-5
     );
 
-    // predict: one JSON line per input line, in order, probabilities summing to 1.
-    let input = "what a wonderful and superb film\nan awful, dreadful plot\n\n";
+    // predict: one JSON line per input line, in order, probabilities summing to 1 (a
+    // blank line is an error: tests/errors.rs, I08).
+    let input = "what a wonderful and superb film\nan awful, dreadful plot\n";
     let stdout = succeeded(
         &corefocus_with_input(&["predict", "--checkpoint", o], input.as_bytes()),
         "predict",
@@ -165,7 +166,7 @@ fn train_eval_predict(variant_args: &[&str], tag: &str) {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(preds.len(), 3);
+    assert_eq!(preds.len(), 2);
     for p in &preds {
         let label = p["label"].as_str().unwrap();
         assert!(label == "neg" || label == "pos");

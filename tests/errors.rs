@@ -740,7 +740,7 @@ fn checkpoint_and_inference_errors() {
     store.data_mut(id).fill(f32::MAX);
     write_safetensors(&c.join("model.safetensors"), &store, None).unwrap();
     let out = predict(&c, b"the film\nthe plot\n");
-    expect(&out, "I08", &["standard input, line 1"]);
+    expect(&out, "I09", &["standard input, line 1"]);
     assert!(out.stdout.is_empty(), "no prediction printed");
 
     // eval / predict inputs.
@@ -757,6 +757,27 @@ fn checkpoint_and_inference_errors() {
         input.to_str().unwrap(),
     ]));
     expect(&out, "I01", &["in.txt, line 2"]);
+    // Issue 16 item 7 (failed before: a blank line got a confident label): refused,
+    // naming the line, as `explain` (I07) and `serve` refuse a blank text.
+    expect(
+        &predict(
+            &good,
+            b"the film
+
+the plot
+",
+        ),
+        "I08",
+        &["standard input, line 2"],
+    );
+    let blank = s.write("blank.txt", b" \t\r\n");
+    let out = corefocus(&strings(&[
+        "predict",
+        "--checkpoint",
+        good.to_str().unwrap(),
+        blank.to_str().unwrap(),
+    ]));
+    expect(&out, "I08", &["blank.txt, line 1"]);
     let out = corefocus(&strings(&[
         "predict",
         "--checkpoint",

@@ -166,14 +166,13 @@ fn assert_same(served: &Value, predicted: &Value, what: &str) {
     }
 }
 
-const TEXTS: [&str; 6] = [
+const TEXTS: [&str; 5] = [
     "Shares rose sharply after the company reported record quarterly profits.",
     "The striker scored twice in the second half to win the cup final.",
     "A new smartphone with a folding screen goes on sale in the spring.",
     "ok",
     "Central banks kept interest rates unchanged despite rising inflation, while markets \
      expect cuts later in the year as growth slows in several large economies.",
-    "",
 ];
 
 #[test]
@@ -257,6 +256,17 @@ fn serve_answers_like_predict_enforces_limits_and_batches() {
         (b"{\"txts\": [\"a\"]}", 400, "unknown field"),
         (b"{}", 400, "missing field"),
         (b"{\"text\": \"a\", \"texts\": [\"b\"]}", 400, "not both"),
+        // Issue 16 item 7 (failed before: a blank text got a confident label).
+        (
+            b"{\"texts\": [\"a\", \" \\n\\t\"]}",
+            400,
+            "\"texts\"[1]: empty or whitespace-only text",
+        ),
+        (
+            b"{\"text\": \"\"}",
+            400,
+            "\"text\": empty or whitespace-only text",
+        ),
     ];
     for (body, want, message) in cases {
         let (status, err) = http(&server.addr, "POST", "/v1/classify", body);
@@ -304,9 +314,9 @@ fn serve_answers_like_predict_enforces_limits_and_batches() {
         );
     }
     let (_, health) = server.get("/healthz");
-    // 6 + 1 + 12 texts served, in at most as many batches.
-    assert_eq!(health["texts"], 19, "{health}");
-    assert!(health["batches"].as_u64().unwrap() <= 19, "{health}");
+    // 5 + 1 + 12 texts served, in at most as many batches.
+    assert_eq!(health["texts"], 18, "{health}");
+    assert!(health["batches"].as_u64().unwrap() <= 18, "{health}");
 
     // The load generator against this server.
     let out = Command::new(env!("CARGO_BIN_EXE_corefocus"))
@@ -329,7 +339,7 @@ fn serve_answers_like_predict_enforces_limits_and_batches() {
     );
     assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{lat}");
     let (_, health) = server.get("/healthz");
-    assert_eq!(health["texts"], 19 + 48, "{health}");
+    assert_eq!(health["texts"], 18 + 48, "{health}");
     drop(server);
 }
 
@@ -340,13 +350,30 @@ fn serve_and_loadgen_option_errors() {
     let ckpt = root.join("ckpt");
     make_checkpoint(&ckpt);
     let c = ckpt.to_str().unwrap();
-    for flag in ["--max-batch", "--max-texts-per-request", "--queue-limit"] {
+    for flag in [
+        "--max-batch",
+        "--max-texts-per-request",
+        "--queue-limit",
+        "--max-connections",
+    ] {
         let out = corefocus(&["serve", "--checkpoint", c, flag, "0"]);
         if flag == "--max-batch" {
             expect(&out, "S01", &[]);
         } else {
             expect_message(&out, &format!("{flag} must be at least 1"));
         }
+    }
+    // Issue 16 item 9: the timeouts are bounded (failed before: no such settings).
+    expect(
+        &corefocus(&["serve", "--checkpoint", c, "--header-timeout-ms", "0"]),
+        "S06",
+        &["--header-timeout-ms 0"],
+    );
+    for flag in ["--body-timeout-ms", "--idle-timeout-ms"] {
+        expect_message(
+            &corefocus(&["serve", "--checkpoint", c, flag, "3600001"]),
+            &format!("{flag} 3600001 is out of range"),
+        );
     }
     // A port already taken, and no address at all.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -515,4 +542,220 @@ fn sigterm_finishes_the_request_in_flight_and_exits_0() {
     assert!(stderr.contains("stopped after 9 requests"), "{stderr}");
     // No longer listening.
     assert!(TcpStream::connect(&server.addr).is_err());
+}
+
+/// Reads from `stream` until the server closes it (or `limit` passes): the bytes read and
+/// how long after `since` the close came (None: still open at the limit).
+fn read_until_closed(
+    stream: &mut TcpStream,
+    since: Instant,
+    limit: Duration,
+) -> (Vec<u8>, Option<Duration>) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = limit.saturating_sub(since.elapsed());
+        if left.is_zero() {
+            return (got, None);
+        }
+        stream.set_read_timeout(Some(left)).unwrap();
+        match stream.read(&mut buf) {
+            Ok(0) => return (got, Some(since.elapsed())),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return (got, None)
+            }
+            // A reset is a close too.
+            Err(_) => return (got, Some(since.elapsed())),
+        }
+    }
+}
+
+/// The status and JSON body of one raw HTTP response.
+fn parse_response(bytes: &[u8]) -> (u16, Value) {
+    let text = String::from_utf8_lossy(bytes);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no header end in {text:?}"));
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+/// Issue 16 item 9 (failed before: no such settings, and slow clients were never cut off):
+/// header, body and idle timeouts and the connection cap, over real sockets.
+#[test]
+fn slow_and_idle_connections_are_cut_off_and_connections_capped() {
+    let scratch = Scratch::new("timeouts");
+    let root = scratch.dir();
+    let ckpt = root.join("ckpt");
+    make_checkpoint(&ckpt);
+    let server = Server::start(
+        &ckpt,
+        &[
+            "--header-timeout-ms",
+            "600",
+            "--body-timeout-ms",
+            "600",
+            "--idle-timeout-ms",
+            "900",
+        ],
+    );
+    let (_, info) = server.get("/v1/model");
+    assert_eq!(info["limits"]["header_timeout_ms"], 600, "{info}");
+    assert_eq!(info["limits"]["max_connections"], 512, "{info}");
+
+    // 50 clients trickling header lines (one every 150 ms, never finishing): each is
+    // disconnected about 600 ms after its first byte, while still sending.
+    let slow: Vec<_> = (0..50)
+        .map(|_| {
+            let addr = server.addr.clone();
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(&addr).unwrap();
+                let start = Instant::now();
+                s.write_all(b"POST /v1/classify HTTP/1.1\r\n").unwrap();
+                let mut reader = s.try_clone().unwrap();
+                let watcher = std::thread::spawn(move || {
+                    read_until_closed(&mut reader, start, Duration::from_secs(10))
+                });
+                for i in 0.. {
+                    if watcher.is_finished() || start.elapsed() > Duration::from_secs(10) {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(150));
+                    if s.write_all(format!("X-Slow-{i}: 1\r\n").as_bytes())
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+                watcher.join().unwrap()
+            })
+        })
+        .collect();
+    for t in slow {
+        let (got, closed) = t.join().unwrap();
+        let closed = closed.expect("a slow-header connection stayed open for 10 s");
+        assert!(
+            closed >= Duration::from_millis(500) && closed < Duration::from_secs(5),
+            "closed after {closed:?}"
+        );
+        assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got));
+    }
+
+    // Connecting and sending nothing: closed after the header timeout too.
+    let mut silent = TcpStream::connect(&server.addr).unwrap();
+    let (_, closed) = read_until_closed(&mut silent, Instant::now(), Duration::from_secs(10));
+    assert!(
+        closed.is_some_and(|c| c < Duration::from_secs(5)),
+        "{closed:?}"
+    );
+
+    // A body that stalls: 408 with a JSON error, and the connection closed.
+    let mut stalled = TcpStream::connect(&server.addr).unwrap();
+    stalled
+        .write_all(
+            b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+              Content-Length: 100\r\n\r\n{\"text\": ",
+        )
+        .unwrap();
+    let (got, closed) = read_until_closed(&mut stalled, Instant::now(), Duration::from_secs(10));
+    assert!(closed.is_some(), "the stalled-body connection stayed open");
+    let (status, body) = parse_response(&got);
+    assert_eq!(status, 408, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("did not arrive within 600 ms (--body-timeout-ms)"),
+        "{body}"
+    );
+
+    // Keep-alive: a second request on the same connection is answered; then the idle
+    // connection is closed after the idle timeout (not the shorter header timeout).
+    let mut kept = TcpStream::connect(&server.addr).unwrap();
+    let request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    for _ in 0..2 {
+        kept.write_all(request).unwrap();
+        kept.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut buf = [0u8; 4096];
+        let n = kept.read(&mut buf).unwrap();
+        let (status, health) = parse_response(&buf[..n]);
+        assert_eq!((status, health["status"].as_str()), (200, Some("ok")));
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    let idle_since = Instant::now() - Duration::from_millis(400);
+    let (_, closed) = read_until_closed(&mut kept, idle_since, Duration::from_secs(10));
+    let closed = closed.expect("an idle keep-alive connection stayed open for 10 s");
+    assert!(
+        closed >= Duration::from_millis(800) && closed < Duration::from_secs(5),
+        "idle connection closed after {closed:?}"
+    );
+    drop(server);
+
+    // The connection cap: two open connections, the third is answered 503 and closed;
+    // once one closes, requests are served again.
+    let server = Server::start(&ckpt, &["--max-connections", "2"]);
+    let first = TcpStream::connect(&server.addr).unwrap();
+    let second = TcpStream::connect(&server.addr).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut third = TcpStream::connect(&server.addr).unwrap();
+    let _ = third.write_all(request);
+    let (got, closed) = read_until_closed(&mut third, Instant::now(), Duration::from_secs(10));
+    assert!(closed.is_some(), "the connection over the cap stayed open");
+    let (status, body) = parse_response(&got);
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("too many open connections: the limit is 2 (--max-connections)"),
+        "{body}"
+    );
+    drop(first);
+    std::thread::sleep(Duration::from_millis(200));
+    let (status, _) = server.get("/healthz");
+    assert_eq!(status, 200);
+    drop(second);
+}
+
+/// Issue 16 item 9 (failed before: shutdown waited the full 30 s grace): a client stalled
+/// mid-headers does not hold up shutdown.
+#[test]
+fn a_stalled_client_does_not_delay_shutdown() {
+    let scratch = Scratch::new("stalled-shutdown");
+    let root = scratch.dir();
+    let ckpt = root.join("ckpt");
+    make_checkpoint(&ckpt);
+    // Default timeouts (10 s for headers): shutdown must not wait for them either.
+    let mut server = Server::start(&ckpt, &[]);
+    let mut stalled = TcpStream::connect(&server.addr).unwrap();
+    stalled
+        .write_all(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let start = Instant::now();
+    let kill = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let code = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status.code();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "serve still running 5 s after SIGTERM with a stalled client"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(code, Some(0));
+    let (_, closed) = read_until_closed(&mut stalled, start, Duration::from_secs(5));
+    assert!(closed.is_some(), "the stalled connection was not closed");
 }

@@ -47,7 +47,7 @@ pub fn run_explain(args: &ExplainArgs) -> anyhow::Result<Explanation> {
         (None, None) => anyhow::bail!("give --text or a FILE"),
     };
     if text.trim().is_empty() {
-        anyhow::bail!("the text to explain is empty");
+        anyhow::bail!("the text to explain: {}", crate::infer::BLANK_TEXT);
     }
     let c = &classifier;
     let e = explain_text(&c.model, &c.tokenizer, c.labels(), c.max_len, &text)?;

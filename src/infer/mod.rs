@@ -19,6 +19,17 @@ pub use crate::train::eval::argmax;
 pub use evaluate::{run_eval, EvalOptions};
 pub use predict::{run_predict, PredictOptions};
 
+/// Whether `text` is empty or whitespace-only. `predict`, `serve` and `explain` refuse such
+/// a text with an error naming it (no label means anything for it, and the model would
+/// still give one confidently), as the dataset readers refuse it in training data (D06).
+pub fn is_blank(text: &str) -> bool {
+    text.trim().is_empty()
+}
+
+/// The reason given for a blank text, after what names it.
+pub const BLANK_TEXT: &str =
+    "empty or whitespace-only text (corefocus does not classify empty input)";
+
 /// A loaded checkpoint, ready to classify.
 pub struct Classifier {
     pub model: Model,

@@ -1,6 +1,6 @@
 //! `corefocus predict`: one JSON line per input line.
 
-use super::{argmax, Classifier, LabelProbabilities};
+use super::{argmax, is_blank, Classifier, LabelProbabilities, BLANK_TEXT};
 use anyhow::{bail, ensure, Context, Result};
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
@@ -42,7 +42,8 @@ impl Serialize for Prediction<'_> {
 const PREDICT_CHUNK: usize = 1024;
 
 /// Classifies every line of `input` (named `source` in errors) and writes one JSON line
-/// per input line to `out`, in order.
+/// per input line to `out`, in order. An empty or whitespace-only line is an error naming
+/// it (the lines of earlier chunks are already written).
 pub fn predict_lines(
     classifier: &Classifier,
     input: &mut dyn BufRead,
@@ -66,6 +67,7 @@ pub fn predict_lines(
             }
             let text = String::from_utf8(std::mem::take(&mut buf))
                 .map_err(|_| anyhow::anyhow!("{source}, line {line_no}: not valid UTF-8"))?;
+            ensure!(!is_blank(&text), "{source}, line {line_no}: {BLANK_TEXT}");
             texts.push(text);
         }
         if texts.len() >= PREDICT_CHUNK || (n == 0 && !texts.is_empty()) {

@@ -2,8 +2,13 @@
 //!
 //! Endpoints: `POST /v1/classify` (`{"texts": [...]}` or `{"text": "..."}`, optional
 //! `"explain": true`), `GET /healthz`, `GET /v1/model`. Every error is JSON,
-//! `{"error": "..."}`, with status 400 (malformed request), 404/405, 413 (body or text
-//! count over the limits), 429 (queue full), 500 or 503.
+//! `{"error": "..."}`, with status 400 (malformed request, or an empty text), 404/405,
+//! 408 (body slower than `--body-timeout-ms`), 413 (body or text count over the limits),
+//! 429 (queue full), 500 or 503 (shutting down, or over `--max-connections`).
+//!
+//! Connections (`conn`): at most `--max-connections` open; a request's headers must
+//! arrive within `--header-timeout-ms`, a keep-alive connection idle for
+//! `--idle-timeout-ms` is closed.
 //!
 //! Inference runs on ONE dedicated thread (the engine parallelises with rayon; tokio's
 //! worker threads only parse, queue and answer). Requests wait in a bounded queue; the
@@ -13,14 +18,15 @@
 //! ([`Classifier::probabilities`]). SIGINT/SIGTERM stop accepting connections, let the
 //! queued and in-flight requests finish, and exit with status 0.
 
+mod conn;
 pub mod loadgen;
 
 use crate::explain::explain_text;
-use crate::infer::{argmax, Classifier, LabelProbabilities};
+use crate::infer::{argmax, is_blank, Classifier, LabelProbabilities, BLANK_TEXT};
 use anyhow::{bail, ensure, Context, Result};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -62,7 +68,24 @@ pub struct ServeArgs {
     /// Truncation length in tokens [default: the checkpoint's max_len].
     #[arg(long)]
     pub max_len: Option<usize>,
+    /// Most open connections; one more is answered 503 and closed.
+    #[arg(long, default_value_t = 512)]
+    pub max_connections: usize,
+    /// A request's headers must be complete this long after the connection opened or the
+    /// request's first byte arrived; a slower client is disconnected without an answer.
+    #[arg(long, default_value_t = 10_000)]
+    pub header_timeout_ms: u64,
+    /// A request's body must be complete this long after its headers (slower: 408 and the
+    /// connection is closed).
+    #[arg(long, default_value_t = 30_000)]
+    pub body_timeout_ms: u64,
+    /// A keep-alive connection idle this long between requests is closed.
+    #[arg(long, default_value_t = 30_000)]
+    pub idle_timeout_ms: u64,
 }
+
+/// The longest any of the `--*-timeout-ms` settings may be (an hour).
+const MAX_TIMEOUT_MS: u64 = 3_600_000;
 
 impl ServeArgs {
     fn validate(&self) -> Result<()> {
@@ -82,6 +105,20 @@ impl ServeArgs {
             "--batch-wait-ms {} is too long (at most 10000)",
             self.batch_wait_ms
         );
+        ensure!(
+            (1..=1_000_000).contains(&self.max_connections),
+            "--max-connections must be at least 1 (and at most 1000000)"
+        );
+        for (flag, ms) in [
+            ("--header-timeout-ms", self.header_timeout_ms),
+            ("--body-timeout-ms", self.body_timeout_ms),
+            ("--idle-timeout-ms", self.idle_timeout_ms),
+        ] {
+            ensure!(
+                (1..=MAX_TIMEOUT_MS).contains(&ms),
+                "{flag} {ms} is out of range: give 1 to {MAX_TIMEOUT_MS} milliseconds"
+            );
+        }
         Ok(())
     }
 }
@@ -283,6 +320,8 @@ struct AppState {
     model_info: Bytes,
     max_texts_per_request: usize,
     max_body_bytes: usize,
+    /// How long a request's body may take to arrive once its headers are in.
+    body_timeout: Duration,
 }
 
 /// A JSON error response: `{"error": message}`.
@@ -331,10 +370,27 @@ impl Serialize for ResultView<'_> {
     }
 }
 
-async fn classify(
-    State(state): State<Arc<AppState>>,
-    body: std::result::Result<Bytes, BytesRejection>,
-) -> Response {
+async fn classify(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    // The body must arrive within --body-timeout-ms of the headers; a client that stalls
+    // mid-body gets 408 and the connection is closed (its remaining bytes are unread).
+    let body =
+        match tokio::time::timeout(state.body_timeout, Bytes::from_request(request, &())).await {
+            Ok(body) => body,
+            Err(_) => {
+                let mut response = error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!(
+                        "the request body did not arrive within {} ms (--body-timeout-ms)",
+                        state.body_timeout.as_millis()
+                    ),
+                );
+                response.headers_mut().insert(
+                    header::CONNECTION,
+                    header::HeaderValue::from_static("close"),
+                );
+                return response;
+            }
+        };
     let (texts, explain) = match read_request(&state, body) {
         Ok(request) => request,
         Err(response) => return response,
@@ -414,9 +470,9 @@ fn read_request(
             ));
         }
     };
-    let texts = match (request.texts, request.text) {
-        (Some(texts), None) => texts,
-        (None, Some(text)) => vec![text],
+    let (texts, single) = match (request.texts, request.text) {
+        (Some(texts), None) => (texts, false),
+        (None, Some(text)) => (vec![text], true),
         (Some(_), Some(_)) => {
             return Err(error(
                 StatusCode::BAD_REQUEST,
@@ -444,6 +500,17 @@ fn read_request(
                 texts.len(),
                 state.max_texts_per_request
             ),
+        ));
+    }
+    if let Some(i) = texts.iter().position(|t| is_blank(t)) {
+        let which = if single {
+            "\"text\"".to_string()
+        } else {
+            format!("\"texts\"[{i}]")
+        };
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("{which}: {BLANK_TEXT}"),
         ));
     }
     Ok((texts, request.explain))
@@ -528,6 +595,10 @@ struct Limits {
     max_texts_per_request: usize,
     max_body_bytes: usize,
     queue_limit: usize,
+    max_connections: usize,
+    header_timeout_ms: u64,
+    body_timeout_ms: u64,
+    idle_timeout_ms: u64,
 }
 
 /// What `GET /v1/model` answers: the checkpoint's name, its labels and settings, the limits.
@@ -562,6 +633,10 @@ fn describe(c: &Classifier, name: &str, args: &ServeArgs) -> Result<Bytes> {
             max_texts_per_request: args.max_texts_per_request,
             max_body_bytes: args.max_body_bytes,
             queue_limit: args.queue_limit,
+            max_connections: args.max_connections,
+            header_timeout_ms: args.header_timeout_ms,
+            body_timeout_ms: args.body_timeout_ms,
+            idle_timeout_ms: args.idle_timeout_ms,
         },
     };
     Ok(Bytes::from(serde_json::to_vec(&info)?))
@@ -603,7 +678,8 @@ async fn shutdown_signal() {
     }
 }
 
-/// How long shutdown waits for open connections (a stalled client) after the signal.
+/// How long shutdown waits for requests in flight after the signal (connections without
+/// one are closed at once; a stalled body ends at --body-timeout-ms).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// `corefocus serve`: loads the checkpoint, prints `listening on http://ADDR`, serves
@@ -639,6 +715,7 @@ pub fn run_serve(args: &ServeArgs) -> Result<()> {
         model_info,
         max_texts_per_request: args.max_texts_per_request,
         max_body_bytes: args.max_body_bytes,
+        body_timeout: Duration::from_millis(args.body_timeout_ms),
     });
 
     // Two I/O threads are plenty: the handlers only parse, queue and serialise.
@@ -672,30 +749,23 @@ pub fn run_serve(args: &ServeArgs) -> Result<()> {
             args.max_batch,
             args.queue_limit
         );
-        let (signalled_tx, signalled_rx) = oneshot::channel::<()>();
         let app = router(state.clone(), args.max_body_bytes);
-        let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let settings = conn::ConnSettings {
+            header_timeout: Duration::from_millis(args.header_timeout_ms),
+            idle_timeout: Duration::from_millis(args.idle_timeout_ms),
+            max_connections: args.max_connections,
+        };
+        let stop = async {
             shutdown_signal().await;
             eprintln!("corefocus serve: shutting down, finishing queued requests");
-            let _ = signalled_tx.send(());
-        });
-        let grace = async {
-            if signalled_rx.await.is_ok() {
-                tokio::time::sleep(SHUTDOWN_GRACE).await;
-            } else {
-                std::future::pending::<()>().await;
-            }
         };
-        tokio::select! {
-            r = server => r.context("the HTTP server failed"),
-            _ = grace => {
-                eprintln!(
-                    "corefocus serve: connections still open {}s after the signal; closing",
-                    SHUTDOWN_GRACE.as_secs()
-                );
-                Ok(())
-            }
+        if !conn::serve(listener, app, settings, stop, SHUTDOWN_GRACE).await {
+            eprintln!(
+                "corefocus serve: connections still open {}s after the signal; closing",
+                SHUTDOWN_GRACE.as_secs()
+            );
         }
+        anyhow::Ok(())
     });
     // Close the queue: the inference thread answers what is left, then ends.
     drop(state.queue.lock().unwrap_or_else(|e| e.into_inner()).take());
