@@ -73,6 +73,14 @@ unsafe impl GlobalAlloc for CountingAlloc {
     }
 }
 
+/// A pooled buffer of `bytes` was freed (after its deallocation: counting it as live in
+/// between would raise the peak by a buffer no tensor held).
+pub fn pooled_freed(bytes: usize) {
+    let _ = POOLED.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| {
+        Some(p.saturating_sub(bytes))
+    });
+}
+
 /// Bytes live tensors hold: allocated through the counting allocator, not idle in the pool.
 pub fn current_bytes() -> usize {
     live(CURRENT.load(Ordering::Relaxed))

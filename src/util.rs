@@ -4,22 +4,41 @@ use anyhow::{ensure, Context, Result};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// Makes glibc's allocator keep freed memory for reuse instead of returning it to the OS.
+/// Free heap memory glibc may keep at the top of a heap before returning it to the OS.
+pub const RETAINED_TRIM_BYTES: i32 = 64 << 20;
+
+/// Makes glibc's allocator keep freed memory for reuse instead of returning it to the OS
+/// at once.
 ///
 /// A training step allocates and frees the same few hundred MiB of activations every step.
 /// By default glibc serves each large block with a fresh `mmap` and unmaps it on free, so
 /// every step pays first-touch page faults on all of it (measured: MiniLM-L6 8x512 training
-/// step 5.08 s -> 4.06 s with mmap off). With `mmap` off and trimming raised, freed blocks
-/// stay in the heap and the next step's allocations reuse warm pages. Peak RSS is
-/// unchanged (it is reached anyway); memory is held until the process exits.
-/// A no-op on other platforms and C libraries.
+/// step 5.08 s -> 4.06 s with mmap off). With `mmap` off, freed blocks stay in the heap
+/// and the next step's allocations reuse warm pages; the activation pool
+/// (`kernels::workspace`) keeps the largest ones, bounded by the run's working set.
+/// What is retained is bounded too: free memory beyond [`RETAINED_TRIM_BYTES`] at the top
+/// of a heap goes back to the OS, and [`release_freed_memory`] returns every free page
+/// between phases (issue 16: with trimming off as well, `demo` held 4.8 GB of RSS for
+/// 290 MiB of tensors). A no-op on other platforms and C libraries.
 pub fn retain_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator tunables; it is called once at start-up,
     // before the program spawns threads, and a rejected value leaves the default.
     unsafe {
         libc::mallopt(libc::M_MMAP_MAX, 0);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, RETAINED_TRIM_BYTES);
+    }
+}
+
+/// Returns the memory a finished phase no longer needs to the OS: empties the activation
+/// pool and gives every free heap page back (`malloc_trim`). For use between phases whose
+/// shapes differ (the runs of `demo`), not inside a training loop.
+pub fn release_freed_memory() {
+    crate::kernels::workspace::clear();
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free pages to the OS; it is thread-safe.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

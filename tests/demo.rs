@@ -40,7 +40,15 @@ fn demo_trains_variants_and_writes_report_and_explain_page() {
         let acc = r["accuracy"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&acc));
         assert!(r["train_seconds"].as_f64().unwrap() > 0.0);
+        // Issue 16 item 4 (failed before: no RSS was reported, only the counted heap):
+        // the process's peak RSS next to the heap, and within the 1 GB the demo promises.
+        let heap = r["peak_heap_bytes"].as_f64().unwrap();
+        let rss = r["peak_rss_bytes"].as_f64().unwrap();
+        assert!(heap > 0.0 && rss >= heap, "{r}");
+        assert!(rss < 1e9, "peak RSS {rss} bytes: {r}");
     }
+    assert!(stdout.contains("process peak RSS so far MiB"), "{stdout}");
+    assert!(stdout.contains("; peak RSS "), "{stdout}");
     let page = std::fs::read_to_string(out.join("explain.html")).unwrap();
     assert!(page.contains("<html") && page.trim_end().ends_with("</html>"));
 }
