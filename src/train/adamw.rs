@@ -161,6 +161,22 @@ impl AdamW {
 
     /// The state as one store, for a safetensors file: `adam_m.<name>`, `adam_v.<name>`
     /// and `adam_step` (shape `[1]`; f32 holds step counts exactly up to 2^24).
+    /// Writes the state [`AdamW::state_to_store`] describes to the safetensors file `path`,
+    /// streaming the moments from where they are (no copy of them in memory).
+    pub fn write_state(&self, path: &std::path::Path) -> anyhow::Result<()> {
+        const STEP_SHAPE: [usize; 1] = [1];
+        let step = [self.step as f32];
+        let mut tensors = Vec::new();
+        for (prefix, store) in [("adam_m", &self.m), ("adam_v", &self.v)] {
+            for t in &store.tensors {
+                let name = format!("{prefix}.{}", t.name);
+                tensors.push((name, t.shape.as_slice(), t.data.as_slice()));
+            }
+        }
+        tensors.push((STEP_TENSOR.to_string(), &STEP_SHAPE[..], &step[..]));
+        crate::model::checkpoint::write_tensor_refs(path, tensors, None)
+    }
+
     pub fn state_to_store(&self) -> ParamStore {
         let mut out = ParamStore::new();
         for (prefix, store) in [("adam_m", &self.m), ("adam_v", &self.v)] {
@@ -352,6 +368,32 @@ mod tests {
         for (i, &p) in params.tensors[0].data.iter().enumerate() {
             assert!((p + 1e-3).abs() < 1e-9, "element {i}: {p}");
         }
+    }
+
+    /// The streamed state file holds exactly what the store of the state would.
+    #[test]
+    fn written_state_equals_the_serialised_store() {
+        let mut params = toy_store();
+        let mut opt = AdamW::new(&params, AdamWConfig::default());
+        let mut grads = params.zeros_like();
+        grads.tensors[0].data = vec![0.3, -0.7];
+        grads.tensors[1].data = vec![0.2];
+        opt.step(&mut params, &grads, 0.01);
+        let dir = std::env::temp_dir().join(format!("corefocus-adamw-{}", std::process::id()));
+        let (streamed, whole) = (
+            dir.join("streamed.safetensors"),
+            dir.join("whole.safetensors"),
+        );
+        opt.write_state(&streamed).unwrap();
+        crate::model::checkpoint::write_safetensors(&whole, &opt.state_to_store(), None).unwrap();
+        assert_eq!(
+            std::fs::read(&streamed).unwrap(),
+            std::fs::read(&whole).unwrap()
+        );
+        let back = crate::model::checkpoint::read_safetensors(&streamed, false).unwrap();
+        let back = AdamW::from_store(&params, &back, AdamWConfig::default(), "test").unwrap();
+        assert_eq!(back.step, opt.step);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -135,7 +135,7 @@ pub fn save_resume_state(
 ) -> Result<()> {
     replace_dir_atomically(&resume_dir(out), |tmp| {
         write_safetensors(&tmp.join(PARAMS_FILE), params, None)?;
-        write_safetensors(&tmp.join(OPTIMIZER_FILE), &optimizer.state_to_store(), None)?;
+        optimizer.write_state(&tmp.join(OPTIMIZER_FILE))?;
         // Last: a directory with state.json is complete.
         write_atomic(
             &tmp.join(STATE_FILE),
