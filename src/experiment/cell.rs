@@ -5,8 +5,8 @@
 use super::grid::Cell;
 use super::result::{load_results, read_result, CellResult, Recipe, RESULT_FILE};
 use crate::train::checkpoint::MODEL_FILE;
-use crate::util::utc_timestamp;
 use crate::train::{run_train, TrainOptions};
+use crate::util::utc_timestamp;
 use crate::util::write_atomic;
 use anyhow::{bail, ensure, Context, Result};
 use std::path::{Path, PathBuf};

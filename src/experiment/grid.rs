@@ -4,8 +4,8 @@
 use super::args::{ExperimentArgs, GRIDS};
 use crate::model::{BertConfig, MethodConfig};
 use crate::train::options::DEFAULT_NEW_LR_SCALE;
-use crate::train::{LrSpec, MethodArgs, MethodDefaults};
 use crate::train::TrainOptions;
+use crate::train::{LrSpec, MethodArgs, MethodDefaults};
 use crate::variant_spec::VariantSpec;
 use anyhow::{bail, ensure, Context, Result};
 use std::path::PathBuf;

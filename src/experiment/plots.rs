@@ -126,7 +126,11 @@ pub fn write_plots(
             .iter()
             .enumerate()
             .map(|(i, r)| {
-                Series::new(r.cell.clone(), crate::train::curves::step_loss_curve(&r.curve)).with_color(i)
+                Series::new(
+                    r.cell.clone(),
+                    crate::train::curves::step_loss_curve(&r.curve),
+                )
+                .with_color(i)
             })
             .filter(|s| !s.points.is_empty())
             .collect();

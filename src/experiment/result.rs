@@ -2,8 +2,8 @@
 //! was trained with, and reading the results of a grid.
 
 use crate::model::{MethodConfig, Variant};
-use crate::train::{EpochRecord, LrSpec, MethodArgs};
 use crate::train::TrainOptions;
+use crate::train::{EpochRecord, LrSpec, MethodArgs};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
