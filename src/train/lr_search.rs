@@ -112,6 +112,7 @@ pub fn search_lr(
                 let r = &summary.records[summary.best];
                 (r.val_loss, r.val_accuracy)
             }
+            Err(e) if super::stop::is_stopped_on_request(&e) => return Err(e),
             Err(e) => {
                 eprintln!("corefocus train: --lr auto, lr {lr:e} diverged: {e:#}");
                 (f64::INFINITY, 0.0)

@@ -396,6 +396,28 @@ pub struct TrainOptions {
     pub inject_nan_at_step: Option<u64>,
 }
 
+/// `corefocus train`'s flags on their own, without the binary name and subcommand: the one
+/// parser (same flags, defaults and value checks) for front ends other than the CLI, e.g.
+/// the Python package, which passes its keyword arguments as `--key value`.
+#[derive(clap::Parser, Clone, Debug)]
+#[command(name = "corefocus train", no_binary_name = true)]
+pub struct TrainCommand {
+    #[command(flatten)]
+    pub options: TrainOptions,
+}
+
+impl TrainCommand {
+    /// Parses `args` (`["--model", "m", "--data", "d", "--out", "o", "--epochs", "2"]`) as
+    /// `corefocus train` would.
+    pub fn parse_flags<I, T>(args: I) -> Result<TrainOptions, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        <Self as clap::Parser>::try_parse_from(args).map(|c| c.options)
+    }
+}
+
 impl Default for TrainOptions {
     fn default() -> Self {
         TrainOptions {
@@ -535,5 +557,49 @@ impl TrainOptions {
             eval_batch: self.eval_batch,
             progress: true,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_flags_gives_the_cli_defaults_and_errors() {
+        let opts =
+            TrainCommand::parse_flags(["--model", "m", "--data", "d", "--out", "o"]).unwrap();
+        let expected = TrainOptions {
+            model: "m".into(),
+            data: "d".into(),
+            out: "o".into(),
+            ..TrainOptions::default()
+        };
+        assert_eq!(opts, expected);
+        let opts = TrainCommand::parse_flags([
+            "--model",
+            "m",
+            "--data",
+            "d",
+            "--out",
+            "o",
+            "--variant",
+            "pfc",
+            "--lr",
+            "1e-4",
+            "--lr-grid",
+            "1e-5,2e-5",
+            "--overwrite",
+        ])
+        .unwrap();
+        assert_eq!(opts.method.variant, Variant::Pfc);
+        assert_eq!(opts.lr, LrSpec::Fixed(1e-4));
+        assert_eq!(opts.lr_grid, vec![1e-5, 2e-5]);
+        assert!(opts.overwrite);
+        let err = TrainCommand::parse_flags([
+            "--model", "m", "--data", "d", "--out", "o", "--epochs", "x",
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("--epochs"), "{err}");
+        assert!(TrainCommand::parse_flags(["--model", "m"]).is_err());
     }
 }

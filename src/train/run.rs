@@ -215,6 +215,14 @@ fn fit(
     );
     let summary = result.map_err(|e| match kept {
         _ if is_stopped_for_test(&e) => e,
+        _ if super::stop::is_stopped_on_request(&e) => e.context(format!(
+            "training stopped; the resume state is saved in {} (continue with --resume){}",
+            resume::resume_dir(&opts.out).display(),
+            kept.map_or(String::new(), |(epoch, loss)| format!(
+                ", the best checkpoint so far (epoch {epoch}, val loss {loss:.4}) is kept in {}",
+                opts.out.display()
+            ))
+        )),
         Some((epoch, loss)) => e.context(format!(
             "training stopped; the last good checkpoint (epoch {epoch}, val loss {loss:.4}) is kept in {}",
             opts.out.display()

@@ -189,11 +189,12 @@ pub fn train_loop_with<M: Trainable>(
             bar.set_message(p.summary());
 
             let stop = control.stop_after_steps == Some(at.step);
+            let asked = super::stop::stop_requested();
             // The epoch-end save follows the epoch's last step anyway.
             let periodic = control.save_every > 0
                 && at.step.is_multiple_of(control.save_every)
                 && at.position < train.len();
-            if stop || periodic {
+            if stop || periodic || asked {
                 let mut here = at.clone();
                 here.progress.elapsed += epoch_start.elapsed().as_secs_f64();
                 on_save(model, &here, &opt)?;
@@ -201,6 +202,10 @@ pub fn train_loop_with<M: Trainable>(
             if stop {
                 bar.abandon();
                 return Err(StoppedForTest { step: at.step }.into());
+            }
+            if asked {
+                bar.abandon();
+                return Err(super::stop::StoppedOnRequest { step: at.step }.into());
             }
         }
         bar.finish_and_clear();
