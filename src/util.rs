@@ -42,8 +42,9 @@ pub fn release_freed_memory() {
     }
 }
 
-/// Like [`write_atomic`], with the contents written by `write` into the temporary path
-/// (for writers that stream to a file of their own).
+/// [`write_atomic`] with the contents written by `write` into the temporary path (for
+/// writers that stream to a file of their own): then fsync, rename, fsync of the directory;
+/// the temporary is removed on failure.
 pub fn write_atomic_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let dir = path
         .parent()
@@ -62,6 +63,7 @@ pub fn write_atomic_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -
             .with_context(|| format!("cannot sync {}", tmp.display()))?;
         std::fs::rename(&tmp, path)
             .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
+        // Make the rename itself durable (best effort: not every file system allows it).
         if let Ok(d) = std::fs::File::open(dir) {
             let _ = d.sync_all();
         }
@@ -77,35 +79,12 @@ pub fn write_atomic_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -
 /// rename, fsync of the directory, so readers never see a half-written file and a crash
 /// leaves the old or the new contents.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result = (|| -> Result<()> {
-        let mut f = std::fs::File::create(&tmp)
+    write_atomic_with(path, |tmp| {
+        let mut f = std::fs::File::create(tmp)
             .with_context(|| format!("cannot create {}", tmp.display()))?;
         f.write_all(bytes)
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
-        f.sync_all()
-            .with_context(|| format!("cannot sync {}", tmp.display()))?;
-        std::fs::rename(&tmp, path)
-            .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
-        // Make the rename itself durable (best effort: not every file system allows it).
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+            .with_context(|| format!("cannot write {}", tmp.display()))
+    })
 }
 
 // ------------------------------------------------------------------ directories and time
