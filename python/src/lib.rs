@@ -6,7 +6,7 @@
 //! `error:` line (`{:#}`, the whole context chain); a `train` flag clap rejects raises
 //! `ValueError` with clap's message. The GIL is released while the library computes.
 
-use corefocus::infer::{first_non_finite_row, Classifier};
+use corefocus::infer::{first_non_finite_row, is_blank, Classifier, BLANK_TEXT};
 use corefocus::train::{
     clear_stop_request, is_stopped_on_request, request_stop, run_train, TrainCommand, TrainOutcome,
 };
@@ -75,6 +75,10 @@ impl NativeClassifier {
         }
         let classifier = &self.inner;
         let probs = py.allow_threads(|| {
+            // As `predict`, `serve` and `explain`: no label for an empty text.
+            if let Some(i) = texts.iter().position(|t| is_blank(t)) {
+                anyhow::bail!("texts[{i}]: {BLANK_TEXT}");
+            }
             let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
             let probs = classifier.probabilities(&refs, batch_size)?;
             if let Some(row) = first_non_finite_row(&probs, classifier.labels().len()) {
@@ -95,7 +99,7 @@ impl NativeClassifier {
         let c = &self.inner;
         py.allow_threads(|| {
             if text.trim().is_empty() {
-                anyhow::bail!("the text to explain is empty");
+                anyhow::bail!("the text to explain: {BLANK_TEXT}");
             }
             let e = corefocus::explain::explain_text(
                 &c.model,

@@ -16,7 +16,6 @@ TEXTS = [
     "the film was good and great",
     "the film was awful and dull",
     "a long text " * 40,  # truncated at max_len
-    "",
     "nice",
     "Ünïcödé text — with punctuation!?",
 ]
@@ -107,6 +106,9 @@ def test_bad_arguments_raise_value_and_type_errors(trained, model_dir, tmp_path)
         clf.predict(["ok"], batch_size=0)
     with pytest.raises(corefocus.CorefocusError, match="empty"):
         clf.explain("   ")
+    # One behaviour for empty input, as the CLI's predict (I08), serve and explain.
+    with pytest.raises(corefocus.CorefocusError, match=r"texts\[1\]: empty or whitespace-only"):
+        clf.predict(["ok", "  "])
     out = tmp_path / "o"
     with pytest.raises(ValueError, match="--epochs"):
         corefocus.train(model_dir, tmp_path, out, epochs="many")
