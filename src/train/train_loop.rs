@@ -111,7 +111,7 @@ pub fn train_loop_with<M: Trainable>(
     labels: &[String],
     pad_id: u32,
     settings: &LoopSettings,
-    control: LoopControl,
+    mut control: LoopControl,
     on_epoch: &mut dyn FnMut(&M, &EpochRecord, &EvalResult) -> Result<()>,
     on_save: &mut dyn FnMut(&M, &LoopPosition, &AdamW) -> Result<()>,
 ) -> Result<LoopSummary> {
@@ -123,14 +123,7 @@ pub fn train_loop_with<M: Trainable>(
     let total_steps = steps_per_epoch * settings.epochs as u64;
     let schedule = LinearSchedule::new(settings.lr, total_steps, settings.warmup);
     let mut grads = model.params().zeros_like();
-    let (mut at, mut opt) = start_position(model, control.start, train.len(), settings)?;
-    opt.set_lr_scales(|name| {
-        if settings.new_params.iter().any(|n| n == name) {
-            settings.new_lr_scale
-        } else {
-            1.0
-        }
-    });
+    let (mut at, mut opt) = start_position(model, control.start.take(), train.len(), settings)?;
 
     let log_lines = settings.progress && !std::io::IsTerminal::is_terminal(&std::io::stderr());
     for epoch in at.epoch..settings.epochs {
@@ -188,24 +181,15 @@ pub fn train_loop_with<M: Trainable>(
             bar.inc(1);
             bar.set_message(p.summary());
 
-            let stop = control.stop_after_steps == Some(at.step);
-            let asked = super::stop::stop_requested();
-            // The epoch-end save follows the epoch's last step anyway.
-            let periodic = control.save_every > 0
-                && at.step.is_multiple_of(control.save_every)
-                && at.position < train.len();
-            if stop || periodic || asked {
+            let (save, stop) = control.after_step(at.step, at.position < train.len());
+            if save {
                 let mut here = at.clone();
                 here.progress.elapsed += epoch_start.elapsed().as_secs_f64();
                 on_save(model, &here, &opt)?;
             }
-            if stop {
+            if let Some(stop) = stop {
                 bar.abandon();
-                return Err(StoppedForTest { step: at.step }.into());
-            }
-            if asked {
-                bar.abandon();
-                return Err(super::stop::StoppedOnRequest { step: at.step }.into());
+                return Err(stop);
             }
         }
         bar.finish_and_clear();
@@ -236,8 +220,27 @@ pub fn train_loop_with<M: Trainable>(
     })
 }
 
+impl LoopControl {
+    /// After optimizer step `step` (`mid_epoch`: not the epoch's last): whether to save a
+    /// resume state now, and the error to stop with (`--stop-after-steps`, or a stop
+    /// request from a front end, which saves first too).
+    fn after_step(&self, step: u64, mid_epoch: bool) -> (bool, Option<anyhow::Error>) {
+        let stop: Option<anyhow::Error> = if self.stop_after_steps == Some(step) {
+            Some(StoppedForTest { step }.into())
+        } else if super::stop::stop_requested() {
+            Some(super::stop::StoppedOnRequest { step }.into())
+        } else {
+            None
+        };
+        // The epoch-end save follows the epoch's last step anyway.
+        let periodic = self.save_every > 0 && step.is_multiple_of(self.save_every) && mid_epoch;
+        (stop.is_some() || periodic, stop)
+    }
+}
+
 /// Where the loop starts: the beginning with a fresh optimizer, or a saved position
-/// (checked against this run's settings) with its optimizer.
+/// (checked against this run's settings) with its optimizer; either way with the learning
+/// rate scale of the new tensors.
 fn start_position<M: Trainable>(
     model: &M,
     start: Option<(LoopPosition, AdamW)>,
@@ -254,7 +257,9 @@ fn start_position<M: Trainable>(
             records: Vec::new(),
             best: None,
         };
-        return Ok((fresh, AdamW::new(model.params(), settings.adamw)));
+        let mut opt = AdamW::new(model.params(), settings.adamw);
+        set_new_lr_scale(&mut opt, settings);
+        return Ok((fresh, opt));
     };
     let done_in_epoch = position.position.div_ceil(settings.batch_size) as u64;
     ensure!(
@@ -275,7 +280,20 @@ fn start_position<M: Trainable>(
         settings.batch_size,
         settings.epochs
     );
+    let mut opt = opt;
+    set_new_lr_scale(&mut opt, settings);
     Ok((position, opt))
+}
+
+/// The tensors named in `settings.new_params` learn at `new_lr_scale` times the rate.
+fn set_new_lr_scale(opt: &mut AdamW, settings: &LoopSettings) {
+    opt.set_lr_scales(|name| {
+        if settings.new_params.iter().any(|n| n == name) {
+            settings.new_lr_scale
+        } else {
+            1.0
+        }
+    });
 }
 
 /// The epoch's progress bar (hidden without `settings.progress`), at `skip` examples in.
