@@ -1,10 +1,10 @@
-//! Block-size tuning for the AVX2 gemm (a development aid): several `Blocking`s run
+//! Block-size tuning for the gemm (its best micro-kernel; COREFOCUS_GEMM_ISA=avx2 for the AVX2 one) (a development aid): several `Blocking`s run
 //! interleaved on the model's shapes, best time of N, one thread and the pool.
 //!
 //! `cargo run --release --example gemm_tune [reps] kc,mc,nc kc,mc,nc ...`
 #[cfg(target_arch = "x86_64")]
 fn main() {
-    use corefocus::kernels::gemm_avx2::{gemm_with_blocking, Blocking};
+    use corefocus::kernels::gemm_x86::{gemm_with_blocking, Blocking, Isa};
     use corefocus::kernels::matmul::MatRef;
     use std::time::Instant;
     let args: Vec<String> = std::env::args().collect();
@@ -55,7 +55,7 @@ fn main() {
             for _ in 0..reps {
                 for (slot, &bl) in blockings.iter().enumerate() {
                     let t = Instant::now();
-                    gemm_with_blocking(bl, &mut c, n, a, b, false, threads);
+                    gemm_with_blocking(Isa::best(), bl, &mut c, n, a, b, false, threads);
                     best[slot] = best[slot].min(t.elapsed().as_secs_f64());
                 }
             }

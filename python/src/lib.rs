@@ -6,6 +6,7 @@
 //! `error:` line (`{:#}`, the whole context chain); a `train` flag clap rejects raises
 //! `ValueError` with clap's message. The GIL is released while the library computes.
 
+use corefocus::bench::timed::TimedModel;
 use corefocus::infer::{first_non_finite_row, is_blank, Classifier, BLANK_TEXT};
 use corefocus::train::{
     clear_stop_request, is_stopped_on_request, request_stop, run_train, TrainCommand, TrainOutcome,
@@ -214,11 +215,60 @@ fn outcome_json(out: &std::path::Path, o: &TrainOutcome) -> serde_json::Result<S
     }))
 }
 
+/// A backbone checkpoint as a variant with a fresh head, for timing against other
+/// engines in one process (`scripts/bench-peers.py`): `corefocus bench`'s forward pass
+/// and training step on given token ids.
+#[pyclass(module = "corefocus._corefocus")]
+struct NativeTimedModel {
+    inner: TimedModel,
+}
+
+#[pymethods]
+impl NativeTimedModel {
+    /// The HF-format BERT checkpoint in `model_dir` as `variant` (`bench --variant`'s
+    /// grammar: bert, pf, pfc@5, ...) with a `num_labels`-class head.
+    #[staticmethod]
+    fn load(
+        py: Python<'_>,
+        model_dir: PathBuf,
+        variant: String,
+        num_labels: usize,
+    ) -> PyResult<Self> {
+        let inner = py
+            .allow_threads(|| TimedModel::load(&model_dir, &variant, num_labels))
+            .map_err(py_err)?;
+        Ok(NativeTimedModel { inner })
+    }
+
+    /// Evaluation-mode logits of token-id sequences (padded with id 0), `[batch, labels]`
+    /// row-major native-endian f32 bytes.
+    fn forward<'py>(&self, py: Python<'py>, ids: Vec<Vec<u32>>) -> PyResult<Bound<'py, PyBytes>> {
+        let logits = py
+            .allow_threads(|| self.inner.forward(&ids))
+            .map_err(py_err)?;
+        let bytes: Vec<u8> = logits.iter().flat_map(|p| p.to_ne_bytes()).collect();
+        Ok(PyBytes::new(py, &bytes))
+    }
+
+    /// One AdamW training step on `ids` with classes `labels`; returns the loss.
+    fn train_step(
+        &mut self,
+        py: Python<'_>,
+        ids: Vec<Vec<u32>>,
+        labels: Vec<usize>,
+    ) -> PyResult<f32> {
+        let inner = &mut self.inner;
+        py.allow_threads(|| inner.train_step(&ids, &labels))
+            .map_err(py_err)
+    }
+}
+
 #[pymodule]
 fn _corefocus(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("CorefocusError", m.py().get_type::<CorefocusError>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<NativeClassifier>()?;
+    m.add_class::<NativeTimedModel>()?;
     m.add_function(wrap_pyfunction!(train, m)?)?;
     m.add_function(wrap_pyfunction!(train_flags, m)?)?;
     Ok(())

@@ -1,7 +1,9 @@
 //! Measurement: FLOPs, peak memory, timing, and the `corefocus bench` command.
 
 pub mod flops;
+pub mod peak;
 pub mod run;
+pub mod timed;
 
 use anyhow::{Context, Result};
 use std::path::PathBuf;
@@ -38,8 +40,11 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 5)]
     pub reps: usize,
     /// Skip the forward-only timings.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "forward_only")]
     pub no_forward: bool,
+    /// Time only forward passes (inference latency), no training steps.
+    #[arg(long)]
+    pub forward_only: bool,
     /// Draw the examples' real lengths from this dataset split file's token counts
     /// (whitespace words + 2, capped at --seq), instead of full-length examples.
     #[arg(long)]
@@ -94,6 +99,7 @@ pub fn run_bench(args: &BenchArgs) -> Result<run::BenchReport> {
         lengths,
         seed: args.seed,
         forward: !args.no_forward,
+        train: !args.forward_only,
         profile: args.profile,
     };
     let report = run::run(&opts)?;

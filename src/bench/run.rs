@@ -63,6 +63,8 @@ pub struct BenchOptions {
     pub lengths: Option<Vec<usize>>,
     pub seed: u64,
     pub forward: bool,
+    /// Time training steps (off: forward passes only).
+    pub train: bool,
     /// Accumulate per-kernel time of the timed training steps.
     pub profile: bool,
 }
@@ -126,6 +128,10 @@ pub struct VariantResult {
     /// Ratio to BERT of persistent + transient.
     pub memory_ratio_total: f64,
     pub flops_ratio: f64,
+    /// Training FLOPs over the median step time (NaN without training timings).
+    pub train_gflops_per_s: f64,
+    /// Forward FLOPs over the median forward time (NaN without forward timings).
+    pub forward_gflops_per_s: f64,
     /// Per-kernel seconds per training step (median-free mean over timed steps), when
     /// profiling.
     pub kernel_seconds: Vec<(String, f64)>,
@@ -145,6 +151,8 @@ pub struct BenchReport {
     pub reps: usize,
     pub counting_allocator: bool,
     pub peak_rss_bytes: Option<usize>,
+    /// The FMA peak of all threads, measured here ([`super::peak`]).
+    pub fma_peak: Option<super::peak::FmaPeak>,
     pub results: Vec<VariantResult>,
 }
 
@@ -246,6 +254,13 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
         });
     }
     drop(base_params);
+    if !opts.train {
+        // Forward passes only: the weights never change, so they are packed once, as
+        // `predict` and `serve` do (`Classifier::load`).
+        for r in &mut runners {
+            r.model.params.pack_linear_weights();
+        }
+    }
 
     time_rounds(&mut runners, &batch, &labels, opts);
     for r in &mut runners {
@@ -289,6 +304,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
         reps: opts.reps,
         counting_allocator: alloc::is_counting(),
         peak_rss_bytes: alloc::peak_rss_bytes(),
+        fma_peak: super::peak::fma_peak(),
         results,
     })
 }
@@ -328,16 +344,23 @@ fn random_batch(bert: &BertConfig, opts: &BenchOptions) -> (Batch, Vec<usize>) {
 /// One variant's figures from its runner (ratios to bert are filled in later).
 fn variant_result(r: &Runner, opts: &BenchOptions) -> VariantResult {
     let persistent = 4 * 4 * r.model.params.numel();
+    let train_step = summarize(&r.train);
+    let forward = opts.forward.then(|| summarize(&r.forward));
+    let train_flops = r.fwd_flops + backward_flops(r.fwd_flops);
     VariantResult {
         variant: r.label.clone(),
         method: r.model.method.clone(),
-        train_step: summarize(&r.train),
-        forward: opts.forward.then(|| summarize(&r.forward)),
+        train_gflops_per_s: train_flops as f64 / train_step.median_s / 1e9,
+        forward_gflops_per_s: forward
+            .as_ref()
+            .map_or(f64::NAN, |f| r.fwd_flops as f64 / f.median_s / 1e9),
+        train_step,
+        forward,
         persistent_bytes: persistent,
         step_transient_peak_bytes: r.transient_peak,
         peak_tensor_bytes: persistent + r.transient_peak,
         forward_flops: r.fwd_flops,
-        train_flops: r.fwd_flops + backward_flops(r.fwd_flops),
+        train_flops,
         mean_kept_last_layer: r.kept_last,
         speedup_train: f64::NAN,
         speedup_forward: f64::NAN,
@@ -362,6 +385,9 @@ fn time_rounds(runners: &mut [Runner], batch: &Batch, labels: &[usize], opts: &B
     for rep in 0..opts.warmup + opts.reps {
         let timed = rep >= opts.warmup;
         for (i, r) in runners.iter_mut().enumerate() {
+            if !opts.train {
+                break;
+            }
             crate::profile::enable(opts.profile && timed);
             crate::profile::reset();
             // Memory is measured on each variant's first step, from an empty activation
@@ -420,6 +446,23 @@ fn time_rounds(runners: &mut [Runner], batch: &Batch, labels: &[usize], opts: &B
     }
 }
 
+/// `x` with `prec` decimals, `-` where there is no figure (NaN: not timed).
+fn num(x: f64, prec: usize) -> String {
+    if x.is_finite() {
+        format!("{x:.prec$}")
+    } else {
+        "-".into()
+    }
+}
+
+fn ratio(x: f64) -> String {
+    if x.is_finite() {
+        format!("{x:.2}x")
+    } else {
+        "-".into()
+    }
+}
+
 fn mib(b: usize) -> f64 {
     b as f64 / (1024.0 * 1024.0)
 }
@@ -430,37 +473,58 @@ pub fn format_table(r: &BenchReport) -> String {
         "model {} ({} layers, hidden {}), batch {} x {} tokens, {} threads, cpu {}, {} warm-up + {} timed rounds (interleaved)\n\n",
         r.model, r.layers, r.hidden, r.batch, r.seq, r.threads, r.cpu, r.warmup, r.reps
     );
-    s.push_str("| variant | train step median s | min s | forward median s | min s | activation peak MiB | + params/grads/AdamW MiB | train GFLOP | kept (last layer) | speedup train | speedup fwd | activation memory ratio | total memory ratio | FLOPs ratio |\n");
-    s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    s.push_str("| variant | train step median s | min s | forward median s | min s | activation peak MiB | + params/grads/AdamW MiB | train GFLOP | train GFLOP/s | fwd GFLOP/s | kept (last layer) | speedup train | speedup fwd | activation memory ratio | total memory ratio | FLOPs ratio |\n");
+    s.push_str(
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
     for v in &r.results {
         let (fm, fmin) = v
             .forward
             .as_ref()
-            .map(|f| (format!("{:.3}", f.median_s), format!("{:.3}", f.min_s)))
-            .unwrap_or(("-".into(), "-".into()));
-        // Without forward timings (--no-forward) there is no forward speedup to print.
-        let fwd_speedup = if v.speedup_forward.is_finite() {
-            format!("{:.2}x", v.speedup_forward)
-        } else {
-            "-".into()
-        };
+            .map_or((f64::NAN, f64::NAN), |f| (f.median_s, f.min_s));
+        let trained = v.train_step.samples > 0;
+        let mem = |b: usize| if trained { num(mib(b), 0) } else { "-".into() };
         s.push_str(&format!(
-            "| {} | {:.3} | {:.3} | {} | {} | {:.0} | {:.0} | {:.1} | {:.1} | {:.2}x | {} | {:.2} | {:.2} | {:.3} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {:.1} | {} | {} | {:.1} | {} | {} | {} | {} | {:.3} |\n",
             v.variant,
-            v.train_step.median_s,
-            v.train_step.min_s,
-            fm,
-            fmin,
-            mib(v.step_transient_peak_bytes),
-            mib(v.peak_tensor_bytes),
+            num(v.train_step.median_s, 3),
+            num(v.train_step.min_s, 3),
+            num(fm, 3),
+            num(fmin, 3),
+            mem(v.step_transient_peak_bytes),
+            mem(v.peak_tensor_bytes),
             v.train_flops as f64 / 1e9,
+            num(v.train_gflops_per_s, 1),
+            num(v.forward_gflops_per_s, 1),
             v.mean_kept_last_layer,
-            v.speedup_train,
-            fwd_speedup,
-            v.memory_ratio,
-            v.memory_ratio_total,
+            ratio(v.speedup_train),
+            ratio(v.speedup_forward),
+            num(v.memory_ratio, 2),
+            num(v.memory_ratio_total, 2),
             v.flops_ratio
         ));
+    }
+    if let Some(super::peak::FmaPeak { gflops: peak, isa }) = r.fma_peak {
+        s.push_str(&format!(
+            "\nFMA peak measured on {} threads ({isa}): {:.1} GFLOP/s",
+            r.threads, peak
+        ));
+        let best = |f: fn(&VariantResult) -> f64| {
+            r.results
+                .iter()
+                .map(f)
+                .filter(|x| x.is_finite())
+                .fold(f64::NAN, f64::max)
+        };
+        for (what, g) in [
+            ("training step", best(|v| v.train_gflops_per_s)),
+            ("forward", best(|v| v.forward_gflops_per_s)),
+        ] {
+            if g.is_finite() {
+                s.push_str(&format!("; best {what} {:.0}% of it", 100.0 * g / peak));
+            }
+        }
+        s.push_str(" (FLOPs: the matrix products, method.md).\n");
     }
     if r.results.iter().any(|v| !v.kernel_seconds.is_empty()) {
         s.push_str("\nPer-kernel seconds per training step (mean over timed steps):\n\n| kernel |");

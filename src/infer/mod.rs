@@ -42,7 +42,9 @@ pub struct Classifier {
 impl Classifier {
     /// Loads a `corefocus train` checkpoint; `max_len` overrides its truncation length.
     pub fn load(checkpoint: &Path, max_len: Option<usize>) -> Result<Classifier> {
-        let (model, tokenizer, meta) = load_checkpoint(checkpoint)?;
+        let (mut model, tokenizer, meta) = load_checkpoint(checkpoint)?;
+        // Inference only from here: linear weights packed once, not on every call.
+        model.params.pack_linear_weights();
         let max_len = max_len.unwrap_or(meta.max_len);
         ensure!(
             max_len >= 2,

@@ -1,6 +1,6 @@
 //! Fully connected layer in PyTorch layout: `y = x Wᵀ + b`, `W` is `[out, in]`.
 
-use super::matmul::{matmul, MatRef, Par};
+use super::matmul::{matmul, matmul_packed, MatRef, PackedRhs, Par};
 use rayon::prelude::*;
 
 /// `y[rows, out] = x[rows, in] · wᵀ + b`. `y` is overwritten.
@@ -27,6 +27,35 @@ pub fn linear_forward(
         out_dim,
         MatRef::new(x, rows, in_dim),
         MatRef::new(w, out_dim, in_dim).t(),
+        true,
+        Par::Rayon,
+    );
+}
+
+/// [`linear_forward`] with `Wᵀ` packed beforehand ([`PackedRhs`] of `[in, out]`).
+pub fn linear_forward_packed(
+    x: &[f32],
+    rows: usize,
+    in_dim: usize,
+    wt: &PackedRhs,
+    b: Option<&[f32]>,
+    out_dim: usize,
+    y: &mut [f32],
+) {
+    debug_assert_eq!(x.len(), rows * in_dim);
+    assert_eq!(wt.shape(), (in_dim, out_dim), "linear: packed weight shape");
+    let y = &mut y[..rows * out_dim];
+    match b {
+        Some(b) => {
+            y.par_chunks_mut(out_dim).for_each(|r| r.copy_from_slice(b));
+        }
+        None => y.fill(0.0),
+    }
+    matmul_packed(
+        y,
+        out_dim,
+        MatRef::new(x, rows, in_dim),
+        wt,
         true,
         Par::Rayon,
     );

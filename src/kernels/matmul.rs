@@ -1,4 +1,4 @@
-//! The one seam to the matrix-multiply engine: our AVX2/FMA kernel (`gemm_avx2`) where
+//! The one seam to the matrix-multiply engine: our AVX2/FMA kernel (`gemm_x86`) where
 //! the CPU has it, else the `gemm` crate (which picks AVX-512 /
 //! AVX2 / SSE kernels at run time). Everything else in the engine calls `matmul`, so a
 //! different backend (CUDA later) replaces this file, not the model.
@@ -13,7 +13,7 @@ pub enum Par {
     Rayon,
 }
 
-/// Which engine computes a product: `Auto` is the AVX2/FMA kernel of `gemm_avx2` where
+/// Which engine computes a product: `Auto` is the AVX2/FMA kernel of `gemm_x86` where
 /// the CPU has it, else the `gemm` crate; `GemmCrate` forces the crate (for comparisons).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Backend {
@@ -80,8 +80,8 @@ pub fn matmul_with(
     #[cfg(target_arch = "x86_64")]
     // Products only one or two register tiles wide (n <= 32, e.g. [512 x 512] x
     // [512 x 32]) stay on the crate: packing A costs more than it saves there.
-    if backend == Backend::Auto && n > 32 && super::gemm_avx2::available() && !gemm_crate_forced() {
-        super::gemm_avx2::gemm(dst, dst_row_stride, a, b, accumulate, threads);
+    if backend == Backend::Auto && n > 32 && super::gemm_x86::available() && !gemm_crate_forced() {
+        super::gemm_x86::gemm(dst, dst_row_stride, a, b, accumulate, threads);
         return;
     }
     let parallelism = match threads {
@@ -112,6 +112,90 @@ pub fn matmul_with(
             false,
             parallelism,
         );
+    }
+}
+
+/// A right-hand operand prepared once for many products: the weights of a model that
+/// only infers, packed in the GEMM's panel layout so that no product re-packs them (the
+/// packing reads the whole weight matrix, strided, on every call otherwise).
+pub struct PackedRhs {
+    inner: Packed,
+}
+
+enum Packed {
+    #[cfg(target_arch = "x86_64")]
+    X86(super::gemm_x86::PackedB),
+    /// Where our kernel does not run: a dense row-major copy for `matmul`.
+    Dense {
+        data: Vec<f32>,
+        rows: usize,
+        cols: usize,
+    },
+}
+
+impl PackedRhs {
+    /// Prepares `b` (`[k, n]`, any strides) for [`matmul_packed`].
+    pub fn new(b: MatRef) -> PackedRhs {
+        b.check("rhs");
+        #[cfg(target_arch = "x86_64")]
+        if b.cols > 32 && super::gemm_x86::available() && !gemm_crate_forced() {
+            let isa = super::gemm_x86::Isa::best();
+            return PackedRhs {
+                inner: Packed::X86(super::gemm_x86::PackedB::new(isa, b)),
+            };
+        }
+        let mut data = Vec::with_capacity(b.rows * b.cols);
+        for r in 0..b.rows {
+            data.extend((0..b.cols).map(|c| b.data[r * b.row_stride + c * b.col_stride]));
+        }
+        PackedRhs {
+            inner: Packed::Dense {
+                data,
+                rows: b.rows,
+                cols: b.cols,
+            },
+        }
+    }
+
+    /// `[k, n]`.
+    pub fn shape(&self) -> (usize, usize) {
+        match &self.inner {
+            #[cfg(target_arch = "x86_64")]
+            Packed::X86(p) => (p.rows(), p.cols()),
+            Packed::Dense { rows, cols, .. } => (*rows, *cols),
+        }
+    }
+}
+
+/// `matmul` with a right-hand operand prepared by [`PackedRhs::new`].
+pub fn matmul_packed(
+    dst: &mut [f32],
+    dst_row_stride: usize,
+    a: MatRef,
+    b: &PackedRhs,
+    accumulate: bool,
+    par: Par,
+) {
+    let (k, n) = b.shape();
+    assert_eq!(a.cols, k, "matmul: inner dimensions differ");
+    let threads = match par {
+        Par::Serial => 1,
+        Par::Rayon if a.rows * n * k < 64 * 64 * 64 => 1,
+        Par::Rayon => rayon::current_num_threads(),
+    };
+    match &b.inner {
+        #[cfg(target_arch = "x86_64")]
+        Packed::X86(p) => {
+            super::gemm_x86::gemm_packed(dst, dst_row_stride, a, p, accumulate, threads)
+        }
+        Packed::Dense { data, rows, cols } => matmul(
+            dst,
+            dst_row_stride,
+            a,
+            MatRef::new(data, *rows, *cols),
+            accumulate,
+            par,
+        ),
     }
 }
 
@@ -152,6 +236,13 @@ mod tests {
             matmul(&mut got, n, av, bv, true, par);
             for (g, w) in got.iter().zip(&want) {
                 assert!((g - 2.0 * w).abs() < 2e-4);
+            }
+            // Packed once, then multiplied (n > 32: our kernel where the CPU runs it).
+            let packed = PackedRhs::new(bv);
+            let mut got = vec![f32::NAN; m * n];
+            matmul_packed(&mut got, n, av, &packed, false, par);
+            for (g, w) in got.iter().zip(&want) {
+                assert!((g - w).abs() < 1e-4, "packed: {g} vs {w}");
             }
         }
     }

@@ -7,7 +7,7 @@ pub mod dropout;
 pub mod embedding;
 pub(crate) mod fastmath;
 #[cfg(target_arch = "x86_64")]
-pub mod gemm_avx2;
+pub mod gemm_x86;
 #[cfg(test)]
 pub(crate) mod gradcheck;
 pub mod layernorm;

@@ -5,9 +5,10 @@
 use super::layout::{LinearIds, NormIds};
 use super::params::ParamStore;
 use crate::kernels::layernorm::{layernorm_backward, layernorm_forward};
-use crate::kernels::linear::{linear_backward, linear_forward};
+use crate::kernels::linear::{linear_backward, linear_forward, linear_forward_packed};
 
-/// `y = x Wᵀ + b`: `x` `[rows, i]`, `y` `[rows, o]`.
+/// `y = x Wᵀ + b`: `x` `[rows, i]`, `y` `[rows, o]` (with `W` packed beforehand where
+/// the store has it packed: inference).
 #[allow(clippy::too_many_arguments)]
 pub fn linear(
     p: &ParamStore,
@@ -18,7 +19,10 @@ pub fn linear(
     o: usize,
     y: &mut [f32],
 ) {
-    linear_forward(x, rows, i, p.data(ids.w), Some(p.data(ids.b)), o, y);
+    match p.packed_weight(ids.w) {
+        Some(w) => linear_forward_packed(x, rows, i, w, Some(p.data(ids.b)), o, y),
+        None => linear_forward(x, rows, i, p.data(ids.w), Some(p.data(ids.b)), o, y),
+    }
 }
 
 /// Backward of [`linear`]: writes `dx` (adds to it with `accumulate_dx`) when given;

@@ -4,7 +4,9 @@
 //! so the optimizer, gradient clipping, checkpointing and golden comparisons can treat
 //! all parameters uniformly.
 
+use crate::kernels::matmul::{MatRef, PackedRhs};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 #[derive(Clone, Debug)]
 pub struct Tensor {
@@ -26,6 +28,18 @@ pub type ParamId = usize;
 pub struct ParamStore {
     pub tensors: Vec<Tensor>,
     index: HashMap<String, ParamId>,
+    packed: PackedWeights,
+}
+
+/// Linear weights packed for the GEMM ([`ParamStore::pack_linear_weights`]), by id.
+#[derive(Clone, Default)]
+struct PackedWeights(Vec<Option<Arc<PackedRhs>>>);
+
+impl std::fmt::Debug for PackedWeights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0.iter().filter(|p| p.is_some()).count();
+        write!(f, "PackedWeights({n} packed)")
+    }
 }
 
 impl ParamStore {
@@ -64,7 +78,43 @@ impl ParamStore {
     }
 
     pub fn data_mut(&mut self, id: ParamId) -> &mut [f32] {
+        self.drop_packed();
         &mut self.tensors[id].data
+    }
+
+    /// Packs every linear layer's weight (`*.weight`, `[out, in]` with out > 32, not an
+    /// embedding table) once in the GEMM's layout, for a model that only infers from now
+    /// on: [`super::ops::linear`] then multiplies with the packed copy instead of packing
+    /// the weight on every call. Costs one more copy of those weights in memory. The
+    /// copies go stale if the weights change: every mutating method here, and
+    /// `AdamW::step`, drops them ([`Self::drop_packed`]); code writing `tensors` directly
+    /// must do the same.
+    pub fn pack_linear_weights(&mut self) {
+        let packed = self
+            .tensors
+            .iter()
+            .map(|t| {
+                let linear = t.shape.len() == 2
+                    && t.name.ends_with(".weight")
+                    && !t.name.contains("embeddings")
+                    && t.shape[0] > 32;
+                linear.then(|| {
+                    let w = MatRef::new(&t.data, t.shape[0], t.shape[1]);
+                    Arc::new(PackedRhs::new(w.t()))
+                })
+            })
+            .collect();
+        self.packed = PackedWeights(packed);
+    }
+
+    /// The packed `Wᵀ` of linear weight `id`, if packed.
+    pub fn packed_weight(&self, id: ParamId) -> Option<&PackedRhs> {
+        self.packed.0.get(id).and_then(|p| p.as_deref())
+    }
+
+    /// Forgets the packed weights (before the weights change).
+    pub fn drop_packed(&mut self) {
+        self.packed.0.clear();
     }
 
     pub fn len(&self) -> usize {
@@ -90,6 +140,7 @@ impl ParamStore {
     }
 
     pub fn fill_zero(&mut self) {
+        self.drop_packed();
         for t in &mut self.tensors {
             t.data.iter_mut().for_each(|x| *x = 0.0);
         }
@@ -106,6 +157,7 @@ impl ParamStore {
     }
 
     pub fn scale(&mut self, s: f32) {
+        self.drop_packed();
         for t in &mut self.tensors {
             t.data.iter_mut().for_each(|x| *x *= s);
         }
@@ -116,6 +168,7 @@ impl ParamStore {
     /// Two distinct tensors borrowed mutably at once (a weight and its bias).
     pub fn pair_mut(&mut self, a: ParamId, b: ParamId) -> (&mut [f32], &mut [f32]) {
         assert_ne!(a, b, "pair_mut needs two distinct tensors");
+        self.drop_packed();
         if a < b {
             let (lo, hi) = self.tensors.split_at_mut(b);
             (&mut lo[a].data, &mut hi[0].data)

@@ -89,6 +89,8 @@ impl AdamW {
     pub fn step(&mut self, params: &mut ParamStore, grads: &ParamStore, lr: f64) {
         self.check_layout(params, "parameters");
         self.check_layout(grads, "gradients");
+        // The weights change: packed inference copies would go stale.
+        params.drop_packed();
         self.step += 1;
         let c = self.config;
         let t = self.step as i32;

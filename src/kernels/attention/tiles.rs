@@ -167,7 +167,7 @@ mod avx2 {
         dst_stride: usize,
     ) {
         let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(src.add(i * src_stride)));
-        let out = crate::kernels::gemm_avx2::transpose_8x8(r);
+        let out = crate::kernels::gemm_x86::transpose_8x8(r);
         for (i, &o) in out.iter().enumerate() {
             _mm256_storeu_ps(dst.add(i * dst_stride), o);
         }

@@ -1,4 +1,5 @@
-//! A BLIS-style single-precision matrix product for x86-64 with AVX2 and FMA.
+//! A BLIS-style single-precision matrix product for x86-64: an AVX-512 micro-kernel where
+//! the CPU has AVX-512F, else an AVX2/FMA one (AVX2 and FMA are the minimum).
 //!
 //! Blocking (after Goto & van de Geijn, as in BLIS's Haswell/Zen configuration):
 //!
@@ -12,9 +13,13 @@
 //!         for ir in MC by MR:   micro-kernel: C[MR x NR] += A panel · B panel
 //! ```
 //!
-//! The micro-kernel keeps a 6 x 16 tile of C in 12 of the 16 ymm registers; each step
-//! of k loads two vectors of B, broadcasts six elements of A and issues 12 FMAs, so the
-//! two FMA pipes of a Zen 3 / Haswell core stay busy with only 8 loads per 12 FMAs.
+//! The AVX2 micro-kernel keeps a 6 x 16 tile of C in 12 of the 16 ymm registers; each
+//! step of k loads two vectors of B, broadcasts six elements of A and issues 12 FMAs, so
+//! the two FMA pipes of a Zen 3 / Haswell core stay busy with only 8 loads per 12 FMAs.
+//! The AVX-512 one keeps a 12 x 32 tile in 24 of the 32 zmm registers (two B vectors,
+//! twelve broadcasts, 24 FMAs per step): twice the flops per instruction, which on a
+//! core with two 512-bit FMA units (Xeon) is twice the peak; its edge tiles are stored
+//! with lane masks.
 //! Packing makes both operands contiguous in exactly the order the kernel reads them,
 //! which absorbs any transpose or stride of the `MatRef` views, and pads the edge
 //! panels with zeros so the kernel never branches on shape; only the store of an edge
@@ -33,9 +38,9 @@ use std::arch::x86_64::*;
 use std::cell::RefCell;
 use std::sync::OnceLock;
 
-/// Rows of the register tile (A panel width).
+/// Rows of the AVX2 register tile (A panel width) (the AVX-512 tile: [`Avx512`]).
 const MR: usize = 6;
-/// Columns of the register tile (B panel width) in ymm vectors, and in floats.
+/// Columns of the AVX2 register tile (B panel width) in ymm vectors, and in floats.
 const NV: usize = 2;
 const NR: usize = 8 * NV;
 /// Depth of a packed block: a B panel is `KC * NR * 4` = 16 KiB, half of L1d.
@@ -65,6 +70,120 @@ const BLOCKING: Blocking = Blocking {
 pub(crate) fn available() -> bool {
     static AVAILABLE: OnceLock<bool> = OnceLock::new();
     *AVAILABLE.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+}
+
+/// A micro-kernel: the instruction set it needs.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Isa {
+    Avx2,
+    Avx512,
+}
+
+impl Isa {
+    /// The widest micro-kernel this CPU runs; `COREFOCUS_GEMM_ISA=avx2` in the environment
+    /// keeps the AVX2 one (to compare whole runs on one binary).
+    pub fn best() -> Isa {
+        static BEST: OnceLock<Isa> = OnceLock::new();
+        *BEST.get_or_init(|| {
+            let forced_avx2 = std::env::var("COREFOCUS_GEMM_ISA").is_ok_and(|v| v == "avx2");
+            if !forced_avx2 && is_x86_feature_detected!("avx512f") {
+                Isa::Avx512
+            } else {
+                Isa::Avx2
+            }
+        })
+    }
+
+    /// Whether this CPU runs it.
+    pub fn available(self) -> bool {
+        match self {
+            Isa::Avx2 => available(),
+            Isa::Avx512 => available() && is_x86_feature_detected!("avx512f"),
+        }
+    }
+
+    /// Cache blocks for the kernel. The AVX-512 kernel wants deeper, shorter blocks:
+    /// fewer passes over the C tiles per product, and its 32-column B panel fills L1
+    /// sooner (`examples/gemm_tune.rs` on the model's shapes: 125-152 GFLOP/s on one
+    /// Xeon core at kc 768 / mc 48, 117-143 at the AVX2 kernel's 256 / 144).
+    pub fn blocking(self) -> Blocking {
+        match self {
+            Isa::Avx2 => BLOCKING,
+            Isa::Avx512 => Blocking {
+                kc: 768,
+                mc: 48,
+                nc: NC,
+            },
+        }
+    }
+
+    /// The register tile's rows and columns.
+    fn tile(self) -> (usize, usize) {
+        match self {
+            Isa::Avx2 => (Avx2::MR, Avx2::NR),
+            Isa::Avx512 => (Avx512::MR, Avx512::NR),
+        }
+    }
+}
+
+/// A register-tile kernel: `c (+)= a_panel · b_panel` for one `MR x NR` tile.
+trait MicroKernel {
+    const MR: usize;
+    const NR: usize;
+    /// Stores only the `mr x nr` corner that exists; `overwrite` stores without reading
+    /// `c`.
+    ///
+    /// # Safety
+    /// The CPU has the kernel's instruction set; the panels hold `kc * MR` and `kc * NR`
+    /// floats; the `mr x nr` tile at `c` (row stride `ldc`) is in bounds.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile(
+        kc: usize,
+        a_panel: *const f32,
+        b_panel: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        mr: usize,
+        nr: usize,
+        overwrite: bool,
+    );
+}
+
+struct Avx2;
+struct Avx512;
+
+impl MicroKernel for Avx2 {
+    const MR: usize = MR;
+    const NR: usize = NR;
+    unsafe fn tile(
+        kc: usize,
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        mr: usize,
+        nr: usize,
+        overwrite: bool,
+    ) {
+        kernel(kc, a, b, c, ldc, mr, nr, overwrite)
+    }
+}
+
+impl MicroKernel for Avx512 {
+    const MR: usize = 12;
+    const NR: usize = 32;
+    unsafe fn tile(
+        kc: usize,
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        mr: usize,
+        nr: usize,
+        overwrite: bool,
+    ) {
+        kernel_avx512(kc, a, b, c, ldc, mr, nr, overwrite)
+    }
 }
 
 /// A read-only operand: element (r, c) at `ptr + r * rs + c * cs`.
@@ -123,12 +242,15 @@ pub(crate) fn gemm(
     accumulate: bool,
     threads: usize,
 ) {
-    gemm_with_blocking(BLOCKING, dst, ldc, a, b, accumulate, threads);
+    let isa = Isa::best();
+    gemm_with_blocking(isa, isa.blocking(), dst, ldc, a, b, accumulate, threads);
 }
 
-/// `gemm` with chosen block sizes (for tuning experiments).
+/// `gemm` with a chosen micro-kernel and block sizes (for tests and tuning experiments).
 #[doc(hidden)]
+#[allow(clippy::too_many_arguments)]
 pub fn gemm_with_blocking(
+    isa: Isa,
     blocking: Blocking,
     dst: &mut [f32],
     ldc: usize,
@@ -141,7 +263,7 @@ pub fn gemm_with_blocking(
         blocking.kc > 0 && blocking.mc > 0 && blocking.nc > 0,
         "gemm: empty blocks"
     );
-    assert!(available(), "gemm: AVX2 and FMA are required");
+    assert!(isa.available(), "gemm: the CPU lacks {isa:?}");
     assert_eq!(a.cols, b.rows, "gemm: inner dimensions differ");
     let (m, n, k) = (a.rows, b.cols, a.cols);
     if m == 0 || n == 0 {
@@ -177,16 +299,18 @@ pub fn gemm_with_blocking(
     };
     // Split the dimension with more register tiles: the other operand is then the one
     // every thread packs for itself, and it is the smaller share of the work.
-    let split_rows = m.div_ceil(MR) >= n.div_ceil(NR);
-    let (len, unit) = if split_rows { (m, MR) } else { (n, NR) };
+    let (mr, nr) = isa.tile();
+    let split_rows = m.div_ceil(mr) >= n.div_ceil(nr);
+    let (len, unit) = if split_rows { (m, mr) } else { (n, nr) };
     let tiles = len.div_ceil(unit);
     // Waking a pool thread costs tens of microseconds; give each part at least about
     // four million multiply-adds (~50 µs of work).
     let parts = threads.min(tiles).min((m * n * k) >> 22).max(1);
     if parts == 1 {
-        // SAFETY: AVX2/FMA are present (asserted); all of a, b and the m x n result lie
-        // inside their slices (checked above), and `dst` is borrowed mutably.
-        unsafe { serial(blocking, c, a_op, b_op, m, n, k, accumulate) };
+        // SAFETY: the kernel's instruction set is present (asserted); all of a, b and the
+        // m x n result lie inside their slices (checked above), and `dst` is borrowed
+        // mutably.
+        unsafe { serial(isa, blocking, c, a_op, b_op, m, n, k, accumulate) };
         return;
     }
     let per_part = tiles.div_ceil(parts) * unit;
@@ -208,6 +332,7 @@ pub fn gemm_with_blocking(
                     ..c
                 };
                 serial(
+                    isa,
                     blocking,
                     c_part,
                     a_op.at(start, 0),
@@ -223,6 +348,7 @@ pub fn gemm_with_blocking(
                     ..c
                 };
                 serial(
+                    isa,
                     blocking,
                     c_part,
                     a_op,
@@ -232,6 +358,224 @@ pub fn gemm_with_blocking(
                     k,
                     accumulate,
                 );
+            }
+        }
+    });
+}
+
+/// A right-hand operand packed once into the micro-kernel's B panels (for weights that
+/// many products read unchanged: inference): `[k, n]`, cut into the kernel's kc blocks,
+/// each block the `n.div_ceil(NR)` panels of `pack`. A product with it packs only A.
+pub struct PackedB {
+    isa: Isa,
+    k: usize,
+    n: usize,
+    /// Depth of every kc block but maybe the last.
+    kc_step: usize,
+    /// `n` rounded up to whole panels.
+    n_padded: usize,
+    data: Vec<f32>,
+}
+
+impl PackedB {
+    /// Packs `b` (`[k, n]`, any strides) for `isa`'s kernel.
+    pub fn new(isa: Isa, b: MatRef) -> PackedB {
+        assert!(isa.available(), "pack: the CPU lacks {isa:?}");
+        let (k, n) = (b.rows, b.cols);
+        let (_, nr) = isa.tile();
+        let kc_step = k.div_ceil(k.div_ceil(isa.blocking().kc).max(1)).max(1);
+        let n_padded = n.next_multiple_of(nr);
+        let mut data = vec![0.0f32; k * n_padded];
+        if k > 0 && n > 0 {
+            check_view(&b, "rhs");
+            let op = Operand {
+                ptr: b.data.as_ptr(),
+                rs: b.row_stride,
+                cs: b.col_stride,
+            };
+            for pc in (0..k).step_by(kc_step) {
+                let kc = kc_step.min(k - pc);
+                // SAFETY: AVX2 is present (`available` asserted); the source block lies in
+                // `b` (checked); block pc starts at pc * n_padded and holds
+                // n_padded * kc floats, inside `data`.
+                unsafe {
+                    let src = op.at(pc, 0);
+                    pack(
+                        nr,
+                        data.as_mut_ptr().add(pc * n_padded),
+                        src.ptr,
+                        src.cs,
+                        src.rs,
+                        n,
+                        kc,
+                    );
+                }
+            }
+        }
+        PackedB {
+            isa,
+            k,
+            n,
+            kc_step,
+            n_padded,
+            data,
+        }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.k
+    }
+
+    pub fn cols(&self) -> usize {
+        self.n
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        4 * self.data.len()
+    }
+}
+
+/// `dst[i * ldc + j] (+)= Σ_p a[i, p] · b[p, j]` with `b` packed beforehand, split over up
+/// to `threads` rayon tasks as [`gemm`].
+pub fn gemm_packed(
+    dst: &mut [f32],
+    ldc: usize,
+    a: MatRef,
+    b: &PackedB,
+    accumulate: bool,
+    threads: usize,
+) {
+    assert_eq!(a.cols, b.k, "gemm: inner dimensions differ");
+    let (m, n, k) = (a.rows, b.n, b.k);
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(
+        (m == 1 || ldc >= n) && (m - 1) * ldc + n <= dst.len(),
+        "gemm: destination too small"
+    );
+    if k == 0 {
+        if !accumulate {
+            for row in 0..m {
+                dst[row * ldc..row * ldc + n].fill(0.0);
+            }
+        }
+        return;
+    }
+    check_view(&a, "lhs");
+    let c = Dst {
+        ptr: dst.as_mut_ptr(),
+        ld: ldc,
+    };
+    let a_op = Operand {
+        ptr: a.data.as_ptr(),
+        rs: a.row_stride,
+        cs: a.col_stride,
+    };
+    let (mr, nr) = b.isa.tile();
+    let panels = n.div_ceil(nr);
+    let split_rows = m.div_ceil(mr) >= panels;
+    let tiles = if split_rows { m.div_ceil(mr) } else { panels };
+    let parts = threads.min(tiles).min((m * n * k) >> 22).max(1);
+    let per_part = tiles.div_ceil(parts);
+    let run = |t: usize| {
+        let (c, a_op) = (c, a_op);
+        let (t0, t1) = (t * per_part, ((t + 1) * per_part).min(tiles));
+        if t0 >= t1 {
+            return;
+        }
+        // SAFETY: the kernel's instruction set is present (checked when `b` was packed);
+        // a (m x k) and the m x n result are in bounds (checked above); part t writes
+        // only its own rows (or panels' columns) of the result.
+        unsafe {
+            if split_rows {
+                let rows = (t0 * mr, (t1 * mr).min(m));
+                let c_part = Dst {
+                    ptr: c.ptr.add(rows.0 * c.ld),
+                    ..c
+                };
+                serial_packed(
+                    c_part,
+                    a_op.at(rows.0, 0),
+                    b,
+                    rows.1 - rows.0,
+                    (0, panels),
+                    accumulate,
+                );
+            } else {
+                serial_packed(c, a_op, b, m, (t0, t1), accumulate);
+            }
+        }
+    };
+    if parts == 1 {
+        run(0);
+    } else {
+        (0..parts).into_par_iter().for_each(run);
+    }
+}
+
+/// The product with a packed B on the calling thread, for B's panels `panels.0 ..
+/// panels.1` (their columns of `c`).
+///
+/// # Safety
+/// As for [`serial_with`]; `b`'s kernel runs on this CPU.
+unsafe fn serial_packed(
+    c: Dst,
+    a: Operand,
+    b: &PackedB,
+    m: usize,
+    panels: (usize, usize),
+    accumulate: bool,
+) {
+    match b.isa {
+        Isa::Avx2 => serial_packed_with::<Avx2>(c, a, b, m, panels, accumulate),
+        Isa::Avx512 => serial_packed_with::<Avx512>(c, a, b, m, panels, accumulate),
+    }
+}
+
+/// # Safety
+/// As for [`serial_packed`], with `K` the kernel `b` was packed for.
+unsafe fn serial_packed_with<K: MicroKernel>(
+    c: Dst,
+    a: Operand,
+    b: &PackedB,
+    m: usize,
+    panels: (usize, usize),
+    accumulate: bool,
+) {
+    let (k, n) = (b.k, b.n);
+    let mc_step = m
+        .div_ceil(m.div_ceil(b.isa.blocking().mc))
+        .next_multiple_of(K::MR);
+    with_pack_space(mc_step * b.kc_step, 0, |pack_a, _| {
+        for pc in (0..k).step_by(b.kc_step) {
+            let kc = b.kc_step.min(k - pc);
+            let overwrite = pc == 0 && !accumulate;
+            let b_block = b.data.as_ptr().add(pc * b.n_padded);
+            for ic in (0..m).step_by(mc_step) {
+                let mc = mc_step.min(m - ic);
+                let a_block = a.at(ic, pc);
+                pack(K::MR, pack_a, a_block.ptr, a_block.rs, a_block.cs, mc, kc);
+                for q in panels.0..panels.1 {
+                    let jr = q * K::NR;
+                    let b_panel = b_block.add(jr * kc);
+                    let nr = K::NR.min(n - jr);
+                    for ir in (0..mc).step_by(K::MR) {
+                        let mr = K::MR.min(mc - ir);
+                        let tile = c.ptr.add((ic + ir) * c.ld + jr);
+                        K::tile(
+                            kc,
+                            pack_a.add(ir * kc),
+                            b_panel,
+                            tile,
+                            c.ld,
+                            mr,
+                            nr,
+                            overwrite,
+                        );
+                    }
+                }
             }
         }
     });
@@ -268,13 +612,35 @@ fn with_pack_space<R>(a_len: usize, b_len: usize, f: impl FnOnce(*mut f32, *mut 
     })
 }
 
+/// The blocked product on the calling thread with `isa`'s micro-kernel.
+///
+/// # Safety
+/// As for [`serial_with`], with `isa`'s instruction set available.
+#[allow(clippy::too_many_arguments)]
+unsafe fn serial(
+    isa: Isa,
+    blocking: Blocking,
+    c: Dst,
+    a: Operand,
+    b: Operand,
+    m: usize,
+    n: usize,
+    k: usize,
+    accumulate: bool,
+) {
+    match isa {
+        Isa::Avx2 => serial_with::<Avx2>(blocking, c, a, b, m, n, k, accumulate),
+        Isa::Avx512 => serial_with::<Avx512>(blocking, c, a, b, m, n, k, accumulate),
+    }
+}
+
 /// The blocked product on the calling thread (see the module comment).
 ///
 /// # Safety
-/// AVX2 and FMA are available; a (m x k), b (k x n) and c (m x n) are in bounds, and
-/// nothing else accesses the m x n part of c during the call.
+/// AVX2, FMA and `K`'s instruction set are available; a (m x k), b (k x n) and c (m x n)
+/// are in bounds, and nothing else accesses the m x n part of c during the call.
 #[allow(clippy::too_many_arguments)]
-unsafe fn serial(
+unsafe fn serial_with<K: MicroKernel>(
     blocking: Blocking,
     c: Dst,
     a: Operand,
@@ -286,8 +652,8 @@ unsafe fn serial(
 ) {
     // Even block sizes: K = 384 runs as 2 x 192 rather than 256 + 128.
     let kc_step = k.div_ceil(k.div_ceil(blocking.kc));
-    let mc_step = m.div_ceil(m.div_ceil(blocking.mc)).next_multiple_of(MR);
-    let nc_step = n.div_ceil(n.div_ceil(blocking.nc)).next_multiple_of(NR);
+    let mc_step = m.div_ceil(m.div_ceil(blocking.mc)).next_multiple_of(K::MR);
+    let nc_step = n.div_ceil(n.div_ceil(blocking.nc)).next_multiple_of(K::NR);
     with_pack_space(mc_step * kc_step, nc_step * kc_step, |pack_a, pack_b| {
         for jc in (0..n).step_by(nc_step) {
             let nc = nc_step.min(n - jc);
@@ -297,18 +663,18 @@ unsafe fn serial(
                 let b_block = b.at(pc, jc);
                 // B's panels run along its columns: panel width index = column (cs),
                 // depth index = row (rs).
-                pack::<NR>(pack_b, b_block.ptr, b_block.cs, b_block.rs, nc, kc);
+                pack(K::NR, pack_b, b_block.ptr, b_block.cs, b_block.rs, nc, kc);
                 for ic in (0..m).step_by(mc_step) {
                     let mc = mc_step.min(m - ic);
                     let a_block = a.at(ic, pc);
-                    pack::<MR>(pack_a, a_block.ptr, a_block.rs, a_block.cs, mc, kc);
-                    for jr in (0..nc).step_by(NR) {
+                    pack(K::MR, pack_a, a_block.ptr, a_block.rs, a_block.cs, mc, kc);
+                    for jr in (0..nc).step_by(K::NR) {
                         let b_panel = pack_b.add(jr * kc);
-                        let nr = NR.min(nc - jr);
-                        for ir in (0..mc).step_by(MR) {
-                            let mr = MR.min(mc - ir);
+                        let nr = K::NR.min(nc - jr);
+                        for ir in (0..mc).step_by(K::MR) {
+                            let mr = K::MR.min(mc - ir);
                             let tile = c.ptr.add((ic + ir) * c.ld + jc + jr);
-                            kernel(
+                            K::tile(
                                 kc,
                                 pack_a.add(ir * kc),
                                 b_panel,
@@ -326,8 +692,8 @@ unsafe fn serial(
     });
 }
 
-/// Packs a `width x depth` slice of an operand into panels of `W` along the width:
-/// panel q holds, for each p < depth, elements (q*W .. q*W+W, p) contiguously, with
+/// Packs a `width x depth` slice of an operand into panels of `w_panel` (`W`) along the
+/// width: panel q holds, for each p < depth, elements (q*W .. q*W+W, p) contiguously, with
 /// zeros past `width`. Element (w, p) of the source is at `src + w * w_stride + p *
 /// d_stride` (for A: w = row, p = column; for B: w = column, p = row).
 ///
@@ -335,7 +701,8 @@ unsafe fn serial(
 /// AVX2 is available; the source elements are in bounds and `dst` has room for
 /// `width.div_ceil(W) * W * depth` floats.
 #[target_feature(enable = "avx2")]
-unsafe fn pack<const W: usize>(
+unsafe fn pack(
+    w_panel: usize,
     dst: *mut f32,
     src: *const f32,
     w_stride: usize,
@@ -343,6 +710,8 @@ unsafe fn pack<const W: usize>(
     width: usize,
     depth: usize,
 ) {
+    #[allow(non_snake_case)]
+    let W = w_panel;
     for q in 0..width.div_ceil(W) {
         let valid = W.min(width - q * W);
         let src = src.add(q * W * w_stride);
@@ -353,7 +722,7 @@ unsafe fn pack<const W: usize>(
                 std::ptr::copy_nonoverlapping(src.add(p * d_stride), dst.add(p * W), W);
             }
         } else if valid == W && d_stride == 1 {
-            pack_transposing::<W>(dst, src, w_stride, depth);
+            pack_transposing(W, dst, src, w_stride, depth);
         } else {
             for p in 0..depth {
                 for w in 0..W {
@@ -374,7 +743,9 @@ unsafe fn pack<const W: usize>(
 /// # Safety
 /// As for `pack`, with `W` full rows of `depth` contiguous elements at `src`.
 #[target_feature(enable = "avx2")]
-unsafe fn pack_transposing<const W: usize>(
+#[allow(non_snake_case)]
+unsafe fn pack_transposing(
+    W: usize,
     dst: *mut f32,
     src: *const f32,
     w_stride: usize,
@@ -526,6 +897,90 @@ unsafe fn kernel(
     }
 }
 
+/// The AVX-512 register tile ([`Avx512`]: 12 x 32): as [`kernel`], with 512-bit vectors
+/// and masked stores for edge tiles.
+///
+/// # Safety
+/// AVX-512F available; the panels hold `kc * 12` and `kc * 32` floats; the `mr x nr` tile
+/// at `c` (row stride `ldc`) is in bounds.
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel_avx512(
+    kc: usize,
+    a_panel: *const f32,
+    b_panel: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    mr: usize,
+    nr: usize,
+    overwrite: bool,
+) {
+    const MR: usize = Avx512::MR;
+    const NR: usize = Avx512::NR;
+    const NV: usize = NR / 16;
+    for r in 0..mr {
+        let row = c.add(r * ldc);
+        _mm_prefetch::<_MM_HINT_T0>(row as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(row.add(nr - 1) as *const i8);
+    }
+    let mut acc = [[_mm512_setzero_ps(); NV]; MR];
+    let (mut a, mut b) = (a_panel, b_panel);
+    macro_rules! step {
+        ($p:expr) => {
+            let mut bv = [_mm512_setzero_ps(); NV];
+            for (v, x) in bv.iter_mut().enumerate() {
+                *x = _mm512_loadu_ps(b.add($p * NR + 16 * v));
+            }
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                let av = _mm512_set1_ps(*a.add($p * MR + r));
+                for (x, &bv) in acc_r.iter_mut().zip(&bv) {
+                    *x = _mm512_fmadd_ps(av, bv, *x);
+                }
+            }
+        };
+    }
+    for _ in 0..kc / 4 {
+        step!(0);
+        step!(1);
+        step!(2);
+        step!(3);
+        a = a.add(4 * MR);
+        b = b.add(4 * NR);
+    }
+    for _ in 0..kc % 4 {
+        step!(0);
+        a = a.add(MR);
+        b = b.add(NR);
+    }
+    // Lane masks of the columns that exist in each vector of the tile.
+    let mut masks = [0u16; NV];
+    for (v, m) in masks.iter_mut().enumerate() {
+        let cols = nr.saturating_sub(16 * v).min(16);
+        *m = ((1u32 << cols) - 1) as u16;
+    }
+    for (r, acc_r) in acc.iter().enumerate().take(mr) {
+        let row = c.add(r * ldc);
+        for (v, &x) in acc_r.iter().enumerate() {
+            let (out, m) = (row.add(16 * v), masks[v]);
+            if m == u16::MAX {
+                let x = if overwrite {
+                    x
+                } else {
+                    _mm512_add_ps(_mm512_loadu_ps(out), x)
+                };
+                _mm512_storeu_ps(out, x);
+            } else if m != 0 {
+                let x = if overwrite {
+                    x
+                } else {
+                    _mm512_add_ps(_mm512_maskz_loadu_ps(m, out), x)
+                };
+                _mm512_mask_storeu_ps(out, m, x);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -547,7 +1002,29 @@ mod tests {
         random_vec(seed, 3 + rows * (cols + 5), 1.0)
     }
 
+    /// The micro-kernels this CPU runs (every test runs each).
+    fn isas() -> Vec<Isa> {
+        [Isa::Avx2, Isa::Avx512]
+            .into_iter()
+            .filter(|i| i.available())
+            .collect()
+    }
+
     fn check(m: usize, n: usize, k: usize, a_layout: usize, b_layout: usize, threads: usize) {
+        for isa in isas() {
+            check_isa(isa, m, n, k, a_layout, b_layout, threads);
+        }
+    }
+
+    fn check_isa(
+        isa: Isa,
+        m: usize,
+        n: usize,
+        k: usize,
+        a_layout: usize,
+        b_layout: usize,
+        threads: usize,
+    ) {
         let a_buf = buffer((m * 1000 + k) as u64, m, k);
         let b_buf = buffer((k * 1000 + n) as u64 + 7, k, n);
         let a = view(&a_buf, m, k, a_layout);
@@ -556,9 +1033,10 @@ mod tests {
         // A destination with a wider row stride, so writes past column n would show.
         let ldc = n + 3;
         let mut got = vec![f32::NAN; m * ldc];
-        gemm(&mut got, ldc, a, b, false, threads);
+        gemm_with_blocking(isa, isa.blocking(), &mut got, ldc, a, b, false, threads);
         let tol = |w: f64| 1e-5 * (k as f64).sqrt() * (1.0 + w.abs());
-        let case = format!("m {m} n {n} k {k} layouts {a_layout}/{b_layout} threads {threads}");
+        let case =
+            format!("{isa:?} m {m} n {n} k {k} layouts {a_layout}/{b_layout} threads {threads}");
         for i in 0..m {
             for j in 0..n {
                 let (g, w) = (got[i * ldc + j] as f64, want[i * n + j]);
@@ -568,8 +1046,37 @@ mod tests {
                 assert!(got[i * ldc + j].is_nan(), "{case}: wrote past the row");
             }
         }
+        // The same product with B packed beforehand.
+        let packed = PackedB::new(isa, b);
+        let mut got_packed = vec![f32::NAN; m * ldc];
+        gemm_packed(&mut got_packed, ldc, a, &packed, false, threads);
+        for i in 0..m {
+            for j in 0..n {
+                let (g, w) = (got_packed[i * ldc + j] as f64, want[i * n + j]);
+                assert!(
+                    (g - w).abs() <= tol(w),
+                    "{case} packed: ({i}, {j}) {g} vs {w}"
+                );
+            }
+            for j in n..ldc {
+                assert!(
+                    got_packed[i * ldc + j].is_nan(),
+                    "{case} packed: wrote past the row"
+                );
+            }
+        }
+        gemm_packed(&mut got_packed, ldc, a, &packed, true, threads);
+        for i in 0..m {
+            for j in 0..n {
+                let (g, w) = (got_packed[i * ldc + j] as f64, 2.0 * want[i * n + j]);
+                assert!(
+                    (g - w).abs() <= 2.0 * tol(w),
+                    "{case} packed accumulate: {g} vs {w}"
+                );
+            }
+        }
         // Accumulating adds a second product on top.
-        gemm(&mut got, ldc, a, b, true, threads);
+        gemm_with_blocking(isa, isa.blocking(), &mut got, ldc, a, b, true, threads);
         for i in 0..m {
             for j in 0..n {
                 let (g, w) = (got[i * ldc + j] as f64, 2.0 * want[i * n + j]);
@@ -583,7 +1090,8 @@ mod tests {
 
     #[test]
     fn edge_shapes_match_naive_in_every_layout() {
-        let dims = [1, MR - 1, MR, MR + 1, NR - 1, NR + 1, 33];
+        // Around both kernels' tiles (AVX2 6 x 16, AVX-512 12 x 32).
+        let dims = [1, MR - 1, MR, MR + 1, 12, 13, NR - 1, NR + 1, 31, 33];
         for &m in &dims {
             for &n in &dims {
                 for k in [1, 7, 8, 17] {
@@ -597,13 +1105,17 @@ mod tests {
 
     #[test]
     fn block_boundaries_match_naive() {
-        // K around one and two KC blocks, M around MC, N across NR panels.
-        for k in [KC - 1, KC, KC + 1, 2 * KC + 3] {
-            for layouts in [(0, 1), (1, 0), (2, 2)] {
-                check(MC + 1, 2 * NR + 5, k, layouts.0, layouts.1, 1);
+        // Per kernel: K around one and two kc blocks, M around mc, N across panels.
+        for isa in isas() {
+            let Blocking { kc, mc, .. } = isa.blocking();
+            let (mr, nr) = isa.tile();
+            for k in [kc - 1, kc, kc + 1, 2 * kc + 3] {
+                for layouts in [(0, 1), (1, 0), (2, 2)] {
+                    check_isa(isa, mc + 1, 2 * nr + 5, k, layouts.0, layouts.1, 1);
+                }
             }
+            check_isa(isa, 2 * mc + mr + 1, nr, 40, 0, 1, 1);
         }
-        check(2 * MC + MR + 1, NR, 40, 0, 1, 1);
     }
 
     #[test]

@@ -1,0 +1,228 @@
+"""corefocus against PyTorch and ONNX Runtime, side by side in one process (issue 17).
+
+Run it through scripts/bench-peers.sh, which sets up the environment. Every engine gets
+the same checkpoint, the same random token ids (full length, [CLS] ... [SEP]) and the
+same thread count; each round times one call of every engine in turn (interleaved), so
+machine noise hits all alike; the table gives the median and min over the timed rounds and
+each engine's median over corefocus bert's (above 1: corefocus is faster).
+
+- PyTorch: transformers' BertForSequenceClassification, eager with sdpa attention,
+  inference_mode for forward passes; training steps are forward + backward + clipping at
+  1.0 + AdamW (lr 1e-5), as `corefocus bench`'s step.
+- ONNX Runtime: the same PyTorch model exported to ONNX (opset 17, dynamic batch and
+  length) and optimised with onnxruntime.transformers' BERT optimizer (fused Attention,
+  SkipLayerNorm, BiasGelu; the fusion counts are printed), ORT_ENABLE_ALL, one session
+  with intra_op_num_threads = threads.
+- corefocus: `corefocus._corefocus.NativeTimedModel`, the Model::forward and train_step
+  that `corefocus bench` times, for each --variants entry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True, help="HF-format BERT checkpoint directory")
+    p.add_argument("--shapes", default="1x128,8x512", help="forward shapes, BATCHxLEN,...")
+    p.add_argument("--train-shapes", default="8x512", help="training-step shapes ('' for none)")
+    p.add_argument("--variants", default="bert,pf,pfc@5", help="corefocus variants")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--reps", type=int, default=10)
+    p.add_argument("--train-reps", type=int, default=5)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument(
+        "--gap-s",
+        type=float,
+        default=0.3,
+        help="idle seconds before each timed call, so that no engine's pool threads still spin "
+        "(ONNX Runtime's and OpenMP's do, for a while) while the next engine runs",
+    )
+    p.add_argument("--out", help="also write the results as JSON here")
+    return p.parse_args()
+
+
+def shapes_of(text):
+    out = []
+    for s in filter(None, text.split(",")):
+        b, n = s.lower().split("x")
+        out.append((int(b), int(n)))
+    return out
+
+
+def main():
+    args = parse_args()
+    # Thread counts must be set before the engines start their pools.
+    os.environ["RAYON_NUM_THREADS"] = str(args.threads)
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+    from onnxruntime.transformers import optimizer
+    from transformers import BertForSequenceClassification
+
+    from corefocus._corefocus import NativeTimedModel
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    config = json.loads((Path(args.model) / "config.json").read_text())
+    vocab, heads, hidden = config["vocab_size"], config["num_attention_heads"], config["hidden_size"]
+    layers = config["num_hidden_layers"]
+
+    def ids_of(batch, length):
+        ids = rng.integers(1000, vocab, size=(batch, length), dtype=np.int64)
+        ids[:, 0], ids[:, -1] = 101, 102
+        return ids
+
+    torch_model = BertForSequenceClassification.from_pretrained(
+        args.model, num_labels=2, attn_implementation="sdpa"
+    )
+    torch_model.eval()
+
+    # Export once (dynamic shapes), then ONNX Runtime's BERT fusions. The export traces
+    # the eager attention (same weights): ORT's fuser recognises that graph as one
+    # Attention node, where the sdpa graph leaves attention unfused.
+    export_model = BertForSequenceClassification.from_pretrained(
+        args.model, num_labels=2, attn_implementation="eager"
+    )
+    export_model.load_state_dict(torch_model.state_dict())
+    export_model.eval()
+    tmp = Path(tempfile.mkdtemp(prefix="corefocus-peers-"))
+    raw, fused = tmp / "model.onnx", tmp / "model-opt.onnx"
+    sample = torch.from_numpy(ids_of(1, 16))
+    mask = torch.ones_like(sample)
+    with torch.no_grad():
+        torch.onnx.export(
+            export_model,
+            (sample, mask),
+            str(raw),
+            input_names=["input_ids", "attention_mask"],
+            output_names=["logits"],
+            dynamic_axes={"input_ids": {0: "b", 1: "n"}, "attention_mask": {0: "b", 1: "n"}},
+            opset_version=17,
+            dynamo=False,
+        )
+    opt = optimizer.optimize_model(str(raw), model_type="bert", num_heads=heads, hidden_size=hidden)
+    fusions = {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
+    opt.save_model_to_file(str(fused))
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = args.threads
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    sess = ort.InferenceSession(str(fused), so, providers=["CPUExecutionProvider"])
+    print(f"ONNX Runtime {ort.__version__} fusions: {fusions}", file=sys.stderr)
+
+    variants = [v for v in args.variants.split(",") if v]
+    cf = {v: NativeTimedModel.load(args.model, v, 2) for v in variants}
+
+    def forward_engines(ids):
+        t_ids = torch.from_numpy(ids)
+        t_mask = torch.ones_like(t_ids)
+        o_feed = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+        lists = ids.astype(np.uint32).tolist()
+
+        def torch_fwd():
+            with torch.inference_mode():
+                torch_model(input_ids=t_ids, attention_mask=t_mask).logits
+
+        engines = [("pytorch", torch_fwd), ("onnxruntime", lambda: sess.run(None, o_feed))]
+        # A list per call, as ORT gets its numpy arrays: conversion is part of the call.
+        engines += [(f"corefocus {v}", (lambda m: lambda: m.forward(lists))(m)) for v, m in cf.items()]
+        return engines
+
+    def train_engines(ids):
+        t_ids = torch.from_numpy(ids)
+        t_mask = torch.ones_like(t_ids)
+        labels = [i % 2 for i in range(ids.shape[0])]
+        t_labels = torch.tensor(labels)
+        adamw = torch.optim.AdamW(torch_model.parameters(), lr=1e-5, weight_decay=0.0)
+        lists = ids.astype(np.uint32).tolist()
+
+        def torch_step():
+            torch_model.train()
+            loss = torch_model(input_ids=t_ids, attention_mask=t_mask, labels=t_labels).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(torch_model.parameters(), 1.0)
+            adamw.step()
+            adamw.zero_grad(set_to_none=True)
+            torch_model.eval()
+
+        engines = [("pytorch", torch_step)]
+        engines += [
+            (f"corefocus {v}", (lambda m: lambda: m.train_step(lists, labels))(m)) for v, m in cf.items()
+        ]
+        return engines
+
+    def interleaved(engines, warmup, reps):
+        # One call of every engine per round, in turn; each starts on idle cores.
+        times = {name: [] for name, _ in engines}
+        for r in range(warmup + reps):
+            for name, call in engines:
+                time.sleep(args.gap_s)
+                t0 = time.perf_counter()
+                call()
+                dt = time.perf_counter() - t0
+                if r >= warmup:
+                    times[name].append(dt)
+        return times
+
+    results = []
+    plan = [("forward", s, forward_engines, args.reps) for s in shapes_of(args.shapes)]
+    plan += [("training step", s, train_engines, args.train_reps) for s in shapes_of(args.train_shapes)]
+    for what, (b, n), make, reps in plan:
+        times = interleaved(make(ids_of(b, n)), args.warmup, reps)
+        base = statistics.median(times[f"corefocus {variants[0]}"])
+        for name, ts in times.items():
+            med = statistics.median(ts)
+            results.append(
+                {
+                    "what": what,
+                    "shape": f"{b}x{n}",
+                    "engine": name,
+                    "median_s": med,
+                    "min_s": min(ts),
+                    "samples": len(ts),
+                    f"ratio_to_corefocus_{variants[0]}": med / base,
+                }
+            )
+
+    print(
+        f"\nmodel {args.model} ({layers} layers, hidden {hidden}), {args.threads} threads, "
+        f"{args.warmup} warm-up + {args.reps} timed rounds ({args.train_reps} for training), interleaved; "
+        f"torch {torch.__version__}, onnxruntime {ort.__version__}\n"
+    )
+    print(f"| what | shape | engine | median ms | min ms | its median / corefocus {variants[0]}'s |")
+    print("|---|---|---|---:|---:|---:|")
+    for r in results:
+        print(
+            f"| {r['what']} | {r['shape']} | {r['engine']} | {1e3 * r['median_s']:.1f} | "
+            f"{1e3 * r['min_s']:.1f} | {r[f'ratio_to_corefocus_{variants[0]}']:.2f}x |"
+        )
+    if args.out:
+        Path(args.out).write_text(
+            json.dumps(
+                {
+                    "model": args.model,
+                    "threads": args.threads,
+                    "torch": torch.__version__,
+                    "onnxruntime": ort.__version__,
+                    "ort_fusions": fusions,
+                    "results": results,
+                },
+                indent=2,
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()
