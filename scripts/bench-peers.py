@@ -43,7 +43,7 @@ def parse_args():
     p.add_argument(
         "--gap-s",
         type=float,
-        default=0.3,
+        default=0.05,
         help="idle seconds before each timed call, so that no engine's pool threads still spin "
         "(ONNX Runtime's and OpenMP's do, for a while) while the next engine runs",
     )

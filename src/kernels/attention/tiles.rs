@@ -7,7 +7,8 @@
 //! arithmetic. Here the right operand is read in place (its rows must be contiguous,
 //! a multiple of 8 wide), the left operand is broadcast element by element from any
 //! strided layout (so transposed score blocks need no copy), and a 6 x 16 tile of the
-//! result lives in 12 AVX registers for the whole inner loop. Anything else (no AVX2,
+//! result lives in 12 AVX registers for the whole inner loop (with AVX-512: a 12 x 32
+//! tile in 24 zmm registers, the last vector of a row masked). Anything else (no AVX2,
 //! or a shape the tiles do not cover) goes to the general `matmul`.
 
 use super::super::matmul::{matmul, MatRef, Par};
@@ -17,6 +18,22 @@ const MR: usize = 6;
 
 /// `dst[i * ldc + j] (+)= Σ_p a[i, p] · b[p, j]` for the `a.rows x b.cols` result.
 pub(super) fn matmul_tiles(dst: &mut [f32], ldc: usize, a: MatRef, b: MatRef, accumulate: bool) {
+    #[cfg(target_arch = "x86_64")]
+    let wide = crate::kernels::gemm_x86::Isa::best() == crate::kernels::gemm_x86::Isa::Avx512;
+    #[cfg(not(target_arch = "x86_64"))]
+    let wide = false;
+    matmul_tiles_with(wide, dst, ldc, a, b, accumulate);
+}
+
+/// `matmul_tiles` with the AVX-512 tiles (`wide`, where the CPU has AVX-512F) or AVX2.
+fn matmul_tiles_with(
+    wide: bool,
+    dst: &mut [f32],
+    ldc: usize,
+    a: MatRef,
+    b: MatRef,
+    accumulate: bool,
+) {
     assert_eq!(a.cols, b.rows, "attention tiles: inner dimensions differ");
     let (m, n, k) = (a.rows, b.cols, a.cols);
     if m == 0 || n == 0 {
@@ -39,6 +56,26 @@ pub(super) fn matmul_tiles(dst: &mut [f32], ldc: usize, a: MatRef, b: MatRef, ac
             (k - 1) * b.row_stride + n <= b.data.len(),
             "attention tiles: rhs out of range"
         );
+        // The GEMM's choice of vector width (COREFOCUS_GEMM_ISA=avx2 keeps AVX2 here too).
+        if wide && std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: as below, with AVX-512F just detected.
+            unsafe {
+                avx512::product(
+                    dst.as_mut_ptr(),
+                    ldc,
+                    a.data.as_ptr(),
+                    a.row_stride,
+                    a.col_stride,
+                    b.data.as_ptr(),
+                    b.row_stride,
+                    m,
+                    n,
+                    k,
+                    accumulate,
+                );
+            }
+            return;
+        }
         // SAFETY: AVX2 and FMA were just detected; every element the kernel touches,
         // a[i*rs + p*cs], b[p*ldb + j] and dst[i*ldc + j] for i < m, p < k, j < n,
         // lies inside the slices by the three assertions above.
@@ -243,6 +280,135 @@ mod avx2 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    /// Rows of the register tile.
+    const MR: usize = 12;
+
+    /// See `matmul_tiles`; `n` is a multiple of 8 and all indices are in bounds.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn product(
+        c: *mut f32,
+        ldc: usize,
+        a: *const f32,
+        a_rs: usize,
+        a_cs: usize,
+        b: *const f32,
+        ldb: usize,
+        m: usize,
+        n: usize,
+        k: usize,
+        accumulate: bool,
+    ) {
+        let t = Tile {
+            c,
+            ldc,
+            a,
+            a_rs,
+            a_cs,
+            b,
+            ldb,
+            k,
+            accumulate,
+        };
+        let mut i = 0;
+        while i + MR <= m {
+            t.row_panel::<MR>(i, n);
+            i += MR;
+        }
+        // The remaining rows in panels of 8, 4, 2 and 1.
+        if m - i >= 8 {
+            t.row_panel::<8>(i, n);
+            i += 8;
+        }
+        if m - i >= 4 {
+            t.row_panel::<4>(i, n);
+            i += 4;
+        }
+        if m - i >= 2 {
+            t.row_panel::<2>(i, n);
+            i += 2;
+        }
+        if m - i == 1 {
+            t.row_panel::<1>(i, n);
+        }
+    }
+
+    struct Tile {
+        c: *mut f32,
+        ldc: usize,
+        a: *const f32,
+        a_rs: usize,
+        a_cs: usize,
+        b: *const f32,
+        ldb: usize,
+        k: usize,
+        accumulate: bool,
+    }
+
+    impl Tile {
+        #[target_feature(enable = "avx512f")]
+        #[inline]
+        unsafe fn row_panel<const R: usize>(&self, i: usize, n: usize) {
+            let mut j = 0;
+            while j + 32 <= n {
+                self.tile::<R, 2>(i, j, u16::MAX);
+                j += 32;
+            }
+            while j < n {
+                let cols = (n - j).min(16);
+                self.tile::<R, 1>(i, j, ((1u32 << cols) - 1) as u16);
+                j += cols;
+            }
+        }
+
+        /// Rows `i .. i+R`, columns `j .. j+16V` of the result, the last vector's lanes
+        /// limited to `last`.
+        #[target_feature(enable = "avx512f")]
+        #[inline]
+        unsafe fn tile<const R: usize, const V: usize>(&self, i: usize, j: usize, last: u16) {
+            let mask = |v: usize| if v + 1 == V { last } else { u16::MAX };
+            let mut acc = [[_mm512_setzero_ps(); V]; R];
+            // Independent broadcast addresses per row (see the AVX2 tile).
+            let mut a_rows = [self.a; R];
+            for (r, row) in a_rows.iter_mut().enumerate() {
+                *row = self.a.add((i + r) * self.a_rs);
+            }
+            let mut a_off = 0usize;
+            let mut b_p = self.b.add(j);
+            for _ in 0..self.k {
+                let mut bv = [_mm512_setzero_ps(); V];
+                for (v, b) in bv.iter_mut().enumerate() {
+                    *b = _mm512_maskz_loadu_ps(mask(v), b_p.add(16 * v));
+                }
+                for (acc_r, row) in acc.iter_mut().zip(&a_rows) {
+                    let av = _mm512_set1_ps(*row.add(a_off));
+                    for (x, &b) in acc_r.iter_mut().zip(&bv) {
+                        *x = _mm512_fmadd_ps(av, b, *x);
+                    }
+                }
+                a_off += self.a_cs;
+                b_p = b_p.add(self.ldb);
+            }
+            for (r, acc_r) in acc.iter().enumerate() {
+                let c_row = self.c.add((i + r) * self.ldc + j);
+                for (v, &x) in acc_r.iter().enumerate() {
+                    let out = c_row.add(16 * v);
+                    let x = if self.accumulate {
+                        _mm512_add_ps(_mm512_maskz_loadu_ps(mask(v), out), x)
+                    } else {
+                        x
+                    };
+                    _mm512_mask_storeu_ps(out, mask(v), x);
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,7 +440,18 @@ mod tests {
         // m over 1..=13 covers every remainder of the 6-row tile; n = 8, 16, 24, 40
         // the 8- and 16-wide column tiles; a transposed, strided left operand; a right
         // operand whose rows are strided; and a fallback shape (n = 12).
-        for (m, n, k) in [(1, 8, 1), (7, 16, 5), (13, 24, 32), (12, 40, 3), (5, 12, 7)] {
+        // With AVX-512: m = 23 and 27 every row panel (12, 8, 4, 2, 1), n = 56 and 72
+        // the 32-wide tiles and the masked 8-lane remainder.
+        let shapes = [
+            (1, 8, 1),
+            (7, 16, 5),
+            (13, 24, 32),
+            (12, 40, 3),
+            (5, 12, 7),
+            (23, 56, 9),
+            (27, 72, 4),
+        ];
+        for ((m, n, k), wide) in shapes.into_iter().flat_map(|s| [(s, false), (s, true)]) {
             for transposed in [false, true] {
                 let lda = k + 3;
                 let a_buf = random_vec((m * 100 + n) as u64, m.max(k) * lda + m + k, 1.0);
@@ -296,7 +473,7 @@ mod tests {
                 let want = naive(a, b);
                 let ldc = n + 1;
                 let mut dst = vec![f32::NAN; (m - 1) * ldc + n];
-                matmul_tiles(&mut dst, ldc, a, b, false);
+                matmul_tiles_with(wide, &mut dst, ldc, a, b, false);
                 for i in 0..m {
                     for j in 0..n {
                         let (g, w) = (dst[i * ldc + j] as f64, want[i * n + j]);
@@ -306,7 +483,7 @@ mod tests {
                         );
                     }
                 }
-                matmul_tiles(&mut dst, ldc, a, b, true);
+                matmul_tiles_with(wide, &mut dst, ldc, a, b, true);
                 for i in 0..m {
                     for j in 0..n {
                         let (g, w) = (dst[i * ldc + j] as f64, 2.0 * want[i * n + j]);
