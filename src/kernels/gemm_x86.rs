@@ -231,6 +231,46 @@ fn check_view(m: &MatRef, what: &str) {
     );
 }
 
+/// Checks the destination of an `m x n` product and finishes the products with nothing
+/// to multiply (an empty result, or k = 0: zeros unless accumulating); true if done.
+fn trivial_product(
+    dst: &mut [f32],
+    ldc: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    accumulate: bool,
+) -> bool {
+    if m == 0 || n == 0 {
+        return true;
+    }
+    assert!(
+        (m == 1 || ldc >= n) && (m - 1) * ldc + n <= dst.len(),
+        "gemm: destination too small"
+    );
+    if k == 0 && !accumulate {
+        for row in 0..m {
+            dst[row * ldc..row * ldc + n].fill(0.0);
+        }
+    }
+    k == 0
+}
+
+/// The raw destination and left operand of a product, `a` checked against its buffer.
+fn destination_and_lhs(dst: &mut [f32], ldc: usize, a: &MatRef) -> (Dst, Operand) {
+    check_view(a, "lhs");
+    let c = Dst {
+        ptr: dst.as_mut_ptr(),
+        ld: ldc,
+    };
+    let a_op = Operand {
+        ptr: a.data.as_ptr(),
+        rs: a.row_stride,
+        cs: a.col_stride,
+    };
+    (c, a_op)
+}
+
 /// `dst[i * ldc + j] (+)= Σ_p a[i, p] · b[p, j]`, with the work split over up to
 /// `threads` rayon tasks (1 = the calling thread only). `accumulate = false` overwrites
 /// without reading `dst`. Panics if AVX2/FMA are missing or a view is out of range.
@@ -266,32 +306,11 @@ pub fn gemm_with_blocking(
     assert!(isa.available(), "gemm: the CPU lacks {isa:?}");
     assert_eq!(a.cols, b.rows, "gemm: inner dimensions differ");
     let (m, n, k) = (a.rows, b.cols, a.cols);
-    if m == 0 || n == 0 {
+    if trivial_product(dst, ldc, m, n, k, accumulate) {
         return;
     }
-    assert!(
-        (m == 1 || ldc >= n) && (m - 1) * ldc + n <= dst.len(),
-        "gemm: destination too small"
-    );
-    if k == 0 {
-        if !accumulate {
-            for row in 0..m {
-                dst[row * ldc..row * ldc + n].fill(0.0);
-            }
-        }
-        return;
-    }
-    check_view(&a, "lhs");
     check_view(&b, "rhs");
-    let c = Dst {
-        ptr: dst.as_mut_ptr(),
-        ld: ldc,
-    };
-    let a_op = Operand {
-        ptr: a.data.as_ptr(),
-        rs: a.row_stride,
-        cs: a.col_stride,
-    };
+    let (c, a_op) = destination_and_lhs(dst, ldc, &a);
     let b_op = Operand {
         ptr: b.data.as_ptr(),
         rs: b.row_stride,
@@ -448,31 +467,10 @@ pub fn gemm_packed(
 ) {
     assert_eq!(a.cols, b.k, "gemm: inner dimensions differ");
     let (m, n, k) = (a.rows, b.n, b.k);
-    if m == 0 || n == 0 {
+    if trivial_product(dst, ldc, m, n, k, accumulate) {
         return;
     }
-    assert!(
-        (m == 1 || ldc >= n) && (m - 1) * ldc + n <= dst.len(),
-        "gemm: destination too small"
-    );
-    if k == 0 {
-        if !accumulate {
-            for row in 0..m {
-                dst[row * ldc..row * ldc + n].fill(0.0);
-            }
-        }
-        return;
-    }
-    check_view(&a, "lhs");
-    let c = Dst {
-        ptr: dst.as_mut_ptr(),
-        ld: ldc,
-    };
-    let a_op = Operand {
-        ptr: a.data.as_ptr(),
-        rs: a.row_stride,
-        cs: a.col_stride,
-    };
+    let (c, a_op) = destination_and_lhs(dst, ldc, &a);
     let (mr, nr) = b.isa.tile();
     let panels = n.div_ceil(nr);
     let split_rows = m.div_ceil(mr) >= panels;

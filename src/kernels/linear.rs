@@ -16,12 +16,7 @@ pub fn linear_forward(
     debug_assert_eq!(x.len(), rows * in_dim);
     debug_assert_eq!(w.len(), out_dim * in_dim);
     let y = &mut y[..rows * out_dim];
-    match b {
-        Some(b) => {
-            y.par_chunks_mut(out_dim).for_each(|r| r.copy_from_slice(b));
-        }
-        None => y.fill(0.0),
-    }
+    fill_bias(y, b, out_dim);
     matmul(
         y,
         out_dim,
@@ -45,12 +40,7 @@ pub fn linear_forward_packed(
     debug_assert_eq!(x.len(), rows * in_dim);
     assert_eq!(wt.shape(), (in_dim, out_dim), "linear: packed weight shape");
     let y = &mut y[..rows * out_dim];
-    match b {
-        Some(b) => {
-            y.par_chunks_mut(out_dim).for_each(|r| r.copy_from_slice(b));
-        }
-        None => y.fill(0.0),
-    }
+    fill_bias(y, b, out_dim);
     matmul_packed(
         y,
         out_dim,
@@ -59,6 +49,16 @@ pub fn linear_forward_packed(
         true,
         Par::Rayon,
     );
+}
+
+/// Every row of `y` set to the bias (zeros without one), for the product to add onto.
+fn fill_bias(y: &mut [f32], b: Option<&[f32]>, out_dim: usize) {
+    match b {
+        Some(b) => {
+            y.par_chunks_mut(out_dim).for_each(|r| r.copy_from_slice(b));
+        }
+        None => y.fill(0.0),
+    }
 }
 
 /// Backward of `linear_forward`. Parameter gradients `dw` (`[out, in]`) and `db`
