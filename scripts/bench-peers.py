@@ -2,8 +2,8 @@
 
 Run it through scripts/bench-peers.sh, which sets up the environment. Every engine gets
 the same checkpoint, the same random token ids (full length, [CLS] ... [SEP]) and the
-same thread count; each round times one call of every engine in turn (interleaved), so
-machine noise hits all alike; the table gives the median and min over the timed rounds and
+same thread count; each round times one call of every engine, in an order shuffled per
+round (interleaved), so machine noise hits all alike; the table gives the median and min over the timed rounds and
 each engine's median over corefocus bert's (above 1: corefocus is faster).
 
 - PyTorch: transformers' BertForSequenceClassification, eager with sdpa attention,
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import sys
 import tempfile
@@ -163,11 +164,16 @@ def main():
         ]
         return engines
 
+    order_rng = random.Random(args.seed)
+
     def interleaved(engines, warmup, reps):
-        # One call of every engine per round, in turn; each starts on idle cores.
+        # One call of every engine per round, in an order shuffled per round (so that no
+        # engine always follows the same one); each starts after an idle gap.
         times = {name: [] for name, _ in engines}
         for r in range(warmup + reps):
-            for name, call in engines:
+            order = list(engines)
+            order_rng.shuffle(order)
+            for name, call in order:
                 time.sleep(args.gap_s)
                 t0 = time.perf_counter()
                 call()

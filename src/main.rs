@@ -39,8 +39,9 @@ enum Command {
     Predict(PredictOptions),
     /// Time training steps and forward passes of variants side by side (interleaved).
     Bench(BenchArgs),
-    /// The built-in default job: trains BERT and the method's variants on a synthetic
-    /// corpus (offline, a few minutes) and prints a side-by-side table.
+    /// The built-in default job: fine-tunes all-MiniLM-L6-v2 (fetched once) as BERT and
+    /// the method's variants on the shipped SST-2 sample and prints a side-by-side table
+    /// (a few minutes); `--offline` uses a synthetic corpus and fetches nothing.
     Demo(DemoArgs),
     /// Show which tokens a checkpoint keeps as keys/values per layer, the fuzzy
     /// breakpoints and the combination-token assignment; `--html` writes a heatmap page.

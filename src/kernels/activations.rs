@@ -45,6 +45,15 @@ simd_fn! {
 }
 
 simd_fn! {
+    /// GELU in place, on the calling thread (a product's epilogue, one tile row at a time).
+    pub fn gelu_in_place(x: &mut [f32]) {
+        for v in x.iter_mut() {
+            *v = gelu(*v);
+        }
+    }
+}
+
+simd_fn! {
     fn gelu_grad_chunk(x: &[f32], dy: &[f32], dx: &mut [f32]) {
         for ((d, &xv), &g) in dx.iter_mut().zip(x).zip(dy) {
             *d = g * gelu_grad(xv);

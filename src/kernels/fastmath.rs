@@ -1,19 +1,34 @@
 //! Branch-free `exp` and normal-tail approximations that the compiler can vectorise, and a
-//! runtime switch that runs hot loops compiled for AVX2 when the CPU has it.
+//! runtime switch that runs hot loops compiled for AVX-512 or AVX2 when the CPU has it.
 //!
-//! Everything here uses plain `*` and `+` (never `mul_add`), so the AVX2 and baseline
-//! builds of a loop produce bit-identical results: the choice of path only changes speed.
+//! Everything here uses plain `*` and `+` (never `mul_add`), so the AVX-512, AVX2 and
+//! baseline builds of a loop produce bit-identical results: the choice of path only
+//! changes speed.
 
-/// Defines a function whose body is compiled twice: once with AVX2 and FMA enabled
-/// (8 f32 lanes) and once for the baseline target; the AVX2 copy runs when the CPU has
-/// those features. The body is duplicated textually (rather than passed as a closure)
-/// so that the compiler vectorises it inside the AVX2 copy instead of outlining it.
+/// Defines a function whose body is compiled three times: with AVX-512 (16 f32 lanes),
+/// with AVX2 and FMA (8 lanes) and for the baseline target; the widest copy the CPU runs
+/// is used (AVX-512 where the GEMM uses it: `COREFOCUS_GEMM_ISA=avx2` keeps AVX2). The
+/// body is duplicated textually (rather than passed as a closure) so that the compiler
+/// vectorises it inside each copy instead of outlining it.
 macro_rules! simd_fn {
     ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
         $(#[$meta])*
         $vis fn $name($($arg: $ty),*) $(-> $ret)? {
             #[cfg(target_arch = "x86_64")]
             {
+                #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+                unsafe fn avx512($($arg: $ty),*) $(-> $ret)? $body
+                if $crate::kernels::gemm_x86::Isa::best() == $crate::kernels::gemm_x86::Isa::Avx512
+                    && std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                    && std::arch::is_x86_feature_detected!("avx512bw")
+                    && std::arch::is_x86_feature_detected!("avx512dq")
+                    && std::arch::is_x86_feature_detected!("avx512vl")
+                {
+                    // SAFETY: the features `avx512` was compiled for were just detected
+                    // (AVX-512F by `Isa::best`).
+                    return unsafe { avx512($($arg),*) };
+                }
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn avx2($($arg: $ty),*) $(-> $ret)? $body
                 if std::arch::is_x86_feature_detected!("avx2")

@@ -32,6 +32,7 @@
 //! and the threads never wait on each other. Packing buffers are thread-local and
 //! reused, so steady-state calls do not allocate.
 
+use super::epilogue::Epilogue;
 use super::matref::MatRef;
 use rayon::prelude::*;
 use std::arch::x86_64::*;
@@ -456,7 +457,8 @@ impl PackedB {
 }
 
 /// `dst[i * ldc + j] (+)= Σ_p a[i, p] · b[p, j]` with `b` packed beforehand, split over up
-/// to `threads` rayon tasks as [`gemm`].
+/// to `threads` rayon tasks as [`gemm`]; `epilogue` is applied to each finished tile of
+/// the result (after the whole sum, accumulated or not).
 pub fn gemm_packed(
     dst: &mut [f32],
     ldc: usize,
@@ -464,10 +466,15 @@ pub fn gemm_packed(
     b: &PackedB,
     accumulate: bool,
     threads: usize,
+    epilogue: Epilogue,
 ) {
     assert_eq!(a.cols, b.k, "gemm: inner dimensions differ");
     let (m, n, k) = (a.rows, b.n, b.k);
+    if let Some(bias) = epilogue.bias {
+        assert_eq!(bias.len(), n, "gemm: bias length");
+    }
     if trivial_product(dst, ldc, m, n, k, accumulate) {
+        epilogue.apply_all(dst, ldc, m, n);
         return;
     }
     let (c, a_op) = destination_and_lhs(dst, ldc, &a);
@@ -493,16 +500,11 @@ pub fn gemm_packed(
                     ptr: c.ptr.add(rows.0 * c.ld),
                     ..c
                 };
-                serial_packed(
-                    c_part,
-                    a_op.at(rows.0, 0),
-                    b,
-                    rows.1 - rows.0,
-                    (0, panels),
-                    accumulate,
-                );
+                let a_part = a_op.at(rows.0, 0);
+                let m_part = rows.1 - rows.0;
+                serial_packed(c_part, a_part, b, m_part, (0, panels), accumulate, epilogue);
             } else {
-                serial_packed(c, a_op, b, m, (t0, t1), accumulate);
+                serial_packed(c, a_op, b, m, (t0, t1), accumulate, epilogue);
             }
         }
     };
@@ -525,10 +527,11 @@ unsafe fn serial_packed(
     m: usize,
     panels: (usize, usize),
     accumulate: bool,
+    epilogue: Epilogue,
 ) {
     match b.isa {
-        Isa::Avx2 => serial_packed_with::<Avx2>(c, a, b, m, panels, accumulate),
-        Isa::Avx512 => serial_packed_with::<Avx512>(c, a, b, m, panels, accumulate),
+        Isa::Avx2 => serial_packed_with::<Avx2>(c, a, b, m, panels, accumulate, epilogue),
+        Isa::Avx512 => serial_packed_with::<Avx512>(c, a, b, m, panels, accumulate, epilogue),
     }
 }
 
@@ -541,6 +544,7 @@ unsafe fn serial_packed_with<K: MicroKernel>(
     m: usize,
     panels: (usize, usize),
     accumulate: bool,
+    epilogue: Epilogue,
 ) {
     let (k, n) = (b.k, b.n);
     let mc_step = m
@@ -550,6 +554,7 @@ unsafe fn serial_packed_with<K: MicroKernel>(
         for pc in (0..k).step_by(b.kc_step) {
             let kc = b.kc_step.min(k - pc);
             let overwrite = pc == 0 && !accumulate;
+            let last_block = pc + kc == k;
             let b_block = b.data.as_ptr().add(pc * b.n_padded);
             for ic in (0..m).step_by(mc_step) {
                 let mc = mc_step.min(m - ic);
@@ -572,6 +577,14 @@ unsafe fn serial_packed_with<K: MicroKernel>(
                             nr,
                             overwrite,
                         );
+                        if last_block && !epilogue.is_none() {
+                            for r in 0..mr {
+                                // SAFETY: the tile's rows lie in the result (the kernel
+                                // just wrote them); no other thread touches them.
+                                let row = std::slice::from_raw_parts_mut(tile.add(r * c.ld), nr);
+                                epilogue.apply(row, jr);
+                            }
+                        }
                     }
                 }
             }
@@ -1047,7 +1060,15 @@ mod tests {
         // The same product with B packed beforehand.
         let packed = PackedB::new(isa, b);
         let mut got_packed = vec![f32::NAN; m * ldc];
-        gemm_packed(&mut got_packed, ldc, a, &packed, false, threads);
+        gemm_packed(
+            &mut got_packed,
+            ldc,
+            a,
+            &packed,
+            false,
+            threads,
+            Epilogue::default(),
+        );
         for i in 0..m {
             for j in 0..n {
                 let (g, w) = (got_packed[i * ldc + j] as f64, want[i * n + j]);
@@ -1063,7 +1084,34 @@ mod tests {
                 );
             }
         }
-        gemm_packed(&mut got_packed, ldc, a, &packed, true, threads);
+        // Bias and GELU applied to each finished tile (only after the last k block).
+        let bias: Vec<f32> = (0..n).map(|j| 0.05 * j as f32 - 1.0).collect();
+        let fused = Epilogue {
+            bias: Some(&bias),
+            gelu: true,
+        };
+        let mut got_fused = vec![f32::NAN; m * ldc];
+        gemm_packed(&mut got_fused, ldc, a, &packed, false, threads, fused);
+        for i in 0..m {
+            let mut row: Vec<f32> = (0..n).map(|j| (want[i * n + j] as f32) + bias[j]).collect();
+            crate::kernels::activations::gelu_in_place(&mut row);
+            for j in 0..n {
+                let (g, w) = (got_fused[i * ldc + j] as f64, row[j] as f64);
+                assert!(
+                    (g - w).abs() <= tol(w) + 1e-6,
+                    "{case} fused: ({i}, {j}) {g} vs {w}"
+                );
+            }
+        }
+        gemm_packed(
+            &mut got_packed,
+            ldc,
+            a,
+            &packed,
+            true,
+            threads,
+            Epilogue::default(),
+        );
         for i in 0..m {
             for j in 0..n {
                 let (g, w) = (got_packed[i * ldc + j] as f64, 2.0 * want[i * n + j]);

@@ -1,6 +1,6 @@
 //! Fully connected layer in PyTorch layout: `y = x Wᵀ + b`, `W` is `[out, in]`.
 
-use super::matmul::{matmul, matmul_packed, MatRef, PackedRhs, Par};
+use super::matmul::{matmul, matmul_packed, Epilogue, MatRef, PackedRhs, Par};
 use rayon::prelude::*;
 
 /// `y[rows, out] = x[rows, in] · wᵀ + b`. `y` is overwritten.
@@ -27,7 +27,10 @@ pub fn linear_forward(
     );
 }
 
-/// [`linear_forward`] with `Wᵀ` packed beforehand ([`PackedRhs`] of `[in, out]`).
+/// [`linear_forward`] with `Wᵀ` packed beforehand ([`PackedRhs`] of `[in, out]`), the
+/// bias (and, with `gelu`, the activation) applied to each tile of the product as it is
+/// finished (inference: no pre-activation is kept).
+#[allow(clippy::too_many_arguments)]
 pub fn linear_forward_packed(
     x: &[f32],
     rows: usize,
@@ -35,19 +38,21 @@ pub fn linear_forward_packed(
     wt: &PackedRhs,
     b: Option<&[f32]>,
     out_dim: usize,
+    gelu: bool,
     y: &mut [f32],
 ) {
     debug_assert_eq!(x.len(), rows * in_dim);
     assert_eq!(wt.shape(), (in_dim, out_dim), "linear: packed weight shape");
     let y = &mut y[..rows * out_dim];
-    fill_bias(y, b, out_dim);
+    let x = MatRef::new(x, rows, in_dim);
     matmul_packed(
         y,
         out_dim,
-        MatRef::new(x, rows, in_dim),
+        x,
         wt,
-        true,
+        false,
         Par::Rayon,
+        Epilogue { bias: b, gelu },
     );
 }
 

@@ -3,6 +3,7 @@
 //! AVX2 / SSE kernels at run time). Everything else in the engine calls `matmul`, so a
 //! different backend (CUDA later) replaces this file, not the model.
 
+pub use super::epilogue::Epilogue;
 pub use super::matref::MatRef;
 
 /// Whether a matmul may use the rayon pool itself. Kernels that already run inside a
@@ -167,7 +168,8 @@ impl PackedRhs {
     }
 }
 
-/// `matmul` with a right-hand operand prepared by [`PackedRhs::new`].
+/// `matmul` with a right-hand operand prepared by [`PackedRhs::new`], then `epilogue` on
+/// the result.
 pub fn matmul_packed(
     dst: &mut [f32],
     dst_row_stride: usize,
@@ -175,6 +177,7 @@ pub fn matmul_packed(
     b: &PackedRhs,
     accumulate: bool,
     par: Par,
+    epilogue: Epilogue,
 ) {
     let (k, n) = b.shape();
     assert_eq!(a.cols, k, "matmul: inner dimensions differ");
@@ -186,16 +189,13 @@ pub fn matmul_packed(
     match &b.inner {
         #[cfg(target_arch = "x86_64")]
         Packed::X86(p) => {
-            super::gemm_x86::gemm_packed(dst, dst_row_stride, a, p, accumulate, threads)
+            super::gemm_x86::gemm_packed(dst, dst_row_stride, a, p, accumulate, threads, epilogue)
         }
-        Packed::Dense { data, rows, cols } => matmul(
-            dst,
-            dst_row_stride,
-            a,
-            MatRef::new(data, *rows, *cols),
-            accumulate,
-            par,
-        ),
+        Packed::Dense { data, rows, cols } => {
+            let b = MatRef::new(data, *rows, *cols);
+            matmul(dst, dst_row_stride, a, b, accumulate, par);
+            epilogue.apply_all(dst, dst_row_stride, a.rows, *cols);
+        }
     }
 }
 
@@ -240,9 +240,44 @@ mod tests {
             // Packed once, then multiplied (n > 32: our kernel where the CPU runs it).
             let packed = PackedRhs::new(bv);
             let mut got = vec![f32::NAN; m * n];
-            matmul_packed(&mut got, n, av, &packed, false, par);
+            matmul_packed(&mut got, n, av, &packed, false, par, Epilogue::default());
             for (g, w) in got.iter().zip(&want) {
                 assert!((g - w).abs() < 1e-4, "packed: {g} vs {w}");
+            }
+            // With a bias and GELU fused in: as a separate bias pass and GELU.
+            let bias: Vec<f32> = (0..n).map(|j| 0.1 * j as f32 - 2.0).collect();
+            let fused = Epilogue {
+                bias: Some(&bias),
+                gelu: true,
+            };
+            matmul_packed(&mut got, n, av, &packed, false, par, fused);
+            let mut pre: Vec<f32> = want
+                .iter()
+                .enumerate()
+                .map(|(i, w)| w + bias[i % n])
+                .collect();
+            let mut act = vec![0.0; pre.len()];
+            crate::kernels::activations::gelu_forward(&pre, &mut act);
+            for (g, w) in got.iter().zip(&act) {
+                assert!((g - w).abs() < 1e-4, "fused: {g} vs {w}");
+            }
+            // Where our kernel does not run (n <= 32: a dense copy), the same.
+            let narrow = PackedRhs::new(MatRef::new(&bt[..20 * k], 20, k).t());
+            let mut got = vec![f32::NAN; m * 20];
+            let narrow_bias = &bias[..20];
+            let fused = Epilogue {
+                bias: Some(narrow_bias),
+                gelu: true,
+            };
+            matmul_packed(&mut got, 20, av, &narrow, false, par, fused);
+            pre = naive(av, MatRef::new(&bt[..20 * k], 20, k).t());
+            pre.iter_mut()
+                .enumerate()
+                .for_each(|(i, x)| *x += narrow_bias[i % 20]);
+            let mut act = vec![0.0; pre.len()];
+            crate::kernels::activations::gelu_forward(&pre, &mut act);
+            for (g, w) in got.iter().zip(&act) {
+                assert!((g - w).abs() < 1e-4, "dense fused: {g} vs {w}");
             }
         }
     }

@@ -5,6 +5,7 @@ pub mod activations;
 pub mod attention;
 pub mod dropout;
 pub mod embedding;
+pub mod epilogue;
 pub(crate) mod fastmath;
 #[cfg(target_arch = "x86_64")]
 pub mod gemm_x86;

@@ -84,6 +84,7 @@ impl Model {
                 self.bert.intermediate_size,
                 self.bert.layer_norm_eps as f32,
                 self.layer_dropout(noise, self.method.combine_layer - 1),
+                record,
             );
             h = out;
             block_tape = record.then_some(tape);

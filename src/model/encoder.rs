@@ -199,7 +199,9 @@ impl Drop for FfnTape {
 }
 
 /// `h1 = LN1(s1)`, `out = LN2(h1 + dropout(W_2 gelu(W_1 h1 + b_1) + b_2))` over `rows`
-/// rows of `s1` (the attention branch plus the residual). Returns `out` and the tape.
+/// rows of `s1` (the attention branch plus the residual). Returns `out` and the tape
+/// (complete only with `record`: without it, and with packed weights, the GELU is fused
+/// into the product and the pre-activation is not kept).
 #[allow(clippy::too_many_arguments)]
 pub fn ffn_block_forward(
     p: &ParamStore,
@@ -210,11 +212,21 @@ pub fn ffn_block_forward(
     ffn: usize,
     ln_eps: f32,
     drop: Option<LayerDropout>,
+    record: bool,
 ) -> (Vec<f32>, FfnTape) {
     let [h1, ln1_mean, ln1_rstd] = norm(p, ids.attn_norm, &s1, rows, d, ln_eps);
-    let inter = lin(p, ids.ffn_in, &h1, rows, d, ffn);
     let mut act = workspace::take(rows * ffn);
-    timed(Kernel::Gelu, || gelu_forward(&inter, &mut act));
+    let fused = !record
+        && timed(Kernel::Linear, || {
+            ops::linear_gelu_packed(p, ids.ffn_in, &h1, rows, d, ffn, &mut act)
+        });
+    let inter = if fused {
+        Vec::new()
+    } else {
+        let inter = lin(p, ids.ffn_in, &h1, rows, d, ffn);
+        timed(Kernel::Gelu, || gelu_forward(&inter, &mut act));
+        inter
+    };
     let mut s2 = lin(p, ids.ffn_out, &act, rows, ffn, d);
     if let Some(dr) = drop {
         timed(Kernel::Dropout, || {
@@ -490,7 +502,8 @@ pub fn layer_forward(
         });
     }
     add_into(&mut s1, &x);
-    let (out, ffn_tape) = ffn_block_forward(p, &ids.ffn_block(), s1, rows, d, ffn, ln_eps, drop);
+    let (out, ffn_tape) =
+        ffn_block_forward(p, &ids.ffn_block(), s1, rows, d, ffn, ln_eps, drop, record);
 
     // Built either way: without `record` its drop hands the buffers back to the pool.
     let tape = LayerTape {

@@ -20,9 +20,28 @@ pub fn linear(
     y: &mut [f32],
 ) {
     match p.packed_weight(ids.w) {
-        Some(w) => linear_forward_packed(x, rows, i, w, Some(p.data(ids.b)), o, y),
+        Some(w) => linear_forward_packed(x, rows, i, w, Some(p.data(ids.b)), o, false, y),
         None => linear_forward(x, rows, i, p.data(ids.w), Some(p.data(ids.b)), o, y),
     }
+}
+
+/// `y = gelu(x Wᵀ + b)` in one pass over `y`, where the store has `W` packed (inference);
+/// returns false, leaving `y` alone, where it does not.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_gelu_packed(
+    p: &ParamStore,
+    ids: LinearIds,
+    x: &[f32],
+    rows: usize,
+    i: usize,
+    o: usize,
+    y: &mut [f32],
+) -> bool {
+    let Some(w) = p.packed_weight(ids.w) else {
+        return false;
+    };
+    linear_forward_packed(x, rows, i, w, Some(p.data(ids.b)), o, true, y);
+    true
 }
 
 /// Backward of [`linear`]: writes `dx` (adds to it with `accumulate_dx`) when given;

@@ -1,0 +1,44 @@
+//! What a matrix product does to its result while a finished tile is still in cache:
+//! add a bias row, then optionally GELU. Fused this way, a linear layer's bias and a
+//! feed-forward block's activation cost no extra pass over memory (inference only: a
+//! training forward keeps the pre-activation for the backward pass).
+
+use super::activations::gelu_in_place;
+
+#[derive(Clone, Copy, Default, Debug)]
+pub struct Epilogue<'a> {
+    /// Added to every row (`[n]`, the product's columns).
+    pub bias: Option<&'a [f32]>,
+    /// GELU (exact, erf) after the bias.
+    pub gelu: bool,
+}
+
+impl Epilogue<'_> {
+    /// Nothing to do.
+    pub fn is_none(&self) -> bool {
+        self.bias.is_none() && !self.gelu
+    }
+
+    /// Applies to `row`, the result's columns `col0 .. col0 + row.len()` of one row.
+    pub fn apply(&self, row: &mut [f32], col0: usize) {
+        if let Some(b) = self.bias {
+            let n = row.len();
+            for (x, b) in row.iter_mut().zip(&b[col0..col0 + n]) {
+                *x += *b;
+            }
+        }
+        if self.gelu {
+            gelu_in_place(row);
+        }
+    }
+
+    /// Applies to every row of a dense `[rows, n]` result with row stride `ldc`.
+    pub fn apply_all(&self, dst: &mut [f32], ldc: usize, rows: usize, n: usize) {
+        if self.is_none() {
+            return;
+        }
+        for r in 0..rows {
+            self.apply(&mut dst[r * ldc..r * ldc + n], 0);
+        }
+    }
+}
