@@ -93,6 +93,16 @@ impl Model {
         mode: Mode,
         record: bool,
     ) -> (ForwardOutput, Option<Tape>) {
+        crate::kernels::on_pool(|| self.forward_stages(batch, mode, record))
+    }
+
+    /// The stages of [`Self::forward`], on a pool thread.
+    fn forward_stages(
+        &self,
+        batch: &Batch,
+        mode: Mode,
+        record: bool,
+    ) -> (ForwardOutput, Option<Tape>) {
         let noise = Noise::of(mode);
         let mut trace = Trace::default();
         let (x, embed) = self.embed(batch, noise);
@@ -129,6 +139,11 @@ impl Model {
     /// Backward pass from `dlogits` (`[batch, num_labels]`, the gradient of the loss);
     /// accumulates into `grads` (a `zeros_like` of the parameters).
     pub fn backward(&self, tape: &Tape, dlogits: &[f32], grads: &mut ParamStore) {
+        crate::kernels::on_pool(|| self.backward_stages(tape, dlogits, grads))
+    }
+
+    /// The stages of [`Self::backward`], on a pool thread.
+    fn backward_stages(&self, tape: &Tape, dlogits: &[f32], grads: &mut ParamStore) {
         let noise = tape.noise;
         let dpooled = self.head_backward(&tape.head_in, dlogits, noise, grads);
         let dh = self.pool_backward(&tape.pool, &dpooled, grads);
