@@ -125,21 +125,12 @@ def test_lists_and_labels_and_ctrl_c_stops_with_a_resume_state(model_dir, tmp_pa
     rows = toy_rows(24)
     data = ([r["text"] for r in rows], [r["label"] for r in rows])
     out = tmp_path / "long"
-    # SIGINT after 4 s, and again every 60 s while the call still runs: once (on 3 Dec,
-    # the machine loaded by two builds) the one signal of this test never reached the
-    # training loop and the call ran on for minutes; Ctrl-C pressed again is what a user
-    # does too. (A stop that was received ends the call within seconds, long before a
-    # second signal could arrive outside it.)
-    stop = threading.Event()
-
-    def interrupt():
-        if not stop.wait(4.0):
-            for _ in range(10):
-                os.kill(os.getpid(), signal.SIGINT)
-                if stop.wait(60.0):
-                    break
-
-    timer = threading.Thread(target=interrupt, daemon=True)
+    # Python turns SIGINT into KeyboardInterrupt only where it installed its handler, which
+    # it does not when the process starts with SIGINT ignored, as every job started with `&`
+    # from a script does (CI, `nohup`): the signal would then be dropped and the 1000
+    # epochs run to the end. So the test installs the handler a terminal gives Python.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    timer = threading.Timer(4.0, os.kill, (os.getpid(), signal.SIGINT))
     timer.start()
     try:
         with pytest.raises(KeyboardInterrupt) as e:
@@ -148,7 +139,8 @@ def test_lists_and_labels_and_ctrl_c_stops_with_a_resume_state(model_dir, tmp_pa
                 **{**QUICK, "epochs": 1000},
             )
     finally:
-        stop.set()
+        timer.cancel()
+        signal.signal(signal.SIGINT, previous)
     assert "interrupted after optimizer step" in str(e.value)
     assert "continue with --resume" in str(e.value)
     assert (out / "resume").is_dir()
