@@ -48,6 +48,12 @@ def parse_args():
         help="idle seconds before each timed call, so that no engine's pool threads still spin "
         "(ONNX Runtime's and OpenMP's do, for a while) while the next engine runs",
     )
+    p.add_argument(
+        "--engines",
+        default="pytorch,onnxruntime,corefocus",
+        help="which engines take part (e.g. onnxruntime,corefocus to see how each fares "
+        "without the others between its calls)",
+    )
     p.add_argument("--out", help="also write the results as JSON here")
     return p.parse_args()
 
@@ -124,6 +130,9 @@ def main():
     print(f"ONNX Runtime {ort.__version__} fusions: {fusions}", file=sys.stderr)
 
     variants = [v for v in args.variants.split(",") if v]
+    chosen = set(filter(None, args.engines.split(",")))
+    if "corefocus" not in chosen:
+        sys.exit("--engines must include corefocus (the ratios are to its first variant)")
     cf = {v: NativeTimedModel.load(args.model, v, 2) for v in variants}
 
     def forward_engines(ids):
@@ -139,7 +148,7 @@ def main():
         engines = [("pytorch", torch_fwd), ("onnxruntime", lambda: sess.run(None, o_feed))]
         # A list per call, as ORT gets its numpy arrays: conversion is part of the call.
         engines += [(f"corefocus {v}", (lambda m: lambda: m.forward(lists))(m)) for v, m in cf.items()]
-        return engines
+        return [e for e in engines if e[0].split()[0] in chosen]
 
     def train_engines(ids):
         t_ids = torch.from_numpy(ids)
@@ -162,7 +171,7 @@ def main():
         engines += [
             (f"corefocus {v}", (lambda m: lambda: m.train_step(lists, labels))(m)) for v, m in cf.items()
         ]
-        return engines
+        return [e for e in engines if e[0].split()[0] in chosen]
 
     order_rng = random.Random(args.seed)
 

@@ -22,6 +22,8 @@ declare -A RUNS=(
   # name                      set     seed variant flags
   [sst2-bert]="sst2 42 bert"
   [sst2-pfc]="sst2 42 pfc"
+  [sst2-pf]="sst2 42 pf"
+  [sst2-pfc-minlen0]="sst2 42 pfc --prune-min-len 0"
   [sst2-bert-lr1e-4]="sst2 42 bert --lr 1e-4"
   [sst2-bert-lr1e-4-s43]="sst2 43 bert --lr 1e-4"
   [sst2-pfc-paper-lr1e-4]="sst2 42 pfc --lr 1e-4 --method-defaults paper --new-lr-scale 1"
@@ -44,7 +46,7 @@ declare -A RUNS=(
   [20ng-pfc-plain]="20newsgroups 42 pfc --lr 1e-4 --combine-block plain"
   [20ng-pfc-distill]="20newsgroups 42 pfc --lr 1e-4 --distill-from runs/combining/20ng-bert"
 )
-ORDER=(sst2-bert sst2-pfc sst2-bert-lr1e-4-s43 sst2-pfc-plain-auto sst2-pfc-plain-scale1
+ORDER=(sst2-bert sst2-pfc sst2-pf sst2-pfc-minlen0 sst2-bert-lr1e-4-s43 sst2-pfc-plain-auto sst2-pfc-plain-scale1
   sst2-pfc-plain-newlr1 sst2-pfc-plain-scale1-newlr1 sst2-pfc-plain-normal sst2-pfc-plain-mean sst2-pfc-plain-nonoise
   sst2-pfc-block sst2-pfc-block-nonoise sst2-c-plain sst2-c-block sst2-pfc-papercounts
   sst2-pfc-papercounts-s43 sst2-pfc-distill 20ng-bert 20ng-pfc-plain 20ng-pfc-distill)

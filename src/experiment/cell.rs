@@ -39,6 +39,19 @@ pub fn cell_status(cell: &Cell) -> Result<CellStatus> {
             wanted.method
         );
     }
+    // The recipe records the flags; a changed default changes what they resolve to.
+    let (recorded, now) = (
+        result.settings.effective(cell.lengths),
+        cell.effective_settings(),
+    );
+    if recorded != now {
+        bail!(
+            "{} was recorded with other method settings ({recorded:?}) than its flags resolve \
+             to now ({now:?}; a default changed?); move that cell directory away to train it \
+             again, or use another --root",
+            path.display()
+        );
+    }
     Ok(CellStatus::Done(Box::new(result)))
 }
 
@@ -158,18 +171,22 @@ pub fn run_cell(grid: &str, cell: &Cell, drop_checkpoint: bool) -> Result<CellRe
 }
 
 /// Grids overlap: Table 4's p = 0.9 cell, Table 5's layer-5 cell and Table 6's m = 8
-/// cells are Table 2 cells under another name. When another grid under `root` holds a
-/// trained (not itself reused) cell with the same dataset, seed, schedule and resolved
-/// method settings, the same run would be repeated: instead its result, curve and test
-/// report are copied into `cell.dir`, the result naming its source in `reused_from`.
+/// cells are Table 2 cells under another name, and a pruning cell whose examples all fit
+/// within `--prune-min-len` is its unpruned twin (pf: bert, pfc: c) of the same grid. When
+/// a grid under `root` holds a trained (not itself reused) cell with the same dataset,
+/// seed and schedule whose method settings compute the same on this data
+/// ([`MethodConfig::effective`]), the same run would be repeated: instead its result,
+/// curve and test report are copied into `cell.dir`, the result naming its source in
+/// `reused_from`.
 pub fn reuse_twin(root: &Path, grid: &str, cell: &Cell) -> Result<Option<CellResult>> {
     let wanted = Recipe::of(&cell.options);
+    let effective = cell.effective_settings();
     let Ok(entries) = std::fs::read_dir(root) else {
         return Ok(None);
     };
     let mut grid_dirs: Vec<PathBuf> = entries
         .filter_map(|e| e.ok())
-        .filter(|e| e.file_name() != grid && !e.file_name().to_string_lossy().starts_with('.'))
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
         .map(|e| e.path())
         .filter(|p| p.is_dir())
         .collect();
@@ -177,10 +194,11 @@ pub fn reuse_twin(root: &Path, grid: &str, cell: &Cell) -> Result<Option<CellRes
     for grid_dir in grid_dirs {
         let twin = load_results(&grid_dir)?.into_iter().find(|r| {
             r.reused_from.is_none()
+                && !(r.grid == grid && r.cell == cell.name)
                 && r.dataset == cell.dataset
                 && r.seed == cell.seed
-                && r.settings == cell.settings
                 && r.recipe.schedule_key() == wanted.schedule_key()
+                && r.settings.effective(cell.lengths) == effective
         });
         let Some(twin) = twin else { continue };
         let source = format!(
@@ -288,5 +306,78 @@ mod tests {
             format!("{err:#}").contains(&bad.display().to_string()),
             "{err:#}"
         );
+    }
+
+    #[test]
+    fn pruning_cells_within_prune_min_len_copy_their_unpruned_twin_and_stale_cells_are_errors() {
+        use crate::model::LengthRange;
+        let root = scratch("min-len");
+        let bert = BertConfig::minilm_l6();
+        let request = ExperimentArgs {
+            datasets: Some(vec!["toy".into()]),
+            seeds: 1,
+            variants: Some(vec![
+                "bert".into(),
+                "pf".into(),
+                "c@L-1".into(),
+                "pfc@L-1".into(),
+            ]),
+            ..args("recipe", &root)
+        };
+        let with_lengths = |lengths: LengthRange| {
+            let mut p = plan(&request, &bert).unwrap();
+            for c in &mut p.cells {
+                c.lengths = lengths;
+            }
+            p
+        };
+        assert_eq!(
+            with_lengths(LengthRange::up_to(64)).cells[1]
+                .settings
+                .prune_min_len,
+            64
+        );
+
+        // Every example within 64 tokens: pf is bert's run, pfc is c's.
+        let short = with_lengths(LengthRange { min: 3, max: 60 });
+        for c in [&short.cells[0], &short.cells[2]] {
+            write_result(&fake_result(c, "recipe", 0.8), &c.dir);
+        }
+        let copied = |c: &Cell| {
+            reuse_twin(&root, "recipe", c)
+                .unwrap()
+                .and_then(|r| r.reused_from)
+        };
+        assert_eq!(
+            copied(&short.cells[1]).as_deref(),
+            Some("recipe/toy/bert-seed1")
+        );
+        assert_eq!(
+            copied(&short.cells[3]).as_deref(),
+            Some("recipe/toy/c-l5-seed1")
+        );
+        assert!(matches!(
+            cell_status(&short.cells[1]),
+            Ok(CellStatus::Done(_))
+        ));
+        // A longer example would be pruned: trained.
+        let mixed = with_lengths(LengthRange { min: 3, max: 65 });
+        std::fs::remove_dir_all(&mixed.cells[3].dir).unwrap();
+        assert_eq!(copied(&mixed.cells[3]), None);
+
+        // A result recorded when the default was to prune everything (0): the same run where
+        // every example is longer than 64, a stale one where some are not.
+        let pf = &mixed.cells[1];
+        std::fs::remove_dir_all(&pf.dir).unwrap();
+        let mut old = fake_result(pf, "recipe", 0.7);
+        old.settings.prune_min_len = 0;
+        write_result(&old, &pf.dir);
+        let err = format!("{:#}", cell_status(pf).unwrap_err());
+        assert!(err.contains("other method settings"), "{err}");
+        let long = Cell {
+            lengths: LengthRange { min: 65, max: 512 },
+            ..pf.clone()
+        };
+        assert!(matches!(cell_status(&long), Ok(CellStatus::Done(_))));
     }
 }

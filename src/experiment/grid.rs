@@ -2,7 +2,7 @@
 //! command line's overrides into the cells of a [`Plan`].
 
 use super::args::{ExperimentArgs, GRIDS};
-use crate::model::{BertConfig, MethodConfig};
+use crate::model::{BertConfig, LengthRange, MethodConfig};
 use crate::train::options::DEFAULT_NEW_LR_SCALE;
 use crate::train::TrainOptions;
 use crate::train::{LrSpec, MethodArgs, MethodDefaults};
@@ -137,12 +137,20 @@ pub struct Cell {
     pub options: TrainOptions,
     /// The method settings the run resolves to.
     pub settings: MethodConfig,
+    /// Token counts of the dataset's examples: up to max len until
+    /// [`crate::experiment::measure_lengths`] has read the data.
+    pub lengths: LengthRange,
 }
 
 impl Cell {
     /// `<dataset>/<cell>-seed<k>`, for messages.
     pub fn label(&self) -> String {
         format!("{}/{}-seed{}", self.dataset, self.name, self.seed)
+    }
+
+    /// The settings the run computes with on its data ([`MethodConfig::effective`]).
+    pub fn effective_settings(&self) -> MethodConfig {
+        self.settings.effective(self.lengths)
     }
 }
 
@@ -260,6 +268,7 @@ pub fn plan(args: &ExperimentArgs, bert: &BertConfig) -> Result<Plan> {
                     name: name.clone(),
                     seed,
                     dir,
+                    lengths: LengthRange::up_to(options.max_len),
                     options,
                     settings: settings.clone(),
                 });

@@ -62,7 +62,8 @@ pub fn run_experiment(args: &ExperimentArgs) -> Result<ExperimentOutcome> {
     let model_dir = crate::model::hub::resolve_model(&args.model)?;
     let bert = BertConfig::from_file(&model_dir.join("config.json"))
         .with_context(|| format!("--model {}", args.model.display()))?;
-    let plan = plan(args, &bert)?;
+    let mut plan = plan(args, &bert)?;
+    measure_lengths(&mut plan, &model_dir);
     let statuses: Vec<Result<CellStatus>> = plan.cells.iter().map(cell_status).collect();
 
     if args.dry_run {
@@ -109,6 +110,42 @@ pub fn run_experiment(args: &ExperimentArgs) -> Result<ExperimentOutcome> {
         run.step(i, cell, status)?;
     }
     run.finish()
+}
+
+/// Sets each cell's [`Cell::lengths`] from its dataset (train, dev and test, tokenized at
+/// the cell's max len) where the data can be read: whether pruning settings change a
+/// run depends on them ([`crate::model::MethodConfig::effective`]). Cells whose data
+/// cannot be read keep the range known without it (their training reports why).
+pub fn measure_lengths(plan: &mut Plan, model_dir: &Path) {
+    use crate::data::load_dataset;
+    use crate::data::tokenize::TextTokenizer;
+    use crate::model::LengthRange;
+    use std::collections::HashMap;
+    let Ok(tokenizer) = TextTokenizer::from_dir(model_dir) else {
+        return;
+    };
+    let mut known: HashMap<(PathBuf, usize), Option<LengthRange>> = HashMap::new();
+    for cell in &mut plan.cells {
+        let opts = &cell.options;
+        let range = known
+            .entry((opts.data.clone(), opts.max_len))
+            .or_insert_with(|| {
+                let ds = load_dataset(&opts.data, &opts.read_options()).ok()?;
+                let examples = ds.train.iter().chain(ds.dev.iter().flatten());
+                let lengths: Vec<usize> = examples
+                    .chain(ds.test.iter().flatten())
+                    .map(|e| tokenizer.encode(&e.text, opts.max_len).map(|ids| ids.len()))
+                    .collect::<Result<_>>()
+                    .ok()?;
+                Some(LengthRange {
+                    min: *lengths.iter().min()?,
+                    max: *lengths.iter().max()?,
+                })
+            });
+        if let Some(range) = range {
+            cell.lengths = *range;
+        }
+    }
 }
 
 /// `--dry-run`: the cells and whether each is done, on stdout.

@@ -195,8 +195,10 @@ pub fn write_reports(
     }
     if !reused.is_empty() {
         md.push_str(
-            "\nCells that are the same run as a finished cell of another grid (same dataset, \
-             seed, schedule and method settings) were not trained again; they copy its result:\n\n",
+            "\nCells that are the same run as a finished cell (same dataset, seed and schedule, \
+             and method settings that compute the same on this data: equal, or a pruning \
+             variant whose --prune-min-len covers every example, which then prunes nothing) \
+             were not trained again; they copy its result:\n\n",
         );
         for line in reused {
             md.push_str(&format!("- {line}\n"));

@@ -295,12 +295,39 @@ fn yes() -> bool {
 /// small enough that a typo cannot ask for an impossible allocation.
 pub const MAX_COMBINE_TOKENS: usize = 4096;
 
+/// Examples of at most this many tokens are not pruned by default: pruning them saves
+/// little (at 64 tokens pf's forward needs 0.964 of bert's FLOPs, `corefocus bench --seq
+/// 64`) and cost 1.2 accuracy points on SST-2 (docs/combining.md).
+pub const RECOMMENDED_PRUNE_MIN_LEN: usize = 64;
+
+/// The shortest and the longest example of a dataset, in tokens after truncation
+/// ([CLS] and [SEP] included).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LengthRange {
+    pub min: usize,
+    pub max: usize,
+}
+
+impl LengthRange {
+    /// What is known without reading the data: at least one token, at most `max_len`.
+    pub fn up_to(max_len: usize) -> LengthRange {
+        LengthRange {
+            min: 1,
+            max: max_len,
+        }
+    }
+}
+
 /// The method's settings (method.md). Stored in `corefocus.json`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct MethodConfig {
     pub variant: Variant,
     /// Preservation ratio p in (0, 1].
     pub keep_ratio: f32,
+    /// Examples of at most this many real tokens are not pruned (p/pf/pfc; 0 = every
+    /// example is, as method.md; absent in checkpoints written before it: 0).
+    #[serde(default)]
+    pub prune_min_len: usize,
     /// 1-based layer replaced by the combining module (C/PFC only).
     pub combine_layer: usize,
     /// Number of combination tokens m.
@@ -342,6 +369,7 @@ impl MethodConfig {
         MethodConfig {
             variant,
             keep_ratio: if variant.prunes() { 0.9 } else { 1.0 },
+            prune_min_len: 0,
             combine_layer: if layers == 12 {
                 11
             } else {
@@ -367,11 +395,16 @@ impl MethodConfig {
         }
     }
 
-    /// The combining recipe `train` uses by default (docs/combining.md): combination
-    /// tokens at the scale of real tokens, assignment logits scaled by `1/sqrt(d)`, and
-    /// count-weighted pooling. Without combining it equals [`MethodConfig::new`].
+    /// The recipe `train` uses by default (docs/combining.md): combination tokens at the
+    /// scale of real tokens, assignment logits scaled by `1/sqrt(d)`, the replaced layer's
+    /// block after the grouping and count-weighted pooling; pruning only for examples
+    /// longer than [`RECOMMENDED_PRUNE_MIN_LEN`] tokens. For bert it equals
+    /// [`MethodConfig::new`].
     pub fn recommended(variant: Variant, bert: &BertConfig) -> Self {
         let mut m = Self::new(variant, bert.num_hidden_layers);
+        if variant.prunes() {
+            m.prune_min_len = RECOMMENDED_PRUNE_MIN_LEN;
+        }
         if variant.combines() {
             m.combine_token_init = CombineTokenInit::Vocab;
             m.combine_pooling = CombinePooling::Counts;
@@ -379,6 +412,35 @@ impl MethodConfig {
             m.combine_scale = 1.0 / (bert.hidden_size as f32).sqrt();
         }
         m
+    }
+
+    /// The settings a run computes with on examples of `lengths` tokens: a pruning variant
+    /// whose `prune_min_len` covers every example never prunes, so it is its unpruned
+    /// twin (p, pf: bert; pfc: c) with that twin's pruning settings, the same computation
+    /// step for step (tested in train); one whose examples are all longer than
+    /// `prune_min_len` prunes every one as with 0. Otherwise `self`.
+    pub fn effective(&self, lengths: LengthRange) -> MethodConfig {
+        if !self.variant.prunes() {
+            self.clone()
+        } else if lengths.max <= self.prune_min_len {
+            MethodConfig {
+                variant: if self.variant.combines() {
+                    Variant::C
+                } else {
+                    Variant::Bert
+                },
+                keep_ratio: 1.0,
+                prune_min_len: 0,
+                ..self.clone()
+            }
+        } else if lengths.min > self.prune_min_len {
+            MethodConfig {
+                prune_min_len: 0,
+                ..self.clone()
+            }
+        } else {
+            self.clone()
+        }
     }
 
     /// Checks the settings against a model of `layers` layers.

@@ -76,7 +76,11 @@ impl Model {
                 .collect();
             let kv = KvIndex::from_lists(&lists, t);
             // The last layer here decides nothing: no later layer reads its selection.
-            let decide = self.method.variant.prunes() && l + 1 < full_layers;
+            // Examples of at most `prune_min_len` tokens are never pruned; a batch of
+            // only such examples skips the importance scores too.
+            let decide = self.method.variant.prunes()
+                && l + 1 < full_layers
+                && lengths.iter().any(|&len| len > self.method.prune_min_len);
             let out = layer_forward(
                 &self.params,
                 ids,
@@ -90,7 +94,8 @@ impl Model {
             let selections: Vec<Option<fuzzy::Selection>> = match &out.importance {
                 Some(imp) => fuzzy::select_batch(imp, kv.kmax, &kept, heads, &select_cfg)
                     .into_iter()
-                    .map(Some)
+                    .zip(lengths)
+                    .map(|(s, &len)| (len > self.method.prune_min_len).then_some(s))
                     .collect(),
                 None => vec![None; bsz],
             };

@@ -161,3 +161,67 @@ fn vocab_token_init_has_the_scale_of_embedded_tokens() {
     let norm = t.data[..16].iter().map(|x| x * x).sum::<f32>().sqrt();
     assert!(norm < 0.3, "reference init norm {norm}");
 }
+
+/// `prune_min_len`: an example of at most that many tokens keeps every key in every
+/// layer (no selection is recorded for it), a longer one in the same batch is pruned as
+/// before, and the short one's logits are those of the same model pruning nothing.
+#[test]
+fn examples_up_to_prune_min_len_are_not_pruned() {
+    let cfg = BertConfig::sized(40, 8, 3, 2, 16);
+    let mut method = MethodConfig::new(Variant::P, 3);
+    method.keep_ratio = 0.5;
+    let long: Vec<u32> = (2..14).collect();
+    let short = [2u32, 6, 9, 4, 3];
+    let batch = Batch::from_sequences(&[&long, &short], 0);
+    let run = |method: &MethodConfig| {
+        let model = Model::random(cfg.clone(), method.clone(), 3, 7).unwrap();
+        model.forward(&batch, Mode::Eval, false).0
+    };
+
+    let every = run(&method);
+    method.prune_min_len = 5;
+    let gated = run(&method);
+    let first = &gated.trace.layers[0];
+    assert!(first.selection[1].is_none(), "the short example was pruned");
+    let kept_long = &first.selection[0].as_ref().expect("the long one is").kept;
+    assert_eq!(kept_long.len(), 6, "12 tokens at p = 0.5");
+    assert_eq!(gated.trace.layers[1].kept[1], (0..5).collect::<Vec<_>>());
+    // The long example is pruned as without the setting.
+    assert_eq!(&gated.logits[..3], &every.logits[..3]);
+    assert_eq!(every.trace.layers[1].kept[0], gated.trace.layers[1].kept[0]);
+
+    let mut nothing = method.clone();
+    nothing.keep_ratio = 1.0;
+    nothing.prune_min_len = 0;
+    let unpruned = run(&nothing);
+    assert_eq!(&gated.logits[3..], &unpruned.logits[3..]);
+    assert_ne!(
+        &every.logits[3..],
+        &unpruned.logits[3..],
+        "p = 0.5 pruned it before"
+    );
+
+    // A batch within the limit runs exactly as bert (same weights, same computation).
+    let short_only = Batch::from_sequences(&[&short, &[2, 7, 3]], 0);
+    let logits = |method: MethodConfig| {
+        let model = Model::random(cfg.clone(), method, 3, 7).unwrap();
+        model.forward(&short_only, Mode::Eval, false).0.logits
+    };
+    assert_eq!(logits(method), logits(MethodConfig::new(Variant::Bert, 3)));
+}
+
+/// A pf model whose every example is within `prune_min_len` (no selection at all): the
+/// backward pass of its layers against finite differences.
+#[test]
+fn pf_within_prune_min_len_gradient_matches_finite_differences() {
+    let mut method = MethodConfig::new(Variant::Pf, 3);
+    method.prune_min_len = 6;
+    check_model_grads(
+        method,
+        &[
+            "classifier.weight",
+            "encoder.layer.0.attention.self.value.weight",
+            "encoder.layer.1.output.dense.weight",
+        ],
+    );
+}

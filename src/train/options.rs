@@ -162,6 +162,11 @@ pub struct MethodArgs {
     /// Preservation ratio p in (0, 1] for p/pf/pfc [default: 0.9].
     #[arg(long)]
     pub keep_ratio: Option<f32>,
+    /// Examples of at most this many real tokens are not pruned (p/pf/pfc; 0 prunes every
+    /// example, as the paper) [default: 64; pruning shorter texts saves little and costs
+    /// accuracy].
+    #[arg(long)]
+    pub prune_min_len: Option<usize>,
     /// 1-based layer replaced by the combining module (c/pfc) [default: 11 of 12, else L-1, at least 2].
     #[arg(long)]
     pub combine_layer: Option<usize>,
@@ -207,6 +212,7 @@ impl Default for MethodArgs {
             variant: Variant::Bert,
             defaults: MethodDefaults::Recommended,
             keep_ratio: None,
+            prune_min_len: None,
             combine_layer: None,
             combine_tokens: None,
             combine_init: None,
@@ -229,6 +235,11 @@ impl MethodArgs {
         ensure!(
             self.keep_ratio.is_none() || v.prunes(),
             "--keep-ratio applies only to variants p, pf and pfc, not {}",
+            v.name()
+        );
+        ensure!(
+            self.prune_min_len.is_none() || v.prunes(),
+            "--prune-min-len applies only to variants p, pf and pfc, not {}",
             v.name()
         );
         let combine_flags = [
@@ -263,6 +274,9 @@ impl MethodArgs {
         m.classifier_dropout = bert.hidden_dropout_prob;
         if let Some(p) = self.keep_ratio {
             m.keep_ratio = p;
+        }
+        if let Some(n) = self.prune_min_len {
+            m.prune_min_len = n;
         }
         if let Some(l) = self.combine_layer {
             m.combine_layer = l;

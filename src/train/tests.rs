@@ -7,7 +7,8 @@ use super::prepare::{subsample, EncodedSet};
 use super::records::{is_stopped_for_test, EpochRecord};
 use super::*;
 use crate::model::{
-    Batch, BertConfig, CombineInit, CombinePooling, MethodConfig, Mode, ParamStore, Variant,
+    Batch, BertConfig, CombineInit, CombinePooling, LengthRange, MethodConfig, Mode, Model,
+    ParamStore, Variant,
 };
 use crate::rng::Rng;
 use clap::Parser;
@@ -164,6 +165,30 @@ fn method_flags_map_onto_config_and_misplaced_flags_are_errors() {
     .to_config(&bert)
     .unwrap_err();
     assert!(err.to_string().contains("--combine-pooling"), "{err}");
+
+    // Pruning skips short examples by default; 0 is the paper's rule; bert has no such flag.
+    let pf = MethodArgs {
+        variant: Variant::Pf,
+        ..MethodArgs::default()
+    };
+    assert_eq!(pf.to_config(&bert).unwrap().prune_min_len, 64);
+    let pf_paper = MethodArgs {
+        defaults: MethodDefaults::Paper,
+        ..pf.clone()
+    };
+    assert_eq!(pf_paper.to_config(&bert).unwrap().prune_min_len, 0);
+    let pf_flag = MethodArgs {
+        prune_min_len: Some(0),
+        ..pf
+    };
+    assert_eq!(pf_flag.to_config(&bert).unwrap().prune_min_len, 0);
+    let err = MethodArgs {
+        prune_min_len: Some(10),
+        ..MethodArgs::default()
+    }
+    .to_config(&bert)
+    .unwrap_err();
+    assert!(err.to_string().contains("--prune-min-len"), "{err}");
 }
 
 #[test]
@@ -556,4 +581,80 @@ fn metrics_log_rewrites_whole_file() {
     let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
     assert_eq!(text, "{\"epoch\":1}\n{\"epoch\":2}\n");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// With every example within `prune_min_len`, pf trains exactly as bert and pfc exactly
+/// as c (dropout and Gumbel noise included): nothing is pruned, so the experiment runner
+/// may treat such cells as the same run (`MethodConfig::effective`).
+#[test]
+fn pruning_variants_within_prune_min_len_train_exactly_as_their_unpruned_twins() {
+    let labels = vec!["neg".to_string(), "pos".to_string()];
+    let (train, dev) = (toy_set(40, 1), toy_set(10, 2));
+    let longest = train
+        .ids
+        .iter()
+        .chain(&dev.ids)
+        .map(Vec::len)
+        .max()
+        .unwrap();
+    let run = |method: MethodConfig| {
+        let mut model = Model::random(BertConfig::sized(24, 8, 3, 2, 16), method, 2, 5).unwrap();
+        let settings = LoopSettings {
+            epochs: 1,
+            lr: 1e-3,
+            ..toy_settings()
+        };
+        train_loop(
+            &mut model,
+            &train,
+            &dev,
+            &labels,
+            0,
+            &settings,
+            &mut |_, _, _| Ok(()),
+        )
+        .unwrap();
+        model
+            .params
+            .tensors
+            .iter()
+            .map(|t| t.data.clone())
+            .collect::<Vec<_>>()
+    };
+    // (Combining at layer 3, so that layer 1's selection feeds layer 2.)
+    let config = |variant| MethodConfig {
+        combine_layer: 3,
+        ..MethodConfig::new(variant, 3)
+    };
+    for (pruned, twin) in [(Variant::Pf, Variant::Bert), (Variant::Pfc, Variant::C)] {
+        let mut method = config(pruned);
+        method.prune_min_len = longest;
+        let all = LengthRange {
+            min: 3,
+            max: longest,
+        };
+        assert_eq!(method.effective(all), config(twin));
+        assert!(
+            run(method.clone()) == run(config(twin)),
+            "{pruned:?} differs"
+        );
+        // One token fewer allowed: the longest examples are pruned, the runs differ.
+        method.prune_min_len = longest - 1;
+        assert_eq!(method.effective(all), method);
+        assert_eq!(
+            method.effective(LengthRange {
+                min: longest,
+                max: longest
+            }),
+            MethodConfig {
+                prune_min_len: 0,
+                ..method.clone()
+            },
+            "every example longer: pruned as with 0"
+        );
+        assert!(
+            run(method) != run(config(twin)),
+            "{pruned:?} pruned nothing"
+        );
+    }
 }
