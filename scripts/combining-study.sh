@@ -10,6 +10,8 @@
 #   sst2-2k: 2,000 SST-2 training sentences, --max-len 64, 2 epochs, full dev and test.
 #   20ng-2k: 2,000 20 Newsgroups documents, --max-len 128, 2 epochs, 1,000 dev / test.
 # Two runs side by side on 2 cores: JOBS=2 (each gets one thread).
+# The pfc runs other than sst2-pfc ran before --prune-min-len existed, when every example
+# was pruned: their flags say --prune-min-len 0, so that they repeat the same computation.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/fetch-test-model.sh >/dev/null
@@ -26,25 +28,25 @@ declare -A RUNS=(
   [sst2-pfc-minlen0]="sst2 42 pfc --prune-min-len 0"
   [sst2-bert-lr1e-4]="sst2 42 bert --lr 1e-4"
   [sst2-bert-lr1e-4-s43]="sst2 43 bert --lr 1e-4"
-  [sst2-pfc-paper-lr1e-4]="sst2 42 pfc --lr 1e-4 --method-defaults paper --new-lr-scale 1"
-  [sst2-pfc-papercounts]="sst2 42 pfc --lr 1e-4 --method-defaults paper --combine-pooling counts --new-lr-scale 1"
-  [sst2-pfc-papercounts-s43]="sst2 43 pfc --lr 1e-4 --method-defaults paper --combine-pooling counts --new-lr-scale 1"
-  [sst2-pfc-plain-auto]="sst2 42 pfc --combine-block plain"
-  [sst2-pfc-plain]="sst2 42 pfc --lr 1e-4 --combine-block plain"
-  [sst2-pfc-plain-scale1-newlr1]="sst2 42 pfc --lr 1e-4 --combine-block plain --combine-scale 1 --new-lr-scale 1"
-  [sst2-pfc-plain-scale1]="sst2 42 pfc --lr 1e-4 --combine-block plain --combine-scale 1"
-  [sst2-pfc-plain-newlr1]="sst2 42 pfc --lr 1e-4 --combine-block plain --new-lr-scale 1"
-  [sst2-pfc-plain-normal]="sst2 42 pfc --lr 1e-4 --combine-block plain --combine-token-init normal"
-  [sst2-pfc-plain-mean]="sst2 42 pfc --lr 1e-4 --combine-block plain --combine-pooling mean"
-  [sst2-pfc-plain-nonoise]="sst2 42 pfc --lr 1e-4 --combine-block plain --combine-noise false"
-  [sst2-pfc-block]="sst2 42 pfc --lr 1e-4"
-  [sst2-pfc-block-nonoise]="sst2 42 pfc --lr 1e-4 --combine-noise false"
+  [sst2-pfc-paper-lr1e-4]="sst2 42 pfc --lr 1e-4 --method-defaults paper --new-lr-scale 1 --prune-min-len 0"
+  [sst2-pfc-papercounts]="sst2 42 pfc --lr 1e-4 --method-defaults paper --combine-pooling counts --new-lr-scale 1 --prune-min-len 0"
+  [sst2-pfc-papercounts-s43]="sst2 43 pfc --lr 1e-4 --method-defaults paper --combine-pooling counts --new-lr-scale 1 --prune-min-len 0"
+  [sst2-pfc-plain-auto]="sst2 42 pfc --combine-block plain --prune-min-len 0"
+  [sst2-pfc-plain]="sst2 42 pfc --lr 1e-4 --combine-block plain --prune-min-len 0"
+  [sst2-pfc-plain-scale1-newlr1]="sst2 42 pfc --lr 1e-4 --combine-block plain --combine-scale 1 --new-lr-scale 1 --prune-min-len 0"
+  [sst2-pfc-plain-scale1]="sst2 42 pfc --lr 1e-4 --combine-block plain --combine-scale 1 --prune-min-len 0"
+  [sst2-pfc-plain-newlr1]="sst2 42 pfc --lr 1e-4 --combine-block plain --new-lr-scale 1 --prune-min-len 0"
+  [sst2-pfc-plain-normal]="sst2 42 pfc --lr 1e-4 --combine-block plain --combine-token-init normal --prune-min-len 0"
+  [sst2-pfc-plain-mean]="sst2 42 pfc --lr 1e-4 --combine-block plain --combine-pooling mean --prune-min-len 0"
+  [sst2-pfc-plain-nonoise]="sst2 42 pfc --lr 1e-4 --combine-block plain --combine-noise false --prune-min-len 0"
+  [sst2-pfc-block]="sst2 42 pfc --lr 1e-4 --prune-min-len 0"
+  [sst2-pfc-block-nonoise]="sst2 42 pfc --lr 1e-4 --combine-noise false --prune-min-len 0"
   [sst2-c-plain]="sst2 42 c --lr 1e-4 --combine-block plain"
   [sst2-c-block]="sst2 42 c --lr 1e-4"
-  [sst2-pfc-distill]="sst2 42 pfc --lr 1e-4 --distill-from runs/combining/sst2-bert"
+  [sst2-pfc-distill]="sst2 42 pfc --lr 1e-4 --distill-from runs/combining/sst2-bert --prune-min-len 0"
   [20ng-bert]="20newsgroups 42 bert --lr 1e-4"
-  [20ng-pfc-plain]="20newsgroups 42 pfc --lr 1e-4 --combine-block plain"
-  [20ng-pfc-distill]="20newsgroups 42 pfc --lr 1e-4 --distill-from runs/combining/20ng-bert"
+  [20ng-pfc-plain]="20newsgroups 42 pfc --lr 1e-4 --combine-block plain --prune-min-len 0"
+  [20ng-pfc-distill]="20newsgroups 42 pfc --lr 1e-4 --distill-from runs/combining/20ng-bert --prune-min-len 0"
 )
 ORDER=(sst2-bert sst2-pfc sst2-pf sst2-pfc-minlen0 sst2-bert-lr1e-4-s43 sst2-pfc-plain-auto sst2-pfc-plain-scale1
   sst2-pfc-plain-newlr1 sst2-pfc-plain-scale1-newlr1 sst2-pfc-plain-normal sst2-pfc-plain-mean sst2-pfc-plain-nonoise

@@ -137,10 +137,18 @@ pub fn measure_lengths(plan: &mut Plan, model_dir: &Path) {
                     .map(|e| tokenizer.encode(&e.text, opts.max_len).map(|ids| ids.len()))
                     .collect::<Result<_>>()
                     .ok()?;
-                Some(LengthRange {
+                let range = LengthRange {
                     min: *lengths.iter().min()?,
                     max: *lengths.iter().max()?,
-                })
+                };
+                eprintln!(
+                    "{}: examples of {} to {} tokens at max len {}",
+                    opts.data.display(),
+                    range.min,
+                    range.max,
+                    opts.max_len
+                );
+                Some(range)
             });
         if let Some(range) = range {
             cell.lengths = *range;
