@@ -282,9 +282,13 @@ fn summarize_settings(
     let mut parts = vec![format!("{} layers", num_layers)];
     if v.prunes() {
         parts.push(format!(
-            "{} pruning of keys/values, keep ratio {}",
+            "{} pruning of keys/values, keep ratio {}{}",
             if v.fuzzy() { "fuzzy" } else { "ratio" },
-            method.keep_ratio
+            method.keep_ratio,
+            match method.prune_min_len {
+                0 => String::new(),
+                n => format!(" (texts of at most {n} tokens are not pruned)"),
+            }
         ));
     } else {
         parts.push("no pruning".into());
@@ -399,5 +403,19 @@ mod tests {
         assert!(e.combination.is_none());
         assert_eq!(e.prediction.index, Some(1));
         assert_eq!(e.prediction.label.as_deref(), Some("positive"));
+    }
+
+    #[test]
+    fn settings_say_which_texts_are_not_pruned() {
+        let mut method = crate::explain::test_support::pf_method();
+        assert!(!super::summarize_settings(&method, 3, 3)
+            .summary
+            .contains("not pruned"));
+        method.prune_min_len = 64;
+        let summary = super::summarize_settings(&method, 3, 3).summary;
+        assert!(
+            summary.ends_with("keep ratio 0.5 (texts of at most 64 tokens are not pruned), percentiles 25/75, thresholds 0.01/0.9, mean pooling"),
+            "{summary}"
+        );
     }
 }
