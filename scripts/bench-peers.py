@@ -54,6 +54,13 @@ def parse_args():
         help="which engines take part (e.g. onnxruntime,corefocus to see how each fares "
         "without the others between its calls)",
     )
+    p.add_argument(
+        "--no-spin",
+        action="store_true",
+        help="ONNX Runtime's and OpenMP's pool threads block instead of spinning after work "
+        "(session.intra_op.allow_spinning 0, OMP_WAIT_POLICY=PASSIVE): to see whether an "
+        "engine's spinning threads slow the next engine's call",
+    )
     p.add_argument("--out", help="also write the results as JSON here")
     return p.parse_args()
 
@@ -66,31 +73,15 @@ def shapes_of(text):
     return out
 
 
-def main():
-    args = parse_args()
-    # Thread counts must be set before the engines start their pools.
-    os.environ["RAYON_NUM_THREADS"] = str(args.threads)
-    os.environ["OMP_NUM_THREADS"] = str(args.threads)
-    import numpy as np
+def load_peers(args, ids_of, heads, hidden):
+    """PyTorch's model and ONNX Runtime's session of the checkpoint."""
     import onnxruntime as ort
     import torch
     from onnxruntime.transformers import optimizer
     from transformers import BertForSequenceClassification
 
-    from corefocus._corefocus import NativeTimedModel
-
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    rng = np.random.default_rng(args.seed)
-    config = json.loads((Path(args.model) / "config.json").read_text())
-    vocab, heads, hidden = config["vocab_size"], config["num_attention_heads"], config["hidden_size"]
-    layers = config["num_hidden_layers"]
-
-    def ids_of(batch, length):
-        ids = rng.integers(1000, vocab, size=(batch, length), dtype=np.int64)
-        ids[:, 0], ids[:, -1] = 101, 102
-        return ids
-
     torch_model = BertForSequenceClassification.from_pretrained(
         args.model, num_labels=2, attn_implementation="sdpa"
     )
@@ -126,52 +117,92 @@ def main():
     so.intra_op_num_threads = args.threads
     so.inter_op_num_threads = 1
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if args.no_spin:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     sess = ort.InferenceSession(str(fused), so, providers=["CPUExecutionProvider"])
     print(f"ONNX Runtime {ort.__version__} fusions: {fusions}", file=sys.stderr)
+    return torch, ort, torch_model, sess, fusions
 
-    variants = [v for v in args.variants.split(",") if v]
+
+def main():
+    args = parse_args()
+    # Thread counts must be set before the engines start their pools.
+    os.environ["RAYON_NUM_THREADS"] = str(args.threads)
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    if args.no_spin:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     chosen = set(filter(None, args.engines.split(",")))
     if "corefocus" not in chosen:
         sys.exit("--engines must include corefocus (the ratios are to its first variant)")
+    import numpy as np
+
+    from corefocus._corefocus import NativeTimedModel
+
+    rng = np.random.default_rng(args.seed)
+    config = json.loads((Path(args.model) / "config.json").read_text())
+    vocab, heads, hidden = config["vocab_size"], config["num_attention_heads"], config["hidden_size"]
+    layers = config["num_hidden_layers"]
+
+    def ids_of(batch, length):
+        ids = rng.integers(1000, vocab, size=(batch, length), dtype=np.int64)
+        ids[:, 0], ids[:, -1] = 101, 102
+        return ids
+
+    # Without PyTorch and ONNX Runtime in the run they are not even imported, so that
+    # corefocus can be timed alone in its process (their pools then hold no threads).
+    torch = ort = torch_model = sess = None
+    fusions = {}
+    if chosen & {"pytorch", "onnxruntime"}:
+        torch, ort, torch_model, sess, fusions = load_peers(args, ids_of, heads, hidden)
+
+    variants = [v for v in args.variants.split(",") if v]
+
+    def version(module):
+        return module.__version__ if module else "not loaded"
+
     cf = {v: NativeTimedModel.load(args.model, v, 2) for v in variants}
 
     def forward_engines(ids):
-        t_ids = torch.from_numpy(ids)
-        t_mask = torch.ones_like(t_ids)
-        o_feed = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
         lists = ids.astype(np.uint32).tolist()
-
-        def torch_fwd():
-            with torch.inference_mode():
-                torch_model(input_ids=t_ids, attention_mask=t_mask).logits
-
-        engines = [("pytorch", torch_fwd), ("onnxruntime", lambda: sess.run(None, o_feed))]
         # A list per call, as ORT gets its numpy arrays: conversion is part of the call.
-        engines += [(f"corefocus {v}", (lambda m: lambda: m.forward(lists))(m)) for v, m in cf.items()]
-        return [e for e in engines if e[0].split()[0] in chosen]
+        engines = [(f"corefocus {v}", (lambda m: lambda: m.forward(lists))(m)) for v, m in cf.items()]
+        if "pytorch" in chosen:
+            t_ids = torch.from_numpy(ids)
+            t_mask = torch.ones_like(t_ids)
+
+            def torch_fwd():
+                with torch.inference_mode():
+                    torch_model(input_ids=t_ids, attention_mask=t_mask).logits
+
+            engines.append(("pytorch", torch_fwd))
+        if "onnxruntime" in chosen:
+            o_feed = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+            engines.append(("onnxruntime", lambda: sess.run(None, o_feed)))
+        return engines
 
     def train_engines(ids):
-        t_ids = torch.from_numpy(ids)
-        t_mask = torch.ones_like(t_ids)
-        labels = [i % 2 for i in range(ids.shape[0])]
-        t_labels = torch.tensor(labels)
-        adamw = torch.optim.AdamW(torch_model.parameters(), lr=1e-5, weight_decay=0.0)
         lists = ids.astype(np.uint32).tolist()
-
-        def torch_step():
-            torch_model.train()
-            loss = torch_model(input_ids=t_ids, attention_mask=t_mask, labels=t_labels).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(torch_model.parameters(), 1.0)
-            adamw.step()
-            adamw.zero_grad(set_to_none=True)
-            torch_model.eval()
-
-        engines = [("pytorch", torch_step)]
-        engines += [
+        labels = [i % 2 for i in range(ids.shape[0])]
+        engines = [
             (f"corefocus {v}", (lambda m: lambda: m.train_step(lists, labels))(m)) for v, m in cf.items()
         ]
-        return [e for e in engines if e[0].split()[0] in chosen]
+        if "pytorch" in chosen:
+            t_ids = torch.from_numpy(ids)
+            t_mask = torch.ones_like(t_ids)
+            t_labels = torch.tensor(labels)
+            adamw = torch.optim.AdamW(torch_model.parameters(), lr=1e-5, weight_decay=0.0)
+
+            def torch_step():
+                torch_model.train()
+                loss = torch_model(input_ids=t_ids, attention_mask=t_mask, labels=t_labels).loss
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(torch_model.parameters(), 1.0)
+                adamw.step()
+                adamw.zero_grad(set_to_none=True)
+                torch_model.eval()
+
+            engines.append(("pytorch", torch_step))
+        return engines
 
     order_rng = random.Random(args.seed)
 
@@ -214,7 +245,7 @@ def main():
     print(
         f"\nmodel {args.model} ({layers} layers, hidden {hidden}), {args.threads} threads, "
         f"{args.warmup} warm-up + {args.reps} timed rounds ({args.train_reps} for training), interleaved; "
-        f"torch {torch.__version__}, onnxruntime {ort.__version__}\n"
+        f"torch {version(torch)}, onnxruntime {version(ort)}\n"
     )
     print(f"| what | shape | engine | median ms | min ms | its median / corefocus {variants[0]}'s |")
     print("|---|---|---|---:|---:|---:|")
@@ -229,8 +260,8 @@ def main():
                 {
                     "model": args.model,
                     "threads": args.threads,
-                    "torch": torch.__version__,
-                    "onnxruntime": ort.__version__,
+                    "torch": version(torch),
+                    "onnxruntime": version(ort),
                     "ort_fusions": fusions,
                     "results": results,
                 },
