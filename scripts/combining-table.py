@@ -4,7 +4,11 @@ scripts/combining-study.sh wrote: per run, the test accuracy and macro-F1 of the
 checkpoint, its epoch and validation loss, the learning rate (chosen by --lr auto where it
 ran), and the combining diagnostics of metrics.jsonl averaged over the run's windows
 (combination tokens that received tokens, the largest group's share, the tokens' norm,
-pairwise cosine and gradient norm)."""
+pairwise cosine and gradient norm).
+
+With `--over-training GRID_DIR` (e.g. results/experiments/recipe) it prints instead, for
+each trained combining cell of an `experiment` grid, the diagnostics at the first and the
+last window of its training: how they move over the run."""
 import json
 import os
 import sys
@@ -29,7 +33,39 @@ def load(run_dir):
     return test, best, lr, mean
 
 
+def over_training(grid):
+    print("| dataset | cell | slots used of m (first -> last window) | largest share | token norm | token cosine | token grad norm (mean) |")
+    print("|---|---|---|---|---|---|---:|")
+    for dataset in sorted(os.listdir(grid)):
+        ddir = os.path.join(grid, dataset)
+        if not os.path.isdir(ddir):
+            continue
+        for cell in sorted(os.listdir(ddir)):
+            cdir = os.path.join(ddir, cell)
+            try:
+                with open(os.path.join(cdir, "result.json")) as f:
+                    if json.load(f).get("reused_from"):
+                        continue  # a copy of another cell's run
+                with open(os.path.join(cdir, "metrics.jsonl")) as f:
+                    records = [json.loads(line) for line in f if line.strip()]
+            except (OSError, ValueError) as e:
+                if os.path.exists(os.path.join(cdir, "result.json")):
+                    sys.exit("%s: unreadable cell (%s)" % (cdir, e))
+                continue
+            stats = [p["combine"] for r in records for p in r.get("loss_curve", []) if p.get("combine")]
+            if not stats:
+                continue
+            a, b = stats[0], stats[-1]
+            moved = lambda k, fmt: (fmt + " -> " + fmt) % (a[k], b[k])
+            grad = sum(s["token_grad_norm"] for s in stats) / len(stats)
+            print("| %s | %s | %s | %s | %s | %s | %.3f |" % (
+                dataset, cell, moved("used_slots", "%.2f"), moved("largest_share", "%.2f"),
+                moved("token_norm", "%.4f"), moved("token_cosine", "%.4f"), grad))
+
+
 def main():
+    if len(sys.argv) > 2 and sys.argv[1] == "--over-training":
+        return over_training(sys.argv[2])
     root = sys.argv[1] if len(sys.argv) > 1 else "results/combining"
     names = sorted(d for d in os.listdir(root) if os.path.isfile(os.path.join(root, d, "test_report.json")))
     print("| run | lr | test acc | macro-F1 | best epoch (val loss) | slots used of m | largest share | token cosine | token grad norm |")
