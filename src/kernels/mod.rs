@@ -48,16 +48,25 @@ pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     })
 }
 
-/// Runs the pool's pending jobs until `done`, spinning while there are none; returns at
-/// once on the thread that runs the pass itself (`runner`), which would otherwise wait
-/// here instead of finishing the pass.
+/// Runs the pool's pending jobs until `done`, spinning while there are none and, when
+/// none came for a while, offering the core to other threads (`sched_yield`: a server's
+/// I/O threads, a load generator) between polls; returns at once on the thread that runs
+/// the pass itself (`runner`), which would otherwise wait here instead of finishing it.
 fn keep_warm(done: &AtomicBool, runner: Option<usize>) {
+    /// Empty polls before yielding the core (a few microseconds of spinning).
+    const SPINS: u32 = 64;
     if rayon::current_thread_index() == runner {
         return;
     }
+    let mut idle = 0u32;
     while !done.load(Ordering::Acquire) {
-        if rayon::yield_now() != Some(rayon::Yield::Executed) {
+        if rayon::yield_now() == Some(rayon::Yield::Executed) {
+            idle = 0;
+        } else if idle < SPINS {
+            idle += 1;
             std::hint::spin_loop();
+        } else {
+            std::thread::yield_now();
         }
     }
 }
