@@ -3,7 +3,8 @@
 //! feed-forward block's activation cost no extra pass over memory (inference only: a
 //! training forward keeps the pre-activation for the backward pass).
 
-use super::activations::gelu_in_place;
+use super::activations::{bias_gelu_in_place, gelu_in_place};
+use super::fastmath::simd_fn;
 
 #[derive(Clone, Copy, Default, Debug)]
 pub struct Epilogue<'a> {
@@ -21,14 +22,12 @@ impl Epilogue<'_> {
 
     /// Applies to `row`, the result's columns `col0 .. col0 + row.len()` of one row.
     pub fn apply(&self, row: &mut [f32], col0: usize) {
-        if let Some(b) = self.bias {
-            let n = row.len();
-            for (x, b) in row.iter_mut().zip(&b[col0..col0 + n]) {
-                *x += *b;
-            }
-        }
-        if self.gelu {
-            gelu_in_place(row);
+        let n = row.len();
+        match (self.bias, self.gelu) {
+            (Some(b), true) => bias_gelu_in_place(row, &b[col0..col0 + n]),
+            (Some(b), false) => add_bias(row, &b[col0..col0 + n]),
+            (None, true) => gelu_in_place(row),
+            (None, false) => {}
         }
     }
 
@@ -39,6 +38,16 @@ impl Epilogue<'_> {
         }
         for r in 0..rows {
             self.apply(&mut dst[r * ldc..r * ldc + n], 0);
+        }
+    }
+}
+
+simd_fn! {
+    /// `row += bias` (compiled for the widest vectors the CPU has: the default target's
+    /// SSE2 loop was 2% of a forward pass).
+    fn add_bias(row: &mut [f32], bias: &[f32]) {
+        for (x, b) in row.iter_mut().zip(bias) {
+            *x += *b;
         }
     }
 }

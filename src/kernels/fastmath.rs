@@ -103,15 +103,18 @@ fn exp_f32_split(hi: f32, lo: f32) -> f32 {
 }
 
 /// `(e^(-x²/2), Φ(-|x|))` in f32, where Φ is the standard normal distribution function,
-/// both with relative error below 2e-7 wherever they are normal f32 numbers (also deep
+/// with relative error below 1.5e-7 and 5e-7 wherever they are normal f32 numbers (also deep
 /// in the tail, where Φ(-|x|) is tiny); both are flushed to 0 once e^(-x²/2) < e^-87
 /// (|x| > 13.19, where Φ(-|x|) < 1e-39).
 ///
 /// Φ(-u) = e^(-u²/2) R(u) with R(u) = Φ(-u) e^(u²/2) (the Mills ratio over √(2π)),
 /// approximated by a rational function P₄(u) / Q₅(u) fitted on [0, 14] (relative error
-/// 6e-9). R is evaluated in f64: in f32 the roundings of the ten Horner steps add up to
-/// ~5e-7. x² is split into an exact head and a small tail so that e^(-x²/2) does not
-/// inherit the rounding of x² (which would cost ~x² ulp relative at |x| ≈ 12).
+/// 6e-9), evaluated in f32: the roundings of the ten Horner steps add up to 4.3e-7
+/// (every f32 in the range checked), far below what a float32 product's rounding
+/// changes in GELU's input; in f64 (2e-7 in all) the conversions and the f64 division
+/// made GELU 7% of a 1 x 128 forward pass. x² is split into an exact head and a small
+/// tail so that e^(-x²/2) does not inherit the rounding of x² (which would cost ~x² ulp
+/// relative at |x| ≈ 12).
 #[inline(always)]
 pub(crate) fn gauss_and_lower_tail(x: f32) -> (f32, f32) {
     // Both results underflow before 14; the clamp keeps inf finite (NaN maps to 14,
@@ -123,18 +126,14 @@ pub(crate) fn gauss_and_lower_tail(x: f32) -> (f32, f32) {
     let head = f32::from_bits(u.to_bits() & 0xFFFF_F000);
     let tail = u - head;
     let gauss = exp_f32_split(-0.5 * (head * head), -0.5 * (tail * (u + head)));
-    let w = u as f64;
-    let p = (((4.107_284_605e-3 * w + 4.056_776_475e-2) * w + 1.830_329_99e-1) * w
-        + 4.380_087_149e-1)
-        * w
-        + 5.000_000_03e-1;
-    let q = ((((1.029_531_169e-2 * w + 1.016_949_1e-1) * w + 4.689_389_299e-1) * w
-        + 1.201_642_079)
-        * w
-        + 1.673_902_416)
+    let w = u;
+    let p =
+        (((4.107_285e-3 * w + 4.056_776_5e-2) * w + 1.830_33e-1) * w + 4.380_087e-1) * w + 5.0e-1;
+    let q = ((((1.029_531_2e-2 * w + 1.016_949_1e-1) * w + 4.689_389_3e-1) * w + 1.201_642_1) * w
+        + 1.673_902_4)
         * w
         + 1.0;
-    (gauss, gauss * (p / q) as f32)
+    (gauss, gauss * (p / q))
 }
 
 #[cfg(test)]
@@ -190,9 +189,9 @@ mod tests {
                 worst_t = worst_t.max(((t as f64 - wt) / wt).abs());
             } else {
                 // Subnormal: rounded or flushed to zero, never above the true value by
-                // more than the subnormal spacing.
+                // more than the relative error plus the subnormal spacing.
                 assert!(
-                    t >= 0.0 && (t as f64) <= wt + 1.5e-45,
+                    t >= 0.0 && (t as f64) <= wt * (1.0 + 6e-7) + 1.5e-45,
                     "tail({x}) = {t:e} vs {wt:e}"
                 );
             }
@@ -203,7 +202,7 @@ mod tests {
         }
         println!("worst relative error: gauss {worst_g:e}, tail {worst_t:e}");
         assert!(worst_g < 1.5e-7, "gauss: worst relative error {worst_g:e}");
-        assert!(worst_t < 2e-7, "tail: worst relative error {worst_t:e}");
+        assert!(worst_t < 5e-7, "tail: worst relative error {worst_t:e}");
         // Exact points, the far range and non-finite inputs.
         assert_eq!(gauss_and_lower_tail(0.0), (1.0, 0.5));
         assert_eq!(gauss_and_lower_tail(20.0), (0.0, 0.0));

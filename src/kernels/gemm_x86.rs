@@ -775,6 +775,9 @@ unsafe fn pack_transposing(
                 let out = dst.add((p0 + i) * W + w0);
                 if rows == 8 {
                     _mm256_storeu_ps(out, v);
+                } else if rows == 4 {
+                    // The AVX-512 panel's last 4 of its 12 rows.
+                    _mm_storeu_ps(out, _mm256_castps256_ps128(v));
                 } else {
                     // A panel narrower than 8 (W = MR): only the first `rows` lanes.
                     let mut lanes = [0.0f32; 8];
