@@ -24,6 +24,11 @@ fn normal_cdf(x: f32, lower_tail: f32) -> f32 {
 /// GELU of one value, x Φ(x), in f32 (relative error below 6e-7, see
 /// `gauss_and_lower_tail`).
 #[inline(always)]
+pub(crate) fn gelu_scalar(x: f32) -> f32 {
+    gelu(x)
+}
+
+#[inline(always)]
 fn gelu(x: f32) -> f32 {
     let (_, lower_tail) = gauss_and_lower_tail(x);
     x * normal_cdf(x, lower_tail)

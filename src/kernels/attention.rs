@@ -622,10 +622,12 @@ fn lane_max(x: &[f32]) -> f32 {
 
 #[inline(always)]
 fn lane_sum(x: &[f32]) -> f32 {
-    let mut acc = [0.0f32; LANES];
-    let mut chunks = x.chunks_exact(LANES);
+    // As `lane_max`: four vectors of partial sums, not one chain of dependent adds.
+    const SUM_LANES: usize = 4 * LANES;
+    let mut acc = [0.0f32; SUM_LANES];
+    let mut chunks = x.chunks_exact(SUM_LANES);
     for c in &mut chunks {
-        for l in 0..LANES {
+        for l in 0..SUM_LANES {
             acc[l] += c[l];
         }
     }

@@ -3,7 +3,7 @@
 //! feed-forward block's activation cost no extra pass over memory (inference only: a
 //! training forward keeps the pre-activation for the backward pass).
 
-use super::activations::{bias_gelu_in_place, gelu_in_place};
+use super::activations::{bias_gelu_in_place, gelu_in_place, gelu_scalar};
 use super::fastmath::simd_fn;
 
 #[derive(Clone, Copy, Default, Debug)]
@@ -31,6 +31,25 @@ impl Epilogue<'_> {
         }
     }
 
+    /// Applies to `rows`, each the result's columns `col0 .. col0 + len` of one row (all
+    /// of one length): one call per finished tile rather than per row (the per-call CPU
+    /// dispatch was 1.3% of a forward pass at 32 floats a row).
+    pub fn apply_rows(&self, rows: &mut [&mut [f32]], col0: usize) {
+        let Some(n) = rows.first().map(|r| r.len()) else {
+            return;
+        };
+        assert!(
+            rows.iter().all(|r| r.len() == n),
+            "epilogue: rows differ in length"
+        );
+        match (self.bias, self.gelu) {
+            (Some(b), true) => bias_gelu_rows(rows, &b[col0..col0 + n]),
+            (Some(b), false) => add_bias_rows(rows, &b[col0..col0 + n]),
+            (None, true) => rows.iter_mut().for_each(|r| gelu_in_place(r)),
+            (None, false) => {}
+        }
+    }
+
     /// Applies to every row of a dense `[rows, n]` result with row stride `ldc`.
     pub fn apply_all(&self, dst: &mut [f32], ldc: usize, rows: usize, n: usize) {
         if self.is_none() {
@@ -48,6 +67,28 @@ simd_fn! {
     fn add_bias(row: &mut [f32], bias: &[f32]) {
         for (x, b) in row.iter_mut().zip(bias) {
             *x += *b;
+        }
+    }
+}
+
+simd_fn! {
+    /// `row += bias` for each row.
+    fn add_bias_rows(rows: &mut [&mut [f32]], bias: &[f32]) {
+        for row in rows.iter_mut() {
+            for (x, b) in row.iter_mut().zip(bias) {
+                *x += *b;
+            }
+        }
+    }
+}
+
+simd_fn! {
+    /// `x = gelu(x + bias)` for each row.
+    fn bias_gelu_rows(rows: &mut [&mut [f32]], bias: &[f32]) {
+        for row in rows.iter_mut() {
+            for (x, b) in row.iter_mut().zip(bias) {
+                *x = gelu_scalar(*x + *b);
+            }
         }
     }
 }

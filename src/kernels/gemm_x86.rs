@@ -39,6 +39,8 @@ use std::arch::x86_64::*;
 use std::cell::RefCell;
 use std::sync::OnceLock;
 
+/// The most rows of any register tile.
+const MAX_MR: usize = 12;
 /// Rows of the AVX2 register tile (A panel width) (the AVX-512 tile: [`Avx512`]).
 const MR: usize = 6;
 /// Columns of the AVX2 register tile (B panel width) in ymm vectors, and in floats.
@@ -152,6 +154,7 @@ trait MicroKernel {
 
 struct Avx2;
 struct Avx512;
+const _: () = assert!(MAX_MR >= Avx2::MR && MAX_MR >= Avx512::MR);
 
 impl MicroKernel for Avx2 {
     const MR: usize = MR;
@@ -578,12 +581,16 @@ unsafe fn serial_packed_with<K: MicroKernel>(
                             overwrite,
                         );
                         if last_block && !epilogue.is_none() {
-                            for r in 0..mr {
-                                // SAFETY: the tile's rows lie in the result (the kernel
-                                // just wrote them); no other thread touches them.
-                                let row = std::slice::from_raw_parts_mut(tile.add(r * c.ld), nr);
-                                epilogue.apply(row, jr);
-                            }
+                            // SAFETY: the tile's rows lie in the result (the kernel just
+                            // wrote them), do not overlap, and no other thread touches them.
+                            let mut rows: [&mut [f32]; MAX_MR] = std::array::from_fn(|r| {
+                                if r < mr {
+                                    std::slice::from_raw_parts_mut(tile.add(r * c.ld), nr)
+                                } else {
+                                    &mut []
+                                }
+                            });
+                            epilogue.apply_rows(&mut rows[..mr], jr);
                         }
                     }
                 }
