@@ -1,0 +1,60 @@
+//! Products with prepacked weights at serving sizes, with the weights in cache ("hot":
+//! one matrix multiplied again and again) and as a forward pass meets them ("cold":
+//! 48 MiB of weight matrices taken in turn, so each comes from L3 or memory), best of
+//! 20 rounds (a development aid; issue 17's prefetch of the next weight panel).
+//!
+//! `cargo run --release --example gemm_cold [threads]`
+#[cfg(target_arch = "x86_64")]
+fn main() {
+    use corefocus::kernels::epilogue::Epilogue;
+    use corefocus::kernels::gemm_x86::{gemm_packed, Isa, PackedB};
+    use corefocus::kernels::matmul::MatRef;
+    use std::time::Instant;
+    let reps = 20;
+    let threads: usize = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    // (m, n, k): MiniLM-L6's products for one 128-token request, and a training batch's.
+    for &(m, n, k) in &[
+        (128usize, 384usize, 384usize),
+        (128, 1536, 384),
+        (128, 384, 1536),
+        (4096, 384, 384),
+    ] {
+        let a: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+            .collect();
+        let count = (48 << 20) / (4 * k * n);
+        let weights: Vec<PackedB> = (0..count)
+            .map(|s| {
+                let b: Vec<f32> = (0..k * n)
+                    .map(|i| (((i + s) * 104_729) % 1000) as f32 / 1000.0 - 0.5)
+                    .collect();
+                PackedB::new(Isa::best(), MatRef::new(&b, k, n))
+            })
+            .collect();
+        let mut c = vec![0.0f32; m * n];
+        for (label, cold) in [("hot", false), ("cold", true)] {
+            let mut best = f64::MAX;
+            for _ in 0..reps {
+                let t = Instant::now();
+                for i in 0..count {
+                    let b = &weights[if cold { i } else { 0 }];
+                    let a = MatRef::new(&a, m, k);
+                    gemm_packed(&mut c, n, a, b, false, threads, Epilogue::default());
+                }
+                best = best.min(t.elapsed().as_secs_f64() / count as f64);
+            }
+            let flops = 2.0 * (m * n * k) as f64;
+            println!(
+                "{m} x {n} x {k}, {threads} thread(s), {label}: {:.1} us ({:.0} GFLOP/s)",
+                best * 1e6,
+                flops / best / 1e9
+            );
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn main() {}
