@@ -24,12 +24,7 @@ fn normal_cdf(x: f32, lower_tail: f32) -> f32 {
 /// GELU of one value, x Φ(x), in f32 (relative error below 6e-7, see
 /// `gauss_and_lower_tail`).
 #[inline(always)]
-pub(crate) fn gelu_scalar(x: f32) -> f32 {
-    gelu(x)
-}
-
-#[inline(always)]
-fn gelu(x: f32) -> f32 {
+pub(crate) fn gelu(x: f32) -> f32 {
     let (_, lower_tail) = gauss_and_lower_tail(x);
     x * normal_cdf(x, lower_tail)
 }
@@ -54,15 +49,6 @@ simd_fn! {
     pub fn gelu_in_place(x: &mut [f32]) {
         for v in x.iter_mut() {
             *v = gelu(*v);
-        }
-    }
-}
-
-simd_fn! {
-    /// `x = gelu(x + bias)` in place, on the calling thread (a product's epilogue).
-    pub fn bias_gelu_in_place(x: &mut [f32], bias: &[f32]) {
-        for (v, b) in x.iter_mut().zip(bias) {
-            *v = gelu(*v + *b);
         }
     }
 }

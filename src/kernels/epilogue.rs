@@ -3,7 +3,7 @@
 //! feed-forward block's activation cost no extra pass over memory (inference only: a
 //! training forward keeps the pre-activation for the backward pass).
 
-use super::activations::{bias_gelu_in_place, gelu_in_place, gelu_scalar};
+use super::activations::{gelu, gelu_in_place};
 use super::fastmath::simd_fn;
 
 #[derive(Clone, Copy, Default, Debug)]
@@ -22,13 +22,7 @@ impl Epilogue<'_> {
 
     /// Applies to `row`, the result's columns `col0 .. col0 + row.len()` of one row.
     pub fn apply(&self, row: &mut [f32], col0: usize) {
-        let n = row.len();
-        match (self.bias, self.gelu) {
-            (Some(b), true) => bias_gelu_in_place(row, &b[col0..col0 + n]),
-            (Some(b), false) => add_bias(row, &b[col0..col0 + n]),
-            (None, true) => gelu_in_place(row),
-            (None, false) => {}
-        }
+        self.apply_rows(&mut [row], col0);
     }
 
     /// Applies to `rows`, each the result's columns `col0 .. col0 + len` of one row (all
@@ -62,17 +56,8 @@ impl Epilogue<'_> {
 }
 
 simd_fn! {
-    /// `row += bias` (compiled for the widest vectors the CPU has: the default target's
-    /// SSE2 loop was 2% of a forward pass).
-    fn add_bias(row: &mut [f32], bias: &[f32]) {
-        for (x, b) in row.iter_mut().zip(bias) {
-            *x += *b;
-        }
-    }
-}
-
-simd_fn! {
-    /// `row += bias` for each row.
+    /// `row += bias` for each row (compiled for the widest vectors the CPU has: the
+    /// default target's SSE2 loop was 2% of a forward pass).
     fn add_bias_rows(rows: &mut [&mut [f32]], bias: &[f32]) {
         for row in rows.iter_mut() {
             for (x, b) in row.iter_mut().zip(bias) {
@@ -87,7 +72,7 @@ simd_fn! {
     fn bias_gelu_rows(rows: &mut [&mut [f32]], bias: &[f32]) {
         for row in rows.iter_mut() {
             for (x, b) in row.iter_mut().zip(bias) {
-                *x = gelu_scalar(*x + *b);
+                *x = gelu(*x + *b);
             }
         }
     }

@@ -103,8 +103,8 @@ fn exp_f32_split(hi: f32, lo: f32) -> f32 {
 }
 
 /// `(e^(-x²/2), Φ(-|x|))` in f32, where Φ is the standard normal distribution function,
-/// with relative error below 1.5e-7 and 5e-7 wherever they are normal f32 numbers (also deep
-/// in the tail, where Φ(-|x|) is tiny); both are flushed to 0 once e^(-x²/2) < e^-87
+/// with relative errors below 1.5e-7 and 5e-7 wherever they are normal f32 numbers (also
+/// deep in the tail, where Φ(-|x|) is tiny); both are flushed to 0 once e^(-x²/2) < e^-87
 /// (|x| > 13.19, where Φ(-|x|) < 1e-39).
 ///
 /// Φ(-u) = e^(-u²/2) R(u) with R(u) = Φ(-u) e^(u²/2) (the Mills ratio over √(2π)),

@@ -57,10 +57,16 @@ pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 fn linger_time() -> Duration {
     static LINGER: OnceLock<Duration> = OnceLock::new();
     *LINGER.get_or_init(|| {
-        let ms = std::env::var("COREFOCUS_LINGER_MS")
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(DEFAULT_LINGER_MS);
+        let ms = match std::env::var("COREFOCUS_LINGER_MS") {
+            Err(_) => DEFAULT_LINGER_MS,
+            Ok(v) => v.trim().parse().unwrap_or_else(|_| {
+                eprintln!(
+                    "corefocus: COREFOCUS_LINGER_MS={v:?} is not a whole number of \
+                     milliseconds; using {DEFAULT_LINGER_MS}"
+                );
+                DEFAULT_LINGER_MS
+            }),
+        };
         Duration::from_millis(ms)
     })
 }
