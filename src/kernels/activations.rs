@@ -21,7 +21,7 @@ fn normal_cdf(x: f32, lower_tail: f32) -> f32 {
     }
 }
 
-/// GELU of one value, x Φ(x), in f32 (relative error below 6e-7, see
+/// GELU of one value, x Φ(x), in f32 (relative error below 5e-7, see
 /// `gauss_and_lower_tail`).
 #[inline(always)]
 pub(crate) fn gelu(x: f32) -> f32 {
@@ -113,7 +113,8 @@ mod tests {
             let rel = ((y as f64 - want) / want).abs();
             worst = worst.max(rel);
         }
-        assert!(worst < 6e-7, "worst relative error {worst:e}");
+        // 4.1e-7 measured: the f32 evaluation of the tail (was 2.5e-7 in f64, 2x slower).
+        assert!(worst < 5e-7, "worst relative error {worst:e}");
         // Spot values (PyTorch: gelu(1) = 0.8413447, gelu(-1) = -0.1586553).
         let mut y = [0.0f32; 3];
         gelu_forward(&[1.0, -1.0, 0.0], &mut y);

@@ -100,17 +100,7 @@ fn linger() {
     rayon::spawn(move || {
         let now_us = || epoch.elapsed().as_micros() as u64;
         loop {
-            let mut idle = 0u32;
-            while now_us() < UNTIL_US.load(Ordering::Acquire) {
-                if rayon::yield_now() == Some(rayon::Yield::Executed) {
-                    idle = 0;
-                } else if idle < 64 {
-                    idle += 1;
-                    std::hint::spin_loop();
-                } else {
-                    std::thread::yield_now();
-                }
-            }
+            poll_pool_while(|| now_us() < UNTIL_US.load(Ordering::Acquire));
             LINGERING.store(false, Ordering::Release);
             // A pass that ended just now may have seen the flag still set and left the
             // new deadline to this thread.
@@ -131,13 +121,19 @@ static LINGERING: AtomicBool = AtomicBool::new(false);
 /// I/O threads, a load generator) between polls; returns at once on the thread that runs
 /// the pass itself (`runner`), which would otherwise wait here instead of finishing it.
 fn keep_warm(done: &AtomicBool, runner: Option<usize>) {
-    /// Empty polls before yielding the core (a few microseconds of spinning).
-    const SPINS: u32 = 64;
     if rayon::current_thread_index() == runner {
         return;
     }
+    poll_pool_while(|| !done.load(Ordering::Acquire));
+}
+
+/// While `go_on()`, runs the pool's pending jobs, spinning briefly when there are none
+/// and then offering the core to other threads between polls.
+fn poll_pool_while(go_on: impl Fn() -> bool) {
+    /// Empty polls before yielding the core (a few microseconds of spinning).
+    const SPINS: u32 = 64;
     let mut idle = 0u32;
-    while !done.load(Ordering::Acquire) {
+    while go_on() {
         if rayon::yield_now() == Some(rayon::Yield::Executed) {
             idle = 0;
         } else if idle < SPINS {
