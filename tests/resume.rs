@@ -311,3 +311,102 @@ fn nan_loss_stops_and_keeps_the_last_good_checkpoint() {
     assert_eq!(metrics(&out).len(), 2);
     let _ = std::io::stdout().flush();
 }
+
+/// `train_args` with `--lr auto` over three rates (each trial: 3 steps on the toy data).
+fn auto_lr_args(data: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args = train_args(data, out, extra);
+    let lr = args.iter().position(|a| a == "--lr").unwrap();
+    args[lr + 1] = "auto".into();
+    args.extend(["--lr-grid".to_string(), "2e-5,1e-4,3e-4".to_string()]);
+    args
+}
+
+/// `lr_search.json` without its timing fields and the options (whose `--out` differs).
+fn lr_search(out: &Path) -> serde_json::Value {
+    let mut v = read_json(&out.join("lr_search.json"));
+    v.as_object_mut().unwrap().remove("options");
+    for t in v["trials"].as_array_mut().unwrap() {
+        t.as_object_mut().unwrap().remove("seconds");
+    }
+    v
+}
+
+fn options_of(args: &[String]) -> corefocus::train::TrainOptions {
+    corefocus::train::TrainCommand::parse_flags(args[1..].iter().map(String::as_str))
+        .expect("the test's train flags parse")
+}
+
+/// A run stopped (or killed) inside its `--lr auto` search, before any resume state exists,
+/// continues with `--resume` from the trials it finished, to the same final run; the
+/// experiment runner sees it as resumable.
+#[test]
+fn interrupted_lr_search_resumes_from_its_finished_trials() {
+    let s = Scratch::new("lr-search");
+    let data = s.path("data");
+    toy_data(&data);
+    let full = s.path("full");
+    succeeded(&corefocus(&auto_lr_args(&data, &full, &[])), "full run");
+    let chosen = lr_search(&full)["chosen"].as_f64().unwrap();
+    assert_eq!(lr_search(&full)["trials"].as_array().unwrap().len(), 3);
+
+    let parts = s.path("parts");
+    stopped(
+        &corefocus(&auto_lr_args(&data, &parts, &["--stop-after-trials", "1"])),
+        "stopped after one trial",
+    );
+    let partial = lr_search(&parts);
+    assert!(partial["chosen"].is_null(), "unfinished: {partial}");
+    assert_eq!(partial["trials"][0], lr_search(&full)["trials"][0]);
+    assert!(!parts.join("resume").exists() && !parts.join("corefocus.json").exists());
+    assert!(corefocus::train::has_resumable_run(&options_of(
+        &auto_lr_args(&data, &parts, &["--resume"])
+    )));
+    // Another rate is another run: neither resumable nor accepted by --resume.
+    let mut fixed = auto_lr_args(&data, &parts, &["--resume"]);
+    let lr = fixed.iter().position(|a| a == "--lr").unwrap();
+    fixed[lr + 1] = "1e-4".into();
+    assert!(!corefocus::train::has_resumable_run(&options_of(&fixed)));
+    expect(&corefocus(&fixed), "R01", &["--lr 0.0001", "auto"]);
+
+    let resumed = corefocus(&auto_lr_args(&data, &parts, &["--resume"]));
+    let log = succeeded(&resumed, "resumed search") + &String::from_utf8_lossy(&resumed.stderr);
+    assert_eq!(
+        log.matches("taken from the interrupted search").count(),
+        1,
+        "trial 1 is taken over, 2 and 3 are trained: {log}"
+    );
+    assert_eq!(lr_search(&parts)["chosen"].as_f64(), Some(chosen));
+    assert_eq!(lr_search(&parts), lr_search(&full));
+    assert_same_run(&full, &parts, "search stopped after one trial");
+
+    // Killed (SIGKILL) once a trial is saved, wherever the run then is.
+    let killed = s.path("killed");
+    let mut child = common::corefocus_command()
+        .args(auto_lr_args(&data, &killed, &[]))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while !killed.join("lr_search.json").is_file() {
+        assert!(start.elapsed().as_secs() < 120, "no trial within 120 s");
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the run ended ({status}) before it could be killed");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    succeeded(
+        &corefocus(&auto_lr_args(&data, &killed, &["--resume"])),
+        "resume after kill",
+    );
+    assert_eq!(lr_search(&killed), lr_search(&full));
+    assert_same_run(&full, &killed, "killed in the search");
+
+    // A fresh run (--overwrite) searches again rather than trusting an old file.
+    let again = corefocus(&auto_lr_args(&data, &parts, &["--overwrite"]));
+    let log = succeeded(&again, "overwrite") + &String::from_utf8_lossy(&again.stderr);
+    assert!(!log.contains("taken from the interrupted search"), "{log}");
+}

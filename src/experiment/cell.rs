@@ -55,18 +55,16 @@ pub fn cell_status(cell: &Cell) -> Result<CellStatus> {
     Ok(CellStatus::Done(Box::new(result)))
 }
 
-/// The options that continue an interrupted attempt of `cell` from its saved resume state,
-/// when there is one recorded with the same options; None (train from the start) otherwise.
+/// The options that continue an interrupted attempt of `cell` (from its resume state, or
+/// its unfinished `--lr auto` search) when it ran with the same options; None (train from
+/// the start) otherwise.
 pub fn resumable(cell: &Cell) -> Option<TrainOptions> {
-    // No (readable) state: nothing to continue.
-    let state = crate::train::resume::read_resume_state(&cell.dir).ok()?;
     let options = TrainOptions {
         resume: true,
         overwrite: false,
         ..cell.options.clone()
     };
-    let differing = crate::train::resume::differing_options(&state.options, &options).ok()?;
-    differing.is_empty().then_some(options)
+    crate::train::has_resumable_run(&options).then_some(options)
 }
 
 /// A cell held by this process: an exclusive advisory lock (`flock`) on

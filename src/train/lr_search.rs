@@ -2,8 +2,11 @@
 
 use super::options::TrainOptions;
 use super::prepare::{subsample, EncodedSet};
+use super::records::StoppedAfterTrial;
+use super::resume::{data_fingerprint, differing_options};
 use super::train_loop::{new_param_names, train_loop};
 use crate::model::Model;
+use crate::util::write_atomic;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -25,16 +28,26 @@ pub struct LrTrial {
     pub seconds: f64,
 }
 
-/// What `--lr auto` did (`<out>/lr_search.json`).
+/// What `--lr auto` did (`<out>/lr_search.json`), rewritten after every trial so that an
+/// interrupted search continues where it stopped (`--resume`; the experiment runner).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct LrSearch {
-    pub chosen: f64,
+    /// None while the search is unfinished.
+    pub chosen: Option<f64>,
+    /// The finished trials, in the order of `grid`.
     pub trials: Vec<LrTrial>,
     pub trial_train_examples: usize,
     pub trial_dev_examples: usize,
     pub trial_steps: u64,
-    /// The options the search ran with (a resumed run reuses it only when they match).
     pub grid: Vec<f64>,
+    /// The run's options and [`data_fingerprint`] of its encoded training and validation
+    /// data: the trials are reused only by a run with the same (absent in files written
+    /// before they were recorded; such a search is reused only with a resume state, which
+    /// carries both).
+    #[serde(default)]
+    pub options: Option<TrainOptions>,
+    #[serde(default)]
+    pub data_fingerprint: Option<String>,
 }
 
 impl LrSearch {
@@ -46,24 +59,45 @@ impl LrSearch {
             .collect::<Vec<_>>()
             .join(", ")
     }
+
+    /// Whether a run with `opts` on data with `fingerprint` may reuse these trials: same
+    /// options (control flags aside) and same data, or, for a file that recorded neither,
+    /// the same grid.
+    pub fn reusable_by(&self, opts: &TrainOptions, fingerprint: &str) -> bool {
+        match (&self.options, &self.data_fingerprint) {
+            (Some(options), Some(data)) => {
+                data == fingerprint && differing_options(options, opts).is_ok_and(|d| d.is_empty())
+            }
+            _ => self.grid == opts.lr_grid,
+        }
+    }
 }
 
-pub fn read_lr_search(out: &Path, opts: &TrainOptions) -> Option<LrSearch> {
+/// `<out>/lr_search.json` when it is there and readable.
+pub fn read_lr_search(out: &Path) -> Option<LrSearch> {
     let text = std::fs::read_to_string(out.join(LR_SEARCH_FILE)).ok()?;
-    let search: LrSearch = serde_json::from_str(&text).ok()?;
-    (search.grid == opts.lr_grid).then_some(search)
+    serde_json::from_str(&text).ok()
+}
+
+fn write_lr_search(out: &Path, search: &LrSearch) -> Result<()> {
+    write_atomic(
+        &out.join(LR_SEARCH_FILE),
+        serde_json::to_string_pretty(search)?.as_bytes(),
+    )
 }
 
 /// `--lr auto`: for each candidate of `--lr-grid`, a fresh model trains one short run (a
 /// seeded subset of the training split worth about 1/8 of the run's steps, at least 40
 /// steps, with the run's warm-up and decay compressed into it) and is scored on up to
 /// [`LR_TRIAL_DEV`] validation examples; the lowest validation loss wins (ties: the
-/// smaller rate). The test split is never looked at.
+/// smaller rate). The test split is never looked at. After each trial the search so far is
+/// written to `<out>/lr_search.json`; the trials of `earlier` (an interrupted search of the
+/// same run) are taken over instead of being trained again.
 pub fn search_lr(
     opts: &TrainOptions,
+    earlier: Option<LrSearch>,
     build: &dyn Fn() -> Result<Model>,
-    train: &EncodedSet,
-    dev: &EncodedSet,
+    (train, dev): (&EncodedSet, &EncodedSet),
     labels: &[String],
     pad_id: u32,
 ) -> Result<LrSearch> {
@@ -84,8 +118,30 @@ pub fn search_lr(
     let trial_train = pick(train, n_train, opts.seed ^ 0x17A1);
     let trial_dev = pick(dev, LR_TRIAL_DEV, opts.seed ^ 0x17A2);
     let trial_steps = trial_train.len().div_ceil(opts.batch_size) as u64;
-    let mut trials = Vec::new();
+    let mut search = LrSearch {
+        chosen: None,
+        trials: Vec::new(),
+        trial_train_examples: trial_train.len(),
+        trial_dev_examples: trial_dev.len(),
+        trial_steps,
+        grid: opts.lr_grid.clone(),
+        options: Some(opts.clone()),
+        data_fingerprint: Some(data_fingerprint(&[train, dev])),
+    };
+    let mut reused = earlier.map(|e| e.trials).unwrap_or_default().into_iter();
     for (k, &lr) in opts.lr_grid.iter().enumerate() {
+        if let Some(trial) = reused.next().filter(|t| t.lr == lr) {
+            eprintln!(
+                "corefocus train: --lr auto, trial {}/{} at lr {lr:e}: val loss {:.4}, taken from \
+                 the interrupted search in {}",
+                k + 1,
+                opts.lr_grid.len(),
+                trial.val_loss,
+                opts.out.join(LR_SEARCH_FILE).display()
+            );
+            search.trials.push(trial);
+            continue;
+        }
         eprintln!(
             "corefocus train: --lr auto, trial {}/{} at lr {lr:e} ({} training examples, {trial_steps} steps, {} validation examples)",
             k + 1,
@@ -112,20 +168,35 @@ pub fn search_lr(
                 let r = &summary.records[summary.best];
                 (r.val_loss, r.val_accuracy)
             }
-            Err(e) if super::stop::is_stopped_on_request(&e) => return Err(e),
+            Err(e) if super::stop::is_stopped_on_request(&e) => {
+                return Err(e.context(format!(
+                    "--lr auto stopped in trial {}; the finished trials are saved in {} \
+                     (continue with --resume)",
+                    k + 1,
+                    opts.out.join(LR_SEARCH_FILE).display()
+                )))
+            }
             Err(e) => {
                 eprintln!("corefocus train: --lr auto, lr {lr:e} diverged: {e:#}");
                 (f64::INFINITY, 0.0)
             }
         };
-        trials.push(LrTrial {
+        search.trials.push(LrTrial {
             lr,
             val_loss,
             val_accuracy,
             seconds: start.elapsed().as_secs_f64(),
         });
+        write_lr_search(&opts.out, &search)?;
+        if opts.stop_after_trials == Some(search.trials.len() as u64) {
+            return Err(StoppedAfterTrial {
+                trial: search.trials.len(),
+            }
+            .into());
+        }
     }
-    let best = trials
+    let best = search
+        .trials
         .iter()
         .filter(|t| t.val_loss.is_finite())
         .min_by(|a, b| {
@@ -134,12 +205,7 @@ pub fn search_lr(
                 .then(a.lr.total_cmp(&b.lr))
         })
         .context("--lr auto: every trial diverged (non-finite loss); pass a smaller --lr-grid")?;
-    Ok(LrSearch {
-        chosen: best.lr,
-        trials: trials.clone(),
-        trial_train_examples: trial_train.len(),
-        trial_dev_examples: trial_dev.len(),
-        trial_steps,
-        grid: opts.lr_grid.clone(),
-    })
+    search.chosen = Some(best.lr);
+    write_lr_search(&opts.out, &search)?;
+    Ok(search)
 }

@@ -29,7 +29,7 @@ pub use checkpoint::{load_checkpoint, save_checkpoint, CheckpointMeta};
 pub use eval::{evaluate, EvalResult};
 pub use options::{LrSpec, MethodArgs, MethodDefaults, TrainCommand, TrainOptions};
 pub use records::{EpochRecord, LossPoint, LOSS_WINDOW};
-pub use run::{run_train, TrainOutcome};
+pub use run::{has_resumable_run, run_train, TrainOutcome};
 pub use schedule::LinearSchedule;
 pub use step::{train_step, StepBatch, StepResult, StepSettings, Trainable};
 pub use stop::{clear_stop_request, is_stopped_on_request, request_stop, StoppedOnRequest};

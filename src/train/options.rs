@@ -405,6 +405,9 @@ pub struct TrainOptions {
     /// Test only: save the resume state after optimizer step N, then exit with status 3.
     #[arg(long, hide = true)]
     pub stop_after_steps: Option<u64>,
+    /// Test only: with `--lr auto`, exit with status 3 once the N-th trial is saved.
+    #[arg(long, hide = true)]
+    pub stop_after_trials: Option<u64>,
     /// Test only: make the logits (so the loss) NaN at optimizer step N (1-based).
     #[arg(long, hide = true)]
     pub inject_nan_at_step: Option<u64>,
@@ -461,6 +464,7 @@ impl Default for TrainOptions {
             resume: false,
             save_every: 0,
             stop_after_steps: None,
+            stop_after_trials: None,
             inject_nan_at_step: None,
         }
     }
@@ -530,6 +534,7 @@ impl TrainOptions {
         );
         for (flag, n) in [
             ("--stop-after-steps", self.stop_after_steps),
+            ("--stop-after-trials", self.stop_after_trials),
             ("--inject-nan-at-step", self.inject_nan_at_step),
         ] {
             ensure!(n != Some(0), "{flag} must be at least 1");

@@ -56,9 +56,29 @@ impl std::fmt::Display for StoppedForTest {
 
 impl std::error::Error for StoppedForTest {}
 
-/// Whether `err` (or an error it wraps) is a [`StoppedForTest`].
+/// The error `--stop-after-trials` ends `--lr auto` with, after saving its trials.
+#[derive(Debug)]
+pub struct StoppedAfterTrial {
+    pub trial: usize,
+}
+
+impl std::fmt::Display for StoppedAfterTrial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "stopped after learning-rate trial {} as asked by --stop-after-trials, with the \
+             finished trials saved (continue with --resume)",
+            self.trial
+        )
+    }
+}
+
+impl std::error::Error for StoppedAfterTrial {}
+
+/// Whether `err` (or an error it wraps) is a [`StoppedForTest`] or a [`StoppedAfterTrial`].
 pub fn is_stopped_for_test(err: &anyhow::Error) -> bool {
-    err.chain().any(|e| e.is::<StoppedForTest>())
+    err.chain()
+        .any(|e| e.is::<StoppedForTest>() || e.is::<StoppedAfterTrial>())
 }
 
 /// Running sums of the epoch in progress, so that its record comes out as if the run had

@@ -75,6 +75,7 @@ const CONTROL_OPTIONS: &[&str] = &[
     "resume",
     "save_every",
     "stop_after_steps",
+    "stop_after_trials",
     "inject_nan_at_step",
     "overwrite",
 ];

@@ -5,7 +5,7 @@
 use super::checkpoint::{load_checkpoint, save_checkpoint, CheckpointMeta, META_FILE};
 use super::curves::plot_training_curves;
 use super::eval::{eval_logits_with_progress, evaluate};
-use super::lr_search::{read_lr_search, search_lr, LR_SEARCH_FILE};
+use super::lr_search::{read_lr_search, search_lr};
 use super::options::{LrSpec, TrainOptions};
 use super::outputs::{check_out_dir, prepare_out_dir, report_json, write_run_marker, MetricsLog};
 use super::prepare::{
@@ -40,7 +40,7 @@ pub struct TrainOutcome {
 /// the test split if there is one.
 pub fn run_train(opts: &TrainOptions) -> Result<TrainOutcome> {
     opts.validate()?;
-    let resume_state = read_resume_or_check_out(opts)?;
+    let start = read_resume_or_check_out(opts)?;
     // `--model` may name a hub model: resolved once to a local directory (the options
     // keep what the user wrote, so `--resume` compares like with like).
     let model_dir = crate::model::hub::resolve_model(&opts.model)?;
@@ -98,7 +98,7 @@ pub fn run_train(opts: &TrainOptions) -> Result<TrainOutcome> {
         &tokenizer,
         (&train, &dev),
         &labels,
-        resume_state,
+        start,
     )?;
     drop(model);
 
@@ -139,7 +139,7 @@ fn fit(
     tokenizer: &TextTokenizer,
     (train, dev): (&EncodedSet, &EncodedSet),
     labels: &[String],
-    resume_state: Option<resume::ResumeState>,
+    start: Start,
 ) -> Result<(f64, LoopSummary)> {
     let steps = train.len().div_ceil(opts.batch_size) * opts.epochs;
     let fingerprint = resume::data_fingerprint(&[train, dev]);
@@ -151,13 +151,17 @@ fn fit(
         stop_after_steps: opts.stop_after_steps,
         inject_nan_at_step: opts.inject_nan_at_step,
     };
-    if let Some(state) = resume_state {
+    let data_must_match = |saved: &str| {
         ensure!(
-            state.data_fingerprint == fingerprint,
+            saved == fingerprint,
             "--resume: the encoded training or validation data differ from those of the \
              interrupted run in {} (dataset, tokenizer or --max-len changed?)",
             opts.out.display()
         );
+        Ok(())
+    };
+    if let Start::Saved(state) = start {
+        data_must_match(&state.data_fingerprint)?;
         let optimizer =
             resume::load_resume_tensors(&opts.out, &mut model.params, opts.adamw_config())?;
         let position = state.loop_position;
@@ -169,11 +173,21 @@ fn fit(
         kept = metrics.restore(&position.records, position.best)?;
         control.start = Some((position, optimizer));
         write_run_marker(&opts.out)?;
+    } else if let Start::AfterSearch = start {
+        let search = read_lr_search(&opts.out);
+        data_must_match(
+            search
+                .and_then(|s| s.data_fingerprint)
+                .as_deref()
+                .unwrap_or(""),
+        )?;
+        eprintln!("corefocus train: resuming the --lr auto search, then training from step 0");
+        write_run_marker(&opts.out)?;
     } else {
         prepare_out_dir(&opts.out, opts.overwrite)?;
     }
     let pad_id = tokenizer.pad_id();
-    let lr = choose_lr(opts, build, train, dev, labels, pad_id)?;
+    let lr = choose_lr(opts, build, (train, dev), &fingerprint, labels, pad_id)?;
     let mut settings = opts.loop_settings(lr);
     settings.new_params = new_param_names(model);
     let result = train_loop_with(
@@ -232,26 +246,66 @@ fn fit(
     Ok((lr, summary))
 }
 
-/// With `--resume`, the interrupted run's state (its options must equal these); without,
-/// checks that `--out` can take a new run (nothing is deleted before the inputs load).
-fn read_resume_or_check_out(opts: &TrainOptions) -> Result<Option<resume::ResumeState>> {
+/// Whether `train --resume` with `opts` has something to continue in `--out`: a resume
+/// state, or (before the first) an `--lr auto` search, saved by a run with the same options.
+pub fn has_resumable_run(opts: &TrainOptions) -> bool {
+    let same =
+        |saved: &TrainOptions| resume::differing_options(saved, opts).is_ok_and(|d| d.is_empty());
+    if let Ok(state) = resume::read_resume_state(&opts.out) {
+        return same(&state.options);
+    }
+    !opts.out.join(META_FILE).is_file()
+        && read_lr_search(&opts.out)
+            .and_then(|s| s.options)
+            .is_some_and(|saved| same(&saved))
+}
+
+/// How a run starts.
+enum Start {
+    /// A new run (`--out` is checked; nothing is removed before the inputs load).
+    Fresh,
+    /// `--resume` of a run that stopped before its first resume state (in its `--lr auto`
+    /// search, or in the first steps after it): training starts over, the finished trials
+    /// in `lr_search.json` are taken over.
+    AfterSearch,
+    /// `--resume` from the saved state.
+    Saved(resume::ResumeState),
+}
+
+/// With `--resume`, what the interrupted run left (its options must equal these); without,
+/// checks that `--out` can take a new run.
+fn read_resume_or_check_out(opts: &TrainOptions) -> Result<Start> {
     if !opts.resume {
         check_out_dir(&opts.out, opts.overwrite)?;
-        return Ok(None);
+        return Ok(Start::Fresh);
     }
     // A save interrupted by a crash is completed or undone first, so the state read is
     // the last one saved and no temporary copy lingers in --out.
     remove_stale_temporaries(&opts.out, META_FILE)?;
     remove_stale_temporaries(&resume::resume_dir(&opts.out), resume::STATE_FILE)?;
+    let options_must_match = |saved: &TrainOptions| -> Result<()> {
+        let differing = resume::differing_options(saved, opts)?;
+        ensure!(
+            differing.is_empty(),
+            "--resume: options differ from those of the interrupted run in {}: {}; pass the same options",
+            opts.out.display(),
+            differing.join("; ")
+        );
+        Ok(())
+    };
+    let no_state = !resume::resume_dir(&opts.out)
+        .join(resume::STATE_FILE)
+        .is_file();
+    let no_checkpoint = !opts.out.join(META_FILE).is_file();
+    if no_state && no_checkpoint {
+        if let Some(saved) = read_lr_search(&opts.out).and_then(|s| s.options) {
+            options_must_match(&saved)?;
+            return Ok(Start::AfterSearch);
+        }
+    }
     let state = resume::read_resume_state(&opts.out)?;
-    let differing = resume::differing_options(&state.options, opts)?;
-    ensure!(
-        differing.is_empty(),
-        "--resume: options differ from those of the interrupted run in {}: {}; pass the same options",
-        opts.out.display(),
-        differing.join("; ")
-    );
-    Ok(Some(state))
+    options_must_match(&state.options)?;
+    Ok(Start::Saved(state))
 }
 
 /// The dataset's train / validation / test splits as this run uses them: `--max-*-examples`
@@ -290,36 +344,34 @@ fn load_splits(opts: &TrainOptions) -> Result<ResolvedSplits> {
     Ok(splits)
 }
 
-/// The peak learning rate: `--lr`, or what `--lr auto` chooses (its search is saved in
-/// `<out>/lr_search.json` and reused by `--resume`).
+/// The peak learning rate: `--lr`, or what `--lr auto` chooses. The search is saved in
+/// `<out>/lr_search.json` as it goes; `--resume` takes over its finished trials (all of
+/// them when it was complete) if they were made with the same options and data.
 fn choose_lr(
     opts: &TrainOptions,
     build: &dyn Fn() -> Result<Model>,
-    train: &EncodedSet,
-    dev: &EncodedSet,
+    (train, dev): (&EncodedSet, &EncodedSet),
+    fingerprint: &str,
     labels: &[String],
     pad_id: u32,
 ) -> Result<f64> {
     if let LrSpec::Fixed(lr) = opts.lr {
         return Ok(lr);
     }
-    let search = match read_lr_search(&opts.out, opts).filter(|_| opts.resume) {
-        Some(search) => search,
-        None => {
-            let search = search_lr(opts, build, train, dev, labels, pad_id)?;
-            write_atomic(
-                &opts.out.join(LR_SEARCH_FILE),
-                serde_json::to_string_pretty(&search)?.as_bytes(),
-            )?;
-            search
-        }
+    let earlier =
+        read_lr_search(&opts.out).filter(|s| opts.resume && s.reusable_by(opts, fingerprint));
+    let search = match earlier {
+        Some(search) if search.chosen.is_some() => search,
+        earlier => search_lr(opts, earlier, build, (train, dev), labels, pad_id)?,
     };
+    let chosen = search
+        .chosen
+        .context("--lr auto: the search chose no rate")?;
     eprintln!(
-        "corefocus train: --lr auto chose {:e} ({})",
-        search.chosen,
+        "corefocus train: --lr auto chose {chosen:e} ({})",
         search.summary()
     );
-    Ok(search.chosen)
+    Ok(chosen)
 }
 
 /// Evaluates the saved checkpoint (not the model in memory: the best epoch may be an
