@@ -32,7 +32,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Fine-tune a classifier; keeps the checkpoint with the lowest validation loss.
-    Train(TrainOptions),
+    Train(Box<TrainOptions>),
     /// Evaluate a checkpoint on a dataset split; prints the report table.
     Eval(EvalOptions),
     /// Classify texts, one per input line; writes JSON Lines to standard output.

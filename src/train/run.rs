@@ -269,7 +269,7 @@ enum Start {
     /// in `lr_search.json` are taken over.
     AfterSearch,
     /// `--resume` from the saved state.
-    Saved(resume::ResumeState),
+    Saved(Box<resume::ResumeState>),
 }
 
 /// With `--resume`, what the interrupted run left (its options must equal these); without,
@@ -305,7 +305,7 @@ fn read_resume_or_check_out(opts: &TrainOptions) -> Result<Start> {
     }
     let state = resume::read_resume_state(&opts.out)?;
     options_must_match(&state.options)?;
-    Ok(Start::Saved(state))
+    Ok(Start::Saved(Box::new(state)))
 }
 
 /// The dataset's train / validation / test splits as this run uses them: `--max-*-examples`
