@@ -1,12 +1,14 @@
 //! Products with prepacked weights at serving sizes, with the weights in cache ("hot":
 //! one matrix multiplied again and again) and as a forward pass meets them ("cold":
 //! 48 MiB of weight matrices taken in turn, so each comes from L3 or memory), best of
-//! 20 rounds (a development aid; issue 17's prefetch of the next weight panel).
+//! 20 rounds (a development aid; issue 17's prefetch of the next weight panel), in f32
+//! and, where the CPU has AMX, in bf16 (`--precision bf16`).
 //!
 //! `cargo run --release --example gemm_cold [threads]`
 #[cfg(target_arch = "x86_64")]
 fn main() {
     use corefocus::kernels::epilogue::Epilogue;
+    use corefocus::kernels::gemm_amx::{self, gemm_bf16, PackedBf16};
     use corefocus::kernels::gemm_x86::{gemm_packed, Isa, PackedB};
     use corefocus::kernels::matmul::MatRef;
     use std::time::Instant;
@@ -26,29 +28,44 @@ fn main() {
             .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
             .collect();
         let count = (48 << 20) / (4 * k * n);
-        let weights: Vec<PackedB> = (0..count)
+        let weights: Vec<(PackedB, Option<PackedBf16>)> = (0..count)
             .map(|s| {
                 let b: Vec<f32> = (0..k * n)
                     .map(|i| (((i + s) * 104_729) % 1000) as f32 / 1000.0 - 0.5)
                     .collect();
-                PackedB::new(Isa::best(), MatRef::new(&b, k, n))
+                let b = MatRef::new(&b, k, n);
+                let bf16 = gemm_amx::available().then(|| PackedBf16::new(b));
+                (PackedB::new(Isa::best(), b), bf16)
             })
             .collect();
         let mut c = vec![0.0f32; m * n];
-        for (label, cold) in [("hot", false), ("cold", true)] {
+        let precisions: &[&str] = if gemm_amx::available() {
+            &["f32", "bf16"]
+        } else {
+            &["f32"]
+        };
+        for (label, cold, precision) in [("hot", false), ("cold", true)]
+            .into_iter()
+            .flat_map(|(l, c)| precisions.iter().map(move |&p| (l, c, p)))
+        {
             let mut best = f64::MAX;
             for _ in 0..reps {
                 let t = Instant::now();
                 for i in 0..count {
-                    let b = &weights[if cold { i } else { 0 }];
+                    let (b, b16) = &weights[if cold { i } else { 0 }];
                     let a = MatRef::new(&a, m, k);
-                    gemm_packed(&mut c, n, a, b, false, threads, Epilogue::default());
+                    match (precision, b16) {
+                        ("bf16", Some(b16)) => {
+                            gemm_bf16(&mut c, n, a, b16, false, threads, Epilogue::default())
+                        }
+                        _ => gemm_packed(&mut c, n, a, b, false, threads, Epilogue::default()),
+                    }
                 }
                 best = best.min(t.elapsed().as_secs_f64() / count as f64);
             }
             let flops = 2.0 * (m * n * k) as f64;
             println!(
-                "{m} x {n} x {k}, {threads} thread(s), {label}: {:.1} us ({:.0} GFLOP/s)",
+                "{m} x {n} x {k}, {threads} thread(s), {label}, {precision}: {:.1} us ({:.0} GFLOP/s)",
                 best * 1e6,
                 flops / best / 1e9
             );

@@ -14,7 +14,9 @@ each engine's median over corefocus bert's (above 1: corefocus is faster).
   SkipLayerNorm, BiasGelu; the fusion counts are printed), ORT_ENABLE_ALL, one session
   with intra_op_num_threads = threads.
 - corefocus: `corefocus._corefocus.NativeTimedModel`, the Model::forward and train_step
-  that `corefocus bench` times, for each --variants entry.
+  that `corefocus bench` times, for each --variants entry (`VARIANT/bf16`: its forward
+  passes with the linear layers in bf16, `--precision bf16`, Intel AMX only; such entries
+  are left out of the training rows, which are f32).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ def parse_args():
     p.add_argument("--model", required=True, help="HF-format BERT checkpoint directory")
     p.add_argument("--shapes", default="1x128,8x512", help="forward shapes, BATCHxLEN,...")
     p.add_argument("--train-shapes", default="8x512", help="training-step shapes ('' for none)")
-    p.add_argument("--variants", default="bert,pf,pfc@5", help="corefocus variants")
+    p.add_argument("--variants", default="bert,pf,pfc@5", help="corefocus variants, e.g. bert,pfc@5,bert/bf16")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--reps", type=int, default=10)
@@ -160,7 +162,11 @@ def main():
     def version(module):
         return module.__version__ if module else "not loaded"
 
-    cf = {v: NativeTimedModel.load(args.model, v, 2) for v in variants}
+    def load_cf(entry):
+        variant, _, precision = entry.partition("/")
+        return NativeTimedModel.load(args.model, variant, 2, precision or "f32")
+
+    cf = {v: load_cf(v) for v in variants}
 
     def forward_engines(ids):
         lists = ids.astype(np.uint32).tolist()
@@ -184,7 +190,9 @@ def main():
         lists = ids.astype(np.uint32).tolist()
         labels = [i % 2 for i in range(ids.shape[0])]
         engines = [
-            (f"corefocus {v}", (lambda m: lambda: m.train_step(lists, labels))(m)) for v, m in cf.items()
+            (f"corefocus {v}", (lambda m: lambda: m.train_step(lists, labels))(m))
+            for v, m in cf.items()
+            if "/" not in v
         ]
         if "pytorch" in chosen:
             t_ids = torch.from_numpy(ids)

@@ -785,6 +785,57 @@ the plot
         &s.arg("missing.txt"),
     ]));
     expect(&out, "I02", &["missing.txt"]);
+    // --precision bf16 where there is no AMX (COREFOCUS_AMX=off pretends so) is refused
+    // before anything loads; where there is, its labels agree with f32 here.
+    let no_amx = common::corefocus_command()
+        .env("COREFOCUS_AMX", "off")
+        .args(strings(&[
+            "predict",
+            "--checkpoint",
+            good.to_str().unwrap(),
+            "--precision",
+            "bf16",
+        ]))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    expect(&no_amx, "I10", &[]);
+    let out = eval(&good, &["--precision", "bf16"]);
+    if out.status.success() {
+        let f32_report = succeeded(&eval(&good, &[]), "eval f32");
+        let accuracy = |report: &str| {
+            report
+                .lines()
+                .find(|l| l.trim_start().starts_with("accuracy"))
+                .map(|l| l.to_string())
+        };
+        assert_eq!(
+            accuracy(&String::from_utf8_lossy(&out.stdout)),
+            accuracy(&f32_report),
+            "bf16 and f32 accuracy on the toy test split"
+        );
+    } else {
+        expect(&out, "I10", &[]);
+    }
+    let bench_bf16 = corefocus(&strings(&[
+        "bench",
+        "--config",
+        model.to_str().unwrap(),
+        "--batch",
+        "1",
+        "--seq",
+        "16",
+        "--variant",
+        "bert",
+        "--reps",
+        "1",
+        "--precision",
+        "bf16",
+    ]));
+    let amx = corefocus::kernels::matmul::Precision::Bf16
+        .check_available()
+        .is_ok();
+    expect(&bench_bf16, if amx { "I11" } else { "I10" }, &[]);
     expect(
         &eval(&good, &["--split", "validation"]),
         "I03",

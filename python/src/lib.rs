@@ -7,6 +7,7 @@
 //! `ValueError` with clap's message. The GIL is released while the library computes.
 
 use corefocus::bench::timed::TimedModel;
+use corefocus::kernels::matmul::Precision;
 use corefocus::infer::{first_non_finite_row, is_blank, Classifier, BLANK_TEXT};
 use corefocus::train::{
     clear_stop_request, is_stopped_on_request, request_stop, run_train, TrainCommand, TrainOutcome,
@@ -35,14 +36,27 @@ struct NativeClassifier {
     inner: Classifier,
 }
 
+/// "f32" or "bf16" (else ValueError).
+fn parse_precision(s: &str) -> PyResult<Precision> {
+    s.parse()
+        .map_err(|e: String| pyo3::exceptions::PyValueError::new_err(e))
+}
+
 #[pymethods]
 impl NativeClassifier {
-    /// Loads a `corefocus train` checkpoint; `max_len` overrides its truncation length.
+    /// Loads a `corefocus train` checkpoint; `max_len` overrides its truncation length;
+    /// the linear layers multiply at `precision` ("f32" or "bf16").
     #[staticmethod]
-    #[pyo3(signature = (path, max_len=None))]
-    fn load(py: Python<'_>, path: PathBuf, max_len: Option<usize>) -> PyResult<Self> {
+    #[pyo3(signature = (path, max_len=None, precision="f32"))]
+    fn load(
+        py: Python<'_>,
+        path: PathBuf,
+        max_len: Option<usize>,
+        precision: &str,
+    ) -> PyResult<Self> {
+        let precision = parse_precision(precision)?;
         let inner = py
-            .allow_threads(|| Classifier::load(&path, max_len))
+            .allow_threads(|| Classifier::load_with(&path, max_len, precision))
             .map_err(py_err)?;
         Ok(NativeClassifier { inner })
     }
@@ -226,16 +240,20 @@ struct NativeTimedModel {
 #[pymethods]
 impl NativeTimedModel {
     /// The HF-format BERT checkpoint in `model_dir` as `variant` (`bench --variant`'s
-    /// grammar: bert, pf, pfc@5, ...) with a `num_labels`-class head.
+    /// grammar: bert, pf, pfc@5, ...) with a `num_labels`-class head; forward passes
+    /// multiply at `precision` ("f32" or "bf16").
     #[staticmethod]
+    #[pyo3(signature = (model_dir, variant, num_labels, precision="f32"))]
     fn load(
         py: Python<'_>,
         model_dir: PathBuf,
         variant: String,
         num_labels: usize,
+        precision: &str,
     ) -> PyResult<Self> {
+        let precision = parse_precision(precision)?;
         let inner = py
-            .allow_threads(|| TimedModel::load(&model_dir, &variant, num_labels))
+            .allow_threads(|| TimedModel::load(&model_dir, &variant, num_labels, precision))
             .map_err(py_err)?;
         Ok(NativeTimedModel { inner })
     }

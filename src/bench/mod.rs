@@ -5,6 +5,7 @@ pub mod peak;
 pub mod run;
 pub mod timed;
 
+use crate::kernels::matmul::Precision;
 use anyhow::{Context, Result};
 use std::path::PathBuf;
 
@@ -54,6 +55,10 @@ pub struct BenchArgs {
     /// Report time per kernel (model-level call sites) of the training steps.
     #[arg(long)]
     pub profile: bool,
+    /// Arithmetic of the forward passes' linear layers (with --forward-only): f32, or bf16
+    /// (needs Intel AMX), as `predict --precision`.
+    #[arg(long, default_value = "f32")]
+    pub precision: Precision,
     /// Print JSON instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -101,6 +106,7 @@ pub fn run_bench(args: &BenchArgs) -> Result<run::BenchReport> {
         forward: !args.no_forward,
         train: !args.forward_only,
         profile: args.profile,
+        precision: args.precision,
     };
     let report = run::run(&opts)?;
     let table = run::format_table(&report);

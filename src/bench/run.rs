@@ -4,6 +4,7 @@
 
 use super::flops::{backward_flops, forward_flops};
 use crate::alloc;
+use crate::kernels::matmul::Precision;
 use crate::model::{checkpoint, Batch, BertConfig, MethodConfig, Mode, Model, ParamStore, Variant};
 use crate::rng::Rng;
 use crate::train::adamw::{AdamW, AdamWConfig};
@@ -67,6 +68,8 @@ pub struct BenchOptions {
     pub train: bool,
     /// Accumulate per-kernel time of the timed training steps.
     pub profile: bool,
+    /// Of the forward passes' linear layers (forward-only runs; training is f32).
+    pub precision: Precision,
 }
 
 /// Parses a variant spec (the grammar of [`crate::variant_spec`], e.g. `pfc@7`, `pf:0.8`,
@@ -153,6 +156,8 @@ pub struct BenchReport {
     pub peak_rss_bytes: Option<usize>,
     /// The FMA peak of all threads, measured here ([`super::peak`]).
     pub fma_peak: Option<super::peak::FmaPeak>,
+    /// Of the forward passes' linear layers.
+    pub precision: Precision,
     pub results: Vec<VariantResult>,
 }
 
@@ -188,6 +193,12 @@ fn cpu_features() -> String {
 
 /// Runs the benchmark; prints nothing (see `format_table`).
 pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
+    opts.precision.check_available()?;
+    anyhow::ensure!(
+        opts.precision == Precision::F32 || !opts.train,
+        "--precision {} times forward passes only (training is f32): add --forward-only",
+        opts.precision
+    );
     let (bert, base, name): (BertConfig, Option<ParamStore>, String) = match &opts.model {
         BenchModel::MiniLmL6 => (BertConfig::minilm_l6(), None, "minilm-l6".into()),
         BenchModel::BertBase => (BertConfig::bert_base(), None, "bert-base".into()),
@@ -258,7 +269,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
         // Forward passes only: the weights never change, so they are packed once, as
         // `predict` and `serve` do (`Classifier::load`).
         for r in &mut runners {
-            r.model.params.pack_linear_weights();
+            r.model.params.pack_linear_weights_as(opts.precision);
         }
     }
 
@@ -305,6 +316,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
         counting_allocator: alloc::is_counting(),
         peak_rss_bytes: alloc::peak_rss_bytes(),
         fma_peak: super::peak::fma_peak(),
+        precision: opts.precision,
         results,
     })
 }
@@ -470,8 +482,8 @@ fn mib(b: usize) -> f64 {
 /// A Markdown table of the report.
 pub fn format_table(r: &BenchReport) -> String {
     let mut s = format!(
-        "model {} ({} layers, hidden {}), batch {} x {} tokens, {} threads, cpu {}, {} warm-up + {} timed rounds (interleaved)\n\n",
-        r.model, r.layers, r.hidden, r.batch, r.seq, r.threads, r.cpu, r.warmup, r.reps
+        "model {} ({} layers, hidden {}), batch {} x {} tokens, {} threads, cpu {}, {} warm-up + {} timed rounds (interleaved), {} forward products\n\n",
+        r.model, r.layers, r.hidden, r.batch, r.seq, r.threads, r.cpu, r.warmup, r.reps, r.precision
     );
     s.push_str("| variant | train step median s | min s | forward median s | min s | activation peak MiB | + params/grads/AdamW MiB | train GFLOP | train GFLOP/s | fwd GFLOP/s | kept (last layer) | speedup train | speedup fwd | activation memory ratio | total memory ratio | FLOPs ratio |\n");
     s.push_str(

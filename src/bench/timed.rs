@@ -3,6 +3,7 @@
 //! `scripts/bench-peers.py` runs interleaved with PyTorch and ONNX Runtime): the same
 //! `Model::forward` and [`train_step`] that `corefocus bench` times.
 
+use crate::kernels::matmul::Precision;
 use crate::model::{checkpoint, Batch, Mode, Model, ParamStore};
 use crate::train::adamw::{AdamW, AdamWConfig};
 use crate::train::step::{train_step, StepBatch, StepSettings};
@@ -18,15 +19,22 @@ pub struct TimedModel {
 
 impl TimedModel {
     /// The HF-format BERT checkpoint in `dir` as `variant` (`bench --variant`'s grammar,
-    /// e.g. `bert`, `pfc@5`) with a `num_labels`-class head.
-    pub fn load(dir: &Path, variant: &str, num_labels: usize) -> Result<TimedModel> {
+    /// e.g. `bert`, `pfc@5`) with a `num_labels`-class head; its forward passes multiply
+    /// at `precision` (training steps in f32: the first drops the packed weights).
+    pub fn load(
+        dir: &Path,
+        variant: &str,
+        num_labels: usize,
+        precision: Precision,
+    ) -> Result<TimedModel> {
         ensure!(num_labels >= 2, "num_labels must be at least 2");
+        precision.check_available()?;
         let (bert, params) = checkpoint::load_hf_checkpoint(dir)?;
         let (_, method) = super::run::parse_variant(variant, bert.num_hidden_layers, 0.9)?;
         let mut model = Model::from_bert_params(bert, params, method, num_labels, 42)?;
         // As `Classifier::load`: forward passes use packed weights until a training
         // step changes them (AdamW drops the packed copies).
-        model.params.pack_linear_weights();
+        model.params.pack_linear_weights_as(precision);
         let opt = AdamW::new(&model.params, AdamWConfig::default());
         let grads = model.params.zeros_like();
         Ok(TimedModel {

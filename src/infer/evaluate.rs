@@ -2,6 +2,7 @@
 
 use super::Classifier;
 use crate::data::{load_dataset, ReadOptions};
+use crate::kernels::matmul::Precision;
 use crate::train::eval::{evaluate, EvalResult};
 use crate::train::outputs::report_json;
 use crate::train::prepare::{encode_examples, resolve_splits, subsample, subset_seed};
@@ -34,13 +35,18 @@ pub struct EvalOptions {
     /// Evaluate only this many examples (a seeded random subset).
     #[arg(long)]
     pub max_examples: Option<usize>,
+    /// Arithmetic of the linear layers' products: f32, or bf16 (operands rounded to bf16,
+    /// sums in f32; needs Intel AMX, Sapphire Rapids or newer): faster, slightly less
+    /// exact (docs/results.md measures both).
+    #[arg(long, default_value = "f32")]
+    pub precision: Precision,
 }
 
 /// `corefocus eval`: evaluates a checkpoint on a split, prints the table, optionally writes
 /// the JSON report. Returns the result.
 pub fn run_eval(opts: &EvalOptions) -> Result<EvalResult> {
     ensure!(opts.eval_batch >= 1, "--eval-batch must be at least 1");
-    let classifier = Classifier::load(&opts.checkpoint, None)?;
+    let classifier = Classifier::load_with(&opts.checkpoint, None, opts.precision)?;
     let (model, tokenizer, meta) = (&classifier.model, &classifier.tokenizer, &classifier.meta);
     let read = ReadOptions {
         text_column: Some(opts.text_column.clone()),

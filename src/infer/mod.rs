@@ -6,6 +6,7 @@ pub mod evaluate;
 pub mod predict;
 
 use crate::data::tokenize::TextTokenizer;
+use crate::kernels::matmul::Precision;
 use crate::model::Model;
 use crate::train::checkpoint::{load_checkpoint, CheckpointMeta};
 use crate::train::eval::predict_probs;
@@ -42,9 +43,19 @@ pub struct Classifier {
 impl Classifier {
     /// Loads a `corefocus train` checkpoint; `max_len` overrides its truncation length.
     pub fn load(checkpoint: &Path, max_len: Option<usize>) -> Result<Classifier> {
+        Self::load_with(checkpoint, max_len, Precision::F32)
+    }
+
+    /// [`Self::load`] with the linear layers' products at `precision` (`--precision`).
+    pub fn load_with(
+        checkpoint: &Path,
+        max_len: Option<usize>,
+        precision: Precision,
+    ) -> Result<Classifier> {
+        precision.check_available()?;
         let (mut model, tokenizer, meta) = load_checkpoint(checkpoint)?;
         // Inference only from here: linear weights packed once, not on every call.
-        model.params.pack_linear_weights();
+        model.params.pack_linear_weights_as(precision);
         let max_len = max_len.unwrap_or(meta.max_len);
         ensure!(
             max_len >= 2,

@@ -1,6 +1,7 @@
 //! `corefocus predict`: one JSON line per input line.
 
 use super::{argmax, is_blank, Classifier, LabelProbabilities, BLANK_TEXT};
+use crate::kernels::matmul::Precision;
 use anyhow::{bail, ensure, Context, Result};
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
@@ -17,6 +18,11 @@ pub struct PredictOptions {
     pub inputs: Vec<PathBuf>,
     #[arg(long, default_value_t = 64)]
     pub eval_batch: usize,
+    /// Arithmetic of the linear layers' products: f32, or bf16 (operands rounded to bf16,
+    /// sums in f32; needs Intel AMX, Sapphire Rapids or newer): faster, slightly less
+    /// exact (docs/results.md measures both).
+    #[arg(long, default_value = "f32")]
+    pub precision: Precision,
 }
 
 /// One output line of `predict`: the label and every label's probability, in the
@@ -103,7 +109,7 @@ pub fn predict_lines(
 /// `corefocus predict`: JSON Lines on standard output.
 pub fn run_predict(opts: &PredictOptions) -> Result<usize> {
     ensure!(opts.eval_batch >= 1, "--eval-batch must be at least 1");
-    let classifier = Classifier::load(&opts.checkpoint, None)?;
+    let classifier = Classifier::load_with(&opts.checkpoint, None, opts.precision)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut count = 0;

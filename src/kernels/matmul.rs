@@ -116,6 +116,57 @@ pub fn matmul_with(
     }
 }
 
+/// The arithmetic of products with prepared weights ([`PackedRhs`]): `F32` everywhere, or
+/// `Bf16` (operands rounded to bf16, f32 accumulation) on CPUs with AMX, for inference.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    F32,
+    Bf16,
+}
+
+impl Precision {
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+
+    /// An error unless this CPU computes products at this precision.
+    pub fn check_available(self) -> anyhow::Result<()> {
+        #[cfg(target_arch = "x86_64")]
+        let amx = super::gemm_amx::available();
+        #[cfg(not(target_arch = "x86_64"))]
+        let amx = false;
+        anyhow::ensure!(
+            self == Precision::F32 || amx,
+            "--precision bf16 needs Intel AMX (a Xeon of the Sapphire Rapids generation or \
+             newer, Linux 5.16 or newer); this CPU or kernel offers none: use --precision f32"
+        );
+        Ok(())
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "f32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            other => Err(format!("unknown precision `{other}` (f32 or bf16)")),
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// A right-hand operand prepared once for many products: the weights of a model that
 /// only infers, packed in the GEMM's panel layout so that no product re-packs them (the
 /// packing reads the whole weight matrix, strided, on every call otherwise).
@@ -126,6 +177,9 @@ pub struct PackedRhs {
 enum Packed {
     #[cfg(target_arch = "x86_64")]
     X86(super::gemm_x86::PackedB),
+    /// Rounded to bf16 for the AMX kernel.
+    #[cfg(target_arch = "x86_64")]
+    Amx(super::gemm_amx::PackedBf16),
     /// Where our kernel does not run: a dense row-major copy for `matmul`.
     Dense {
         data: Vec<f32>,
@@ -137,7 +191,20 @@ enum Packed {
 impl PackedRhs {
     /// Prepares `b` (`[k, n]`, any strides) for [`matmul_packed`].
     pub fn new(b: MatRef) -> PackedRhs {
+        Self::with_precision(b, Precision::F32)
+    }
+
+    /// [`Self::new`] at `precision` (bf16: panics unless [`Precision::check_available`]).
+    pub fn with_precision(b: MatRef, precision: Precision) -> PackedRhs {
         b.check("rhs");
+        if precision == Precision::Bf16 {
+            #[cfg(target_arch = "x86_64")]
+            return PackedRhs {
+                inner: Packed::Amx(super::gemm_amx::PackedBf16::new(b)),
+            };
+            #[cfg(not(target_arch = "x86_64"))]
+            panic!("bf16 products need AMX");
+        }
         #[cfg(target_arch = "x86_64")]
         if b.cols > 32 && super::gemm_x86::available() && !gemm_crate_forced() {
             let isa = super::gemm_x86::Isa::best();
@@ -163,6 +230,8 @@ impl PackedRhs {
         match &self.inner {
             #[cfg(target_arch = "x86_64")]
             Packed::X86(p) => (p.rows(), p.cols()),
+            #[cfg(target_arch = "x86_64")]
+            Packed::Amx(p) => (p.rows(), p.cols()),
             Packed::Dense { rows, cols, .. } => (*rows, *cols),
         }
     }
@@ -190,6 +259,10 @@ pub fn matmul_packed(
         #[cfg(target_arch = "x86_64")]
         Packed::X86(p) => {
             super::gemm_x86::gemm_packed(dst, dst_row_stride, a, p, accumulate, threads, epilogue)
+        }
+        #[cfg(target_arch = "x86_64")]
+        Packed::Amx(p) => {
+            super::gemm_amx::gemm_bf16(dst, dst_row_stride, a, p, accumulate, threads, epilogue)
         }
         Packed::Dense { data, rows, cols } => {
             let b = MatRef::new(data, *rows, *cols);

@@ -8,6 +8,8 @@ pub mod embedding;
 pub mod epilogue;
 pub(crate) mod fastmath;
 #[cfg(target_arch = "x86_64")]
+pub mod gemm_amx;
+#[cfg(target_arch = "x86_64")]
 pub mod gemm_x86;
 #[cfg(test)]
 pub(crate) mod gradcheck;

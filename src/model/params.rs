@@ -4,7 +4,7 @@
 //! so the optimizer, gradient clipping, checkpointing and golden comparisons can treat
 //! all parameters uniformly.
 
-use crate::kernels::matmul::{MatRef, PackedRhs};
+use crate::kernels::matmul::{MatRef, PackedRhs, Precision};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -90,6 +90,12 @@ impl ParamStore {
     /// `AdamW::step`, drops them ([`Self::drop_packed`]); code writing `tensors` directly
     /// must do the same.
     pub fn pack_linear_weights(&mut self) {
+        self.pack_linear_weights_as(Precision::F32);
+    }
+
+    /// [`Self::pack_linear_weights`] at `precision` (bf16: the caller checked
+    /// [`Precision::check_available`]); the products with these weights then run at it.
+    pub fn pack_linear_weights_as(&mut self, precision: Precision) {
         let packed = self
             .tensors
             .iter()
@@ -100,7 +106,7 @@ impl ParamStore {
                     && t.shape[0] > 32;
                 linear.then(|| {
                     let w = MatRef::new(&t.data, t.shape[0], t.shape[1]);
-                    Arc::new(PackedRhs::new(w.t()))
+                    Arc::new(PackedRhs::with_precision(w.t(), precision))
                 })
             })
             .collect();

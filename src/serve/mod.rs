@@ -23,6 +23,7 @@ pub mod loadgen;
 
 use crate::explain::explain_text;
 use crate::infer::{argmax, is_blank, Classifier, LabelProbabilities, BLANK_TEXT};
+use crate::kernels::matmul::Precision;
 use anyhow::{bail, ensure, Context, Result};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -68,6 +69,11 @@ pub struct ServeArgs {
     /// Truncation length in tokens [default: the checkpoint's max_len].
     #[arg(long)]
     pub max_len: Option<usize>,
+    /// Arithmetic of the linear layers' products: f32, or bf16 (operands rounded to bf16,
+    /// sums in f32; needs Intel AMX, Sapphire Rapids or newer): faster, slightly less
+    /// exact (docs/results.md measures both).
+    #[arg(long, default_value = "f32")]
+    pub precision: Precision,
     /// Most open connections; one more is answered 503 and closed.
     #[arg(long, default_value_t = 512)]
     pub max_connections: usize,
@@ -686,7 +692,11 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// until SIGINT/SIGTERM, then drains the queue and returns.
 pub fn run_serve(args: &ServeArgs) -> Result<()> {
     args.validate()?;
-    let classifier = Arc::new(Classifier::load(&args.checkpoint, args.max_len)?);
+    let classifier = Arc::new(Classifier::load_with(
+        &args.checkpoint,
+        args.max_len,
+        args.precision,
+    )?);
     let checkpoint = std::fs::canonicalize(&args.checkpoint).unwrap_or(args.checkpoint.clone());
     let model_name = checkpoint
         .file_name()

@@ -53,9 +53,14 @@ class Classifier:
         self.path = path
 
     @classmethod
-    def load(cls, path: Union[str, os.PathLike], max_len: Optional[int] = None) -> "Classifier":
-        """Loads the checkpoint in ``path``; ``max_len`` overrides its truncation length."""
-        return cls(_corefocus.NativeClassifier.load(os.fspath(path), max_len), Path(path))
+    def load(
+        cls, path: Union[str, os.PathLike], max_len: Optional[int] = None, precision: str = "f32"
+    ) -> "Classifier":
+        """Loads the checkpoint in ``path``; ``max_len`` overrides its truncation length;
+        ``precision`` "bf16" multiplies the linear layers in bf16 (needs Intel AMX; as
+        ``corefocus predict --precision bf16``)."""
+        native = _corefocus.NativeClassifier.load(os.fspath(path), max_len, precision)
+        return cls(native, Path(path))
 
     @property
     def labels(self) -> List[str]:

@@ -1,0 +1,511 @@
+//! bf16 matrix products on Intel AMX (Advanced Matrix Extensions: Sapphire Rapids and
+//! newer Xeons), for inference at reduced precision (`--precision bf16`). The weights are
+//! rounded to bf16 once, when packed; each product rounds its left operand (the
+//! activations) to bf16 and accumulates in f32. One `tdpbf16ps` multiplies a 16 x 32 by a
+//! 32 x 16 tile (16,384 flops); a core issues one every 16 cycles, about 16 times its f32
+//! FMA rate, at bf16's 8-bit mantissa (relative rounding error 2^-9 per operand).
+//!
+//! Tiles live in eight 1 KiB registers (tmm0-7), configured per thread with `ldtilecfg`
+//! and released with `tilerelease`. Rust has no stable AMX intrinsics, so the few tile
+//! instructions are inline assembly; the kernel keeps a 32 x 32 block of the result in
+//! tmm0-3, the two 16-row tiles of the left operand in tmm4-5 and the two 16-column tiles
+//! of the right operand in tmm6-7.
+//!
+//! Linux hands out the tile state only on request (`arch_prctl(ARCH_REQ_XCOMP_PERM)`,
+//! once per process): [`available`] asks, and is false where the CPU or kernel says no.
+
+use super::epilogue::Epilogue;
+use super::fastmath::simd_fn;
+use super::matref::MatRef;
+use rayon::prelude::*;
+use std::arch::asm;
+use std::sync::OnceLock;
+
+/// Rows of an A tile and of a C tile; also the pairs of k in a B tile.
+const TILE_ROWS: usize = 16;
+/// k per tile step (32 bf16 = 64 bytes per tile row).
+const TILE_K: usize = 32;
+/// Columns of a B / C tile (16 f32 = 64 bytes per C row).
+const TILE_COLS: usize = 16;
+/// u16 per tile (1 KiB).
+const TILE_LEN: usize = TILE_ROWS * TILE_K;
+/// The kernel's block of the result: 2 x 2 tiles.
+const BLOCK_ROWS: usize = 2 * TILE_ROWS;
+const BLOCK_COLS: usize = 2 * TILE_COLS;
+
+/// Whether this CPU has AMX-BF16 and the kernel granted this process the tile state
+/// (asked once; the grant holds for every thread of the process). `COREFOCUS_AMX=off` in
+/// the environment says no (to see, and test, what a CPU without AMX does).
+pub fn available() -> bool {
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        if std::env::var("COREFOCUS_AMX").is_ok_and(|v| v == "off") {
+            return false;
+        }
+        // CPUID leaf 7: EDX bit 22 AMX-BF16, bit 24 AMX-TILE.
+        // (Leaf 7 reports zeros where a feature is absent.)
+        let edx = std::arch::x86_64::__cpuid_count(7, 0).edx;
+        let cpu = edx & (1 << 22) != 0 && edx & (1 << 24) != 0;
+        const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+        const XFEATURE_XTILEDATA: libc::c_long = 18;
+        // SAFETY: arch_prctl with this request only changes which extended states the
+        // process may use; it reads and writes no memory of ours.
+        cpu && unsafe {
+            libc::syscall(
+                libc::SYS_arch_prctl,
+                ARCH_REQ_XCOMP_PERM,
+                XFEATURE_XTILEDATA,
+            )
+        } == 0
+    })
+}
+
+/// f32 to bf16, rounding to nearest even (NaN stays NaN). Branch-free, so that loops
+/// over it vectorise.
+#[inline(always)]
+pub fn to_bf16(x: f32) -> u16 {
+    let bits = x.to_bits();
+    let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16;
+    let quiet_nan = (bits >> 16) | 0x40;
+    (if bits & 0x7fff_ffff > 0x7f80_0000 {
+        quiet_nan
+    } else {
+        rounded
+    }) as u16
+}
+
+simd_fn! {
+    /// `dst[i] = to_bf16(src[i])`.
+    fn round_slice(dst: &mut [u16], src: &[f32]) {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = to_bf16(*s);
+        }
+    }
+}
+
+/// bf16 to f32 (exact).
+#[inline]
+pub fn from_bf16(x: u16) -> f32 {
+    f32::from_bits((x as u32) << 16)
+}
+
+/// A right-hand operand `[k, n]` rounded to bf16 and laid out as the kernel reads it: for
+/// each block of 32 columns, for each step of 32 in k, its two B tiles (1 KiB each, row r
+/// holding the pairs (k = 2r, 2r + 1) of the tile's 16 columns), so that a block's tiles
+/// stream in order. k and n are padded with zeros to whole tiles.
+pub struct PackedBf16 {
+    k: usize,
+    n: usize,
+    k_steps: usize,
+    col_blocks: usize,
+    tiles: Vec<u16>,
+}
+
+impl PackedBf16 {
+    /// Rounds and packs `b` (`[k, n]`, any strides).
+    pub fn new(b: MatRef) -> PackedBf16 {
+        b.check("rhs");
+        let (k, n) = (b.rows, b.cols);
+        let k_steps = k.div_ceil(TILE_K);
+        let col_blocks = n.div_ceil(BLOCK_COLS);
+        let mut tiles = vec![0u16; col_blocks * k_steps * 2 * TILE_LEN];
+        for (i, tile) in tiles.chunks_exact_mut(TILE_LEN).enumerate() {
+            let half = i % 2;
+            let step = (i / 2) % k_steps;
+            let block = i / 2 / k_steps;
+            let col0 = block * BLOCK_COLS + half * TILE_COLS;
+            for r in 0..TILE_ROWS {
+                for c in 0..TILE_COLS {
+                    for pair in 0..2 {
+                        let (p, j) = (step * TILE_K + 2 * r + pair, col0 + c);
+                        if p < k && j < n {
+                            tile[r * 2 * TILE_COLS + 2 * c + pair] =
+                                to_bf16(b.data[p * b.row_stride + j * b.col_stride]);
+                        }
+                    }
+                }
+            }
+        }
+        PackedBf16 {
+            k,
+            n,
+            k_steps,
+            col_blocks,
+            tiles,
+        }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.k
+    }
+
+    pub fn cols(&self) -> usize {
+        self.n
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        2 * self.tiles.len()
+    }
+}
+
+/// `ldtilecfg`'s 64-byte operand: palette 1, all eight tiles 16 rows of 64 bytes.
+#[repr(C, align(64))]
+struct TileConfig {
+    palette: u8,
+    start_row: u8,
+    reserved: [u8; 14],
+    colsb: [u16; 16],
+    rows: [u8; 16],
+}
+
+const TILE_CONFIG: TileConfig = TileConfig {
+    palette: 1,
+    start_row: 0,
+    reserved: [0; 14],
+    colsb: [64, 64, 64, 64, 64, 64, 64, 64, 0, 0, 0, 0, 0, 0, 0, 0],
+    rows: [16, 16, 16, 16, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0],
+};
+
+/// The left operand rounded to bf16 in tiles: for each 16 rows, for each step of 32 in
+/// k, one contiguous 1 KiB tile (rows padded to whole blocks and k to whole tiles with
+/// zeros), so that the kernel's tile loads read whole consecutive cache lines.
+struct LhsBf16 {
+    data: Vec<u16>,
+    k_steps: usize,
+}
+
+impl LhsBf16 {
+    /// The tile of rows `16 * row_tile ..` and k `32 * step ..`.
+    fn tile(&self, row_tile: usize, step: usize) -> *const u16 {
+        self.data[(row_tile * self.k_steps + step) * TILE_LEN..].as_ptr()
+    }
+}
+
+thread_local! {
+    /// The calling thread's last left-operand buffer, reused by its next product (a fresh
+    /// 3 MiB buffer per 4096-row product costs its page faults every time).
+    static LHS_BUFFER: std::cell::Cell<Vec<u16>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+fn round_lhs(a: MatRef, k_steps: usize, threads: usize) -> LhsBf16 {
+    let row_tiles = a.rows.next_multiple_of(BLOCK_ROWS) / TILE_ROWS;
+    let mut data = LHS_BUFFER.take();
+    data.clear();
+    data.resize(row_tiles * k_steps * TILE_LEN, 0);
+    // One band of 16 rows (all its tiles) per task.
+    let round_band = |(t, band): (usize, &mut [u16])| {
+        for r in 0..TILE_ROWS.min(a.rows.saturating_sub(t * TILE_ROWS)) {
+            let i = t * TILE_ROWS + r;
+            for step in 0..k_steps {
+                let (p0, p1) = (step * TILE_K, ((step + 1) * TILE_K).min(a.cols));
+                let dst = &mut band[step * TILE_LEN + r * TILE_K..][..p1 - p0];
+                if a.col_stride == 1 {
+                    let start = i * a.row_stride + p0;
+                    round_slice(dst, &a.data[start..start + (p1 - p0)]);
+                } else {
+                    for (x, p) in dst.iter_mut().zip(p0..p1) {
+                        *x = to_bf16(a.data[i * a.row_stride + p * a.col_stride]);
+                    }
+                }
+            }
+        }
+    };
+    let band_len = k_steps * TILE_LEN;
+    if threads > 1 && a.rows * a.cols >= 1 << 16 {
+        data.par_chunks_mut(band_len)
+            .enumerate()
+            .for_each(round_band);
+    } else {
+        data.chunks_mut(band_len).enumerate().for_each(round_band);
+    }
+    LhsBf16 { data, k_steps }
+}
+
+/// The raw destination, shared by the threads (each writes its own blocks).
+#[derive(Clone, Copy)]
+struct Dst {
+    ptr: *mut f32,
+    ld: usize,
+}
+
+// SAFETY: only dereferenced inside `gemm_bf16`'s parallel region, while the borrow it came
+// from is alive; the threads write disjoint blocks.
+unsafe impl Send for Dst {}
+unsafe impl Sync for Dst {}
+
+/// `dst[i * ldc + j] (+)= Σ_p a[i, p] · b[p, j]` in bf16 with f32 accumulation, split over
+/// up to `threads` rayon tasks, `epilogue` applied to each finished 32 x 32 block. Panics
+/// if AMX is not [`available`] or a view is out of range.
+pub fn gemm_bf16(
+    dst: &mut [f32],
+    ldc: usize,
+    a: MatRef,
+    b: &PackedBf16,
+    accumulate: bool,
+    threads: usize,
+    epilogue: Epilogue,
+) {
+    assert!(available(), "gemm_bf16: this CPU or kernel offers no AMX");
+    assert_eq!(a.cols, b.k, "gemm: inner dimensions differ");
+    let (m, n) = (a.rows, b.n);
+    if let Some(bias) = epilogue.bias {
+        assert_eq!(bias.len(), n, "gemm: bias length");
+    }
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(
+        (m == 1 || ldc >= n) && (m - 1) * ldc + n <= dst.len(),
+        "gemm: destination too small"
+    );
+    a.check("lhs");
+    let lhs = round_lhs(a, b.k_steps, threads);
+    let c = Dst {
+        ptr: dst.as_mut_ptr(),
+        ld: ldc,
+    };
+    let row_blocks = m.div_ceil(BLOCK_ROWS);
+    // Threads split the column blocks (each streams its share of B once) unless there are
+    // more row blocks than column blocks.
+    let split_rows = row_blocks > b.col_blocks;
+    let units = if split_rows { row_blocks } else { b.col_blocks };
+    let parts = threads.min(units).max(1);
+    let per_part = units.div_ceil(parts);
+    let run = |t: usize| {
+        let (u0, u1) = (t * per_part, ((t + 1) * per_part).min(units));
+        if u0 >= u1 {
+            return;
+        }
+        let (rows, cols) = if split_rows {
+            ((u0, u1), (0, b.col_blocks))
+        } else {
+            ((0, row_blocks), (u0, u1))
+        };
+        // SAFETY: AMX is available (asserted); the destination holds m x n (checked) and
+        // part t writes only its own blocks; `lhs` and `b` are padded to whole tiles.
+        unsafe { serial_blocks(c, m, n, &lhs, b, rows, cols, accumulate, epilogue) };
+    };
+    if parts == 1 {
+        run(0);
+    } else {
+        (0..parts).into_par_iter().for_each(run);
+    }
+    LHS_BUFFER.set(lhs.data);
+}
+
+/// The result's row blocks `rows.0 .. rows.1` x column blocks `cols.0 .. cols.1` on the
+/// calling thread.
+///
+/// # Safety
+/// AMX is available; `c` holds the `m x n` result; `lhs` has `rows.1` row blocks and
+/// `b.k_steps` tiles per row; no other thread writes these blocks.
+#[allow(clippy::too_many_arguments)]
+unsafe fn serial_blocks(
+    c: Dst,
+    m: usize,
+    n: usize,
+    lhs: &LhsBf16,
+    b: &PackedBf16,
+    rows: (usize, usize),
+    cols: (usize, usize),
+    accumulate: bool,
+    epilogue: Epilogue,
+) {
+    let mut block = [0f32; BLOCK_ROWS * BLOCK_COLS];
+    asm!("ldtilecfg [{}]", in(reg) &TILE_CONFIG, options(nostack, readonly));
+    let mut one = |rb: usize, cb: usize| {
+        block_product(lhs, b, rb, cb, &mut block);
+        write_block(c, m, n, rb, cb, &block, accumulate, epilogue);
+    };
+    // The operand read once stays in the outer loop, so the smaller one is re-read, from
+    // cache: B's block of 32 columns when A is larger, A's block of 32 rows otherwise.
+    let a_elems = (rows.1 - rows.0) * BLOCK_ROWS;
+    let b_elems = (cols.1 - cols.0) * BLOCK_COLS;
+    if a_elems > b_elems {
+        for rb in rows.0..rows.1 {
+            (cols.0..cols.1).for_each(|cb| one(rb, cb));
+        }
+    } else {
+        for cb in cols.0..cols.1 {
+            (rows.0..rows.1).for_each(|rb| one(rb, cb));
+        }
+    }
+    asm!("tilerelease", options(nostack, nomem));
+}
+
+/// Block `(rb, cb)` of the product (32 x 32, padding included) into `out`.
+///
+/// # Safety
+/// The tile configuration is loaded on this thread; `lhs` has row block `rb` and `b`
+/// column block `cb`.
+unsafe fn block_product(
+    lhs: &LhsBf16,
+    b: &PackedBf16,
+    rb: usize,
+    cb: usize,
+    out: &mut [f32; BLOCK_ROWS * BLOCK_COLS],
+) {
+    let b_block = b.tiles.as_ptr().add(cb * b.k_steps * 2 * TILE_LEN);
+    asm!(
+        "tilezero tmm0",
+        "tilezero tmm1",
+        "tilezero tmm2",
+        "tilezero tmm3",
+        options(nostack, nomem)
+    );
+    for step in 0..b.k_steps {
+        let b0 = b_block.add(step * 2 * TILE_LEN);
+        asm!(
+            "tileloadd tmm4, [{a0} + {s}*1]",
+            "tileloadd tmm5, [{a1} + {s}*1]",
+            "tileloadd tmm6, [{b0} + {s}*1]",
+            "tileloadd tmm7, [{b1} + {s}*1]",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "tdpbf16ps tmm2, tmm5, tmm6",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+            a0 = in(reg) lhs.tile(2 * rb, step),
+            a1 = in(reg) lhs.tile(2 * rb + 1, step),
+            b0 = in(reg) b0,
+            b1 = in(reg) b0.add(TILE_LEN),
+            s = in(reg) 64usize,
+            options(nostack, readonly)
+        );
+    }
+    let out = out.as_mut_ptr();
+    asm!(
+        "tilestored [{c0} + {s}*1], tmm0",
+        "tilestored [{c1} + {s}*1], tmm1",
+        "tilestored [{c2} + {s}*1], tmm2",
+        "tilestored [{c3} + {s}*1], tmm3",
+        c0 = in(reg) out,
+        c1 = in(reg) out.add(TILE_COLS),
+        c2 = in(reg) out.add(TILE_ROWS * BLOCK_COLS),
+        c3 = in(reg) out.add(TILE_ROWS * BLOCK_COLS + TILE_COLS),
+        s = in(reg) BLOCK_COLS * 4,
+        options(nostack)
+    );
+}
+
+/// Writes (or adds) the finished block `(rb, cb)` into `c`, the rows and columns inside
+/// the `m x n` result only, then applies `epilogue` to them.
+///
+/// # Safety
+/// `c` holds the `m x n` result; no other thread writes this block.
+#[allow(clippy::too_many_arguments)]
+unsafe fn write_block(
+    c: Dst,
+    m: usize,
+    n: usize,
+    rb: usize,
+    cb: usize,
+    block: &[f32; BLOCK_ROWS * BLOCK_COLS],
+    accumulate: bool,
+    epilogue: Epilogue,
+) {
+    let (row0, col0) = (rb * BLOCK_ROWS, cb * BLOCK_COLS);
+    let (h, w) = (BLOCK_ROWS.min(m - row0), BLOCK_COLS.min(n - col0));
+    let mut rows: [&mut [f32]; BLOCK_ROWS] = Default::default();
+    for (r, slot) in rows.iter_mut().enumerate().take(h) {
+        let dst = std::slice::from_raw_parts_mut(c.ptr.add((row0 + r) * c.ld + col0), w);
+        let src = &block[r * BLOCK_COLS..r * BLOCK_COLS + w];
+        if accumulate {
+            dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
+        } else {
+            dst.copy_from_slice(src);
+        }
+        *slot = dst;
+    }
+    epilogue.apply_rows(&mut rows[..h], col0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The product of the bf16-rounded operands in f64: what the kernel computes, up to
+    /// f32 accumulation.
+    fn rounded_product(a: MatRef, b: MatRef) -> Vec<f64> {
+        let r = |x: f32| from_bf16(to_bf16(x)) as f64;
+        let mut out = vec![0.0; a.rows * b.cols];
+        for i in 0..a.rows {
+            for j in 0..b.cols {
+                out[i * b.cols + j] = (0..a.cols)
+                    .map(|p| {
+                        r(a.data[i * a.row_stride + p * a.col_stride])
+                            * r(b.data[p * b.row_stride + j * b.col_stride])
+                    })
+                    .sum();
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn rounding_to_bf16_is_to_nearest_even() {
+        assert_eq!(to_bf16(1.0), 0x3f80);
+        assert_eq!(from_bf16(to_bf16(-2.5)), -2.5);
+        // 1 + 2^-8 is halfway between 1 and 1 + 2^-7: to the even one (1).
+        assert_eq!(to_bf16(1.0 + 1.0 / 256.0), 0x3f80);
+        // 1 + 3 * 2^-8 is halfway between 1 + 2^-7 and 1 + 2^-6: to the even one.
+        assert_eq!(to_bf16(1.0 + 3.0 / 256.0), 0x3f82);
+        assert_eq!(to_bf16(1.0 + 1.0 / 256.0 + 1e-6), 0x3f81);
+        assert!(from_bf16(to_bf16(f32::NAN)).is_nan());
+        assert_eq!(from_bf16(to_bf16(f32::MAX)), f32::INFINITY);
+        assert_eq!(from_bf16(to_bf16(f32::INFINITY)), f32::INFINITY);
+    }
+
+    #[test]
+    fn products_match_the_rounded_operands_in_every_shape() {
+        if !available() {
+            eprintln!("skipped: no AMX on this CPU");
+            return;
+        }
+        let mut rng = crate::rng::Rng::new(5);
+        for &(m, k, n) in &[
+            (1, 1, 1),
+            (37, 70, 45),
+            (128, 384, 384),
+            (33, 64, 100),
+            (5, 31, 17),
+        ] {
+            let a: Vec<f32> = (0..m * k).map(|_| rng.normal() as f32).collect();
+            let w: Vec<f32> = (0..n * k).map(|_| rng.normal() as f32).collect();
+            let bias: Vec<f32> = (0..n).map(|_| rng.normal() as f32).collect();
+            let av = MatRef::new(&a, m, k);
+            // As a linear layer: Wᵀ of a row-major [n, k] weight.
+            let bv = MatRef::new(&w, n, k).t();
+            let packed = PackedBf16::new(bv);
+            let want = rounded_product(av, bv);
+            for threads in [1, 2, 3] {
+                for accumulate in [false, true] {
+                    let ldc = n + 3;
+                    let mut dst = vec![1.0f32; (m - 1) * ldc + n];
+                    let epilogue = Epilogue {
+                        bias: Some(&bias),
+                        gelu: false,
+                    };
+                    gemm_bf16(&mut dst, ldc, av, &packed, accumulate, threads, epilogue);
+                    for i in 0..m {
+                        for j in 0..n {
+                            let expect = want[i * n + j]
+                                + bias[j] as f64
+                                + if accumulate { 1.0 } else { 0.0 };
+                            let got = dst[i * ldc + j] as f64;
+                            // f32 accumulation of k products of size ~1.
+                            assert!(
+                                (got - expect).abs() <= 1e-5 * (k as f64).sqrt() * 4.0 + 1e-5,
+                                "{m}x{k}x{n} threads {threads} acc {accumulate} [{i},{j}]: {got} vs {expect}"
+                            );
+                        }
+                        // The padding between rows is never written.
+                        if i + 1 < m {
+                            assert!(dst[i * ldc + n..(i + 1) * ldc].iter().all(|&x| x == 1.0));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
