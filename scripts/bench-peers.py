@@ -54,7 +54,8 @@ def parse_args():
         "--engines",
         default="pytorch,onnxruntime,corefocus",
         help="which engines take part (e.g. onnxruntime,corefocus to see how each fares "
-        "without the others between its calls)",
+        "without the others between its calls; onnxruntime-int8 adds ONNX Runtime on its "
+        "dynamically int8-quantised graph)",
     )
     p.add_argument(
         "--no-spin",
@@ -123,7 +124,25 @@ def load_peers(args, ids_of, heads, hidden):
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     sess = ort.InferenceSession(str(fused), so, providers=["CPUExecutionProvider"])
     print(f"ONNX Runtime {ort.__version__} fusions: {fusions}", file=sys.stderr)
-    return torch, ort, torch_model, sess, fusions
+    sess_int8 = None
+    if "onnxruntime-int8" in args.engines.split(","):
+        # ONNX Runtime's dynamic int8 quantisation of the fused graph's linear layers
+        # (weights int8 per tensor, activations quantised per call): what its users
+        # reach for when f32 is too slow.
+        import onnx
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        int8 = tmp / "model-int8.onnx"
+        # (The fused operators are in Microsoft's domain, where shape inference finds no
+        # types: their tensors are f32.)
+        quantize_dynamic(
+            str(fused),
+            str(int8),
+            weight_type=QuantType.QInt8,
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
+        sess_int8 = ort.InferenceSession(str(int8), so, providers=["CPUExecutionProvider"])
+    return torch, ort, torch_model, (sess, sess_int8), fusions
 
 
 def main():
@@ -152,10 +171,10 @@ def main():
 
     # Without PyTorch and ONNX Runtime in the run they are not even imported, so that
     # corefocus can be timed alone in its process (their pools then hold no threads).
-    torch = ort = torch_model = sess = None
+    torch = ort = torch_model = sess = sess_int8 = None
     fusions = {}
-    if chosen & {"pytorch", "onnxruntime"}:
-        torch, ort, torch_model, sess, fusions = load_peers(args, ids_of, heads, hidden)
+    if chosen & {"pytorch", "onnxruntime", "onnxruntime-int8"}:
+        torch, ort, torch_model, (sess, sess_int8), fusions = load_peers(args, ids_of, heads, hidden)
 
     variants = [v for v in args.variants.split(",") if v]
 
@@ -184,6 +203,9 @@ def main():
         if "onnxruntime" in chosen:
             o_feed = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
             engines.append(("onnxruntime", lambda: sess.run(None, o_feed)))
+        if "onnxruntime-int8" in chosen:
+            o_feed8 = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+            engines.append(("onnxruntime int8", lambda: sess_int8.run(None, o_feed8)))
         return engines
 
     def train_engines(ids):
