@@ -104,6 +104,8 @@ def test_bad_arguments_raise_value_and_type_errors(trained, model_dir, tmp_path)
         clf.predict(["ok", 3])
     with pytest.raises(ValueError, match="batch_size"):
         clf.predict(["ok"], batch_size=0)
+    with pytest.raises(ValueError, match="unknown precision `f16`"):
+        corefocus.Classifier.load(trained[0], precision="f16")
     with pytest.raises(corefocus.CorefocusError, match="empty"):
         clf.explain("   ")
     # One behaviour for empty input, as the CLI's predict (I08), serve and explain.
