@@ -102,6 +102,31 @@ fn assert_same_run(a: &Path, b: &Path, what: &str) {
     );
 }
 
+/// Runs corefocus with `args` and kills it (SIGKILL) as soon as `file` exists.
+fn kill_once_written(args: &[String], file: &Path) {
+    let mut child = common::corefocus_command()
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while !file.is_file() {
+        assert!(
+            start.elapsed().as_secs() < 120,
+            "no {} within 120 s",
+            file.display()
+        );
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the run ended ({status}) before it could be killed");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 #[test]
 fn interrupted_runs_resume_to_identical_weights() {
     let s = Scratch::new("same");
@@ -183,26 +208,10 @@ fn interrupted_runs_resume_to_identical_weights() {
 
     // Killed (SIGKILL) once a resume state exists, wherever it then is.
     let killed = s.path("killed");
-    let mut child = common::corefocus_command()
-        .args(train_args(&data, &killed, &["--save-every", "2"]))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let start = std::time::Instant::now();
-    while !killed.join("resume/state.json").is_file() {
-        assert!(
-            start.elapsed().as_secs() < 120,
-            "no resume state within 120 s"
-        );
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("the run ended ({status}) before it could be killed");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_once_written(
+        &train_args(&data, &killed, &["--save-every", "2"]),
+        &killed.join("resume/state.json"),
+    );
     let step = state(&killed)["loop_position"]["step"].as_u64().unwrap();
     assert!((2..6).contains(&step), "killed at step {step}");
     succeeded(
@@ -381,23 +390,10 @@ fn interrupted_lr_search_resumes_from_its_finished_trials() {
 
     // Killed (SIGKILL) once a trial is saved, wherever the run then is.
     let killed = s.path("killed");
-    let mut child = common::corefocus_command()
-        .args(auto_lr_args(&data, &killed, &[]))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let start = std::time::Instant::now();
-    while !killed.join("lr_search.json").is_file() {
-        assert!(start.elapsed().as_secs() < 120, "no trial within 120 s");
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("the run ended ({status}) before it could be killed");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_once_written(
+        &auto_lr_args(&data, &killed, &[]),
+        &killed.join("lr_search.json"),
+    );
     succeeded(
         &corefocus(&auto_lr_args(&data, &killed, &["--resume"])),
         "resume after kill",
