@@ -7,8 +7,8 @@
 //! `ValueError` with clap's message. The GIL is released while the library computes.
 
 use corefocus::bench::timed::TimedModel;
-use corefocus::kernels::matmul::Precision;
 use corefocus::infer::{first_non_finite_row, is_blank, Classifier, BLANK_TEXT};
+use corefocus::kernels::matmul::Precision;
 use corefocus::train::{
     clear_stop_request, is_stopped_on_request, request_stop, run_train, TrainCommand, TrainOutcome,
 };
