@@ -195,6 +195,7 @@ fn serve_answers_like_predict_enforces_limits_and_batches() {
     assert_eq!(info["variant"], "pf");
     assert_eq!(info["max_len"], 64);
     assert_eq!(info["num_layers"], 6);
+    assert_eq!(info["precision"], "f32");
     assert_eq!(info["model"], "ckpt");
     // Issue 16 item 10: the name only, never the checkpoint's path (failed before).
     assert!(info.get("checkpoint").is_none(), "{info}");

@@ -618,6 +618,8 @@ struct ModelInfo<'a> {
     max_len: usize,
     num_layers: usize,
     hidden_size: usize,
+    /// Of the linear layers' products (`--precision`).
+    precision: Precision,
     corefocus_version: &'static str,
     limits: Limits,
 }
@@ -632,6 +634,7 @@ fn describe(c: &Classifier, name: &str, args: &ServeArgs) -> Result<Bytes> {
         max_len: c.max_len,
         num_layers: c.model.bert.num_hidden_layers,
         hidden_size: c.model.bert.hidden_size,
+        precision: args.precision,
         corefocus_version: env!("CARGO_PKG_VERSION"),
         limits: Limits {
             max_batch: args.max_batch,
