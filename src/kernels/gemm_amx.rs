@@ -191,16 +191,21 @@ thread_local! {
 fn round_lhs(a: MatRef, k_steps: usize, threads: usize) -> LhsBf16 {
     let row_tiles = a.rows.next_multiple_of(BLOCK_ROWS) / TILE_ROWS;
     let mut data = LHS_BUFFER.take();
-    data.clear();
+    // Every element is written below (the padding as zeros), so the buffer's old
+    // contents need no clearing (zeroing 12 MiB per product was 2% of a forward pass).
     data.resize(row_tiles * k_steps * TILE_LEN, 0);
     // One band of 16 rows (all its tiles) per task.
     let round_band = |(t, band): (usize, &mut [u16])| {
-        for r in 0..TILE_ROWS.min(a.rows.saturating_sub(t * TILE_ROWS)) {
+        for r in 0..TILE_ROWS {
             let i = t * TILE_ROWS + r;
             for step in 0..k_steps {
-                let (p0, p1) = (step * TILE_K, ((step + 1) * TILE_K).min(a.cols));
-                let dst = &mut band[step * TILE_LEN + r * TILE_K..][..p1 - p0];
-                if a.col_stride == 1 {
+                let row = &mut band[step * TILE_LEN + r * TILE_K..][..TILE_K];
+                let p0 = step * TILE_K;
+                let p1 = (p0 + TILE_K).min(a.cols);
+                let (dst, pad) = row.split_at_mut(if i < a.rows { p1 - p0 } else { 0 });
+                pad.fill(0);
+                if dst.is_empty() {
+                } else if a.col_stride == 1 {
                     let start = i * a.row_stride + p0;
                     round_slice(dst, &a.data[start..start + (p1 - p0)]);
                 } else {
@@ -412,6 +417,13 @@ unsafe fn write_block(
         let src = &block[r * BLOCK_COLS..r * BLOCK_COLS + w];
         if accumulate {
             dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
+        } else if let (Ok(d), Ok(s)) = (
+            <&mut [f32; BLOCK_COLS]>::try_from(&mut *dst),
+            <&[f32; BLOCK_COLS]>::try_from(src),
+        ) {
+            // A whole row of the block: a fixed-size copy, two vector moves (a
+            // `copy_from_slice` here was a `memmove` call per row, 4% of a forward pass).
+            *d = *s;
         } else {
             dst.copy_from_slice(src);
         }
