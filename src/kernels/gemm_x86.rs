@@ -240,7 +240,7 @@ fn check_view(m: &MatRef, what: &str) {
 
 /// Checks the destination of an `m x n` product and finishes the products with nothing
 /// to multiply (an empty result, or k = 0: zeros unless accumulating); true if done.
-fn trivial_product(
+pub(super) fn trivial_product(
     dst: &mut [f32],
     ldc: usize,
     m: usize,
