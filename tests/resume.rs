@@ -380,7 +380,7 @@ fn interrupted_lr_search_resumes_from_its_finished_trials() {
     let resumed = corefocus(&auto_lr_args(&data, &parts, &["--resume"]));
     let log = succeeded(&resumed, "resumed search") + &String::from_utf8_lossy(&resumed.stderr);
     assert_eq!(
-        log.matches("taken from the interrupted search").count(),
+        log.matches("taken from the earlier search").count(),
         1,
         "trial 1 is taken over, 2 and 3 are trained: {log}"
     );
@@ -404,5 +404,56 @@ fn interrupted_lr_search_resumes_from_its_finished_trials() {
     // A fresh run (--overwrite) searches again rather than trusting an old file.
     let again = corefocus(&auto_lr_args(&data, &parts, &["--overwrite"]));
     let log = succeeded(&again, "overwrite") + &String::from_utf8_lossy(&again.stderr);
-    assert!(!log.contains("taken from the interrupted search"), "{log}");
+    assert!(!log.contains("taken from the earlier search"), "{log}");
+}
+
+/// A finished search over fewer rates (the run's other files removed, as when a grid's cell
+/// is trained again over a wider grid) lends the trials of the rates it shares: only the
+/// new rate is trained, and the run is the one a search over the whole grid makes.
+#[test]
+fn search_over_a_wider_grid_takes_over_the_shared_trials() {
+    let s = Scratch::new("lr-grid-wider");
+    let data = s.path("data");
+    toy_data(&data);
+    let full = s.path("full");
+    succeeded(&corefocus(&auto_lr_args(&data, &full, &[])), "full run");
+
+    let narrow_args = |out: &Path, extra: &[&str]| {
+        let mut args = auto_lr_args(&data, out, extra);
+        let grid = args.iter().position(|a| a == "--lr-grid").unwrap();
+        args[grid + 1] = "2e-5,1e-4".into();
+        args
+    };
+    let wider = s.path("wider");
+    succeeded(&corefocus(&narrow_args(&wider, &[])), "run over two rates");
+    assert_eq!(lr_search(&wider)["trials"].as_array().unwrap().len(), 2);
+    for entry in std::fs::read_dir(&wider).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().unwrap() != "lr_search.json" {
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path).unwrap();
+            } else {
+                std::fs::remove_file(&path).unwrap();
+            }
+        }
+    }
+    // The same grid is the same (finished) search; another rate is another run.
+    let resume_wider = auto_lr_args(&data, &wider, &["--resume"]);
+    assert!(corefocus::train::has_resumable_run(&options_of(
+        &resume_wider
+    )));
+    let mut fixed = resume_wider.clone();
+    let lr = fixed.iter().position(|a| a == "--lr").unwrap();
+    fixed[lr + 1] = "1e-4".into();
+    assert!(!corefocus::train::has_resumable_run(&options_of(&fixed)));
+
+    let resumed = corefocus(&resume_wider);
+    let log = succeeded(&resumed, "wider grid") + &String::from_utf8_lossy(&resumed.stderr);
+    assert_eq!(
+        log.matches("taken from the earlier search").count(),
+        2,
+        "2e-5 and 1e-4 are taken over, 3e-4 is trained: {log}"
+    );
+    assert_eq!(lr_search(&wider), lr_search(&full));
+    assert_same_run(&full, &wider, "search widened by one rate");
 }

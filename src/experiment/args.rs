@@ -31,6 +31,11 @@ pub struct ExperimentArgs {
     /// pf:p=0.8, pf:0.8, pfc@L-1, pfc@4:m=16).
     #[arg(long, value_delimiter = ',')]
     pub variants: Option<Vec<String>>,
+    /// The recipe grid's `--lr auto` candidates, comma-separated [default: train's
+    /// --lr-grid]. Trials of a finished or interrupted search of the same cell over
+    /// other candidates are taken over for the rates they share.
+    #[arg(long, value_delimiter = ',')]
+    pub lr_grid: Option<Vec<f64>>,
     /// Number of seeds per cell (seeds 1..=N).
     #[arg(long, default_value_t = 3)]
     pub seeds: usize,
@@ -75,6 +80,7 @@ impl ExperimentArgs {
             root: PathBuf::from("runs/experiments"),
             datasets: None,
             variants: None,
+            lr_grid: None,
             seeds: 3,
             epochs: 3,
             max_len: None,

@@ -3,7 +3,7 @@
 
 use super::args::{ExperimentArgs, GRIDS};
 use crate::model::{BertConfig, LengthRange, MethodConfig};
-use crate::train::options::DEFAULT_NEW_LR_SCALE;
+use crate::train::options::{DEFAULT_LR_GRID, DEFAULT_NEW_LR_SCALE};
 use crate::train::TrainOptions;
 use crate::train::{LrSpec, MethodArgs, MethodDefaults};
 use crate::variant_spec::VariantSpec;
@@ -184,6 +184,12 @@ pub fn plan(args: &ExperimentArgs, bert: &BertConfig) -> Result<Plan> {
     ensure!(!grid.datasets.is_empty(), "--datasets: no dataset given");
     ensure!(!grid.variants.is_empty(), "--variants: no variant given");
     ensure!(args.seeds >= 1, "--seeds must be at least 1");
+    ensure!(
+        args.lr_grid.is_none() || grid.recommended,
+        "--lr-grid: the {} grid trains at the paper's fixed rate 2e-5; only the recipe grid \
+         searches learning rates",
+        grid.name
+    );
     for d in &grid.datasets {
         ensure!(
             !d.contains(['/', '\\']) && d != "." && d != "..",
@@ -241,6 +247,10 @@ pub fn plan(args: &ExperimentArgs, bert: &BertConfig) -> Result<Plan> {
                     } else {
                         LrSpec::Fixed(2e-5)
                     },
+                    lr_grid: args
+                        .lr_grid
+                        .clone()
+                        .unwrap_or_else(|| DEFAULT_LR_GRID.to_vec()),
                     new_lr_scale: if grid.recommended {
                         DEFAULT_NEW_LR_SCALE
                     } else {

@@ -61,16 +61,31 @@ impl LrSearch {
     }
 
     /// Whether a run with `opts` on data with `fingerprint` may reuse these trials: same
-    /// options (control flags aside) and same data, or, for a file that recorded neither,
-    /// the same grid.
+    /// options (control flags and the grid aside) and same data, or, for a file that
+    /// recorded neither, the same grid.
     pub fn reusable_by(&self, opts: &TrainOptions, fingerprint: &str) -> bool {
         match (&self.options, &self.data_fingerprint) {
-            (Some(options), Some(data)) => {
-                data == fingerprint && differing_options(options, opts).is_ok_and(|d| d.is_empty())
-            }
+            (Some(options), Some(data)) => data == fingerprint && same_search(options, opts),
             _ => self.grid == opts.lr_grid,
         }
     }
+
+    /// Whether this is the whole search `opts` asks for (every candidate tried).
+    pub fn is_complete_for(&self, opts: &TrainOptions) -> bool {
+        self.chosen.is_some() && self.grid == opts.lr_grid
+    }
+}
+
+/// Whether a search run with `saved` options lends its trials to a run with `now`: the
+/// same options (control flags aside) except perhaps the grid. A trial depends on its own
+/// rate and the run's options, not on the other candidates, so a grid extended with more
+/// rates (say after every cell chose the largest) takes over the trials of those it shares.
+pub fn same_search(saved: &TrainOptions, now: &TrainOptions) -> bool {
+    let saved = TrainOptions {
+        lr_grid: now.lr_grid.clone(),
+        ..saved.clone()
+    };
+    differing_options(&saved, now).is_ok_and(|d| d.is_empty())
 }
 
 /// `<out>/lr_search.json` when it is there and readable.
@@ -128,12 +143,12 @@ pub fn search_lr(
         options: Some(opts.clone()),
         data_fingerprint: Some(data_fingerprint(&[train, dev])),
     };
-    let mut reused = earlier.map(|e| e.trials).unwrap_or_default().into_iter();
+    let earlier = earlier.map(|e| e.trials).unwrap_or_default();
     for (k, &lr) in opts.lr_grid.iter().enumerate() {
-        if let Some(trial) = reused.next().filter(|t| t.lr == lr) {
+        if let Some(trial) = earlier.iter().find(|t| t.lr == lr).cloned() {
             eprintln!(
                 "corefocus train: --lr auto, trial {}/{} at lr {lr:e}: val loss {:.4}, taken from \
-                 the interrupted search in {}",
+                 the earlier search in {}",
                 k + 1,
                 opts.lr_grid.len(),
                 trial.val_loss,

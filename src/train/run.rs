@@ -5,7 +5,7 @@
 use super::checkpoint::{load_checkpoint, save_checkpoint, CheckpointMeta, META_FILE};
 use super::curves::plot_training_curves;
 use super::eval::{eval_logits_with_progress, evaluate};
-use super::lr_search::{read_lr_search, search_lr};
+use super::lr_search::{read_lr_search, same_search, search_lr};
 use super::options::{LrSpec, TrainOptions};
 use super::outputs::{check_out_dir, prepare_out_dir, report_json, write_run_marker, MetricsLog};
 use super::prepare::{
@@ -247,7 +247,8 @@ fn fit(
 }
 
 /// Whether `train --resume` with `opts` has something to continue in `--out`: a resume
-/// state, or (before the first) an `--lr auto` search, saved by a run with the same options.
+/// state saved by a run with the same options, or (before the first) an `--lr auto` search
+/// whose trials it can take over (same options but perhaps the grid: [`same_search`]).
 pub fn has_resumable_run(opts: &TrainOptions) -> bool {
     let same =
         |saved: &TrainOptions| resume::differing_options(saved, opts).is_ok_and(|d| d.is_empty());
@@ -257,7 +258,7 @@ pub fn has_resumable_run(opts: &TrainOptions) -> bool {
     !opts.out.join(META_FILE).is_file()
         && read_lr_search(&opts.out)
             .and_then(|s| s.options)
-            .is_some_and(|saved| same(&saved))
+            .is_some_and(|saved| same_search(&saved, opts))
 }
 
 /// How a run starts.
@@ -299,7 +300,11 @@ fn read_resume_or_check_out(opts: &TrainOptions) -> Result<Start> {
     let no_checkpoint = !opts.out.join(META_FILE).is_file();
     if no_state && no_checkpoint {
         if let Some(saved) = read_lr_search(&opts.out).and_then(|s| s.options) {
-            options_must_match(&saved)?;
+            // (a search over another grid lends the trials of the rates it shares)
+            options_must_match(&TrainOptions {
+                lr_grid: opts.lr_grid.clone(),
+                ..saved
+            })?;
             return Ok(Start::AfterSearch);
         }
     }
@@ -361,7 +366,7 @@ fn choose_lr(
     let earlier =
         read_lr_search(&opts.out).filter(|s| opts.resume && s.reusable_by(opts, fingerprint));
     let search = match earlier {
-        Some(search) if search.chosen.is_some() => search,
+        Some(search) if search.is_complete_for(opts) => search,
         earlier => search_lr(opts, earlier, build, (train, dev), labels, pad_id)?,
     };
     let chosen = search
