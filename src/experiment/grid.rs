@@ -506,4 +506,30 @@ mod tests {
         };
         assert!(plan(&a, &bert).is_err());
     }
+
+    #[test]
+    fn lr_grid_applies_to_the_recipe_grid_only() {
+        let bert = BertConfig::minilm_l6();
+        let root = Path::new("r");
+        let p = plan(&args("recipe", root), &bert).unwrap();
+        assert!(p
+            .cells
+            .iter()
+            .all(|c| c.options.lr == LrSpec::Auto && c.options.lr_grid == DEFAULT_LR_GRID));
+        let wider = ExperimentArgs {
+            lr_grid: Some(vec![2e-5, 5e-5, 1e-4, 2e-4]),
+            ..args("recipe", root)
+        };
+        let p = plan(&wider, &bert).unwrap();
+        assert!(p
+            .cells
+            .iter()
+            .all(|c| c.options.lr_grid == [2e-5, 5e-5, 1e-4, 2e-4]));
+        let paper = ExperimentArgs {
+            grid: "table2".into(),
+            ..wider
+        };
+        let err = format!("{:#}", plan(&paper, &bert).unwrap_err());
+        assert!(err.contains("--lr-grid") && err.contains("table2"), "{err}");
+    }
 }
