@@ -65,7 +65,10 @@ impl LrSearch {
     /// recorded neither, the same grid.
     pub fn reusable_by(&self, opts: &TrainOptions, fingerprint: &str) -> bool {
         match (&self.options, &self.data_fingerprint) {
-            (Some(options), Some(data)) => data == fingerprint && same_search(options, opts),
+            (Some(options), Some(data)) => {
+                data == fingerprint
+                    && differing_search_options(options, opts).is_ok_and(|d| d.is_empty())
+            }
             _ => self.grid == opts.lr_grid,
         }
     }
@@ -76,16 +79,17 @@ impl LrSearch {
     }
 }
 
-/// Whether a search run with `saved` options lends its trials to a run with `now`: the
-/// same options (control flags aside) except perhaps the grid. A trial depends on its own
-/// rate and the run's options, not on the other candidates, so a grid extended with more
-/// rates (say after every cell chose the largest) takes over the trials of those it shares.
-pub fn same_search(saved: &TrainOptions, now: &TrainOptions) -> bool {
+/// The `--flags` that keep a search run with `saved` options from lending its trials to a
+/// run with `now`: those that differ (control flags aside) except the grid. A trial depends
+/// on its own rate and the run's options, not on the other candidates, so a grid extended
+/// with more rates (say after every cell chose the largest) takes over the trials of those
+/// it shares.
+pub fn differing_search_options(saved: &TrainOptions, now: &TrainOptions) -> Result<Vec<String>> {
     let saved = TrainOptions {
         lr_grid: now.lr_grid.clone(),
         ..saved.clone()
     };
-    differing_options(&saved, now).is_ok_and(|d| d.is_empty())
+    differing_options(&saved, now)
 }
 
 /// `<out>/lr_search.json` when it is there and readable.

@@ -5,7 +5,7 @@
 use super::checkpoint::{load_checkpoint, save_checkpoint, CheckpointMeta, META_FILE};
 use super::curves::plot_training_curves;
 use super::eval::{eval_logits_with_progress, evaluate};
-use super::lr_search::{read_lr_search, same_search, search_lr};
+use super::lr_search::{differing_search_options, read_lr_search, search_lr};
 use super::options::{LrSpec, TrainOptions};
 use super::outputs::{check_out_dir, prepare_out_dir, report_json, write_run_marker, MetricsLog};
 use super::prepare::{
@@ -246,19 +246,44 @@ fn fit(
     Ok((lr, summary))
 }
 
-/// Whether `train --resume` with `opts` has something to continue in `--out`: a resume
-/// state saved by a run with the same options, or (before the first) an `--lr auto` search
-/// whose trials it can take over (same options but perhaps the grid: [`same_search`]).
+/// Whether `train --resume` with `opts` has something to continue in `--out`, left by a
+/// run with the same options ([`options_to_continue`]).
 pub fn has_resumable_run(opts: &TrainOptions) -> bool {
-    let same =
-        |saved: &TrainOptions| resume::differing_options(saved, opts).is_ok_and(|d| d.is_empty());
-    if let Ok(state) = resume::read_resume_state(&opts.out) {
-        return same(&state.options);
+    interrupted_run(&opts.out)
+        .and_then(|left| options_to_continue(&left, opts))
+        .is_ok_and(|differing| differing.is_empty())
+}
+
+/// What an interrupted run left in `--out` to continue from.
+enum Interrupted {
+    /// Its last resume state.
+    State(Box<resume::ResumeState>),
+    /// Only its `--lr auto` search (it stopped in the search, or before its first save),
+    /// with the options it ran with.
+    Search(Box<TrainOptions>),
+}
+
+/// What `out` holds to continue from; an error says why there is nothing (or nothing
+/// readable).
+fn interrupted_run(out: &Path) -> Result<Interrupted> {
+    let no_state = !resume::resume_dir(out).join(resume::STATE_FILE).is_file();
+    if no_state && !out.join(META_FILE).is_file() {
+        if let Some(options) = read_lr_search(out).and_then(|s| s.options) {
+            return Ok(Interrupted::Search(Box::new(options)));
+        }
     }
-    !opts.out.join(META_FILE).is_file()
-        && read_lr_search(&opts.out)
-            .and_then(|s| s.options)
-            .is_some_and(|saved| same_search(&saved, opts))
+    Ok(Interrupted::State(Box::new(resume::read_resume_state(
+        out,
+    )?)))
+}
+
+/// The `--flags` in which `opts` differs from the interrupted run (control flags aside; a
+/// search over another grid still lends the trials of the rates it shares).
+fn options_to_continue(left: &Interrupted, opts: &TrainOptions) -> Result<Vec<String>> {
+    match left {
+        Interrupted::State(state) => resume::differing_options(&state.options, opts),
+        Interrupted::Search(saved) => differing_search_options(saved, opts),
+    }
 }
 
 /// How a run starts.
@@ -284,33 +309,18 @@ fn read_resume_or_check_out(opts: &TrainOptions) -> Result<Start> {
     // the last one saved and no temporary copy lingers in --out.
     remove_stale_temporaries(&opts.out, META_FILE)?;
     remove_stale_temporaries(&resume::resume_dir(&opts.out), resume::STATE_FILE)?;
-    let options_must_match = |saved: &TrainOptions| -> Result<()> {
-        let differing = resume::differing_options(saved, opts)?;
-        ensure!(
-            differing.is_empty(),
-            "--resume: options differ from those of the interrupted run in {}: {}; pass the same options",
-            opts.out.display(),
-            differing.join("; ")
-        );
-        Ok(())
-    };
-    let no_state = !resume::resume_dir(&opts.out)
-        .join(resume::STATE_FILE)
-        .is_file();
-    let no_checkpoint = !opts.out.join(META_FILE).is_file();
-    if no_state && no_checkpoint {
-        if let Some(saved) = read_lr_search(&opts.out).and_then(|s| s.options) {
-            // (a search over another grid lends the trials of the rates it shares)
-            options_must_match(&TrainOptions {
-                lr_grid: opts.lr_grid.clone(),
-                ..saved
-            })?;
-            return Ok(Start::AfterSearch);
-        }
-    }
-    let state = resume::read_resume_state(&opts.out)?;
-    options_must_match(&state.options)?;
-    Ok(Start::Saved(Box::new(state)))
+    let left = interrupted_run(&opts.out)?;
+    let differing = options_to_continue(&left, opts)?;
+    ensure!(
+        differing.is_empty(),
+        "--resume: options differ from those of the interrupted run in {}: {}; pass the same options",
+        opts.out.display(),
+        differing.join("; ")
+    );
+    Ok(match left {
+        Interrupted::State(state) => Start::Saved(state),
+        Interrupted::Search(_) => Start::AfterSearch,
+    })
 }
 
 /// The dataset's train / validation / test splits as this run uses them: `--max-*-examples`
