@@ -83,12 +83,6 @@ simd_fn! {
     }
 }
 
-/// bf16 to f32 (exact).
-#[inline]
-pub fn from_bf16(x: u16) -> f32 {
-    f32::from_bits((x as u32) << 16)
-}
-
 /// A right-hand operand `[k, n]` rounded to bf16 and laid out as the kernel reads it: for
 /// each block of 32 columns, for each step of 32 in k, its two B tiles (1 KiB each, row r
 /// holding the pairs (k = 2r, 2r + 1) of the tile's 16 columns), so that a block's tiles
@@ -434,6 +428,10 @@ unsafe fn write_block(
 mod tests {
     use super::*;
 
+    fn from_bf16(x: u16) -> f32 {
+        half::bf16::from_bits(x).to_f32()
+    }
+
     /// The product of the bf16-rounded operands in f64: what the kernel computes, up to
     /// f32 accumulation.
     fn rounded_product(a: MatRef, b: MatRef) -> Vec<f64> {
@@ -464,6 +462,18 @@ mod tests {
         assert!(from_bf16(to_bf16(f32::NAN)).is_nan());
         assert_eq!(from_bf16(to_bf16(f32::MAX)), f32::INFINITY);
         assert_eq!(from_bf16(to_bf16(f32::INFINITY)), f32::INFINITY);
+        // The same as the `half` crate's rounding over a spread of values.
+        let mut rng = crate::rng::Rng::new(7);
+        for _ in 0..100_000 {
+            let x = f32::from_bits(rng.next_u64() as u32);
+            let ours = to_bf16(x);
+            let theirs = half::bf16::from_f32(x);
+            if x.is_nan() {
+                assert!(half::bf16::from_bits(ours).is_nan());
+            } else {
+                assert_eq!(ours, theirs.to_bits(), "{x:e}");
+            }
+        }
     }
 
     #[test]
