@@ -58,6 +58,8 @@ pub struct AggRow {
     pub peak_heap_bytes: Option<f64>,
     /// The learning rate `lr: auto` chose, per seed (empty for a fixed rate).
     pub lrs_chosen: Vec<f64>,
+    /// The candidates it chose from (empty for a fixed rate).
+    pub lr_grid: Vec<f64>,
 }
 
 /// The baseline cell's name.
@@ -151,6 +153,7 @@ pub fn aggregate(
                     .filter(|r| r.recipe.lr == LrSpec::Auto)
                     .filter_map(|r| r.lr_chosen)
                     .collect(),
+                lr_grid: first.recipe.lr_grid.clone(),
             }
         })
         .collect();

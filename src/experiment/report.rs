@@ -17,6 +17,30 @@ fn pct(s: &Stat) -> String {
     }
 }
 
+/// `Learning-rate candidates ...: 2e-5, 5e-5, 1e-4.` for a dataset's `--lr auto` rows (a
+/// line per grid where they differ); empty for fixed rates.
+fn lr_candidates(rows: &[AggRow], dataset: &str) -> String {
+    let mut grids: Vec<&Vec<f64>> = Vec::new();
+    for r in rows
+        .iter()
+        .filter(|r| r.dataset == dataset && !r.lr_grid.is_empty())
+    {
+        if !grids.contains(&&r.lr_grid) {
+            grids.push(&r.lr_grid);
+        }
+    }
+    grids
+        .iter()
+        .map(|g| {
+            let g: Vec<String> = g.iter().map(|x| format!("{x:e}")).collect();
+            format!(
+                "Learning-rate candidates of `--lr auto`: {}.\n\n",
+                g.join(", ")
+            )
+        })
+        .collect()
+}
+
 /// The Markdown table of `rows`, one section per dataset.
 /// `pending` counts the unfinished cells of the request that wrote it, which `request`
 /// describes (a request may cover part of the grid; the rows are every finished cell).
@@ -68,9 +92,10 @@ pub fn format_markdown(
             current = Some(r.dataset.as_str());
             let (lr_head, lr_rule) = if auto { (" lr |", "---|") } else { ("", "") };
             s.push_str(&format!(
-                "## {}\n\n| cell | p | layer | m | seeds |{lr_head} accuracy | macro-F1 | micro-F1 | Δ acc vs BERT | run s | train tokens/s | peak heap MiB | epochs | max len | train examples |\n\
+                "## {}\n\n{}| cell | p | layer | m | seeds |{lr_head} accuracy | macro-F1 | micro-F1 | Δ acc vs BERT | run s | train tokens/s | peak heap MiB | epochs | max len | train examples |\n\
                  |---|---:|---:|---:|---|{lr_rule}---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
-                r.dataset
+                r.dataset,
+                lr_candidates(rows, &r.dataset)
             ));
         }
         let m = &r.settings;
@@ -330,5 +355,41 @@ mod tests {
         let md = format_markdown("table2", &rows, 0, "", &[]);
         assert!(md.contains("pf [model all-MiniLM-L6-v2"), "{md}");
         assert!(md.contains("train 10"), "{md}");
+        assert!(!md.contains("candidates"), "fixed rate: {md}");
+    }
+
+    #[test]
+    fn recipe_tables_name_each_datasets_learning_rate_candidates() {
+        let bert = BertConfig::minilm_l6();
+        let plan_with = |grid: Option<Vec<f64>>| {
+            let a = ExperimentArgs {
+                datasets: Some(vec!["d".into(), "e".into()]),
+                variants: Some(vec!["bert".into()]),
+                seeds: 1,
+                lr_grid: grid,
+                ..args("recipe", Path::new("r"))
+            };
+            plan(&a, &bert).unwrap()
+        };
+        let usual = plan_with(None);
+        let wider = plan_with(Some(vec![2e-5, 2e-4]));
+        let mut d = fake_result(&usual.cells[0], "recipe", 0.8);
+        d.lr_chosen = Some(1e-4);
+        let mut e = fake_result(&wider.cells[1], "recipe", 0.7);
+        e.lr_chosen = Some(2e-4);
+        let order = |x: &[&str]| x.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let rows = aggregate(&[d, e], &[], &order(&["d", "e"]), &order(&["bert"]));
+        let md = format_markdown("recipe", &rows, 0, "", &[]);
+        assert!(
+            md.contains(
+                "## d\n\nLearning-rate candidates of `--lr auto`: 2e-5, 5e-5, 1e-4.\n\n| cell"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("## e\n\nLearning-rate candidates of `--lr auto`: 2e-5, 2e-4.\n\n| cell"),
+            "{md}"
+        );
+        assert!(md.contains("| 1 | 2e-4 | 70.00 |"), "{md}");
     }
 }
