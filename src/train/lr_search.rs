@@ -73,7 +73,8 @@ impl LrSearch {
         }
     }
 
-    /// Whether this is the whole search `opts` asks for (every candidate tried).
+    /// Whether this is the finished search over the grid `opts` asks for (a search over
+    /// another grid lends its trials, and the rest are trained).
     pub fn is_complete_for(&self, opts: &TrainOptions) -> bool {
         self.chosen.is_some() && self.grid == opts.lr_grid
     }
