@@ -52,7 +52,8 @@ pub struct BenchArgs {
     pub lengths: Option<PathBuf>,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
-    /// Report time per kernel (model-level call sites) of the training steps.
+    /// Report time per kernel (model-level call sites) of the training steps (with
+    /// `--forward-only`: of the forward passes).
     #[arg(long)]
     pub profile: bool,
     /// Arithmetic of the forward passes' linear layers (with --forward-only): f32, or bf16

@@ -66,7 +66,7 @@ pub struct BenchOptions {
     pub forward: bool,
     /// Time training steps (off: forward passes only).
     pub train: bool,
-    /// Accumulate per-kernel time of the timed training steps.
+    /// Accumulate per-kernel time of the timed training steps (or forward passes without).
     pub profile: bool,
     /// Of the forward passes' linear layers (forward-only runs; training is f32).
     pub precision: Precision,
@@ -135,8 +135,8 @@ pub struct VariantResult {
     pub train_gflops_per_s: f64,
     /// Forward FLOPs over the median forward time (NaN without forward timings).
     pub forward_gflops_per_s: f64,
-    /// Per-kernel seconds per training step (median-free mean over timed steps), when
-    /// profiling.
+    /// Per-kernel seconds per training step (mean over timed steps), or per forward pass
+    /// with `--forward-only`, when profiling.
     pub kernel_seconds: Vec<(String, f64)>,
 }
 
@@ -172,6 +172,20 @@ struct Runner {
     fwd_flops: u64,
     kept_last: f64,
     kernel_seconds: Vec<f64>,
+}
+
+impl Runner {
+    /// Adds the profiler's per-kernel times of the pass just timed (`seconds` in all);
+    /// what no kernel accounts for goes to `other`.
+    fn add_kernel_seconds(&mut self, seconds: f64) {
+        let snap = crate::profile::snapshot();
+        let accounted: f64 = snap.iter().map(|(_, s)| s).sum();
+        for (k, (_, secs)) in snap.iter().enumerate() {
+            self.kernel_seconds[k] += secs;
+        }
+        let other = crate::profile::Kernel::Other as usize;
+        self.kernel_seconds[other] += (seconds - accounted).max(0.0);
+    }
 }
 
 fn cpu_features() -> String {
@@ -358,6 +372,13 @@ fn variant_result(r: &Runner, opts: &BenchOptions) -> VariantResult {
     let persistent = 4 * 4 * r.model.params.numel();
     let train_step = summarize(&r.train);
     let forward = opts.forward.then(|| summarize(&r.forward));
+    // --profile times the training steps, or the forward passes where there are none.
+    let profiled_passes = if opts.train {
+        r.train.len()
+    } else {
+        r.forward.len()
+    }
+    .max(1);
     let train_flops = r.fwd_flops + backward_flops(r.fwd_flops);
     VariantResult {
         variant: r.label.clone(),
@@ -383,7 +404,7 @@ fn variant_result(r: &Runner, opts: &BenchOptions) -> VariantResult {
             crate::profile::KERNELS
                 .iter()
                 .zip(&r.kernel_seconds)
-                .map(|(k, s)| (k.name().to_string(), s / r.train.len().max(1) as f64))
+                .map(|(k, s)| (k.name().to_string(), s / profiled_passes as f64))
                 .collect()
         } else {
             Vec::new()
@@ -430,14 +451,8 @@ fn time_rounds(runners: &mut [Runner], batch: &Batch, labels: &[usize], opts: &B
             let dt = t0.elapsed().as_secs_f64();
             crate::profile::enable(false);
             if timed {
-                let snap = crate::profile::snapshot();
-                let accounted: f64 = snap.iter().map(|(_, s)| s).sum();
-                for (k, (_, secs)) in snap.iter().enumerate() {
-                    r.kernel_seconds[k] += secs;
-                }
                 if opts.profile {
-                    let other = crate::profile::Kernel::Other as usize;
-                    r.kernel_seconds[other] += (dt - accounted).max(0.0);
+                    r.add_kernel_seconds(dt);
                 }
                 r.train.push(dt);
             }
@@ -446,12 +461,21 @@ fn time_rounds(runners: &mut [Runner], batch: &Batch, labels: &[usize], opts: &B
             }
         }
         if opts.forward {
+            // Without training steps, --profile times the forward passes' kernels.
+            let profile_forward = opts.profile && !opts.train && timed;
             for r in runners.iter_mut() {
+                crate::profile::enable(profile_forward);
+                crate::profile::reset();
                 let t0 = Instant::now();
                 let (out, _) = r.model.forward(batch, Mode::Eval, false);
                 std::hint::black_box(&out.logits);
+                let dt = t0.elapsed().as_secs_f64();
+                crate::profile::enable(false);
+                if profile_forward {
+                    r.add_kernel_seconds(dt);
+                }
                 if timed {
-                    r.forward.push(t0.elapsed().as_secs_f64());
+                    r.forward.push(dt);
                 }
             }
         }
@@ -539,7 +563,14 @@ pub fn format_table(r: &BenchReport) -> String {
         s.push_str(" (FLOPs: the matrix products, method.md).\n");
     }
     if r.results.iter().any(|v| !v.kernel_seconds.is_empty()) {
-        s.push_str("\nPer-kernel seconds per training step (mean over timed steps):\n\n| kernel |");
+        let per = if r.results.iter().any(|v| v.train_step.samples > 0) {
+            "training step"
+        } else {
+            "forward pass"
+        };
+        s.push_str(&format!(
+            "\nPer-kernel seconds per {per} (mean over timed passes):\n\n| kernel |"
+        ));
         for v in &r.results {
             s.push_str(&format!(" {} |", v.variant));
         }
@@ -570,4 +601,37 @@ pub fn format_table(r: &BenchReport) -> String {
         s.push_str("\n(counting allocator not installed: transient memory is 0)\n");
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn profile_without_training_times_the_forward_passes() {
+        let opts = BenchOptions {
+            model: BenchModel::MiniLmL6,
+            batch: 1,
+            seq: 16,
+            variants: vec!["bert".into()],
+            keep_ratio: 0.9,
+            warmup: 0,
+            reps: 2,
+            lengths: None,
+            seed: 1,
+            forward: true,
+            train: false,
+            profile: true,
+            precision: Precision::F32,
+        };
+        let report = run(&opts).unwrap();
+        let kernels = &report.results[0].kernel_seconds;
+        let linear = kernels.iter().find(|(k, _)| k == "linear (gemm)").unwrap();
+        assert!(linear.1 > 0.0, "{kernels:?}");
+        let table = format_table(&report);
+        assert!(
+            table.contains("Per-kernel seconds per forward pass"),
+            "{table}"
+        );
+    }
 }
