@@ -561,6 +561,9 @@ unsafe fn serial_packed_with<K: MicroKernel>(
         b.isa.blocking().mc
     };
     let mc_step = m.div_ceil(m.div_ceil(mc_max)).next_multiple_of(K::MR);
+    // With many rows the weights are read once per A block and stay in L2 after the
+    // first: fetching them ahead only costs instructions.
+    let prefetch = mc_step >= m;
     with_pack_space(mc_step * b.kc_step, 0, |pack_a, _| {
         for pc in (0..k).step_by(b.kc_step) {
             let kc = b.kc_step.min(k - pc);
@@ -576,7 +579,7 @@ unsafe fn serial_packed_with<K: MicroKernel>(
                 // 1 x 128 the products waited on the weights: 35% slower than with them
                 // in cache).
                 let panel_lines = kc * K::NR / 16;
-                if ic == 0 && panels.0 < panels.1 {
+                if prefetch && panels.0 < panels.1 {
                     let first = b_block.add(panels.0 * K::NR * kc);
                     for line in 0..panel_lines {
                         _mm_prefetch::<_MM_HINT_T1>(first.add(16 * line) as *const i8);
@@ -588,7 +591,8 @@ unsafe fn serial_packed_with<K: MicroKernel>(
                 for q in panels.0..panels.1 {
                     let jr = q * K::NR;
                     let b_panel = b_block.add(jr * kc);
-                    let next_panel = (q + 1 < panels.1).then(|| b_panel.add(K::NR * kc));
+                    let next_panel =
+                    (prefetch && q + 1 < panels.1).then(|| b_panel.add(K::NR * kc));
                     let nr = K::NR.min(n - jr);
                     for (t, ir) in (0..mc).step_by(K::MR).enumerate() {
                         if let Some(next) = next_panel {
