@@ -13,7 +13,7 @@
 #          recipe-sst2 recipe-bbc recipe-20ng (not in the default list: run them by name)
 #          (default: all, in this order: seed 1 of every grid first, so a partial run
 #          already covers every table, then seeds 2 and 3 of Table 2)
-#          save   (only copy finished cells into results/experiments)
+#          save   (only copy finished cells, and unfinished cells' searches, into results/experiments)
 #          report (only rewrite every grid's results.md and plots from the finished cells,
 #                  e.g. after a newer binary changed them; then copy them like save)
 #   JOBS (default 2) processes walk the steps side by side, each with nproc/JOBS rayon
@@ -24,9 +24,10 @@
 #   steps in this order: a sweep cell whose Table 2 twin is still being trained by the
 #   other process is trained again rather than copied.
 # Finished cells are kept in git under results/experiments (result.json, metrics.jsonl,
-# test_report.json per cell, and each grid's results.md and plots): the script restores
-# them into runs/experiments first, so a fresh clone resumes where the grid stood, and
-# copies new ones back after every step.
+# test_report.json per cell, and each grid's results.md and plots), with the --lr auto
+# searches of unfinished cells (lr_search.json): the script restores them into
+# runs/experiments first, so a fresh clone resumes where the grid stood, and copies new
+# ones back after every step (`save` copies them without running anything).
 # Settings (recorded in docs/results.md): MiniLM-L6, lr 2e-5, batch 16, 10% warm-up,
 # best checkpoint by validation loss, EPOCHS epochs (default 2), max length sst2 64,
 # bbc-news 512, 20newsgroups 256 (CPU budget), 3 seeds (20newsgroups 1).
@@ -39,14 +40,20 @@ DATA=${COREFOCUS_DATA:-../shared/data}
 EPOCHS=${EPOCHS:-2}
 RUNS=runs/experiments
 RESULTS=results/experiments
-# copy_cells FROM TO: finished cells' small files and the grids' tables and plots, where
-# TO lacks them or has older copies (a cell without result.json is not finished: skipped);
-# each file is copied to a temporary name and renamed, so an interruption leaves no half file.
+# copy_cells FROM TO: finished cells' small files (a cell without result.json is not
+# finished), unfinished cells' learning-rate searches, and the grids' tables and plots, where
+# TO lacks them or has older copies; each file is copied to a temporary name and renamed,
+# so an interruption leaves no half file.
 copy_cells() {
   [ -d "$1" ] || return 0
   (cd "$1" && for r in $(find . -name result.json); do
      d=$(dirname "$r")
      for f in result.json metrics.jsonl test_report.json lr_search.json; do [ -f "$d/$f" ] && echo "$d/$f"; done
+   done
+   # and an unfinished cell's learning-rate search (its finished trials), which the
+   # runner continues (a 20 Newsgroups search is ~1 h per lane; its training ~1.5 h more)
+   for s in $(find . -name lr_search.json); do
+     [ -f "$(dirname "$s")/result.json" ] || echo "$s"
    done; find . -maxdepth 2 -name results.md -o -maxdepth 2 -name '*.svg') |
   while read -r f; do
     if [ ! -f "$2/$f" ] || [ "$1/$f" -nt "$2/$f" ]; then
