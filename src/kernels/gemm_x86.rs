@@ -592,7 +592,7 @@ unsafe fn serial_packed_with<K: MicroKernel>(
                     let jr = q * K::NR;
                     let b_panel = b_block.add(jr * kc);
                     let next_panel =
-                    (prefetch && q + 1 < panels.1).then(|| b_panel.add(K::NR * kc));
+                        (prefetch && q + 1 < panels.1).then(|| b_panel.add(K::NR * kc));
                     let nr = K::NR.min(n - jr);
                     for (t, ir) in (0..mc).step_by(K::MR).enumerate() {
                         if let Some(next) = next_panel {
