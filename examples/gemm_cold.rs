@@ -2,13 +2,13 @@
 //! one matrix multiplied again and again) and as a forward pass meets them ("cold":
 //! 48 MiB of weight matrices taken in turn, so each comes from L3 or memory), best of
 //! 20 rounds (a development aid; issue 17's prefetch of the next weight panel), in f32
-//! and, where the CPU has AMX, in bf16 (`--precision bf16`).
+//! and, where the CPU has AMX or AVX512-BF16, in bf16 (`--precision bf16`).
 //!
 //! `cargo run --release --example gemm_cold [threads]`
 #[cfg(target_arch = "x86_64")]
 fn main() {
     use corefocus::kernels::epilogue::Epilogue;
-    use corefocus::kernels::gemm_amx::{self, gemm_bf16, PackedBf16};
+    use corefocus::kernels::gemm_bf16::{self, gemm_bf16, PackedBf16};
     use corefocus::kernels::gemm_x86::{gemm_packed, Isa, PackedB};
     use corefocus::kernels::matmul::MatRef;
     use std::time::Instant;
@@ -34,12 +34,12 @@ fn main() {
                     .map(|i| (((i + s) * 104_729) % 1000) as f32 / 1000.0 - 0.5)
                     .collect();
                 let b = MatRef::new(&b, k, n);
-                let bf16 = gemm_amx::available().then(|| PackedBf16::new(b));
+                let bf16 = gemm_bf16::available().then(|| PackedBf16::new(b));
                 (PackedB::new(Isa::best(), b), bf16)
             })
             .collect();
         let mut c = vec![0.0f32; m * n];
-        let precisions: &[&str] = if gemm_amx::available() {
+        let precisions: &[&str] = if gemm_bf16::available() {
             &["f32", "bf16"]
         } else {
             &["f32"]

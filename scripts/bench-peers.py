@@ -15,7 +15,7 @@ each engine's median over corefocus bert's (above 1: corefocus is faster).
   with intra_op_num_threads = threads.
 - corefocus: `corefocus._corefocus.NativeTimedModel`, the Model::forward and train_step
   that `corefocus bench` times, for each --variants entry (`VARIANT/bf16`: its forward
-  passes with the linear layers in bf16, `--precision bf16`, Intel AMX only; such entries
+  passes with the linear layers in bf16, `--precision bf16`, Intel AMX or AVX512-BF16 only; such entries
   are left out of the training rows, which are f32).
 """
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """How an idle gap before a call changes corefocus's 1 x 128 forward latency (the serving
-case): for f32 and bf16 (AMX only), 25 calls after each gap of 0, 5, 20 and 50 ms (the
+case): for f32 and bf16 (AMX or AVX512-BF16 only), 25 calls after each gap of 0, 5, 20 and 50 ms (the
 first 3 dropped), median and min. Uses the Python package (NativeTimedModel, as
 scripts/bench-peers.py); set RAYON_NUM_THREADS and COREFOCUS_LINGER_MS as wanted.
 
@@ -19,7 +19,7 @@ lists = ids.tolist()
 for precision in ["f32", "bf16"]:
     try:
         m = NativeTimedModel.load(model, "bert", 2, precision)
-    except Exception as e:  # no AMX: say so and go on
+    except Exception as e:  # no bf16 arithmetic: say so and go on
         print(f"{precision}: {e}")
         continue
     for gap in [0.0, 0.005, 0.02, 0.05]:

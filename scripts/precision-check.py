@@ -5,7 +5,7 @@ differ and the largest change of a class probability (`corefocus predict --preci
 
     scripts/precision-check.py CHECKPOINT DATASET_DIR [--binary target/release/corefocus]
 
-Needs a CPU with Intel AMX for bf16 (corefocus says so otherwise). Prints one Markdown row."""
+Needs a CPU with Intel AMX or AVX512-BF16 for bf16 (corefocus says so otherwise). Prints one Markdown row."""
 import argparse
 import gzip
 import json

@@ -785,12 +785,12 @@ the plot
         &s.arg("missing.txt"),
     ]));
     expect(&out, "I02", &["missing.txt"]);
-    // --precision bf16 where there is no AMX (COREFOCUS_AMX=off pretends so) is refused
-    // before anything loads; where there is, eval takes the flag (the tiny model's layers
+    // --precision bf16 where there is no bf16 arithmetic (COREFOCUS_BF16=off pretends so) is
+    // refused before anything loads; where there is, eval takes the flag (the tiny model's layers
     // are too narrow to be packed, so its accuracy equals f32's: the arithmetic is
     // checked by tests/golden.rs and the kernel's own tests).
-    let no_amx = common::corefocus_command()
-        .env("COREFOCUS_AMX", "off")
+    let no_bf16 = common::corefocus_command()
+        .env("COREFOCUS_BF16", "off")
         .args(strings(&[
             "predict",
             "--checkpoint",
@@ -801,7 +801,7 @@ the plot
         .stdin(std::process::Stdio::null())
         .output()
         .unwrap();
-    expect(&no_amx, "I10", &[]);
+    expect(&no_bf16, "I10", &[]);
     let out = eval(&good, &["--precision", "bf16"]);
     if out.status.success() {
         let f32_report = succeeded(&eval(&good, &[]), "eval f32");
@@ -834,10 +834,10 @@ the plot
         "--precision",
         "bf16",
     ]));
-    let amx = corefocus::kernels::matmul::Precision::Bf16
+    let bf16 = corefocus::kernels::matmul::Precision::Bf16
         .check_available()
         .is_ok();
-    expect(&bench_bf16, if amx { "I11" } else { "I10" }, &[]);
+    expect(&bench_bf16, if bf16 { "I11" } else { "I10" }, &[]);
     expect(
         &eval(&good, &["--split", "validation"]),
         "I03",

@@ -342,15 +342,15 @@ fn grads_pfc() {
     check_grads("pfc", "PFC", 2e-3);
 }
 
-/// `--precision bf16` (where the CPU has AMX): every linear layer's operands rounded to
-/// bf16, sums in f32. Not the reference's arithmetic, so not the rule above: the logits
+/// `--precision bf16` (where the CPU has AMX or AVX512-BF16): every linear layer's operands
+/// rounded to bf16, sums in f32. Not the reference's arithmetic, so not the rule above: the logits
 /// and pooled vectors must stay within 2% of the reference's largest entry (measured:
 /// logits 0.58%, pooled 0.30%), and must differ from the f32 pass (the bf16 kernel ran).
 #[test]
 fn forward_bert_at_bf16_stays_close() {
     use corefocus::kernels::matmul::Precision;
     if Precision::Bf16.check_available().is_err() {
-        eprintln!("skipped: no AMX on this CPU");
+        eprintln!("skipped: no bf16 arithmetic on this CPU");
         return;
     }
     let g = Golden::open("BERT.safetensors");

@@ -57,7 +57,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub profile: bool,
     /// Arithmetic of the forward passes' linear layers (with --forward-only): f32, or bf16
-    /// (needs Intel AMX), as `predict --precision`.
+    /// (needs Intel AMX or AVX512-BF16), as `predict --precision`.
     #[arg(long, default_value = "f32")]
     pub precision: Precision,
     /// Print JSON instead of the table.

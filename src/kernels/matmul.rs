@@ -117,7 +117,7 @@ pub fn matmul_with(
 }
 
 /// The arithmetic of products with prepared weights ([`PackedRhs`]): `F32` everywhere, or
-/// `Bf16` (operands rounded to bf16, f32 accumulation) on CPUs with AMX, for inference.
+/// `Bf16` (operands rounded to bf16, f32 accumulation) on CPUs with AMX or AVX512-BF16, for inference.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
@@ -137,13 +137,14 @@ impl Precision {
     /// An error unless this CPU computes products at this precision.
     pub fn check_available(self) -> anyhow::Result<()> {
         #[cfg(target_arch = "x86_64")]
-        let amx = super::gemm_amx::available();
+        let amx = super::gemm_bf16::available();
         #[cfg(not(target_arch = "x86_64"))]
         let amx = false;
         anyhow::ensure!(
             self == Precision::F32 || amx,
-            "--precision bf16 needs Intel AMX (a Xeon of the Sapphire Rapids generation or \
-             newer, Linux 5.16 or newer); this CPU or kernel offers none: use --precision f32"
+            "--precision bf16 needs Intel AMX (Sapphire Rapids or newer Xeons, Linux 5.16 or \
+             newer) or AVX512-BF16 (AMD Zen 4 or newer, Intel Cooper Lake); this CPU or kernel \
+             offers neither: use --precision f32"
         );
         Ok(())
     }
@@ -177,9 +178,9 @@ pub struct PackedRhs {
 enum Packed {
     #[cfg(target_arch = "x86_64")]
     X86(super::gemm_x86::PackedB),
-    /// Rounded to bf16 for the AMX kernel.
+    /// Rounded to bf16 for the AMX / AVX512-BF16 kernel.
     #[cfg(target_arch = "x86_64")]
-    Amx(super::gemm_amx::PackedBf16),
+    Amx(super::gemm_bf16::PackedBf16),
     /// Where our kernel does not run: a dense row-major copy for `matmul`.
     Dense {
         data: Vec<f32>,
@@ -200,10 +201,10 @@ impl PackedRhs {
         if precision == Precision::Bf16 {
             #[cfg(target_arch = "x86_64")]
             return PackedRhs {
-                inner: Packed::Amx(super::gemm_amx::PackedBf16::new(b)),
+                inner: Packed::Amx(super::gemm_bf16::PackedBf16::new(b)),
             };
             #[cfg(not(target_arch = "x86_64"))]
-            panic!("bf16 products need AMX");
+            panic!("bf16 products need AMX or AVX512-BF16");
         }
         #[cfg(target_arch = "x86_64")]
         if b.cols > 32 && super::gemm_x86::available() && !gemm_crate_forced() {
@@ -262,7 +263,7 @@ pub fn matmul_packed(
         }
         #[cfg(target_arch = "x86_64")]
         Packed::Amx(p) => {
-            super::gemm_amx::gemm_bf16(dst, dst_row_stride, a, p, accumulate, threads, epilogue)
+            super::gemm_bf16::gemm_bf16(dst, dst_row_stride, a, p, accumulate, threads, epilogue)
         }
         Packed::Dense { data, rows, cols } => {
             let b = MatRef::new(data, *rows, *cols);

@@ -8,7 +8,7 @@ pub mod embedding;
 pub mod epilogue;
 pub(crate) mod fastmath;
 #[cfg(target_arch = "x86_64")]
-pub mod gemm_amx;
+pub mod gemm_bf16;
 #[cfg(target_arch = "x86_64")]
 pub mod gemm_x86;
 #[cfg(test)]

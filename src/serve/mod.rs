@@ -70,7 +70,7 @@ pub struct ServeArgs {
     #[arg(long)]
     pub max_len: Option<usize>,
     /// Arithmetic of the linear layers' products: f32, or bf16 (operands rounded to bf16,
-    /// sums in f32; needs Intel AMX, Sapphire Rapids or newer): faster, slightly less
+    /// sums in f32; needs Intel AMX or AVX512-BF16): faster, slightly less
     /// exact (docs/results.md measures both).
     #[arg(long, default_value = "f32")]
     pub precision: Precision,

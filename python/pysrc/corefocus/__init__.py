@@ -57,7 +57,7 @@ class Classifier:
         cls, path: Union[str, os.PathLike], max_len: Optional[int] = None, precision: str = "f32"
     ) -> "Classifier":
         """Loads the checkpoint in ``path``; ``max_len`` overrides its truncation length;
-        ``precision`` "bf16" multiplies the linear layers in bf16 (needs Intel AMX; as
+        ``precision`` "bf16" multiplies the linear layers in bf16 (needs Intel AMX or AVX512-BF16; as
         ``corefocus predict --precision bf16``)."""
         native = _corefocus.NativeClassifier.load(os.fspath(path), max_len, precision)
         return cls(native, Path(path))

@@ -1,18 +1,25 @@
-//! bf16 matrix products on Intel AMX (Advanced Matrix Extensions: Sapphire Rapids and
-//! newer Xeons), for inference at reduced precision (`--precision bf16`). The weights are
+//! bf16 matrix products for inference at reduced precision (`--precision bf16`): on Intel
+//! AMX tiles (Sapphire Rapids and newer Xeons) where the CPU has them, else with
+//! AVX512-BF16's `vdpbf16ps` (AMD Zen 4 and newer, Intel Cooper Lake). The weights are
 //! rounded to bf16 once, when packed; each product rounds its left operand (the
-//! activations) to bf16 and accumulates in f32. One `tdpbf16ps` multiplies a 16 x 32 by a
-//! 32 x 16 tile (16,384 flops); a core issues one every 16 cycles, about 16 times its f32
-//! FMA rate, at bf16's 8-bit mantissa (relative rounding error 2^-9 per operand).
+//! activations) to bf16 and accumulates in f32. Both engines read the same packed operands
+//! and compute the same 32 x 32 blocks; products of two bf16 values are exact in f32, so
+//! they differ only in the order of the f32 sums.
 //!
-//! Tiles live in eight 1 KiB registers (tmm0-7), configured per thread with `ldtilecfg`
-//! and released with `tilerelease`. Rust has no stable AMX intrinsics, so the few tile
-//! instructions are inline assembly; the kernel keeps a 32 x 32 block of the result in
-//! tmm0-3, the two 16-row tiles of the left operand in tmm4-5 and the two 16-column tiles
-//! of the right operand in tmm6-7.
+//! AMX: one `tdpbf16ps` multiplies a 16 x 32 by a 32 x 16 tile (16,384 flops); a core
+//! issues one every 16 cycles, about 16 times its f32 FMA rate, at bf16's 8-bit mantissa
+//! (relative rounding error 2^-9 per operand). Tiles live in eight 1 KiB registers
+//! (tmm0-7), configured per thread with `ldtilecfg` and released with `tilerelease`. Rust
+//! has no stable AMX intrinsics, so the few tile instructions are inline assembly; the
+//! kernel keeps a 32 x 32 block of the result in tmm0-3, the two 16-row tiles of the left
+//! operand in tmm4-5 and the two 16-column tiles of the right operand in tmm6-7. Linux
+//! hands out the tile state only on request (`arch_prctl(ARCH_REQ_XCOMP_PERM)`, once per
+//! process): [`engine`] asks.
 //!
-//! Linux hands out the tile state only on request (`arch_prctl(ARCH_REQ_XCOMP_PERM)`,
-//! once per process): [`available`] asks, and is false where the CPU or kernel says no.
+//! AVX512-BF16: one `vdpbf16ps` adds 16 lanes of pair products (a[i, 2p] b[2p, j] +
+//! a[i, 2p+1] b[2p+1, j]), twice the flops of an f32 FMA; the B tiles' rows are exactly
+//! such pairs of 16 columns, and an A pair is one broadcast 32-bit word. The block is
+//! computed 8 rows at a time, 8 x 32 in 16 zmm accumulators.
 
 use super::epilogue::Epilogue;
 use super::fastmath::simd_fn;
@@ -33,31 +40,74 @@ const TILE_LEN: usize = TILE_ROWS * TILE_K;
 const BLOCK_ROWS: usize = 2 * TILE_ROWS;
 const BLOCK_COLS: usize = 2 * TILE_COLS;
 
-/// Whether this CPU has AMX-BF16 and the kernel granted this process the tile state
-/// (asked once; the grant holds for every thread of the process). `COREFOCUS_AMX=off` in
-/// the environment says no (to see, and test, what a CPU without AMX does).
-pub fn available() -> bool {
-    static AVAILABLE: OnceLock<bool> = OnceLock::new();
-    *AVAILABLE.get_or_init(|| {
-        if std::env::var("COREFOCUS_AMX").is_ok_and(|v| v == "off") {
-            return false;
+/// How this CPU multiplies in bf16.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Engine {
+    /// Intel AMX tiles.
+    Amx,
+    /// AVX512-BF16 vector dot products.
+    Avx512,
+}
+
+/// The fastest bf16 engine of this CPU, if any (decided once). `COREFOCUS_AMX=off` in the
+/// environment leaves AMX out (to compare the engines on one machine), `COREFOCUS_BF16=off`
+/// both (to see, and test, what a CPU without bf16 arithmetic does).
+pub fn engine() -> Option<Engine> {
+    static ENGINE: OnceLock<Option<Engine>> = OnceLock::new();
+    *ENGINE.get_or_init(|| {
+        let off = |var: &str| std::env::var(var).is_ok_and(|v| v == "off");
+        if off("COREFOCUS_BF16") {
+            None
+        } else if !off("COREFOCUS_AMX") && Engine::Amx.runs() {
+            Some(Engine::Amx)
+        } else if Engine::Avx512.runs() {
+            Some(Engine::Avx512)
+        } else {
+            None
         }
-        // CPUID leaf 7: EDX bit 22 AMX-BF16, bit 24 AMX-TILE.
-        // (Leaf 7 reports zeros where a feature is absent.)
-        let edx = std::arch::x86_64::__cpuid_count(7, 0).edx;
-        let cpu = edx & (1 << 22) != 0 && edx & (1 << 24) != 0;
-        const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
-        const XFEATURE_XTILEDATA: libc::c_long = 18;
-        // SAFETY: arch_prctl with this request only changes which extended states the
-        // process may use; it reads and writes no memory of ours.
-        cpu && unsafe {
-            libc::syscall(
-                libc::SYS_arch_prctl,
-                ARCH_REQ_XCOMP_PERM,
-                XFEATURE_XTILEDATA,
-            )
-        } == 0
     })
+}
+
+impl Engine {
+    /// Whether this engine runs on this CPU (whatever the environment says).
+    fn runs(self) -> bool {
+        match self {
+            Engine::Amx => amx_granted(),
+            Engine::Avx512 => {
+                is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16")
+            }
+        }
+    }
+}
+
+/// Whether this CPU multiplies in bf16 at all ([`engine`]).
+pub fn available() -> bool {
+    engine().is_some()
+}
+
+/// Whether this CPU has AMX-BF16 and the kernel granted this process the tile state (the
+/// grant holds for every thread of the process).
+fn amx_granted() -> bool {
+    static GRANTED: OnceLock<bool> = OnceLock::new();
+    *GRANTED.get_or_init(ask_for_amx)
+}
+
+fn ask_for_amx() -> bool {
+    // CPUID leaf 7: EDX bit 22 AMX-BF16, bit 24 AMX-TILE.
+    // (Leaf 7 reports zeros where a feature is absent.)
+    let edx = std::arch::x86_64::__cpuid_count(7, 0).edx;
+    let cpu = edx & (1 << 22) != 0 && edx & (1 << 24) != 0;
+    const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+    const XFEATURE_XTILEDATA: libc::c_long = 18;
+    // SAFETY: arch_prctl with this request only changes which extended states the
+    // process may use; it reads and writes no memory of ours.
+    cpu && unsafe {
+        libc::syscall(
+            libc::SYS_arch_prctl,
+            ARCH_REQ_XCOMP_PERM,
+            XFEATURE_XTILEDATA,
+        )
+    } == 0
 }
 
 /// f32 to bf16, rounding to nearest even (NaN stays NaN). Branch-free, so that loops
@@ -245,7 +295,26 @@ pub fn gemm_bf16(
     threads: usize,
     epilogue: Epilogue,
 ) {
-    assert!(available(), "gemm_bf16: this CPU or kernel offers no AMX");
+    let engine = engine().expect("gemm_bf16: this CPU or kernel offers no bf16 arithmetic");
+    gemm_with(engine, dst, ldc, a, b, accumulate, threads, epilogue);
+}
+
+/// [`gemm_bf16`] on `engine`, which must run on this CPU ([`Engine::runs`]).
+#[allow(clippy::too_many_arguments)]
+fn gemm_with(
+    engine: Engine,
+    dst: &mut [f32],
+    ldc: usize,
+    a: MatRef,
+    b: &PackedBf16,
+    accumulate: bool,
+    threads: usize,
+    epilogue: Epilogue,
+) {
+    assert!(
+        engine.runs(),
+        "gemm_bf16: {engine:?} does not run on this CPU"
+    );
     assert_eq!(a.cols, b.k, "gemm: inner dimensions differ");
     let (m, n) = (a.rows, b.n);
     if let Some(bias) = epilogue.bias {
@@ -279,9 +348,9 @@ pub fn gemm_bf16(
         } else {
             ((0, row_blocks), (u0, u1))
         };
-        // SAFETY: AMX is available (asserted); the destination holds m x n (checked) and
-        // part t writes only its own blocks; `lhs` and `b` are padded to whole tiles.
-        unsafe { serial_blocks(c, m, n, &lhs, b, rows, cols, accumulate, epilogue) };
+        // SAFETY: `engine` runs here (detected); the destination holds m x n (checked)
+        // and part t writes only its own blocks; `lhs` and `b` are padded to whole tiles.
+        unsafe { serial_blocks(engine, c, m, n, &lhs, b, rows, cols, accumulate, epilogue) };
     };
     if parts == 1 {
         run(0);
@@ -295,10 +364,11 @@ pub fn gemm_bf16(
 /// calling thread.
 ///
 /// # Safety
-/// AMX is available; `c` holds the `m x n` result; `lhs` has `rows.1` row blocks and
-/// `b.k_steps` tiles per row; no other thread writes these blocks.
+/// `engine` runs on this CPU; `c` holds the `m x n` result; `lhs` has `rows.1` row blocks
+/// and `b.k_steps` tiles per row; no other thread writes these blocks.
 #[allow(clippy::too_many_arguments)]
 unsafe fn serial_blocks(
+    engine: Engine,
     c: Dst,
     m: usize,
     n: usize,
@@ -310,9 +380,14 @@ unsafe fn serial_blocks(
     epilogue: Epilogue,
 ) {
     let mut block = [0f32; BLOCK_ROWS * BLOCK_COLS];
-    asm!("ldtilecfg [{}]", in(reg) &TILE_CONFIG, options(nostack, readonly));
+    if engine == Engine::Amx {
+        asm!("ldtilecfg [{}]", in(reg) &TILE_CONFIG, options(nostack, readonly));
+    }
     let mut one = |rb: usize, cb: usize| {
-        block_product(lhs, b, rb, cb, &mut block);
+        match engine {
+            Engine::Amx => block_product(lhs, b, rb, cb, &mut block),
+            Engine::Avx512 => block_product_avx512(lhs, b, rb, cb, &mut block),
+        }
         write_block(c, m, n, rb, cb, &block, accumulate, epilogue);
     };
     // The operand read once stays in the outer loop, so the smaller one is re-read, from
@@ -328,7 +403,9 @@ unsafe fn serial_blocks(
             (rows.0..rows.1).for_each(|rb| one(rb, cb));
         }
     }
-    asm!("tilerelease", options(nostack, nomem));
+    if engine == Engine::Amx {
+        asm!("tilerelease", options(nostack, nomem));
+    }
 }
 
 /// Block `(rb, cb)` of the product (32 x 32, padding included) into `out`.
@@ -383,6 +460,54 @@ unsafe fn block_product(
         s = in(reg) BLOCK_COLS * 4,
         options(nostack)
     );
+}
+
+/// [`block_product`] with AVX512-BF16 instead of tiles: the same operands, 8 rows of the
+/// block at a time in 16 accumulators (two 16-column vectors per row).
+///
+/// # Safety
+/// The CPU has AVX512-F and AVX512-BF16; `lhs` has row block `rb` and `b` column block `cb`.
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn block_product_avx512(
+    lhs: &LhsBf16,
+    b: &PackedBf16,
+    rb: usize,
+    cb: usize,
+    out: &mut [f32; BLOCK_ROWS * BLOCK_COLS],
+) {
+    use std::arch::x86_64::*;
+    const ROWS: usize = 8;
+    let b_block = b.tiles.as_ptr().add(cb * b.k_steps * 2 * TILE_LEN);
+    for sub in 0..BLOCK_ROWS / ROWS {
+        let mut acc = [[_mm512_setzero_ps(); 2]; ROWS];
+        // Rows `sub * 8 ..` of the block: in A tile `2 rb + sub / 2`, from its row
+        // `(sub % 2) * 8`.
+        let (a_tile, a_row0) = (2 * rb + sub / 2, (sub % 2) * ROWS);
+        for step in 0..b.k_steps {
+            let b0 = b_block.add(step * 2 * TILE_LEN);
+            let a = lhs.tile(a_tile, step).add(a_row0 * TILE_K);
+            // Pair p of a B tile row: 16 columns x (k = 2p, 2p + 1), 64 bytes.
+            for p in 0..TILE_K / 2 {
+                let bv: [__m512bh; 2] = [
+                    std::mem::transmute(_mm512_loadu_si512(b0.add(p * 2 * TILE_COLS).cast())),
+                    std::mem::transmute(_mm512_loadu_si512(
+                        b0.add(TILE_LEN + p * 2 * TILE_COLS).cast(),
+                    )),
+                ];
+                for (r, acc_r) in acc.iter_mut().enumerate() {
+                    let pair = (a.add(r * TILE_K + 2 * p) as *const i32).read_unaligned();
+                    let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair));
+                    acc_r[0] = _mm512_dpbf16_ps(acc_r[0], av, bv[0]);
+                    acc_r[1] = _mm512_dpbf16_ps(acc_r[1], av, bv[1]);
+                }
+            }
+        }
+        for (r, acc_r) in acc.iter().enumerate() {
+            let row = out.as_mut_ptr().add((sub * ROWS + r) * BLOCK_COLS);
+            _mm512_storeu_ps(row, acc_r[0]);
+            _mm512_storeu_ps(row.add(TILE_COLS), acc_r[1]);
+        }
+    }
 }
 
 /// Writes (or adds) the finished block `(rb, cb)` into `c`, the rows and columns inside
@@ -478,10 +603,20 @@ mod tests {
 
     #[test]
     fn products_match_the_rounded_operands_in_every_shape() {
-        if !available() {
-            eprintln!("skipped: no AMX on this CPU");
+        let engines: Vec<Engine> = [Engine::Amx, Engine::Avx512]
+            .into_iter()
+            .filter(|e| e.runs())
+            .collect();
+        if engines.is_empty() {
+            eprintln!("skipped: no bf16 arithmetic on this CPU");
             return;
         }
+        for engine in engines {
+            products_match_on(engine);
+        }
+    }
+
+    fn products_match_on(engine: Engine) {
         let mut rng = crate::rng::Rng::new(5);
         for &(m, k, n) in &[
             (1, 1, 1),
@@ -489,6 +624,7 @@ mod tests {
             (128, 384, 384),
             (33, 64, 100),
             (5, 31, 17),
+            (64, 1536, 33),
         ] {
             let a: Vec<f32> = (0..m * k).map(|_| rng.normal() as f32).collect();
             let w: Vec<f32> = (0..n * k).map(|_| rng.normal() as f32).collect();
@@ -506,7 +642,9 @@ mod tests {
                         bias: Some(&bias),
                         gelu: false,
                     };
-                    gemm_bf16(&mut dst, ldc, av, &packed, accumulate, threads, epilogue);
+                    gemm_with(
+                        engine, &mut dst, ldc, av, &packed, accumulate, threads, epilogue,
+                    );
                     for i in 0..m {
                         for j in 0..n {
                             let expect = want[i * n + j]
@@ -516,7 +654,7 @@ mod tests {
                             // f32 accumulation of k products of size ~1.
                             assert!(
                                 (got - expect).abs() <= 1e-5 * (k as f64).sqrt() * 4.0 + 1e-5,
-                                "{m}x{k}x{n} threads {threads} acc {accumulate} [{i},{j}]: {got} vs {expect}"
+                                "{engine:?} {m}x{k}x{n} threads {threads} acc {accumulate} [{i},{j}]: {got} vs {expect}"
                             );
                         }
                         // The padding between rows is never written.
