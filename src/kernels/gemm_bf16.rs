@@ -3,8 +3,8 @@
 //! AVX512-BF16's `vdpbf16ps` (AMD Zen 4 and newer, Intel Cooper Lake). The weights are
 //! rounded to bf16 once, when packed; each product rounds its left operand (the
 //! activations) to bf16 and accumulates in f32. Both engines read the same packed operands
-//! and compute the same 32 x 32 blocks; products of two bf16 values are exact in f32, so
-//! they differ only in the order of the f32 sums.
+//! and compute the same 32 x 32 blocks; products of two bf16 values are exact in f32 (both
+//! instructions flush subnormals to zero), so they differ only in the order of the f32 sums.
 //!
 //! AMX: one `tdpbf16ps` multiplies a 16 x 32 by a 32 x 16 tile (16,384 flops); a core
 //! issues one every 16 cycles, about 16 times its f32 FMA rate, at bf16's 8-bit mantissa
