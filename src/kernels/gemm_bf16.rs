@@ -285,7 +285,7 @@ unsafe impl Sync for Dst {}
 
 /// `dst[i * ldc + j] (+)= Σ_p a[i, p] · b[p, j]` in bf16 with f32 accumulation, split over
 /// up to `threads` rayon tasks, `epilogue` applied to each finished 32 x 32 block. Panics
-/// if AMX is not [`available`] or a view is out of range.
+/// if there is no bf16 [`engine`] or a view is out of range.
 pub fn gemm_bf16(
     dst: &mut [f32],
     ldc: usize,
