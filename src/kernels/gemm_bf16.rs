@@ -476,6 +476,12 @@ unsafe fn block_product_avx512(
     out: &mut [f32; BLOCK_ROWS * BLOCK_COLS],
 ) {
     use std::arch::x86_64::*;
+    /// 32 bf16 values from a vector of their bits.
+    #[inline(always)]
+    fn as_bh(bits: __m512i) -> __m512bh {
+        // SAFETY: both are 64 bytes of plain data; every bit pattern is a valid value.
+        unsafe { std::mem::transmute::<__m512i, __m512bh>(bits) }
+    }
     const ROWS: usize = 8;
     let b_block = b.tiles.as_ptr().add(cb * b.k_steps * 2 * TILE_LEN);
     for sub in 0..BLOCK_ROWS / ROWS {
@@ -488,15 +494,15 @@ unsafe fn block_product_avx512(
             let a = lhs.tile(a_tile, step).add(a_row0 * TILE_K);
             // Pair p of a B tile row: 16 columns x (k = 2p, 2p + 1), 64 bytes.
             for p in 0..TILE_K / 2 {
-                let bv: [__m512bh; 2] = [
-                    std::mem::transmute(_mm512_loadu_si512(b0.add(p * 2 * TILE_COLS).cast())),
-                    std::mem::transmute(_mm512_loadu_si512(
+                let bv = [
+                    as_bh(_mm512_loadu_si512(b0.add(p * 2 * TILE_COLS).cast())),
+                    as_bh(_mm512_loadu_si512(
                         b0.add(TILE_LEN + p * 2 * TILE_COLS).cast(),
                     )),
                 ];
                 for (r, acc_r) in acc.iter_mut().enumerate() {
                     let pair = (a.add(r * TILE_K + 2 * p) as *const i32).read_unaligned();
-                    let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair));
+                    let av = as_bh(_mm512_set1_epi32(pair));
                     acc_r[0] = _mm512_dpbf16_ps(acc_r[0], av, bv[0]);
                     acc_r[1] = _mm512_dpbf16_ps(acc_r[1], av, bv[1]);
                 }
