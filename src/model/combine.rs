@@ -64,6 +64,7 @@ impl Model {
             scale: self.method.combine_scale,
             assign_eps: self.method.assign_eps,
             ln_eps: self.method.combine_ln_eps,
+            residual: self.method.combine_residual,
             gumbel_seed: noise.gumbel().filter(|_| self.method.combine_noise),
         };
         let real: Vec<bool> = (0..bsz)

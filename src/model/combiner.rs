@@ -7,6 +7,7 @@
 //! example, ascending positions) so that every linear layer runs as one product over the
 //! whole batch; the combination tokens form a `[batch * m, d]` block.
 
+use super::config::CombineResidual;
 use super::layout::{CombinerIds, LinearIds, NormIds};
 use super::ops::{self, linear_back, norm_back};
 use super::params::ParamStore;
@@ -31,6 +32,8 @@ pub struct CombinerSettings {
     pub scale: f32,
     pub assign_eps: f32,
     pub ln_eps: f32,
+    /// `c'_i = residual_i + W_o u_i + b_o`: `c_i` (method.md) or the group mean `r_i`.
+    pub residual: CombineResidual,
     /// Gumbel noise seed (training); `None` = no noise (evaluation).
     pub gumbel_seed: Option<u64>,
 }
@@ -58,6 +61,7 @@ impl Packed {
 pub struct CombinerTape {
     dims: CombinerDims,
     scale: f32,
+    residual: CombineResidual,
     packed: Packed,
     /// `[R, d]` LN_e(e_j) with its per-row mean and 1/std.
     e_norm: Vec<f32>,
@@ -72,6 +76,9 @@ pub struct CombinerTape {
     k: Vec<f32>,
     v: Vec<f32>,
     u: Vec<f32>,
+    /// `[batch * m, d]` group means r_i of the real tokens themselves
+    /// (`CombineResidual::Group`; empty otherwise).
+    r: Vec<f32>,
     /// Sim = softmax over i, per example `[m, n_b]` stored at `m * real_offsets[b]`.
     sim: Vec<f32>,
     /// Combination token (0..m) each packed real row is assigned to.
@@ -111,7 +118,9 @@ fn split_by_lengths(mut buf: &mut [f32], lengths: impl Iterator<Item = usize>) -
 /// for element `(b * m + i) * n + j` of stream `gumbel_seed` when given;
 /// `Sim[:, j]` = softmax over i; HA = one-hot of the argmax over i of Sim (ties: lowest i);
 /// `v_j = W_v e_j + b_v` (on e_j itself, not LN_e(e_j));
-/// `u_i = Σ_j HA_ij v_j / (Σ_j HA_ij + assign_eps)`; `c'_i = c_i + W_o u_i + b_o`.
+/// `u_i = Σ_j HA_ij v_j / (Σ_j HA_ij + assign_eps)`; `c'_i = c_i + W_o u_i + b_o`, or with
+/// `CombineResidual::Group` `c'_i = r_i + W_o u_i + b_o`, `r_i = Σ_j HA_ij e_j / (Σ_j HA_ij +
+/// assign_eps)`.
 /// Padding rows of `hidden` are never read.
 #[allow(clippy::too_many_arguments)]
 pub fn combiner_forward(
@@ -154,10 +163,18 @@ pub fn combiner_forward(
     let group = hard_assignment(&sim, &packed, batch, m);
     let (u, denom) = group_means(&v, &group, &packed, dims, set.assign_eps);
 
-    // c'_i = c_i + W_o u_i + b_o.
+    // c'_i = c_i + W_o u_i + b_o (or r_i + ...).
+    let r = match set.residual {
+        CombineResidual::Token => Vec::new(),
+        CombineResidual::Group => group_means(&packed.e, &group, &packed, dims, set.assign_eps).0,
+    };
     ops::linear(p, ids.out, &u, bm, d, d, out);
-    for (o, &ci) in out.iter_mut().zip(&packed.c) {
-        *o += ci;
+    let residual = match set.residual {
+        CombineResidual::Token => &packed.c,
+        CombineResidual::Group => &r,
+    };
+    for (o, &x) in out.iter_mut().zip(residual) {
+        *o += x;
     }
 
     let mut assign = vec![-1i64; batch * n];
@@ -171,6 +188,7 @@ pub fn combiner_forward(
     let tape = record.then_some(CombinerTape {
         dims,
         scale: set.scale,
+        residual: set.residual,
         packed,
         e_norm,
         e_mean,
@@ -182,6 +200,7 @@ pub fn combiner_forward(
         k,
         v,
         u,
+        r,
         sim,
         group,
         denom,
@@ -197,7 +216,9 @@ pub fn combiner_forward(
 /// g_u_i = W_oᵀ g_i; ∂HA_ij = g_u_i · (v_j − u_i) / d_i, passed unchanged to Sim_ij;
 /// ∂v_j = g_u_{a(j)} / d_{a(j)} (HA at its one-hot forward value);
 /// ∂z_ij = scale · Sim_ij (∂Sim_ij − Σ_i' Sim_i'j ∂Sim_i'j); then the query, key, value and
-/// LayerNorm backwards, and ∂c_i also gets g_i from the residual. Gumbel noise is a
+/// LayerNorm backwards, and ∂c_i also gets g_i from the residual. With the group residual
+/// r_i, that term moves to the real tokens: ∂HA_ij += g_i · (e_j − r_i) / d_i and
+/// ∂e_j += g_{a(j)} / d_{a(j)}, and c_i gets only its query path. Gumbel noise is a
 /// constant. Padding rows of `dhidden` get 0.
 pub fn combiner_backward(
     p: &ParamStore,
@@ -258,7 +279,28 @@ pub fn combiner_backward(
         }
     }
 
-    let (dq, dk) = assignment_backward(tape, &g_ud);
+    // The group residual r_i: its g_i / d_i, the same way as u_i's.
+    let g_rd: Vec<f32> = match tape.residual {
+        CombineResidual::Token => Vec::new(),
+        CombineResidual::Group => dout
+            .iter()
+            .enumerate()
+            .map(|(x, &g)| g / tape.denom[x / d])
+            .collect(),
+    };
+    let mut terms = vec![GroupMeanGrad {
+        g_d: &g_ud,
+        values: &tape.v,
+        means: &tape.u,
+    }];
+    if tape.residual == CombineResidual::Group {
+        terms.push(GroupMeanGrad {
+            g_d: &g_rd,
+            values: &packed.e,
+            means: &tape.r,
+        });
+    }
+    let (dq, dk) = assignment_backward(tape, &terms);
 
     // Real tokens: key path through W_k and LN_e, plus the value path through W_v.
     let mut de = vec![0.0f32; rows * d];
@@ -281,9 +323,27 @@ pub fn combiner_backward(
         p, ids.norm_e, e, rows, d, e_stats, &de_norm, &mut de, false, grads,
     );
     linear_back(p, ids.value, e, rows, d, d, &dv, Some(&mut de), true, grads);
+    if tape.residual == CombineResidual::Group {
+        // ∂e_j += g_{a(j)} / d_{a(j)}.
+        for b in 0..batch {
+            for row in packed.rows(b) {
+                let gi = b * m + tape.group[row];
+                for (x, g) in de[row * d..(row + 1) * d]
+                    .iter_mut()
+                    .zip(&g_rd[gi * d..(gi + 1) * d])
+                {
+                    *x += *g;
+                }
+            }
+        }
+    }
 
-    // Combination tokens: the residual g_i plus the query path through W_q and LN_c.
-    let mut dc = dout.to_vec();
+    // Combination tokens: the residual g_i (when c_i is the residual) plus the query
+    // path through W_q and LN_c.
+    let mut dc = match tape.residual {
+        CombineResidual::Token => dout.to_vec(),
+        CombineResidual::Group => vec![0.0f32; bm * d],
+    };
     let mut dc_norm = vec![0.0f32; bm * d];
     let (c, c_norm) = (&packed.c, &tape.c_norm);
     linear_back(
@@ -391,10 +451,19 @@ fn assignment_probs(
     sim
 }
 
-/// Backward of [`assignment_probs`] from the value gradients `g_ud` = g_u / d, per
-/// example: ∂HA = (g_u/d) vᵀ − ((g_u/d) · u) 1ᵀ, straight through to Sim, softmax
-/// backward over i, times the scale; then ∂q = ∂z k, ∂k = ∂zᵀ q. Returns (∂q, ∂k).
-fn assignment_backward(tape: &CombinerTape, g_ud: &[f32]) -> (Vec<f32>, Vec<f32>) {
+/// One group mean `means_i = Σ_j HA_ij values_j / d_i` the loss reaches, with its
+/// gradient divided by the denominators, `g_d` = ∂L/∂means / d.
+struct GroupMeanGrad<'a> {
+    g_d: &'a [f32],
+    values: &'a [f32],
+    means: &'a [f32],
+}
+
+/// Backward of [`assignment_probs`] from the group means' gradients, per example: ∂HA =
+/// Σ over the means of (g/d) valuesᵀ − ((g/d) · means) 1ᵀ (the values u and, with the
+/// group residual, r), straight through to Sim, softmax backward over i, times the
+/// scale; then ∂q = ∂z k, ∂k = ∂zᵀ q. Returns (∂q, ∂k).
+fn assignment_backward(tape: &CombinerTape, terms: &[GroupMeanGrad]) -> (Vec<f32>, Vec<f32>) {
     let CombinerDims { batch, m, d, .. } = tape.dims;
     let packed = &tape.packed;
     let mut dq = vec![0.0f32; batch * m * d];
@@ -410,27 +479,22 @@ fn assignment_backward(tape: &CombinerTape, g_ud: &[f32]) -> (Vec<f32>, Vec<f32>
                 dq_b.fill(0.0);
                 return;
             }
-            let g_ud_b = &g_ud[b * m * d..(b + 1) * m * d];
             let mut dz = vec![0.0f32; m * nb];
-            let v_b = MatRef::new(&tape.v[r.start * d..r.end * d], nb, d);
-            matmul(
-                &mut dz,
-                nb,
-                MatRef::new(g_ud_b, m, d),
-                v_b.t(),
-                false,
-                Par::Serial,
-            );
-            let u_b = &tape.u[b * m * d..(b + 1) * m * d];
-            let g_dot_u: Vec<f32> = (0..m)
-                .map(|i| {
-                    g_ud_b[i * d..(i + 1) * d]
+            let mut g_dot_u = vec![0.0f32; m];
+            for (t, term) in terms.iter().enumerate() {
+                let g_b = &term.g_d[b * m * d..(b + 1) * m * d];
+                let v_b = MatRef::new(&term.values[r.start * d..r.end * d], nb, d);
+                let (g_m, v_t) = (MatRef::new(g_b, m, d), v_b.t());
+                matmul(&mut dz, nb, g_m, v_t, t > 0, Par::Serial);
+                let u_b = &term.means[b * m * d..(b + 1) * m * d];
+                for (i, acc) in g_dot_u.iter_mut().enumerate() {
+                    *acc += g_b[i * d..(i + 1) * d]
                         .iter()
                         .zip(&u_b[i * d..(i + 1) * d])
                         .map(|(a, b)| a * b)
-                        .sum()
-                })
-                .collect();
+                        .sum::<f32>();
+                }
+            }
             let sim_b = &tape.sim[m * r.start..m * r.end];
             for jj in 0..nb {
                 let mut weighted = 0.0f32;

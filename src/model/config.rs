@@ -275,6 +275,21 @@ pub enum CombineBlock {
     Layer,
 }
 
+/// What the combining module adds its update to: `c'_i = residual_i + W_o u_i + b_o`.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CombineResidual {
+    /// method.md: the combination token itself, `c_i`.
+    #[default]
+    Token,
+    /// The mean of the real tokens assigned to i, `r_i = Σ_j HA_ij e_j / (Σ_j HA_ij +
+    /// assign_eps)` (straight through, as `u_i`): as in the replaced layer, where each
+    /// token's own state is the residual, the group keeps its tokens' states and the
+    /// combination token only chooses the group. With count pooling the head then starts
+    /// near the mean of the tokens' states, what a mean-pooled checkpoint was trained on.
+    Group,
+}
+
 /// Initial value of the m combination tokens.
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -346,6 +361,10 @@ pub struct MethodConfig {
     /// Pooling of the m outputs (absent in checkpoints written before it: `mean`).
     #[serde(default)]
     pub combine_pooling: CombinePooling,
+    /// The residual of the combined tokens (absent in checkpoints written before it:
+    /// `token`).
+    #[serde(default)]
+    pub combine_residual: CombineResidual,
     /// Scale of the combiner's assignment logits (1 = unscaled, as the paper's eq. 9).
     pub combine_scale: f32,
     /// Denominator epsilon of the combiner's weighted mean.
@@ -382,6 +401,7 @@ impl MethodConfig {
             combine_token_init: CombineTokenInit::Normal,
             combine_pooling: CombinePooling::Mean,
             combine_block: CombineBlock::Plain,
+            combine_residual: CombineResidual::Token,
             combine_noise: true,
             combine_scale: 1.0,
             assign_eps: 1.0,

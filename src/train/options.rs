@@ -6,8 +6,8 @@ use super::adamw::AdamWConfig;
 use super::train_loop::LoopSettings;
 use crate::data::ReadOptions;
 use crate::model::{
-    BertConfig, CombineBlock, CombineInit, CombinePooling, CombineTokenInit, MethodConfig, Pooling,
-    Variant,
+    BertConfig, CombineBlock, CombineInit, CombinePooling, CombineResidual, CombineTokenInit,
+    MethodConfig, Pooling, Variant,
 };
 use anyhow::{ensure, Result};
 use serde::{Deserialize, Serialize};
@@ -47,6 +47,16 @@ fn parse_combine_block(s: &str) -> Result<CombineBlock, String> {
         "layer" => Ok(CombineBlock::Layer),
         _ => Err(format!(
             "unknown combine block {s:?} (expected plain or layer)"
+        )),
+    }
+}
+
+fn parse_combine_residual(s: &str) -> Result<CombineResidual, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "token" => Ok(CombineResidual::Token),
+        "group" => Ok(CombineResidual::Group),
+        _ => Err(format!(
+            "unknown combine residual {s:?} (expected token or group)"
         )),
     }
 }
@@ -191,6 +201,10 @@ pub struct MethodArgs {
     /// mean (the paper's plain mean) [default: counts].
     #[arg(long, value_parser = parse_combine_pooling)]
     pub combine_pooling: Option<CombinePooling>,
+    /// What the combined tokens add their update to: token (the combination token,
+    /// method.md) or group (the mean of the tokens assigned to it) [default: token].
+    #[arg(long, value_parser = parse_combine_residual)]
+    pub combine_residual: Option<CombineResidual>,
     /// Scale of the combiner's assignment logits [default: 1/sqrt(hidden size); the
     /// paper's unscaled logits are 1].
     #[arg(long)]
@@ -220,6 +234,7 @@ impl Default for MethodArgs {
             combine_block: None,
             combine_noise: None,
             combine_pooling: None,
+            combine_residual: None,
             combine_scale: None,
             assign_eps: None,
             pooling: None,
@@ -248,6 +263,7 @@ impl MethodArgs {
             ("--combine-init", self.combine_init.is_some()),
             ("--combine-token-init", self.combine_token_init.is_some()),
             ("--combine-pooling", self.combine_pooling.is_some()),
+            ("--combine-residual", self.combine_residual.is_some()),
             ("--combine-block", self.combine_block.is_some()),
             ("--combine-noise", self.combine_noise.is_some()),
             ("--combine-scale", self.combine_scale.is_some()),
@@ -295,6 +311,9 @@ impl MethodArgs {
         }
         if let Some(b) = self.combine_block {
             m.combine_block = b;
+        }
+        if let Some(r) = self.combine_residual {
+            m.combine_residual = r;
         }
         if let Some(n) = self.combine_noise {
             m.combine_noise = n;

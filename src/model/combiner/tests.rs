@@ -61,6 +61,7 @@ fn check_golden_forward(file: &str, assign_eps: f32) {
         scale: 1.0,
         assign_eps,
         ln_eps: 1e-5,
+        residual: CombineResidual::Token,
         gumbel_seed: None,
     };
     let mut out = vec![f32::NAN; batch * m * d];
@@ -271,7 +272,14 @@ fn ref_forward(pb: &Problem, th: &[Vec<f64>], frozen: Option<&RefOut>) -> RefOut
                 .collect();
             let proj = ref_linear(&u, &th[10], &th[11]);
             for x in 0..d {
-                out[(b * m + i) * d + x] = row(b, n + i)[x] + proj[x];
+                let residual = match pb.set.residual {
+                    CombineResidual::Token => row(b, n + i)[x],
+                    CombineResidual::Group => {
+                        let real = (0..n).filter(|&j| pb.real[b * n + j]);
+                        real.map(|j| ha[i * n + j] * row(b, j)[x]).sum::<f64>() / denom
+                    }
+                };
+                out[(b * m + i) * d + x] = residual + proj[x];
             }
         }
     }
@@ -366,21 +374,35 @@ fn settings(scale: f32, assign_eps: f32, gumbel_seed: Option<u64>) -> CombinerSe
         scale,
         assign_eps,
         ln_eps: 1e-5,
+        residual: CombineResidual::Token,
         gumbel_seed,
     }
 }
 
-const SETUPS: [(u64, f32, f32, Option<u64>); 3] = [
-    (1, 0.7, 1.0, Some(42)),
-    (2, 1.0, 0.5, None),
-    (3, 1.3, 1.0, Some(7)),
+/// (seed, scale, assign_eps, noise, residual) of the problems every test below runs.
+const SETUPS: [(u64, f32, f32, Option<u64>, CombineResidual); 5] = [
+    (1, 0.7, 1.0, Some(42), CombineResidual::Token),
+    (2, 1.0, 0.5, None, CombineResidual::Token),
+    (3, 1.3, 1.0, Some(7), CombineResidual::Token),
+    (11, 0.7, 1.0, Some(42), CombineResidual::Group),
+    (12, 1.0, 0.5, None, CombineResidual::Group),
 ];
+
+fn setup_problem(
+    (seed, scale, eps, noise, residual): (u64, f32, f32, Option<u64>, CombineResidual),
+) -> Problem {
+    let set = CombinerSettings {
+        residual,
+        ..settings(scale, eps, noise)
+    };
+    Problem::new(seed, set)
+}
 
 #[test]
 fn forward_matches_float64_reference() {
     let mut empty_group_seen = false;
-    for (seed, scale, eps, noise) in SETUPS {
-        let pb = Problem::new(seed, settings(scale, eps, noise));
+    for setup in SETUPS {
+        let (seed, pb) = (setup.0, setup_problem(setup));
         let r = ref_forward(&pb, &pb.theta, None);
         let (assign, out, _, _) = run_impl(&pb);
         let want: Vec<i64> = r.hard.iter().map(|h| h.map_or(-1, |i| i as i64)).collect();
@@ -420,8 +442,8 @@ fn noise_changes_assignments_deterministically() {
 /// F(θ) = L with HA := hard(θ0) + Sim(θ) − Sim(θ0), for every parameter and input.
 #[test]
 fn backward_matches_straight_through_surrogate() {
-    for (seed, scale, eps, noise) in SETUPS {
-        let pb = Problem::new(seed, settings(scale, eps, noise));
+    for setup in SETUPS {
+        let (seed, pb) = (setup.0, setup_problem(setup));
         let frozen = ref_forward(&pb, &pb.theta, None);
         let (_, _, grads, dhidden) = run_impl(&pb);
         let surrogate = |th: &[Vec<f64>]| ref_loss(&pb, th, Some(&frozen));
@@ -459,8 +481,8 @@ fn backward_matches_straight_through_surrogate() {
 /// assignment), plain finite differences of the true forward must agree too.
 #[test]
 fn backward_matches_plain_fd_for_value_and_output() {
-    for (seed, scale, eps, noise) in SETUPS {
-        let pb = Problem::new(seed, settings(scale, eps, noise));
+    for setup in SETUPS {
+        let (seed, pb) = (setup.0, setup_problem(setup));
         let hard0 = ref_forward(&pb, &pb.theta, None).hard;
         let (_, _, grads, _) = run_impl(&pb);
         let loss = |th: &[Vec<f64>]| {
