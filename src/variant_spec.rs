@@ -7,16 +7,18 @@
 //!   LAYER    the combining layer: a 1-based number, L (the last layer) or L-k
 //!   SETTING  p=RATIO   keep ratio of the pruning variants (p, pf, pfc)
 //!            m=TOKENS  combination tokens of the combining variants (c, pfc)
+//!            r=RESIDUAL the combined tokens' residual, token or group (c, pfc)
 //!            RATIO     a bare number: the keep ratio, as p=RATIO (bench's spelling)
 //! ```
 //!
 //! e.g. `bert`, `pf:0.8` = `pf:p=0.8`, `pfc@L-1`, `pfc@4:m=16`, `pfc@7:p=0.7:m=4`. A setting
 //! given twice takes its last value. Each spec means what the `train` flags `--variant`,
-//! `--combine-layer`, `--keep-ratio` and `--combine-tokens` with those values mean
+//! `--combine-layer`, `--keep-ratio`, `--combine-tokens` and `--combine-residual` with
+//! those values mean
 //! ([`VariantSpec::method_args`]); `bench` resolves them on the paper's settings
 //! ([`VariantSpec::method_config`]).
 
-use crate::model::{MethodConfig, Variant};
+use crate::model::{CombineResidual, MethodConfig, Variant};
 use crate::train::MethodArgs;
 use anyhow::{bail, ensure, Context, Result};
 
@@ -53,6 +55,7 @@ pub struct VariantSpec {
     pub combine_layer: Option<LayerSpec>,
     pub keep_ratio: Option<f32>,
     pub combine_tokens: Option<usize>,
+    pub combine_residual: Option<CombineResidual>,
 }
 
 impl std::str::FromStr for VariantSpec {
@@ -81,6 +84,7 @@ impl std::str::FromStr for VariantSpec {
             combine_layer,
             keep_ratio: None,
             combine_tokens: None,
+            combine_residual: None,
         };
         for part in parts {
             let Some((key, value)) = part.split_once('=') else {
@@ -101,7 +105,18 @@ impl std::str::FromStr for VariantSpec {
                         format!("variant spec {s:?}: token count {value:?} is not a whole number")
                     })?)
                 }
-                other => bail!("variant spec {s:?}: unknown setting {other:?} (expected p or m)"),
+                "r" => {
+                    spec.combine_residual = Some(match value.trim() {
+                        "token" => CombineResidual::Token,
+                        "group" => CombineResidual::Group,
+                        _ => bail!(
+                            "variant spec {s:?}: residual {value:?} is neither token nor group"
+                        ),
+                    })
+                }
+                other => {
+                    bail!("variant spec {s:?}: unknown setting {other:?} (expected p, m or r)")
+                }
             }
         }
         Ok(spec)
@@ -134,6 +149,7 @@ impl VariantSpec {
             keep_ratio: self.keep_ratio,
             combine_layer,
             combine_tokens: self.combine_tokens,
+            combine_residual: self.combine_residual,
             ..MethodArgs::default()
         })
     }
@@ -156,6 +172,10 @@ impl VariantSpec {
         if let Some(t) = self.combine_tokens {
             ensure!(v.combines(), "combination tokens only apply to c and pfc");
             m.combine_tokens = t;
+        }
+        if let Some(r) = self.combine_residual {
+            ensure!(v.combines(), "a combine residual only applies to c and pfc");
+            m.combine_residual = r;
         }
         m.validate(layers)?;
         Ok(m)
@@ -181,6 +201,7 @@ mod tests {
             combine_layer: None,
             keep_ratio: Some(0.8),
             combine_tokens: None,
+            combine_residual: None,
         };
         assert_eq!(spec("pf:0.8"), want);
         assert_eq!(spec("pf:p=0.8"), want);
@@ -201,12 +222,21 @@ mod tests {
         assert_eq!(s.combine_layer, Some(LayerSpec::Layer(7)));
         assert_eq!((s.keep_ratio, s.combine_tokens), (Some(0.7), Some(4)));
         assert_eq!(
+            spec("c@L-1:r=group").combine_residual,
+            Some(CombineResidual::Group)
+        );
+        assert_eq!(
+            spec("pfc:r=token").combine_residual,
+            Some(CombineResidual::Token)
+        );
+        assert_eq!(
             spec("bert"),
             VariantSpec {
                 variant: Variant::Bert,
                 combine_layer: None,
                 keep_ratio: None,
                 combine_tokens: None,
+                combine_residual: None,
             }
         );
     }
@@ -217,6 +247,7 @@ mod tests {
         assert!(err("pf:q=1").contains("unknown setting"));
         assert!(err("pf:x").contains("neither key=value nor a keep ratio"));
         assert!(err("pf:p=x").contains("keep ratio \"x\" is not a number"));
+        assert!(err("c:r=mean").contains("neither token nor group"));
         assert!(err("pfc:m=1.5").contains("not a whole number"));
         assert!(err("pfc@x").contains("not a number, L or L-k"));
         assert!(err("pfc@L-x").contains("not a number, L or L-k"));

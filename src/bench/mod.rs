@@ -22,8 +22,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 512)]
     pub seq: usize,
     /// Comma-separated variants: bert, p, pf, c, pfc; `@L` sets the combine layer (a
-    /// number, L or L-k), `:R` (or `:p=R`) the keep ratio and `:m=M` the combination tokens,
-    /// e.g. `bert,pf,pfc@7,pf:0.7`, as `experiment --variants`. Default: the paper's Table 3 set,
+    /// number, L or L-k), `:R` (or `:p=R`) the keep ratio and `:m=M` the combination tokens
+    /// (`:r=group` the group residual), e.g. `bert,pf,pfc@7,pf:0.7`, as `experiment --variants`. Default: the paper's Table 3 set,
     /// bert, p, pf, c@(L-1), pfc@(L-1), pfc@(7L/12) (c@11, pfc@11, pfc@7 for 12 layers).
     #[arg(long, value_delimiter = ',')]
     pub variant: Vec<String>,

@@ -2,7 +2,7 @@
 //! command line's overrides into the cells of a [`Plan`].
 
 use super::args::{ExperimentArgs, GRIDS};
-use crate::model::{BertConfig, LengthRange, MethodConfig};
+use crate::model::{BertConfig, CombineResidual, LengthRange, MethodConfig};
 use crate::train::options::{DEFAULT_LR_GRID, DEFAULT_NEW_LR_SCALE};
 use crate::train::TrainOptions;
 use crate::train::{LrSpec, MethodArgs, MethodDefaults};
@@ -123,6 +123,11 @@ pub fn cell_name(m: &MethodArgs) -> String {
     }
     if let Some(t) = m.combine_tokens {
         name.push_str(&format!("-m{t}"));
+    }
+    match m.combine_residual {
+        Some(CombineResidual::Group) => name.push_str("-rgroup"),
+        Some(CombineResidual::Token) => name.push_str("-rtoken"),
+        None => {}
     }
     name
 }
