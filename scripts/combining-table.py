@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Prints the combining study's table (docs/combining.md) from the run directories that
 scripts/combining-study.sh wrote: per run, the test accuracy and macro-F1 of the kept
-checkpoint, its epoch and validation loss, the learning rate (chosen by --lr auto where it
+checkpoint, its validation accuracy, epoch and validation loss, the learning rate (chosen by --lr auto where it
 ran), and the combining diagnostics of metrics.jsonl averaged over the run's windows
 (combination tokens that received tokens, the largest group's share, the tokens' norm,
 pairwise cosine and gradient norm).
@@ -68,14 +68,14 @@ def main():
         return over_training(sys.argv[2])
     root = sys.argv[1] if len(sys.argv) > 1 else "results/combining"
     names = sorted(d for d in os.listdir(root) if os.path.isfile(os.path.join(root, d, "test_report.json")))
-    print("| run | lr | test acc | macro-F1 | best epoch (val loss) | slots used of m | largest share | token cosine | token grad norm |")
-    print("|---|---|---:|---:|---|---:|---:|---:|---:|")
+    print("| run | lr | val acc | test acc | macro-F1 | best epoch (val loss) | slots used of m | largest share | token cosine | token grad norm |")
+    print("|---|---|---:|---:|---:|---|---:|---:|---:|---:|")
     for name in names:
         try:
             test, best, lr, st = load(os.path.join(root, name))
         except (OSError, ValueError, KeyError) as e:
             sys.exit("%s: unreadable run (%s)" % (os.path.join(root, name), e))
-        cells = ["%.2f" % (100 * test["accuracy"]), "%.2f" % (100 * test["macro_f1"]),
+        cells = ["%.2f" % (100 * best["val_accuracy"]), "%.2f" % (100 * test["accuracy"]), "%.2f" % (100 * test["macro_f1"]),
                  "%d (%.4f)" % (best["epoch"], best["val_loss"])]
         if st:
             cells += ["%.2f" % st["used_slots"], "%.2f" % st["largest_share"],
