@@ -1,0 +1,52 @@
+//! Inference attention at a training batch's and a request's sizes (MiniLM: 12 heads of
+//! 32), best of 10 rounds: a development aid for the attention kernel (issue 17).
+//!
+//! `cargo run --release --example attention_speed [threads]`
+fn main() {
+    use corefocus::kernels::attention::{attention_forward, AttnDims};
+    use std::time::Instant;
+    let threads: usize = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("thread pool");
+    for &(batch, t) in &[(8usize, 512usize), (1, 128)] {
+        let (heads, head_dim) = (12, 32);
+        let n = batch * t * heads * head_dim;
+        // Scores of a few units, as a trained model's: q, k ~ U(-1, 1) over 32 dims.
+        let val = |i: usize, s: usize| (((i + s) * 7919) % 1000) as f32 / 500.0 - 1.0;
+        let (q, k, v): (Vec<f32>, Vec<f32>, Vec<f32>) = (
+            (0..n).map(|i| val(i, 1)).collect(),
+            (0..n).map(|i| val(i, 2)).collect(),
+            (0..n).map(|i| val(i, 3)).collect(),
+        );
+        let dims = AttnDims {
+            batch,
+            q_len: t,
+            kv_len: t,
+            heads,
+            head_dim,
+        };
+        let counts = vec![t; batch];
+        let mut ctx = vec![0.0f32; n];
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        let reps = if t > 256 { 10 } else { 200 };
+        let mut best = f64::MAX;
+        pool.install(|| {
+            for _ in 0..reps {
+                let start = Instant::now();
+                attention_forward(dims, &q, &k, &v, &counts, scale, None, None, &mut ctx, None);
+                best = best.min(start.elapsed().as_secs_f64());
+            }
+        });
+        let flops = 4.0 * (batch * heads * t * t * head_dim) as f64;
+        println!(
+            "attention {batch} x {t}, {threads} threads: {:.3} ms, {:.1} GFLOP/s",
+            best * 1e3,
+            flops / best / 1e9
+        );
+    }
+}
