@@ -287,6 +287,9 @@ pub enum CombineResidual {
     /// token's own state is the residual, the group keeps its tokens' states and the
     /// combination token only chooses the group. With count pooling the head then starts
     /// near the mean of the tokens' states, what a mean-pooled checkpoint was trained on.
+    /// A group that received no token is `b_o` alone: a constant row if `b_o` is (a
+    /// `random` combiner starts with zero biases), on which a following LayerNorm is
+    /// singular; with `copy` it is the replaced layer's bias.
     Group,
 }
 
