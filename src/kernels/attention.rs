@@ -653,11 +653,87 @@ fn lane_dot(x: &[f32], y: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// In place: `row = e^(scale · (row - max row))`; returns the sum of the new row.
+/// (The softmax without its normalisation, which the caller folds into later steps.)
+/// Numerically stable: every exponent is <= 0 and the max gives e^0 = 1. With AVX-512,
+/// an intrinsics loop (FMA polynomial, `vscalefps` for the power of two, the sum in the
+/// same pass): the exponentials took a fifth of attention's time at 8 x 512 and now
+/// about an eighth (`examples/attention_speed`: 41.6-42.5 -> 38.6-39.1 ms, one thread).
+fn exp_shifted_sum(row: &mut [f32], scale: f32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if super::gemm_x86::Isa::best() == super::gemm_x86::Isa::Avx512
+        && std::arch::is_x86_feature_detected!("avx512f")
+    {
+        // SAFETY: AVX-512F was just detected.
+        return unsafe { exp_avx512::exp_shifted_sum(row, scale) };
+    }
+    exp_shifted_sum_portable(row, scale)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod exp_avx512 {
+    use super::lane_max;
+    use std::arch::x86_64::*;
+
+    /// See [`super::exp_shifted_sum`]: the same reduction and polynomial as
+    /// `fastmath::exp2_f32` (results within an ulp or two of it: the polynomial's
+    /// products and sums are fused here), 16 lanes at a time, the tail masked.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn exp_shifted_sum(row: &mut [f32], scale: f32) -> f32 {
+        if row.is_empty() {
+            return 0.0;
+        }
+        let max = _mm512_set1_ps(lane_max(row));
+        let scale2 = _mm512_set1_ps(scale * std::f32::consts::LOG2_E);
+        let low = _mm512_set1_ps(-126.0);
+        let coef = [
+            1.545_316_3e-4f32,
+            1.339_086_3e-3,
+            9.618_083e-3,
+            5.550_357e-2,
+            2.402_265e-1,
+            6.931_472e-1,
+            1.0,
+        ]
+        .map(|c| _mm512_set1_ps(c));
+        let exp = |x: __m512| {
+            let a = _mm512_mul_ps(_mm512_sub_ps(x, max), scale2);
+            // Below -126 the result is 0, as exp2_f32's (NaN compares false: it stays).
+            let under = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(a, low);
+            let k = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(a);
+            let r = _mm512_sub_ps(a, k);
+            let mut p = coef[0];
+            for &c in &coef[1..] {
+                p = _mm512_fmadd_ps(p, r, c);
+            }
+            _mm512_maskz_mov_ps(!under, _mm512_scalef_ps(p, k))
+        };
+        let n = row.len();
+        let ptr = row.as_mut_ptr();
+        let mut sum = _mm512_setzero_ps();
+        let mut i = 0;
+        while i + 16 <= n {
+            // SAFETY: i + 16 <= n elements of `row`.
+            let y = exp(_mm512_loadu_ps(ptr.add(i)));
+            _mm512_storeu_ps(ptr.add(i), y);
+            sum = _mm512_add_ps(sum, y);
+            i += 16;
+        }
+        if i < n {
+            let mask: __mmask16 = (1u16 << (n - i)) - 1;
+            // SAFETY: the mask covers the n - i < 16 elements left; the others are not
+            // touched (masked loads and stores do not fault on them).
+            let y = _mm512_maskz_mov_ps(mask, exp(_mm512_maskz_loadu_ps(mask, ptr.add(i))));
+            _mm512_mask_storeu_ps(ptr.add(i), mask, y);
+            sum = _mm512_add_ps(sum, y);
+        }
+        _mm512_reduce_add_ps(sum)
+    }
+}
+
 simd_fn! {
-    /// In place: `row = e^(scale · (row - max row))`; returns the sum of the new row.
-    /// (The softmax without its normalisation, which the caller folds into later
-    /// steps.) Numerically stable: every exponent is <= 0 and the max gives e^0 = 1.
-    fn exp_shifted_sum(row: &mut [f32], scale: f32) -> f32 {
+    /// [`exp_shifted_sum`] as a compiled loop (where there is no AVX-512).
+    fn exp_shifted_sum_portable(row: &mut [f32], scale: f32) -> f32 {
         if row.is_empty() {
             return 0.0;
         }
@@ -965,6 +1041,48 @@ mod tests {
             kv_len,
             heads,
             head_dim,
+        }
+    }
+
+    /// Every row length around the 16-lane steps (the masked tail), scores spanning
+    /// the underflow limit: within a few ulps of e^x in f64, 0 below it, the sum of the
+    /// row; and the AVX-512 loop (where it runs) agrees with the compiled one.
+    #[test]
+    fn exp_shifted_sum_matches_f64_at_every_length() {
+        let scale = 0.7f32;
+        for len in 0..=49usize {
+            let x: Vec<f32> = (0..len)
+                .map(|i| (((i * 7919) % 401) as f32 - 300.0) * if i % 3 == 0 { 1.0 } else { 0.1 })
+                .collect();
+            let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut got = x.clone();
+            let sum = exp_shifted_sum(&mut got, scale);
+            let mut portable = x.clone();
+            let portable_sum = exp_shifted_sum_portable(&mut portable, scale);
+            let mut want_sum = 0.0f64;
+            for (i, (&g, &xi)) in got.iter().zip(&x).enumerate() {
+                // (the argument rounded to f32 as the kernel's is)
+                let a = ((xi - max) * (scale * std::f32::consts::LOG2_E)) as f64;
+                let want = if a < -126.0 { 0.0 } else { a.exp2() };
+                want_sum += g as f64;
+                assert!(
+                    (g as f64 - want).abs() <= 4e-7 * want,
+                    "len {len} [{i}]: {g} vs {want}"
+                );
+                assert!(
+                    (g - portable[i]).abs() <= 4e-7 * portable[i],
+                    "len {len} [{i}]: {g} vs the compiled loop's {}",
+                    portable[i]
+                );
+            }
+            assert!(
+                (sum as f64 - want_sum).abs() <= 1e-6 * want_sum.max(1.0),
+                "len {len}"
+            );
+            assert!(
+                (sum - portable_sum).abs() <= 1e-6 * sum.max(1.0),
+                "len {len}"
+            );
         }
     }
 
