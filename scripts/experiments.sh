@@ -10,8 +10,8 @@
 #          (the paper's recipe, issue 5), and the combining recipe of issue 15
 #          (docs/combining.md; `experiment recipe`: bert, pf, c@L-1, pfc@L-1 at train's
 #          defaults, lr chosen on validation per cell): recipe-sst2-1 recipe-bbc-1
-#          recipe-sst2 recipe-bbc recipe-20ng, and with the group residual recipe-20ng-group
-#          recipe-sst2-group recipe-bbc-group (not in the default list: run them by name)
+#          recipe-sst2 recipe-bbc recipe-20ng, and recipe-20ng-group (the group residual) (not
+#          in the default list: run them by name)
 #          (default: all, in this order: seed 1 of every grid first, so a partial run
 #          already covers every table, then seeds 2 and 3 of Table 2)
 #          save   (only copy finished cells, and unfinished cells' searches, into results/experiments)
@@ -91,8 +91,6 @@ lane() {
       # the same with the group residual (docs/combining.md): cells c-l5-rgroup, pfc-l5-rgroup
       recipe-20ng-group) run recipe --datasets 20newsgroups --seeds 1 --lr-grid 2e-5,5e-5,1e-4,2e-4 \
                            --variants c@L-1:r=group,pfc@L-1:r=group ;;
-      recipe-sst2-group) run recipe --datasets sst2 --seeds 3 --variants c@L-1:r=group,pfc@L-1:r=group ;;
-      recipe-bbc-group) run recipe --datasets bbc-news --seeds 3 --variants c@L-1:r=group,pfc@L-1:r=group ;;
       table6) run table6 --seeds 1 ;;
       save) ;;
       report)
