@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Issue 15, 20 Newsgroups: C@5 and PFC@5 distilled from a BERT teacher, at the settings of
+# the `recipe` grid's 20 Newsgroups cells (MiniLM-L6, seed 1, 2 epochs, batch 16, max length
+# 256, the combining recipe). Every rate is the one the variant's own validation search chose
+# in that grid (results/experiments/recipe/20newsgroups/*/lr_search.json: 2e-4 for all four),
+# so no search is repeated. The teacher is the BERT cell trained again with its checkpoint
+# kept (the grid drops checkpoints); its logits on the training split are computed once by
+# `train --distill-from`. Loss (1 - w) CE + w T^2 KL, w 0.5, T 2 (train's defaults).
+#
+# Usage: scripts/distill-20ng.sh [teacher|c|pfc|save]...  (default: teacher c pfc save)
+#   Resumable: each run continues from its last saved state (`train --resume`) and a finished
+#   run (test_report.json present) is skipped. `c` and `pfc` need the finished teacher; run
+#   them side by side as two one-thread processes (RAYON_NUM_THREADS=1) after it.
+#   save copies each finished run's small files (corefocus.json, metrics.jsonl,
+#   test_report.json) into results/experiments/recipe-distill/20newsgroups/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+M=${COREFOCUS_TEST_MODEL:-target/models/all-MiniLM-L6-v2}
+DATA=${COREFOCUS_DATA:-../shared/data}/20newsgroups
+RUNS=runs/distill/20newsgroups
+RESULTS=results/experiments/recipe-distill/20newsgroups
+TEACHER=$RUNS/bert-seed1
+common=(--model "$M" --data "$DATA" --epochs 2 --batch-size 16 --max-len 256 --seed 1 --lr 2e-4
+        --resume)
+train() { # OUT ARGS...
+  local out=$1
+  shift
+  if [ -f "$out/test_report.json" ]; then
+    echo "$out: finished"
+    return
+  fi
+  echo "== $out ($(date -u +%H:%M:%S))"
+  ./target/release/corefocus train "${common[@]}" --out "$out" "$@"
+}
+for step in ${*:-teacher c pfc save}; do
+  case $step in
+    teacher) train "$TEACHER" --variant bert ;;
+    c | pfc)
+      [ -f "$TEACHER/test_report.json" ] || { echo "the teacher $TEACHER is not finished: run '$0 teacher' first" >&2; exit 1; }
+      train "$RUNS/$step-l5-seed1" --variant "$step" --combine-layer 5 --distill-from "$TEACHER" ;;
+    save)
+      for d in "$RUNS"/*/; do
+        [ -f "$d/test_report.json" ] || continue
+        mkdir -p "$RESULTS/$(basename "$d")"
+        for f in corefocus.json metrics.jsonl test_report.json; do
+          cp "$d/$f" "$RESULTS/$(basename "$d")/$f.tmp" && mv -f "$RESULTS/$(basename "$d")/$f.tmp" "$RESULTS/$(basename "$d")/$f"
+        done
+      done ;;
+    *) echo "unknown step $step (teacher, c, pfc, save)" >&2; exit 2 ;;
+  esac
+done
