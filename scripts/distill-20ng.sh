@@ -20,8 +20,7 @@ DATA=${COREFOCUS_DATA:-../shared/data}/20newsgroups
 RUNS=runs/distill/20newsgroups
 RESULTS=results/experiments/recipe-distill/20newsgroups
 TEACHER=$RUNS/bert-seed1
-common=(--model "$M" --data "$DATA" --epochs 2 --batch-size 16 --max-len 256 --seed 1 --lr 2e-4
-        --resume)
+common=(--model "$M" --data "$DATA" --epochs 2 --batch-size 16 --max-len 256 --seed 1 --lr 2e-4)
 train() { # OUT ARGS...
   local out=$1
   shift
@@ -29,8 +28,10 @@ train() { # OUT ARGS...
     echo "$out: finished"
     return
   fi
+  local resume=()
+  [ -f "$out/resume/state.json" ] && resume=(--resume)
   echo "== $out ($(date -u +%H:%M:%S))"
-  ./target/release/corefocus train "${common[@]}" --out "$out" "$@"
+  ./target/release/corefocus train "${common[@]}" "${resume[@]}" --out "$out" "$@"
 }
 for step in ${*:-teacher c pfc save}; do
   case $step in
