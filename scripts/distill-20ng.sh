@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Issue 15, 20 Newsgroups: C@5 and PFC@5 distilled from a BERT teacher, at the settings of
 # the `recipe` grid's 20 Newsgroups cells (MiniLM-L6, seed 1, 2 epochs, batch 16, max length
-# 256, the combining recipe). Every rate is the one the variant's own validation search chose
-# in that grid (results/experiments/recipe/20newsgroups/*/lr_search.json: 2e-4 for all four),
-# so no search is repeated. The teacher is the BERT cell trained again with its checkpoint
-# kept (the grid drops checkpoints); its logits on the training split are computed once by
-# `train --distill-from`. Loss (1 - w) CE + w T^2 KL, w 0.5, T 2 (train's defaults).
+# 256, the combining recipe). The teacher is the grid's BERT cell trained again with its
+# checkpoint kept (the grid drops checkpoints), at the rate its validation search chose there
+# (results/experiments/recipe/20newsgroups/bert-seed1/lr_search.json: 2e-4); each student
+# chooses its own rate on validation from the grid's candidates, as the grid's cells did.
+# The teacher's logits on the training split are computed once by `train --distill-from`.
+# Loss (1 - w) CE + w T^2 KL, w 0.5, T 2 (train's defaults).
 #
 # Usage: scripts/distill-20ng.sh [teacher|c|pfc|save]...  (default: teacher c pfc save)
 #   Resumable: each run continues from its last saved state (`train --resume`) and a finished
@@ -20,7 +21,7 @@ DATA=${COREFOCUS_DATA:-../shared/data}/20newsgroups
 RUNS=runs/distill/20newsgroups
 RESULTS=results/experiments/recipe-distill/20newsgroups
 TEACHER=$RUNS/bert-seed1
-common=(--model "$M" --data "$DATA" --epochs 2 --batch-size 16 --max-len 256 --seed 1 --lr 2e-4)
+common=(--model "$M" --data "$DATA" --epochs 2 --batch-size 16 --max-len 256 --seed 1)
 train() { # OUT ARGS...
   local out=$1
   shift
@@ -35,10 +36,11 @@ train() { # OUT ARGS...
 }
 for step in ${*:-teacher c pfc save}; do
   case $step in
-    teacher) train "$TEACHER" --variant bert ;;
+    teacher) train "$TEACHER" --variant bert --lr 2e-4 ;;
     c | pfc)
       [ -f "$TEACHER/test_report.json" ] || { echo "the teacher $TEACHER is not finished: run '$0 teacher' first" >&2; exit 1; }
-      train "$RUNS/$step-l5-seed1" --variant "$step" --combine-layer 5 --distill-from "$TEACHER" ;;
+      train "$RUNS/$step-l5-seed1" --variant "$step" --combine-layer 5 --distill-from "$TEACHER" \
+        --lr auto --lr-grid 2e-5,5e-5,1e-4,2e-4 ;;
     save)
       for d in "$RUNS"/*/; do
         [ -f "$d/test_report.json" ] || continue
