@@ -154,9 +154,19 @@ fn check_pruning(g: &Golden, out: &corefocus::model::ForwardOutput, fuzzy: bool)
     }
 }
 
+/// The forward pass against the reference, once as training and evaluation run it and
+/// once as `predict` and `serve` do: weights packed once at load, bias (+ GELU in the
+/// feed-forward block) applied inside the products. Both meet the same rule.
 fn check_forward(variant: &str, file: &str, assign_eps: f32) {
     let g = Golden::open(file);
     let model = golden_model(variant, assign_eps);
+    check_forward_output(&g, &model, file);
+    let mut packed = golden_model(variant, assign_eps);
+    packed.params.pack_linear_weights();
+    check_forward_output(&g, &packed, &format!("{file} (packed weights)"));
+}
+
+fn check_forward_output(g: &Golden, model: &Model, file: &str) {
     let (out, _) = model.forward(&golden_batch(), Mode::Eval, false);
     check_close(
         &format!("{file} logits"),
@@ -176,7 +186,7 @@ fn check_forward(variant: &str, file: &str, assign_eps: f32) {
         pooled_tol,
     );
     if model.method.variant.prunes() {
-        check_pruning(&g, &out, model.method.variant.fuzzy());
+        check_pruning(g, &out, model.method.variant.fuzzy());
     }
     if model.method.variant.combines() {
         let assign = out.trace.assign.as_ref().expect("assignments traced");
