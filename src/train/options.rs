@@ -13,62 +13,65 @@ use anyhow::{ensure, Result};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
-fn parse_pooling(s: &str) -> Result<Pooling, String> {
-    match s.to_ascii_lowercase().as_str() {
-        "mean" => Ok(Pooling::Mean),
-        "cls" => Ok(Pooling::Cls),
-        _ => Err(format!("unknown pooling {s:?} (expected mean or cls)")),
+/// The value named `s` (case-insensitive) among `choices`, or an error naming `what` and
+/// the accepted names: the method flags' parsers.
+fn choose<T: Copy>(s: &str, what: &str, choices: &[(&str, T)]) -> Result<T, String> {
+    let lower = s.to_ascii_lowercase();
+    match choices.iter().find(|(name, _)| *name == lower) {
+        Some(&(_, value)) => Ok(value),
+        None => {
+            let names: Vec<&str> = choices.iter().map(|(name, _)| *name).collect();
+            Err(format!(
+                "unknown {what} {s:?} (expected {})",
+                names.join(" or ")
+            ))
+        }
     }
+}
+
+fn parse_pooling(s: &str) -> Result<Pooling, String> {
+    choose(
+        s,
+        "pooling",
+        &[("mean", Pooling::Mean), ("cls", Pooling::Cls)],
+    )
 }
 
 fn parse_combine_init(s: &str) -> Result<CombineInit, String> {
-    match s.to_ascii_lowercase().as_str() {
-        "copy" => Ok(CombineInit::Copy),
-        "random" => Ok(CombineInit::Random),
-        _ => Err(format!(
-            "unknown combine init {s:?} (expected copy or random)"
-        )),
-    }
+    let choices = [("copy", CombineInit::Copy), ("random", CombineInit::Random)];
+    choose(s, "combine init", &choices)
 }
 
 fn parse_combine_pooling(s: &str) -> Result<CombinePooling, String> {
-    match s.to_ascii_lowercase().as_str() {
-        "mean" => Ok(CombinePooling::Mean),
-        "counts" => Ok(CombinePooling::Counts),
-        _ => Err(format!(
-            "unknown combine pooling {s:?} (expected mean or counts)"
-        )),
-    }
+    let choices = [
+        ("mean", CombinePooling::Mean),
+        ("counts", CombinePooling::Counts),
+    ];
+    choose(s, "combine pooling", &choices)
 }
 
 fn parse_combine_block(s: &str) -> Result<CombineBlock, String> {
-    match s.to_ascii_lowercase().as_str() {
-        "plain" => Ok(CombineBlock::Plain),
-        "layer" => Ok(CombineBlock::Layer),
-        _ => Err(format!(
-            "unknown combine block {s:?} (expected plain or layer)"
-        )),
-    }
+    let choices = [
+        ("plain", CombineBlock::Plain),
+        ("layer", CombineBlock::Layer),
+    ];
+    choose(s, "combine block", &choices)
 }
 
 fn parse_combine_residual(s: &str) -> Result<CombineResidual, String> {
-    match s.to_ascii_lowercase().as_str() {
-        "token" => Ok(CombineResidual::Token),
-        "group" => Ok(CombineResidual::Group),
-        _ => Err(format!(
-            "unknown combine residual {s:?} (expected token or group)"
-        )),
-    }
+    let choices = [
+        ("token", CombineResidual::Token),
+        ("group", CombineResidual::Group),
+    ];
+    choose(s, "combine residual", &choices)
 }
 
 fn parse_combine_token_init(s: &str) -> Result<CombineTokenInit, String> {
-    match s.to_ascii_lowercase().as_str() {
-        "normal" => Ok(CombineTokenInit::Normal),
-        "vocab" => Ok(CombineTokenInit::Vocab),
-        _ => Err(format!(
-            "unknown combine token init {s:?} (expected normal or vocab)"
-        )),
-    }
+    let choices = [
+        ("normal", CombineTokenInit::Normal),
+        ("vocab", CombineTokenInit::Vocab),
+    ];
+    choose(s, "combine token init", &choices)
 }
 
 fn parse_variant(s: &str) -> Result<Variant, String> {
