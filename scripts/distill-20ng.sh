@@ -15,7 +15,7 @@
 #   run (test_report.json present) is skipped. `c` and `pfc` need the finished teacher; run
 #   them side by side as two one-thread processes (RAYON_NUM_THREADS=1) after it.
 #   save copies each finished run's small files (corefocus.json, metrics.jsonl,
-#   test_report.json) into results/experiments/recipe-distill/20newsgroups/.
+#   test_report.json, lr_search.json) into results/experiments/recipe-distill/20newsgroups/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 M=${COREFOCUS_TEST_MODEL:-target/models/all-MiniLM-L6-v2}
@@ -47,7 +47,8 @@ for step in ${*:-teacher c pfc save}; do
       for d in "$RUNS"/*/; do
         [ -f "$d/test_report.json" ] || continue
         mkdir -p "$RESULTS/$(basename "$d")"
-        for f in corefocus.json metrics.jsonl test_report.json; do
+        for f in corefocus.json metrics.jsonl test_report.json lr_search.json; do
+          [ -f "$d/$f" ] || continue
           cp "$d/$f" "$RESULTS/$(basename "$d")/$f.tmp" && mv -f "$RESULTS/$(basename "$d")/$f.tmp" "$RESULTS/$(basename "$d")/$f"
         done
       done ;;
