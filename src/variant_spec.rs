@@ -19,8 +19,9 @@
 //! ([`VariantSpec::method_config`]).
 
 use crate::model::{CombineResidual, MethodConfig, Variant};
+use crate::train::options::parse_combine_residual;
 use crate::train::MethodArgs;
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 
 /// A combining layer relative to the model depth.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,13 +107,10 @@ impl std::str::FromStr for VariantSpec {
                     })?)
                 }
                 "r" => {
-                    spec.combine_residual = Some(match value.trim() {
-                        "token" => CombineResidual::Token,
-                        "group" => CombineResidual::Group,
-                        _ => bail!(
-                            "variant spec {s:?}: residual {value:?} is neither token nor group"
-                        ),
-                    })
+                    spec.combine_residual = Some(
+                        parse_combine_residual(value.trim())
+                            .map_err(|e| anyhow!("variant spec {s:?}: {e}"))?,
+                    )
                 }
                 other => {
                     bail!("variant spec {s:?}: unknown setting {other:?} (expected p, m or r)")
@@ -247,7 +245,7 @@ mod tests {
         assert!(err("pf:q=1").contains("unknown setting"));
         assert!(err("pf:x").contains("neither key=value nor a keep ratio"));
         assert!(err("pf:p=x").contains("keep ratio \"x\" is not a number"));
-        assert!(err("c:r=mean").contains("neither token nor group"));
+        assert!(err("c:r=mean").contains("(expected token or group)"));
         assert!(err("pfc:m=1.5").contains("not a whole number"));
         assert!(err("pfc@x").contains("not a number, L or L-k"));
         assert!(err("pfc@L-x").contains("not a number, L or L-k"));

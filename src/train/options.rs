@@ -58,7 +58,8 @@ fn parse_combine_block(s: &str) -> Result<CombineBlock, String> {
     choose(s, "combine block", &choices)
 }
 
-fn parse_combine_residual(s: &str) -> Result<CombineResidual, String> {
+/// `--combine-residual` and a variant spec's `r=`.
+pub(crate) fn parse_combine_residual(s: &str) -> Result<CombineResidual, String> {
     let choices = [
         ("token", CombineResidual::Token),
         ("group", CombineResidual::Group),
