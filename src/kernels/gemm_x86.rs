@@ -189,7 +189,13 @@ impl MicroKernel for Avx512 {
         nr: usize,
         overwrite: bool,
     ) {
-        kernel_avx512(kc, a, b, c, ldc, mr, nr, overwrite)
+        // A short last tile (128 rows = 10 x 12 + 8) runs only the rows it has: the
+        // panel keeps its 12-row layout, the kernel reads the first 4 or 8.
+        match mr {
+            0..=4 => kernel_avx512::<4>(kc, a, b, c, ldc, mr, nr, overwrite),
+            5..=8 => kernel_avx512::<8>(kc, a, b, c, ldc, mr, nr, overwrite),
+            _ => kernel_avx512::<12>(kc, a, b, c, ldc, mr, nr, overwrite),
+        }
     }
 }
 
@@ -952,14 +958,15 @@ unsafe fn kernel(
 }
 
 /// The AVX-512 register tile ([`Avx512`]: 12 x 32): as [`kernel`], with 512-bit vectors
-/// and masked stores for edge tiles.
+/// and masked stores for edge tiles; `ROWS` (4, 8 or 12) of the panel's 12 rows are
+/// computed.
 ///
 /// # Safety
-/// AVX-512F available; the panels hold `kc * 12` and `kc * 32` floats; the `mr x nr` tile
-/// at `c` (row stride `ldc`) is in bounds.
+/// AVX-512F available; the panels hold `kc * 12` and `kc * 32` floats; `mr <= ROWS`; the
+/// `mr x nr` tile at `c` (row stride `ldc`) is in bounds.
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn kernel_avx512(
+unsafe fn kernel_avx512<const ROWS: usize>(
     kc: usize,
     a_panel: *const f32,
     b_panel: *const f32,
@@ -972,12 +979,13 @@ unsafe fn kernel_avx512(
     const MR: usize = Avx512::MR;
     const NR: usize = Avx512::NR;
     const NV: usize = NR / 16;
+    debug_assert!(ROWS <= MR && mr <= ROWS);
     for r in 0..mr {
         let row = c.add(r * ldc);
         _mm_prefetch::<_MM_HINT_T0>(row as *const i8);
         _mm_prefetch::<_MM_HINT_T0>(row.add(nr - 1) as *const i8);
     }
-    let mut acc = [[_mm512_setzero_ps(); NV]; MR];
+    let mut acc = [[_mm512_setzero_ps(); NV]; ROWS];
     let (mut a, mut b) = (a_panel, b_panel);
     macro_rules! step {
         ($p:expr) => {
