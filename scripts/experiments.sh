@@ -102,8 +102,7 @@ lane() {
       recipe-20ng-3ep | recipe-20ng-3ep:*)
         variants=${s#recipe-20ng-3ep}
         variants=${variants#:}
-        ./target/release/corefocus experiment recipe --root "$RUNS_3EP" --model "$M" --data-root "$DATA" \
-          --datasets 20newsgroups --seeds 1 --epochs 3 --lr-grid 1e-4,2e-4 --drop-checkpoints \
+        EPOCHS=3 run recipe --root "$RUNS_3EP" --datasets 20newsgroups --seeds 1 --lr-grid 1e-4,2e-4 \
           ${variants:+--variants "$variants"}
         copy_cells "$RUNS_3EP/recipe" "$RESULTS/recipe-3ep" ;;
       table6) run table6 --seeds 1 ;;

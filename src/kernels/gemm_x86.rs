@@ -979,7 +979,8 @@ unsafe fn kernel_avx512<const ROWS: usize>(
     const MR: usize = Avx512::MR;
     const NR: usize = Avx512::NR;
     const NV: usize = NR / 16;
-    debug_assert!(ROWS <= MR && mr <= ROWS);
+    const { assert!(ROWS <= MR) };
+    debug_assert!(mr <= ROWS);
     for r in 0..mr {
         let row = c.add(r * ldc);
         _mm_prefetch::<_MM_HINT_T0>(row as *const i8);
@@ -1189,7 +1190,8 @@ mod tests {
     fn edge_shapes_match_naive_in_every_layout() {
         // Around both kernels' tiles (AVX2 6 x 16, AVX-512 12 x 32).
         let dims = [1, MR - 1, MR, MR + 1, 12, 13, NR - 1, NR + 1, 31, 33];
-        for &m in &dims {
+        // (and the AVX-512 kernel's short-tile boundaries: last tiles of 4, 8 and 9 rows)
+        for &m in dims.iter().chain(&[4, 8, 20, 21]) {
             for &n in &dims {
                 for k in [1, 7, 8, 17] {
                     for layouts in [(0, 0), (1, 1), (2, 1), (1, 2)] {
