@@ -8,18 +8,20 @@
 //!   SETTING  p=RATIO   keep ratio of the pruning variants (p, pf, pfc)
 //!            m=TOKENS  combination tokens of the combining variants (c, pfc)
 //!            r=RESIDUAL the combined tokens' residual, token or group (c, pfc)
+//!            pool=POOLING the pooling of the combined tokens: mean, counts or
+//!                     counts+tokens (c, pfc)
 //!            RATIO     a bare number: the keep ratio, as p=RATIO (bench's spelling)
 //! ```
 //!
 //! e.g. `bert`, `pf:0.8` = `pf:p=0.8`, `pfc@L-1`, `pfc@4:m=16`, `pfc@7:p=0.7:m=4`. A setting
 //! given twice takes its last value. Each spec means what the `train` flags `--variant`,
-//! `--combine-layer`, `--keep-ratio`, `--combine-tokens` and `--combine-residual` with
-//! those values mean
+//! `--combine-layer`, `--keep-ratio`, `--combine-tokens`, `--combine-residual` and
+//! `--combine-pooling` with those values mean
 //! ([`VariantSpec::method_args`]); `bench` resolves them on the paper's settings
 //! ([`VariantSpec::method_config`]).
 
-use crate::model::{CombineResidual, MethodConfig, Variant};
-use crate::train::options::parse_combine_residual;
+use crate::model::{CombinePooling, CombineResidual, MethodConfig, Variant};
+use crate::train::options::{parse_combine_pooling, parse_combine_residual};
 use crate::train::MethodArgs;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 
@@ -57,6 +59,7 @@ pub struct VariantSpec {
     pub keep_ratio: Option<f32>,
     pub combine_tokens: Option<usize>,
     pub combine_residual: Option<CombineResidual>,
+    pub combine_pooling: Option<CombinePooling>,
 }
 
 impl std::str::FromStr for VariantSpec {
@@ -86,6 +89,7 @@ impl std::str::FromStr for VariantSpec {
             keep_ratio: None,
             combine_tokens: None,
             combine_residual: None,
+            combine_pooling: None,
         };
         for part in parts {
             let Some((key, value)) = part.split_once('=') else {
@@ -112,8 +116,16 @@ impl std::str::FromStr for VariantSpec {
                             .map_err(|e| anyhow!("variant spec {s:?}: {e}"))?,
                     )
                 }
+                "pool" => {
+                    spec.combine_pooling = Some(
+                        parse_combine_pooling(value.trim())
+                            .map_err(|e| anyhow!("variant spec {s:?}: {e}"))?,
+                    )
+                }
                 other => {
-                    bail!("variant spec {s:?}: unknown setting {other:?} (expected p, m or r)")
+                    bail!(
+                        "variant spec {s:?}: unknown setting {other:?} (expected p, m, r or pool)"
+                    )
                 }
             }
         }
@@ -148,6 +160,7 @@ impl VariantSpec {
             combine_layer,
             combine_tokens: self.combine_tokens,
             combine_residual: self.combine_residual,
+            combine_pooling: self.combine_pooling,
             ..MethodArgs::default()
         })
     }
@@ -175,6 +188,10 @@ impl VariantSpec {
             ensure!(v.combines(), "a combine residual only applies to c and pfc");
             m.combine_residual = r;
         }
+        if let Some(p) = self.combine_pooling {
+            ensure!(v.combines(), "a combine pooling only applies to c and pfc");
+            m.combine_pooling = p;
+        }
         m.validate(layers)?;
         Ok(m)
     }
@@ -200,6 +217,7 @@ mod tests {
             keep_ratio: Some(0.8),
             combine_tokens: None,
             combine_residual: None,
+            combine_pooling: None,
         };
         assert_eq!(spec("pf:0.8"), want);
         assert_eq!(spec("pf:p=0.8"), want);
@@ -235,7 +253,12 @@ mod tests {
                 keep_ratio: None,
                 combine_tokens: None,
                 combine_residual: None,
+                combine_pooling: None,
             }
+        );
+        assert_eq!(
+            spec("pfc@L-1:pool=counts+tokens").combine_pooling,
+            Some(CombinePooling::CountsAndTokens)
         );
     }
 
@@ -246,6 +269,11 @@ mod tests {
         assert!(err("pf:x").contains("neither key=value nor a keep ratio"));
         assert!(err("pf:p=x").contains("keep ratio \"x\" is not a number"));
         assert!(err("c:r=mean").contains("(expected token or group)"));
+        assert!(
+            err("c:pool=max").contains("counts+tokens"),
+            "{}",
+            err("c:pool=max")
+        );
         assert!(err("pfc:m=1.5").contains("not a whole number"));
         assert!(err("pfc@x").contains("not a number, L or L-k"));
         assert!(err("pfc@L-x").contains("not a number, L or L-k"));

@@ -2,7 +2,7 @@
 //! command line's overrides into the cells of a [`Plan`].
 
 use super::args::{ExperimentArgs, GRIDS};
-use crate::model::{BertConfig, CombineResidual, LengthRange, MethodConfig};
+use crate::model::{BertConfig, CombinePooling, CombineResidual, LengthRange, MethodConfig};
 use crate::train::options::{DEFAULT_LR_GRID, DEFAULT_NEW_LR_SCALE};
 use crate::train::TrainOptions;
 use crate::train::{LrSpec, MethodArgs, MethodDefaults};
@@ -127,6 +127,12 @@ pub fn cell_name(m: &MethodArgs) -> String {
     match m.combine_residual {
         Some(CombineResidual::Group) => name.push_str("-rgroup"),
         Some(CombineResidual::Token) => name.push_str("-rtoken"),
+        None => {}
+    }
+    match m.combine_pooling {
+        Some(CombinePooling::Mean) => name.push_str("-poolmean"),
+        Some(CombinePooling::Counts) => name.push_str("-poolcounts"),
+        Some(CombinePooling::CountsAndTokens) => name.push_str("-pooltokens"),
         None => {}
     }
     name

@@ -258,6 +258,13 @@ pub enum CombinePooling {
     /// assigned to it (the counts are constants of the backward pass): a token weighs the
     /// same whichever group it joined, and an empty group weighs nothing.
     Counts,
+    /// Beyond the paper: half the count-weighted mean of the m outputs, half the plain
+    /// mean of the real tokens' states that entered the combiner (layer L_c - 1's
+    /// output). The head then also sees every token, as BERT's mean pooling does, at the
+    /// cost of one mean per document; the combined tokens add what the later layers made
+    /// of the groups.
+    #[serde(rename = "counts+tokens")]
+    CountsAndTokens,
 }
 
 /// What follows the grouping in the combining module.

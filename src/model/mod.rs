@@ -107,14 +107,15 @@ impl Model {
         let mut trace = Trace::default();
         let (x, embed) = self.embed(batch, noise);
         let (x, pruned) = self.pruned_layers(x, batch, noise, record, &mut trace);
-        let (hidden, assign, combine) = if self.method.variant.combines() {
+        let (hidden, assign, combine, tokens) = if self.method.variant.combines() {
             let (hidden, assign, tape) = self.combine(&x, batch, noise, record);
             trace.assign = Some(assign.chunks(batch.seq).map(<[i64]>::to_vec).collect());
-            (hidden, Some(assign), tape)
+            (hidden, Some(assign), tape, Some(x))
         } else {
-            (x, None, None)
+            (x, None, None, None)
         };
-        let (pooled, pool) = self.pool(hidden, &batch.lengths, assign.as_deref());
+        let (pooled, pool) =
+            self.pool(hidden, &batch.lengths, assign.as_deref(), tokens.as_deref());
         let (logits, head_in) = self.head(&pooled, noise);
 
         let tape = record.then(|| Tape {
@@ -146,10 +147,14 @@ impl Model {
     fn backward_stages(&self, tape: &Tape, dlogits: &[f32], grads: &mut ParamStore) {
         let noise = tape.noise;
         let dpooled = self.head_backward(&tape.head_in, dlogits, noise, grads);
-        let dh = self.pool_backward(&tape.pool, &dpooled, grads);
+        let (dh, dtokens) = self.pool_backward(&tape.pool, &dpooled, grads);
         let dx = if self.method.variant.combines() {
             let combine = tape.combine.as_ref().expect("combiner tape recorded");
-            self.combine_backward(combine, dh, noise, grads)
+            let mut dx = self.combine_backward(combine, dh, noise, grads);
+            if let Some(dt) = dtokens {
+                dx.iter_mut().zip(&dt).for_each(|(g, t)| *g += t);
+            }
+            dx
         } else {
             dh
         };

@@ -112,6 +112,7 @@ fn combining_poolings_gradients_match_finite_differences() {
         (CombinePooling::Mean, CombineResidual::Token),
         (CombinePooling::Counts, CombineResidual::Token),
         (CombinePooling::Counts, CombineResidual::Group),
+        (CombinePooling::CountsAndTokens, CombineResidual::Token),
     ];
     for (pooling, residual) in settings {
         let mut method = MethodConfig::new(Variant::C, 3);
@@ -140,6 +141,77 @@ fn combining_poolings_gradients_match_finite_differences() {
         ];
         check_model_grads(method, &[&later[..], &block[..]].concat());
     }
+}
+
+/// With one combination token every token joins it whatever the logits (the softmax over
+/// one slot is constant), so the whole pass is smooth and the tensors before the combiner
+/// can be checked too: this covers the path from the head back into the layers before
+/// the combiner that `CountsAndTokens` pooling adds (and the combiner's value path).
+#[test]
+fn one_token_combining_gradients_match_finite_differences_before_the_combiner() {
+    for pooling in [CombinePooling::Counts, CombinePooling::CountsAndTokens] {
+        let mut method = MethodConfig::new(Variant::C, 3);
+        method.combine_layer = 2;
+        method.combine_tokens = 1;
+        method.combine_pooling = pooling;
+        method.combine_token_init = CombineTokenInit::Vocab;
+        check_model_grads(
+            method,
+            &[
+                "encoder.layer.0.output.dense.weight",
+                "encoder.layer.0.attention.self.value.weight",
+                "combiner.w_v.weight",
+                "classifier.weight",
+            ],
+        );
+    }
+}
+
+/// `CountsAndTokens` also pools the combiner's input rows, a path the whole-model check
+/// cannot reach (every tensor before the combiner moves the hard assignments): central
+/// differences of `sum c * pooled` over both inputs of the pooling stage.
+#[test]
+fn token_pooling_gradient_matches_finite_differences() {
+    use crate::kernels::gradcheck::{assert_grad_close, dot, random_vec, to_f64};
+    let cfg = BertConfig::sized(40, 8, 3, 2, 16);
+    let mut method = MethodConfig::new(Variant::C, 3);
+    method.combine_layer = 2;
+    method.combine_tokens = 3;
+    method.combine_pooling = CombinePooling::CountsAndTokens;
+    let model = Model::random(cfg, method, 3, 7).unwrap();
+    let (d, n, m, lengths) = (8, 4, 3, [4usize, 2]);
+    let assign = [0i64, 2, 2, 1, 1, 1, -1, -1];
+    let hidden = random_vec(3, 2 * m * d, 1.0);
+    let tokens = random_vec(4, 2 * (n + m) * d, 1.0);
+    let c = random_vec(5, 2 * d, 1.0);
+    let loss = |h: &[f32], t: &[f32]| -> f64 {
+        let (pooled, _) = model.pool(h.to_vec(), &lengths, Some(&assign), Some(t));
+        dot(&c, &to_f64(&pooled))
+    };
+    let (_, tape) = model.pool(hidden.clone(), &lengths, Some(&assign), Some(&tokens));
+    let mut grads = model.params.zeros_like();
+    let (dh, dt) = model.pool_backward(&tape, &c, &mut grads);
+    let dt = dt.expect("token rows are pooled");
+    let numeric = |x: &[f32], f: &dyn Fn(&[f32]) -> f64| -> Vec<f64> {
+        (0..x.len())
+            .map(|i| {
+                let (mut up, mut down) = (x.to_vec(), x.to_vec());
+                up[i] += 1e-2;
+                down[i] -= 1e-2;
+                (f(&up) - f(&down)) / 2e-2
+            })
+            .collect()
+    };
+    let want_h = numeric(&hidden, &|h| loss(h, &tokens));
+    let want_t = numeric(&tokens, &|t| loss(&hidden, t));
+    assert_grad_close("combined rows", &dh, &want_h, 1e-3);
+    assert_grad_close("combiner input rows", &dt, &want_t, 1e-3);
+    // Padding and the combination tokens' own input rows take no gradient; the real
+    // rows of example 0 take 0.5 / 4 of it, of example 1 0.5 / 2.
+    assert!(dt[n * d..(n + m) * d].iter().all(|&g| g == 0.0));
+    assert!(dt[(n + m + 2) * d..].iter().all(|&g| g == 0.0));
+    assert!((dt[0] - 0.125 * c[0]).abs() < 1e-6);
+    assert!((dt[(n + m) * d] - 0.25 * c[d]).abs() < 1e-6);
 }
 
 #[test]

@@ -42,10 +42,11 @@ fn parse_combine_init(s: &str) -> Result<CombineInit, String> {
     choose(s, "combine init", &choices)
 }
 
-fn parse_combine_pooling(s: &str) -> Result<CombinePooling, String> {
+pub(crate) fn parse_combine_pooling(s: &str) -> Result<CombinePooling, String> {
     let choices = [
         ("mean", CombinePooling::Mean),
         ("counts", CombinePooling::Counts),
+        ("counts+tokens", CombinePooling::CountsAndTokens),
     ];
     choose(s, "combine pooling", &choices)
 }
@@ -201,8 +202,9 @@ pub struct MethodArgs {
     /// Gumbel noise on the assignment logits during training (true, method.md) or none.
     #[arg(long)]
     pub combine_noise: Option<bool>,
-    /// Pooling of the m combined tokens: counts (weighted by the tokens each received) or
-    /// mean (the paper's plain mean) [default: counts].
+    /// Pooling of the m combined tokens: counts (weighted by the tokens each received),
+    /// mean (the paper's plain mean) or counts+tokens (beyond the paper: half counts, half
+    /// the mean of the real tokens' states entering the combiner) [default: counts].
     #[arg(long, value_parser = parse_combine_pooling)]
     pub combine_pooling: Option<CombinePooling>,
     /// What the combined tokens add their update to: token (the combination token,
