@@ -112,7 +112,8 @@ pub fn builtin_grid(name: &str, layers: usize) -> Result<GridSpec> {
 }
 
 /// The cell name of resolved method flags: the variant, then `-l<layer>`, `-p<ratio>`,
-/// `-m<tokens>` for the settings given explicitly (e.g. `pfc-l5`, `pf-p0.8`, `pfc-m16`).
+/// `-m<tokens>`, `-r<residual>`, `-pool<pooling>` for the settings given explicitly (e.g.
+/// `pfc-l5`, `pf-p0.8`, `pfc-m16`, `c-l5-rgroup`, `c-l5-pooltokens`).
 pub fn cell_name(m: &MethodArgs) -> String {
     let mut name = m.variant.name().to_string();
     if let Some(l) = m.combine_layer {
@@ -486,6 +487,21 @@ mod tests {
         assert_eq!(
             p.request_summary(),
             "datasets toy; cells pfc-l5-m16, c-l5, pf-p0.5; seeds 1-2"
+        );
+        // The residual and pooling settings name their cells too.
+        let settings = plan(
+            &ExperimentArgs {
+                variants: Some(vec!["c@L-1:r=group:pool=counts+tokens".into()]),
+                ..a.clone()
+            },
+            &bert,
+        )
+        .unwrap();
+        assert_eq!(names(&settings, "toy", 1), ["c-l5-rgroup-pooltokens"]);
+        let c = &settings.cells[0].settings;
+        assert_eq!(
+            (c.combine_residual, c.combine_pooling),
+            (CombineResidual::Group, CombinePooling::CountsAndTokens)
         );
         let one_seed = plan(
             &ExperimentArgs {
