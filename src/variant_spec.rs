@@ -10,13 +10,14 @@
 //!            r=RESIDUAL the combined tokens' residual, token or group (c, pfc)
 //!            pool=POOLING the pooling of the combined tokens: mean, counts or
 //!                     counts+tokens (c, pfc)
+//!            noise=BOOL Gumbel noise on the assignment in training, true or false (c, pfc)
 //!            RATIO     a bare number: the keep ratio, as p=RATIO (bench's spelling)
 //! ```
 //!
 //! e.g. `bert`, `pf:0.8` = `pf:p=0.8`, `pfc@L-1`, `pfc@4:m=16`, `pfc@7:p=0.7:m=4`. A setting
 //! given twice takes its last value. Each spec means what the `train` flags `--variant`,
-//! `--combine-layer`, `--keep-ratio`, `--combine-tokens`, `--combine-residual` and
-//! `--combine-pooling` with those values mean
+//! `--combine-layer`, `--keep-ratio`, `--combine-tokens`, `--combine-residual`,
+//! `--combine-pooling` and `--combine-noise` with those values mean
 //! ([`VariantSpec::method_args`]); `bench` resolves them on the paper's settings
 //! ([`VariantSpec::method_config`]).
 
@@ -60,6 +61,7 @@ pub struct VariantSpec {
     pub combine_tokens: Option<usize>,
     pub combine_residual: Option<CombineResidual>,
     pub combine_pooling: Option<CombinePooling>,
+    pub combine_noise: Option<bool>,
 }
 
 impl std::str::FromStr for VariantSpec {
@@ -90,6 +92,7 @@ impl std::str::FromStr for VariantSpec {
             combine_tokens: None,
             combine_residual: None,
             combine_pooling: None,
+            combine_noise: None,
         };
         for part in parts {
             let Some((key, value)) = part.split_once('=') else {
@@ -122,9 +125,14 @@ impl std::str::FromStr for VariantSpec {
                             .map_err(|e| anyhow!("variant spec {s:?}: {e}"))?,
                     )
                 }
+                "noise" => {
+                    spec.combine_noise = Some(value.trim().parse().map_err(|_| {
+                        anyhow!("variant spec {s:?}: noise {value:?} is not true or false")
+                    })?)
+                }
                 other => {
                     bail!(
-                        "variant spec {s:?}: unknown setting {other:?} (expected p, m, r or pool)"
+                        "variant spec {s:?}: unknown setting {other:?} (expected p, m, r, pool or noise)"
                     )
                 }
             }
@@ -161,6 +169,7 @@ impl VariantSpec {
             combine_tokens: self.combine_tokens,
             combine_residual: self.combine_residual,
             combine_pooling: self.combine_pooling,
+            combine_noise: self.combine_noise,
             ..MethodArgs::default()
         })
     }
@@ -192,6 +201,10 @@ impl VariantSpec {
             ensure!(v.combines(), "a combine pooling only applies to c and pfc");
             m.combine_pooling = p;
         }
+        if let Some(n) = self.combine_noise {
+            ensure!(v.combines(), "combine noise only applies to c and pfc");
+            m.combine_noise = n;
+        }
         m.validate(layers)?;
         Ok(m)
     }
@@ -218,6 +231,7 @@ mod tests {
             combine_tokens: None,
             combine_residual: None,
             combine_pooling: None,
+            combine_noise: None,
         };
         assert_eq!(spec("pf:0.8"), want);
         assert_eq!(spec("pf:p=0.8"), want);
@@ -254,8 +268,10 @@ mod tests {
                 combine_tokens: None,
                 combine_residual: None,
                 combine_pooling: None,
+                combine_noise: None,
             }
         );
+        assert_eq!(spec("c@L-1:noise=false").combine_noise, Some(false));
         assert_eq!(
             spec("pfc@L-1:pool=counts+tokens").combine_pooling,
             Some(CombinePooling::CountsAndTokens)
@@ -274,6 +290,7 @@ mod tests {
             "{}",
             err("c:pool=max")
         );
+        assert!(err("c:noise=off").contains("not true or false"));
         assert!(err("pfc:m=1.5").contains("not a whole number"));
         assert!(err("pfc@x").contains("not a number, L or L-k"));
         assert!(err("pfc@L-x").contains("not a number, L or L-k"));

@@ -112,8 +112,8 @@ pub fn builtin_grid(name: &str, layers: usize) -> Result<GridSpec> {
 }
 
 /// The cell name of resolved method flags: the variant, then `-l<layer>`, `-p<ratio>`,
-/// `-m<tokens>`, `-r<residual>`, `-pool<pooling>` for the settings given explicitly (e.g.
-/// `pfc-l5`, `pf-p0.8`, `pfc-m16`, `c-l5-rgroup`, `c-l5-pooltokens`).
+/// `-m<tokens>`, `-r<residual>`, `-pool<pooling>`, `-nonoise` for the settings given
+/// explicitly (e.g. `pfc-l5`, `pf-p0.8`, `pfc-m16`, `c-l5-rgroup`, `c-l5-pooltokens`).
 pub fn cell_name(m: &MethodArgs) -> String {
     let mut name = m.variant.name().to_string();
     if let Some(l) = m.combine_layer {
@@ -134,6 +134,11 @@ pub fn cell_name(m: &MethodArgs) -> String {
         Some(CombinePooling::Mean) => name.push_str("-poolmean"),
         Some(CombinePooling::Counts) => name.push_str("-poolcounts"),
         Some(CombinePooling::CountsAndTokens) => name.push_str("-pooltokens"),
+        None => {}
+    }
+    match m.combine_noise {
+        Some(false) => name.push_str("-nonoise"),
+        Some(true) => name.push_str("-noise"),
         None => {}
     }
     name
@@ -491,17 +496,24 @@ mod tests {
         // The residual and pooling settings name their cells too.
         let settings = plan(
             &ExperimentArgs {
-                variants: Some(vec!["c@L-1:r=group:pool=counts+tokens".into()]),
+                variants: Some(vec!["c@L-1:r=group:pool=counts+tokens:noise=false".into()]),
                 ..a.clone()
             },
             &bert,
         )
         .unwrap();
-        assert_eq!(names(&settings, "toy", 1), ["c-l5-rgroup-pooltokens"]);
+        assert_eq!(
+            names(&settings, "toy", 1),
+            ["c-l5-rgroup-pooltokens-nonoise"]
+        );
         let c = &settings.cells[0].settings;
         assert_eq!(
-            (c.combine_residual, c.combine_pooling),
-            (CombineResidual::Group, CombinePooling::CountsAndTokens)
+            (c.combine_residual, c.combine_pooling, c.combine_noise),
+            (
+                CombineResidual::Group,
+                CombinePooling::CountsAndTokens,
+                false
+            )
         );
         let one_seed = plan(
             &ExperimentArgs {
