@@ -11,13 +11,14 @@
 //!            pool=POOLING the pooling of the combined tokens: mean, counts or
 //!                     counts+tokens (c, pfc)
 //!            noise=BOOL Gumbel noise on the assignment in training, true or false (c, pfc)
+//!            kgrad=BOOL the assignment's gradient into the tokens' states (c, pfc)
 //!            RATIO     a bare number: the keep ratio, as p=RATIO (bench's spelling)
 //! ```
 //!
 //! e.g. `bert`, `pf:0.8` = `pf:p=0.8`, `pfc@L-1`, `pfc@4:m=16`, `pfc@7:p=0.7:m=4`. A setting
 //! given twice takes its last value. Each spec means what the `train` flags `--variant`,
 //! `--combine-layer`, `--keep-ratio`, `--combine-tokens`, `--combine-residual`,
-//! `--combine-pooling` and `--combine-noise` with those values mean
+//! `--combine-pooling`, `--combine-noise` and `--combine-key-grad` with those values mean
 //! ([`VariantSpec::method_args`]); `bench` resolves them on the paper's settings
 //! ([`VariantSpec::method_config`]).
 
@@ -62,6 +63,7 @@ pub struct VariantSpec {
     pub combine_residual: Option<CombineResidual>,
     pub combine_pooling: Option<CombinePooling>,
     pub combine_noise: Option<bool>,
+    pub combine_key_grad: Option<bool>,
 }
 
 impl std::str::FromStr for VariantSpec {
@@ -93,6 +95,7 @@ impl std::str::FromStr for VariantSpec {
             combine_residual: None,
             combine_pooling: None,
             combine_noise: None,
+            combine_key_grad: None,
         };
         for part in parts {
             let Some((key, value)) = part.split_once('=') else {
@@ -130,9 +133,14 @@ impl std::str::FromStr for VariantSpec {
                         anyhow!("variant spec {s:?}: noise {value:?} is not true or false")
                     })?)
                 }
+                "kgrad" => {
+                    spec.combine_key_grad = Some(value.trim().parse().map_err(|_| {
+                        anyhow!("variant spec {s:?}: kgrad {value:?} is not true or false")
+                    })?)
+                }
                 other => {
                     bail!(
-                        "variant spec {s:?}: unknown setting {other:?} (expected p, m, r, pool or noise)"
+                        "variant spec {s:?}: unknown setting {other:?} (expected p, m, r, pool, noise or kgrad)"
                     )
                 }
             }
@@ -170,6 +178,7 @@ impl VariantSpec {
             combine_residual: self.combine_residual,
             combine_pooling: self.combine_pooling,
             combine_noise: self.combine_noise,
+            combine_key_grad: self.combine_key_grad,
             ..MethodArgs::default()
         })
     }
@@ -205,6 +214,10 @@ impl VariantSpec {
             ensure!(v.combines(), "combine noise only applies to c and pfc");
             m.combine_noise = n;
         }
+        if let Some(k) = self.combine_key_grad {
+            ensure!(v.combines(), "kgrad only applies to c and pfc");
+            m.combine_key_grad = k;
+        }
         m.validate(layers)?;
         Ok(m)
     }
@@ -232,6 +245,7 @@ mod tests {
             combine_residual: None,
             combine_pooling: None,
             combine_noise: None,
+            combine_key_grad: None,
         };
         assert_eq!(spec("pf:0.8"), want);
         assert_eq!(spec("pf:p=0.8"), want);
@@ -269,8 +283,10 @@ mod tests {
                 combine_residual: None,
                 combine_pooling: None,
                 combine_noise: None,
+                combine_key_grad: None,
             }
         );
+        assert_eq!(spec("c@L-1:kgrad=false").combine_key_grad, Some(false));
         assert_eq!(spec("c@L-1:noise=false").combine_noise, Some(false));
         assert_eq!(
             spec("pfc@L-1:pool=counts+tokens").combine_pooling,

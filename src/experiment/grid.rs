@@ -112,7 +112,7 @@ pub fn builtin_grid(name: &str, layers: usize) -> Result<GridSpec> {
 }
 
 /// The cell name of resolved method flags: the variant, then `-l<layer>`, `-p<ratio>`,
-/// `-m<tokens>`, `-r<residual>`, `-pool<pooling>`, `-nonoise` for the settings given
+/// `-m<tokens>`, `-r<residual>`, `-pool<pooling>`, `-nonoise`, `-nokgrad` for the settings given
 /// explicitly (e.g. `pfc-l5`, `pf-p0.8`, `pfc-m16`, `c-l5-rgroup`, `c-l5-pooltokens`).
 pub fn cell_name(m: &MethodArgs) -> String {
     let mut name = m.variant.name().to_string();
@@ -139,6 +139,11 @@ pub fn cell_name(m: &MethodArgs) -> String {
     match m.combine_noise {
         Some(false) => name.push_str("-nonoise"),
         Some(true) => name.push_str("-noise"),
+        None => {}
+    }
+    match m.combine_key_grad {
+        Some(false) => name.push_str("-nokgrad"),
+        Some(true) => name.push_str("-kgrad"),
         None => {}
     }
     name

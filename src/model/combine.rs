@@ -66,6 +66,7 @@ impl Model {
             ln_eps: self.method.combine_ln_eps,
             residual: self.method.combine_residual,
             gumbel_seed: noise.gumbel().filter(|_| self.method.combine_noise),
+            key_grad: self.method.combine_key_grad,
         };
         let real: Vec<bool> = (0..bsz)
             .flat_map(|b| (0..n).map(move |j| j < batch.lengths[b]))

@@ -36,6 +36,10 @@ pub struct CombinerSettings {
     pub residual: CombineResidual,
     /// Gumbel noise seed (training); `None` = no noise (evaluation).
     pub gumbel_seed: Option<u64>,
+    /// Whether the assignment's gradient reaches the real tokens' states (through W_k and
+    /// LN_e); without it the layers before the combiner learn only from the values (W_k
+    /// and LN_e still learn).
+    pub key_grad: bool,
 }
 
 /// The packed real tokens e_j and the combination tokens c_i of a batch.
@@ -62,6 +66,7 @@ pub struct CombinerTape {
     dims: CombinerDims,
     scale: f32,
     residual: CombineResidual,
+    key_grad: bool,
     packed: Packed,
     /// `[R, d]` LN_e(e_j) with its per-row mean and 1/std.
     e_norm: Vec<f32>,
@@ -189,6 +194,7 @@ pub fn combiner_forward(
         dims,
         scale: set.scale,
         residual: set.residual,
+        key_grad: set.key_grad,
         packed,
         e_norm,
         e_mean,
@@ -219,7 +225,8 @@ pub fn combiner_forward(
 /// LayerNorm backwards, and ∂c_i also gets g_i from the residual. With the group residual
 /// r_i, that term moves to the real tokens: ∂HA_ij += g_i · (e_j − r_i) / d_i and
 /// ∂e_j += g_{a(j)} / d_{a(j)}, and c_i gets only its query path. Gumbel noise is a
-/// constant. Padding rows of `dhidden` get 0.
+/// constant. Padding rows of `dhidden` get 0. Without `key_grad` the key path's
+/// gradient stops at LN_e's input (its parameters and W_k still get theirs).
 pub fn combiner_backward(
     p: &ParamStore,
     ids: &CombinerIds,
@@ -319,9 +326,25 @@ pub fn combiner_backward(
         grads,
     );
     let e_stats = [&tape.e_mean[..], &tape.e_rstd[..]];
-    norm_back(
-        p, ids.norm_e, e, rows, d, e_stats, &de_norm, &mut de, false, grads,
-    );
+    if tape.key_grad {
+        norm_back(
+            p, ids.norm_e, e, rows, d, e_stats, &de_norm, &mut de, false, grads,
+        );
+    } else {
+        let mut stopped = vec![0.0f32; rows * d];
+        norm_back(
+            p,
+            ids.norm_e,
+            e,
+            rows,
+            d,
+            e_stats,
+            &de_norm,
+            &mut stopped,
+            false,
+            grads,
+        );
+    }
     linear_back(p, ids.value, e, rows, d, d, &dv, Some(&mut de), true, grads);
     if tape.residual == CombineResidual::Group {
         // ∂e_j += g_{a(j)} / d_{a(j)}.

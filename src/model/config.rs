@@ -365,6 +365,11 @@ pub struct MethodConfig {
     /// checkpoints written before it: on).
     #[serde(default = "yes")]
     pub combine_noise: bool,
+    /// Whether the assignment's gradient reaches the real tokens' states (the straight-
+    /// through estimator's key path, method.md; absent in checkpoints written before it:
+    /// on). Off, the layers before the combiner learn from the values alone.
+    #[serde(default = "yes")]
+    pub combine_key_grad: bool,
     /// What follows the grouping (absent in checkpoints written before it: `plain`).
     #[serde(default)]
     pub combine_block: CombineBlock,
@@ -413,6 +418,7 @@ impl MethodConfig {
             combine_block: CombineBlock::Plain,
             combine_residual: CombineResidual::Token,
             combine_noise: true,
+            combine_key_grad: true,
             combine_scale: 1.0,
             assign_eps: 1.0,
             combine_ln_eps: 1e-5,

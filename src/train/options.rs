@@ -202,6 +202,11 @@ pub struct MethodArgs {
     /// Gumbel noise on the assignment logits during training (true, method.md) or none.
     #[arg(long)]
     pub combine_noise: Option<bool>,
+    /// Whether the assignment's gradient reaches the real tokens' states: true (the
+    /// straight-through estimator, method.md) or false (the layers before the combiner
+    /// learn from the values alone) [default: true].
+    #[arg(long)]
+    pub combine_key_grad: Option<bool>,
     /// Pooling of the m combined tokens: counts (weighted by the tokens each received),
     /// mean (the paper's plain mean) or counts+tokens (beyond the paper: half counts, half
     /// the mean of the real tokens' states entering the combiner) [default: counts].
@@ -239,6 +244,7 @@ impl Default for MethodArgs {
             combine_token_init: None,
             combine_block: None,
             combine_noise: None,
+            combine_key_grad: None,
             combine_pooling: None,
             combine_residual: None,
             combine_scale: None,
@@ -272,6 +278,7 @@ impl MethodArgs {
             ("--combine-residual", self.combine_residual.is_some()),
             ("--combine-block", self.combine_block.is_some()),
             ("--combine-noise", self.combine_noise.is_some()),
+            ("--combine-key-grad", self.combine_key_grad.is_some()),
             ("--combine-scale", self.combine_scale.is_some()),
             ("--assign-eps", self.assign_eps.is_some()),
         ];
@@ -323,6 +330,9 @@ impl MethodArgs {
         }
         if let Some(n) = self.combine_noise {
             m.combine_noise = n;
+        }
+        if let Some(k) = self.combine_key_grad {
+            m.combine_key_grad = k;
         }
         if let Some(s) = self.combine_scale {
             ensure!(

@@ -63,6 +63,7 @@ fn check_golden_forward(file: &str, assign_eps: f32) {
         ln_eps: 1e-5,
         residual: CombineResidual::Token,
         gumbel_seed: None,
+        key_grad: true,
     };
     let mut out = vec![f32::NAN; batch * m * d];
     let (assign, tape) = combiner_forward(&p, &ids, dims, &set, &hidden, &real, &mut out, false);
@@ -376,6 +377,7 @@ fn settings(scale: f32, assign_eps: f32, gumbel_seed: Option<u64>) -> CombinerSe
         ln_eps: 1e-5,
         residual: CombineResidual::Token,
         gumbel_seed,
+        key_grad: true,
     }
 }
 
@@ -533,5 +535,65 @@ fn backward_accumulates_parameters_and_overwrites_input() {
                 t1.name
             );
         }
+    }
+}
+
+/// With `key_grad: false` the parameters' gradients and the combination tokens' rows are
+/// unchanged, and each real token's gradient is its value path alone,
+/// `W_vᵀ W_oᵀ g_{a(j)} / (n_{a(j)} + eps)` (token residual), in float64.
+#[test]
+fn stopped_key_gradient_leaves_the_value_path_only() {
+    let setups = SETUPS.into_iter().filter(|s| s.4 == CombineResidual::Token);
+    for setup in setups {
+        let full = setup_problem(setup);
+        let stopped = Problem::new(
+            setup.0,
+            CombinerSettings {
+                key_grad: false,
+                ..full.set
+            },
+        );
+        let (assign, _, grads_full, dfull) = run_impl(&full);
+        let (_, _, grads, dhidden) = run_impl(&stopped);
+        assert_eq!(grads, grads_full, "setup {}: parameter gradients", setup.0);
+        let CombinerDims { batch, n, m, d } = stopped.dims;
+        let th = &stopped.theta;
+        let mat_t = |w: &[f64], y: &[f64]| -> Vec<f64> {
+            (0..d)
+                .map(|i| (0..d).map(|o| w[o * d + i] * y[o]).sum())
+                .collect()
+        };
+        let mut key_path_seen = false;
+        for b in 0..batch {
+            let count = |i: usize| {
+                let row = &assign[b * n..(b + 1) * n];
+                row.iter().filter(|&&a| a == i as i64).count() as f64
+            };
+            for r in 0..n + m {
+                let x = (b * (n + m) + r) * d;
+                let (got, other) = (&dhidden[x..x + d], &dfull[x..x + d]);
+                if r >= n {
+                    assert_eq!(got, other, "setup {}: combination token row", setup.0);
+                    continue;
+                }
+                if !stopped.real[b * n + r] {
+                    assert!(got.iter().all(|&g| g == 0.0), "padding row");
+                    continue;
+                }
+                let i = assign[b * n + r] as usize;
+                let g = &stopped.loss_w[(b * m + i) * d..(b * m + i + 1) * d];
+                let want: Vec<f64> = mat_t(&th[8], &mat_t(&th[10], g))
+                    .iter()
+                    .map(|v| v / (count(i) + stopped.set.assign_eps as f64))
+                    .collect();
+                assert_close(&format!("setup {} row {b}/{r}", setup.0), got, &want, 1e-5);
+                key_path_seen |= got != other;
+            }
+        }
+        assert!(
+            key_path_seen,
+            "setup {}: the key path carried nothing",
+            setup.0
+        );
     }
 }
