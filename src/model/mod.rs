@@ -110,7 +110,13 @@ impl Model {
         let (hidden, assign, combine, tokens) = if self.method.variant.combines() {
             let (hidden, assign, tape) = self.combine(&x, batch, noise, record);
             trace.assign = Some(assign.chunks(batch.seq).map(<[i64]>::to_vec).collect());
-            (hidden, Some(assign), tape, Some(x))
+            // (the combiner's input is pooled too with `CountsAndTokens`; else dropped here)
+            (
+                hidden,
+                Some(assign),
+                tape,
+                Some(x).filter(|_| self.pools_tokens()),
+            )
         } else {
             (x, None, None, None)
         };
