@@ -194,30 +194,33 @@ impl VariantSpec {
         } else if self.keep_ratio.is_some() {
             bail!("a keep ratio only applies to p, pf and pfc");
         }
+        let combine_settings = [
+            ("a combine layer", "applies", self.combine_layer.is_some()),
+            ("combination tokens", "apply", self.combine_tokens.is_some()),
+            (
+                "a combine residual",
+                "applies",
+                self.combine_residual.is_some(),
+            ),
+            (
+                "a combine pooling",
+                "applies",
+                self.combine_pooling.is_some(),
+            ),
+            ("combine noise", "applies", self.combine_noise.is_some()),
+            ("kgrad", "applies", self.combine_key_grad.is_some()),
+        ];
+        for (what, verb, given) in combine_settings {
+            ensure!(!given || v.combines(), "{what} only {verb} to c and pfc");
+        }
         if let Some(l) = self.combine_layer {
-            ensure!(v.combines(), "a combine layer only applies to c and pfc");
             m.combine_layer = l.resolve(layers)?;
         }
-        if let Some(t) = self.combine_tokens {
-            ensure!(v.combines(), "combination tokens only apply to c and pfc");
-            m.combine_tokens = t;
-        }
-        if let Some(r) = self.combine_residual {
-            ensure!(v.combines(), "a combine residual only applies to c and pfc");
-            m.combine_residual = r;
-        }
-        if let Some(p) = self.combine_pooling {
-            ensure!(v.combines(), "a combine pooling only applies to c and pfc");
-            m.combine_pooling = p;
-        }
-        if let Some(n) = self.combine_noise {
-            ensure!(v.combines(), "combine noise only applies to c and pfc");
-            m.combine_noise = n;
-        }
-        if let Some(k) = self.combine_key_grad {
-            ensure!(v.combines(), "kgrad only applies to c and pfc");
-            m.combine_key_grad = k;
-        }
+        m.combine_tokens = self.combine_tokens.unwrap_or(m.combine_tokens);
+        m.combine_residual = self.combine_residual.unwrap_or(m.combine_residual);
+        m.combine_pooling = self.combine_pooling.unwrap_or(m.combine_pooling);
+        m.combine_noise = self.combine_noise.unwrap_or(m.combine_noise);
+        m.combine_key_grad = self.combine_key_grad.unwrap_or(m.combine_key_grad);
         m.validate(layers)?;
         Ok(m)
     }
