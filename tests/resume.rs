@@ -407,9 +407,10 @@ fn interrupted_lr_search_resumes_from_its_finished_trials() {
     assert!(!log.contains("taken from the earlier search"), "{log}");
 }
 
-/// A finished search over fewer rates (the run's other files removed, as when a grid's cell
-/// is trained again over a wider grid) lends the trials of the rates it shares: only the
-/// new rate is trained, and the run is the one a search over the whole grid makes.
+/// A finished search over fewer rates, its `lr_search.json` copied alone into another
+/// output directory (as when a grid is trained again over a wider grid under another
+/// root), lends the trials of the rates it shares: only the new rate is trained, and the
+/// run is the one a search over the whole grid makes.
 #[test]
 fn search_over_a_wider_grid_takes_over_the_shared_trials() {
     let s = Scratch::new("lr-grid-wider");
@@ -424,19 +425,12 @@ fn search_over_a_wider_grid_takes_over_the_shared_trials() {
         args[grid + 1] = "2e-5,1e-4".into();
         args
     };
+    let narrow = s.path("narrow");
+    succeeded(&corefocus(&narrow_args(&narrow, &[])), "run over two rates");
+    assert_eq!(lr_search(&narrow)["trials"].as_array().unwrap().len(), 2);
     let wider = s.path("wider");
-    succeeded(&corefocus(&narrow_args(&wider, &[])), "run over two rates");
-    assert_eq!(lr_search(&wider)["trials"].as_array().unwrap().len(), 2);
-    for entry in std::fs::read_dir(&wider).unwrap() {
-        let path = entry.unwrap().path();
-        if path.file_name().unwrap() != "lr_search.json" {
-            if path.is_dir() {
-                std::fs::remove_dir_all(&path).unwrap();
-            } else {
-                std::fs::remove_file(&path).unwrap();
-            }
-        }
-    }
+    std::fs::create_dir_all(&wider).unwrap();
+    std::fs::copy(narrow.join("lr_search.json"), wider.join("lr_search.json")).unwrap();
     // The same grid is the same (finished) search; another rate is another run.
     let resume_wider = auto_lr_args(&data, &wider, &["--resume"]);
     assert!(corefocus::train::has_resumable_run(&options_of(

@@ -81,13 +81,14 @@ impl LrSearch {
 }
 
 /// The `--flags` that keep a search run with `saved` options from lending its trials to a
-/// run with `now`: those that differ (control flags aside) except the grid. A trial depends
-/// on its own rate and the run's options, not on the other candidates, so a grid extended
-/// with more rates (say after every cell chose the largest) takes over the trials of those
-/// it shares.
+/// run with `now`: those that differ (control flags aside) except the grid and `--out`. A
+/// trial depends on its own rate and the run's options, not on the other candidates or
+/// where the run writes, so a grid extended with more rates (say after every cell chose
+/// the largest), also under another root, takes over the trials of those it shares.
 pub fn differing_search_options(saved: &TrainOptions, now: &TrainOptions) -> Result<Vec<String>> {
     let saved = TrainOptions {
         lr_grid: now.lr_grid.clone(),
+        out: now.out.clone(),
         ..saved.clone()
     };
     differing_options(&saved, now)
