@@ -2,13 +2,15 @@
 //! one matrix multiplied again and again) and as a forward pass meets them ("cold":
 //! 48 MiB of weight matrices taken in turn, so each comes from L3 or memory), best of
 //! 20 rounds (a development aid; issue 17's prefetch of the next weight panel), in f32
-//! and, where the CPU has AMX or AVX512-BF16, in bf16 (`--precision bf16`).
+//! and, where the CPU has AMX or AVX512-BF16, in bf16 (`--precision bf16`), where it has
+//! AVX512-VNNI in int8 (`--precision int8`; the time includes quantising the activations).
 //!
 //! `cargo run --release --example gemm_cold [threads]`
 #[cfg(target_arch = "x86_64")]
 fn main() {
     use corefocus::kernels::epilogue::Epilogue;
     use corefocus::kernels::gemm_bf16::{self, gemm_bf16, PackedBf16};
+    use corefocus::kernels::gemm_int8::{self, gemm_int8, PackedI8};
     use corefocus::kernels::gemm_x86::{gemm_packed, Isa, PackedB};
     use corefocus::kernels::matmul::MatRef;
     use std::time::Instant;
@@ -28,22 +30,27 @@ fn main() {
             .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
             .collect();
         let count = (48 << 20) / (4 * k * n);
-        let weights: Vec<(PackedB, Option<PackedBf16>)> = (0..count)
+        type Weights = (PackedB, Option<PackedBf16>, Option<PackedI8>);
+        let weights: Vec<Weights> = (0..count)
             .map(|s| {
                 let b: Vec<f32> = (0..k * n)
                     .map(|i| (((i + s) * 104_729) % 1000) as f32 / 1000.0 - 0.5)
                     .collect();
                 let b = MatRef::new(&b, k, n);
                 let bf16 = gemm_bf16::available().then(|| PackedBf16::new(b));
-                (PackedB::new(Isa::best(), b), bf16)
+                let int8 = gemm_int8::available().then(|| PackedI8::new(b));
+                (PackedB::new(Isa::best(), b), bf16, int8)
             })
             .collect();
         let mut c = vec![0.0f32; m * n];
-        let precisions: &[&str] = if gemm_bf16::available() {
-            &["f32", "bf16"]
-        } else {
-            &["f32"]
-        };
+        let precisions: Vec<&str> = [
+            Some("f32"),
+            gemm_bf16::available().then_some("bf16"),
+            gemm_int8::available().then_some("int8"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
         for (label, cold, precision) in [("hot", false), ("cold", true)]
             .into_iter()
             .flat_map(|(l, c)| precisions.iter().map(move |&p| (l, c, p)))
@@ -52,11 +59,14 @@ fn main() {
             for _ in 0..reps {
                 let t = Instant::now();
                 for i in 0..count {
-                    let (b, b16) = &weights[if cold { i } else { 0 }];
+                    let (b, b16, b8) = &weights[if cold { i } else { 0 }];
                     let a = MatRef::new(&a, m, k);
-                    match (precision, b16) {
-                        ("bf16", Some(b16)) => {
+                    match (precision, b16, b8) {
+                        ("bf16", Some(b16), _) => {
                             gemm_bf16(&mut c, n, a, b16, false, threads, Epilogue::default())
+                        }
+                        ("int8", _, Some(b8)) => {
+                            gemm_int8(&mut c, n, a, b8, false, threads, Epilogue::default())
                         }
                         _ => gemm_packed(&mut c, n, a, b, false, threads, Epilogue::default()),
                     }

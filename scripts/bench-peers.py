@@ -15,8 +15,9 @@ each engine's median over corefocus bert's (above 1: corefocus is faster).
   with intra_op_num_threads = threads.
 - corefocus: `corefocus._corefocus.NativeTimedModel`, the Model::forward and train_step
   that `corefocus bench` times, for each --variants entry (`VARIANT/bf16`: its forward
-  passes with the linear layers in bf16, `--precision bf16`, Intel AMX or AVX512-BF16 only; such entries
-  are left out of the training rows, which are f32).
+  passes with the linear layers in bf16, `--precision bf16`, Intel AMX or AVX512-BF16 only;
+  `VARIANT/int8`: in int8, `--precision int8`, AVX512-VNNI only; such entries are left out
+  of the training rows, which are f32).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def parse_args():
     p.add_argument("--model", required=True, help="HF-format BERT checkpoint directory")
     p.add_argument("--shapes", default="1x128,8x512", help="forward shapes, BATCHxLEN,...")
     p.add_argument("--train-shapes", default="8x512", help="training-step shapes ('' for none)")
-    p.add_argument("--variants", default="bert,pf,pfc@5", help="corefocus variants, e.g. bert,pfc@5,bert/bf16")
+    p.add_argument("--variants", default="bert,pf,pfc@5", help="corefocus variants, e.g. bert,pfc@5,bert/bf16,bert/int8")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--reps", type=int, default=10)

@@ -785,39 +785,44 @@ the plot
         &s.arg("missing.txt"),
     ]));
     expect(&out, "I02", &["missing.txt"]);
-    // --precision bf16 where there is no bf16 arithmetic (COREFOCUS_BF16=off pretends so) is
-    // refused before anything loads; where there is, eval takes the flag (the tiny model's layers
-    // are too narrow to be packed, so its accuracy equals f32's: the arithmetic is
-    // checked by tests/golden.rs and the kernel's own tests).
-    let no_bf16 = common::corefocus_command()
-        .env("COREFOCUS_BF16", "off")
-        .args(strings(&[
-            "predict",
-            "--checkpoint",
-            good.to_str().unwrap(),
-            "--precision",
-            "bf16",
-        ]))
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    expect(&no_bf16, "I10", &[]);
-    let out = eval(&good, &["--precision", "bf16"]);
-    if out.status.success() {
-        let f32_report = succeeded(&eval(&good, &[]), "eval f32");
-        let accuracy = |report: &str| {
-            report
-                .lines()
-                .find(|l| l.trim_start().starts_with("accuracy"))
-                .map(|l| l.to_string())
-        };
-        assert_eq!(
-            accuracy(&String::from_utf8_lossy(&out.stdout)),
-            accuracy(&f32_report),
-            "bf16 and f32 accuracy on the toy test split"
-        );
-    } else {
-        expect(&out, "I10", &[]);
+    // --precision bf16 / int8 where there is no such arithmetic (COREFOCUS_BF16=off,
+    // COREFOCUS_INT8=off pretend so) is refused before anything loads; where there is, eval
+    // takes the flag (the tiny model's layers are too narrow to be packed, so its accuracy
+    // equals f32's: the arithmetic is checked by tests/golden.rs and the kernels' own tests).
+    for (precision, switch, id) in [
+        ("bf16", "COREFOCUS_BF16", "I10"),
+        ("int8", "COREFOCUS_INT8", "I12"),
+    ] {
+        let refused = common::corefocus_command()
+            .env(switch, "off")
+            .args(strings(&[
+                "predict",
+                "--checkpoint",
+                good.to_str().unwrap(),
+                "--precision",
+                precision,
+            ]))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        expect(&refused, id, &[]);
+        let out = eval(&good, &["--precision", precision]);
+        if out.status.success() {
+            let f32_report = succeeded(&eval(&good, &[]), "eval f32");
+            let accuracy = |report: &str| {
+                report
+                    .lines()
+                    .find(|l| l.trim_start().starts_with("accuracy"))
+                    .map(|l| l.to_string())
+            };
+            assert_eq!(
+                accuracy(&String::from_utf8_lossy(&out.stdout)),
+                accuracy(&f32_report),
+                "{precision} and f32 accuracy on the toy test split"
+            );
+        } else {
+            expect(&out, id, &[]);
+        }
     }
     let bench_bf16 = corefocus(&strings(&[
         "bench",

@@ -36,7 +36,7 @@ struct NativeClassifier {
     inner: Classifier,
 }
 
-/// "f32" or "bf16" (else ValueError).
+/// "f32", "bf16" or "int8" (else ValueError).
 fn parse_precision(s: &str) -> PyResult<Precision> {
     s.parse()
         .map_err(|e: String| pyo3::exceptions::PyValueError::new_err(e))
@@ -45,7 +45,7 @@ fn parse_precision(s: &str) -> PyResult<Precision> {
 #[pymethods]
 impl NativeClassifier {
     /// Loads a `corefocus train` checkpoint; `max_len` overrides its truncation length;
-    /// the linear layers multiply at `precision` ("f32" or "bf16").
+    /// the linear layers multiply at `precision` ("f32", "bf16" or "int8").
     #[staticmethod]
     #[pyo3(signature = (path, max_len=None, precision="f32"))]
     fn load(
@@ -241,7 +241,7 @@ struct NativeTimedModel {
 impl NativeTimedModel {
     /// The HF-format BERT checkpoint in `model_dir` as `variant` (`bench --variant`'s
     /// grammar: bert, pf, pfc@5, ...) with a `num_labels`-class head; forward passes
-    /// multiply at `precision` ("f32" or "bf16").
+    /// multiply at `precision` ("f32", "bf16" or "int8").
     #[staticmethod]
     #[pyo3(signature = (model_dir, variant, num_labels, precision="f32"))]
     fn load(

@@ -56,8 +56,8 @@ pub struct BenchArgs {
     /// `--forward-only`: of the forward passes).
     #[arg(long)]
     pub profile: bool,
-    /// Arithmetic of the forward passes' linear layers (with --forward-only): f32, or bf16
-    /// (needs Intel AMX or AVX512-BF16), as `predict --precision`.
+    /// Arithmetic of the forward passes' linear layers (with --forward-only): f32, bf16
+    /// (needs Intel AMX or AVX512-BF16) or int8 (needs AVX512-VNNI), as `predict --precision`.
     #[arg(long, default_value = "f32")]
     pub precision: Precision,
     /// Print JSON instead of the table.

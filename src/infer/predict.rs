@@ -18,9 +18,10 @@ pub struct PredictOptions {
     pub inputs: Vec<PathBuf>,
     #[arg(long, default_value_t = 64)]
     pub eval_batch: usize,
-    /// Arithmetic of the linear layers' products: f32, or bf16 (operands rounded to bf16,
-    /// sums in f32; needs Intel AMX or AVX512-BF16): faster, slightly less
-    /// exact (docs/results.md measures both).
+    /// Arithmetic of the linear layers' products: f32; bf16 (operands rounded to bf16,
+    /// sums in f32; needs Intel AMX or AVX512-BF16); or int8 (weights per column and
+    /// activations per row quantised to int8, exact integer sums; needs AVX512-VNNI):
+    /// faster, less exact (docs/results.md measures each).
     #[arg(long, default_value = "f32")]
     pub precision: Precision,
 }

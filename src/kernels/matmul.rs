@@ -116,14 +116,17 @@ pub fn matmul_with(
     }
 }
 
-/// The arithmetic of products with prepared weights ([`PackedRhs`]): `F32` everywhere, or
-/// `Bf16` (operands rounded to bf16, f32 accumulation) on CPUs with AMX or AVX512-BF16, for inference.
+/// The arithmetic of products with prepared weights ([`PackedRhs`]): `F32` everywhere,
+/// `Bf16` (operands rounded to bf16, f32 accumulation) on CPUs with AMX or AVX512-BF16, or
+/// `Int8` (weights per column and activations per row quantised to int8, exact integer
+/// sums) on CPUs with AVX512-VNNI; the last two for inference.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
     #[default]
     F32,
     Bf16,
+    Int8,
 }
 
 impl Precision {
@@ -131,17 +134,23 @@ impl Precision {
         match self {
             Precision::F32 => "f32",
             Precision::Bf16 => "bf16",
+            Precision::Int8 => "int8",
         }
     }
 
     /// An error unless this CPU computes products at this precision.
     pub fn check_available(self) -> anyhow::Result<()> {
         #[cfg(target_arch = "x86_64")]
-        let amx = super::gemm_bf16::available();
+        let (amx, vnni) = (super::gemm_bf16::available(), super::gemm_int8::available());
         #[cfg(not(target_arch = "x86_64"))]
-        let amx = false;
+        let (amx, vnni) = (false, false);
         anyhow::ensure!(
-            self == Precision::F32 || amx,
+            self != Precision::Int8 || vnni,
+            "--precision int8 needs AVX512-VNNI (Intel Cascade Lake or newer Xeons, AMD Zen 4 or \
+             newer); this CPU offers none: use --precision f32"
+        );
+        anyhow::ensure!(
+            self != Precision::Bf16 || amx,
             "--precision bf16 needs Intel AMX (Sapphire Rapids or newer Xeons, Linux 5.16 or \
              newer) or AVX512-BF16 (AMD Zen 4 or newer, Intel Cooper Lake); this CPU or kernel \
              offers neither: use --precision f32"
@@ -157,7 +166,8 @@ impl std::str::FromStr for Precision {
         match s {
             "f32" => Ok(Precision::F32),
             "bf16" => Ok(Precision::Bf16),
-            other => Err(format!("unknown precision `{other}` (f32 or bf16)")),
+            "int8" => Ok(Precision::Int8),
+            other => Err(format!("unknown precision `{other}` (f32, bf16 or int8)")),
         }
     }
 }
@@ -181,6 +191,9 @@ enum Packed {
     /// Rounded to bf16 for the AMX / AVX512-BF16 kernel.
     #[cfg(target_arch = "x86_64")]
     Amx(super::gemm_bf16::PackedBf16),
+    /// Quantised to int8 per column for the AVX512-VNNI kernel.
+    #[cfg(target_arch = "x86_64")]
+    Int8(super::gemm_int8::PackedI8),
     /// Where our kernel does not run: a dense row-major copy for `matmul`.
     Dense {
         data: Vec<f32>,
@@ -195,9 +208,18 @@ impl PackedRhs {
         Self::with_precision(b, Precision::F32)
     }
 
-    /// [`Self::new`] at `precision` (bf16: panics unless [`Precision::check_available`]).
+    /// [`Self::new`] at `precision` (bf16, int8: panics unless
+    /// [`Precision::check_available`]).
     pub fn with_precision(b: MatRef, precision: Precision) -> PackedRhs {
         b.check("rhs");
+        if precision == Precision::Int8 {
+            #[cfg(target_arch = "x86_64")]
+            return PackedRhs {
+                inner: Packed::Int8(super::gemm_int8::PackedI8::new(b)),
+            };
+            #[cfg(not(target_arch = "x86_64"))]
+            panic!("int8 products need AVX512-VNNI");
+        }
         if precision == Precision::Bf16 {
             #[cfg(target_arch = "x86_64")]
             return PackedRhs {
@@ -233,6 +255,8 @@ impl PackedRhs {
             Packed::X86(p) => (p.rows(), p.cols()),
             #[cfg(target_arch = "x86_64")]
             Packed::Amx(p) => (p.rows(), p.cols()),
+            #[cfg(target_arch = "x86_64")]
+            Packed::Int8(p) => (p.rows(), p.cols()),
             Packed::Dense { rows, cols, .. } => (*rows, *cols),
         }
     }
@@ -264,6 +288,10 @@ pub fn matmul_packed(
         #[cfg(target_arch = "x86_64")]
         Packed::Amx(p) => {
             super::gemm_bf16::gemm_bf16(dst, dst_row_stride, a, p, accumulate, threads, epilogue)
+        }
+        #[cfg(target_arch = "x86_64")]
+        Packed::Int8(p) => {
+            super::gemm_int8::gemm_int8(dst, dst_row_stride, a, p, accumulate, threads, epilogue)
         }
         Packed::Dense { data, rows, cols } => {
             let b = MatRef::new(data, *rows, *cols);

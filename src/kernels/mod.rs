@@ -10,6 +10,8 @@ pub(crate) mod fastmath;
 #[cfg(target_arch = "x86_64")]
 pub mod gemm_bf16;
 #[cfg(target_arch = "x86_64")]
+pub mod gemm_int8;
+#[cfg(target_arch = "x86_64")]
 pub mod gemm_x86;
 #[cfg(test)]
 pub(crate) mod gradcheck;

@@ -58,7 +58,8 @@ class Classifier:
     ) -> "Classifier":
         """Loads the checkpoint in ``path``; ``max_len`` overrides its truncation length;
         ``precision`` "bf16" multiplies the linear layers in bf16 (needs Intel AMX or AVX512-BF16; as
-        ``corefocus predict --precision bf16``)."""
+        ``corefocus predict --precision bf16``), "int8" in int8 (needs AVX512-VNNI; as
+        ``corefocus predict --precision int8``)."""
         native = _corefocus.NativeClassifier.load(os.fspath(path), max_len, precision)
         return cls(native, Path(path))
 
