@@ -332,7 +332,14 @@ unsafe fn serial(
                 let i0 = pi * MR;
                 let mr = MR.min(m - i0);
                 let tile = c.ptr.add(i0 * c.ld + j0);
-                tile_product(
+                // A short last tile computes only the rows it has, in steps of 4 (128
+                // rows: ten tiles of 12 and one of 8).
+                let kernel = match mr {
+                    9.. => tile_product::<12>,
+                    5..=8 => tile_product::<8>,
+                    _ => tile_product::<4>,
+                };
+                kernel(
                     groups,
                     lhs.data.as_ptr().add(pi * groups * MR * 4),
                     b_panel,
@@ -373,15 +380,16 @@ struct Scales {
     col_sums: *const i32,
 }
 
-/// One 12 x 32 tile: the i32 sums over all `groups`, scaled into f32 and stored (or
-/// added) into the first `mr` rows and `nr` columns at `c`.
+/// The first `ROWS` (at least `mr`) rows of a 12 x 32 tile: the i32 sums over all
+/// `groups`, scaled into f32 and stored (or added) into the first `mr` rows and `nr`
+/// columns at `c`.
 ///
 /// # Safety
 /// VNNI is present; `a` holds 12 x 4 bytes per group, `b` 32 x 4, the scales 12 / 32 / 32
 /// values; `c` has `mr` rows of `nr` writable floats `ldc` apart.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn tile_product(
+unsafe fn tile_product<const ROWS: usize>(
     groups: usize,
     a: *const u8,
     b: *const i8,
@@ -392,7 +400,7 @@ unsafe fn tile_product(
     nr: usize,
     accumulate: bool,
 ) {
-    let mut acc = [[_mm512_setzero_si512(); 2]; MR];
+    let mut acc = [[_mm512_setzero_si512(); 2]; ROWS];
     for g in 0..groups {
         let bv = [
             _mm512_loadu_si512(b.add(g * NR * 4).cast()),
@@ -495,6 +503,7 @@ mod tests {
         for (m, n, k) in [
             (1, 33, 5),
             (12, 32, 4),
+            (10, 40, 20),
             (13, 45, 70),
             (37, 64, 129),
             (128, 384, 384),
