@@ -117,13 +117,20 @@ fn quantise(x: f32, inv: f32) -> i8 {
     (x * inv).round_ties_even().clamp(-127.0, 127.0) as i8
 }
 
-/// The left operand quantised per row and packed in 12-row panels (padding rows: scale
-/// 0), with each row's scale and zero point.
-struct LhsI8 {
-    data: Vec<u8>,
-    scales: Vec<f32>,
-    zeros: Vec<i32>,
+/// Panels of the left operand quantised per row (12 rows each, padding rows with scale
+/// 0), with each row's scale and zero point: `data` holds panel `first + q` at
+/// `q * groups * MR * 4`, `scales` and `zeros` its rows at `q * MR`.
+#[derive(Clone, Copy)]
+struct LhsView {
+    data: *const u8,
+    scales: *const f32,
+    zeros: *const i32,
+    first: usize,
 }
+
+// SAFETY: read-only views of buffers that outlive the parallel region they are used in.
+unsafe impl Send for LhsView {}
+unsafe impl Sync for LhsView {}
 
 thread_local! {
     /// The calling thread's last left-operand buffers, reused by its next product.
@@ -131,54 +138,36 @@ thread_local! {
         const { std::cell::Cell::new((Vec::new(), Vec::new(), Vec::new())) };
 }
 
-fn quantise_lhs(a: MatRef, groups: usize, threads: usize) -> LhsI8 {
-    let panels = a.rows.div_ceil(MR);
-    let (mut data, mut scales, mut zeros) = LHS_BUFFERS.take();
-    // Every element is written below, so the old contents need no clearing.
-    data.resize(panels * groups * MR * 4, 0);
-    scales.resize(panels * MR, 0.0);
-    zeros.resize(panels * MR, 0);
-    let panel_len = groups * MR * 4;
-    let quantise_panel = |(pi, (panel, row_params)): (usize, (&mut [u8], RowParams))| {
-        let mut gathered = Vec::new();
-        let (scales, zeros) = row_params;
-        for (r, (scale, zero)) in scales.iter_mut().zip(zeros.iter_mut()).enumerate() {
-            let i = pi * MR + r;
-            let row: &[f32] = if i >= a.rows {
-                &[]
-            } else if a.col_stride == 1 {
-                &a.data[i * a.row_stride..i * a.row_stride + a.cols]
-            } else {
-                gathered.clear();
-                gathered.extend((0..a.cols).map(|p| a.data[i * a.row_stride + p * a.col_stride]));
-                &gathered
-            };
-            // SAFETY: AVX-512 is present (the caller checked `available`); the panel holds
-            // `groups` words of row r, MR words apart.
-            (*scale, *zero) =
-                unsafe { quantise_row(row, groups, panel[r * 4..].as_mut_ptr(), MR * 4) };
-        }
-    };
-    if threads > 1 && a.rows * a.cols >= 1 << 16 {
-        data.par_chunks_mut(panel_len)
-            .zip(scales.par_chunks_mut(MR).zip(zeros.par_chunks_mut(MR)))
-            .enumerate()
-            .for_each(quantise_panel);
-    } else {
-        data.chunks_mut(panel_len)
-            .zip(scales.chunks_mut(MR).zip(zeros.chunks_mut(MR)))
-            .enumerate()
-            .for_each(quantise_panel);
-    }
-    LhsI8 {
-        data,
-        scales,
-        zeros,
+/// Quantises the rows of panels `first ..` of `a` into `data` (whole panels of
+/// `groups` words per row), `scales` and `zeros` (one per row, padding rows included).
+fn quantise_panels(
+    a: MatRef,
+    groups: usize,
+    first: usize,
+    data: &mut [u8],
+    scales: &mut [f32],
+    zeros: &mut [i32],
+) {
+    let mut gathered = Vec::new();
+    let rows = scales.iter_mut().zip(zeros.iter_mut()).enumerate();
+    for (r, (scale, zero)) in rows {
+        let i = first * MR + r;
+        let row: &[f32] = if i >= a.rows {
+            &[]
+        } else if a.col_stride == 1 {
+            &a.data[i * a.row_stride..i * a.row_stride + a.cols]
+        } else {
+            gathered.clear();
+            gathered.extend((0..a.cols).map(|p| a.data[i * a.row_stride + p * a.col_stride]));
+            &gathered
+        };
+        let panel = &mut data[r / MR * groups * MR * 4..][..groups * MR * 4];
+        // SAFETY: AVX-512 is present (the caller checked `available`); the panel holds
+        // `groups` words of its row r % MR, MR words apart.
+        (*scale, *zero) =
+            unsafe { quantise_row(row, groups, panel[r % MR * 4..].as_mut_ptr(), MR * 4) };
     }
 }
-
-/// A panel's row scales and zero points.
-type RowParams<'a> = (&'a mut [f32], &'a mut [i32]);
 
 /// A row's scale and zero point: the range `[min(lo, 0), max(hi, 0)]` in 255 steps (an
 /// all-zero row: scale 0, zero point 0).
@@ -270,51 +259,83 @@ pub fn gemm_int8(
         return;
     }
     a.check("lhs");
-    let lhs = quantise_lhs(a, b.groups, threads);
     let c = Dst {
         ptr: dst.as_mut_ptr(),
         ld: ldc,
     };
-    let (row_panels, panels) = (m.div_ceil(MR), b.panels());
-    // Threads split the rows unless there are fewer row panels than column panels (a
-    // request's few rows: each thread then streams its share of the weights once).
-    let split_rows = row_panels >= panels;
-    let units = if split_rows { row_panels } else { panels };
-    let parts = threads.min(units).min((m * n * b.k) >> 22).max(1);
-    let per_part = units.div_ceil(parts);
-    let run = |t: usize| {
-        let (u0, u1) = (t * per_part, ((t + 1) * per_part).min(units));
-        if u0 >= u1 {
-            return;
-        }
-        let (rows, cols) = if split_rows {
-            ((u0, u1), (0, panels))
+    let (row_panels, panels, groups) = (m.div_ceil(MR), b.panels(), b.groups);
+    let panel_len = groups * MR * 4;
+    let (mut data, mut scales, mut zeros) = LHS_BUFFERS.take();
+    // Every element is written before it is read, so the old contents need no clearing.
+    data.resize(row_panels * panel_len, 0);
+    scales.resize(row_panels * MR, 0.0);
+    zeros.resize(row_panels * MR, 0);
+    let wanted = threads.min((m * n * b.k) >> 22).max(1);
+    if row_panels >= wanted {
+        // Threads split the rows, and each quantises its own: the int8 weights (a quarter
+        // of f32's; MiniLM's fit in L3) cost every thread less to stream whole than
+        // quantising all rows on one thread while the others wait (1 x 128: 11 panels).
+        let per_part = row_panels.div_ceil(wanted);
+        let part =
+            |(t, ((data, scales), zeros)): (usize, ((&mut [u8], &mut [f32]), &mut [i32]))| {
+                let first = t * per_part;
+                quantise_panels(a, groups, first, data, scales, zeros);
+                let lhs = LhsView {
+                    data: data.as_ptr(),
+                    scales: scales.as_ptr(),
+                    zeros: zeros.as_ptr(),
+                    first,
+                };
+                let rows = (first, first + scales.len() / MR);
+                // SAFETY: VNNI is present (asserted); the destination holds m x n (checked)
+                // and part t writes only its own rows; `lhs` holds those rows' panels and
+                // `b` is padded to whole panels.
+                unsafe { serial(c, m, n, lhs, b, rows, (0, panels), accumulate, epilogue) };
+            };
+        let chunks = (per_part * panel_len, per_part * MR);
+        if wanted == 1 {
+            part((0, ((&mut data[..], &mut scales[..]), &mut zeros[..])));
         } else {
-            ((0, row_panels), (u0, u1))
-        };
-        // SAFETY: VNNI is present (asserted); the destination holds m x n (checked) and
-        // part t writes only its own tiles; `lhs` and `b` are padded to whole panels.
-        unsafe { serial(c, m, n, &lhs, b, rows, cols, accumulate, epilogue) };
-    };
-    if parts == 1 {
-        run(0);
+            data.par_chunks_mut(chunks.0)
+                .zip(scales.par_chunks_mut(chunks.1))
+                .zip(zeros.par_chunks_mut(chunks.1))
+                .enumerate()
+                .for_each(part);
+        }
     } else {
-        (0..parts).into_par_iter().for_each(run);
+        // Fewer row panels than threads (a few rows): quantised once, columns split.
+        quantise_panels(a, groups, 0, &mut data, &mut scales, &mut zeros);
+        let lhs = LhsView {
+            data: data.as_ptr(),
+            scales: scales.as_ptr(),
+            zeros: zeros.as_ptr(),
+            first: 0,
+        };
+        let parts = wanted.min(panels);
+        let per_part = panels.div_ceil(parts);
+        (0..parts).into_par_iter().for_each(|t| {
+            let cols = (t * per_part, ((t + 1) * per_part).min(panels));
+            if cols.0 < cols.1 {
+                // SAFETY: as above, part t writing only its own columns.
+                unsafe { serial(c, m, n, lhs, b, (0, row_panels), cols, accumulate, epilogue) };
+            }
+        });
     }
-    LHS_BUFFERS.set((lhs.data, lhs.scales, lhs.zeros));
+    LHS_BUFFERS.set((data, scales, zeros));
 }
 
 /// Row panels `rows.0 .. rows.1` x column panels `cols.0 .. cols.1` on the calling thread:
 /// a block of [`MC`] rows at a time, each B panel against the block's tiles.
 ///
 /// # Safety
-/// VNNI is present; `c` holds the `m x n` result; no other thread writes these tiles.
+/// VNNI is present; `c` holds the `m x n` result; `lhs` holds row panels `rows`; no
+/// other thread writes these tiles.
 #[allow(clippy::too_many_arguments)]
 unsafe fn serial(
     c: Dst,
     m: usize,
     n: usize,
-    lhs: &LhsI8,
+    lhs: LhsView,
     b: &PackedI8,
     rows: (usize, usize),
     cols: (usize, usize),
@@ -341,11 +362,11 @@ unsafe fn serial(
                 };
                 kernel(
                     groups,
-                    lhs.data.as_ptr().add(pi * groups * MR * 4),
+                    lhs.data.add((pi - lhs.first) * groups * MR * 4),
                     b_panel,
                     Scales {
-                        rows: lhs.scales.as_ptr().add(i0),
-                        zeros: lhs.zeros.as_ptr().add(i0),
+                        rows: lhs.scales.add(i0 - lhs.first * MR),
+                        zeros: lhs.zeros.add(i0 - lhs.first * MR),
                         cols: b.scales.as_ptr().add(j0),
                         col_sums: b.col_sums.as_ptr().add(j0),
                     },
@@ -504,6 +525,7 @@ mod tests {
             (1, 33, 5),
             (12, 32, 4),
             (10, 40, 20),
+            (11, 1536, 1536),
             (13, 45, 70),
             (37, 64, 129),
             (128, 384, 384),
