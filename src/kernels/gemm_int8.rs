@@ -128,6 +128,9 @@ struct LhsView {
     first: usize,
 }
 
+/// One part's quantised panels, row scales and zero points.
+type PartBuffers<'a> = ((&'a mut [u8], &'a mut [f32]), &'a mut [i32]);
+
 // SAFETY: read-only views of buffers that outlive the parallel region they are used in.
 unsafe impl Send for LhsView {}
 unsafe impl Sync for LhsView {}
@@ -276,22 +279,21 @@ pub fn gemm_int8(
         // of f32's; MiniLM's fit in L3) cost every thread less to stream whole than
         // quantising all rows on one thread while the others wait (1 x 128: 11 panels).
         let per_part = row_panels.div_ceil(wanted);
-        let part =
-            |(t, ((data, scales), zeros)): (usize, ((&mut [u8], &mut [f32]), &mut [i32]))| {
-                let first = t * per_part;
-                quantise_panels(a, groups, first, data, scales, zeros);
-                let lhs = LhsView {
-                    data: data.as_ptr(),
-                    scales: scales.as_ptr(),
-                    zeros: zeros.as_ptr(),
-                    first,
-                };
-                let rows = (first, first + scales.len() / MR);
-                // SAFETY: VNNI is present (asserted); the destination holds m x n (checked)
-                // and part t writes only its own rows; `lhs` holds those rows' panels and
-                // `b` is padded to whole panels.
-                unsafe { serial(c, m, n, lhs, b, rows, (0, panels), accumulate, epilogue) };
+        let part = |(t, ((data, scales), zeros)): (usize, PartBuffers)| {
+            let first = t * per_part;
+            quantise_panels(a, groups, first, data, scales, zeros);
+            let lhs = LhsView {
+                data: data.as_ptr(),
+                scales: scales.as_ptr(),
+                zeros: zeros.as_ptr(),
+                first,
             };
+            let rows = (first, first + scales.len() / MR);
+            // SAFETY: VNNI is present (asserted); the destination holds m x n (checked)
+            // and part t writes only its own rows; `lhs` holds those rows' panels and
+            // `b` is padded to whole panels.
+            unsafe { serial(c, m, n, lhs, b, rows, (0, panels), accumulate, epilogue) };
+        };
         let chunks = (per_part * panel_len, per_part * MR);
         if wanted == 1 {
             part((0, ((&mut data[..], &mut scales[..]), &mut zeros[..])));
