@@ -23,6 +23,7 @@
 
 use super::epilogue::Epilogue;
 use super::fastmath::simd_fn;
+use super::gemm_x86::Dst;
 use super::matref::MatRef;
 use rayon::prelude::*;
 use std::arch::asm;
@@ -270,18 +271,6 @@ fn round_lhs(a: MatRef, k_steps: usize, threads: usize) -> LhsBf16 {
     }
     LhsBf16 { data, k_steps }
 }
-
-/// The raw destination, shared by the threads (each writes its own blocks).
-#[derive(Clone, Copy)]
-struct Dst {
-    ptr: *mut f32,
-    ld: usize,
-}
-
-// SAFETY: only dereferenced inside `gemm_bf16`'s parallel region, while the borrow it came
-// from is alive; the threads write disjoint blocks.
-unsafe impl Send for Dst {}
-unsafe impl Sync for Dst {}
 
 /// `dst[i * ldc + j] (+)= Σ_p a[i, p] · b[p, j]` in bf16 with f32 accumulation, split over
 /// up to `threads` rayon tasks, `epilogue` applied to each finished 32 x 32 block. Panics

@@ -22,6 +22,7 @@
 //! tile, and scales it into f32 when it stores.
 
 use super::epilogue::Epilogue;
+use super::gemm_x86::Dst;
 use super::matref::MatRef;
 use rayon::prelude::*;
 use std::arch::x86_64::*;
@@ -226,18 +227,6 @@ unsafe fn quantise_row(row: &[f32], groups: usize, dst: *mut u8, stride: usize) 
     }
     (scale, zero)
 }
-
-/// The raw destination, shared by the threads (each writes its own tiles).
-#[derive(Clone, Copy)]
-struct Dst {
-    ptr: *mut f32,
-    ld: usize,
-}
-
-// SAFETY: only dereferenced inside `gemm_int8`'s parallel region, while the borrow it came
-// from is alive; the threads write disjoint tiles.
-unsafe impl Send for Dst {}
-unsafe impl Sync for Dst {}
 
 /// `dst[i * ldc + j] (+)= Σ_p a[i, p] · b[p, j]` with both operands quantised to int8 (see
 /// the module's comment), split over up to `threads` rayon tasks, `epilogue` applied to

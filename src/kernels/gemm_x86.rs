@@ -220,15 +220,16 @@ impl Operand {
     }
 }
 
-/// The destination: element (r, c) at `ptr + r * ld + c`.
+/// The destination: element (r, c) at `ptr + r * ld + c` (also the bf16 and int8
+/// products' raw destination).
 #[derive(Clone, Copy)]
-struct Dst {
-    ptr: *mut f32,
-    ld: usize,
+pub(crate) struct Dst {
+    pub(crate) ptr: *mut f32,
+    pub(crate) ld: usize,
 }
 
-// SAFETY: the pointers are only dereferenced inside `gemm`'s parallel region, where the
-// borrows they came from are alive, and the threads write disjoint parts of `Dst`.
+// SAFETY: the pointers are only dereferenced inside the products' parallel regions, where
+// the borrows they came from are alive, and the threads write disjoint parts of `Dst`.
 unsafe impl Send for Operand {}
 unsafe impl Sync for Operand {}
 unsafe impl Send for Dst {}
