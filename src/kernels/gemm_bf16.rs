@@ -304,17 +304,10 @@ fn gemm_with(
         engine.runs(),
         "gemm_bf16: {engine:?} does not run on this CPU"
     );
-    assert_eq!(a.cols, b.k, "gemm: inner dimensions differ");
-    let (m, n) = (a.rows, b.n);
-    if let Some(bias) = epilogue.bias {
-        assert_eq!(bias.len(), n, "gemm: bias length");
-    }
-    // (The f32 GEMM's check of the destination, and its answer for nothing to multiply.)
-    if super::gemm_x86::trivial_product(dst, ldc, m, n, b.k, accumulate) {
-        epilogue.apply_all(dst, ldc, m, n);
+    if super::gemm_x86::start_product(dst, ldc, &a, (b.k, b.n), accumulate, &epilogue) {
         return;
     }
-    a.check("lhs");
+    let (m, n) = (a.rows, b.n);
     let lhs = round_lhs(a, b.k_steps, threads);
     let c = Dst {
         ptr: dst.as_mut_ptr(),

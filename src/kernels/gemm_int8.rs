@@ -241,16 +241,10 @@ pub fn gemm_int8(
     epilogue: Epilogue,
 ) {
     assert!(available(), "gemm_int8: this CPU has no AVX512-VNNI");
-    assert_eq!(a.cols, b.k, "gemm: inner dimensions differ");
-    let (m, n) = (a.rows, b.n);
-    if let Some(bias) = epilogue.bias {
-        assert_eq!(bias.len(), n, "gemm: bias length");
-    }
-    if super::gemm_x86::trivial_product(dst, ldc, m, n, b.k, accumulate) {
-        epilogue.apply_all(dst, ldc, m, n);
+    if super::gemm_x86::start_product(dst, ldc, &a, (b.k, b.n), accumulate, &epilogue) {
         return;
     }
-    a.check("lhs");
+    let (m, n) = (a.rows, b.n);
     let c = Dst {
         ptr: dst.as_mut_ptr(),
         ld: ldc,

@@ -245,6 +245,29 @@ fn check_view(m: &MatRef, what: &str) {
     );
 }
 
+/// What the bf16 and int8 products start with: the inner dimensions, the bias length and
+/// the destination checked, and the answer when there is nothing to multiply
+/// ([`trivial_product`]; true when the product is done); then the left operand's view.
+pub(super) fn start_product(
+    dst: &mut [f32],
+    ldc: usize,
+    a: &MatRef,
+    (k, n): (usize, usize),
+    accumulate: bool,
+    epilogue: &Epilogue,
+) -> bool {
+    assert_eq!(a.cols, k, "gemm: inner dimensions differ");
+    if let Some(bias) = epilogue.bias {
+        assert_eq!(bias.len(), n, "gemm: bias length");
+    }
+    if trivial_product(dst, ldc, a.rows, n, k, accumulate) {
+        epilogue.apply_all(dst, ldc, a.rows, n);
+        return true;
+    }
+    a.check("lhs");
+    false
+}
+
 /// Checks the destination of an `m x n` product and finishes the products with nothing
 /// to multiply (an empty result, or k = 0: zeros unless accumulating); true if done.
 pub(super) fn trivial_product(
