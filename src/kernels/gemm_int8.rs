@@ -206,8 +206,9 @@ unsafe fn quantise_row(row: &[f32], groups: usize, dst: *mut u8, stride: usize) 
     // (The masked lanes load as 0, which the range includes anyway.)
     let (mut lo, mut hi) = (_mm512_setzero_ps(), _mm512_setzero_ps());
     for c in 0..row.len().div_ceil(16) {
-        lo = _mm512_min_ps(lo, chunk(c));
-        hi = _mm512_max_ps(hi, chunk(c));
+        let x = chunk(c);
+        lo = _mm512_min_ps(lo, x);
+        hi = _mm512_max_ps(hi, x);
     }
     let (scale, zero) = row_range(_mm512_reduce_min_ps(lo), _mm512_reduce_max_ps(hi));
     let inv = _mm512_set1_ps(if scale > 0.0 { 1.0 / scale } else { 0.0 });

@@ -212,22 +212,23 @@ impl PackedRhs {
     /// [`Precision::check_available`]).
     pub fn with_precision(b: MatRef, precision: Precision) -> PackedRhs {
         b.check("rhs");
-        if precision == Precision::Int8 {
-            #[cfg(target_arch = "x86_64")]
-            return PackedRhs {
-                inner: Packed::Int8(super::gemm_int8::PackedI8::new(b)),
-            };
-            #[cfg(not(target_arch = "x86_64"))]
-            panic!("int8 products need AVX512-VNNI");
+        #[cfg(target_arch = "x86_64")]
+        match precision {
+            Precision::Int8 => {
+                let inner = Packed::Int8(super::gemm_int8::PackedI8::new(b));
+                return PackedRhs { inner };
+            }
+            Precision::Bf16 => {
+                let inner = Packed::Amx(super::gemm_bf16::PackedBf16::new(b));
+                return PackedRhs { inner };
+            }
+            Precision::F32 => {}
         }
-        if precision == Precision::Bf16 {
-            #[cfg(target_arch = "x86_64")]
-            return PackedRhs {
-                inner: Packed::Amx(super::gemm_bf16::PackedBf16::new(b)),
-            };
-            #[cfg(not(target_arch = "x86_64"))]
-            panic!("bf16 products need AMX or AVX512-BF16");
-        }
+        #[cfg(not(target_arch = "x86_64"))]
+        assert!(
+            precision == Precision::F32,
+            "{precision} products need AVX512-VNNI (int8) or AMX / AVX512-BF16 (bf16)"
+        );
         #[cfg(target_arch = "x86_64")]
         if b.cols > 32 && super::gemm_x86::available() && !gemm_crate_forced() {
             let isa = super::gemm_x86::Isa::best();
