@@ -10,7 +10,8 @@
 # The teacher's logits on the training split are computed once by `train --distill-from`.
 # Loss (1 - w) CE + w T^2 KL, w 0.5, T 2 (train's defaults).
 #
-# Usage: scripts/distill-20ng.sh [teacher|c|pfc|save]...  (default: teacher c pfc save)
+# Usage: scripts/distill-20ng.sh [teacher|c|pfc|c-m16|pfc-m16|save]...  (default: teacher c pfc save)
+#   c-m16, pfc-m16: the students with 16 combination tokens (--combine-tokens 16).
 #   Resumable: each run continues from its last saved state (`train --resume`) and a finished
 #   run (test_report.json present) is skipped. `c` and `pfc` need the finished teacher; run
 #   them side by side as two one-thread processes (RAYON_NUM_THREADS=1) after it.
@@ -39,10 +40,13 @@ train() { # OUT ARGS...
 for step in ${*:-teacher c pfc save}; do
   case $step in
     teacher) train "$TEACHER" --variant bert --lr 2e-4 ;;
-    c | pfc)
+    c | pfc | c-m16 | pfc-m16)
       [ -f "$TEACHER/test_report.json" ] || { echo "the teacher $TEACHER is not finished: run '$0 teacher' first" >&2; exit 1; }
-      train "$RUNS/$step-l5-seed1" --variant "$step" --combine-layer 5 --distill-from "$TEACHER" \
-        --lr auto --lr-grid 1e-4,2e-4 ;;
+      variant=${step%-m16}
+      tokens=()
+      [ "$variant" != "$step" ] && tokens=(--combine-tokens 16)
+      train "$RUNS/$variant-l5${tokens:+-m16}-seed1" --variant "$variant" --combine-layer 5 "${tokens[@]}" \
+        --distill-from "$TEACHER" --lr auto --lr-grid 1e-4,2e-4 ;;
     save)
       for d in "$RUNS"/*/; do
         [ -f "$d/test_report.json" ] || continue
@@ -52,6 +56,6 @@ for step in ${*:-teacher c pfc save}; do
           cp "$d/$f" "$RESULTS/$(basename "$d")/$f.tmp" && mv -f "$RESULTS/$(basename "$d")/$f.tmp" "$RESULTS/$(basename "$d")/$f"
         done
       done ;;
-    *) echo "unknown step $step (teacher, c, pfc, save)" >&2; exit 2 ;;
+    *) echo "unknown step $step (teacher, c, pfc, c-m16, pfc-m16, save)" >&2; exit 2 ;;
   esac
 done
