@@ -15,36 +15,14 @@
 #   results/experiments/recipe-backbone/20newsgroups/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-M=${COREFOCUS_TEST_MODEL:-target/models/all-MiniLM-L6-v2}
-DATA=${COREFOCUS_DATA:-../shared/data}/20newsgroups
 RUNS=runs/backbone/20newsgroups
 RESULTS=results/experiments/recipe-backbone/20newsgroups
-common=(--model "$M" --data "$DATA" --epochs 2 --batch-size 16 --max-len 256 --seed 1)
-train() { # OUT ARGS...
-  local out=$1
-  shift
-  if [ -f "$out/test_report.json" ]; then
-    echo "$out: finished"
-    return
-  fi
-  local resume=()
-  [ -f "$out/resume/state.json" ] && resume=(--resume)
-  echo "== $out ($(date -u +%H:%M:%S))"
-  ./target/release/corefocus train "${common[@]}" "${resume[@]}" --out "$out" "$@"
-}
+. scripts/runs-20ng.sh
 for step in ${*:-bert-cls c6 save}; do
   case $step in
     bert-cls) train "$RUNS/bert-cls-seed1" --variant bert --pooling cls --lr 2e-4 ;;
     c6) train "$RUNS/c-l6-seed1" --variant c --combine-layer 6 --lr auto --lr-grid 1e-4,2e-4 ;;
-    save)
-      for d in "$RUNS"/*/; do
-        [ -f "$d/test_report.json" ] || continue
-        mkdir -p "$RESULTS/$(basename "$d")"
-        for f in corefocus.json metrics.jsonl test_report.json lr_search.json; do
-          [ -f "$d/$f" ] || continue
-          cp "$d/$f" "$RESULTS/$(basename "$d")/$f.tmp" && mv -f "$RESULTS/$(basename "$d")/$f.tmp" "$RESULTS/$(basename "$d")/$f"
-        done
-      done ;;
+    save) save_runs ;;
     *) echo "unknown step $step (bert-cls, c6, save)" >&2; exit 2 ;;
   esac
 done

@@ -19,24 +19,10 @@
 #   test_report.json, lr_search.json) into results/experiments/recipe-distill/20newsgroups/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-M=${COREFOCUS_TEST_MODEL:-target/models/all-MiniLM-L6-v2}
-DATA=${COREFOCUS_DATA:-../shared/data}/20newsgroups
 RUNS=runs/distill/20newsgroups
 RESULTS=results/experiments/recipe-distill/20newsgroups
 TEACHER=$RUNS/bert-seed1
-common=(--model "$M" --data "$DATA" --epochs 2 --batch-size 16 --max-len 256 --seed 1)
-train() { # OUT ARGS...
-  local out=$1
-  shift
-  if [ -f "$out/test_report.json" ]; then
-    echo "$out: finished"
-    return
-  fi
-  local resume=()
-  [ -f "$out/resume/state.json" ] && resume=(--resume)
-  echo "== $out ($(date -u +%H:%M:%S))"
-  ./target/release/corefocus train "${common[@]}" "${resume[@]}" --out "$out" "$@"
-}
+. scripts/runs-20ng.sh
 for step in ${*:-teacher c pfc save}; do
   case $step in
     teacher) train "$TEACHER" --variant bert --lr 2e-4 ;;
@@ -47,15 +33,7 @@ for step in ${*:-teacher c pfc save}; do
       [ "$variant" != "$step" ] && tokens=(--combine-tokens 16)
       train "$RUNS/$variant-l5${tokens:+-m16}-seed1" --variant "$variant" --combine-layer 5 "${tokens[@]}" \
         --distill-from "$TEACHER" --lr auto --lr-grid 1e-4,2e-4 ;;
-    save)
-      for d in "$RUNS"/*/; do
-        [ -f "$d/test_report.json" ] || continue
-        mkdir -p "$RESULTS/$(basename "$d")"
-        for f in corefocus.json metrics.jsonl test_report.json lr_search.json; do
-          [ -f "$d/$f" ] || continue
-          cp "$d/$f" "$RESULTS/$(basename "$d")/$f.tmp" && mv -f "$RESULTS/$(basename "$d")/$f.tmp" "$RESULTS/$(basename "$d")/$f"
-        done
-      done ;;
+    save) save_runs ;;
     *) echo "unknown step $step (teacher, c, pfc, c-m16, pfc-m16, save)" >&2; exit 2 ;;
   esac
 done
