@@ -8,6 +8,7 @@
 //!   SETTING  p=RATIO   keep ratio of the pruning variants (p, pf, pfc)
 //!            m=TOKENS  combination tokens of the combining variants (c, pfc)
 //!            r=RESIDUAL the combined tokens' residual, token or group (c, pfc)
+//!            assign=ASSIGNMENT the tokens' assignment, hard or soft (c, pfc)
 //!            pool=POOLING the pooling of the combined tokens: mean, counts or
 //!                     counts+tokens (c, pfc)
 //!            noise=BOOL Gumbel noise on the assignment in training, true or false (c, pfc)
@@ -18,12 +19,15 @@
 //! e.g. `bert`, `pf:0.8` = `pf:p=0.8`, `pfc@L-1`, `pfc@4:m=16`, `pfc@7:p=0.7:m=4`. A setting
 //! given twice takes its last value. Each spec means what the `train` flags `--variant`,
 //! `--combine-layer`, `--keep-ratio`, `--combine-tokens`, `--combine-residual`,
-//! `--combine-pooling`, `--combine-noise` and `--combine-key-grad` with those values mean
+//! `--combine-assignment`, `--combine-pooling`, `--combine-noise` and `--combine-key-grad`
+//! with those values mean
 //! ([`VariantSpec::method_args`]); `bench` resolves them on the paper's settings
 //! ([`VariantSpec::method_config`]).
 
-use crate::model::{CombinePooling, CombineResidual, MethodConfig, Variant};
-use crate::train::options::{parse_combine_pooling, parse_combine_residual};
+use crate::model::{CombineAssignment, CombinePooling, CombineResidual, MethodConfig, Variant};
+use crate::train::options::{
+    parse_combine_assignment, parse_combine_pooling, parse_combine_residual,
+};
 use crate::train::MethodArgs;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 
@@ -61,6 +65,7 @@ pub struct VariantSpec {
     pub keep_ratio: Option<f32>,
     pub combine_tokens: Option<usize>,
     pub combine_residual: Option<CombineResidual>,
+    pub combine_assignment: Option<CombineAssignment>,
     pub combine_pooling: Option<CombinePooling>,
     pub combine_noise: Option<bool>,
     pub combine_key_grad: Option<bool>,
@@ -93,6 +98,7 @@ impl std::str::FromStr for VariantSpec {
             keep_ratio: None,
             combine_tokens: None,
             combine_residual: None,
+            combine_assignment: None,
             combine_pooling: None,
             combine_noise: None,
             combine_key_grad: None,
@@ -122,6 +128,12 @@ impl std::str::FromStr for VariantSpec {
                             .map_err(|e| anyhow!("variant spec {s:?}: {e}"))?,
                     )
                 }
+                "assign" => {
+                    spec.combine_assignment = Some(
+                        parse_combine_assignment(value.trim())
+                            .map_err(|e| anyhow!("variant spec {s:?}: {e}"))?,
+                    )
+                }
                 "pool" => {
                     spec.combine_pooling = Some(
                         parse_combine_pooling(value.trim())
@@ -140,7 +152,7 @@ impl std::str::FromStr for VariantSpec {
                 }
                 other => {
                     bail!(
-                        "variant spec {s:?}: unknown setting {other:?} (expected p, m, r, pool, noise or kgrad)"
+                        "variant spec {s:?}: unknown setting {other:?} (expected p, m, r, assign, pool, noise or kgrad)"
                     )
                 }
             }
@@ -176,6 +188,7 @@ impl VariantSpec {
             combine_layer,
             combine_tokens: self.combine_tokens,
             combine_residual: self.combine_residual,
+            combine_assignment: self.combine_assignment,
             combine_pooling: self.combine_pooling,
             combine_noise: self.combine_noise,
             combine_key_grad: self.combine_key_grad,
@@ -203,6 +216,11 @@ impl VariantSpec {
                 self.combine_residual.is_some(),
             ),
             (
+                "a combine assignment",
+                "applies",
+                self.combine_assignment.is_some(),
+            ),
+            (
                 "a combine pooling",
                 "applies",
                 self.combine_pooling.is_some(),
@@ -218,6 +236,7 @@ impl VariantSpec {
         }
         m.combine_tokens = self.combine_tokens.unwrap_or(m.combine_tokens);
         m.combine_residual = self.combine_residual.unwrap_or(m.combine_residual);
+        m.combine_assignment = self.combine_assignment.unwrap_or(m.combine_assignment);
         m.combine_pooling = self.combine_pooling.unwrap_or(m.combine_pooling);
         m.combine_noise = self.combine_noise.unwrap_or(m.combine_noise);
         m.combine_key_grad = self.combine_key_grad.unwrap_or(m.combine_key_grad);
@@ -246,6 +265,7 @@ mod tests {
             keep_ratio: Some(0.8),
             combine_tokens: None,
             combine_residual: None,
+            combine_assignment: None,
             combine_pooling: None,
             combine_noise: None,
             combine_key_grad: None,
@@ -284,6 +304,7 @@ mod tests {
                 keep_ratio: None,
                 combine_tokens: None,
                 combine_residual: None,
+                combine_assignment: None,
                 combine_pooling: None,
                 combine_noise: None,
                 combine_key_grad: None,

@@ -2,7 +2,9 @@
 //! command line's overrides into the cells of a [`Plan`].
 
 use super::args::{ExperimentArgs, GRIDS};
-use crate::model::{BertConfig, CombinePooling, CombineResidual, LengthRange, MethodConfig};
+use crate::model::{
+    BertConfig, CombineAssignment, CombinePooling, CombineResidual, LengthRange, MethodConfig,
+};
 use crate::train::options::{DEFAULT_LR_GRID, DEFAULT_NEW_LR_SCALE};
 use crate::train::TrainOptions;
 use crate::train::{LrSpec, MethodArgs, MethodDefaults};
@@ -112,8 +114,9 @@ pub fn builtin_grid(name: &str, layers: usize) -> Result<GridSpec> {
 }
 
 /// The cell name of resolved method flags: the variant, then `-l<layer>`, `-p<ratio>`,
-/// `-m<tokens>`, `-r<residual>`, `-pool<pooling>`, `-nonoise`, `-nokgrad` for the settings given
-/// explicitly (e.g. `pfc-l5`, `pf-p0.8`, `pfc-m16`, `c-l5-rgroup`, `c-l5-pooltokens`).
+/// `-m<tokens>`, `-r<residual>`, `-soft`/`-hard`, `-pool<pooling>`, `-nonoise`, `-nokgrad` for
+/// the settings given explicitly (e.g. `pfc-l5`, `pf-p0.8`, `pfc-m16`, `c-l5-rgroup`,
+/// `c-l5-soft`, `c-l5-pooltokens`).
 pub fn cell_name(m: &MethodArgs) -> String {
     let mut name = m.variant.name().to_string();
     if let Some(l) = m.combine_layer {
@@ -128,6 +131,11 @@ pub fn cell_name(m: &MethodArgs) -> String {
     match m.combine_residual {
         Some(CombineResidual::Group) => name.push_str("-rgroup"),
         Some(CombineResidual::Token) => name.push_str("-rtoken"),
+        None => {}
+    }
+    match m.combine_assignment {
+        Some(CombineAssignment::Soft) => name.push_str("-soft"),
+        Some(CombineAssignment::Hard) => name.push_str("-hard"),
         None => {}
     }
     match m.combine_pooling {

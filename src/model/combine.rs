@@ -65,6 +65,7 @@ impl Model {
             assign_eps: self.method.assign_eps,
             ln_eps: self.method.combine_ln_eps,
             residual: self.method.combine_residual,
+            assignment: self.method.combine_assignment,
             gumbel_seed: noise.gumbel().filter(|_| self.method.combine_noise),
             key_grad: self.method.combine_key_grad,
         };

@@ -7,7 +7,7 @@
 //! example, ascending positions) so that every linear layer runs as one product over the
 //! whole batch; the combination tokens form a `[batch * m, d]` block.
 
-use super::config::CombineResidual;
+use super::config::{CombineAssignment, CombineResidual};
 use super::layout::{CombinerIds, LinearIds, NormIds};
 use super::ops::{self, linear_back, norm_back};
 use super::params::ParamStore;
@@ -34,6 +34,8 @@ pub struct CombinerSettings {
     pub ln_eps: f32,
     /// `c'_i = residual_i + W_o u_i + b_o`: `c_i` (method.md) or the group mean `r_i`.
     pub residual: CombineResidual,
+    /// Hard (one-hot HA, straight through) or soft (HA = Sim) assignment.
+    pub assignment: CombineAssignment,
     /// Gumbel noise seed (training); `None` = no noise (evaluation).
     pub gumbel_seed: Option<u64>,
     /// Whether the assignment's gradient reaches the real tokens' states (through W_k and
@@ -66,6 +68,7 @@ pub struct CombinerTape {
     dims: CombinerDims,
     scale: f32,
     residual: CombineResidual,
+    assignment: CombineAssignment,
     key_grad: bool,
     packed: Packed,
     /// `[R, d]` LN_e(e_j) with its per-row mean and 1/std.
@@ -88,7 +91,8 @@ pub struct CombinerTape {
     sim: Vec<f32>,
     /// Combination token (0..m) each packed real row is assigned to.
     group: Vec<usize>,
-    /// `[batch * m]` Σ_j HA_ij + assign_eps (forward value: count + eps).
+    /// `[batch * m]` Σ_j HA_ij + assign_eps (forward value: count + eps, or Σ_j Sim_ij +
+    /// eps with the soft assignment).
     denom: Vec<f32>,
 }
 
@@ -125,7 +129,8 @@ fn split_by_lengths(mut buf: &mut [f32], lengths: impl Iterator<Item = usize>) -
 /// `v_j = W_v e_j + b_v` (on e_j itself, not LN_e(e_j));
 /// `u_i = Σ_j HA_ij v_j / (Σ_j HA_ij + assign_eps)`; `c'_i = c_i + W_o u_i + b_o`, or with
 /// `CombineResidual::Group` `c'_i = r_i + W_o u_i + b_o`, `r_i = Σ_j HA_ij e_j / (Σ_j HA_ij +
-/// assign_eps)`.
+/// assign_eps)`. With `CombineAssignment::Soft`, HA = Sim (the returned assignment is still
+/// the argmax, for the pooling counts and `explain`).
 /// Padding rows of `hidden` are never read.
 #[allow(clippy::too_many_arguments)]
 pub fn combiner_forward(
@@ -166,12 +171,16 @@ pub fn combiner_forward(
 
     let sim = assignment_probs(&q, &k, &packed, dims, set);
     let group = hard_assignment(&sim, &packed, batch, m);
-    let (u, denom) = group_means(&v, &group, &packed, dims, set.assign_eps);
+    let means = |x: &[f32]| match set.assignment {
+        CombineAssignment::Hard => group_means(x, &group, &packed, dims, set.assign_eps),
+        CombineAssignment::Soft => soft_group_means(x, &sim, &packed, dims, set.assign_eps),
+    };
+    let (u, denom) = means(&v);
 
     // c'_i = c_i + W_o u_i + b_o (or r_i + ...).
     let r = match set.residual {
         CombineResidual::Token => Vec::new(),
-        CombineResidual::Group => group_means(&packed.e, &group, &packed, dims, set.assign_eps).0,
+        CombineResidual::Group => means(&packed.e).0,
     };
     ops::linear(p, ids.out, &u, bm, d, d, out);
     let residual = match set.residual {
@@ -194,6 +203,7 @@ pub fn combiner_forward(
         dims,
         scale: set.scale,
         residual: set.residual,
+        assignment: set.assignment,
         key_grad: set.key_grad,
         packed,
         e_norm,
@@ -226,7 +236,9 @@ pub fn combiner_forward(
 /// r_i, that term moves to the real tokens: ∂HA_ij += g_i · (e_j − r_i) / d_i and
 /// ∂e_j += g_{a(j)} / d_{a(j)}, and c_i gets only its query path. Gumbel noise is a
 /// constant. Padding rows of `dhidden` get 0. Without `key_grad` the key path's
-/// gradient stops at LN_e's input (its parameters and W_k still get theirs).
+/// gradient stops at LN_e's input (its parameters and W_k still get theirs). With the soft
+/// assignment (HA = Sim) the same formulas are the exact gradient, with the value terms
+/// spread by Sim: ∂v_j = Σ_i Sim_ij g_u_i / d_i (and ∂e_j += Σ_i Sim_ij g_i / d_i).
 pub fn combiner_backward(
     p: &ParamStore,
     ids: &CombinerIds,
@@ -277,14 +289,9 @@ pub fn combiner_backward(
         .map(|(x, &g)| g / tape.denom[x / d])
         .collect();
 
-    // Values: ∂v_j = g_u_{a(j)} / d_{a(j)}.
+    // Values: ∂v_j = g_u_{a(j)} / d_{a(j)} (soft: Σ_i Sim_ij g_u_i / d_i).
     let mut dv = vec![0.0f32; rows * d];
-    for b in 0..batch {
-        for row in packed.rows(b) {
-            let gi = b * m + tape.group[row];
-            dv[row * d..(row + 1) * d].copy_from_slice(&g_ud[gi * d..(gi + 1) * d]);
-        }
-    }
+    spread_to_members(tape, &g_ud, &mut dv, false);
 
     // The group residual r_i: its g_i / d_i, the same way as u_i's.
     let g_rd: Vec<f32> = match tape.residual {
@@ -347,18 +354,8 @@ pub fn combiner_backward(
     }
     linear_back(p, ids.value, e, rows, d, d, &dv, Some(&mut de), true, grads);
     if tape.residual == CombineResidual::Group {
-        // ∂e_j += g_{a(j)} / d_{a(j)}.
-        for b in 0..batch {
-            for row in packed.rows(b) {
-                let gi = b * m + tape.group[row];
-                for (x, g) in de[row * d..(row + 1) * d]
-                    .iter_mut()
-                    .zip(&g_rd[gi * d..(gi + 1) * d])
-                {
-                    *x += *g;
-                }
-            }
-        }
+        // ∂e_j += g_{a(j)} / d_{a(j)} (soft: Σ_i Sim_ij g_i / d_i).
+        spread_to_members(tape, &g_rd, &mut de, true);
     }
 
     // Combination tokens: the residual g_i (when c_i is the residual) plus the query
@@ -387,6 +384,40 @@ pub fn combiner_backward(
     );
 
     unpack_grads(&de, &dc, packed, dims, dhidden);
+}
+
+/// The gradient of group means reaching their members: `out_j (+)= g_d_{a(j)}` for the
+/// hard assignment, `Σ_i Sim_ij g_d_i` for the soft one; `g_d` is `[batch * m, d]`, `out`
+/// `[R, d]` over the packed real rows.
+fn spread_to_members(tape: &CombinerTape, g_d: &[f32], out: &mut [f32], accumulate: bool) {
+    let CombinerDims { batch, m, d, .. } = tape.dims;
+    let packed = &tape.packed;
+    let chunks = split_by_lengths(out, (0..batch).map(|b| d * packed.rows(b).len()));
+    chunks.into_par_iter().enumerate().for_each(|(b, out_b)| {
+        let r = packed.rows(b);
+        let g_b = &g_d[b * m * d..(b + 1) * m * d];
+        match tape.assignment {
+            CombineAssignment::Hard => {
+                for (row, o) in r.zip(out_b.chunks_mut(d)) {
+                    let i = tape.group[row];
+                    let g = &g_b[i * d..(i + 1) * d];
+                    if accumulate {
+                        o.iter_mut().zip(g).for_each(|(x, y)| *x += y);
+                    } else {
+                        o.copy_from_slice(g);
+                    }
+                }
+            }
+            CombineAssignment::Soft => {
+                if r.is_empty() {
+                    return;
+                }
+                let sim_b = MatRef::new(&tape.sim[m * r.start..m * r.end], m, r.len());
+                let g_m = MatRef::new(g_b, m, d);
+                matmul(out_b, d, sim_b.t(), g_m, accumulate, Par::Serial);
+            }
+        }
+    });
 }
 
 /// Gathers the real tokens of every example (packed) and the combination tokens.
@@ -589,6 +620,41 @@ fn group_means(
         .enumerate()
         .map(|(x, &s)| (s / denom[x / d] as f64) as f32)
         .collect();
+    (u, denom)
+}
+
+/// The soft counterpart of [`group_means`]: u_i = Σ_j Sim_ij x_j / (Σ_j Sim_ij +
+/// `assign_eps`) per example. Returns (u `[batch * m, d]`, the denominators `[batch * m]`).
+fn soft_group_means(
+    x: &[f32],
+    sim: &[f32],
+    packed: &Packed,
+    dims: CombinerDims,
+    assign_eps: f32,
+) -> (Vec<f32>, Vec<f32>) {
+    let CombinerDims { batch, m, d, .. } = dims;
+    let mut u = vec![0.0f32; batch * m * d];
+    let mut denom = vec![0.0f32; batch * m];
+    u.par_chunks_mut(m * d)
+        .zip(denom.par_chunks_mut(m))
+        .enumerate()
+        .for_each(|(b, (u_b, denom_b))| {
+            let r = packed.rows(b);
+            let nb = r.len();
+            let sim_b = &sim[m * r.start..m * r.end];
+            for (i, den) in denom_b.iter_mut().enumerate() {
+                let mass: f64 = sim_b[i * nb..(i + 1) * nb].iter().map(|&s| s as f64).sum();
+                *den = mass as f32 + assign_eps;
+            }
+            if nb == 0 {
+                return;
+            }
+            let x_b = MatRef::new(&x[r.start * d..r.end * d], nb, d);
+            matmul(u_b, d, MatRef::new(sim_b, m, nb), x_b, false, Par::Serial);
+            for (row, &den) in u_b.chunks_mut(d).zip(denom_b.iter()) {
+                row.iter_mut().for_each(|v| *v /= den);
+            }
+        });
     (u, denom)
 }
 

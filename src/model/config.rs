@@ -300,6 +300,20 @@ pub enum CombineResidual {
     Group,
 }
 
+/// How the combiner assigns the real tokens to the combination tokens.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CombineAssignment {
+    /// method.md: each token goes to the argmax of `Sim[:, j]` (one-hot `HA`, the
+    /// straight-through gradient).
+    #[default]
+    Hard,
+    /// Beyond the paper: each token is shared among the combination tokens by
+    /// `Sim[:, j]` itself (`HA := Sim`, as slot attention does), so the forward is
+    /// differentiable and the gradient exact; evaluation uses the same soft weights.
+    Soft,
+}
+
 /// Initial value of the m combination tokens.
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -380,6 +394,10 @@ pub struct MethodConfig {
     /// `token`).
     #[serde(default)]
     pub combine_residual: CombineResidual,
+    /// Hard (method.md) or soft assignment (absent in checkpoints written before it:
+    /// `hard`).
+    #[serde(default)]
+    pub combine_assignment: CombineAssignment,
     /// Scale of the combiner's assignment logits (1 = unscaled, as the paper's eq. 9).
     pub combine_scale: f32,
     /// Denominator epsilon of the combiner's weighted mean.
@@ -417,6 +435,7 @@ impl MethodConfig {
             combine_pooling: CombinePooling::Mean,
             combine_block: CombineBlock::Plain,
             combine_residual: CombineResidual::Token,
+            combine_assignment: CombineAssignment::Hard,
             combine_noise: true,
             combine_key_grad: true,
             combine_scale: 1.0,

@@ -38,8 +38,8 @@ mod trace;
 pub use batch::{Batch, Mode};
 pub use classifier::Model;
 pub use config::{
-    BertConfig, CombineBlock, CombineInit, CombinePooling, CombineResidual, CombineTokenInit,
-    LengthRange, MethodConfig, Pooling, Variant,
+    BertConfig, CombineAssignment, CombineBlock, CombineInit, CombinePooling, CombineResidual,
+    CombineTokenInit, LengthRange, MethodConfig, Pooling, Variant,
 };
 pub use params::{ParamId, ParamStore, Tensor};
 pub use stats::CombineStats;

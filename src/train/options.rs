@@ -6,8 +6,8 @@ use super::adamw::AdamWConfig;
 use super::train_loop::LoopSettings;
 use crate::data::ReadOptions;
 use crate::model::{
-    BertConfig, CombineBlock, CombineInit, CombinePooling, CombineResidual, CombineTokenInit,
-    MethodConfig, Pooling, Variant,
+    BertConfig, CombineAssignment, CombineBlock, CombineInit, CombinePooling, CombineResidual,
+    CombineTokenInit, MethodConfig, Pooling, Variant,
 };
 use anyhow::{ensure, Result};
 use serde::{Deserialize, Serialize};
@@ -66,6 +66,15 @@ pub(crate) fn parse_combine_residual(s: &str) -> Result<CombineResidual, String>
         ("group", CombineResidual::Group),
     ];
     choose(s, "combine residual", &choices)
+}
+
+/// `--combine-assignment` and a variant spec's `assign=`.
+pub(crate) fn parse_combine_assignment(s: &str) -> Result<CombineAssignment, String> {
+    let choices = [
+        ("hard", CombineAssignment::Hard),
+        ("soft", CombineAssignment::Soft),
+    ];
+    choose(s, "combine assignment", &choices)
 }
 
 fn parse_combine_token_init(s: &str) -> Result<CombineTokenInit, String> {
@@ -216,6 +225,11 @@ pub struct MethodArgs {
     /// method.md) or group (the mean of the tokens assigned to it) [default: token].
     #[arg(long, value_parser = parse_combine_residual)]
     pub combine_residual: Option<CombineResidual>,
+    /// How tokens are assigned to the combination tokens: hard (the argmax, straight-
+    /// through gradient, method.md) or soft (beyond the paper: shared by the assignment
+    /// probabilities, exact gradient) [default: hard].
+    #[arg(long, value_parser = parse_combine_assignment)]
+    pub combine_assignment: Option<CombineAssignment>,
     /// Scale of the combiner's assignment logits [default: 1/sqrt(hidden size); the
     /// paper's unscaled logits are 1].
     #[arg(long)]
@@ -247,6 +261,7 @@ impl Default for MethodArgs {
             combine_key_grad: None,
             combine_pooling: None,
             combine_residual: None,
+            combine_assignment: None,
             combine_scale: None,
             assign_eps: None,
             pooling: None,
@@ -276,6 +291,7 @@ impl MethodArgs {
             ("--combine-token-init", self.combine_token_init.is_some()),
             ("--combine-pooling", self.combine_pooling.is_some()),
             ("--combine-residual", self.combine_residual.is_some()),
+            ("--combine-assignment", self.combine_assignment.is_some()),
             ("--combine-block", self.combine_block.is_some()),
             ("--combine-noise", self.combine_noise.is_some()),
             ("--combine-key-grad", self.combine_key_grad.is_some()),
@@ -327,6 +343,9 @@ impl MethodArgs {
         }
         if let Some(r) = self.combine_residual {
             m.combine_residual = r;
+        }
+        if let Some(a) = self.combine_assignment {
+            m.combine_assignment = a;
         }
         if let Some(n) = self.combine_noise {
             m.combine_noise = n;

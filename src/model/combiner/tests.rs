@@ -62,6 +62,7 @@ fn check_golden_forward(file: &str, assign_eps: f32) {
         assign_eps,
         ln_eps: 1e-5,
         residual: CombineResidual::Token,
+        assignment: CombineAssignment::Hard,
         gumbel_seed: None,
         key_grad: true,
     };
@@ -261,6 +262,7 @@ fn ref_forward(pb: &Problem, th: &[Vec<f64>], frozen: Option<&RefOut>) -> RefOut
             for i in 0..m {
                 let x = (b * m + i) * n + j;
                 ha[i * n + j] = match frozen {
+                    _ if pb.set.assignment == CombineAssignment::Soft => sim[x],
                     None => (i == best) as u8 as f64,
                     Some(f) => (f.hard[b * n + j] == Some(i)) as u8 as f64 + sim[x] - f.sim[x],
                 };
@@ -376,6 +378,7 @@ fn settings(scale: f32, assign_eps: f32, gumbel_seed: Option<u64>) -> CombinerSe
         assign_eps,
         ln_eps: 1e-5,
         residual: CombineResidual::Token,
+        assignment: CombineAssignment::Hard,
         gumbel_seed,
         key_grad: true,
     }
@@ -595,5 +598,71 @@ fn stopped_key_gradient_leaves_the_value_path_only() {
             "setup {}: the key path carried nothing",
             setup.0
         );
+    }
+}
+
+/// (seed, scale, assign_eps, noise, residual) of the soft-assignment problems.
+const SOFT_SETUPS: [(u64, f32, f32, Option<u64>, CombineResidual); 3] = [
+    (21, 0.7, 1.0, Some(42), CombineResidual::Token),
+    (22, 1.3, 0.5, None, CombineResidual::Token),
+    (23, 1.0, 1.0, Some(7), CombineResidual::Group),
+];
+
+fn soft_problem(setup: (u64, f32, f32, Option<u64>, CombineResidual)) -> Problem {
+    let pb = setup_problem(setup);
+    Problem::new(
+        setup.0,
+        CombinerSettings {
+            assignment: CombineAssignment::Soft,
+            ..pb.set
+        },
+    )
+}
+
+/// The soft assignment (HA = Sim) is differentiable: its forward matches the float64
+/// reference, and its backward the plain central differences of that forward, for every
+/// parameter and the input (the structural zeros w_q.bias and norm_c.bias included: both
+/// are ~0).
+#[test]
+fn soft_assignment_matches_float64_reference_and_plain_fd() {
+    for setup in SOFT_SETUPS {
+        let (seed, pb) = (setup.0, soft_problem(setup));
+        let r = ref_forward(&pb, &pb.theta, None);
+        let (assign, out, grads, dhidden) = run_impl(&pb);
+        let want: Vec<i64> = r.hard.iter().map(|h| h.map_or(-1, |i| i as i64)).collect();
+        assert_eq!(assign, want, "setup {seed}: the argmax is still reported");
+        let worst = out
+            .iter()
+            .zip(&r.out)
+            .map(|(a, b)| (*a as f64 - b).abs())
+            .fold(0.0, f64::max);
+        assert!(worst < 1e-5, "setup {seed}: forward differs by {worst}");
+        // Soft differs from hard: the outputs are not the hard assignment's.
+        let hard_out = run_impl(&setup_problem(setup)).1;
+        assert!(
+            out.iter().zip(&hard_out).any(|(a, b)| (a - b).abs() > 1e-3),
+            "setup {seed}: soft and hard assignment give the same output"
+        );
+        let loss = |th: &[Vec<f64>]| ref_loss(&pb, th, None);
+        for t in 0..=HIDDEN {
+            let name = if t == HIDDEN { "hidden" } else { NAMES[t] };
+            let analytic = if t == HIDDEN { &dhidden } else { &grads[t] };
+            let fd = finite_differences(&pb, t, &loss);
+            if matches!(name, "w_q.bias" | "norm_c.bias") {
+                let sibling = finite_differences(&pb, t - 1, &loss);
+                let s = sibling.iter().fold(0.0f64, |a, x| a.max(x.abs()));
+                let worst = analytic
+                    .iter()
+                    .zip(&fd)
+                    .map(|(a, f)| (*a as f64 - f).abs())
+                    .fold(0.0, f64::max);
+                assert!(
+                    worst <= 1e-4 * s,
+                    "setup {seed} {name}: {worst:e} vs sibling scale {s:e}"
+                );
+                continue;
+            }
+            assert_close(&format!("setup {seed} {name} (soft)"), analytic, &fd, 2e-5);
+        }
     }
 }
