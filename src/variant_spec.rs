@@ -297,6 +297,11 @@ mod tests {
             Some(CombineResidual::Token)
         );
         assert_eq!(
+            spec("c@L-1:assign=soft").combine_assignment,
+            Some(CombineAssignment::Soft)
+        );
+        assert!(err("c:assign=fuzzy").contains("combine assignment"));
+        assert_eq!(
             spec("bert"),
             VariantSpec {
                 variant: Variant::Bert,

@@ -509,7 +509,9 @@ mod tests {
         // The residual and pooling settings name their cells too.
         let settings = plan(
             &ExperimentArgs {
-                variants: Some(vec!["c@L-1:r=group:pool=counts+tokens:noise=false".into()]),
+                variants: Some(vec![
+                    "c@L-1:r=group:assign=soft:pool=counts+tokens:noise=false".into(),
+                ]),
                 ..a.clone()
             },
             &bert,
@@ -517,13 +519,19 @@ mod tests {
         .unwrap();
         assert_eq!(
             names(&settings, "toy", 1),
-            ["c-l5-rgroup-pooltokens-nonoise"]
+            ["c-l5-rgroup-soft-pooltokens-nonoise"]
         );
         let c = &settings.cells[0].settings;
         assert_eq!(
-            (c.combine_residual, c.combine_pooling, c.combine_noise),
+            (
+                c.combine_residual,
+                c.combine_assignment,
+                c.combine_pooling,
+                c.combine_noise
+            ),
             (
                 CombineResidual::Group,
+                CombineAssignment::Soft,
                 CombinePooling::CountsAndTokens,
                 false
             )

@@ -443,6 +443,43 @@ fn noise_changes_assignments_deterministically() {
     );
 }
 
+/// Every parameter's and the input's gradient against central differences of `loss`.
+/// w_q.bias and norm_c.bias are structural zeros (constant over i in the logits): they
+/// must be ~0 on the scale of their sibling weight.
+fn check_every_gradient(
+    pb: &Problem,
+    what: &str,
+    loss: &dyn Fn(&[Vec<f64>]) -> f64,
+    grads: &[Vec<f32>],
+    dhidden: &[f32],
+) {
+    for t in 0..=HIDDEN {
+        let fd = finite_differences(pb, t, loss);
+        let name = if t == HIDDEN { "hidden" } else { NAMES[t] };
+        let analytic = if t == HIDDEN { dhidden } else { &grads[t][..] };
+        if matches!(name, "w_q.bias" | "norm_c.bias") {
+            let sibling = finite_differences(pb, t - 1, loss);
+            let s = sibling.iter().fold(0.0f64, |a, x| a.max(x.abs()));
+            let worst = analytic
+                .iter()
+                .zip(&fd)
+                .map(|(a, f)| (*a as f64 - f).abs())
+                .fold(0.0, f64::max);
+            let fd_max = fd.iter().fold(0.0f64, |a, x| a.max(x.abs()));
+            assert!(
+                fd_max <= 1e-7 * s,
+                "{what} {name}: finite-difference gradient {fd_max:e} not ~0"
+            );
+            assert!(
+                worst <= 1e-4 * s,
+                "{what} {name}: {worst:e} vs sibling scale {s:e}"
+            );
+            continue;
+        }
+        assert_close(&format!("{what} {name}"), analytic, &fd, 2e-5);
+    }
+}
+
 /// The straight-through backward equals the gradient of the surrogate
 /// F(θ) = L with HA := hard(θ0) + Sim(θ) − Sim(θ0), for every parameter and input.
 #[test]
@@ -452,33 +489,7 @@ fn backward_matches_straight_through_surrogate() {
         let frozen = ref_forward(&pb, &pb.theta, None);
         let (_, _, grads, dhidden) = run_impl(&pb);
         let surrogate = |th: &[Vec<f64>]| ref_loss(&pb, th, Some(&frozen));
-        for t in 0..=HIDDEN {
-            let fd = finite_differences(&pb, t, &surrogate);
-            let name = if t == HIDDEN { "hidden" } else { NAMES[t] };
-            let analytic = if t == HIDDEN { &dhidden } else { &grads[t] };
-            // w_q.bias and norm_c.bias are structural zeros (constant over i in the
-            // logits): compare them on the scale of their sibling weight.
-            if matches!(name, "w_q.bias" | "norm_c.bias") {
-                let sibling = finite_differences(&pb, t - 1, &surrogate);
-                let s = sibling.iter().fold(0.0f64, |a, x| a.max(x.abs()));
-                let worst = analytic
-                    .iter()
-                    .zip(&fd)
-                    .map(|(a, f)| (*a as f64 - f).abs())
-                    .fold(0.0, f64::max);
-                let fd_max = fd.iter().fold(0.0f64, |a, x| a.max(x.abs()));
-                assert!(
-                    fd_max <= 1e-7 * s,
-                    "setup {seed} {name}: surrogate gradient {fd_max:e} not ~0"
-                );
-                assert!(
-                    worst <= 1e-4 * s,
-                    "setup {seed} {name}: {worst:e} vs sibling scale {s:e}"
-                );
-                continue;
-            }
-            assert_close(&format!("setup {seed} {name}"), analytic, &fd, 2e-5);
-        }
+        check_every_gradient(&pb, &format!("setup {seed}"), &surrogate, &grads, &dhidden);
     }
 }
 
@@ -621,8 +632,7 @@ fn soft_problem(setup: (u64, f32, f32, Option<u64>, CombineResidual)) -> Problem
 
 /// The soft assignment (HA = Sim) is differentiable: its forward matches the float64
 /// reference, and its backward the plain central differences of that forward, for every
-/// parameter and the input (the structural zeros w_q.bias and norm_c.bias included: both
-/// are ~0).
+/// parameter and the input.
 #[test]
 fn soft_assignment_matches_float64_reference_and_plain_fd() {
     for setup in SOFT_SETUPS {
@@ -644,25 +654,12 @@ fn soft_assignment_matches_float64_reference_and_plain_fd() {
             "setup {seed}: soft and hard assignment give the same output"
         );
         let loss = |th: &[Vec<f64>]| ref_loss(&pb, th, None);
-        for t in 0..=HIDDEN {
-            let name = if t == HIDDEN { "hidden" } else { NAMES[t] };
-            let analytic = if t == HIDDEN { &dhidden } else { &grads[t] };
-            let fd = finite_differences(&pb, t, &loss);
-            if matches!(name, "w_q.bias" | "norm_c.bias") {
-                let sibling = finite_differences(&pb, t - 1, &loss);
-                let s = sibling.iter().fold(0.0f64, |a, x| a.max(x.abs()));
-                let worst = analytic
-                    .iter()
-                    .zip(&fd)
-                    .map(|(a, f)| (*a as f64 - f).abs())
-                    .fold(0.0, f64::max);
-                assert!(
-                    worst <= 1e-4 * s,
-                    "setup {seed} {name}: {worst:e} vs sibling scale {s:e}"
-                );
-                continue;
-            }
-            assert_close(&format!("setup {seed} {name} (soft)"), analytic, &fd, 2e-5);
-        }
+        check_every_gradient(
+            &pb,
+            &format!("setup {seed} (soft)"),
+            &loss,
+            &grads,
+            &dhidden,
+        );
     }
 }
