@@ -403,21 +403,29 @@ fn setup_problem(
     Problem::new(seed, set)
 }
 
+/// Runs the implementation on `pb` and checks its assignment and output against the
+/// float64 reference; returns what [`run_impl`] does.
+fn check_forward(pb: &Problem, what: &str) -> (Vec<i64>, Vec<f32>, Vec<Vec<f32>>, Vec<f32>) {
+    let r = ref_forward(pb, &pb.theta, None);
+    let got = run_impl(pb);
+    let want: Vec<i64> = r.hard.iter().map(|h| h.map_or(-1, |i| i as i64)).collect();
+    assert_eq!(got.0, want, "{what}: assignment");
+    let worst = got
+        .1
+        .iter()
+        .zip(&r.out)
+        .map(|(a, b)| (*a as f64 - b).abs())
+        .fold(0.0, f64::max);
+    assert!(worst < 1e-5, "{what}: forward differs by {worst}");
+    got
+}
+
 #[test]
 fn forward_matches_float64_reference() {
     let mut empty_group_seen = false;
     for setup in SETUPS {
         let (seed, pb) = (setup.0, setup_problem(setup));
-        let r = ref_forward(&pb, &pb.theta, None);
-        let (assign, out, _, _) = run_impl(&pb);
-        let want: Vec<i64> = r.hard.iter().map(|h| h.map_or(-1, |i| i as i64)).collect();
-        assert_eq!(assign, want);
-        let worst = out
-            .iter()
-            .zip(&r.out)
-            .map(|(a, b)| (*a as f64 - b).abs())
-            .fold(0.0, f64::max);
-        assert!(worst < 1e-5, "setup {seed}: forward differs by {worst}");
+        let (assign, _, _, _) = check_forward(&pb, &format!("setup {seed}"));
         let used: std::collections::HashSet<i64> =
             assign[5..].iter().copied().filter(|&a| a >= 0).collect();
         empty_group_seen |= used.len() < 3;
@@ -637,16 +645,8 @@ fn soft_problem(setup: (u64, f32, f32, Option<u64>, CombineResidual)) -> Problem
 fn soft_assignment_matches_float64_reference_and_plain_fd() {
     for setup in SOFT_SETUPS {
         let (seed, pb) = (setup.0, soft_problem(setup));
-        let r = ref_forward(&pb, &pb.theta, None);
-        let (assign, out, grads, dhidden) = run_impl(&pb);
-        let want: Vec<i64> = r.hard.iter().map(|h| h.map_or(-1, |i| i as i64)).collect();
-        assert_eq!(assign, want, "setup {seed}: the argmax is still reported");
-        let worst = out
-            .iter()
-            .zip(&r.out)
-            .map(|(a, b)| (*a as f64 - b).abs())
-            .fold(0.0, f64::max);
-        assert!(worst < 1e-5, "setup {seed}: forward differs by {worst}");
+        // (the returned assignment is still the argmax)
+        let (_, out, grads, dhidden) = check_forward(&pb, &format!("setup {seed} (soft)"));
         // Soft differs from hard: the outputs are not the hard assignment's.
         let hard_out = run_impl(&setup_problem(setup)).1;
         assert!(
