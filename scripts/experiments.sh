@@ -15,7 +15,8 @@
 #          recipe-20ng-nonoise (C@5 without Gumbel noise),
 #          recipe-20ng-nokgrad (C@5, the assignment's gradient stopped at the tokens),
 #          recipe-20ng-m16 (C@5 and PFC@5 with 16 combination tokens),
-#          recipe-20ng-soft (C@5 and PFC@5 with the soft assignment) and
+#          recipe-20ng-soft, recipe-sst2-soft, recipe-bbc-soft (C@5 and PFC@5 with the
+#          soft assignment) and
 #          recipe-20ng-3ep (3 epochs; recipe-20ng-3ep:VARIANTS for some cells, e.g.
 #          recipe-20ng-3ep:bert), recipe-20ng-lr4e-4 (the rate grid one step higher)
 #          (not in the default list: run them by name)
@@ -125,6 +126,11 @@ lane() {
       # training loss stays above BERT's whatever else changed); cells c-l5-soft, pfc-l5-soft
       recipe-20ng-soft) run recipe --datasets 20newsgroups --seeds 1 --lr-grid 1e-4,2e-4 \
                           --variants c@L-1:assign=soft,pfc@L-1:assign=soft ;;
+      # the same on SST-2 and BBC News, 3 seeds (cells c-l5-soft, pfc-l5-soft)
+      recipe-sst2-soft) run recipe --datasets sst2 --seeds 3 \
+                          --variants c@L-1:assign=soft,pfc@L-1:assign=soft ;;
+      recipe-bbc-soft) run recipe --datasets bbc-news --seeds 3 \
+                         --variants c@L-1:assign=soft,pfc@L-1:assign=soft ;;
       # the recipe grid on 20 Newsgroups at 3 epochs for every variant (C@5 ended the 2-epoch
       # grid at training loss 0.37 against BERT's 0.24), under a root of its own so that the
       # 2-epoch cells stay as they are; results/experiments/recipe-3ep. The two lower rates
