@@ -54,8 +54,9 @@ declare -A RUNS=(
   [20ng-pfc-group]="20newsgroups 42 pfc --lr 2e-4 --combine-residual group"
   # more combination tokens for long documents
   [20ng-c-m16]="20newsgroups 42 c --lr 2e-4 --combine-tokens 16"
-  [20ng-c-soft]="20newsgroups 42 c --lr 2e-4 --combine-assignment soft"
   [20ng-c-m32]="20newsgroups 42 c --lr 2e-4 --combine-tokens 32"
+  # the soft assignment (HA = Sim, exact gradient) instead of the straight-through one
+  [20ng-c-soft]="20newsgroups 42 c --lr 2e-4 --combine-assignment soft"
 )
 ORDER=(sst2-bert sst2-pfc sst2-pf sst2-pfc-minlen0 sst2-bert-lr1e-4-s43 sst2-pfc-plain-auto sst2-pfc-plain-scale1
   sst2-pfc-plain-newlr1 sst2-pfc-plain-scale1-newlr1 sst2-pfc-plain-normal sst2-pfc-plain-mean sst2-pfc-plain-nonoise
