@@ -69,6 +69,7 @@ pub struct VariantSpec {
     pub combine_pooling: Option<CombinePooling>,
     pub combine_noise: Option<bool>,
     pub combine_key_grad: Option<bool>,
+    pub combine_heads: Option<usize>,
 }
 
 impl std::str::FromStr for VariantSpec {
@@ -102,6 +103,7 @@ impl std::str::FromStr for VariantSpec {
             combine_pooling: None,
             combine_noise: None,
             combine_key_grad: None,
+            combine_heads: None,
         };
         for part in parts {
             let Some((key, value)) = part.split_once('=') else {
@@ -150,9 +152,14 @@ impl std::str::FromStr for VariantSpec {
                         anyhow!("variant spec {s:?}: kgrad {value:?} is not true or false")
                     })?)
                 }
+                "heads" => {
+                    spec.combine_heads = Some(value.trim().parse().with_context(|| {
+                        format!("variant spec {s:?}: heads {value:?} is not a whole number")
+                    })?)
+                }
                 other => {
                     bail!(
-                        "variant spec {s:?}: unknown setting {other:?} (expected p, m, r, assign, pool, noise or kgrad)"
+                        "variant spec {s:?}: unknown setting {other:?} (expected p, m, r, assign, pool, noise, kgrad or heads)"
                     )
                 }
             }
@@ -192,6 +199,7 @@ impl VariantSpec {
             combine_pooling: self.combine_pooling,
             combine_noise: self.combine_noise,
             combine_key_grad: self.combine_key_grad,
+            combine_heads: self.combine_heads,
             ..MethodArgs::default()
         })
     }
@@ -227,6 +235,7 @@ impl VariantSpec {
             ),
             ("combine noise", "applies", self.combine_noise.is_some()),
             ("kgrad", "applies", self.combine_key_grad.is_some()),
+            ("heads", "apply", self.combine_heads.is_some()),
         ];
         for (what, verb, given) in combine_settings {
             ensure!(!given || v.combines(), "{what} only {verb} to c and pfc");
@@ -240,6 +249,7 @@ impl VariantSpec {
         m.combine_pooling = self.combine_pooling.unwrap_or(m.combine_pooling);
         m.combine_noise = self.combine_noise.unwrap_or(m.combine_noise);
         m.combine_key_grad = self.combine_key_grad.unwrap_or(m.combine_key_grad);
+        m.combine_heads = self.combine_heads.unwrap_or(m.combine_heads);
         m.validate(layers)?;
         Ok(m)
     }
@@ -269,6 +279,7 @@ mod tests {
             combine_pooling: None,
             combine_noise: None,
             combine_key_grad: None,
+            combine_heads: None,
         };
         assert_eq!(spec("pf:0.8"), want);
         assert_eq!(spec("pf:p=0.8"), want);
@@ -313,9 +324,12 @@ mod tests {
                 combine_pooling: None,
                 combine_noise: None,
                 combine_key_grad: None,
+                combine_heads: None,
             }
         );
         assert_eq!(spec("c@L-1:kgrad=false").combine_key_grad, Some(false));
+        assert_eq!(spec("c@L-1:heads=12").combine_heads, Some(12));
+        assert!(err("c:heads=x").contains("heads"), "{}", err("c:heads=x"));
         assert_eq!(spec("c@L-1:noise=false").combine_noise, Some(false));
         assert_eq!(
             spec("pfc@L-1:pool=counts+tokens").combine_pooling,

@@ -114,7 +114,7 @@ pub fn builtin_grid(name: &str, layers: usize) -> Result<GridSpec> {
 }
 
 /// The cell name of resolved method flags: the variant, then `-l<layer>`, `-p<ratio>`,
-/// `-m<tokens>`, `-r<residual>`, `-soft`/`-hard`, `-pool<pooling>`, `-nonoise`, `-nokgrad` for
+/// `-m<tokens>`, `-r<residual>`, `-soft`/`-hard`, `-pool<pooling>`, `-nonoise`, `-nokgrad`, `-h<heads>` for
 /// the settings given explicitly (e.g. `pfc-l5`, `pf-p0.8`, `pfc-m16`, `c-l5-rgroup`,
 /// `c-l5-soft`, `c-l5-pooltokens`).
 pub fn cell_name(m: &MethodArgs) -> String {
@@ -153,6 +153,9 @@ pub fn cell_name(m: &MethodArgs) -> String {
         Some(false) => name.push_str("-nokgrad"),
         Some(true) => name.push_str("-kgrad"),
         None => {}
+    }
+    if let Some(h) = m.combine_heads {
+        name.push_str(&format!("-h{h}"));
     }
     name
 }

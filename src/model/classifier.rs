@@ -37,6 +37,7 @@ impl Model {
     ) -> Result<Model> {
         bert.validate()?;
         method.validate(bert.num_hidden_layers)?;
+        method.validate_width(bert.hidden_size)?;
         if num_labels < 2 {
             bail!("a classifier needs at least 2 labels, got {num_labels}");
         }
@@ -70,6 +71,7 @@ impl Model {
     ) -> Result<Model> {
         bert.validate()?;
         method.validate(bert.num_hidden_layers)?;
+        method.validate_width(bert.hidden_size)?;
         let layout = Layout::resolve(&params, &bert, &method, num_labels)?;
         let mut used = vec![false; params.len()];
         for id in layout.ids() {

@@ -68,6 +68,7 @@ impl Model {
             assignment: self.method.combine_assignment,
             gumbel_seed: noise.gumbel().filter(|_| self.method.combine_noise),
             key_grad: self.method.combine_key_grad,
+            heads: self.method.combine_heads,
         };
         let real: Vec<bool> = (0..bsz)
             .flat_map(|b| (0..n).map(move |j| j < batch.lengths[b]))

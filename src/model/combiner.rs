@@ -43,6 +43,10 @@ pub struct CombinerSettings {
     /// LN_e); without it the layers before the combiner learn only from the values (W_k
     /// and LN_e still learn).
     pub key_grad: bool,
+    /// Assignment heads (1 = method.md): with H > 1 each head h assigns the tokens on its
+    /// own slice of d/H columns of the queries and keys and averages the same slice of
+    /// the values over its own groups, as the replaced layer's attention has heads.
+    pub heads: usize,
 }
 
 /// The packed real tokens e_j and the combination tokens c_i of a batch.
@@ -71,6 +75,7 @@ pub struct CombinerTape {
     residual: CombineResidual,
     assignment: CombineAssignment,
     key_grad: bool,
+    heads: usize,
     packed: Packed,
     /// `[R, d]` LN_e(e_j) with its per-row mean and 1/std.
     e_norm: Vec<f32>,
@@ -88,13 +93,28 @@ pub struct CombinerTape {
     /// `[batch * m, d]` group means r_i of the real tokens themselves
     /// (`CombineResidual::Group`; empty otherwise).
     r: Vec<f32>,
-    /// Sim = softmax over i, per example `[m, n_b]` stored at `m * real_offsets[b]`.
+    /// Sim = softmax over i, per example and head `[heads, m, n_b]` stored at
+    /// `heads * m * real_offsets[b]`.
     sim: Vec<f32>,
-    /// Combination token (0..m) each packed real row is assigned to.
+    /// `[R, heads]`: the combination token (0..m) each packed real row is assigned to by
+    /// each head.
     group: Vec<usize>,
-    /// `[batch * m]` Σ_j HA_ij + assign_eps (forward value: count + eps, or Σ_j Sim_ij +
-    /// eps with the soft assignment).
+    /// `[batch * m, heads]` Σ_j HA_ij + assign_eps (forward value: count + eps, or Σ_j
+    /// Sim_ij + eps with the soft assignment).
     denom: Vec<f32>,
+}
+
+impl CombinerTape {
+    /// The denominator that divides element `x` of a `[batch * m, d]` group-mean buffer.
+    fn denom_of(&self, x: usize) -> f32 {
+        self.denom[denom_index(x, self.dims.d, self.heads)]
+    }
+}
+
+/// Index into a `[batch * m, heads]` denominator buffer of element `x` of a
+/// `[batch * m, d]` buffer (head h owns columns h*d/heads..(h+1)*d/heads).
+fn denom_index(x: usize, d: usize, heads: usize) -> usize {
+    (x / d) * heads + (x % d) / (d / heads)
 }
 
 /// Clamp of the uniform before the Gumbel transform: `hash_uniform` returns multiples of
@@ -131,7 +151,10 @@ fn split_by_lengths(mut buf: &mut [f32], lengths: impl Iterator<Item = usize>) -
 /// `u_i = Σ_j HA_ij v_j / (Σ_j HA_ij + assign_eps)`; `c'_i = c_i + W_o u_i + b_o`, or with
 /// `CombineResidual::Group` `c'_i = r_i + W_o u_i + b_o`, `r_i = Σ_j HA_ij e_j / (Σ_j HA_ij +
 /// assign_eps)`. With `CombineAssignment::Soft`, HA = Sim (the returned assignment is still
-/// the argmax, for the pooling counts and `explain`).
+/// the argmax, for the pooling counts and `explain`). With `heads` H > 1 all of this runs
+/// per head on its slice of d/H columns of q, k, v (and e for r_i), each head with its
+/// own assignment and denominators, the slices concatenated before W_o; the returned
+/// assignment is head 0's.
 /// Padding rows of `hidden` are never read.
 #[allow(clippy::too_many_arguments)]
 pub fn combiner_forward(
@@ -157,6 +180,11 @@ pub fn combiner_forward(
         "combiner: out is not [batch, m, d]"
     );
     assert!(m > 0, "combiner: no combination tokens");
+    assert!(
+        set.heads > 0 && d.is_multiple_of(set.heads),
+        "combiner: {} heads do not divide d = {d}",
+        set.heads
+    );
 
     let packed = pack(hidden, real, dims);
     let rows = packed.real_pos.len();
@@ -171,10 +199,11 @@ pub fn combiner_forward(
     let v = linear(p, ids.value, &packed.e, rows, d);
 
     let sim = assignment_probs(&q, &k, &packed, dims, set);
-    let group = hard_assignment(&sim, &packed, batch, m);
+    let heads = set.heads;
+    let group = hard_assignment(&sim, &packed, batch, m, heads);
     let means = |x: &[f32]| match set.assignment {
-        CombineAssignment::Hard => group_means(x, &group, &packed, dims, set.assign_eps),
-        CombineAssignment::Soft => soft_group_means(x, &sim, &packed, dims, set.assign_eps),
+        CombineAssignment::Hard => group_means(x, &group, &packed, dims, heads, set.assign_eps),
+        CombineAssignment::Soft => soft_group_means(x, &sim, &packed, dims, heads, set.assign_eps),
     };
     let (u, denom) = means(&v);
 
@@ -195,7 +224,7 @@ pub fn combiner_forward(
     let mut assign = vec![-1i64; batch * n];
     for b in 0..batch {
         for row in packed.rows(b) {
-            assign[b * n + packed.real_pos[row]] = group[row] as i64;
+            assign[b * n + packed.real_pos[row]] = group[row * heads] as i64;
         }
     }
 
@@ -206,6 +235,7 @@ pub fn combiner_forward(
         residual: set.residual,
         assignment: set.assignment,
         key_grad: set.key_grad,
+        heads,
         packed,
         e_norm,
         e_mean,
@@ -239,7 +269,9 @@ pub fn combiner_forward(
 /// constant. Padding rows of `dhidden` get 0. Without `key_grad` the key path's
 /// gradient stops at LN_e's input (its parameters and W_k still get theirs). With the soft
 /// assignment (HA = Sim) the same formulas are the exact gradient, with the value terms
-/// spread by Sim: ∂v_j = Σ_i Sim_ij g_u_i / d_i (and ∂e_j += Σ_i Sim_ij g_i / d_i).
+/// spread by Sim: ∂v_j = Σ_i Sim_ij g_u_i / d_i (and ∂e_j += Σ_i Sim_ij g_i / d_i). With
+/// several heads, each head's slice of columns follows these formulas with its own Sim,
+/// assignment and d_i.
 pub fn combiner_backward(
     p: &ParamStore,
     ids: &CombinerIds,
@@ -287,7 +319,7 @@ pub fn combiner_backward(
     let g_ud: Vec<f32> = g_u
         .iter()
         .enumerate()
-        .map(|(x, &g)| g / tape.denom[x / d])
+        .map(|(x, &g)| g / tape.denom_of(x))
         .collect();
 
     // Values: ∂v_j = g_u_{a(j)} / d_{a(j)} (soft: Σ_i Sim_ij g_u_i / d_i).
@@ -300,7 +332,7 @@ pub fn combiner_backward(
         CombineResidual::Group => dout
             .iter()
             .enumerate()
-            .map(|(x, &g)| g / tape.denom[x / d])
+            .map(|(x, &g)| g / tape.denom_of(x))
             .collect(),
     };
     let mut terms = vec![GroupMeanGrad {
@@ -334,25 +366,12 @@ pub fn combiner_backward(
         grads,
     );
     let e_stats = [&tape.e_mean[..], &tape.e_rstd[..]];
-    if tape.key_grad {
-        norm_back(
-            p, ids.norm_e, e, rows, d, e_stats, &de_norm, &mut de, false, grads,
-        );
-    } else {
-        let mut stopped = vec![0.0f32; rows * d];
-        norm_back(
-            p,
-            ids.norm_e,
-            e,
-            rows,
-            d,
-            e_stats,
-            &de_norm,
-            &mut stopped,
-            false,
-            grads,
-        );
-    }
+    // Without `key_grad` LN_e still learns, but its input gradient is not passed on.
+    let mut stopped = (!tape.key_grad).then(|| vec![0.0f32; rows * d]);
+    let de_key = stopped.as_deref_mut().unwrap_or(&mut de);
+    norm_back(
+        p, ids.norm_e, e, rows, d, e_stats, &de_norm, de_key, false, grads,
+    );
     linear_back(p, ids.value, e, rows, d, d, &dv, Some(&mut de), true, grads);
     if tape.residual == CombineResidual::Group {
         // ∂e_j += g_{a(j)} / d_{a(j)} (soft: Σ_i Sim_ij g_i / d_i).
@@ -388,34 +407,47 @@ pub fn combiner_backward(
 }
 
 /// The gradient of group means reaching their members: `out_j (+)= g_d_{a(j)}` for the
-/// hard assignment, `Σ_i Sim_ij g_d_i` for the soft one; `g_d` is `[batch * m, d]`, `out`
-/// `[R, d]` over the packed real rows.
+/// hard assignment, `Σ_i Sim_ij g_d_i` for the soft one, per head on its columns; `g_d` is
+/// `[batch * m, d]`, `out` `[R, d]` over the packed real rows.
 fn spread_to_members(tape: &CombinerTape, g_d: &[f32], out: &mut [f32], accumulate: bool) {
     let CombinerDims { batch, m, d, .. } = tape.dims;
-    let packed = &tape.packed;
+    let (heads, packed) = (tape.heads, &tape.packed);
+    let hd = d / heads;
     let chunks = split_by_lengths(out, (0..batch).map(|b| d * packed.rows(b).len()));
     chunks.into_par_iter().enumerate().for_each(|(b, out_b)| {
         let r = packed.rows(b);
+        if r.is_empty() {
+            return;
+        }
         let g_b = &g_d[b * m * d..(b + 1) * m * d];
         match tape.assignment {
             CombineAssignment::Hard => {
                 for (row, o) in r.zip(out_b.chunks_mut(d)) {
-                    let i = tape.group[row];
-                    let g = &g_b[i * d..(i + 1) * d];
-                    if accumulate {
-                        o.iter_mut().zip(g).for_each(|(x, y)| *x += y);
-                    } else {
-                        o.copy_from_slice(g);
+                    for (h, o_h) in o.chunks_mut(hd).enumerate() {
+                        let i = tape.group[row * heads + h];
+                        let g = &g_b[i * d + h * hd..i * d + (h + 1) * hd];
+                        if accumulate {
+                            o_h.iter_mut().zip(g).for_each(|(x, y)| *x += y);
+                        } else {
+                            o_h.copy_from_slice(g);
+                        }
                     }
                 }
             }
             CombineAssignment::Soft => {
-                if r.is_empty() {
-                    return;
+                let sim_b = &tape.sim[heads * m * r.start..heads * m * r.end];
+                for (h, sim_bh) in sim_b.chunks(m * r.len()).enumerate() {
+                    let sim_bh = MatRef::new(sim_bh, m, r.len());
+                    let g_m = MatRef::strided(&g_b[h * hd..], m, hd, d);
+                    matmul(
+                        &mut out_b[h * hd..],
+                        d,
+                        sim_bh.t(),
+                        g_m,
+                        accumulate,
+                        Par::Serial,
+                    );
                 }
-                let sim_b = MatRef::new(&tape.sim[m * r.start..m * r.end], m, r.len());
-                let g_m = MatRef::new(g_b, m, d);
-                matmul(out_b, d, sim_b.t(), g_m, accumulate, Par::Serial);
             }
         }
     });
@@ -463,8 +495,9 @@ fn unpack_grads(de: &[f32], dc: &[f32], packed: &Packed, dims: CombinerDims, dhi
     }
 }
 
-/// Sim, per example `[m, n_b]`: the assignment logits `scale * q_i · k_j` plus the Gumbel
-/// noise, softmax over the combination tokens i (in f64).
+/// Sim, per example and head `[heads, m, n_b]`: the assignment logits `scale * q_i · k_j`
+/// (over the head's columns) plus the Gumbel noise, softmax over the combination tokens i
+/// (in f64).
 fn assignment_probs(
     q: &[f32],
     k: &[f32],
@@ -473,8 +506,11 @@ fn assignment_probs(
     set: &CombinerSettings,
 ) -> Vec<f32> {
     let CombinerDims { batch, n, m, d } = dims;
-    let mut sim = vec![0.0f32; m * packed.real_pos.len()];
-    let sim_chunks = split_by_lengths(&mut sim, (0..batch).map(|b| m * packed.rows(b).len()));
+    let heads = set.heads;
+    let hd = d / heads;
+    let mut sim = vec![0.0f32; heads * m * packed.real_pos.len()];
+    let lengths = (0..batch).map(|b| heads * m * packed.rows(b).len());
+    let sim_chunks = split_by_lengths(&mut sim, lengths);
     sim_chunks
         .into_par_iter()
         .enumerate()
@@ -484,22 +520,25 @@ fn assignment_probs(
             if nb == 0 {
                 return;
             }
-            let q_b = MatRef::new(&q[b * m * d..(b + 1) * m * d], m, d);
-            let k_b = MatRef::new(&k[r.start * d..r.end * d], nb, d);
-            matmul(sim_b, nb, q_b, k_b.t(), false, Par::Serial);
-            let mut z = vec![0.0f64; m];
-            for jj in 0..nb {
-                let j = packed.real_pos[r.start + jj];
-                for (i, zi) in z.iter_mut().enumerate() {
-                    *zi = set.scale as f64 * sim_b[i * nb + jj] as f64;
-                    if let Some(seed) = set.gumbel_seed {
-                        *zi += gumbel(seed, ((b * m + i) * n + j) as u64);
+            for (h, sim_bh) in sim_b.chunks_mut(m * nb).enumerate() {
+                let q_bh = MatRef::strided(&q[b * m * d + h * hd..(b + 1) * m * d], m, hd, d);
+                let k_bh = MatRef::strided(&k[r.start * d + h * hd..r.end * d], nb, hd, d);
+                matmul(sim_bh, nb, q_bh, k_bh.t(), false, Par::Serial);
+                let mut z = vec![0.0f64; m];
+                for jj in 0..nb {
+                    let j = packed.real_pos[r.start + jj];
+                    for (i, zi) in z.iter_mut().enumerate() {
+                        *zi = set.scale as f64 * sim_bh[i * nb + jj] as f64;
+                        if let Some(seed) = set.gumbel_seed {
+                            // Head 0's stream is method.md's (one head).
+                            *zi += gumbel(seed, (((h * batch + b) * m + i) * n + j) as u64);
+                        }
                     }
-                }
-                let zmax = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                let total: f64 = z.iter().map(|&x| (x - zmax).exp()).sum();
-                for (i, &zi) in z.iter().enumerate() {
-                    sim_b[i * nb + jj] = ((zi - zmax).exp() / total) as f32;
+                    let zmax = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    let total: f64 = z.iter().map(|&x| (x - zmax).exp()).sum();
+                    for (i, &zi) in z.iter().enumerate() {
+                        sim_bh[i * nb + jj] = ((zi - zmax).exp() / total) as f32;
+                    }
                 }
             }
         });
@@ -514,13 +553,14 @@ struct GroupMeanGrad<'a> {
     means: &'a [f32],
 }
 
-/// Backward of [`assignment_probs`] from the group means' gradients, per example: ∂HA =
-/// Σ over the means of (g/d) valuesᵀ − ((g/d) · means) 1ᵀ (the values u and, with the
-/// group residual, r), straight through to Sim, softmax backward over i, times the
-/// scale; then ∂q = ∂z k, ∂k = ∂zᵀ q. Returns (∂q, ∂k).
+/// Backward of [`assignment_probs`] from the group means' gradients, per example and head
+/// (on the head's columns): ∂HA = Σ over the means of (g/d) valuesᵀ − ((g/d) · means) 1ᵀ
+/// (the values u and, with the group residual, r), straight through to Sim, softmax
+/// backward over i, times the scale; then ∂q = ∂z k, ∂k = ∂zᵀ q. Returns (∂q, ∂k).
 fn assignment_backward(tape: &CombinerTape, terms: &[GroupMeanGrad]) -> (Vec<f32>, Vec<f32>) {
     let CombinerDims { batch, m, d, .. } = tape.dims;
-    let packed = &tape.packed;
+    let (heads, packed) = (tape.heads, &tape.packed);
+    let hd = d / heads;
     let mut dq = vec![0.0f32; batch * m * d];
     let mut dk = vec![0.0f32; packed.real_pos.len() * d];
     let dk_chunks = split_by_lengths(&mut dk, (0..batch).map(|b| d * packed.rows(b).len()));
@@ -534,84 +574,110 @@ fn assignment_backward(tape: &CombinerTape, terms: &[GroupMeanGrad]) -> (Vec<f32
                 dq_b.fill(0.0);
                 return;
             }
+            let sim_b = &tape.sim[heads * m * r.start..heads * m * r.end];
             let mut dz = vec![0.0f32; m * nb];
-            let mut g_dot_u = vec![0.0f32; m];
-            for (t, term) in terms.iter().enumerate() {
-                let g_b = &term.g_d[b * m * d..(b + 1) * m * d];
-                let v_b = MatRef::new(&term.values[r.start * d..r.end * d], nb, d);
-                let (g_m, v_t) = (MatRef::new(g_b, m, d), v_b.t());
-                matmul(&mut dz, nb, g_m, v_t, t > 0, Par::Serial);
-                let u_b = &term.means[b * m * d..(b + 1) * m * d];
-                for (i, acc) in g_dot_u.iter_mut().enumerate() {
-                    *acc += g_b[i * d..(i + 1) * d]
-                        .iter()
-                        .zip(&u_b[i * d..(i + 1) * d])
-                        .map(|(a, b)| a * b)
-                        .sum::<f32>();
+            for (h, sim_bh) in sim_b.chunks(m * nb).enumerate() {
+                let cols = |x, start, rows| head_cols(x, start, rows, h, d, hd);
+                let mut g_dot_u = vec![0.0f32; m];
+                for (t, term) in terms.iter().enumerate() {
+                    let g_bh = cols(term.g_d, b * m * d, m);
+                    let v_bh = cols(term.values, r.start * d, nb);
+                    matmul(&mut dz, nb, g_bh, v_bh.t(), t > 0, Par::Serial);
+                    for (i, acc) in g_dot_u.iter_mut().enumerate() {
+                        let at = (b * m + i) * d + h * hd;
+                        *acc += term.g_d[at..at + hd]
+                            .iter()
+                            .zip(&term.means[at..at + hd])
+                            .map(|(a, b)| a * b)
+                            .sum::<f32>();
+                    }
                 }
+                for jj in 0..nb {
+                    let mut weighted = 0.0f32;
+                    for i in 0..m {
+                        dz[i * nb + jj] -= g_dot_u[i];
+                        weighted += sim_bh[i * nb + jj] * dz[i * nb + jj];
+                    }
+                    for i in 0..m {
+                        let x = i * nb + jj;
+                        dz[x] = tape.scale * sim_bh[x] * (dz[x] - weighted);
+                    }
+                }
+                let dz_m = MatRef::new(&dz, m, nb);
+                let q_bh = cols(&tape.q, b * m * d, m);
+                let k_bh = cols(&tape.k, r.start * d, nb);
+                matmul(&mut dq_b[h * hd..], d, dz_m, k_bh, false, Par::Serial);
+                matmul(&mut dk_b[h * hd..], d, dz_m.t(), q_bh, false, Par::Serial);
             }
-            let sim_b = &tape.sim[m * r.start..m * r.end];
-            for jj in 0..nb {
-                let mut weighted = 0.0f32;
-                for i in 0..m {
-                    dz[i * nb + jj] -= g_dot_u[i];
-                    weighted += sim_b[i * nb + jj] * dz[i * nb + jj];
-                }
-                for i in 0..m {
-                    let x = i * nb + jj;
-                    dz[x] = tape.scale * sim_b[x] * (dz[x] - weighted);
-                }
-            }
-            let dz_m = MatRef::new(&dz, m, nb);
-            let q_b = MatRef::new(&tape.q[b * m * d..(b + 1) * m * d], m, d);
-            let k_b = MatRef::new(&tape.k[r.start * d..r.end * d], nb, d);
-            matmul(dq_b, d, dz_m, k_b, false, Par::Serial);
-            matmul(dk_b, d, dz_m.t(), q_b, false, Par::Serial);
         });
     (dq, dk)
 }
 
-/// Hard assignment of each packed real row: argmax over i of Sim, the lowest i on ties.
-fn hard_assignment(sim: &[f32], packed: &Packed, batch: usize, m: usize) -> Vec<usize> {
-    let mut group = vec![0usize; packed.real_pos.len()];
+/// Head `h`'s columns (`hd` of each `d`-wide row) of the `rows` rows of `x` that start at
+/// element `start`.
+fn head_cols(x: &[f32], start: usize, rows: usize, h: usize, d: usize, hd: usize) -> MatRef<'_> {
+    MatRef::strided(&x[start + h * hd..start + rows * d], rows, hd, d)
+}
+
+/// Hard assignment `[R, heads]` of each packed real row by each head: argmax over i of
+/// Sim, the lowest i on ties.
+fn hard_assignment(
+    sim: &[f32],
+    packed: &Packed,
+    batch: usize,
+    m: usize,
+    heads: usize,
+) -> Vec<usize> {
+    let mut group = vec![0usize; packed.real_pos.len() * heads];
     for b in 0..batch {
         let r = packed.rows(b);
         let nb = r.len();
-        let sim_b = &sim[m * r.start..m * r.end];
-        for jj in 0..nb {
-            let mut best = 0;
-            for i in 1..m {
-                if sim_b[i * nb + jj] > sim_b[best * nb + jj] {
-                    best = i;
+        if nb == 0 {
+            continue;
+        }
+        let sim_b = &sim[heads * m * r.start..heads * m * r.end];
+        for (h, sim_bh) in sim_b.chunks(m * nb).enumerate() {
+            for jj in 0..nb {
+                let mut best = 0;
+                for i in 1..m {
+                    if sim_bh[i * nb + jj] > sim_bh[best * nb + jj] {
+                        best = i;
+                    }
                 }
+                group[(r.start + jj) * heads + h] = best;
             }
-            group[r.start + jj] = best;
         }
     }
     group
 }
 
-/// u_i = mean of the values assigned to i, with `assign_eps` in the denominator (summed
-/// in f64). Returns (u `[batch * m, d]`, the denominators `[batch * m]`).
+/// u_i = mean of the values assigned to i, per head on its columns, with `assign_eps` in
+/// the denominator (summed in f64). Returns (u `[batch * m, d]`, the denominators
+/// `[batch * m, heads]`).
 fn group_means(
     v: &[f32],
     group: &[usize],
     packed: &Packed,
     dims: CombinerDims,
+    heads: usize,
     assign_eps: f32,
 ) -> (Vec<f32>, Vec<f32>) {
     let CombinerDims { batch, m, d, .. } = dims;
+    let hd = d / heads;
     let mut sums = vec![0.0f64; batch * m * d];
-    let mut counts = vec![0usize; batch * m];
+    let mut counts = vec![0usize; batch * m * heads];
     for b in 0..batch {
         for row in packed.rows(b) {
-            let gi = b * m + group[row];
-            counts[gi] += 1;
-            for (s, &x) in sums[gi * d..(gi + 1) * d]
-                .iter_mut()
-                .zip(&v[row * d..(row + 1) * d])
-            {
-                *s += x as f64;
+            for h in 0..heads {
+                let gi = b * m + group[row * heads + h];
+                counts[gi * heads + h] += 1;
+                let cols = h * hd..(h + 1) * hd;
+                for (s, &x) in sums[gi * d..(gi + 1) * d][cols.clone()]
+                    .iter_mut()
+                    .zip(&v[row * d..(row + 1) * d][cols])
+                {
+                    *s += x as f64;
+                }
             }
         }
     }
@@ -619,41 +685,48 @@ fn group_means(
     let u: Vec<f32> = sums
         .iter()
         .enumerate()
-        .map(|(x, &s)| (s / denom[x / d] as f64) as f32)
+        .map(|(x, &s)| (s / denom[denom_index(x, d, heads)] as f64) as f32)
         .collect();
     (u, denom)
 }
 
 /// The soft counterpart of [`group_means`]: u_i = Σ_j Sim_ij x_j / (Σ_j Sim_ij +
-/// `assign_eps`) per example. Returns (u `[batch * m, d]`, the denominators `[batch * m]`).
+/// `assign_eps`) per example and head. Returns (u `[batch * m, d]`, the denominators
+/// `[batch * m, heads]`).
 fn soft_group_means(
     x: &[f32],
     sim: &[f32],
     packed: &Packed,
     dims: CombinerDims,
+    heads: usize,
     assign_eps: f32,
 ) -> (Vec<f32>, Vec<f32>) {
     let CombinerDims { batch, m, d, .. } = dims;
+    let hd = d / heads;
     let mut u = vec![0.0f32; batch * m * d];
-    let mut denom = vec![0.0f32; batch * m];
+    let mut denom = vec![0.0f32; batch * m * heads];
     u.par_chunks_mut(m * d)
-        .zip(denom.par_chunks_mut(m))
+        .zip(denom.par_chunks_mut(m * heads))
         .enumerate()
         .for_each(|(b, (u_b, denom_b))| {
             let r = packed.rows(b);
             let nb = r.len();
-            let sim_b = &sim[m * r.start..m * r.end];
-            for (i, den) in denom_b.iter_mut().enumerate() {
-                let mass: f64 = sim_b[i * nb..(i + 1) * nb].iter().map(|&s| s as f64).sum();
-                *den = mass as f32 + assign_eps;
+            let sim_b = &sim[heads * m * r.start..heads * m * r.end];
+            for h in 0..heads {
+                let sim_bh = &sim_b[h * m * nb..(h + 1) * m * nb];
+                for i in 0..m {
+                    let mass: f64 = sim_bh[i * nb..(i + 1) * nb].iter().map(|&s| s as f64).sum();
+                    denom_b[i * heads + h] = mass as f32 + assign_eps;
+                }
+                if nb == 0 {
+                    continue;
+                }
+                let x_bh = MatRef::strided(&x[r.start * d + h * hd..r.end * d], nb, hd, d);
+                let sim_m = MatRef::new(sim_bh, m, nb);
+                matmul(&mut u_b[h * hd..], d, sim_m, x_bh, false, Par::Serial);
             }
-            if nb == 0 {
-                return;
-            }
-            let x_b = MatRef::new(&x[r.start * d..r.end * d], nb, d);
-            matmul(u_b, d, MatRef::new(sim_b, m, nb), x_b, false, Par::Serial);
-            for (row, &den) in u_b.chunks_mut(d).zip(denom_b.iter()) {
-                row.iter_mut().for_each(|v| *v /= den);
+            for (x, v) in u_b.iter_mut().enumerate() {
+                *v /= denom_b[denom_index(x, d, heads)];
             }
         });
     (u, denom)

@@ -326,6 +326,10 @@ pub enum CombineTokenInit {
     Vocab,
 }
 
+fn one() -> usize {
+    1
+}
+
 fn yes() -> bool {
     true
 }
@@ -398,6 +402,11 @@ pub struct MethodConfig {
     /// `hard`).
     #[serde(default)]
     pub combine_assignment: CombineAssignment,
+    /// Assignment heads H of the combiner (1 = method.md; absent in checkpoints written
+    /// before it: 1): each head groups the tokens by its own d/H columns of the queries and
+    /// keys and averages its columns of the values over its own groups.
+    #[serde(default = "one")]
+    pub combine_heads: usize,
     /// Scale of the combiner's assignment logits (1 = unscaled, as the paper's eq. 9).
     pub combine_scale: f32,
     /// Denominator epsilon of the combiner's weighted mean.
@@ -436,6 +445,7 @@ impl MethodConfig {
             combine_block: CombineBlock::Plain,
             combine_residual: CombineResidual::Token,
             combine_assignment: CombineAssignment::Hard,
+            combine_heads: 1,
             combine_noise: true,
             combine_key_grad: true,
             combine_scale: 1.0,
@@ -526,6 +536,9 @@ impl MethodConfig {
             if !(self.assign_eps.is_finite() && self.assign_eps > 0.0) {
                 bail!("--assign-eps {} must be positive", self.assign_eps);
             }
+            if self.combine_heads == 0 {
+                bail!("--combine-heads must be at least 1");
+            }
         }
         if !(0.0..1.0).contains(&self.classifier_dropout) {
             bail!(
@@ -546,6 +559,18 @@ impl MethodConfig {
         }
         if !(self.imp_thresh.is_finite() && self.unimp_thresh.is_finite()) {
             bail!("the fuzzy thresholds must be finite numbers");
+        }
+        Ok(())
+    }
+
+    /// Checks the settings that depend on the hidden size `d` (with combining: the
+    /// assignment heads must divide it).
+    pub fn validate_width(&self, d: usize) -> Result<()> {
+        if self.variant.combines() && !d.is_multiple_of(self.combine_heads.max(1)) {
+            bail!(
+                "--combine-heads {} does not divide the hidden size {d}",
+                self.combine_heads
+            );
         }
         Ok(())
     }

@@ -230,8 +230,13 @@ pub struct MethodArgs {
     /// probabilities, exact gradient) [default: hard].
     #[arg(long, value_parser = parse_combine_assignment)]
     pub combine_assignment: Option<CombineAssignment>,
-    /// Scale of the combiner's assignment logits [default: 1/sqrt(hidden size); the
-    /// paper's unscaled logits are 1].
+    /// Assignment heads: each groups the tokens by its own share of the query and key
+    /// columns and averages its share of the values, as the replaced layer's attention
+    /// has heads (beyond the paper; 1 is method.md's single assignment) [default: 1].
+    #[arg(long)]
+    pub combine_heads: Option<usize>,
+    /// Scale of the combiner's assignment logits [default: 1/sqrt(hidden size /
+    /// combine heads); the paper's unscaled logits are 1].
     #[arg(long)]
     pub combine_scale: Option<f32>,
     /// Denominator epsilon of the combiner's weighted mean [default: 1.0].
@@ -262,6 +267,7 @@ impl Default for MethodArgs {
             combine_pooling: None,
             combine_residual: None,
             combine_assignment: None,
+            combine_heads: None,
             combine_scale: None,
             assign_eps: None,
             pooling: None,
@@ -292,6 +298,7 @@ impl MethodArgs {
             ("--combine-pooling", self.combine_pooling.is_some()),
             ("--combine-residual", self.combine_residual.is_some()),
             ("--combine-assignment", self.combine_assignment.is_some()),
+            ("--combine-heads", self.combine_heads.is_some()),
             ("--combine-block", self.combine_block.is_some()),
             ("--combine-noise", self.combine_noise.is_some()),
             ("--combine-key-grad", self.combine_key_grad.is_some()),
@@ -347,6 +354,13 @@ impl MethodArgs {
         if let Some(a) = self.combine_assignment {
             m.combine_assignment = a;
         }
+        if let Some(h) = self.combine_heads {
+            m.combine_heads = h;
+            if self.defaults == MethodDefaults::Recommended && h > 0 {
+                // The recipe's 1/sqrt(d), per head: 1/sqrt(d / heads), as attention scales.
+                m.combine_scale = 1.0 / (bert.hidden_size as f32 / h as f32).sqrt();
+            }
+        }
         if let Some(n) = self.combine_noise {
             m.combine_noise = n;
         }
@@ -370,6 +384,7 @@ impl MethodArgs {
             m.classifier_dropout = d;
         }
         m.validate(bert.num_hidden_layers)?;
+        m.validate_width(bert.hidden_size)?;
         Ok(m)
     }
 }

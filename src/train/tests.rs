@@ -189,6 +189,33 @@ fn method_flags_map_onto_config_and_misplaced_flags_are_errors() {
     .to_config(&bert)
     .unwrap_err();
     assert!(err.to_string().contains("--prune-min-len"), "{err}");
+
+    // Assignment heads: the recipe's logit scale becomes 1/sqrt(d / heads) unless given;
+    // heads must divide d; bert has no such flag.
+    let heads = |h: usize, scale: Option<f32>| MethodArgs {
+        variant: Variant::C,
+        combine_heads: Some(h),
+        combine_scale: scale,
+        ..MethodArgs::default()
+    };
+    let m = heads(12, None).to_config(&bert).unwrap();
+    assert_eq!(m.combine_heads, 12);
+    assert_eq!(m.combine_scale, 1.0 / 32f32.sqrt());
+    assert_eq!(
+        heads(12, Some(0.5)).to_config(&bert).unwrap().combine_scale,
+        0.5
+    );
+    let err = heads(5, None).to_config(&bert).unwrap_err();
+    assert!(err.to_string().contains("--combine-heads 5"), "{err}");
+    let err = heads(0, None).to_config(&bert).unwrap_err();
+    assert!(err.to_string().contains("--combine-heads"), "{err}");
+    let err = MethodArgs {
+        combine_heads: Some(2),
+        ..MethodArgs::default()
+    }
+    .to_config(&bert)
+    .unwrap_err();
+    assert!(err.to_string().contains("--combine-heads"), "{err}");
 }
 
 #[test]

@@ -65,6 +65,7 @@ fn check_golden_forward(file: &str, assign_eps: f32) {
         assignment: CombineAssignment::Hard,
         gumbel_seed: None,
         key_grad: true,
+        heads: 1,
     };
     let mut out = vec![f32::NAN; batch * m * d];
     let (assign, tape) = combiner_forward(&p, &ids, dims, &set, &hidden, &real, &mut out, false);
@@ -178,9 +179,9 @@ impl Problem {
 /// Forward values of the float64 reference.
 struct RefOut {
     out: Vec<f64>,
-    /// `[batch, m, n]`, 0 in padding columns.
+    /// `[heads, batch, m, n]`, 0 in padding columns.
     sim: Vec<f64>,
-    /// `[batch, n]` assigned combination token, `None` for padding.
+    /// `[heads, batch, n]` assigned combination token, `None` for padding.
     hard: Vec<Option<usize>>,
 }
 
@@ -215,11 +216,13 @@ fn ref_forward(pb: &Problem, th: &[Vec<f64>], frozen: Option<&RefOut>) -> RefOut
         pb.set.ln_eps as f64,
         pb.set.scale as f64,
     );
+    let heads = pb.set.heads;
+    let hd = d / heads;
     let hidden = &th[HIDDEN];
     let row = |b: usize, r: usize| &hidden[(b * seq + r) * d..(b * seq + r + 1) * d];
     let mut out = vec![0.0; batch * m * d];
-    let mut sim = vec![0.0; batch * m * n];
-    let mut hard = vec![None; batch * n];
+    let mut sim = vec![0.0; heads * batch * m * n];
+    let mut hard = vec![None; heads * batch * n];
     for b in 0..batch {
         let q: Vec<Vec<f64>> = (0..m)
             .map(|i| {
@@ -230,57 +233,71 @@ fn ref_forward(pb: &Problem, th: &[Vec<f64>], frozen: Option<&RefOut>) -> RefOut
                 )
             })
             .collect();
-        let mut ha = vec![0.0; m * n];
+        let mut k = vec![vec![0.0; d]; n];
         let mut v = vec![vec![0.0; d]; n];
-        for j in (0..n).filter(|&j| pb.real[b * n + j]) {
-            let k = ref_linear(
+        let real: Vec<usize> = (0..n).filter(|&j| pb.real[b * n + j]).collect();
+        for &j in &real {
+            k[j] = ref_linear(
                 &ref_layernorm(row(b, j), &th[2], &th[3], ln_eps),
                 &th[6],
                 &th[7],
             );
             v[j] = ref_linear(row(b, j), &th[8], &th[9]);
-            let z: Vec<f64> = (0..m)
-                .map(|i| {
-                    let dot: f64 = q[i].iter().zip(&k).map(|(a, b)| a * b).sum();
-                    let noise = pb
-                        .set
-                        .gumbel_seed
-                        .map_or(0.0, |s| gumbel(s, ((b * m + i) * n + j) as u64));
-                    scale * dot + noise
-                })
-                .collect();
-            let zmax = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-            let total: f64 = z.iter().map(|x| (x - zmax).exp()).sum();
-            let mut best = 0;
-            for i in 0..m {
-                sim[(b * m + i) * n + j] = (z[i] - zmax).exp() / total;
-                if sim[(b * m + i) * n + j] > sim[(b * m + best) * n + j] {
-                    best = i;
+        }
+        // u_i and the residual, head by head on its columns.
+        let mut u = vec![vec![0.0; d]; m];
+        let mut group_residual = vec![vec![0.0; d]; m];
+        for h in 0..heads {
+            let cols = h * hd..(h + 1) * hd;
+            let mut ha = vec![0.0; m * n];
+            for &j in &real {
+                let z: Vec<f64> = (0..m)
+                    .map(|i| {
+                        let dot: f64 = cols.clone().map(|x| q[i][x] * k[j][x]).sum();
+                        let index = (((h * batch + b) * m + i) * n + j) as u64;
+                        let noise = pb.set.gumbel_seed.map_or(0.0, |s| gumbel(s, index));
+                        scale * dot + noise
+                    })
+                    .collect();
+                let zmax = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let total: f64 = z.iter().map(|x| (x - zmax).exp()).sum();
+                let at = |i: usize| ((h * batch + b) * m + i) * n + j;
+                let mut best = 0;
+                for i in 0..m {
+                    sim[at(i)] = (z[i] - zmax).exp() / total;
+                    if sim[at(i)] > sim[at(best)] {
+                        best = i;
+                    }
+                }
+                let hj = (h * batch + b) * n + j;
+                hard[hj] = Some(best);
+                for i in 0..m {
+                    let x = at(i);
+                    ha[i * n + j] = match frozen {
+                        _ if pb.set.assignment == CombineAssignment::Soft => sim[x],
+                        None => (i == best) as u8 as f64,
+                        Some(f) => (f.hard[hj] == Some(i)) as u8 as f64 + sim[x] - f.sim[x],
+                    };
                 }
             }
-            hard[b * n + j] = Some(best);
             for i in 0..m {
-                let x = (b * m + i) * n + j;
-                ha[i * n + j] = match frozen {
-                    _ if pb.set.assignment == CombineAssignment::Soft => sim[x],
-                    None => (i == best) as u8 as f64,
-                    Some(f) => (f.hard[b * n + j] == Some(i)) as u8 as f64 + sim[x] - f.sim[x],
-                };
+                let denom: f64 = (0..n).map(|j| ha[i * n + j]).sum::<f64>() + eps;
+                for x in cols.clone() {
+                    u[i][x] = real.iter().map(|&j| ha[i * n + j] * v[j][x]).sum::<f64>() / denom;
+                    group_residual[i][x] = real
+                        .iter()
+                        .map(|&j| ha[i * n + j] * row(b, j)[x])
+                        .sum::<f64>()
+                        / denom;
+                }
             }
         }
         for i in 0..m {
-            let denom: f64 = (0..n).map(|j| ha[i * n + j]).sum::<f64>() + eps;
-            let u: Vec<f64> = (0..d)
-                .map(|x| (0..n).map(|j| ha[i * n + j] * v[j][x]).sum::<f64>() / denom)
-                .collect();
-            let proj = ref_linear(&u, &th[10], &th[11]);
+            let proj = ref_linear(&u[i], &th[10], &th[11]);
             for x in 0..d {
                 let residual = match pb.set.residual {
                     CombineResidual::Token => row(b, n + i)[x],
-                    CombineResidual::Group => {
-                        let real = (0..n).filter(|&j| pb.real[b * n + j]);
-                        real.map(|j| ha[i * n + j] * row(b, j)[x]).sum::<f64>() / denom
-                    }
+                    CombineResidual::Group => group_residual[i][x],
                 };
                 out[(b * m + i) * d + x] = residual + proj[x];
             }
@@ -381,6 +398,7 @@ fn settings(scale: f32, assign_eps: f32, gumbel_seed: Option<u64>) -> CombinerSe
         assignment: CombineAssignment::Hard,
         gumbel_seed,
         key_grad: true,
+        heads: 1,
     }
 }
 
@@ -408,7 +426,9 @@ fn setup_problem(
 fn check_forward(pb: &Problem, what: &str) -> (Vec<i64>, Vec<f32>, Vec<Vec<f32>>, Vec<f32>) {
     let r = ref_forward(pb, &pb.theta, None);
     let got = run_impl(pb);
-    let want: Vec<i64> = r.hard.iter().map(|h| h.map_or(-1, |i| i as i64)).collect();
+    // (the implementation returns head 0's assignment)
+    let head0 = &r.hard[..pb.dims.batch * pb.dims.n];
+    let want: Vec<i64> = head0.iter().map(|h| h.map_or(-1, |i| i as i64)).collect();
     assert_eq!(got.0, want, "{what}: assignment");
     let worst = got
         .1
@@ -662,4 +682,61 @@ fn soft_assignment_matches_float64_reference_and_plain_fd() {
             &dhidden,
         );
     }
+}
+
+/// (seed, heads, assignment, noise, residual) of the several-head problems.
+const HEAD_SETUPS: [(u64, usize, CombineAssignment, Option<u64>, CombineResidual); 4] = [
+    (
+        31,
+        2,
+        CombineAssignment::Hard,
+        Some(42),
+        CombineResidual::Token,
+    ),
+    (32, 4, CombineAssignment::Hard, None, CombineResidual::Group),
+    (
+        33,
+        2,
+        CombineAssignment::Soft,
+        Some(7),
+        CombineResidual::Token,
+    ),
+    (34, 4, CombineAssignment::Soft, None, CombineResidual::Group),
+];
+
+/// With several assignment heads, the forward matches the float64 reference (each head
+/// groups on its own columns), the heads do assign differently, and the backward is the
+/// straight-through surrogate's gradient (hard) or the plain one (soft) for every
+/// parameter and the input.
+#[test]
+fn several_heads_match_float64_reference_and_gradients() {
+    let mut heads_disagree = false;
+    for (seed, heads, assignment, noise, residual) in HEAD_SETUPS {
+        let set = CombinerSettings {
+            heads,
+            assignment,
+            residual,
+            ..settings(1.0, 1.0, noise)
+        };
+        let pb = Problem::new(seed, set);
+        let what = format!("setup {seed} ({heads} heads, {assignment:?})");
+        let (_, out, grads, dhidden) = check_forward(&pb, &what);
+        let one_head = Problem::new(seed, CombinerSettings { heads: 1, ..set });
+        assert!(
+            out.iter()
+                .zip(&run_impl(&one_head).1)
+                .any(|(a, b)| (a - b).abs() > 1e-3),
+            "{what}: the output is the one-head output"
+        );
+        let frozen = ref_forward(&pb, &pb.theta, None);
+        let per_head = frozen.hard.len() / heads;
+        heads_disagree |= (1..heads)
+            .any(|h| frozen.hard[..per_head] != frozen.hard[h * per_head..(h + 1) * per_head]);
+        let loss = |th: &[Vec<f64>]| match assignment {
+            CombineAssignment::Hard => ref_loss(&pb, th, Some(&frozen)),
+            CombineAssignment::Soft => ref_loss(&pb, th, None),
+        };
+        check_every_gradient(&pb, &what, &loss, &grads, &dhidden);
+    }
+    assert!(heads_disagree, "no setup's heads assign differently");
 }
