@@ -143,6 +143,31 @@ fn combining_poolings_gradients_match_finite_differences() {
     }
 }
 
+/// Several assignment heads (`--combine-heads`): the same whole-model check, both residuals.
+#[test]
+fn combining_with_heads_gradients_match_finite_differences() {
+    for residual in [CombineResidual::Token, CombineResidual::Group] {
+        let mut method = MethodConfig::new(Variant::C, 3);
+        method.combine_layer = 2;
+        method.combine_tokens = 3;
+        method.combine_heads = 2;
+        method.combine_pooling = CombinePooling::Counts;
+        method.combine_residual = residual;
+        method.combine_token_init = CombineTokenInit::Vocab;
+        method.combine_scale = 0.5;
+        method.combine_block = CombineBlock::Layer;
+        check_model_grads(
+            method,
+            &[
+                "classifier.weight",
+                "encoder.layer.2.output.dense.weight",
+                "combiner.w_o.weight",
+                "combiner.w_v.bias",
+            ],
+        );
+    }
+}
+
 /// With one combination token every token joins it whatever the logits (the softmax over
 /// one slot is constant), so the whole pass is smooth and the tensors before the combiner
 /// can be checked too: this covers the path from the head back into the layers before
