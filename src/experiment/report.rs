@@ -105,14 +105,22 @@ pub fn format_markdown(
             Some(d) => format!("{:+.2}", d * 100.0),
             None => "n/a".to_string(),
         };
-        // Several schedules of one cell (e.g. a quick run and a full one) are told apart.
-        let cell = if rows
+        // Several schedules of one cell (e.g. a quick run and a full one) are told apart
+        // by the parts of the schedule that differ between them.
+        let others: Vec<&str> = rows
             .iter()
-            .any(|o| o.dataset == r.dataset && o.cell == r.cell && o.schedule != r.schedule)
-        {
-            format!("{} [{}]", r.cell, r.schedule)
-        } else {
+            .filter(|o| o.dataset == r.dataset && o.cell == r.cell && o.schedule != r.schedule)
+            .map(|o| o.schedule.as_str())
+            .collect();
+        let cell = if others.is_empty() {
             r.cell.clone()
+        } else {
+            let own: Vec<&str> = r
+                .schedule
+                .split(", ")
+                .filter(|part| others.iter().any(|o| !o.split(", ").any(|p| p == *part)))
+                .collect();
+            format!("{} [{}]", r.cell, own.join(", "))
         };
         s.push_str(&format!(
             "| {} | {} | {} | {} | {} |{} {} | {} | {} | {} | {:.0} | {:.0} | {} | {} | {} | {} |\n",
@@ -353,8 +361,8 @@ mod tests {
         let rows = aggregate(&with_quick, &[], &dataset_order, &cell_order);
         assert_eq!(rows.len(), 4);
         let md = format_markdown("table2", &rows, 0, "", &[]);
-        assert!(md.contains("pf [model all-MiniLM-L6-v2"), "{md}");
-        assert!(md.contains("train 10"), "{md}");
+        assert!(md.contains("| pf [train 10] |"), "{md}");
+        assert!(md.contains("| pf [train all] |"), "{md}");
         assert!(!md.contains("candidates"), "fixed rate: {md}");
     }
 
