@@ -49,6 +49,8 @@ pub struct CombineSettings {
     pub layer: usize,
     /// Number of combination tokens m.
     pub tokens: usize,
+    /// Assignment heads; with more than one, the groups shown are head 0's.
+    pub heads: usize,
 }
 
 /// What happened to one token of the document.
@@ -274,6 +276,7 @@ fn summarize_settings(
     let combining = v.combines().then_some(CombineSettings {
         layer: method.combine_layer,
         tokens: method.combine_tokens,
+        heads: method.combine_heads,
     });
     let pooling = match method.pooling {
         Pooling::Mean => "mean",

@@ -116,9 +116,14 @@ impl Explanation {
         if let (Some(groups), Some(c)) = (&self.combination, &s.combining) {
             line(String::new());
             line(format!(
-                "Layer {}: token combining into {} combination tokens",
+                "Layer {}: token combining into {} combination tokens{}",
                 c.layer,
-                groups.len()
+                groups.len(),
+                if c.heads > 1 {
+                    format!(" (the groups of head 0 of {})", c.heads)
+                } else {
+                    String::new()
+                }
             ));
             for g in groups {
                 let texts: Vec<String> = g.tokens.iter().map(|t| t.text.clone()).collect();

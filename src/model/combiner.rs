@@ -2,7 +2,8 @@
 //! layer L_c, assigns every real token to one of m combination tokens with a hard
 //! (straight-through) Gumbel-softmax, and updates each combination token with the mean of
 //! its tokens' values. Beyond the paper, the soft assignment shares each token among the
-//! combination tokens by the softmax itself (weighted means, exact gradient).
+//! combination tokens by the softmax itself (weighted means, exact gradient), and several
+//! assignment heads each group the tokens on their own share of the columns.
 //!
 //! The real tokens of all examples are packed into one row block (`R` rows, example by
 //! example, ascending positions) so that every linear layer runs as one product over the
