@@ -439,7 +439,7 @@ fn spread_to_members(tape: &CombinerTape, g_d: &[f32], out: &mut [f32], accumula
                 let sim_b = &tape.sim[heads * m * r.start..heads * m * r.end];
                 for (h, sim_bh) in sim_b.chunks(m * r.len()).enumerate() {
                     let sim_bh = MatRef::new(sim_bh, m, r.len());
-                    let g_m = MatRef::strided(&g_b[h * hd..], m, hd, d);
+                    let g_m = head_cols(g_b, 0, m, h, d, hd);
                     matmul(
                         &mut out_b[h * hd..],
                         d,
@@ -521,11 +521,11 @@ fn assignment_probs(
             if nb == 0 {
                 return;
             }
+            let mut z = vec![0.0f64; m];
             for (h, sim_bh) in sim_b.chunks_mut(m * nb).enumerate() {
-                let q_bh = MatRef::strided(&q[b * m * d + h * hd..(b + 1) * m * d], m, hd, d);
-                let k_bh = MatRef::strided(&k[r.start * d + h * hd..r.end * d], nb, hd, d);
+                let q_bh = head_cols(q, b * m * d, m, h, d, hd);
+                let k_bh = head_cols(k, r.start * d, nb, h, d, hd);
                 matmul(sim_bh, nb, q_bh, k_bh.t(), false, Par::Serial);
-                let mut z = vec![0.0f64; m];
                 for jj in 0..nb {
                     let j = packed.real_pos[r.start + jj];
                     for (i, zi) in z.iter_mut().enumerate() {
@@ -577,9 +577,10 @@ fn assignment_backward(tape: &CombinerTape, terms: &[GroupMeanGrad]) -> (Vec<f32
             }
             let sim_b = &tape.sim[heads * m * r.start..heads * m * r.end];
             let mut dz = vec![0.0f32; m * nb];
+            let mut g_dot_u = vec![0.0f32; m];
             for (h, sim_bh) in sim_b.chunks(m * nb).enumerate() {
                 let cols = |x, start, rows| head_cols(x, start, rows, h, d, hd);
-                let mut g_dot_u = vec![0.0f32; m];
+                g_dot_u.fill(0.0);
                 for (t, term) in terms.iter().enumerate() {
                     let g_bh = cols(term.g_d, b * m * d, m);
                     let v_bh = cols(term.values, r.start * d, nb);
@@ -722,7 +723,7 @@ fn soft_group_means(
                 if nb == 0 {
                     continue;
                 }
-                let x_bh = MatRef::strided(&x[r.start * d + h * hd..r.end * d], nb, hd, d);
+                let x_bh = head_cols(x, r.start * d, nb, h, d, hd);
                 let sim_m = MatRef::new(sim_bh, m, nb);
                 matmul(&mut u_b[h * hd..], d, sim_m, x_bh, false, Par::Serial);
             }
