@@ -83,7 +83,7 @@ fn main() {
             for (slot, &(backend, par)) in runs.iter().enumerate() {
                 let (t, cpu) = (Instant::now(), thread_cpu_seconds());
                 for _ in 0..inner {
-                    matmul_with(backend, &mut c, n, a, b, false, par);
+                    matmul_with(backend, &mut c, n, a, b, false, par, Default::default());
                 }
                 best[slot] = best[slot].min(t.elapsed().as_secs_f64() / inner as f64);
                 if let (Some(cpu0), Some(cpu1), Par::Serial) = (cpu, thread_cpu_seconds(), par) {

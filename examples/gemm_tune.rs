@@ -55,7 +55,17 @@ fn main() {
             for _ in 0..reps {
                 for (slot, &bl) in blockings.iter().enumerate() {
                     let t = Instant::now();
-                    gemm_with_blocking(Isa::best(), bl, &mut c, n, a, b, false, threads);
+                    gemm_with_blocking(
+                        Isa::best(),
+                        bl,
+                        &mut c,
+                        n,
+                        a,
+                        b,
+                        false,
+                        threads,
+                        Default::default(),
+                    );
                     best[slot] = best[slot].min(t.elapsed().as_secs_f64());
                 }
             }

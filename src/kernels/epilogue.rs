@@ -14,10 +14,18 @@ pub struct Epilogue<'a> {
     pub gelu: bool,
 }
 
-impl Epilogue<'_> {
+impl<'a> Epilogue<'a> {
     /// Nothing to do.
     pub fn is_none(&self) -> bool {
         self.bias.is_none() && !self.gelu
+    }
+
+    /// The epilogue of the columns from `col0` on (of a product split by columns).
+    pub fn from_column(&self, col0: usize) -> Epilogue<'a> {
+        Epilogue {
+            bias: self.bias.map(|b| &b[col0..]),
+            gelu: self.gelu,
+        }
     }
 
     /// Applies to `row`, the result's columns `col0 .. col0 + row.len()` of one row.

@@ -136,6 +136,87 @@ pub(crate) fn gauss_and_lower_tail(x: f32) -> (f32, f32) {
     (gauss, gauss * (p / q))
 }
 
+/// GELU, `x Φ(x)`, on 16 lanes: the operations of [`gauss_and_lower_tail`] and
+/// `activations::gelu` in the same order (plain multiplies and adds, the same division),
+/// so every lane equals the scalar function bit for bit. For products that apply it to
+/// a register tile before storing it (the GEMM's fused epilogue).
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx512 {
+    use std::arch::x86_64::*;
+
+    /// # Safety
+    /// The CPU has AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub(crate) unsafe fn gelu_ps(x: __m512) -> __m512 {
+        let c = |v: f32| _mm512_set1_ps(v);
+        let (mul, add, sub) = (_mm512_mul_ps, _mm512_add_ps, _mm512_sub_ps);
+        // u = min(|x|, 14); MINPS returns its second operand for a NaN first one, as
+        // the scalar `if u < 14.0 { u } else { 14.0 }`.
+        let u = _mm512_min_ps(_mm512_abs_ps(x), c(14.0));
+        let head = _mm512_castsi512_ps(_mm512_and_si512(
+            _mm512_castps_si512(u),
+            _mm512_set1_epi32(0xFFFF_F000u32 as i32),
+        ));
+        let tail = sub(u, head);
+        let hi = mul(c(-0.5), mul(head, head));
+        let lo = mul(c(-0.5), mul(tail, add(u, head)));
+        // exp_f32_split(hi, lo)
+        const ROUND: f32 = 12_582_912.0;
+        let clamped = _mm512_min_ps(_mm512_max_ps(hi, c(-87.0)), c(88.0));
+        let shifted = add(mul(clamped, c(std::f32::consts::LOG2_E)), c(ROUND));
+        let k = sub(shifted, c(ROUND));
+        let k_int = _mm512_sub_epi32(
+            _mm512_castps_si512(shifted),
+            _mm512_set1_epi32(ROUND.to_bits() as i32),
+        );
+        let r = add(
+            sub(
+                sub(clamped, mul(k, c(0.693_359_4))),
+                mul(k, c(-2.121_944_4e-4)),
+            ),
+            lo,
+        );
+        let mut p = c(1.987_569_1e-4);
+        for coef in [
+            1.398_199_9e-3,
+            8.333_452e-3,
+            4.166_579_6e-2,
+            1.666_666_5e-1,
+            0.5,
+        ] {
+            p = add(mul(p, r), c(coef));
+        }
+        let p = add(add(mul(mul(p, r), r), r), c(1.0));
+        let two_k = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(
+            k_int,
+            _mm512_set1_epi32(127),
+        )));
+        let underflow = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(hi, c(-87.0));
+        let gauss = _mm512_maskz_mov_ps(!underflow, mul(p, two_k));
+        // The Mills-ratio rational function.
+        let mut num = c(4.107_285e-3);
+        for coef in [4.056_776_5e-2, 1.830_33e-1, 4.380_087e-1, 5.0e-1] {
+            num = add(mul(num, u), c(coef));
+        }
+        let mut den = c(1.029_531_2e-2);
+        for coef in [
+            1.016_949_1e-1,
+            4.689_389_3e-1,
+            1.201_642_1,
+            1.673_902_4,
+            1.0,
+        ] {
+            den = add(mul(den, u), c(coef));
+        }
+        let lower_tail = mul(gauss, _mm512_div_ps(num, den));
+        // Φ(x) = 1 - Φ(-x) for x > 0.
+        let positive = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(x, c(0.0));
+        let cdf = _mm512_mask_sub_ps(lower_tail, positive, c(1.0), lower_tail);
+        mul(x, cdf)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,5 +289,45 @@ mod tests {
         assert_eq!(gauss_and_lower_tail(20.0), (0.0, 0.0));
         assert_eq!(gauss_and_lower_tail(f32::INFINITY), (0.0, 0.0));
         assert_eq!(gauss_and_lower_tail(f32::NEG_INFINITY), (0.0, 0.0));
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx512_gelu_equals_the_scalar_one_bit_for_bit() {
+        if !std::arch::is_x86_feature_detected!("avx512f") {
+            return;
+        }
+        let gelu = crate::kernels::activations::gelu;
+        // Every 256th f32 of both signs (finite, infinite and NaN included).
+        let mut xs: Vec<f32> = (0..=u32::MAX / 256)
+            .map(|i| f32::from_bits(i * 256 + 17))
+            .collect();
+        xs.extend([
+            0.0,
+            -0.0,
+            14.0,
+            -14.0,
+            13.19,
+            -13.19,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+        ]);
+        let mut out = [0.0f32; 16];
+        for chunk in xs.chunks(16) {
+            let mut lanes = [1.0f32; 16];
+            lanes[..chunk.len()].copy_from_slice(chunk);
+            // SAFETY: AVX-512F was detected above.
+            unsafe {
+                let v = avx512::gelu_ps(std::arch::x86_64::_mm512_loadu_ps(lanes.as_ptr()));
+                std::arch::x86_64::_mm512_storeu_ps(out.as_mut_ptr(), v);
+            }
+            for (&x, &y) in chunk.iter().zip(&out) {
+                let want = gelu(x);
+                assert!(
+                    y.to_bits() == want.to_bits() || (y.is_nan() && want.is_nan()),
+                    "gelu({x:e}): {y:e} vs scalar {want:e}"
+                );
+            }
+        }
     }
 }

@@ -33,7 +33,39 @@ pub fn matmul(
     accumulate: bool,
     par: Par,
 ) {
-    matmul_with(Backend::Auto, dst, dst_row_stride, a, b, accumulate, par);
+    matmul_with(
+        Backend::Auto,
+        dst,
+        dst_row_stride,
+        a,
+        b,
+        accumulate,
+        par,
+        Epilogue::default(),
+    );
+}
+
+/// `matmul`, then `epilogue` (bias, GELU) on the result: fused into the product's last
+/// pass over each tile where our kernel runs.
+pub fn matmul_then(
+    dst: &mut [f32],
+    dst_row_stride: usize,
+    a: MatRef,
+    b: MatRef,
+    accumulate: bool,
+    par: Par,
+    epilogue: Epilogue,
+) {
+    matmul_with(
+        Backend::Auto,
+        dst,
+        dst_row_stride,
+        a,
+        b,
+        accumulate,
+        par,
+        epilogue,
+    );
 }
 
 /// `COREFOCUS_GEMM=crate` in the environment makes `Auto` use the `gemm` crate, to
@@ -43,7 +75,8 @@ fn gemm_crate_forced() -> bool {
     *FORCED.get_or_init(|| std::env::var("COREFOCUS_GEMM").is_ok_and(|v| v == "crate"))
 }
 
-/// `matmul` on a chosen backend.
+/// [`matmul_then`] on a chosen backend.
+#[allow(clippy::too_many_arguments)]
 pub fn matmul_with(
     backend: Backend,
     dst: &mut [f32],
@@ -52,9 +85,13 @@ pub fn matmul_with(
     b: MatRef,
     accumulate: bool,
     par: Par,
+    epilogue: Epilogue,
 ) {
     assert_eq!(a.cols, b.rows, "matmul: inner dimensions differ");
     let (m, n, k) = (a.rows, b.cols, a.cols);
+    if let Some(bias) = epilogue.bias {
+        assert_eq!(bias.len(), n, "matmul: bias length");
+    }
     if m == 0 || n == 0 {
         return;
     }
@@ -68,6 +105,7 @@ pub fn matmul_with(
                 dst[r * dst_row_stride..r * dst_row_stride + n].fill(0.0);
             }
         }
+        epilogue.apply_all(dst, dst_row_stride, m, n);
         return;
     }
     a.check("lhs");
@@ -82,7 +120,7 @@ pub fn matmul_with(
     // Products only one or two register tiles wide (n <= 32, e.g. [512 x 512] x
     // [512 x 32]) stay on the crate: packing A costs more than it saves there.
     if backend == Backend::Auto && n > 32 && super::gemm_x86::available() && !gemm_crate_forced() {
-        super::gemm_x86::gemm(dst, dst_row_stride, a, b, accumulate, threads);
+        super::gemm_x86::gemm(dst, dst_row_stride, a, b, accumulate, threads, epilogue);
         return;
     }
     let parallelism = match threads {
@@ -114,6 +152,7 @@ pub fn matmul_with(
             parallelism,
         );
     }
+    epilogue.apply_all(dst, dst_row_stride, m, n);
 }
 
 /// The arithmetic of products with prepared weights ([`PackedRhs`]): `F32` everywhere,
