@@ -315,9 +315,19 @@ mod avx512 {
             accumulate,
         };
         let mut i = 0;
-        while i + MR <= m {
+        // 4 rows left over from panels of 12 (a 64-row block) run as 8 + 8 instead of
+        // a last panel of 4: its 8 FMAs per step are two vector loads and four
+        // broadcasts, where 8 rows issue 16.
+        let split_last = m % MR == 4 && m >= MR + 4;
+        let twelves_end = if split_last { m - MR - 4 } else { m - m % MR };
+        while i < twelves_end {
             t.row_panel::<MR>(i, n);
             i += MR;
+        }
+        if split_last {
+            t.row_panel::<8>(i, n);
+            t.row_panel::<8>(i + 8, n);
+            return;
         }
         // The remaining rows in panels of 8, 4, 2 and 1.
         if m - i >= 8 {
