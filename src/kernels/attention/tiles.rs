@@ -451,7 +451,8 @@ mod tests {
         // the 8- and 16-wide column tiles; a transposed, strided left operand; a right
         // operand whose rows are strided; and a fallback shape (n = 12).
         // With AVX-512: m = 23 and 27 every row panel (12, 8, 4, 2, 1), n = 56 and 72
-        // the 32-wide tiles and the masked 8-lane remainder.
+        // the 32-wide tiles and the masked 8-lane remainder; m = 16, 28 and 64 (4 rows
+        // over a multiple of 12) the last panels as 8 + 8.
         let shapes = [
             (1, 8, 1),
             (7, 16, 5),
@@ -460,6 +461,9 @@ mod tests {
             (5, 12, 7),
             (23, 56, 9),
             (27, 72, 4),
+            (16, 40, 5),
+            (28, 56, 6),
+            (64, 32, 7),
         ];
         for ((m, n, k), wide) in shapes.into_iter().flat_map(|s| [(s, false), (s, true)]) {
             for transposed in [false, true] {
