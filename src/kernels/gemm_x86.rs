@@ -172,7 +172,7 @@ trait MicroKernel {
     const NR: usize;
     /// Whether `tile` does its [`TileExtras`] itself (else they must be
     /// [`TileExtras::NONE`]: the caller prefetches before the call and applies the
-    /// epilogue to the stored tile).
+    /// epilogue to the stored tile) and reads A in place (`lda > 0`; else A is packed).
     const TAKES_EXTRAS: bool;
     /// Stores only the `mr x nr` corner that exists; `overwrite` stores without reading
     /// `c`; `extras` are done as well.
@@ -181,10 +181,13 @@ trait MicroKernel {
     /// The CPU has the kernel's instruction set; the panels hold `kc * MR` and `kc * NR`
     /// floats; the `mr x nr` tile at `c` (row stride `ldc`) is in bounds; a non-null
     /// `extras.bias` has `nr` values; the prefetched lines lie in one allocation.
+    /// With `lda > 0`, `a_panel` is instead A's first row in place, row-major with row
+    /// stride `lda`, `mr` rows of `kc` elements.
     #[allow(clippy::too_many_arguments)]
     unsafe fn tile(
         kc: usize,
         a_panel: *const f32,
+        lda: usize,
         b_panel: *const f32,
         c: *mut f32,
         ldc: usize,
@@ -206,6 +209,7 @@ impl MicroKernel for Avx2 {
     unsafe fn tile(
         kc: usize,
         a: *const f32,
+        lda: usize,
         b: *const f32,
         c: *mut f32,
         ldc: usize,
@@ -215,6 +219,7 @@ impl MicroKernel for Avx2 {
         extras: TileExtras,
     ) {
         debug_assert!(extras.bias.is_null() && !extras.gelu && extras.prefetch_lines == 0);
+        debug_assert_eq!(lda, 0, "the AVX2 kernel reads packed A panels");
         kernel(kc, a, b, c, ldc, mr, nr, overwrite)
     }
 }
@@ -226,6 +231,7 @@ impl MicroKernel for Avx512 {
     unsafe fn tile(
         kc: usize,
         a: *const f32,
+        lda: usize,
         b: *const f32,
         c: *mut f32,
         ldc: usize,
@@ -236,10 +242,18 @@ impl MicroKernel for Avx512 {
     ) {
         // A short last tile (128 rows = 10 x 12 + 8) runs only the rows it has: the
         // panel keeps its 12-row layout, the kernel reads the first 4 or 8.
-        match mr {
-            0..=4 => kernel_avx512::<4>(kc, a, b, c, ldc, mr, nr, overwrite, extras),
-            5..=8 => kernel_avx512::<8>(kc, a, b, c, ldc, mr, nr, overwrite, extras),
-            _ => kernel_avx512::<12>(kc, a, b, c, ldc, mr, nr, overwrite, extras),
+        let a = ASource { ptr: a, lda };
+        match (mr, lda > 0) {
+            (0..=4, false) => {
+                kernel_avx512::<4, false>(kc, a, b, c, ldc, mr, nr, overwrite, extras)
+            }
+            (5..=8, false) => {
+                kernel_avx512::<8, false>(kc, a, b, c, ldc, mr, nr, overwrite, extras)
+            }
+            (_, false) => kernel_avx512::<12, false>(kc, a, b, c, ldc, mr, nr, overwrite, extras),
+            (0..=4, true) => kernel_avx512::<4, true>(kc, a, b, c, ldc, mr, nr, overwrite, extras),
+            (5..=8, true) => kernel_avx512::<8, true>(kc, a, b, c, ldc, mr, nr, overwrite, extras),
+            (_, true) => kernel_avx512::<12, true>(kc, a, b, c, ldc, mr, nr, overwrite, extras),
         }
     }
 }
@@ -679,7 +693,12 @@ unsafe fn serial_packed_with<K: MicroKernel>(
                         _mm_prefetch::<_MM_HINT_T1>(first.add(16 * line) as *const i8);
                     }
                 }
-                pack(K::MR, pack_a, a_block.ptr, a_block.rs, a_block.cs, mc, kc);
+                // A request's rows in place where the kernel can read them so: packing
+                // them was ~7% of a 1 x 128 forward pass (every thread packs all of A).
+                let in_place = K::TAKES_EXTRAS && prefetch && a_block.cs == 1 && a_block.rs > 0;
+                if !in_place {
+                    pack(K::MR, pack_a, a_block.ptr, a_block.rs, a_block.cs, mc, kc);
+                }
                 let tiles = mc.div_ceil(K::MR);
                 let lines_per_tile = panel_lines.div_ceil(tiles);
                 for q in panels.0..panels.1 {
@@ -699,8 +718,13 @@ unsafe fn serial_packed_with<K: MicroKernel>(
                         };
                         let mr = K::MR.min(mc - ir);
                         let tile = c.ptr.add((ic + ir) * c.ld + jr);
+                        let a_tile = if in_place {
+                            (a_block.ptr.add(ir * a_block.rs), a_block.rs)
+                        } else {
+                            (pack_a.add(ir * kc) as *const f32, 0)
+                        };
                         finish_tile::<K>(
-                            (kc, pack_a.add(ir * kc), b_panel),
+                            (kc, a_tile, b_panel),
                             tile,
                             c.ld,
                             (mr, nr),
@@ -715,6 +739,13 @@ unsafe fn serial_packed_with<K: MicroKernel>(
     });
 }
 
+/// The left operand of an AVX-512 tile: a packed panel (`lda` = 0) or A's rows in place.
+#[derive(Clone, Copy)]
+struct ASource {
+    ptr: *const f32,
+    lda: usize,
+}
+
 /// One register tile of the product, `(kc, a_panel, b_panel)`, into the `mr x nr` tile at
 /// `c`; with `epilogue` (the product's, and the tile's first column), after the last k
 /// block, the epilogue too; and `prefetch` (`(first, lines)`: 64-byte lines of a weight
@@ -724,7 +755,7 @@ unsafe fn serial_packed_with<K: MicroKernel>(
 /// # Safety
 /// As for [`MicroKernel::tile`]; nothing else accesses the tile during the call.
 unsafe fn finish_tile<K: MicroKernel>(
-    (kc, a_panel, b_panel): (usize, *const f32, *const f32),
+    (kc, (a_panel, lda), b_panel): (usize, (*const f32, usize), *const f32),
     c: *mut f32,
     ldc: usize,
     (mr, nr): (usize, usize),
@@ -749,7 +780,7 @@ unsafe fn finish_tile<K: MicroKernel>(
         }
         TileExtras::NONE
     };
-    K::tile(kc, a_panel, b_panel, c, ldc, mr, nr, overwrite, extras);
+    K::tile(kc, a_panel, lda, b_panel, c, ldc, mr, nr, overwrite, extras);
     if let Some((e, col0)) = epilogue.filter(|_| !K::TAKES_EXTRAS) {
         // SAFETY: the tile's rows lie in the result (the kernel just wrote them), do not
         // overlap, and no other thread touches them.
@@ -861,7 +892,7 @@ unsafe fn serial_with<K: MicroKernel>(
                             let mr = K::MR.min(mc - ir);
                             let tile = c.ptr.add((ic + ir) * c.ld + jc + jr);
                             finish_tile::<K>(
-                                (kc, pack_a.add(ir * kc), b_panel),
+                                (kc, (pack_a.add(ir * kc), 0), b_panel),
                                 tile,
                                 c.ld,
                                 (mr, nr),
@@ -1098,9 +1129,9 @@ unsafe fn kernel(
 /// `nr` values.
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn kernel_avx512<const ROWS: usize>(
+unsafe fn kernel_avx512<const ROWS: usize, const ROW_MAJOR_A: bool>(
     kc: usize,
-    a_panel: *const f32,
+    a_source: ASource,
     b_panel: *const f32,
     c: *mut f32,
     ldc: usize,
@@ -1120,7 +1151,17 @@ unsafe fn kernel_avx512<const ROWS: usize>(
         _mm_prefetch::<_MM_HINT_T0>(row.add(nr - 1) as *const i8);
     }
     let mut acc = [[_mm512_setzero_ps(); NV]; ROWS];
-    let (mut a, mut b) = (a_panel, b_panel);
+    let (mut a, mut b) = (a_source.ptr, b_panel);
+    // A in place: one pointer per row, the rows past `mr` repeating the last one (their
+    // results are never stored), all advanced by one shared offset.
+    let a_rows: [*const f32; ROWS] = std::array::from_fn(|r| {
+        if ROW_MAJOR_A {
+            a_source.ptr.add(r.min(mr.max(1) - 1) * a_source.lda)
+        } else {
+            a_source.ptr
+        }
+    });
+    let mut a_off = 0usize;
     macro_rules! step {
         ($p:expr) => {
             let mut bv = [_mm512_setzero_ps(); NV];
@@ -1128,7 +1169,11 @@ unsafe fn kernel_avx512<const ROWS: usize>(
                 *x = _mm512_loadu_ps(b.add($p * NR + 16 * v));
             }
             for (r, acc_r) in acc.iter_mut().enumerate() {
-                let av = _mm512_set1_ps(*a.add($p * MR + r));
+                let av = if ROW_MAJOR_A {
+                    _mm512_set1_ps(*a_rows[r].add(a_off + $p))
+                } else {
+                    _mm512_set1_ps(*a.add($p * MR + r))
+                };
                 for (x, &bv) in acc_r.iter_mut().zip(&bv) {
                     *x = _mm512_fmadd_ps(av, bv, *x);
                 }
@@ -1149,12 +1194,20 @@ unsafe fn kernel_avx512<const ROWS: usize>(
         step!(1);
         step!(2);
         step!(3);
-        a = a.add(4 * MR);
+        if ROW_MAJOR_A {
+            a_off += 4;
+        } else {
+            a = a.add(4 * MR);
+        }
         b = b.add(4 * NR);
     }
     for _ in 0..kc % 4 {
         step!(0);
-        a = a.add(MR);
+        if ROW_MAJOR_A {
+            a_off += 1;
+        } else {
+            a = a.add(MR);
+        }
         b = b.add(NR);
     }
     for _ in 0..lines_left {
