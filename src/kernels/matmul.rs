@@ -33,16 +33,8 @@ pub fn matmul(
     accumulate: bool,
     par: Par,
 ) {
-    matmul_with(
-        Backend::Auto,
-        dst,
-        dst_row_stride,
-        a,
-        b,
-        accumulate,
-        par,
-        Epilogue::default(),
-    );
+    let no_epilogue = Epilogue::default();
+    matmul_then(dst, dst_row_stride, a, b, accumulate, par, no_epilogue);
 }
 
 /// `matmul`, then `epilogue` (bias, GELU) on the result: fused into the product's last
