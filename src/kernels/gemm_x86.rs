@@ -25,8 +25,9 @@
 //! panels with zeros so the kernel never branches on shape; only the store of an edge
 //! tile is partial. (With weights packed beforehand and a request's few rows, the
 //! AVX-512 kernel reads A's rows in place instead, and does the products' other work
-//! itself: bias and GELU in registers, the next weight panel's prefetches: `TileExtras`.) `accumulate = false` is handled by *storing* (not scaling) on the
-//! first K block, so garbage (even NaN) in the destination is never read.
+//! itself: bias and GELU in registers, the next weight panel's prefetches: `TileExtras`.)
+//! `accumulate = false` is handled by *storing* (not scaling) on the first K block, so
+//! garbage (even NaN) in the destination is never read.
 //!
 //! Threads: the larger of M and N is cut into one contiguous range per rayon thread,
 //! and every thread packs its own blocks (the shared operand is packed once per
