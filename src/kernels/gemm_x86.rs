@@ -697,7 +697,7 @@ unsafe fn serial_packed_with<K: MicroKernel>(
                     }
                 }
                 // A request's rows in place where the kernel can read them so: packing
-                // them was ~7% of a 1 x 128 forward pass (every thread packs all of A).
+                // them was ~7% of a 1 x 128 forward pass in perf's samples (every thread packs all of A).
                 let in_place = K::TAKES_EXTRAS && prefetch && a_block.cs == 1 && a_block.rs > 0;
                 if !in_place {
                     pack(K::MR, pack_a, a_block.ptr, a_block.rs, a_block.cs, mc, kc);
@@ -1122,9 +1122,10 @@ unsafe fn kernel(
 /// The AVX-512 register tile ([`Avx512`]: 12 x 32): as [`kernel`], with 512-bit vectors
 /// and masked stores for edge tiles; `ROWS` (4, 8 or 12) of the panel's 12 rows are
 /// computed. The epilogue (bias, GELU) is applied in registers before the store: as a
-/// separate pass over the stored tile (re-read, a call per tile) it cost a fifth of the
-/// time of the feed-forward block's first product (4096 x 1536 x 384, 334 against 268
-/// GFLOP/s on 2 Xeon threads).
+/// separate pass over the stored tile (re-read, a call per tile) it cost about a fifth of
+/// the time of the feed-forward block's first product (4096 x 1536 x 384 with bias and
+/// GELU, 268 against 334 GFLOP/s without them on 2 Xeon threads at 3e6f854; a one-off
+/// timing, not kept).
 ///
 /// # Safety
 /// AVX-512F available; the panels hold `kc * 12` and `kc * 32` floats; `mr <= ROWS`; the
@@ -1185,7 +1186,7 @@ unsafe fn kernel_avx512<const ROWS: usize, const ROW_MAJOR_A: bool>(
     }
     // One prefetch every four steps of k: issued all at once before the tile, the
     // lines of the next weight panel filled the L2 miss queue and the core waited
-    // (6% of a 1 x 128 forward pass sat on those prefetch instructions).
+    // (6% of the samples of a 1 x 128 forward pass, under perf, sat on those instructions).
     let (mut line, mut lines_left) = (extras.prefetch, extras.prefetch_lines);
     for _ in 0..kc / 4 {
         if lines_left > 0 {

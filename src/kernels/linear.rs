@@ -16,8 +16,8 @@ pub fn linear_forward(
     debug_assert_eq!(x.len(), rows * in_dim);
     debug_assert_eq!(w.len(), out_dim * in_dim);
     // The bias is added to each finished tile of the product (in registers with the
-    // AVX-512 kernel): a pass that first filled `y` with it cost a write and a re-read of
-    // every output (2-3% of a training step's forward products).
+    // AVX-512 kernel), not by a pass that first fills `y` with it and a product that
+    // re-reads `y` to accumulate onto it.
     matmul_then(
         &mut y[..rows * out_dim],
         out_dim,
