@@ -697,7 +697,8 @@ unsafe fn serial_packed_with<K: MicroKernel>(
                     }
                 }
                 // A request's rows in place where the kernel can read them so: packing
-                // them was ~7% of a 1 x 128 forward pass in perf's samples (every thread packs all of A).
+                // them was ~7% of a 1 x 128 forward pass in perf's samples (every
+                // thread packed all of A).
                 let in_place = K::TAKES_EXTRAS && prefetch && a_block.cs == 1 && a_block.rs > 0;
                 if !in_place {
                     pack(K::MR, pack_a, a_block.ptr, a_block.rs, a_block.cs, mc, kc);
@@ -1185,8 +1186,8 @@ unsafe fn kernel_avx512<const ROWS: usize, const ROW_MAJOR_A: bool>(
         };
     }
     // One prefetch every four steps of k: issued all at once before the tile, the
-    // lines of the next weight panel filled the L2 miss queue and the core waited
-    // (6% of the samples of a 1 x 128 forward pass, under perf, sat on those instructions).
+    // lines of the next weight panel filled the L2 miss queue and the core waited (6%
+    // of the samples of a 1 x 128 forward pass, under perf, sat on those instructions).
     let (mut line, mut lines_left) = (extras.prefetch, extras.prefetch_lines);
     for _ in 0..kc / 4 {
         if lines_left > 0 {
