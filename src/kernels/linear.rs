@@ -1,6 +1,8 @@
 //! Fully connected layer in PyTorch layout: `y = x Wᵀ + b`, `W` is `[out, in]`.
 
-use super::matmul::{matmul, matmul_packed, matmul_then, Epilogue, MatRef, PackedRhs, Par};
+use super::matmul::{
+    matmul, matmul_packed, matmul_with, Backend, Epilogue, MatRef, PackedRhs, Par,
+};
 use rayon::prelude::*;
 
 /// `y[rows, out] = x[rows, in] · wᵀ + b`. `y` is overwritten.
@@ -18,7 +20,8 @@ pub fn linear_forward(
     // The bias is added to each finished tile of the product (in registers with the
     // AVX-512 kernel), not by a pass that first fills `y` with it and a product that
     // re-reads `y` to accumulate onto it.
-    matmul_then(
+    matmul_with(
+        Backend::Auto,
         &mut y[..rows * out_dim],
         out_dim,
         MatRef::new(x, rows, in_dim),

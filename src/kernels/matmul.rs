@@ -34,29 +34,16 @@ pub fn matmul(
     par: Par,
 ) {
     let no_epilogue = Epilogue::default();
-    matmul_then(dst, dst_row_stride, a, b, accumulate, par, no_epilogue);
-}
-
-/// `matmul`, then `epilogue` (bias, GELU) on the result: fused into the product's last
-/// pass over each tile where our kernel runs.
-pub fn matmul_then(
-    dst: &mut [f32],
-    dst_row_stride: usize,
-    a: MatRef,
-    b: MatRef,
-    accumulate: bool,
-    par: Par,
-    epilogue: Epilogue,
-) {
+    let auto = Backend::Auto;
     matmul_with(
-        Backend::Auto,
+        auto,
         dst,
         dst_row_stride,
         a,
         b,
         accumulate,
         par,
-        epilogue,
+        no_epilogue,
     );
 }
 
@@ -67,7 +54,8 @@ fn gemm_crate_forced() -> bool {
     *FORCED.get_or_init(|| std::env::var("COREFOCUS_GEMM").is_ok_and(|v| v == "crate"))
 }
 
-/// [`matmul_then`] on a chosen backend.
+/// `matmul` on a chosen backend, then `epilogue` (bias, GELU) on the result: fused into
+/// the product's last pass over each tile where our kernel runs.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_with(
     backend: Backend,
