@@ -1,9 +1,13 @@
 //! Inference attention at a training batch's and a request's sizes (MiniLM: 12 heads of
-//! 32), best of 10 rounds: a development aid for the attention kernel (issue 17).
+//! 32), best of 10 rounds, and at the training batch's size the training pair too (the
+//! forward keeping the probabilities, with dropout 0.1, then the backward): a
+//! development aid for the attention kernel (issue 17).
 //!
 //! `cargo run --release --example attention_speed [threads]`
 fn main() {
-    use corefocus::kernels::attention::{attention_forward, AttnDims};
+    use corefocus::kernels::attention::{
+        attention_backward, attention_forward, AttnDims, AttnDropout,
+    };
     use std::time::Instant;
     let threads: usize = std::env::args()
         .nth(1)
@@ -47,6 +51,35 @@ fn main() {
             "attention {batch} x {t}, {threads} threads: {:.3} ms, {:.1} GFLOP/s",
             best * 1e3,
             flops / best / 1e9
+        );
+        if t < 512 {
+            continue;
+        }
+        let dropout = Some(AttnDropout { p: 0.1, seed: 7 });
+        let mut probs = vec![0.0f32; batch * heads * t * t];
+        let (mut dq, mut dk, mut dv) = (vec![0.0f32; n], vec![0.0f32; n], vec![0.0f32; n]);
+        let dctx: Vec<f32> = (0..n).map(|i| val(i, 4)).collect();
+        let (mut best_fwd, mut best_bwd) = (f64::MAX, f64::MAX);
+        pool.install(|| {
+            for _ in 0..5 {
+                let start = Instant::now();
+                let p = Some(probs.as_mut_slice());
+                attention_forward(dims, &q, &k, &v, &counts, scale, dropout, p, &mut ctx, None);
+                best_fwd = best_fwd.min(start.elapsed().as_secs_f64());
+                let start = Instant::now();
+                attention_backward(
+                    dims, &q, &k, &v, &counts, scale, dropout, &probs, &dctx, &mut dq, &mut dk,
+                    &mut dv,
+                );
+                best_bwd = best_bwd.min(start.elapsed().as_secs_f64());
+            }
+        });
+        println!(
+            "training attention {batch} x {t}, {threads} threads: forward {:.3} ms ({:.1} GFLOP/s), backward {:.3} ms ({:.1} GFLOP/s)",
+            best_fwd * 1e3,
+            flops / best_fwd / 1e9,
+            best_bwd * 1e3,
+            2.0 * flops / best_bwd / 1e9
         );
     }
 }

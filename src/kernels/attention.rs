@@ -55,7 +55,9 @@ pub struct Importance<'a> {
 /// Forward. `ctx` (`[B, q_len, H*dh]`) is overwritten with dropout(P)·V where
 /// P = softmax(scale · q kᵀ) over the valid slots. When `probs` is given
 /// (`[B, H, q_len, kv_len]`), P (before dropout, masked slots 0) is stored there for the
-/// backward pass; without it the kernel keeps only per-thread scratch (inference).
+/// backward pass, negated where dropout drops the element (P >= 0, so the sign carries
+/// the mask: the backward reads it instead of hashing every element again); without it
+/// the kernel keeps only per-thread scratch (inference).
 #[allow(clippy::too_many_arguments)]
 pub fn attention_forward(
     d: AttnDims,
@@ -161,7 +163,7 @@ pub fn attention_forward(
                                 let stored = &mut stored[..kvc];
                                 match mask {
                                     Some(mask) => {
-                                        mask.store_scaled_and_apply(row, inv, stored, base)
+                                        mask.store_signed_and_apply(row, inv, stored, base)
                                     }
                                     None => store_scaled(row, inv, stored),
                                 }
@@ -312,8 +314,7 @@ pub fn attention_backward(
                 width,
             );
             let p_plane = &probs[bh * plane..(bh + 1) * plane];
-            let mask = dropout.map(|dr| Mask::new(dr.p, dr.seed));
-            let plane_base = (bh * plane) as u64;
+            let keep_scale = dropout.map(|dr| 1.0 / (1.0 - dr.p));
             let stride = padded_len(kvc);
             pack_transposed(view.v, stride, &mut scratch.packed);
             // dK and dV of this head, summed over the query blocks: [kv_len, dh], the
@@ -328,14 +329,14 @@ pub fn attention_backward(
                 let bufs = scratch.buffers(rows * stride, rows * head_dim);
                 let (pd_buf, ds_buf, dq_rows) = (bufs.a, bufs.b, bufs.out);
                 let vt = MatRef::strided(bufs.packed, head_dim, stride, stride);
-                // P_drop of the block: the stored P through the recomputed mask.
-                let p_drop: MatRef = match mask {
-                    Some(mask) => {
+                // P_drop of the block: the stored P where its sign says kept, scaled.
+                let p_drop: MatRef = match keep_scale {
+                    Some(keep_scale) => {
                         for r in 0..rows {
-                            mask.apply_into(
+                            kept_scaled(
                                 &p_rows[r * kv_len..r * kv_len + kvc],
+                                keep_scale,
                                 &mut pd_buf[r * stride..r * stride + kvc],
-                                plane_base + ((i0 + r) * kv_len) as u64,
                             );
                         }
                         MatRef::strided(pd_buf, rows, kvc, stride)
@@ -349,7 +350,7 @@ pub fn attention_backward(
                 // dS = scale (P_drop ⊙ dP_drop - P Σ_j P_drop dP_drop), row by row.
                 for r in 0..rows {
                     let p_row = &p_rows[r * kv_len..r * kv_len + kvc];
-                    let pd_row = match mask {
+                    let pd_row = match keep_scale {
                         Some(_) => &pd_buf[r * stride..r * stride + kvc],
                         None => p_row,
                     };
@@ -784,15 +785,27 @@ simd_fn! {
 }
 
 simd_fn! {
+    /// `p_drop = max(stored, 0) · keep_scale`: the dropped-out probabilities from the
+    /// stored ones (negative where dropped; a dropped P of 0 is stored as -0, whose
+    /// maximum with 0 is a zero either way).
+    fn kept_scaled(stored: &[f32], keep_scale: f32, p_drop: &mut [f32]) {
+        for (d, &s) in p_drop.iter_mut().zip(stored) {
+            *d = s.max(0.0) * keep_scale;
+        }
+    }
+}
+
+simd_fn! {
     /// In place: `ds = scale · (p_drop ⊙ dp_drop - p · Σ_j p_drop_j dp_drop_j)`, the
     /// gradient of the scores given `dp_drop` (on entry), the gradient with respect to
     /// the dropped-out probabilities `p_drop = p ⊙ mask / (1-p)` (`p_drop = p` without
     /// dropout). This is `scale · p ⊙ (dp - Σ_j dp_j p_j)` with `dp = dp_drop ⊙ mask /
-    /// (1-p)` the gradient with respect to `p`, written without the mask.
+    /// (1-p)` the gradient with respect to `p`, written without the mask. `p` is as
+    /// stored (negated where dropped), hence its absolute value.
     fn softmax_grad_row(p: &[f32], p_drop: &[f32], ds: &mut [f32], scale: f32) {
         let dot = lane_dot(ds, p_drop);
         for ((g, &pv), &pd) in ds.iter_mut().zip(p).zip(p_drop) {
-            *g = scale * (pd * *g - pv * dot);
+            *g = scale * (pd * *g - pv.abs() * dot);
         }
     }
 }
@@ -853,10 +866,13 @@ mod tests {
                     for j in 0..kvc {
                         let pij = (scores[j] - max).exp() / z;
                         let index = (bh * q_len + i) * kv_len + j;
-                        probs[index] = pij;
                         importance[bh * kv_len + j] += w * pij;
+                        let dropped =
+                            dropout.is_some_and(|dr| mask_uniform(dr.seed, index as u64) < dr.p);
+                        // As stored: negated where dropped.
+                        probs[index] = if dropped { -pij } else { pij };
                         let pd = match dropout {
-                            Some(dr) if mask_uniform(dr.seed, index as u64) < dr.p => 0.0,
+                            Some(_) if dropped => 0.0,
                             Some(dr) => pij / (1.0 - dr.p as f64),
                             None => pij,
                         };
@@ -1120,8 +1136,11 @@ mod tests {
         let none = run_forward(&c, None, true);
         assert_ne!(a.ctx, none.ctx);
         assert_ne!(a.ctx, b.ctx);
-        // Probabilities and importance are taken before dropout.
-        assert_eq!(a.probs, none.probs);
+        // Probabilities and importance are taken before dropout: the stored ones differ
+        // from those without dropout only in the sign of the dropped elements.
+        let abs = |p: &[f32]| p.iter().map(|x| x.abs()).collect::<Vec<_>>();
+        assert_eq!(abs(&a.probs), none.probs);
+        assert!(a.probs.iter().any(|&x| x < 0.0));
         assert_eq!(a.importance, none.importance);
     }
 

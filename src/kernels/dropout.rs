@@ -1,5 +1,6 @@
 //! Inverted dropout whose mask is a pure function of (seed, element index), so backward
-//! recomputes it instead of storing it.
+//! recomputes it instead of storing it (attention's backward reads it from the sign of
+//! the probabilities its forward stores: `Mask::store_signed_and_apply`).
 //!
 //! The mask of element `n` is `mask_uniform(seed, n) < p`. The uniform comes from a
 //! 32-bit hash that vectorises (8 lanes of 32-bit multiplies with AVX2), keyed per
@@ -76,29 +77,11 @@ impl Mask {
         });
     }
 
-    /// `dst[i] = 0` where element `base + i` is dropped, else `src[i] * keep_scale`.
-    pub(crate) fn apply_into(&self, src: &[f32], dst: &mut [f32], base: u64) {
-        assert_eq!(
-            src.len(),
-            dst.len(),
-            "dropout: src and dst differ in length"
-        );
-        self.for_each_block(base, src.len(), |range, key, low| {
-            mask_copy(
-                &src[range.clone()],
-                &mut dst[range],
-                key,
-                low,
-                self.threshold,
-                self.keep_scale,
-            )
-        });
-    }
-
-    /// `stored[i] = x[i] * factor`, and in place `x[i] = 0` where element `base + i` is
-    /// dropped, else `x[i] * keep_scale` (without `factor`): one pass for attention
-    /// rows whose normalised copy is kept and whose unnormalised values go on.
-    pub(crate) fn store_scaled_and_apply(
+    /// `stored[i] = x[i] * factor`, negated where element `base + i` is dropped, and in
+    /// place `x[i] = 0` where it is dropped, else `x[i] * keep_scale` (without
+    /// `factor`): one pass for attention rows whose normalised copy is kept (its sign
+    /// the mask, for the backward) and whose unnormalised values go on.
+    pub(crate) fn store_signed_and_apply(
         &self,
         x: &mut [f32],
         factor: f32,
@@ -156,15 +139,6 @@ simd_fn! {
 }
 
 simd_fn! {
-    fn mask_copy(src: &[f32], dst: &mut [f32], key: u32, low: u32, threshold: f32, keep_scale: f32) {
-        for (i, (d, &s)) in dst.iter_mut().zip(src).enumerate() {
-            let dropped = mask_bits(key, low + i as u32) < threshold;
-            *d = if dropped { 0.0 } else { s * keep_scale };
-        }
-    }
-}
-
-simd_fn! {
     #[allow(clippy::too_many_arguments)]
     fn mask_store(
         x: &mut [f32],
@@ -176,8 +150,9 @@ simd_fn! {
         keep_scale: f32,
     ) {
         for (i, (v, st)) in x.iter_mut().zip(stored.iter_mut()).enumerate() {
-            *st = *v * factor;
             let dropped = mask_bits(key, low + i as u32) < threshold;
+            let scaled = *v * factor;
+            *st = if dropped { -scaled } else { scaled };
             *v = if dropped { 0.0 } else { *v * keep_scale };
         }
     }
@@ -251,18 +226,16 @@ mod tests {
         dropout_forward(b, p, seed, offset + 5000);
         assert_eq!(halves, y);
 
-        // `apply_into` and `store_scaled_and_apply` agree with the in-place form, also
-        // at an unaligned base.
+        // `store_signed_and_apply` agrees with the in-place form, also at an unaligned
+        // base, and stores the scaled input negated exactly where it drops.
         let mask = Mask::new(p, seed);
-        let mut copied = vec![f32::NAN; n - 7];
-        mask.apply_into(&x[7..], &mut copied, offset + 7);
-        assert_eq!(copied, y[7..]);
         let mut masked = x[7..].to_vec();
         let mut stored = vec![f32::NAN; n - 7];
-        mask.store_scaled_and_apply(&mut masked, 0.5, &mut stored, offset + 7);
+        mask.store_signed_and_apply(&mut masked, 0.5, &mut stored, offset + 7);
         assert_eq!(masked, y[7..]);
-        for (s, &v) in stored.iter().zip(&x[7..]) {
-            assert_eq!(*s, v * 0.5);
+        for ((s, &v), &kept) in stored.iter().zip(&x[7..]).zip(&y[7..]) {
+            let want = if kept == 0.0 { -(v * 0.5) } else { v * 0.5 };
+            assert_eq!(s.to_bits(), want.to_bits());
         }
 
         // A different seed gives a different mask.
