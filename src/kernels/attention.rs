@@ -134,7 +134,7 @@ pub fn attention_forward(
                     // The block's probabilities (row stride `stride`): scores, then
                     // exponentials, then dropout, all in place.
                     let bufs = scratch.buffers(rows * stride, rows * head_dim);
-                    let (block, ctx_rows) = (bufs.a, bufs.out);
+                    let (block, ctx_rows, staged) = (bufs.a, bufs.out, &mut bufs.b[..kvc]);
                     let kt = MatRef::strided(bufs.packed, head_dim, stride, stride);
                     matmul_tiles(block, stride, view.q.rows_from(i0, rows), kt, false);
                     // Row r of the block ends up as e^(s - max) (through the dropout
@@ -160,13 +160,17 @@ pub fn attention_forward(
                             (Some(p), mask) => {
                                 let stored = &mut p[i * kv_len..(i + 1) * kv_len];
                                 stored[kvc..].fill(0.0);
-                                let stored = &mut stored[..kvc];
+                                // Staged in L1, then streamed past the caches: the
+                                // backward reads P long after, and a plain store would
+                                // first read each line it writes (P is 100 MB per layer
+                                // at MiniLM 8 x 512).
                                 match mask {
                                     Some(mask) => {
-                                        mask.store_signed_and_apply(row, inv, stored, base)
+                                        mask.store_signed_and_apply(row, inv, staged, base)
                                     }
-                                    None => store_scaled(row, inv, stored),
+                                    None => store_scaled(row, inv, staged),
                                 }
+                                stream_into(staged, &mut stored[..kvc]);
                             }
                             (None, Some(mask)) => mask.apply(row, base),
                             (None, None) => {}
@@ -186,8 +190,51 @@ pub fn attention_forward(
                 if let Some((_, out)) = importance_acc.take() {
                     finish_importance(out, &scratch.acc[..kvc], weight_total);
                 }
+                // The streaming stores are weakly ordered: complete them before the task
+                // ends (rayon's join then publishes them to whichever thread reads P).
+                stream_fence();
             },
         );
+}
+
+/// `dst = src`, the bulk of it with non-temporal (streaming) stores where the CPU has
+/// AVX-512: lines of `dst` are written without being read first or kept in cache.
+/// Call [`stream_fence`] before other threads may read `dst`.
+fn stream_into(src: &[f32], dst: &mut [f32]) {
+    assert_eq!(src.len(), dst.len(), "stream_into: lengths differ");
+    #[cfg(target_arch = "x86_64")]
+    if crate::kernels::gemm_x86::Isa::best() == crate::kernels::gemm_x86::Isa::Avx512 {
+        // Up to the first 64-byte boundary of dst plainly, then whole vectors.
+        let head = (dst.as_ptr().align_offset(64)).min(dst.len());
+        dst[..head].copy_from_slice(&src[..head]);
+        let body = (dst.len() - head) / 16 * 16;
+        // SAFETY: AVX-512F is present (`Isa::best`); the loop reads src[head..head +
+        // body] and writes dst[head..head + body], in bounds, dst 64-byte aligned there.
+        unsafe { stream_avx512(&src[head..head + body], &mut dst[head..head + body]) };
+        dst[head + body..].copy_from_slice(&src[head + body..]);
+        return;
+    }
+    dst.copy_from_slice(src);
+}
+
+/// # Safety
+/// AVX-512F is available; `dst` is 64-byte aligned and as long as `src`, a multiple of 16.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn stream_avx512(src: &[f32], dst: &mut [f32]) {
+    use std::arch::x86_64::*;
+    for (s, d) in src.chunks_exact(16).zip(dst.chunks_exact_mut(16)) {
+        _mm512_stream_ps(d.as_mut_ptr(), _mm512_loadu_ps(s.as_ptr()));
+    }
+}
+
+/// Orders this thread's earlier streaming stores before its later stores.
+fn stream_fence() {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: SSE is part of x86_64.
+    unsafe {
+        std::arch::x86_64::_mm_sfence()
+    };
 }
 
 /// The optional `[B, H, q_len, kv_len]` probabilities split into one slot per (b, h) task
@@ -1123,6 +1170,28 @@ mod tests {
         // Example 0 uses every slot, 1 and 2 fewer; q_len != kv_len (gathered keys).
         let c = case(dims(3, 6, 5, 2, 3), &[5, 3, 1], 10);
         check(&c, None);
+    }
+
+    #[test]
+    fn stream_into_copies_at_every_alignment_and_length() {
+        let src: Vec<f32> = (0..200).map(|i| i as f32 * 0.5 - 7.0).collect();
+        let mut buf = vec![f32::NAN; 240];
+        for start in 0..17 {
+            for len in [0, 1, 15, 16, 17, 31, 33, 64, 100, 200 - 17] {
+                buf.iter_mut().for_each(|x| *x = f32::NAN);
+                stream_into(&src[..len], &mut buf[start..start + len]);
+                stream_fence();
+                assert_eq!(
+                    &buf[start..start + len],
+                    &src[..len],
+                    "start {start} len {len}"
+                );
+                assert!(buf[..start]
+                    .iter()
+                    .chain(&buf[start + len..])
+                    .all(|x| x.is_nan()));
+            }
+        }
     }
 
     #[test]
