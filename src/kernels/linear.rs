@@ -1,5 +1,6 @@
 //! Fully connected layer in PyTorch layout: `y = x Wᵀ + b`, `W` is `[out, in]`.
 
+use super::fastmath::simd_fn;
 use super::matmul::{
     matmul, matmul_packed, matmul_with, Backend, Epilogue, MatRef, PackedRhs, Par,
 };
@@ -105,21 +106,39 @@ pub fn linear_backward(
     }
 }
 
-/// `acc[c] += Σ_r m[r, c]`, parallel over column blocks.
+/// `acc[c] += Σ_r m[r, c]`: each rayon task sums a range of whole rows into its own
+/// partial row (contiguous, vectorised adds, `m` read once in order), and the partials
+/// are added into `acc` in task order, so the result does not depend on the threads.
+/// (Column blocks, the earlier form, read 256 bytes per row at the row stride: a
+/// one-off timing on two threads, `m` in cache, 4096 x 1536: 1.52 -> 0.59 ms.)
 pub fn column_sums_into(m: &[f32], rows: usize, cols: usize, acc: &mut [f32]) {
-    const BLOCK: usize = 64;
-    acc[..cols]
-        .par_chunks_mut(BLOCK)
-        .enumerate()
-        .for_each(|(bi, a)| {
-            let c0 = bi * BLOCK;
-            for r in 0..rows {
-                let row = &m[r * cols + c0..r * cols + c0 + a.len()];
-                for (x, y) in a.iter_mut().zip(row) {
-                    *x += *y;
-                }
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    // Rows per task: enough to outweigh a partial row's allocation and final add.
+    let rows_per_task = (rows / 8).clamp(64, 1024).max(1);
+    let partials: Vec<Vec<f32>> = m[..rows * cols]
+        .par_chunks(rows_per_task * cols)
+        .map(|block| {
+            let mut part = vec![0.0f32; cols];
+            for row in block.chunks_exact(cols) {
+                add_row(&mut part, row);
             }
-        });
+            part
+        })
+        .collect();
+    for part in &partials {
+        add_row(&mut acc[..cols], part);
+    }
+}
+
+simd_fn! {
+    /// `acc += row`, element by element.
+    fn add_row(acc: &mut [f32], row: &[f32]) {
+        for (a, &r) in acc.iter_mut().zip(row) {
+            *a += r;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -146,6 +165,23 @@ mod tests {
             }
         }
         y
+    }
+
+    #[test]
+    fn column_sums_over_many_row_blocks_match_f64_and_add_to_acc() {
+        // 1000 rows: several rayon tasks (of 125 rows), each with its partial row.
+        for (rows, cols) in [(1000, 37), (3, 5), (0, 4), (4, 0)] {
+            let m = random_vec((rows * 31 + cols) as u64, rows * cols, 1.0);
+            let mut acc = vec![0.5f32; cols];
+            column_sums_into(&m, rows, cols, &mut acc);
+            for (c, &got) in acc.iter().enumerate() {
+                let want = 0.5 + (0..rows).map(|r| m[r * cols + c] as f64).sum::<f64>();
+                assert!(
+                    (got as f64 - want).abs() < 1e-4,
+                    "{rows}x{cols} col {c}: {got} vs {want}"
+                );
+            }
+        }
     }
 
     #[test]
