@@ -38,6 +38,7 @@
 use super::epilogue::Epilogue;
 use super::fastmath::avx512::gelu_ps;
 use super::matref::MatRef;
+use super::workspace;
 use rayon::prelude::*;
 use std::arch::x86_64::*;
 use std::cell::RefCell;
@@ -446,6 +447,60 @@ pub fn gemm_with_blocking(
         // m x n result lie inside their slices (checked above), and `dst` is borrowed
         // mutably.
         unsafe { serial(isa, blocking, c, a_op, b_op, m, n, k, accumulate, epilogue) };
+        return;
+    }
+    // A long inner dimension (a weight gradient's k is the batch's rows) is split instead
+    // where that packs less: with rows (columns) split, every part packs all of B (A);
+    // with k split, each packs its share of both, and the parts' sums are added after.
+    let other = if split_rows { n } else { m };
+    let packed_splitting_rows_or_columns = k * (len.div_ceil(parts) + other);
+    let packed_splitting_depth = k.div_ceil(parts) * (m + n) + m * n;
+    if packed_splitting_depth * 5 < packed_splitting_rows_or_columns * 4 {
+        let depth = k.div_ceil(parts);
+        // Part 0 sums into dst as asked; part t > 0 into partials[t - 1].
+        let mut partials: Vec<Vec<f32>> = (1..parts).map(|_| workspace::take(m * n)).collect();
+        let partial_dsts: Vec<Dst> = partials
+            .iter_mut()
+            .map(|p| Dst {
+                ptr: p.as_mut_ptr(),
+                ld: n,
+            })
+            .collect();
+        (0..parts).into_par_iter().for_each(|t| {
+            let (c, a_op, b_op) = (c, a_op, b_op);
+            let k0 = t * depth;
+            // parts <= k (k > m + n here), so every part has a share of the depth.
+            let kc = depth.min(k - k0);
+            let (into, accumulate) = match t {
+                0 => (c, accumulate),
+                _ => (partial_dsts[t - 1], false),
+            };
+            // SAFETY: as above for the whole product; part t reads columns k0 .. k0 + kc
+            // of a and the matching rows of b, and writes only its own destination (dst
+            // for part 0, its partial buffer of m x n for the others).
+            unsafe {
+                serial(
+                    isa,
+                    blocking,
+                    into,
+                    a_op.at(0, k0),
+                    b_op.at(k0, 0),
+                    m,
+                    n,
+                    kc,
+                    accumulate,
+                    Epilogue::default(),
+                )
+            };
+        });
+        for partial in partials {
+            for (r, row) in partial.chunks_exact(n).enumerate() {
+                let out = &mut dst[r * ldc..r * ldc + n];
+                out.iter_mut().zip(row).for_each(|(d, &p)| *d += p);
+            }
+            workspace::recycle(partial);
+        }
+        epilogue.apply_all(dst, ldc, m, n);
         return;
     }
     let per_part = tiles.div_ceil(parts) * unit;
@@ -1548,6 +1603,44 @@ mod tests {
         // Both split directions with the rayon pool.
         check(300, 20, 50, 0, 1, 2);
         check(20, 300, 50, 1, 0, 2);
+        // A long inner dimension: split in depth (a weight gradient's shape; enough
+        // work for two and three parts), three parts leaving a shorter last share, the
+        // transposed A of a gradient.
+        check(64, 48, 4099, 1, 0, 2);
+        check(64, 48, 4099, 0, 0, 3);
+    }
+
+    #[test]
+    fn depth_split_accumulates_and_applies_the_epilogue_once() {
+        // Work for two parts, which pack less splitting k than splitting m.
+        let (m, n, k) = (64, 48, 5000);
+        let a_buf = buffer(5, m, k);
+        let b_buf = buffer(6, k, n);
+        let (a, b) = (view(&a_buf, m, k, 1), view(&b_buf, k, n, 0));
+        let want = naive(a, b);
+        let bias: Vec<f32> = (0..n).map(|j| 0.5 - 0.01 * j as f32).collect();
+        let ldc = n + 2;
+        let start: Vec<f32> = (0..m * ldc).map(|i| (i % 7) as f32 - 3.0).collect();
+        let mut got = start.clone();
+        let epilogue = Epilogue {
+            bias: Some(&bias),
+            gelu: false,
+        };
+        gemm(&mut got, ldc, a, b, true, 2, epilogue);
+        for i in 0..m {
+            for j in 0..n {
+                let w = start[i * ldc + j] as f64 + want[i * n + j] + bias[j] as f64;
+                let g = got[i * ldc + j] as f64;
+                assert!(
+                    (g - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                    "({i}, {j}) {g} vs {w}"
+                );
+            }
+            assert_eq!(
+                got[i * ldc + n..(i + 1) * ldc],
+                start[i * ldc + n..(i + 1) * ldc]
+            );
+        }
     }
 
     #[test]
