@@ -455,7 +455,7 @@ pub fn gemm_with_blocking(
     let other = if split_rows { n } else { m };
     let packed_splitting_rows_or_columns = k * (len.div_ceil(parts) + other);
     let packed_splitting_depth = k.div_ceil(parts) * (m + n) + m * n;
-    if packed_splitting_depth * 5 < packed_splitting_rows_or_columns * 4 {
+    if k > m + n && packed_splitting_depth * 5 < packed_splitting_rows_or_columns * 4 {
         let depth = k.div_ceil(parts);
         // Part 0 sums into dst as asked; part t > 0 into partials[t - 1].
         let mut partials: Vec<Vec<f32>> = (1..parts).map(|_| workspace::take(m * n)).collect();
@@ -469,7 +469,7 @@ pub fn gemm_with_blocking(
         (0..parts).into_par_iter().for_each(|t| {
             let (c, a_op, b_op) = (c, a_op, b_op);
             let k0 = t * depth;
-            // parts <= k (k > m + n here), so every part has a share of the depth.
+            // parts <= m + n < k, so every part has a share of the depth.
             let kc = depth.min(k - k0);
             let (into, accumulate) = match t {
                 0 => (c, accumulate),

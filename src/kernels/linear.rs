@@ -116,7 +116,7 @@ pub fn column_sums_into(m: &[f32], rows: usize, cols: usize, acc: &mut [f32]) {
         return;
     }
     // Rows per task: enough to outweigh a partial row's allocation and final add.
-    let rows_per_task = (rows / 8).clamp(64, 1024).max(1);
+    let rows_per_task = (rows / 8).clamp(64, 1024);
     let partials: Vec<Vec<f32>> = m[..rows * cols]
         .par_chunks(rows_per_task * cols)
         .map(|block| {

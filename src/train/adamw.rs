@@ -269,9 +269,10 @@ simd_fn! {
 }
 
 /// Global L2 norm of all gradients, computed in f64: the sums of squares of chunks of
-/// every tensor in parallel (the word embeddings alone are half of MiniLM's parameters,
-/// which as one task kept a thread busy ~14 ms while the other waited), added in chunk
-/// order, so the result does not depend on how the work was shared.
+/// every tensor in parallel (the word embeddings alone are half of MiniLM's parameters:
+/// as one task, one thread summed their 11.7 M squares in a serial chain while the other
+/// waited), added in chunk order, so the result does not depend on how the work was
+/// shared.
 pub fn global_grad_norm(grads: &ParamStore) -> f64 {
     let chunks: Vec<&[f32]> = grads
         .tensors
