@@ -29,8 +29,9 @@ pub(crate) fn gelu(x: f32) -> f32 {
     x * normal_cdf(x, lower_tail)
 }
 
-/// d gelu / dx = Φ(x) + x φ(x).
-#[inline(always)]
+/// d gelu / dx = Φ(x) + x φ(x), on its own (the reference the tests hold
+/// [`gelu_forward_keeping_grad`]'s derivative to).
+#[cfg(test)]
 fn gelu_grad(x: f32) -> f32 {
     let (gauss, lower_tail) = gauss_and_lower_tail(x);
     normal_cdf(x, lower_tail) + x * (gauss * INV_SQRT_2PI)
@@ -54,9 +55,23 @@ simd_fn! {
 }
 
 simd_fn! {
-    fn gelu_grad_chunk(x: &[f32], dy: &[f32], dx: &mut [f32]) {
-        for ((d, &xv), &g) in dx.iter_mut().zip(x).zip(dy) {
-            *d = g * gelu_grad(xv);
+    /// `y = gelu(x)` and `x = gelu'(x)`, from one evaluation of the normal density and
+    /// tail per value (the same values as [`gelu`] and [`gelu_grad`]).
+    fn gelu_and_grad_chunk(x: &mut [f32], y: &mut [f32]) {
+        for (yv, xv) in y.iter_mut().zip(x.iter_mut()) {
+            let x0 = *xv;
+            let (gauss, lower_tail) = gauss_and_lower_tail(x0);
+            let cdf = normal_cdf(x0, lower_tail);
+            *yv = x0 * cdf;
+            *xv = cdf + x0 * (gauss * INV_SQRT_2PI);
+        }
+    }
+}
+
+simd_fn! {
+    fn scale_chunk(dy: &mut [f32], grad: &[f32]) {
+        for (d, &g) in dy.iter_mut().zip(grad) {
+            *d *= g;
         }
     }
 }
@@ -69,21 +84,28 @@ pub fn gelu_forward(x: &[f32], y: &mut [f32]) {
         .for_each(|(yc, xc)| gelu_chunk(xc, yc));
 }
 
-/// `dx = dy * gelu'(x)`; `dx` overwritten.
-pub fn gelu_backward(x: &[f32], dy: &[f32], dx: &mut [f32]) {
+/// The training forward: `y = gelu(x)`, and `x` overwritten by `gelu'(x)`, all the
+/// backward needs of the pre-activation ([`gelu_backward`]): the derivative shares the
+/// forward's exponential and tail, where computing it in the backward from `x` cost
+/// as much as the forward again.
+pub fn gelu_forward_keeping_grad(x: &mut [f32], y: &mut [f32]) {
+    assert_eq!(x.len(), y.len(), "gelu_forward: x and y differ in length");
+    y.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks_mut(CHUNK))
+        .for_each(|(yc, xc)| gelu_and_grad_chunk(xc, yc));
+}
+
+/// `dy *= gelu'(x)`, in place, with `grad` = gelu'(x) as [`gelu_forward_keeping_grad`]
+/// left it.
+pub fn gelu_backward(grad: &[f32], dy: &mut [f32]) {
     assert_eq!(
-        x.len(),
+        grad.len(),
         dy.len(),
-        "gelu_backward: x and dy differ in length"
+        "gelu_backward: grad and dy differ in length"
     );
-    assert_eq!(
-        x.len(),
-        dx.len(),
-        "gelu_backward: x and dx differ in length"
-    );
-    dx.par_chunks_mut(CHUNK)
-        .zip(x.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK)))
-        .for_each(|(dxc, (xc, dyc))| gelu_grad_chunk(xc, dyc, dxc));
+    dy.par_chunks_mut(CHUNK)
+        .zip(grad.par_chunks(CHUNK))
+        .for_each(|(dyc, gc)| scale_chunk(dyc, gc));
 }
 
 #[cfg(test)]
@@ -136,8 +158,21 @@ mod tests {
         let mut x = random_vec(5, 3000, 3.0);
         x.extend([0.0, 1.0, -1.0, 0.999, 1.001, -7.0, 6.0]);
         let dy = random_vec(6, x.len(), 1.0);
-        let mut dx = vec![0.0; x.len()];
-        gelu_backward(&x, &dy, &mut dx);
+        let mut grad = x.clone();
+        let mut y = vec![f32::NAN; x.len()];
+        gelu_forward_keeping_grad(&mut grad, &mut y);
+        // The forward it keeps the derivative from is the plain forward, bit for bit.
+        let mut plain = vec![f32::NAN; x.len()];
+        gelu_forward(&x, &mut plain);
+        assert_eq!(
+            y.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            plain.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
+        let mut dx = dy.clone();
+        gelu_backward(&grad, &mut dx);
+        for i in 0..x.len() {
+            assert_eq!(grad[i].to_bits(), gelu_grad(x[i]).to_bits(), "x = {}", x[i]);
+        }
         let x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
         let want: Vec<f64> = x64
             .iter()

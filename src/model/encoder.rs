@@ -9,7 +9,7 @@
 use super::layout::{FfnBlockIds, LayerIds, LinearIds, NormIds};
 use super::ops;
 use super::params::ParamStore;
-use crate::kernels::activations::{gelu_backward, gelu_forward};
+use crate::kernels::activations::{gelu_backward, gelu_forward, gelu_forward_keeping_grad};
 use crate::kernels::attention::{
     attention_backward, attention_forward, AttnDims, AttnDropout, Importance,
 };
@@ -150,7 +150,9 @@ pub struct FfnTape {
     ln1_mean: Vec<f32>,
     ln1_rstd: Vec<f32>,
     h1: Vec<f32>,
-    inter: Vec<f32>,
+    /// GELU's derivative at the pre-activation `W_1 h1 + b_1` (the pre-activation itself
+    /// is needed for nothing else).
+    gelu_grad: Vec<f32>,
     act: Vec<f32>,
     s2: Vec<f32>,
     ln2_mean: Vec<f32>,
@@ -164,7 +166,7 @@ impl FfnTape {
             &mut self.ln1_mean,
             &mut self.ln1_rstd,
             &mut self.h1,
-            &mut self.inter,
+            &mut self.gelu_grad,
             &mut self.act,
             &mut self.s2,
             &mut self.ln2_mean,
@@ -178,7 +180,7 @@ impl FfnTape {
             &self.ln1_mean,
             &self.ln1_rstd,
             &self.h1,
-            &self.inter,
+            &self.gelu_grad,
             &self.act,
             &self.s2,
             &self.ln2_mean,
@@ -200,8 +202,8 @@ impl Drop for FfnTape {
 
 /// `h1 = LN1(s1)`, `out = LN2(h1 + dropout(W_2 gelu(W_1 h1 + b_1) + b_2))` over `rows`
 /// rows of `s1` (the attention branch plus the residual). Returns `out` and the tape
-/// (complete only with `record`: without it, and with packed weights, the GELU is fused
-/// into the product and the pre-activation is not kept).
+/// (complete only with `record`, which keeps GELU's derivative at the pre-activation;
+/// without it, and with packed weights, the GELU is fused into the product).
 #[allow(clippy::too_many_arguments)]
 pub fn ffn_block_forward(
     p: &ParamStore,
@@ -220,11 +222,18 @@ pub fn ffn_block_forward(
         && timed(Kernel::Linear, || {
             ops::linear_gelu_packed(p, ids.ffn_in, &h1, rows, d, ffn, &mut act)
         });
-    let inter = if fused {
+    let gelu_grad = if fused {
         Vec::new()
     } else {
-        let inter = lin(p, ids.ffn_in, &h1, rows, d, ffn);
-        timed(Kernel::Gelu, || gelu_forward(&inter, &mut act));
+        let mut inter = lin(p, ids.ffn_in, &h1, rows, d, ffn);
+        if record {
+            // The pre-activation becomes GELU's derivative there, for the backward.
+            timed(Kernel::Gelu, || {
+                gelu_forward_keeping_grad(&mut inter, &mut act)
+            });
+        } else {
+            timed(Kernel::Gelu, || gelu_forward(&inter, &mut act));
+        }
         inter
     };
     let mut s2 = lin(p, ids.ffn_out, &act, rows, ffn, d);
@@ -240,7 +249,7 @@ pub fn ffn_block_forward(
         ln1_mean,
         ln1_rstd,
         h1,
-        inter,
+        gelu_grad,
         act,
         s2,
         ln2_mean,
@@ -294,11 +303,10 @@ pub fn ffn_block_backward(
         false,
         grads,
     );
-    let mut dinter = workspace::take(rows * ffn);
+    // dact becomes the gradient of the pre-activation, in place.
     timed(Kernel::GeluBackward, || {
-        gelu_backward(&tape.inter, &dact, &mut dinter)
+        gelu_backward(&tape.gelu_grad, &mut dact)
     });
-    drop_vec(dact);
     drop_vec(ds2);
     lin_back(
         p,
@@ -307,12 +315,12 @@ pub fn ffn_block_backward(
         rows,
         d,
         ffn,
-        &dinter,
+        &dact,
         Some(&mut dh1),
         true,
         grads,
     );
-    drop_vec(dinter);
+    drop_vec(dact);
     // Attention LayerNorm.
     let ds1 = norm_back(
         p,
