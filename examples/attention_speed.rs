@@ -1,9 +1,10 @@
 //! Inference attention at a training batch's and a request's sizes (MiniLM: 12 heads of
 //! 32), best of 10 rounds, and at the training batch's size the training pair too (the
 //! forward keeping the probabilities, with dropout 0.1, then the backward): a
-//! development aid for the attention kernel (issue 17).
+//! development aid for the attention kernel (issue 17). With `cold`, 512 MB are written
+//! before each training call, so that its inputs come from memory as in a model's step.
 //!
-//! `cargo run --release --example attention_speed [threads]`
+//! `cargo run --release --example attention_speed [threads] [cold]`
 fn main() {
     use corefocus::kernels::attention::{
         attention_backward, attention_forward, AttnDims, AttnDropout,
@@ -13,6 +14,9 @@ fn main() {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(1);
+    let cold = std::env::args().nth(2).is_some_and(|a| a == "cold");
+    let mut flush = vec![0.0f32; if cold { 128 << 20 } else { 0 }];
+    let mut evict = move || flush.iter_mut().for_each(|x| *x += 1.0);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()
@@ -62,10 +66,12 @@ fn main() {
         let (mut best_fwd, mut best_bwd) = (f64::MAX, f64::MAX);
         pool.install(|| {
             for _ in 0..5 {
+                evict();
                 let start = Instant::now();
                 let p = Some(probs.as_mut_slice());
                 attention_forward(dims, &q, &k, &v, &counts, scale, dropout, p, &mut ctx, None);
                 best_fwd = best_fwd.min(start.elapsed().as_secs_f64());
+                evict();
                 let start = Instant::now();
                 attention_backward(
                     dims, &q, &k, &v, &counts, scale, dropout, &probs, &dctx, &mut dq, &mut dk,
