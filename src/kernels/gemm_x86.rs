@@ -116,14 +116,20 @@ impl Isa {
     /// Cache blocks for the kernel. The AVX-512 kernel wants deeper, shorter blocks:
     /// fewer passes over the C tiles per product, and its 32-column B panel fills L1
     /// sooner (`examples/gemm_tune.rs` on the model's shapes: 125-152 GFLOP/s on one
-    /// Xeon core at kc 768 / mc 48, 117-143 at the AVX2 kernel's 256 / 144).
+    /// Xeon core at kc 768 / mc 48, 117-143 at the AVX2 kernel's 256 / 144). With a
+    /// 2 MiB L2, B blocks of at most 512 columns (1.5 MiB at kc 768) stay in it while
+    /// every A block passes: `gemm_tune 5 768,48,2048 768,48,512` on that Xeon (two
+    /// runs), N = 1536 products 199-207 -> 205-218 GFLOP/s on one thread, 403-411 ->
+    /// 427-428 on two, bert-base's N = 3072 ones 204-206 -> 213-214 / 399-403 ->
+    /// 416-422, the rest unchanged. Other CPUs keep 2048 columns until measured. (The
+    /// packed inference products have no column blocks yet.)
     pub fn blocking(self) -> Blocking {
         match self {
             Isa::Avx2 => BLOCKING,
             Isa::Avx512 => Blocking {
                 kc: 768,
                 mc: 48,
-                nc: NC,
+                nc: if l2_bytes() >= 2 << 20 { 512 } else { NC },
             },
         }
     }
@@ -135,6 +141,26 @@ impl Isa {
             Isa::Avx512 => (Avx512::MR, Avx512::NR),
         }
     }
+}
+
+/// The size of the L2 cache of the CPU the process starts on (sysfs), 0 where unknown.
+fn l2_bytes() -> usize {
+    static L2: OnceLock<usize> = OnceLock::new();
+    *L2.get_or_init(|| {
+        let text = std::fs::read_to_string("/sys/devices/system/cpu/cpu0/cache/index2/size");
+        text.ok()
+            .and_then(|t| {
+                let t = t.trim();
+                let (digits, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit())?);
+                let scale = match unit {
+                    "K" => 1 << 10,
+                    "M" => 1 << 20,
+                    _ => return None,
+                };
+                Some(digits.parse::<usize>().ok()? * scale)
+            })
+            .unwrap_or(0)
+    })
 }
 
 /// What a kernel does besides its tile's arithmetic: a product's [`Epilogue`] applied in
