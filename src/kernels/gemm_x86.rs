@@ -121,8 +121,8 @@ impl Isa {
     /// every A block passes: `gemm_tune 5 768,48,2048 768,48,512` on that Xeon (two
     /// runs), N = 1536 products 199-207 -> 205-218 GFLOP/s on one thread, 403-411 ->
     /// 427-428 on two, bert-base's N = 3072 ones 204-206 -> 213-214 / 399-403 ->
-    /// 416-422, the rest unchanged. Other CPUs keep 2048 columns until measured. (The
-    /// packed inference products have no column blocks yet.)
+    /// 416-422, the rest unchanged. Other CPUs keep 2048 columns until measured.
+    /// Prepacked products with many rows take their panels in groups as wide.
     pub fn blocking(self) -> Blocking {
         match self {
             Isa::Avx2 => BLOCKING,
@@ -760,63 +760,75 @@ unsafe fn serial_packed_with<K: MicroKernel>(
     // of a 1 x 128 forward pass in perf's samples (every thread packed all of A).
     let in_place = K::TAKES_EXTRAS && prefetch && a.cs == 1 && a.rs > 0;
     let pack_len = if in_place { 0 } else { mc_step * b.kc_step };
+    // Many rows: B's panels in groups of the blocking's nc columns, each group's kc
+    // block staying in L2 while every A block passes (as `serial_with`'s column blocks).
+    // A request's rows: all panels at once, the weights streaming through with the
+    // prefetches below.
+    let group = if prefetch {
+        (panels.1 - panels.0).max(1)
+    } else {
+        (b.isa.blocking().nc / K::NR).max(1)
+    };
     with_pack_space(pack_len, 0, |pack_a, _| {
         for pc in (0..k).step_by(b.kc_step) {
             let kc = b.kc_step.min(k - pc);
             let overwrite = pc == 0 && !accumulate;
             let last_block = pc + kc == k;
             let b_block = b.data.as_ptr().add(pc * b.n_padded);
-            for ic in (0..m).step_by(mc_step) {
-                let mc = mc_step.min(m - ic);
-                let a_block = a.at(ic, pc);
-                // The weights come from L3 or memory (a model's are larger than L2):
-                // while one panel's tiles are computed, the next panel is fetched into
-                // L2, a share before each tile, and the first while A is packed (at
-                // 1 x 128 the products waited on the weights: 35% slower than with them
-                // in cache).
-                let panel_lines = kc * K::NR / 16;
-                if prefetch && panels.0 < panels.1 {
-                    let first = b_block.add(panels.0 * K::NR * kc);
-                    for line in 0..panel_lines {
-                        _mm_prefetch::<_MM_HINT_T1>(first.add(16 * line) as *const i8);
+            for g0 in (panels.0..panels.1).step_by(group) {
+                let panels = (g0, (g0 + group).min(panels.1));
+                for ic in (0..m).step_by(mc_step) {
+                    let mc = mc_step.min(m - ic);
+                    let a_block = a.at(ic, pc);
+                    // The weights come from L3 or memory (a model's are larger than L2):
+                    // while one panel's tiles are computed, the next panel is fetched into
+                    // L2, a share before each tile, and the first while A is packed (at
+                    // 1 x 128 the products waited on the weights: 35% slower than with them
+                    // in cache).
+                    let panel_lines = kc * K::NR / 16;
+                    if prefetch && panels.0 < panels.1 {
+                        let first = b_block.add(panels.0 * K::NR * kc);
+                        for line in 0..panel_lines {
+                            _mm_prefetch::<_MM_HINT_T1>(first.add(16 * line) as *const i8);
+                        }
                     }
-                }
-                if !in_place {
-                    pack(K::MR, pack_a, a_block.ptr, a_block.rs, a_block.cs, mc, kc);
-                }
-                let tiles = mc.div_ceil(K::MR);
-                let lines_per_tile = panel_lines.div_ceil(tiles);
-                for q in panels.0..panels.1 {
-                    let jr = q * K::NR;
-                    let b_panel = b_block.add(jr * kc);
-                    let next_panel =
-                        (prefetch && q + 1 < panels.1).then(|| b_panel.add(K::NR * kc));
-                    let nr = K::NR.min(n - jr);
-                    for (t, ir) in (0..mc).step_by(K::MR).enumerate() {
-                        let prefetch = match next_panel {
-                            Some(next) => {
-                                let first = (t * lines_per_tile).min(panel_lines);
-                                let lines = lines_per_tile.min(panel_lines - first);
-                                (next.add(16 * first), lines)
-                            }
-                            None => (std::ptr::null(), 0),
-                        };
-                        let mr = K::MR.min(mc - ir);
-                        let tile = c.ptr.add((ic + ir) * c.ld + jr);
-                        let a_tile = if in_place {
-                            (a_block.ptr.add(ir * a_block.rs), a_block.rs)
-                        } else {
-                            (pack_a.add(ir * kc) as *const f32, 0)
-                        };
-                        finish_tile::<K>(
-                            (kc, a_tile, b_panel),
-                            tile,
-                            c.ld,
-                            (mr, nr),
-                            overwrite,
-                            last_block.then_some((&epilogue, jr)),
-                            prefetch,
-                        );
+                    if !in_place {
+                        pack(K::MR, pack_a, a_block.ptr, a_block.rs, a_block.cs, mc, kc);
+                    }
+                    let tiles = mc.div_ceil(K::MR);
+                    let lines_per_tile = panel_lines.div_ceil(tiles);
+                    for q in panels.0..panels.1 {
+                        let jr = q * K::NR;
+                        let b_panel = b_block.add(jr * kc);
+                        let next_panel =
+                            (prefetch && q + 1 < panels.1).then(|| b_panel.add(K::NR * kc));
+                        let nr = K::NR.min(n - jr);
+                        for (t, ir) in (0..mc).step_by(K::MR).enumerate() {
+                            let prefetch = match next_panel {
+                                Some(next) => {
+                                    let first = (t * lines_per_tile).min(panel_lines);
+                                    let lines = lines_per_tile.min(panel_lines - first);
+                                    (next.add(16 * first), lines)
+                                }
+                                None => (std::ptr::null(), 0),
+                            };
+                            let mr = K::MR.min(mc - ir);
+                            let tile = c.ptr.add((ic + ir) * c.ld + jr);
+                            let a_tile = if in_place {
+                                (a_block.ptr.add(ir * a_block.rs), a_block.rs)
+                            } else {
+                                (pack_a.add(ir * kc) as *const f32, 0)
+                            };
+                            finish_tile::<K>(
+                                (kc, a_tile, b_panel),
+                                tile,
+                                c.ld,
+                                (mr, nr),
+                                overwrite,
+                                last_block.then_some((&epilogue, jr)),
+                                prefetch,
+                            );
+                        }
                     }
                 }
             }
@@ -1672,6 +1684,11 @@ mod tests {
     #[test]
     fn large_nc_split_and_empty_depth() {
         check(7, NC + NR + 3, 5, 0, 0, 1);
+        // Enough rows for several A blocks (also per thread: 1000 x 200 floats is more
+        // than a request's A block) and columns for several B blocks (the prepacked
+        // product's panel groups too), on one thread and two.
+        check(2000, 1100, 200, 0, 1, 1);
+        check(2000, 1100, 200, 0, 0, 2);
         let a = MatRef::new(&[], 3, 0);
         let b = MatRef::new(&[], 0, 4);
         let mut out = vec![f32::NAN; 12];
