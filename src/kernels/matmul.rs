@@ -33,17 +33,15 @@ pub fn matmul(
     accumulate: bool,
     par: Par,
 ) {
-    let no_epilogue = Epilogue::default();
-    let auto = Backend::Auto;
     matmul_with(
-        auto,
+        Backend::Auto,
         dst,
         dst_row_stride,
         a,
         b,
         accumulate,
         par,
-        no_epilogue,
+        Epilogue::default(),
     );
 }
 

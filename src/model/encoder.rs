@@ -231,10 +231,12 @@ pub fn ffn_block_forward(
             timed(Kernel::Gelu, || {
                 gelu_forward_keeping_grad(&mut inter, &mut act)
             });
+            inter
         } else {
             timed(Kernel::Gelu, || gelu_forward(&inter, &mut act));
+            drop_vec(inter);
+            Vec::new()
         }
-        inter
     };
     let mut s2 = lin(p, ids.ffn_out, &act, rows, ffn, d);
     if let Some(dr) = drop {
