@@ -8,6 +8,7 @@ use super::params::ParamStore;
 use crate::kernels::dropout::{dropout_backward, dropout_forward};
 use crate::kernels::embedding::{embedding_backward, embedding_forward};
 use crate::kernels::layernorm::{layernorm_backward, layernorm_forward};
+use crate::kernels::workspace;
 use rayon::prelude::*;
 
 /// What [`Model::embed_backward`] needs.
@@ -25,6 +26,12 @@ pub struct EmbedTape {
     rstd: Vec<f32>,
 }
 
+impl Drop for EmbedTape {
+    fn drop(&mut self) {
+        workspace::recycle(std::mem::take(&mut self.sum));
+    }
+}
+
 impl EmbedTape {
     /// Bytes of activations held.
     pub fn bytes(&self) -> usize {
@@ -40,10 +47,10 @@ impl Model {
         let (p, ids) = (&self.params, &self.layout.embeddings);
         let (bsz, n, d) = (batch.batch, batch.seq, self.bert.hidden_size);
         let rows_n = bsz * n;
-        let mut sum = vec![0.0f32; rows_n * d];
+        let mut sum = workspace::take(rows_n * d);
         embedding_forward(&batch.ids, p.data(ids.word), d, &mut sum);
         {
-            let mut typ = vec![0.0f32; rows_n * d];
+            let mut typ = workspace::take(rows_n * d);
             embedding_forward(&batch.type_ids, p.data(ids.token_type), d, &mut typ);
             let pos = p.data(ids.position);
             sum.par_chunks_mut(d)
@@ -55,8 +62,9 @@ impl Model {
                         e[i] += ty[i] + pr[i];
                     }
                 });
+            workspace::recycle(typ);
         }
-        let mut emb = vec![0.0f32; rows_n * d];
+        let mut emb = workspace::take(rows_n * d);
         let mut mean = vec![0.0f32; rows_n];
         let mut rstd = vec![0.0f32; rows_n];
         layernorm_forward(
@@ -95,11 +103,12 @@ impl Model {
         let (m, d) = (self.combination_tokens(), self.bert.hidden_size);
         let t = n + m;
         let ct = self.params.data(ct);
-        let mut x = vec![0.0f32; bsz * t * d];
+        let mut x = workspace::take(bsz * t * d);
         x.par_chunks_mut(t * d).enumerate().for_each(|(b, xb)| {
             xb[..n * d].copy_from_slice(&emb[b * n * d..(b + 1) * n * d]);
             xb[n * d..].copy_from_slice(ct);
         });
+        workspace::recycle(emb);
         x
     }
 
@@ -117,7 +126,7 @@ impl Model {
         let (bsz, n, d) = (tape.batch, tape.seq, self.bert.hidden_size);
         let t = n + self.combination_tokens();
         let rows_n = bsz * n;
-        let mut demb = vec![0.0f32; rows_n * d];
+        let mut demb = workspace::take(rows_n * d);
         for b in 0..bsz {
             demb[b * n * d..(b + 1) * n * d].copy_from_slice(&dx[b * t * d..b * t * d + n * d]);
         }
@@ -132,7 +141,7 @@ impl Model {
         if let Some(s) = noise.embeddings() {
             dropout_backward(&mut demb, self.bert.hidden_dropout_prob, s, 0);
         }
-        let mut dsum = vec![0.0f32; rows_n * d];
+        let mut dsum = workspace::take(rows_n * d);
         {
             let (dg, db) = grads.pair_mut(ids.norm.g, ids.norm.b);
             layernorm_backward(
@@ -158,5 +167,7 @@ impl Model {
         ] {
             embedding_backward(table_ids, &real, &dsum, d, grads.data_mut(table));
         }
+        workspace::recycle(demb);
+        workspace::recycle(dsum);
     }
 }

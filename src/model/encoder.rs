@@ -286,7 +286,7 @@ pub fn ffn_block_backward(
         d,
         grads,
     );
-    let mut dh1 = ds2.clone();
+    let mut dh1 = workspace::copy_of(&ds2);
     if let Some(dr) = drop {
         timed(Kernel::Dropout, || {
             dropout_backward(&mut ds2, dr.hidden_p, dr.ffn_out_seed(), 0)
@@ -567,7 +567,7 @@ pub fn layer_backward(
         drop,
         grads,
     );
-    let mut dx = ds1.clone();
+    let mut dx = workspace::copy_of(&ds1);
     if let Some(dr) = drop {
         timed(Kernel::Dropout, || {
             dropout_backward(&mut ds1, dr.hidden_p, dr.attn_out_seed(), 0)

@@ -167,6 +167,7 @@ impl Model {
         let (bsz, t) = (tape.embed.batch, tape.embed.seq + self.combination_tokens());
         let dx = self.pruned_layers_backward(&tape.pruned, dx, bsz, t, noise, grads);
         self.embed_backward(&tape.embed, &dx, noise, grads);
+        crate::kernels::workspace::recycle(dx);
     }
 
     /// What the combining module did in the step `tape` recorded, with the gradients
