@@ -14,7 +14,7 @@
 //! each elementwise pass would stream from memory again.
 
 use super::dropout::Mask;
-use super::fastmath::{exp2_f32, simd_fn};
+use super::fastmath::{exp2_f32, simd_fn, SubnormalsAsZero};
 use super::matmul::MatRef;
 use rayon::prelude::*;
 use tiles::{matmul_tiles, pack_transposed};
@@ -113,6 +113,8 @@ pub fn attention_forward(
         .for_each_init(
             Scratch::default,
             |scratch, (bh, (mut probs_bh, importance_bh))| {
+                // Probabilities below 2^-126 are 0 (see `SubnormalsAsZero`).
+                let _flush = SubnormalsAsZero::new();
                 let (b, h) = (bh / heads, bh % heads);
                 let kvc = kv_count[b];
                 let view = HeadViews::new(d, q, k, v, b, h, kvc);
@@ -351,6 +353,7 @@ pub fn attention_backward(
     (0..tasks)
         .into_par_iter()
         .for_each_init(Scratch::default, |scratch, bh| {
+            let _flush = SubnormalsAsZero::new();
             let (b, h) = (bh / heads, bh % heads);
             let kvc = kv_count[b];
             let view = HeadViews::new(d, q, k, v, b, h, kvc);
@@ -742,7 +745,8 @@ mod exp_avx512 {
     /// 1.5e-7 in f32), scaled by `vscalefps`, which takes the floor of `a` itself.
     /// Ten vector operations per 16 elements where `fastmath::exp2_f32`'s steps took
     /// thirteen (the exponentials were 3.5% of an 8 x 512 forward pass). Below
-    /// 2^-126 the result is subnormal or 0 (`exp2_f32` flushes it to 0).
+    /// 2^-126 the result is 0 under the attention tasks' `SubnormalsAsZero` (as
+    /// `exp2_f32` gives), subnormal or 0 without it.
     #[target_feature(enable = "avx512f,avx512dq")]
     pub(super) unsafe fn exp_shifted_sum(row: &mut [f32], scale: f32) -> f32 {
         if row.is_empty() {
@@ -1283,6 +1287,40 @@ mod tests {
             assert_eq!(&out.ctx[i * width..(i + 1) * width], &c.v[..width]);
         }
         check(&c, None);
+    }
+
+    /// Scores spread over hundreds of nats, as a trained model's: where e^(s - max)
+    /// would be subnormal the stored probability is exactly 0 (`SubnormalsAsZero`), the
+    /// outputs and gradients still match the reference, and every pool thread's
+    /// floating-point mode is as it was.
+    #[test]
+    fn underflowing_probabilities_are_zero_and_the_mode_is_restored() {
+        #[cfg(target_arch = "x86_64")]
+        let modes = || rayon::broadcast(|_| crate::kernels::fastmath::read_mxcsr());
+        #[cfg(target_arch = "x86_64")]
+        let before = modes();
+        let mut c = case(dims(2, 70, 40, 2, 8), &[40, 33], 61);
+        // Queries with positive entries, and every third key slot pushed far against
+        // them: its scores lie some 50-120 nats below the row's others, across the
+        // range where e^x is subnormal in f32 (-87 .. -103).
+        for x in c.q.iter_mut() {
+            *x = x.abs();
+        }
+        for (i, x) in c.k.iter_mut().enumerate() {
+            if (i / 16) % 3 == 0 {
+                *x = -60.0 + *x;
+            }
+        }
+        let out = run_forward(&c, None, true);
+        let valid = |idx: usize| idx % 40 < c.kv_count[idx / (2 * 70 * 40)];
+        let zeros = (0..out.probs.len())
+            .filter(|&i| valid(i) && out.probs[i] == 0.0)
+            .count();
+        assert!(zeros > 500, "only {zeros} probabilities underflowed");
+        assert!(out.probs.iter().all(|p| *p == 0.0 || p.is_normal()));
+        check(&c, None);
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(modes(), before);
     }
 
     #[test]
