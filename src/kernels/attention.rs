@@ -1308,7 +1308,7 @@ mod tests {
         }
         for (i, x) in c.k.iter_mut().enumerate() {
             if (i / 16) % 3 == 0 {
-                *x = -60.0 + *x;
+                *x -= 60.0;
             }
         }
         let out = run_forward(&c, None, true);
