@@ -992,7 +992,7 @@ unsafe fn serial_with<K: MicroKernel>(
                             let mr = K::MR.min(mc - ir);
                             let tile = c.ptr.add((ic + ir) * c.ld + jc + jr);
                             let a_src = if in_place {
-                                (a_block.ptr.add(ir * a_block.rs) as *const f32, a_block.rs)
+                                (a_block.ptr.add(ir * a_block.rs), a_block.rs)
                             } else {
                                 (pack_a.add(ir * kc) as *const f32, 0)
                             };
