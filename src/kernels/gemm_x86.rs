@@ -756,9 +756,11 @@ unsafe fn serial_packed_with<K: MicroKernel>(
     // With many rows the weights are read once per A block and stay in L2 after the
     // first: fetching them ahead only costs instructions.
     let prefetch = mc_step >= m;
-    // A request's rows in place where the kernel can read them so: packing them was ~7%
-    // of a 1 x 128 forward pass in perf's samples (every thread packed all of A).
-    let in_place = K::TAKES_EXTRAS && prefetch && a.cs == 1 && a.rs > 0;
+    // A's rows in place where the kernel can read them so: packing them was ~7% of a
+    // 1 x 128 forward pass in perf's samples (every thread packed all of A). With many
+    // rows, as in `serial_with`.
+    let in_place =
+        K::TAKES_EXTRAS && a.cs == 1 && a.rs > 0 && (prefetch || a_in_place::<K>(a.rs, a.cs));
     let pack_len = if in_place { 0 } else { mc_step * b.kc_step };
     // Many rows: B's panels in groups of the blocking's nc columns, each group's kc
     // block staying in L2 while every A block passes (as `serial_with`'s column blocks).
