@@ -77,6 +77,21 @@ impl Mask {
         });
     }
 
+    /// `out[i] = 0` where element `base + i` is dropped, else `x[i] * keep_scale`.
+    pub(crate) fn apply_into(&self, x: &[f32], out: &mut [f32], base: u64) {
+        assert_eq!(x.len(), out.len(), "dropout: x and out differ in length");
+        self.for_each_block(base, x.len(), |range, key, low| {
+            mask_into(
+                &x[range.clone()],
+                &mut out[range],
+                key,
+                low,
+                self.threshold,
+                self.keep_scale,
+            )
+        });
+    }
+
     /// `stored[i] = x[i] * factor`, negated where element `base + i` is dropped, and in
     /// place `x[i] = 0` where it is dropped, else `x[i] * keep_scale` (without
     /// `factor`): one pass for attention rows whose normalised copy is kept (its sign
@@ -139,6 +154,15 @@ simd_fn! {
 }
 
 simd_fn! {
+    fn mask_into(x: &[f32], out: &mut [f32], key: u32, low: u32, threshold: f32, keep_scale: f32) {
+        for (i, (o, &v)) in out.iter_mut().zip(x).enumerate() {
+            let dropped = mask_bits(key, low + i as u32) < threshold;
+            *o = if dropped { 0.0 } else { v * keep_scale };
+        }
+    }
+}
+
+simd_fn! {
     #[allow(clippy::too_many_arguments)]
     fn mask_store(
         x: &mut [f32],
@@ -174,6 +198,23 @@ pub fn dropout_forward(x: &mut [f32], p: f32, seed: u64, offset: u64) {
 /// Applies the same mask (and scale) to a gradient, in place.
 pub fn dropout_backward(dx: &mut [f32], p: f32, seed: u64, offset: u64) {
     dropout_forward(dx, p, seed, offset)
+}
+
+/// [`dropout_backward`] of `dy` into `dx` (overwritten), `dy` left as it is: for a
+/// residual block's output gradient, which goes on unmasked along the skip connection
+/// (a copy and then the mask in place took one more pass over both).
+pub fn dropout_backward_into(dy: &[f32], dx: &mut [f32], p: f32, seed: u64, offset: u64) {
+    assert_eq!(dy.len(), dx.len(), "dropout_backward_into: lengths differ");
+    debug_assert!((0.0..=1.0).contains(&p), "dropout probability {p}");
+    if p <= 0.0 {
+        dx.copy_from_slice(dy);
+        return;
+    }
+    let mask = Mask::new(p, seed);
+    dx.par_chunks_mut(CHUNK)
+        .zip(dy.par_chunks(CHUNK))
+        .enumerate()
+        .for_each(|(c, (out, chunk))| mask.apply_into(chunk, out, offset + (c * CHUNK) as u64));
 }
 
 #[cfg(test)]
@@ -225,6 +266,13 @@ mod tests {
         dropout_forward(a, p, seed, offset);
         dropout_forward(b, p, seed, offset + 5000);
         assert_eq!(halves, y);
+
+        // Out of place, the same bit for bit (and the input untouched), also with p = 0.
+        let mut into = vec![f32::NAN; n];
+        dropout_backward_into(&x, &mut into, p, seed, offset);
+        assert_eq!(into, y);
+        dropout_backward_into(&x, &mut into, 0.0, seed, offset);
+        assert_eq!(into, x);
 
         // `store_signed_and_apply` agrees with the in-place form, also at an unaligned
         // base, and stores the scaled input negated exactly where it drops.

@@ -135,14 +135,6 @@ pub fn take(len: usize) -> Vec<f32> {
     v
 }
 
-/// A pooled copy of `src` (instead of `src.to_vec()`, whose fresh pages fault in again
-/// every step and then displace the pool's own buffers when recycled).
-pub fn copy_of(src: &[f32]) -> Vec<f32> {
-    let mut v = take(src.len());
-    v.copy_from_slice(src);
-    v
-}
-
 /// Returns a buffer to the pool (small ones are simply freed), evicting the least
 /// recently recycled buffers when the pool would exceed its limit.
 pub fn recycle(v: Vec<f32>) {

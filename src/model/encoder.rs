@@ -13,7 +13,7 @@ use crate::kernels::activations::{gelu_backward, gelu_forward, gelu_forward_keep
 use crate::kernels::attention::{
     attention_backward, attention_forward, AttnDims, AttnDropout, Importance,
 };
-use crate::kernels::dropout::{dropout_backward, dropout_forward};
+use crate::kernels::dropout::{dropout_backward_into, dropout_forward};
 use crate::kernels::workspace;
 use crate::profile::{timed, Kernel};
 use crate::rng::mix64;
@@ -274,8 +274,9 @@ pub fn ffn_block_backward(
     drop: Option<LayerDropout>,
     grads: &mut ParamStore,
 ) -> Vec<f32> {
-    // Output LayerNorm: ds2 is the gradient of the residual sum (FFN branch + h1).
-    let mut ds2 = norm_back(
+    // Output LayerNorm: its input gradient is the residual sum's (FFN branch + h1); it
+    // goes on to h1 as it is, and through the dropout into the FFN branch.
+    let mut dh1 = norm_back(
         p,
         ids.ffn_norm,
         &tape.s2,
@@ -286,12 +287,13 @@ pub fn ffn_block_backward(
         d,
         grads,
     );
-    let mut dh1 = workspace::copy_of(&ds2);
-    if let Some(dr) = drop {
+    let dropped = drop.map(|dr| {
+        let mut ds2 = workspace::take(rows * d);
         timed(Kernel::Dropout, || {
-            dropout_backward(&mut ds2, dr.hidden_p, dr.ffn_out_seed(), 0)
+            dropout_backward_into(&dh1, &mut ds2, dr.hidden_p, dr.ffn_out_seed(), 0)
         });
-    }
+        ds2
+    });
     let mut dact = workspace::take(rows * ffn);
     lin_back(
         p,
@@ -300,7 +302,7 @@ pub fn ffn_block_backward(
         rows,
         ffn,
         d,
-        &ds2,
+        dropped.as_deref().unwrap_or(&dh1),
         Some(&mut dact),
         false,
         grads,
@@ -309,7 +311,9 @@ pub fn ffn_block_backward(
     timed(Kernel::GeluBackward, || {
         gelu_backward(&tape.gelu_grad, &mut dact)
     });
-    drop_vec(ds2);
+    if let Some(ds2) = dropped {
+        drop_vec(ds2);
+    }
     lin_back(
         p,
         ids.ffn_in,
@@ -556,7 +560,9 @@ pub fn layer_backward(
     let rows = batch * t;
     let krows = batch * kv.kmax;
 
-    let mut ds1 = ffn_block_backward(
+    // The attention block's output gradient: on to the layer's input as it is, and
+    // through the dropout into the attention branch.
+    let mut dx = ffn_block_backward(
         p,
         &ids.ffn_block(),
         &tape.ffn,
@@ -567,12 +573,13 @@ pub fn layer_backward(
         drop,
         grads,
     );
-    let mut dx = workspace::copy_of(&ds1);
-    if let Some(dr) = drop {
+    let dropped = drop.map(|dr| {
+        let mut ds1 = workspace::take(rows * d);
         timed(Kernel::Dropout, || {
-            dropout_backward(&mut ds1, dr.hidden_p, dr.attn_out_seed(), 0)
+            dropout_backward_into(&dx, &mut ds1, dr.hidden_p, dr.attn_out_seed(), 0)
         });
-    }
+        ds1
+    });
     let mut dctx = workspace::take(rows * d);
     lin_back(
         p,
@@ -581,12 +588,14 @@ pub fn layer_backward(
         rows,
         d,
         d,
-        &ds1,
+        dropped.as_deref().unwrap_or(&dx),
         Some(&mut dctx),
         false,
         grads,
     );
-    drop_vec(ds1);
+    if let Some(ds1) = dropped {
+        drop_vec(ds1);
+    }
 
     let adims = AttnDims {
         batch,
