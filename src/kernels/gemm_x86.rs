@@ -519,13 +519,19 @@ pub fn gemm_with_blocking(
                 )
             };
         });
-        for partial in partials {
-            for (r, row) in partial.chunks_exact(n).enumerate() {
-                let out = &mut dst[r * ldc..r * ldc + n];
-                out.iter_mut().zip(row).for_each(|(d, &p)| *d += p);
-            }
-            workspace::recycle(partial);
-        }
+        // The partial sums added row by row over the pool, in part order (each element
+        // as `dst + partial 1 + partial 2 ...`, whatever the split of the rows).
+        dst[..(m - 1) * ldc + n]
+            .par_chunks_mut(ldc)
+            .with_min_len(16)
+            .enumerate()
+            .for_each(|(r, out)| {
+                for partial in &partials {
+                    let row = &partial[r * n..(r + 1) * n];
+                    out[..n].iter_mut().zip(row).for_each(|(d, &p)| *d += p);
+                }
+            });
+        partials.into_iter().for_each(workspace::recycle);
         epilogue.apply_all(dst, ldc, m, n);
         return;
     }
