@@ -267,7 +267,7 @@ mod tests {
         dropout_forward(b, p, seed, offset + 5000);
         assert_eq!(halves, y);
 
-        // Out of place, the same bit for bit (and the input untouched), also with p = 0.
+        // Out of place, the same bit for bit, also with p = 0 (a plain copy).
         let mut into = vec![f32::NAN; n];
         dropout_backward_into(&x, &mut into, p, seed, offset);
         assert_eq!(into, y);

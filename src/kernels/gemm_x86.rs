@@ -762,11 +762,9 @@ unsafe fn serial_packed_with<K: MicroKernel>(
     // With many rows the weights are read once per A block and stay in L2 after the
     // first: fetching them ahead only costs instructions.
     let prefetch = mc_step >= m;
-    // A's rows in place where the kernel can read them so: packing them was ~7% of a
-    // 1 x 128 forward pass in perf's samples (every thread packed all of A). With many
-    // rows, as in `serial_with`.
-    let in_place =
-        K::TAKES_EXTRAS && a.cs == 1 && a.rs > 0 && (prefetch || a_in_place::<K>(a.rs, a.cs));
+    // A's rows in place where the kernel can read them so (packing them was ~7% of a
+    // 1 x 128 forward pass in perf's samples: every thread packed all of A).
+    let in_place = a_in_place::<K>(a, prefetch);
     let pack_len = if in_place { 0 } else { mc_step * b.kc_step };
     // Many rows: B's panels in groups of the blocking's nc columns, each group's kc
     // block staying in L2 while every A block passes (as `serial_with`'s column blocks).
@@ -822,13 +820,8 @@ unsafe fn serial_packed_with<K: MicroKernel>(
                             };
                             let mr = K::MR.min(mc - ir);
                             let tile = c.ptr.add((ic + ir) * c.ld + jr);
-                            let a_tile = if in_place {
-                                (a_block.ptr.add(ir * a_block.rs), a_block.rs)
-                            } else {
-                                (pack_a.add(ir * kc) as *const f32, 0)
-                            };
                             finish_tile::<K>(
-                                (kc, a_tile, b_panel),
+                                (kc, a_tile(in_place, a_block, pack_a, ir, kc), b_panel),
                                 tile,
                                 c.ld,
                                 (mr, nr),
@@ -989,7 +982,7 @@ unsafe fn serial_with<K: MicroKernel>(
                 for ic in (0..m).step_by(mc_step) {
                     let mc = mc_step.min(m - ic);
                     let a_block = a.at(ic, pc);
-                    let in_place = a_in_place::<K>(a_block.rs, a_block.cs);
+                    let in_place = a_in_place::<K>(a_block, false);
                     if !in_place {
                         pack(K::MR, pack_a, a_block.ptr, a_block.rs, a_block.cs, mc, kc);
                     }
@@ -999,13 +992,8 @@ unsafe fn serial_with<K: MicroKernel>(
                         for ir in (0..mc).step_by(K::MR) {
                             let mr = K::MR.min(mc - ir);
                             let tile = c.ptr.add((ic + ir) * c.ld + jc + jr);
-                            let a_src = if in_place {
-                                (a_block.ptr.add(ir * a_block.rs), a_block.rs)
-                            } else {
-                                (pack_a.add(ir * kc) as *const f32, 0)
-                            };
                             finish_tile::<K>(
-                                (kc, a_src, b_panel),
+                                (kc, a_tile(in_place, a_block, pack_a, ir, kc), b_panel),
                                 tile,
                                 c.ld,
                                 (mr, nr),
@@ -1024,10 +1012,30 @@ unsafe fn serial_with<K: MicroKernel>(
 /// Whether the micro-kernel reads A's rows where they are instead of a packed panel:
 /// where it can (AVX-512) and A is row-major. That saves the packing pass over A
 /// (training step 8 x 512: products -3%); the tile's rows are then separate streams,
-/// fine unless they are 4 KiB apart (rows a multiple of 1024 floats, e.g. 3072-wide
-/// FFN activations), where all of them would fall into one L1 set.
-fn a_in_place<K: MicroKernel>(row_stride: usize, col_stride: usize) -> bool {
-    K::TAKES_EXTRAS && col_stride == 1 && !row_stride.is_multiple_of(1024)
+/// fine for a request's few rows (`few_rows`) and otherwise unless they are 4 KiB apart
+/// (rows a multiple of 1024 floats, e.g. 3072-wide FFN activations), where all of a
+/// tile's would fall into one L1 set.
+fn a_in_place<K: MicroKernel>(a: Operand, few_rows: bool) -> bool {
+    K::TAKES_EXTRAS && a.cs == 1 && a.rs > 0 && (few_rows || !a.rs.is_multiple_of(1024))
+}
+
+/// The left operand of the tile whose first row is row `ir` of the A block `a_block`:
+/// A's rows in place (with their row stride), or the block's packed panel (`kc` deep).
+///
+/// # Safety
+/// `pack_a` holds the block packed when `in_place` is false; row `ir` lies in the block.
+unsafe fn a_tile(
+    in_place: bool,
+    a_block: Operand,
+    pack_a: *const f32,
+    ir: usize,
+    kc: usize,
+) -> (*const f32, usize) {
+    if in_place {
+        (a_block.ptr.add(ir * a_block.rs), a_block.rs)
+    } else {
+        (pack_a.add(ir * kc), 0)
+    }
 }
 
 /// Packs a `width x depth` slice of an operand into panels of `w_panel` (`W`) along the

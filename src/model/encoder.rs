@@ -287,13 +287,7 @@ pub fn ffn_block_backward(
         d,
         grads,
     );
-    let dropped = drop.map(|dr| {
-        let mut ds2 = workspace::take(rows * d);
-        timed(Kernel::Dropout, || {
-            dropout_backward_into(&dh1, &mut ds2, dr.hidden_p, dr.ffn_out_seed(), 0)
-        });
-        ds2
-    });
+    let dropped = branch_gradient(&dh1, drop.map(|dr| (dr.hidden_p, dr.ffn_out_seed())));
     let mut dact = workspace::take(rows * ffn);
     lin_back(
         p,
@@ -311,9 +305,7 @@ pub fn ffn_block_backward(
     timed(Kernel::GeluBackward, || {
         gelu_backward(&tape.gelu_grad, &mut dact)
     });
-    if let Some(ds2) = dropped {
-        drop_vec(ds2);
-    }
+    dropped.into_iter().for_each(drop_vec);
     lin_back(
         p,
         ids.ffn_in,
@@ -573,13 +565,7 @@ pub fn layer_backward(
         drop,
         grads,
     );
-    let dropped = drop.map(|dr| {
-        let mut ds1 = workspace::take(rows * d);
-        timed(Kernel::Dropout, || {
-            dropout_backward_into(&dx, &mut ds1, dr.hidden_p, dr.attn_out_seed(), 0)
-        });
-        ds1
-    });
+    let dropped = branch_gradient(&dx, drop.map(|dr| (dr.hidden_p, dr.attn_out_seed())));
     let mut dctx = workspace::take(rows * d);
     lin_back(
         p,
@@ -593,9 +579,7 @@ pub fn layer_backward(
         false,
         grads,
     );
-    if let Some(ds1) = dropped {
-        drop_vec(ds1);
-    }
+    dropped.into_iter().for_each(drop_vec);
 
     let adims = AttnDims {
         batch,
@@ -743,6 +727,18 @@ fn projections_backward(
     }
     drop_vec(dk);
     drop_vec(dv);
+}
+
+/// The gradient of a residual block's branch from that of its output `g`: through the
+/// branch's dropout (`(p, seed)`) into a new buffer, `g` left for the skip connection;
+/// `None` without dropout, where the branch reads `g` itself.
+fn branch_gradient(g: &[f32], dropout: Option<(f32, u64)>) -> Option<Vec<f32>> {
+    let (p, seed) = dropout?;
+    let mut out = workspace::take(g.len());
+    timed(Kernel::Dropout, || {
+        dropout_backward_into(g, &mut out, p, seed, 0)
+    });
+    Some(out)
 }
 
 /// Returns a large buffer to the activation pool as soon as it is dead (keeps peak

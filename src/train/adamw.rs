@@ -122,7 +122,12 @@ impl AdamW {
                 .zip(v.data.chunks_mut(CHUNK))
                 .zip(g.data.chunks(CHUNK));
             for (((p, m), v), g) in chunks {
-                let decay = (apply_decay && decayed).then_some(decay_factor);
+                // Without decay the factor is 1: `p * 1.0` is `p`, bit for bit.
+                let decay = if apply_decay && decayed {
+                    decay_factor
+                } else {
+                    1.0
+                };
                 items.push((p, m, v, g, decay, step_size));
             }
         }
@@ -137,10 +142,7 @@ impl AdamW {
         items
             .into_par_iter()
             .for_each(|(p, m, v, g, decay, step_size)| {
-                if let Some(f) = decay {
-                    p.iter_mut().for_each(|x| *x *= f);
-                }
-                update_chunk(p, m, v, g, rates, step_size);
+                update_chunk(p, m, v, g, rates, decay, step_size);
             });
     }
 
@@ -251,9 +253,18 @@ struct Rates {
 }
 
 simd_fn! {
-    /// The moment updates and the parameter step of one chunk, element by element (the
-    /// same operations in the same order at every vector width).
-    fn update_chunk(p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], r: Rates, step_size: f32) {
+    /// The decay, the moment updates and the parameter step of one chunk, element by
+    /// element (the same operations in the same order at every vector width).
+    #[allow(clippy::too_many_arguments)]
+    fn update_chunk(
+        p: &mut [f32],
+        m: &mut [f32],
+        v: &mut [f32],
+        g: &[f32],
+        r: Rates,
+        decay: f32,
+        step_size: f32,
+    ) {
         let n = p.len().min(m.len()).min(v.len()).min(g.len());
         let (p, m, v, g) = (&mut p[..n], &mut m[..n], &mut v[..n], &g[..n]);
         for i in 0..n {
@@ -263,7 +274,7 @@ simd_fn! {
             m[i] = mi;
             v[i] = vi;
             let denom = vi.sqrt() * r.inv_bc2_sqrt + r.eps;
-            p[i] -= step_size * mi / denom;
+            p[i] = p[i] * decay - step_size * mi / denom;
         }
     }
 }
