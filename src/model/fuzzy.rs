@@ -67,18 +67,35 @@ pub fn keep_count(t: usize, keep_ratio: f32) -> usize {
     (want.max(1.0) as usize).min(t)
 }
 
-/// Percentile `pct` (0..=100) of ascending `sorted` values with linear interpolation, as
-/// numpy's default (`method="linear"`): position `q (n - 1)` between neighbours, and
-/// numpy's two-sided lerp (from the upper neighbour when the fraction is >= 0.5).
-/// Panics on an empty slice (a programming error: an example always has a candidate).
-pub fn percentile_sorted(sorted: &[f64], pct: f64) -> f64 {
-    assert!(!sorted.is_empty(), "percentile of an empty set");
-    let n = sorted.len();
+/// Percentile `pct` (0..=100) of `values` with linear interpolation, as numpy's default
+/// (`method="linear"`): position `q (n - 1)` of the ascending order, between neighbours,
+/// and numpy's two-sided lerp (from the upper neighbour when the fraction is >= 0.5).
+/// The two neighbouring order statistics are selected in linear time rather than sorting
+/// (the fuzzy step takes two percentiles of every head's scores, per example and layer).
+/// `values` is left reordered. Panics on an empty slice (a programming error: an example
+/// always has a candidate).
+pub fn percentile(values: &mut [f64], pct: f64) -> f64 {
+    let (lo, hi, frac) = percentile_position(values.len(), pct);
+    let (_, &mut x0, above) = values.select_nth_unstable_by(lo, f64::total_cmp);
+    // The next order statistic is the least of those above the `lo`-th.
+    let x1 = match above.iter().copied().min_by(f64::total_cmp) {
+        Some(x1) if hi > lo => x1,
+        _ => x0,
+    };
+    numpy_lerp(x0, x1, frac)
+}
+
+/// The neighbours `lo`, `hi` of position `q (n - 1)` and the fraction between them.
+fn percentile_position(n: usize, pct: f64) -> (usize, usize, f64) {
+    assert!(n > 0, "percentile of an empty set");
     let pos = (pct / 100.0).clamp(0.0, 1.0) * (n - 1) as f64;
     let lo = (pos.floor() as usize).min(n - 1);
     let hi = (lo + 1).min(n - 1);
-    let frac = pos - lo as f64;
-    let (x0, x1) = (sorted[lo], sorted[hi]);
+    (lo, hi, pos - lo as f64)
+}
+
+/// numpy's two-sided lerp between neighbours `x0 <= x1`.
+fn numpy_lerp(x0: f64, x1: f64, frac: f64) -> f64 {
     let diff = x1 - x0;
     if frac >= 0.5 {
         x1 - diff * (1.0 - frac)
@@ -130,7 +147,13 @@ fn removal_mask(score: &[f64], protected: &[bool], n_remove: usize) -> Vec<bool>
     let t = score.len();
     let is_protected = |j: usize| protected.get(j).copied().unwrap_or(false);
     let mut removal_order: Vec<usize> = (0..t).filter(|&j| !is_protected(j)).collect();
-    removal_order.sort_by(|&x, &y| score[x].total_cmp(&score[y]).then(y.cmp(&x)));
+    // The order is total (ties by position), so the first `n_remove` are one definite
+    // set; selecting it is enough, their order among themselves does not matter.
+    if n_remove < removal_order.len() {
+        removal_order.select_nth_unstable_by(n_remove, |&x, &y| {
+            score[x].total_cmp(&score[y]).then(y.cmp(&x))
+        });
+    }
     let mut pruned = vec![false; t];
     for &j in removal_order.iter().take(n_remove) {
         pruned[j] = true;
@@ -187,9 +210,8 @@ pub fn select(
 
     let (a, b, importance, protected) = if cfg.fuzzy && t > 0 {
         let mut all: Vec<f64> = head_scores.iter().map(|&x| x as f64).collect();
-        all.sort_by(f64::total_cmp);
-        let a = percentile_sorted(&all, decimal_f64(cfg.pct_low));
-        let b = percentile_sorted(&all, decimal_f64(cfg.pct_high));
+        let a = percentile(&mut all, decimal_f64(cfg.pct_low));
+        let b = percentile(&mut all, decimal_f64(cfg.pct_high));
         let mean_score: Vec<f64> = head_sum.iter().map(|&s| s / heads as f64).collect();
         let (importance, protected) = fuzzy_membership(
             &mean_score,
@@ -313,25 +335,60 @@ mod tests {
 
     #[test]
     fn percentile_matches_numpy_linear() {
+        // Given in descending order: `percentile` must not rely on the input's order.
+        let pct = |values: &[f64], q: f64| {
+            let mut v: Vec<f64> = values.iter().rev().copied().collect();
+            percentile(&mut v, q)
+        };
         // numpy.percentile([1, 2, 3, 4], [25, 50, 75]) = [1.75, 2.5, 3.25]
         let x = [1.0, 2.0, 3.0, 4.0];
-        assert_eq!(percentile_sorted(&x, 25.0), 1.75);
-        assert_eq!(percentile_sorted(&x, 50.0), 2.5);
-        assert_eq!(percentile_sorted(&x, 75.0), 3.25);
+        assert_eq!(pct(&x, 25.0), 1.75);
+        assert_eq!(pct(&x, 50.0), 2.5);
+        assert_eq!(pct(&x, 75.0), 3.25);
         // numpy.percentile([0, 10, 30], [25, 75]) = [5, 20]; position hits no element.
         let y = [0.0, 10.0, 30.0];
-        assert_eq!(percentile_sorted(&y, 25.0), 5.0);
-        assert_eq!(percentile_sorted(&y, 75.0), 20.0);
+        assert_eq!(pct(&y, 25.0), 5.0);
+        assert_eq!(pct(&y, 75.0), 20.0);
         // numpy.percentile([0, 1, 2, 3, 4], 25) = 1 (exact element), 0 and 100 are the ends.
         let z = [0.0, 1.0, 2.0, 3.0, 4.0];
-        assert_eq!(percentile_sorted(&z, 25.0), 1.0);
-        assert_eq!(percentile_sorted(&z, 0.0), 0.0);
-        assert_eq!(percentile_sorted(&z, 100.0), 4.0);
+        assert_eq!(pct(&z, 25.0), 1.0);
+        assert_eq!(pct(&z, 0.0), 0.0);
+        assert_eq!(pct(&z, 100.0), 4.0);
         // numpy.percentile([2, 7, 9, 20, 21, 40], 30) = 8.0 (pos 1.5), 90 -> 30.5 (pos 4.5)
         let w = [2.0, 7.0, 9.0, 20.0, 21.0, 40.0];
-        assert_eq!(percentile_sorted(&w, 30.0), 8.0);
-        assert_eq!(percentile_sorted(&w, 90.0), 30.5);
-        assert_eq!(percentile_sorted(&[5.0], 25.0), 5.0);
+        assert_eq!(pct(&w, 30.0), 8.0);
+        assert_eq!(pct(&w, 90.0), 30.5);
+        assert_eq!(pct(&[5.0], 25.0), 5.0);
+    }
+
+    #[test]
+    fn percentile_by_selection_equals_percentile_of_the_sorted_values() {
+        // Scores with many exact ties and both signed zeros (`total_cmp` orders -0 < +0),
+        // at the sizes the fuzzy step sees (heads x candidates) and small ones.
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        for n in [1usize, 2, 3, 7, 64, 1536, 6144] {
+            let values: Vec<f64> = (0..n)
+                .map(|_| {
+                    state = state
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    match state >> 61 {
+                        0 => 0.0,
+                        1 => -0.0,
+                        _ => ((state >> 40) % 97) as f64 / 1024.0,
+                    }
+                })
+                .collect();
+            let mut sorted = values.clone();
+            sorted.sort_by(f64::total_cmp);
+            for q in [0.0, 0.1, 12.5, 25.0, 33.3, 50.0, 75.0, 90.0, 99.9, 100.0] {
+                let (lo, hi, frac) = percentile_position(n, q);
+                let want = numpy_lerp(sorted[lo], sorted[hi], frac);
+                let mut work = values.clone();
+                let got = percentile(&mut work, q);
+                assert_eq!(got.to_bits(), want.to_bits(), "n {n} q {q}");
+            }
+        }
     }
 
     #[test]
@@ -436,6 +493,31 @@ mod tests {
         let s = [0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0];
         let sel = select_one_head(&s, &cfg_pf(0.5));
         assert_eq!(sel.kept, vec![0, 5, 6, 7]);
+    }
+
+    #[test]
+    fn removal_by_selection_equals_removal_in_sorted_order() {
+        // Few distinct scores (many ties), some candidates protected, every n_remove.
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            state >> 33
+        };
+        for t in [1usize, 5, 40, 128] {
+            let score: Vec<f64> = (0..t).map(|_| (next() % 6) as f64).collect();
+            let protected: Vec<bool> = (0..t).map(|_| next() % 4 == 0).collect();
+            let mut order: Vec<usize> = (0..t).filter(|&j| !protected[j]).collect();
+            order.sort_by(|&x, &y| score[x].total_cmp(&score[y]).then(y.cmp(&x)));
+            for n_remove in 0..=t {
+                let mut want = vec![false; t];
+                for &j in order.iter().take(n_remove) {
+                    want[j] = true;
+                }
+                assert_eq!(removal_mask(&score, &protected, n_remove), want, "t {t}");
+            }
+        }
     }
 
     #[test]
