@@ -11,7 +11,7 @@ use corefocus::model::names::bert_tensors;
 use corefocus::model::{BertConfig, ParamStore};
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 /// Full error chain as one string.
@@ -75,7 +75,7 @@ fn write_read_round_trip() {
     );
     store.add("a.scalar", &[], vec![7.5]);
     store.add("c.bias", &[4], vec![0.1, 0.2, 0.3, 0.4]);
-    let mut meta = HashMap::new();
+    let mut meta = BTreeMap::new();
     meta.insert("format".to_string(), "pt".to_string());
     meta.insert("step".to_string(), "42".to_string());
     let path = dir.join("sub/weights.safetensors");
@@ -100,6 +100,56 @@ fn write_read_round_trip() {
     assert!(no_meta.is_empty());
     let files: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().collect();
     assert_eq!(files.len(), 1);
+}
+
+#[test]
+fn written_files_are_the_crates_bytes_with_metadata_in_key_order() {
+    let dir = Scratch::new("ckpt_bytes");
+    let mut store = ParamStore::new();
+    store.add("z.weight", &[2, 2], vec![1.0, 2.0, 3.0, -4.0]);
+    store.add("a.scalar", &[], vec![0.5]);
+    store.add("m.bias", &[3], vec![0.25, f32::MIN_POSITIVE, -0.0]);
+    let crate_bytes = |meta: Option<HashMap<String, String>>| {
+        let bytes: Vec<Vec<u8>> = store
+            .tensors
+            .iter()
+            .map(|t| t.data.iter().flat_map(|x| x.to_le_bytes()).collect())
+            .collect();
+        let views: Vec<(String, TensorView)> = store
+            .tensors
+            .iter()
+            .zip(&bytes)
+            .map(|(t, b)| {
+                let view = TensorView::new(Dtype::F32, t.shape.clone(), b).unwrap();
+                (t.name.clone(), view)
+            })
+            .collect();
+        safetensors::serialize(views, meta).unwrap()
+    };
+    let path = dir.path("w.safetensors");
+
+    // Without metadata, and with one key (no order to differ in): the crate's bytes.
+    write_safetensors(&path, &store, None).unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), crate_bytes(None));
+    let one = BTreeMap::from([("format".to_string(), "pt".to_string())]);
+    write_safetensors(&path, &store, Some(&one)).unwrap();
+    let want = crate_bytes(Some(one.clone().into_iter().collect()));
+    assert_eq!(std::fs::read(&path).unwrap(), want);
+
+    // Many keys: the same bytes every time (the crate's order follows its HashMap's
+    // per-instance random state), and they read back.
+    let many: BTreeMap<String, String> = (0..16)
+        .map(|i| (format!("key{i:02}"), format!("value {i}")))
+        .collect();
+    write_safetensors(&path, &store, Some(&many)).unwrap();
+    let first = std::fs::read(&path).unwrap();
+    for _ in 0..3 {
+        write_safetensors(&path, &store, Some(&many)).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), first);
+    }
+    let (back, back_meta) = read_safetensors_with_metadata(&path, false).unwrap();
+    assert_eq!(back_meta, many);
+    assert_eq!(back.get("m.bias").unwrap().data[1], f32::MIN_POSITIVE);
 }
 
 // ---- a tiny synthetic checkpoint for the error cases ----

@@ -8,10 +8,10 @@ use super::config::BertConfig;
 use super::names;
 use super::params::ParamStore;
 use anyhow::{anyhow, bail, Context, Result};
-use safetensors::tensor::{Dtype, TensorView, View};
+use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
-use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::Path;
 
 /// Reads a whole file, naming it in the error.
@@ -87,7 +87,7 @@ pub fn read_safetensors(path: &Path, skip_non_float: bool) -> Result<ParamStore>
 pub fn read_safetensors_with_metadata(
     path: &Path,
     skip_non_float: bool,
-) -> Result<(ParamStore, HashMap<String, String>)> {
+) -> Result<(ParamStore, BTreeMap<String, String>)> {
     let bytes = read_file(path)?;
     let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| {
         anyhow!(
@@ -107,30 +107,13 @@ pub fn read_safetensors_with_metadata(
         let data = tensor_to_f32(&name, &view, path)?;
         store.add(&name, view.shape(), data);
     }
-    let metadata = header.metadata().clone().unwrap_or_default();
+    let metadata = header
+        .metadata()
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     Ok((store, metadata))
-}
-
-/// An f32 tensor as a safetensors `View`; bytes are produced on demand so that at most one
-/// tensor's copy exists besides the output buffer.
-struct F32View<'a> {
-    shape: &'a [usize],
-    data: &'a [f32],
-}
-
-impl View for F32View<'_> {
-    fn dtype(&self) -> Dtype {
-        Dtype::F32
-    }
-    fn shape(&self) -> &[usize] {
-        self.shape
-    }
-    fn data(&self) -> Cow<'_, [u8]> {
-        Cow::Owned(self.data.iter().flat_map(|x| x.to_le_bytes()).collect())
-    }
-    fn data_len(&self) -> usize {
-        self.data.len() * 4
-    }
 }
 
 /// Writes tensors as F32 safetensors atomically (see [`write_tensor_refs`]), with optional
@@ -138,7 +121,7 @@ impl View for F32View<'_> {
 pub fn write_safetensors(
     path: &Path,
     store: &ParamStore,
-    metadata: Option<&HashMap<String, String>>,
+    metadata: Option<&BTreeMap<String, String>>,
 ) -> Result<()> {
     let tensors = store
         .tensors
@@ -151,22 +134,101 @@ pub fn write_safetensors(
 /// A tensor to write: name, shape and values, borrowed.
 pub type TensorRef<'a> = (String, &'a [usize], &'a [f32]);
 
-/// Streams `tensors` into the F32 safetensors file `path`, one tensor's bytes in memory at
+/// Streams `tensors` into the F32 safetensors file `path`, one chunk of bytes in memory at
 /// a time (a whole-file buffer would double the memory of a checkpoint or resume save),
-/// atomically (temporary file, fsync, rename: [`crate::util::write_atomic_with`]). The
-/// bytes are those `safetensors::serialize` gives.
+/// atomically (temporary file, fsync, rename: [`crate::util::write_atomic_with`]).
+///
+/// The bytes are those `safetensors::serialize` writes (tensors by name, each header entry
+/// `dtype`, `shape`, `data_offsets`, the header padded with spaces to 8 bytes), except that
+/// the metadata's keys are in sorted order: the crate takes them as a `HashMap`, whose order
+/// changes from process to process, so the same weights gave different files.
 pub fn write_tensor_refs(
     path: &Path,
-    tensors: Vec<TensorRef>,
-    metadata: Option<&HashMap<String, String>>,
+    mut tensors: Vec<TensorRef>,
+    metadata: Option<&BTreeMap<String, String>>,
 ) -> Result<()> {
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    if let Some(w) = tensors.windows(2).find(|w| w[0].0 == w[1].0) {
+        bail!(
+            "cannot write {}: tensor {} given twice",
+            path.display(),
+            w[0].0
+        );
+    }
+    for (name, shape, data) in &tensors {
+        if shape.iter().product::<usize>() != data.len() {
+            bail!(
+                "cannot write {}: tensor {name} has shape {shape:?} but {} values",
+                path.display(),
+                data.len()
+            );
+        }
+    }
+    let header = safetensors_header(&tensors, metadata)?;
     crate::util::write_atomic_with(path, |tmp| {
-        let views = tensors
-            .iter()
-            .map(|(name, shape, data)| (name.clone(), F32View { shape, data }));
-        safetensors::serialize_to_file(views, metadata.cloned(), tmp)
-            .map_err(|e| anyhow!("cannot serialize tensors for {}: {e}", path.display()))
+        let file = std::fs::File::create(tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+        let mut bytes = Vec::with_capacity(4 * WRITE_CHUNK);
+        let mut write = || -> std::io::Result<()> {
+            out.write_all(&(header.len() as u64).to_le_bytes())?;
+            out.write_all(&header)?;
+            for (_, _, data) in &tensors {
+                for chunk in data.chunks(WRITE_CHUNK) {
+                    bytes.clear();
+                    bytes.extend(chunk.iter().flat_map(|x| x.to_le_bytes()));
+                    out.write_all(&bytes)?;
+                }
+            }
+            out.flush()
+        };
+        write().with_context(|| format!("cannot write {}", tmp.display()))
     })
+}
+
+/// Values converted to bytes at a time while writing a tensor.
+const WRITE_CHUNK: usize = 1 << 14;
+
+/// The JSON header of a safetensors file of `tensors` (in their order, laid out one after
+/// another), padded with spaces to a multiple of 8 bytes as the format's writer pads it.
+fn safetensors_header(
+    tensors: &[TensorRef],
+    metadata: Option<&BTreeMap<String, String>>,
+) -> Result<Vec<u8>> {
+    #[derive(serde::Serialize)]
+    struct Entry<'a> {
+        dtype: &'static str,
+        shape: &'a [usize],
+        data_offsets: [usize; 2],
+    }
+    struct Header<'a> {
+        metadata: Option<&'a BTreeMap<String, String>>,
+        tensors: &'a [TensorRef<'a>],
+    }
+    impl serde::Serialize for Header<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+            use serde::ser::SerializeMap;
+            let mut map = s.serialize_map(None)?;
+            if let Some(metadata) = self.metadata {
+                map.serialize_entry("__metadata__", metadata)?;
+            }
+            let mut offset = 0;
+            for (name, shape, data) in self.tensors {
+                let end = offset + 4 * data.len();
+                let entry = Entry {
+                    dtype: "F32",
+                    shape,
+                    data_offsets: [offset, end],
+                };
+                map.serialize_entry(name, &entry)?;
+                offset = end;
+            }
+            map.end()
+        }
+    }
+    let mut header = serde_json::to_vec(&Header { metadata, tensors })?;
+    header.resize(header.len().next_multiple_of(8), b' ');
+    Ok(header)
 }
 
 /// Names under which an HF `BertModel` tensor may be stored: with or without the `bert.`

@@ -14,7 +14,7 @@ use crate::model::{names, BertConfig, CombineBlock, MethodConfig, Model, ParamSt
 use crate::util::{replace_dir_atomically, split_dir, utc_timestamp, write_atomic};
 use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
 pub const FORMAT_VERSION: u32 = 1;
@@ -124,7 +124,7 @@ pub fn save_checkpoint(
         "checkpoint labels vs model classes"
     );
     replace_dir_atomically(dir, |tmp| {
-        let metadata = HashMap::from([
+        let metadata = BTreeMap::from([
             ("format".to_string(), "pt".to_string()),
             (
                 "corefocus_format_version".to_string(),
