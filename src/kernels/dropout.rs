@@ -144,11 +144,21 @@ impl Mask {
     }
 }
 
+/// One element through the mask: 0 where dropped, else scaled by `keep_scale` (the rule
+/// every kernel below applies, in place or into another buffer).
+#[inline(always)]
+fn masked(v: f32, dropped: bool, keep_scale: f32) -> f32 {
+    if dropped {
+        0.0
+    } else {
+        v * keep_scale
+    }
+}
+
 simd_fn! {
     fn mask_in_place(x: &mut [f32], key: u32, low: u32, threshold: f32, keep_scale: f32) {
         for (i, v) in x.iter_mut().enumerate() {
-            let dropped = mask_bits(key, low + i as u32) < threshold;
-            *v = if dropped { 0.0 } else { *v * keep_scale };
+            *v = masked(*v, mask_bits(key, low + i as u32) < threshold, keep_scale);
         }
     }
 }
@@ -156,8 +166,7 @@ simd_fn! {
 simd_fn! {
     fn mask_into(x: &[f32], out: &mut [f32], key: u32, low: u32, threshold: f32, keep_scale: f32) {
         for (i, (o, &v)) in out.iter_mut().zip(x).enumerate() {
-            let dropped = mask_bits(key, low + i as u32) < threshold;
-            *o = if dropped { 0.0 } else { v * keep_scale };
+            *o = masked(v, mask_bits(key, low + i as u32) < threshold, keep_scale);
         }
     }
 }
@@ -177,7 +186,7 @@ simd_fn! {
             let dropped = mask_bits(key, low + i as u32) < threshold;
             let scaled = *v * factor;
             *st = if dropped { -scaled } else { scaled };
-            *v = if dropped { 0.0 } else { *v * keep_scale };
+            *v = masked(*v, dropped, keep_scale);
         }
     }
 }
