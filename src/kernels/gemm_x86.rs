@@ -786,38 +786,19 @@ unsafe fn serial_packed_with<K: MicroKernel>(
                 for ic in (0..m).step_by(mc_step) {
                     let mc = mc_step.min(m - ic);
                     let a_block = a.at(ic, pc);
-                    // The weights come from L3 or memory (a model's are larger than L2):
-                    // while one panel's tiles are computed, the next panel is fetched into
-                    // L2, a share before each tile, and the first while A is packed (at
-                    // 1 x 128 the products waited on the weights: 35% slower than with them
-                    // in cache).
-                    let panel_lines = kc * K::NR / 16;
-                    if prefetch && panels.0 < panels.1 {
-                        let first = b_block.add(panels.0 * K::NR * kc);
-                        for line in 0..panel_lines {
-                            _mm_prefetch::<_MM_HINT_T1>(first.add(16 * line) as *const i8);
-                        }
+                    let fetch = PanelPrefetch::new(prefetch, kc, mc.div_ceil(K::MR), K::NR);
+                    if panels.0 < panels.1 {
+                        fetch.whole(b_block.add(panels.0 * K::NR * kc));
                     }
                     if !in_place {
                         pack(K::MR, pack_a, a_block.ptr, a_block.rs, a_block.cs, mc, kc);
                     }
-                    let tiles = mc.div_ceil(K::MR);
-                    let lines_per_tile = panel_lines.div_ceil(tiles);
                     for q in panels.0..panels.1 {
                         let jr = q * K::NR;
                         let b_panel = b_block.add(jr * kc);
-                        let next_panel =
-                            (prefetch && q + 1 < panels.1).then(|| b_panel.add(K::NR * kc));
+                        let next_panel = (q + 1 < panels.1).then(|| b_panel.add(K::NR * kc));
                         let nr = K::NR.min(n - jr);
                         for (t, ir) in (0..mc).step_by(K::MR).enumerate() {
-                            let prefetch = match next_panel {
-                                Some(next) => {
-                                    let first = (t * lines_per_tile).min(panel_lines);
-                                    let lines = lines_per_tile.min(panel_lines - first);
-                                    (next.add(16 * first), lines)
-                                }
-                                None => (std::ptr::null(), 0),
-                            };
                             let mr = K::MR.min(mc - ir);
                             let tile = c.ptr.add((ic + ir) * c.ld + jr);
                             finish_tile::<K>(
@@ -827,7 +808,7 @@ unsafe fn serial_packed_with<K: MicroKernel>(
                                 (mr, nr),
                                 overwrite,
                                 last_block.then_some((&epilogue, jr)),
-                                prefetch,
+                                fetch.share(next_panel, t),
                             );
                         }
                     }
@@ -835,6 +816,55 @@ unsafe fn serial_packed_with<K: MicroKernel>(
             }
         }
     });
+}
+
+/// Fetching weight panels into L2 ahead of the tiles that read them, for products of a
+/// few rows. The weights come from L3 or memory (a model's are larger than L2): while one
+/// panel's tiles are computed, the next panel is fetched, a share before each tile, and
+/// the first panel whole while A is packed (at 1 x 128 the products waited on the
+/// weights: 35% slower than with them in cache). Disabled, it fetches nothing.
+#[derive(Clone, Copy)]
+struct PanelPrefetch {
+    /// 64-byte lines of one `kc x NR` panel; 0 when disabled.
+    panel_lines: usize,
+    lines_per_tile: usize,
+}
+
+impl PanelPrefetch {
+    fn new(enabled: bool, kc: usize, tiles: usize, nr: usize) -> Self {
+        let panel_lines = if enabled { kc * nr / 16 } else { 0 };
+        PanelPrefetch {
+            panel_lines,
+            lines_per_tile: panel_lines.div_ceil(tiles.max(1)),
+        }
+    }
+
+    /// Fetches all of the panel at `panel`.
+    ///
+    /// # Safety
+    /// `panel` points at a packed panel of this product's weights (prefetches do not
+    /// fault, but the address arithmetic must stay inside the allocation).
+    unsafe fn whole(&self, panel: *const f32) {
+        for line in 0..self.panel_lines {
+            _mm_prefetch::<_MM_HINT_T1>(panel.add(16 * line) as *const i8);
+        }
+    }
+
+    /// Tile `t`'s share of the next panel, as [`finish_tile`] takes it: `(first, lines)`,
+    /// or no lines when there is no next panel or prefetching is off.
+    ///
+    /// # Safety
+    /// As for [`PanelPrefetch::whole`], for `next`.
+    unsafe fn share(&self, next: Option<*const f32>, t: usize) -> (*const f32, usize) {
+        match next {
+            Some(next) if self.panel_lines > 0 => {
+                let first = (t * self.lines_per_tile).min(self.panel_lines);
+                let lines = self.lines_per_tile.min(self.panel_lines - first);
+                (next.add(16 * first), lines)
+            }
+            _ => (std::ptr::null(), 0),
+        }
+    }
 }
 
 /// The left operand of an AVX-512 tile: a packed panel (`lda` = 0) or A's rows in place.
