@@ -491,6 +491,18 @@ fn num(x: f64, prec: usize) -> String {
     }
 }
 
+/// Seconds to four significant digits and at least three decimals: `1.009`, `0.2893`,
+/// `0.008275` (a 1 x 128 forward printed as `0.008` hid every difference between
+/// variants), `-` when not measured.
+fn secs(x: f64) -> String {
+    if x > 0.0 && x.is_finite() {
+        let decimals = (3 - x.log10().floor() as i32).clamp(3, 9) as usize;
+        num(x, decimals)
+    } else {
+        num(x, 3)
+    }
+}
+
 fn ratio(x: f64) -> String {
     if x.is_finite() {
         format!("{x:.2}x")
@@ -523,10 +535,10 @@ pub fn format_table(r: &BenchReport) -> String {
         s.push_str(&format!(
             "| {} | {} | {} | {} | {} | {} | {} | {:.1} | {} | {} | {:.1} | {} | {} | {} | {} | {:.3} |\n",
             v.variant,
-            num(v.train_step.median_s, 3),
-            num(v.train_step.min_s, 3),
-            num(fm, 3),
-            num(fmin, 3),
+            secs(v.train_step.median_s),
+            secs(v.train_step.min_s),
+            secs(fm),
+            secs(fmin),
             mem(v.step_transient_peak_bytes),
             mem(v.peak_tensor_bytes),
             v.train_flops as f64 / 1e9,
@@ -582,10 +594,8 @@ pub fn format_table(r: &BenchReport) -> String {
         for (k, kernel) in crate::profile::KERNELS.iter().enumerate() {
             s.push_str(&format!("| {} |", kernel.name()));
             for v in &r.results {
-                s.push_str(&format!(
-                    " {:.3} |",
-                    v.kernel_seconds.get(k).map(|x| x.1).unwrap_or(0.0)
-                ));
+                let seconds = v.kernel_seconds.get(k).map_or(0.0, |x| x.1);
+                s.push_str(&format!(" {} |", secs(seconds)));
             }
             s.push('\n');
         }
@@ -606,6 +616,17 @@ pub fn format_table(r: &BenchReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seconds_keep_four_significant_digits() {
+        assert_eq!(secs(1.00912), "1.009");
+        assert_eq!(secs(12.3456), "12.346");
+        assert_eq!(secs(0.289312), "0.2893");
+        assert_eq!(secs(0.0082754), "0.008275");
+        assert_eq!(secs(0.000127306), "0.0001273");
+        assert_eq!(secs(0.0), "0.000");
+        assert_eq!(secs(f64::NAN), "-");
+    }
 
     #[test]
     fn profile_without_training_times_the_forward_passes() {
