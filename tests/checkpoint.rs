@@ -6,6 +6,7 @@ mod common;
 use common::{test_model_dir, write_config, Scratch};
 use corefocus::model::checkpoint::{
     load_hf_checkpoint, read_safetensors, read_safetensors_with_metadata, write_safetensors,
+    write_tensor_refs,
 };
 use corefocus::model::names::bert_tensors;
 use corefocus::model::{BertConfig, ParamStore};
@@ -150,6 +151,29 @@ fn written_files_are_the_crates_bytes_with_metadata_in_key_order() {
     let (back, back_meta) = read_safetensors_with_metadata(&path, false).unwrap();
     assert_eq!(back_meta, many);
     assert_eq!(back.get("m.bias").unwrap().data[1], f32::MIN_POSITIVE);
+}
+
+#[test]
+fn writing_a_tensor_twice_or_with_the_wrong_length_fails_and_leaves_no_file() {
+    let dir = Scratch::new("ckpt_write_errors");
+    let path = dir.path("w.safetensors");
+    let values = [1.0f32, 2.0, 3.0, 4.0];
+    let twice = vec![
+        ("a".to_string(), &[2usize][..], &values[..2]),
+        ("a".to_string(), &[2usize][..], &values[2..]),
+    ];
+    let err = err_text(write_tensor_refs(&path, twice, None));
+    assert!(
+        err.contains("tensor a given twice") && err.contains("w.safetensors"),
+        "{err}"
+    );
+    let short = vec![("b".to_string(), &[2usize, 3][..], &values[..])];
+    let err = err_text(write_tensor_refs(&path, short, None));
+    assert!(
+        err.contains("tensor b has shape [2, 3] but 4 values"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_dir(dir.dir()).unwrap().count(), 0);
 }
 
 // ---- a tiny synthetic checkpoint for the error cases ----
