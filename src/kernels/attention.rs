@@ -1319,7 +1319,7 @@ mod tests {
     #[test]
     fn underflowing_probabilities_are_zero_and_the_mode_is_restored() {
         #[cfg(target_arch = "x86_64")]
-        let modes = || rayon::broadcast(|_| crate::kernels::fastmath::read_mxcsr());
+        let modes = || rayon::broadcast(|_| crate::kernels::fastmath::fp_control());
         #[cfg(target_arch = "x86_64")]
         let before = modes();
         let mut c = case(dims(2, 70, 40, 2, 8), &[40, 33], 61);

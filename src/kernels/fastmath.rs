@@ -76,6 +76,14 @@ pub(crate) fn read_mxcsr() -> u32 {
     csr
 }
 
+/// MXCSR's control bits (rounding, exception masks, DAZ, FTZ) without its sticky status
+/// flags, which any operation on any thread may set: what [`SubnormalsAsZero`] must
+/// leave as it found it.
+#[cfg(all(test, target_arch = "x86_64"))]
+pub(crate) fn fp_control() -> u32 {
+    read_mxcsr() & !0x3f
+}
+
 #[cfg(target_arch = "x86_64")]
 fn write_mxcsr(csr: u32) {
     // SAFETY: ldmxcsr loads MXCSR from the given address; the values written here are

@@ -74,8 +74,9 @@ impl Model {
             .flat_map(|b| (0..n).map(move |j| j < batch.lengths[b]))
             .collect();
         let mut h = vec![0.0f32; bsz * m * d];
-        let (assign, combiner_tape) =
-            combiner_forward(p, ids, dims, &settings, x, &real, &mut h, record);
+        let (assign, combiner_tape) = timed(Kernel::Combiner, || {
+            combiner_forward(p, ids, dims, &settings, x, &real, &mut h, record)
+        });
         // The rest of the replaced layer (`CombineBlock::Layer`).
         let mut block_tape = None;
         if let Some(block) = &self.layout.combiner_block {

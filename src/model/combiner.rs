@@ -13,6 +13,7 @@ use super::config::{CombineAssignment, CombineResidual};
 use super::layout::{CombinerIds, LinearIds, NormIds};
 use super::ops::{self, linear_back, norm_back};
 use super::params::ParamStore;
+use crate::kernels::fastmath::SubnormalsAsZero;
 use crate::kernels::{matmul, MatRef, Par};
 use crate::rng::hash_uniform;
 use rayon::prelude::*;
@@ -516,6 +517,9 @@ fn assignment_probs(
         .into_par_iter()
         .enumerate()
         .for_each(|(b, sim_b)| {
+            // Sim values below 2^-126 are stored as 0, as the backward reads them (see
+            // `assignment_backward`).
+            let _flush = SubnormalsAsZero::new();
             let r = packed.rows(b);
             let nb = r.len();
             if nb == 0 {
@@ -569,6 +573,12 @@ fn assignment_backward(tape: &CombinerTape, terms: &[GroupMeanGrad]) -> (Vec<f32
         .zip(dk_chunks)
         .enumerate()
         .for_each(|(b, (dq_b, dk_b))| {
+            // Subnormals as zero: saturated assignments have Sim values and score
+            // gradients below 2^-126, and every product meeting one took a microcode
+            // assist, here and in the key projection's backward that reads dk (most of
+            // the combiner's backward time in an 8 x 512 pfc step, docs/results.md).
+            // Flushed, they are 0.
+            let _flush = SubnormalsAsZero::new();
             let r = packed.rows(b);
             let nb = r.len();
             if nb == 0 {
