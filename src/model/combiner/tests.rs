@@ -311,10 +311,10 @@ fn ref_loss(pb: &Problem, th: &[Vec<f64>], frozen: Option<&RefOut>) -> f64 {
     r.out.iter().zip(&pb.loss_w).map(|(a, b)| a * b).sum()
 }
 
-/// The implementation's forward and backward on the problem: (assignments, output,
-/// parameter gradients in NAMES order, input gradient).
-fn run_impl(pb: &Problem) -> (Vec<i64>, Vec<f32>, Vec<Vec<f32>>, Vec<f32>) {
-    let CombinerDims { batch, n, m, d } = pb.dims;
+/// The implementation's forward on the problem, recorded: (parameters, their ids,
+/// assignments, output, tape).
+fn forward_impl(pb: &Problem) -> (ParamStore, CombinerIds, Vec<i64>, Vec<f32>, CombinerTape) {
+    let CombinerDims { batch, m, d, .. } = pb.dims;
     let p = pb.f32_params();
     let ids = CombinerIds::resolve(&p, d).expect("test store has every tensor");
     let hidden: Vec<f32> = pb.theta[HIDDEN].iter().map(|&x| x as f32).collect();
@@ -322,7 +322,14 @@ fn run_impl(pb: &Problem) -> (Vec<i64>, Vec<f32>, Vec<Vec<f32>>, Vec<f32>) {
     let (assign, tape) = combiner_forward(
         &p, &ids, pb.dims, &pb.set, &hidden, &pb.real, &mut out, true,
     );
-    let tape = tape.expect("recorded");
+    (p, ids, assign, out, tape.expect("recorded"))
+}
+
+/// The implementation's forward and backward on the problem: (assignments, output,
+/// parameter gradients in NAMES order, input gradient).
+fn run_impl(pb: &Problem) -> (Vec<i64>, Vec<f32>, Vec<Vec<f32>>, Vec<f32>) {
+    let CombinerDims { batch, n, m, d } = pb.dims;
+    let (p, ids, assign, out, tape) = forward_impl(pb);
     let dout: Vec<f32> = pb.loss_w.iter().map(|&x| x as f32).collect();
     let mut grads = p.zeros_like();
     let mut dhidden = vec![f32::NAN; batch * (n + m) * d];
@@ -758,15 +765,7 @@ fn underflowing_sim_values_are_zero_and_the_mode_is_restored() {
         let reference = ref_forward(&pb, &pb.theta, None);
         seen += reference.sim.iter().filter(|&&s| subnormal(s)).count();
 
-        let CombinerDims { batch, m, d, .. } = pb.dims;
-        let p = pb.f32_params();
-        let ids = CombinerIds::resolve(&p, d).expect("test store has every tensor");
-        let hidden: Vec<f32> = pb.theta[HIDDEN].iter().map(|&x| x as f32).collect();
-        let mut out = vec![0.0; batch * m * d];
-        let (_, tape) = combiner_forward(
-            &p, &ids, pb.dims, &pb.set, &hidden, &pb.real, &mut out, true,
-        );
-        let tape = tape.expect("recorded");
+        let tape = forward_impl(&pb).4;
         assert!(tape.sim.iter().all(|s| *s == 0.0 || s.is_normal()));
 
         let frozen = ref_forward(&pb, &pb.theta, None);
