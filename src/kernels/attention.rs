@@ -1318,10 +1318,7 @@ mod tests {
     /// floating-point mode is as it was.
     #[test]
     fn underflowing_probabilities_are_zero_and_the_mode_is_restored() {
-        #[cfg(target_arch = "x86_64")]
-        let modes = || rayon::broadcast(|_| crate::kernels::fastmath::fp_control());
-        #[cfg(target_arch = "x86_64")]
-        let before = modes();
+        let before = crate::kernels::fastmath::pool_fp_controls();
         let mut c = case(dims(2, 70, 40, 2, 8), &[40, 33], 61);
         // Queries with positive entries, and every third key slot pushed far against
         // them: its scores lie some 50-120 nats below the row's others, across the
@@ -1342,8 +1339,7 @@ mod tests {
         assert!(zeros > 500, "only {zeros} probabilities underflowed");
         assert!(out.probs.iter().all(|p| *p == 0.0 || p.is_normal()));
         check(&c, None);
-        #[cfg(target_arch = "x86_64")]
-        assert_eq!(modes(), before);
+        assert_eq!(crate::kernels::fastmath::pool_fp_controls(), before);
     }
 
     #[test]

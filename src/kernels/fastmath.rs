@@ -80,8 +80,18 @@ pub(crate) fn read_mxcsr() -> u32 {
 /// flags, which any operation on any thread may set: what [`SubnormalsAsZero`] must
 /// leave as it found it.
 #[cfg(all(test, target_arch = "x86_64"))]
-pub(crate) fn fp_control() -> u32 {
+fn fp_control() -> u32 {
     read_mxcsr() & !0x3f
+}
+
+/// Every pool thread's floating-point control bits (empty where there is no MXCSR): the
+/// tests of `SubnormalsAsZero`'s users check that a pass leaves them as it found them.
+#[cfg(test)]
+pub(crate) fn pool_fp_controls() -> Vec<u32> {
+    #[cfg(target_arch = "x86_64")]
+    return rayon::broadcast(|_| fp_control());
+    #[cfg(not(target_arch = "x86_64"))]
+    Vec::new()
 }
 
 #[cfg(target_arch = "x86_64")]
