@@ -683,8 +683,7 @@ fn lane_max(x: &[f32]) -> f32 {
     }
     // The last LANES elements once more (a maximum does not mind repeats): the rest
     // folded one by one was a chain of up to 31 dependent scalar steps per row, as long
-    // as the vector part at pruned key counts (at 1 x 128 it made pf, with 4% fewer
-    // FLOPs, 0.4% slower than bert; 0.5% faster after).
+    // as the vector part at pruned key counts (docs/results.md, session 12).
     let last = &x[x.len() - LANES..];
     for l in 0..LANES {
         acc[l] = max(acc[l], last[l]);

@@ -47,12 +47,12 @@ pub(crate) use simd_fn;
 
 /// While alive, the calling thread's SSE/AVX arithmetic treats subnormal (denormal)
 /// inputs as zero and flushes subnormal results to zero (MXCSR's DAZ and FTZ bits); the
-/// previous mode comes back on drop. Attention needs it: a trained model's softmax
-/// rows span more than 87 nats, so e^(s - max) underflows into the subnormal range for
-/// some keys, and on Intel a multiply that meets such a value takes a microcode assist
-/// (MiniLM's training attention backward at 8 x 512: 0.25-0.26 s per step, 0.19-0.20 s
-/// with them flushed). Values below 2^-126 (1.2e-38) are then exactly 0, which changes
-/// no sum by more than its rounding.
+/// previous mode comes back on drop. Attention and the combiner's assignment need it: a
+/// trained model's softmax rows span more than 87 nats, so e^(s - max) underflows into
+/// the subnormal range for some entries, and on Intel a multiply that meets such a value
+/// takes a microcode assist (measured in docs/results.md, sessions 12 and 13). Values
+/// below 2^-126 (1.2e-38) are then exactly 0, which changes no sum by more than its
+/// rounding.
 ///
 /// Hold it only across code that runs no other task on the thread (no rayon calls
 /// inside): the mode is per thread.

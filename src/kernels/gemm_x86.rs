@@ -998,7 +998,9 @@ unsafe fn serial_with<K: MicroKernel>(
     let kc_step = k.div_ceil(k.div_ceil(blocking.kc));
     let mc_step = m.div_ceil(m.div_ceil(blocking.mc)).next_multiple_of(K::MR);
     let nc_step = n.div_ceil(n.div_ceil(blocking.nc)).next_multiple_of(K::NR);
-    with_pack_space(mc_step * kc_step, nc_step * kc_step, |pack_a, pack_b| {
+    let in_place = a_in_place::<K>(a, false);
+    let pack_a_len = if in_place { 0 } else { mc_step * kc_step };
+    with_pack_space(pack_a_len, nc_step * kc_step, |pack_a, pack_b| {
         for jc in (0..n).step_by(nc_step) {
             let nc = nc_step.min(n - jc);
             for pc in (0..k).step_by(kc_step) {
@@ -1012,7 +1014,6 @@ unsafe fn serial_with<K: MicroKernel>(
                 for ic in (0..m).step_by(mc_step) {
                     let mc = mc_step.min(m - ic);
                     let a_block = a.at(ic, pc);
-                    let in_place = a_in_place::<K>(a_block, false);
                     if !in_place {
                         pack(K::MR, pack_a, a_block.ptr, a_block.rs, a_block.cs, mc, kc);
                     }
@@ -1041,7 +1042,7 @@ unsafe fn serial_with<K: MicroKernel>(
 
 /// Whether the micro-kernel reads A's rows where they are instead of a packed panel:
 /// where it can (AVX-512) and A is row-major. That saves the packing pass over A
-/// (training step 8 x 512: products -3%); the tile's rows are then separate streams,
+/// (docs/results.md, session 12); the tile's rows are then separate streams,
 /// fine for a request's few rows (`few_rows`) and otherwise unless they are 4 KiB apart
 /// (rows a multiple of 1024 floats, e.g. 3072-wide FFN activations), where all of a
 /// tile's would fall into one L1 set.
