@@ -127,6 +127,8 @@ pub fn attention_forward(
                 let mut importance_acc = query_weight.zip(importance_bh).map(|(w, out)| {
                     scratch.acc.clear();
                     scratch.acc.resize(kvc, 0.0);
+                    scratch.block_acc.clear();
+                    scratch.block_acc.resize(kvc, 0.0);
                     (&w[b * q_len..(b + 1) * q_len], out)
                 });
                 let mut weight_total = 0.0f64;
@@ -154,7 +156,7 @@ pub fn attention_forward(
                             let wi = w[i];
                             if wi != 0.0 {
                                 weight_total += wi as f64;
-                                accumulate_weighted(bufs.acc, row, inv, wi);
+                                accumulate_scaled(bufs.block_acc, row, wi * inv);
                             }
                         }
                         let base = plane_base + (i * kv_len) as u64;
@@ -177,6 +179,9 @@ pub fn attention_forward(
                             (None, Some(mask)) => mask.apply(row, base),
                             (None, None) => {}
                         }
+                    }
+                    if importance_acc.is_some() {
+                        add_block_sums(bufs.acc, bufs.block_acc);
                     }
                     // ctx rows = P_drop · V / Σ; with kvc = 0 this writes zeros.
                     matmul_tiles(
@@ -515,7 +520,10 @@ struct Scratch {
     out: Vec<f32>,
     /// A head's K or V, transposed and padded (`pack_transposed`).
     packed: Vec<f32>,
+    /// Importance sums over all query blocks so far.
     acc: Vec<f64>,
+    /// Importance sums over the current query block.
+    block_acc: Vec<f32>,
     dk: Vec<f32>,
     dv: Vec<f32>,
 }
@@ -527,6 +535,7 @@ struct BlockBuffers<'s> {
     out: &'s mut [f32],
     packed: &'s [f32],
     acc: &'s mut [f64],
+    block_acc: &'s mut [f32],
 }
 
 fn grown(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
@@ -545,6 +554,7 @@ impl Scratch {
             out: grown(&mut self.out, out),
             packed: &self.packed,
             acc: &mut self.acc,
+            block_acc: &mut self.block_acc,
         }
     }
 
@@ -832,13 +842,24 @@ simd_fn! {
 }
 
 simd_fn! {
-    /// `acc[j] += w · fl32(e[j] · inv)` in f64, i.e. w times the probability as stored:
-    /// the importance sums rank slots for discrete pruning decisions, so they are
-    /// accumulated exactly enough not to depend on the order of a long f32 sum.
-    fn accumulate_weighted(acc: &mut [f64], e: &[f32], inv: f32, w: f32) {
-        let w = w as f64;
-        for (a, &ev) in acc.iter_mut().zip(e) {
-            *a += w * (ev * inv) as f64;
+    /// `block_acc[j] += c · e[j]` in f32, `c` = the row's weight times 1/Σ: the importance
+    /// sums of one query block (at most `ROW_BLOCK` rows).
+    fn accumulate_scaled(block_acc: &mut [f32], e: &[f32], c: f32) {
+        for (a, &ev) in block_acc.iter_mut().zip(e) {
+            *a += c * ev;
+        }
+    }
+}
+
+simd_fn! {
+    /// `acc[j] += block_acc[j]` in f64, and `block_acc` back to zero. The importance sums
+    /// rank slots for discrete pruning decisions: f32 over at most `ROW_BLOCK` rows
+    /// (relative error at most about 64 · 2^-24), f64 across blocks, so they stay that close
+    /// whatever the sequence length.
+    fn add_block_sums(acc: &mut [f64], block_acc: &mut [f32]) {
+        for (a, b) in acc.iter_mut().zip(block_acc.iter_mut()) {
+            *a += *b as f64;
+            *b = 0.0;
         }
     }
 }
