@@ -1,10 +1,12 @@
-//! bf16 matrix products for inference at reduced precision (`--precision bf16`): on Intel
-//! AMX tiles (Sapphire Rapids and newer Xeons) where the CPU has them, else with
-//! AVX512-BF16's `vdpbf16ps` (AMD Zen 4 and newer, Intel Cooper Lake). The weights are
-//! rounded to bf16 once, when packed; each product rounds its left operand (the
-//! activations) to bf16 and accumulates in f32. Both engines read the same packed operands
-//! and compute the same 32 x 32 blocks; products of two bf16 values are exact in f32 (both
-//! instructions flush subnormals to zero), so they differ only in the order of the f32 sums.
+//! bf16 matrix products at reduced precision (`--precision bf16`: inference, and the
+//! linear layers of mixed-precision training): on Intel AMX tiles (Sapphire Rapids and
+//! newer Xeons) where the CPU has them, else with AVX512-BF16's `vdpbf16ps` (AMD Zen 4 and
+//! newer, Intel Cooper Lake). The right operand is rounded to bf16 when packed (weights
+//! once for inference, every operand per product in training); each product rounds its
+//! left operand (the activations) to bf16 and accumulates in f32. Both engines read the
+//! same packed operands and compute the same 32 x 32 blocks; products of two bf16 values
+//! are exact in f32 (both instructions flush subnormals to zero), so they differ only in
+//! the order of the f32 sums.
 //!
 //! AMX: one `tdpbf16ps` multiplies a 16 x 32 by a 32 x 16 tile (16,384 flops); a core
 //! issues one every 16 cycles, about 16 times its f32 FMA rate, at bf16's 8-bit mantissa
@@ -134,6 +136,54 @@ simd_fn! {
     }
 }
 
+simd_fn! {
+    /// One B tile (see [`PackedBf16`]) from `src`'s `ks` rows of `cols` contiguous values,
+    /// rows `row_stride` apart: rows 2r and 2r + 1 interleave into tile row r (value c of
+    /// each as the pair of column c).
+    fn fill_tile_from_rows(tile: &mut [u16], src: &[f32], row_stride: usize, ks: usize, cols: usize) {
+        for (r, out) in tile.chunks_exact_mut(2 * TILE_COLS).take(ks.div_ceil(2)).enumerate() {
+            let even = &src[2 * r * row_stride..][..cols];
+            if 2 * r + 1 < ks {
+                let odd = &src[(2 * r + 1) * row_stride..][..cols];
+                for ((pair, &x0), &x1) in out.chunks_exact_mut(2).zip(even).zip(odd) {
+                    pair[0] = to_bf16(x0);
+                    pair[1] = to_bf16(x1);
+                }
+            } else {
+                for (pair, &x0) in out.chunks_exact_mut(2).zip(even) {
+                    pair[0] = to_bf16(x0);
+                }
+            }
+        }
+    }
+}
+
+simd_fn! {
+    /// One B tile from `src`'s `cols` columns of `ks` contiguous values (k), columns
+    /// `col_stride` apart: a column's values (k = 2r, 2r + 1) are one pair of tile row r.
+    fn fill_tile_from_columns(tile: &mut [u16], src: &[f32], col_stride: usize, ks: usize, cols: usize) {
+        for c in 0..cols {
+            let run = &src[c * col_stride..][..ks];
+            for (p, &x) in run.iter().enumerate() {
+                tile[(p / 2) * 2 * TILE_COLS + 2 * c + p % 2] = to_bf16(x);
+            }
+        }
+    }
+}
+
+simd_fn! {
+    /// One A tile (16 rows x 32 k) from `src` whose 16 rows are contiguous at each k, the
+    /// k `k_stride` apart (`rows` of them, `ks` k).
+    fn fill_tile_transposed(tile: &mut [u16], src: &[f32], k_stride: usize, ks: usize, rows: usize) {
+        for p in 0..ks {
+            let run = &src[p * k_stride..][..rows];
+            for (r, &x) in run.iter().enumerate() {
+                tile[r * TILE_K + p] = to_bf16(x);
+            }
+        }
+    }
+}
+
 /// A right-hand operand `[k, n]` rounded to bf16 and laid out as the kernel reads it: for
 /// each block of 32 columns, for each step of 32 in k, its two B tiles (1 KiB each, row r
 /// holding the pairs (k = 2r, 2r + 1) of the tile's 16 columns), so that a block's tiles
@@ -147,29 +197,49 @@ pub struct PackedBf16 {
 }
 
 impl PackedBf16 {
-    /// Rounds and packs `b` (`[k, n]`, any strides).
+    /// Rounds and packs `b` (`[k, n]`, any strides). Training packs every weight twice
+    /// per step and the activations once per weight gradient, so the two layouts it meets
+    /// (rows or columns contiguous) convert whole runs with the vector rounding, on the
+    /// rayon pool when `b` is large.
     pub fn new(b: MatRef) -> PackedBf16 {
         b.check("rhs");
         let (k, n) = (b.rows, b.cols);
         let k_steps = k.div_ceil(TILE_K);
         let col_blocks = n.div_ceil(BLOCK_COLS);
         let mut tiles = vec![0u16; col_blocks * k_steps * 2 * TILE_LEN];
-        for (i, tile) in tiles.chunks_exact_mut(TILE_LEN).enumerate() {
-            let half = i % 2;
-            let step = (i / 2) % k_steps;
-            let block = i / 2 / k_steps;
-            let col0 = block * BLOCK_COLS + half * TILE_COLS;
-            for r in 0..TILE_ROWS {
-                for c in 0..TILE_COLS {
-                    for pair in 0..2 {
-                        let (p, j) = (step * TILE_K + 2 * r + pair, col0 + c);
-                        if p < k && j < n {
-                            tile[r * 2 * TILE_COLS + 2 * c + pair] =
-                                to_bf16(b.data[p * b.row_stride + j * b.col_stride]);
-                        }
+        // Tile i: column block i / 2 / k_steps, step (i / 2) % k_steps, half i % 2. Its
+        // row r holds (k = 2r, 2r + 1) of each of its 16 columns; the padding stays 0.
+        let fill = |(i, tile): (usize, &mut [u16])| {
+            let (half, step, block) = (i % 2, (i / 2) % k_steps, i / 2 / k_steps);
+            let (col0, p0) = (block * BLOCK_COLS + half * TILE_COLS, step * TILE_K);
+            let cols = TILE_COLS.min(n.saturating_sub(col0));
+            let ks = TILE_K.min(k - p0);
+            if cols == 0 {
+                return; // a half block past the last column: padding only
+            }
+            let start = p0 * b.row_stride + col0 * b.col_stride;
+            if b.row_stride == 1 {
+                // A column's k run is contiguous (`Wᵀ` of a row-major W).
+                fill_tile_from_columns(tile, &b.data[start..], b.col_stride, ks, cols);
+            } else if b.col_stride == 1 {
+                // A row's columns are contiguous (row-major).
+                fill_tile_from_rows(tile, &b.data[start..], b.row_stride, ks, cols);
+            } else {
+                for p in 0..ks {
+                    for c in 0..cols {
+                        let x = to_bf16(b.data[start + p * b.row_stride + c * b.col_stride]);
+                        tile[(p / 2) * 2 * TILE_COLS + 2 * c + p % 2] = x;
                     }
                 }
             }
+        };
+        if k * n >= 1 << 16 {
+            tiles
+                .par_chunks_exact_mut(TILE_LEN)
+                .enumerate()
+                .for_each(fill);
+        } else {
+            tiles.chunks_exact_mut(TILE_LEN).enumerate().for_each(fill);
         }
         PackedBf16 {
             k,
@@ -241,6 +311,12 @@ fn round_lhs(a: MatRef, k_steps: usize, threads: usize) -> LhsBf16 {
     data.resize(row_tiles * k_steps * TILE_LEN, 0);
     // One band of 16 rows (all its tiles) per task.
     let round_band = |(t, band): (usize, &mut [u16])| {
+        if a.row_stride == 1 && a.col_stride != 1 {
+            // A transposed row-major matrix (`dyᵀ` of a weight gradient): the band's 16
+            // rows are contiguous at each k.
+            round_band_transposed(a, t, band, k_steps);
+            return;
+        }
         for r in 0..TILE_ROWS {
             let i = t * TILE_ROWS + r;
             for step in 0..k_steps {
@@ -270,6 +346,26 @@ fn round_lhs(a: MatRef, k_steps: usize, threads: usize) -> LhsBf16 {
         data.chunks_mut(band_len).enumerate().for_each(round_band);
     }
     LhsBf16 { data, k_steps }
+}
+
+/// `round_lhs`'s band `t` (rows `16 t ..`) of an `a` whose rows are contiguous at each k
+/// (`row_stride` 1): at each k, the band's (up to) 16 values rounded together, then
+/// spread over their tile rows.
+fn round_band_transposed(a: MatRef, t: usize, band: &mut [u16], k_steps: usize) {
+    let i0 = t * TILE_ROWS;
+    let rows = TILE_ROWS.min(a.rows.saturating_sub(i0));
+    for step in 0..k_steps {
+        let tile = &mut band[step * TILE_LEN..][..TILE_LEN];
+        let p0 = step * TILE_K;
+        let ks = TILE_K.min(a.cols.saturating_sub(p0));
+        if rows < TILE_ROWS || ks < TILE_K {
+            tile.fill(0);
+        }
+        if rows > 0 && ks > 0 {
+            let start = i0 + p0 * a.col_stride;
+            fill_tile_transposed(tile, &a.data[start..], a.col_stride, ks, rows);
+        }
+    }
 }
 
 /// `dst[i * ldc + j] (+)= Σ_p a[i, p] · b[p, j]` in bf16 with f32 accumulation, split over
@@ -613,42 +709,67 @@ mod tests {
             (33, 64, 100),
             (5, 31, 17),
             (64, 1536, 33),
+            (40, 300, 250),
         ] {
-            let a: Vec<f32> = (0..m * k).map(|_| rng.normal() as f32).collect();
-            let w: Vec<f32> = (0..n * k).map(|_| rng.normal() as f32).collect();
-            let bias: Vec<f32> = (0..n).map(|_| rng.normal() as f32).collect();
-            let av = MatRef::new(&a, m, k);
-            // As a linear layer: Wᵀ of a row-major [n, k] weight.
-            let bv = MatRef::new(&w, n, k).t();
-            let packed = PackedBf16::new(bv);
-            let want = rounded_product(av, bv);
-            for threads in [1, 2, 3] {
-                for accumulate in [false, true] {
-                    let ldc = n + 3;
-                    let mut dst = vec![1.0f32; (m - 1) * ldc + n];
-                    let epilogue = Epilogue {
-                        bias: Some(&bias),
-                        gelu: false,
-                    };
-                    gemm_with(
-                        engine, &mut dst, ldc, av, &packed, accumulate, threads, epilogue,
-                    );
-                    for i in 0..m {
-                        for j in 0..n {
-                            let expect = want[i * n + j]
-                                + bias[j] as f64
-                                + if accumulate { 1.0 } else { 0.0 };
-                            let got = dst[i * ldc + j] as f64;
-                            // f32 accumulation of k products of size ~1.
-                            assert!(
-                                (got - expect).abs() <= 1e-5 * (k as f64).sqrt() * 4.0 + 1e-5,
-                                "{engine:?} {m}x{k}x{n} threads {threads} acc {accumulate} [{i},{j}]: {got} vs {expect}"
-                            );
-                        }
-                        // The padding between rows is never written.
-                        if i + 1 < m {
-                            assert!(dst[i * ldc + n..(i + 1) * ldc].iter().all(|&x| x == 1.0));
-                        }
+            for layout in 0..3 {
+                products_match_in_layout(engine, &mut rng, (m, k, n), layout);
+            }
+        }
+    }
+
+    /// Layout 0: A row-major, B = Wᵀ of a row-major weight (a linear layer's forward);
+    /// 1: A transposed (rows contiguous at each k), B row-major (a weight gradient
+    /// `dyᵀ x`); 2: A row-major, B with neither stride 1.
+    fn products_match_in_layout(
+        engine: Engine,
+        rng: &mut crate::rng::Rng,
+        (m, k, n): (usize, usize, usize),
+        layout: usize,
+    ) {
+        let a: Vec<f32> = (0..m * k).map(|_| rng.normal() as f32).collect();
+        let w: Vec<f32> = (0..2 * n * k).map(|_| rng.normal() as f32).collect();
+        let bias: Vec<f32> = (0..n).map(|_| rng.normal() as f32).collect();
+        let (av, bv) = match layout {
+            0 => (MatRef::new(&a, m, k), MatRef::new(&w, n, k).t()),
+            1 => (MatRef::new(&a, k, m).t(), MatRef::new(&w, k, n)),
+            _ => (
+                MatRef::new(&a, m, k),
+                MatRef {
+                    data: &w,
+                    rows: k,
+                    cols: n,
+                    row_stride: 2,
+                    col_stride: 2 * k,
+                },
+            ),
+        };
+        let packed = PackedBf16::new(bv);
+        let want = rounded_product(av, bv);
+        for threads in [1, 2, 3] {
+            for accumulate in [false, true] {
+                let ldc = n + 3;
+                let mut dst = vec![1.0f32; (m - 1) * ldc + n];
+                let epilogue = Epilogue {
+                    bias: Some(&bias),
+                    gelu: false,
+                };
+                gemm_with(
+                    engine, &mut dst, ldc, av, &packed, accumulate, threads, epilogue,
+                );
+                for i in 0..m {
+                    for j in 0..n {
+                        let expect =
+                            want[i * n + j] + bias[j] as f64 + if accumulate { 1.0 } else { 0.0 };
+                        let got = dst[i * ldc + j] as f64;
+                        // f32 accumulation of k products of size ~1.
+                        assert!(
+                            (got - expect).abs() <= 1e-5 * (k as f64).sqrt() * 4.0 + 1e-5,
+                            "{engine:?} {m}x{k}x{n} layout {layout} threads {threads} acc {accumulate} [{i},{j}]: {got} vs {expect}"
+                        );
+                    }
+                    // The padding between rows is never written.
+                    if i + 1 < m {
+                        assert!(dst[i * ldc + n..(i + 1) * ldc].iter().all(|&x| x == 1.0));
                     }
                 }
             }
