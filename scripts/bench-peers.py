@@ -17,8 +17,12 @@ comparison on a contended host).
 - corefocus: `corefocus._corefocus.NativeTimedModel`, the Model::forward and train_step
   that `corefocus bench` times, for each --variants entry (`VARIANT/bf16`: its forward
   passes with the linear layers in bf16, `--precision bf16`, Intel AMX or AVX512-BF16 only;
-  `VARIANT/int8`: in int8, `--precision int8`, AVX512-VNNI only; such entries are left out
-  of the training rows, which are f32).
+  `VARIANT/int8`: in int8, `--precision int8`, AVX512-VNNI only). `VARIANT/bf16` entries
+  also train in bf16 (`train --precision bf16`: mixed precision, the linear layers'
+  products in bf16 with f32 sums); int8 entries are left out of the training rows.
+- PyTorch bf16 (engine `pytorch-bf16`): the PyTorch model's training step under
+  `torch.autocast("cpu", dtype=torch.bfloat16)` (its mixed precision: linear layers and
+  attention products in bf16, master weights f32), the peer of corefocus's bf16 training.
 """
 
 from __future__ import annotations
@@ -57,7 +61,8 @@ def parse_args():
         default="pytorch,onnxruntime,corefocus",
         help="which engines take part (e.g. onnxruntime,corefocus to see how each fares "
         "without the others between its calls; onnxruntime-int8 adds ONNX Runtime on its "
-        "dynamically int8-quantised graph)",
+        "dynamically int8-quantised graph, pytorch-bf16 PyTorch's training step under bf16 "
+        "autocast)",
     )
     p.add_argument(
         "--no-spin",
@@ -175,7 +180,7 @@ def main():
     # corefocus can be timed alone in its process (their pools then hold no threads).
     torch = ort = torch_model = sess = sess_int8 = None
     fusions = {}
-    if chosen & {"pytorch", "onnxruntime", "onnxruntime-int8"}:
+    if chosen & {"pytorch", "pytorch-bf16", "onnxruntime", "onnxruntime-int8"}:
         torch, ort, torch_model, (sess, sess_int8), fusions = load_peers(args, ids_of, heads, hidden)
 
     variants = [v for v in args.variants.split(",") if v]
@@ -216,24 +221,31 @@ def main():
         engines = [
             (f"corefocus {v}", (lambda m: lambda: m.train_step(lists, labels))(m))
             for v, m in cf.items()
-            if "/" not in v
+            if not v.endswith("/int8")
         ]
-        if "pytorch" in chosen:
+        t_ids = t_mask = t_labels = None
+        if chosen & {"pytorch", "pytorch-bf16"}:
             t_ids = torch.from_numpy(ids)
             t_mask = torch.ones_like(t_ids)
             t_labels = torch.tensor(labels)
-            adamw = torch.optim.AdamW(torch_model.parameters(), lr=1e-5, weight_decay=0.0)
 
-            def torch_step():
+        def torch_step_with(adamw, autocast):
+            def step():
                 torch_model.train()
-                loss = torch_model(input_ids=t_ids, attention_mask=t_mask, labels=t_labels).loss
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                    loss = torch_model(input_ids=t_ids, attention_mask=t_mask, labels=t_labels).loss
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(torch_model.parameters(), 1.0)
                 adamw.step()
                 adamw.zero_grad(set_to_none=True)
                 torch_model.eval()
 
-            engines.append(("pytorch", torch_step))
+            return step
+
+        for engine, autocast in [("pytorch", False), ("pytorch-bf16", True)]:
+            if engine in chosen:
+                adamw = torch.optim.AdamW(torch_model.parameters(), lr=1e-5, weight_decay=0.0)
+                engines.append((engine.replace("-", " "), torch_step_with(adamw, autocast)))
         return engines
 
     order_rng = random.Random(args.seed)

@@ -806,6 +806,31 @@ the plot
             .output()
             .unwrap();
         expect(&refused, id, &[]);
+        if precision == "bf16" {
+            // Training at bf16 likewise, before anything loads or is written.
+            let out_dir = s.path("train-bf16");
+            let refused = common::corefocus_command()
+                .env(switch, "off")
+                .args(strings(&[
+                    "train",
+                    "--model",
+                    model.to_str().unwrap(),
+                    "--data",
+                    data.to_str().unwrap(),
+                    "--out",
+                    out_dir.to_str().unwrap(),
+                    "--precision",
+                    "bf16",
+                ]))
+                .output()
+                .unwrap();
+            expect(&refused, id, &[]);
+            assert!(
+                !out_dir.exists(),
+                "a refused run wrote {}",
+                out_dir.display()
+            );
+        }
         let out = eval(&good, &["--precision", precision]);
         if out.status.success() {
             let f32_report = succeeded(&eval(&good, &[]), "eval f32");
@@ -824,7 +849,7 @@ the plot
             expect(&out, id, &[]);
         }
     }
-    let bench_bf16 = corefocus(&strings(&[
+    let bench_int8 = corefocus(&strings(&[
         "bench",
         "--config",
         model.to_str().unwrap(),
@@ -837,12 +862,12 @@ the plot
         "--reps",
         "1",
         "--precision",
-        "bf16",
+        "int8",
     ]));
-    let bf16 = corefocus::kernels::matmul::Precision::Bf16
+    let int8 = corefocus::kernels::matmul::Precision::Int8
         .check_available()
         .is_ok();
-    expect(&bench_bf16, if bf16 { "I11" } else { "I10" }, &[]);
+    expect(&bench_int8, if int8 { "I11" } else { "I12" }, &[]);
     expect(
         &eval(&good, &["--split", "validation"]),
         "I03",

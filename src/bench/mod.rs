@@ -56,8 +56,9 @@ pub struct BenchArgs {
     /// `--forward-only`: of the forward passes).
     #[arg(long)]
     pub profile: bool,
-    /// Arithmetic of the forward passes' linear layers (with --forward-only): f32, bf16
-    /// (needs Intel AMX or AVX512-BF16) or int8 (needs AVX512-VNNI), as `predict --precision`.
+    /// Arithmetic of the linear layers' products: f32, bf16 (needs Intel AMX or
+    /// AVX512-BF16; training steps as `train --precision bf16`) or int8 (needs AVX512-VNNI;
+    /// with --forward-only), as `predict --precision`.
     #[arg(long, default_value = "f32")]
     pub precision: Precision,
     /// Print JSON instead of the table.

@@ -15,12 +15,14 @@ pub struct TimedModel {
     opt: AdamW,
     grads: ParamStore,
     steps: u64,
+    precision: Precision,
 }
 
 impl TimedModel {
     /// The HF-format BERT checkpoint in `dir` as `variant` (`bench --variant`'s grammar,
     /// e.g. `bert`, `pfc@5`) with a `num_labels`-class head; its forward passes multiply
-    /// at `precision` (training steps in f32: the first drops the packed weights).
+    /// at `precision` (so do training steps, f32 or bf16; the first drops the packed
+    /// weights, and later forward passes run unpacked in f32).
     pub fn load(
         dir: &Path,
         variant: &str,
@@ -42,6 +44,7 @@ impl TimedModel {
             opt,
             grads,
             steps: 0,
+            precision,
         })
     }
 
@@ -71,8 +74,13 @@ impl TimedModel {
     }
 
     /// One AdamW training step (forward, backward, clipping, update; lr 1e-5, as
-    /// `bench`) on `seqs` with classes `labels`; returns the loss.
+    /// `bench`) on `seqs` with classes `labels`, its linear layers at the model's precision
+    /// (f32 or bf16, as `train --precision`); returns the loss.
     pub fn train_step(&mut self, seqs: &[Vec<u32>], labels: &[usize]) -> Result<f32> {
+        ensure!(
+            self.precision != Precision::Int8,
+            "int8 times forward passes only (training is f32 or bf16)"
+        );
         ensure!(
             labels.len() == seqs.len(),
             "{} labels for {} sequences",
@@ -97,6 +105,7 @@ impl TimedModel {
             clip: 1.0,
             distill: None,
             poison_logits: false,
+            precision: self.precision,
         };
         let r = train_step(
             &mut self.model,

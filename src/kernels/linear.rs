@@ -2,7 +2,7 @@
 
 use super::fastmath::simd_fn;
 use super::matmul::{
-    matmul, matmul_packed, matmul_with, Backend, Epilogue, MatRef, PackedRhs, Par,
+    matmul, matmul_packed, matmul_with, Backend, Epilogue, MatRef, PackedRhs, Par, Precision,
 };
 use rayon::prelude::*;
 
@@ -67,7 +67,9 @@ pub fn linear_forward_packed(
 
 /// Backward of `linear_forward`. Parameter gradients `dw` (`[out, in]`) and `db`
 /// accumulate (+=); `dx`, when wanted, is overwritten, or accumulated into when
-/// `accumulate_dx` is set (for residual branches).
+/// `accumulate_dx` is set (for residual branches). At `precision` bf16 both products
+/// multiply in bf16 with f32 sums, as the bf16 forward pass did (mixed-precision
+/// training); the bias gradient is an f32 sum either way.
 #[allow(clippy::too_many_arguments)]
 pub fn linear_backward(
     x: &[f32],
@@ -80,27 +82,30 @@ pub fn linear_backward(
     accumulate_dx: bool,
     dw: &mut [f32],
     db: Option<&mut [f32]>,
+    precision: Precision,
 ) {
     debug_assert_eq!(dy.len(), rows * out_dim);
+    assert!(
+        precision != Precision::Int8,
+        "linear_backward: int8 products are for inference only"
+    );
+    let product = |dst: &mut [f32], ldc: usize, a: MatRef, b: MatRef, accumulate: bool| {
+        if precision == Precision::F32 {
+            matmul(dst, ldc, a, b, accumulate, Par::Rayon);
+        } else {
+            let b = PackedRhs::with_precision(b, precision);
+            matmul_packed(dst, ldc, a, &b, accumulate, Par::Rayon, Epilogue::default());
+        }
+    };
+    let dy_view = MatRef::new(dy, rows, out_dim);
     if let Some(dx) = dx {
-        matmul(
-            &mut dx[..rows * in_dim],
-            in_dim,
-            MatRef::new(dy, rows, out_dim),
-            MatRef::new(w, out_dim, in_dim),
-            accumulate_dx,
-            Par::Rayon,
-        );
+        // dx[rows, in] (+)= dy[rows, out] · W[out, in]
+        let w = MatRef::new(w, out_dim, in_dim);
+        product(&mut dx[..rows * in_dim], in_dim, dy_view, w, accumulate_dx);
     }
     // dW[out, in] += dyᵀ[out, rows] · x[rows, in]
-    matmul(
-        dw,
-        in_dim,
-        MatRef::new(dy, rows, out_dim).t(),
-        MatRef::new(x, rows, in_dim),
-        true,
-        Par::Rayon,
-    );
+    let x = MatRef::new(x, rows, in_dim);
+    product(dw, in_dim, dy_view.t(), x, true);
     if let Some(db) = db {
         column_sums_into(dy, rows, out_dim, db);
     }
@@ -212,6 +217,7 @@ mod tests {
             false,
             &mut dw,
             Some(&mut db),
+            Precision::F32,
         );
         let h = 1e-5;
         let gx = numeric_grad(
@@ -248,6 +254,7 @@ mod tests {
             true,
             &mut dw2,
             None,
+            Precision::F32,
         );
         for (a, b) in dx2.iter().zip(&dx) {
             assert!((a - 2.0 * b).abs() <= 1e-6 * (1.0 + b.abs()));

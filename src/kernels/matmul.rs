@@ -266,6 +266,17 @@ impl PackedRhs {
         }
     }
 
+    /// The precision its products run at.
+    pub fn precision(&self) -> Precision {
+        match &self.inner {
+            #[cfg(target_arch = "x86_64")]
+            Packed::Amx(_) => Precision::Bf16,
+            #[cfg(target_arch = "x86_64")]
+            Packed::Int8(_) => Precision::Int8,
+            _ => Precision::F32,
+        }
+    }
+
     /// `[k, n]`.
     pub fn shape(&self) -> (usize, usize) {
         match &self.inner {

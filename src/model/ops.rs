@@ -6,6 +6,7 @@ use super::layout::{LinearIds, NormIds};
 use super::params::ParamStore;
 use crate::kernels::layernorm::{layernorm_backward, layernorm_forward};
 use crate::kernels::linear::{linear_backward, linear_forward, linear_forward_packed};
+use crate::kernels::matmul::Precision;
 
 /// `y = x Wᵀ + b`: `x` `[rows, i]`, `y` `[rows, o]` (with `W` packed beforehand where
 /// the store has it packed: inference).
@@ -61,7 +62,24 @@ pub fn linear_back(
 ) {
     let (dw, db) = grads.pair_mut(ids.w, ids.b);
     let w = p.data(ids.w);
-    linear_backward(x, rows, i, w, o, dy, dx, accumulate_dx, dw, Some(db));
+    // Both gradient products at the precision the forward pass multiplied at (bf16 when
+    // a training step packed the weights so: `train --precision bf16`).
+    let precision = p
+        .packed_weight(ids.w)
+        .map_or(Precision::F32, |w| w.precision());
+    linear_backward(
+        x,
+        rows,
+        i,
+        w,
+        o,
+        dy,
+        dx,
+        accumulate_dx,
+        dw,
+        Some(db),
+        precision,
+    );
 }
 
 /// `y = LN(x)` over `rows` rows of width `d`, also writing each row's mean and 1/std.

@@ -336,3 +336,84 @@ fn pf_within_prune_min_len_gradient_matches_finite_differences() {
         ],
     );
 }
+
+#[test]
+fn bf16_training_gradients_stay_close_to_f32() {
+    // Mixed precision (`train --precision bf16`): with the weights packed in bf16, the
+    // forward products and both backward products of every linear layer round their
+    // operands to bf16 (f32 sums). Dimensions above 32 so that the layers are packed.
+    if crate::kernels::matmul::Precision::Bf16
+        .check_available()
+        .is_err()
+    {
+        eprintln!("skipped: no bf16 arithmetic on this CPU");
+        return;
+    }
+    let cfg = BertConfig::sized(60, 64, 4, 2, 128);
+    for variant in [Variant::Bert, Variant::Pfc] {
+        let method = MethodConfig {
+            prune_min_len: 0,
+            ..MethodConfig::recommended(variant, &cfg)
+        };
+        let mut model = Model::random(cfg.clone(), method, 3, 7).unwrap();
+        let seq: Vec<u32> = (0..40).map(|i| 2 + (i * 7) % 50).collect();
+        let batch = Batch::from_sequences(&[&seq, &seq[..25]], 0);
+        let c = crate::kernels::gradcheck::random_vec(11, 2 * 3, 1.0);
+        let grads_at = |model: &Model| {
+            let (out, tape) = model.forward(&batch, Mode::Eval, true);
+            let mut grads = model.params.zeros_like();
+            model.backward(&tape.unwrap(), &c, &mut grads);
+            (out.logits, grads)
+        };
+        let (logits32, grads32) = grads_at(&model);
+        model
+            .params
+            .pack_linear_weights_as(crate::kernels::matmul::Precision::Bf16);
+        let (logits16, grads16) = grads_at(&model);
+        let rel = |a: &[f32], b: &[f32]| {
+            let diff: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+            let norm: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+            (diff / norm.max(1e-30)).sqrt()
+        };
+        let logit_err = rel(&logits16, &logits32);
+        assert!(
+            logit_err > 0.0 && logit_err < 5e-3,
+            "{variant:?} logits: {logit_err}"
+        );
+        // Per tensor for bert; for pfc over all tensors together, since a hard
+        // assignment whose two best slots are within bf16's rounding may go either way
+        // (the combiner's own small tensors then get a different gradient).
+        let (mut all16, mut all32) = (Vec::new(), Vec::new());
+        for t in &model.params.tensors {
+            let id = model.params.id(&t.name).unwrap();
+            let (g16, g32) = (grads16.data(id), grads32.data(id));
+            assert!(g16.iter().all(|g| g.is_finite()), "{variant:?} {}", t.name);
+            // A key bias adds the same q_i·b to a whole row of scores, which softmax
+            // ignores: its gradient is 0 up to rounding, and rounding is all it shows.
+            if g32.iter().all(|&g| g == 0.0) || t.name.ends_with("key.bias") {
+                continue;
+            }
+            all16.extend_from_slice(g16);
+            all32.extend_from_slice(g32);
+            let err = rel(g16, g32);
+            // bf16 keeps 8 bits (2^-9 relative per rounded operand); measured ~3e-4 here.
+            if variant == Variant::Bert {
+                assert!(err < 2e-2, "{variant:?} {}: relative error {err}", t.name);
+            }
+        }
+        let err = rel(&all16, &all32);
+        assert!(
+            err < 5e-3,
+            "{variant:?}: relative error {err} over all gradients"
+        );
+        let id = model
+            .params
+            .id("encoder.layer.0.attention.self.query.weight");
+        let id = id.expect("the first layer's query weight");
+        assert_ne!(
+            grads16.data(id),
+            grads32.data(id),
+            "bf16 products did not run"
+        );
+    }
+}

@@ -5,6 +5,7 @@
 use super::adamw::AdamWConfig;
 use super::train_loop::LoopSettings;
 use crate::data::ReadOptions;
+use crate::kernels::matmul::Precision;
 use crate::model::{
     BertConfig, CombineAssignment, CombineBlock, CombineInit, CombinePooling, CombineResidual,
     CombineTokenInit, MethodConfig, Pooling, Variant,
@@ -83,6 +84,12 @@ fn parse_combine_token_init(s: &str) -> Result<CombineTokenInit, String> {
         ("vocab", CombineTokenInit::Vocab),
     ];
     choose(s, "combine token init", &choices)
+}
+
+/// `--precision` of `train`: f32 or bf16 (int8 has no training arithmetic).
+fn parse_train_precision(s: &str) -> Result<Precision, String> {
+    let choices = [("f32", Precision::F32), ("bf16", Precision::Bf16)];
+    choose(s, "training precision", &choices)
 }
 
 fn parse_variant(s: &str) -> Result<Variant, String> {
@@ -471,6 +478,12 @@ pub struct TrainOptions {
     /// Also save the resume state every N optimizer steps (0: only at epoch ends).
     #[arg(long, default_value_t = 0)]
     pub save_every: u64,
+    /// Arithmetic of the linear layers' products in training: f32, or bf16 (mixed
+    /// precision: operands rounded to bf16, sums in f32, the weights, optimizer, attention,
+    /// LayerNorm and evaluation f32; needs Intel AMX or AVX512-BF16). Faster, less exact:
+    /// docs/results.md measures both.
+    #[arg(long, default_value = "f32", value_parser = parse_train_precision)]
+    pub precision: Precision,
     /// Test only: save the resume state after optimizer step N, then exit with status 3.
     #[arg(long, hide = true)]
     pub stop_after_steps: Option<u64>,
@@ -532,6 +545,7 @@ impl Default for TrainOptions {
             overwrite: false,
             resume: false,
             save_every: 0,
+            precision: Precision::F32,
             stop_after_steps: None,
             stop_after_trials: None,
             inject_nan_at_step: None,
@@ -644,6 +658,7 @@ impl TrainOptions {
             seed: self.seed,
             eval_batch: self.eval_batch,
             progress: true,
+            precision: self.precision,
         }
     }
 }

@@ -40,6 +40,7 @@ pub struct TrainOutcome {
 /// the test split if there is one.
 pub fn run_train(opts: &TrainOptions) -> Result<TrainOutcome> {
     opts.validate()?;
+    opts.precision.check_available()?;
     let start = read_resume_or_check_out(opts)?;
     // `--model` may name a hub model: resolved once to a local directory (the options
     // keep what the user wrote, so `--resume` compares like with like).

@@ -5,6 +5,7 @@
 
 use super::adamw::{clip_grad_norm, global_grad_norm, AdamW};
 use crate::kernels::loss::{distillation_loss, softmax_cross_entropy};
+use crate::kernels::matmul::Precision;
 use crate::model::{Batch, CombineStats, Mode, Model, ParamStore};
 use crate::rng::mix64;
 
@@ -73,6 +74,9 @@ pub struct StepSettings {
     pub distill: Option<(f32, f32)>,
     /// Test only: make the logits NaN (exercises the non-finite checks).
     pub poison_logits: bool,
+    /// What the linear layers' products (forward, input and weight gradients) multiply
+    /// at; attention, LayerNorm, the optimizer and the weights stay f32.
+    pub precision: Precision,
 }
 
 /// What one step measured.
@@ -116,6 +120,12 @@ pub fn train_step<M: Trainable>(
     let mode = Mode::Train {
         seed: settings.seed,
     };
+    if settings.precision != Precision::F32 {
+        // Rounded from this step's weights; the update below drops them again.
+        model
+            .params_mut()
+            .pack_linear_weights_as(settings.precision);
+    }
     let (mut logits, tape) = model.logits(input.batch, mode, true);
     let tape = tape.expect("a forward pass with record=true returns a tape");
     if settings.poison_logits {

@@ -6,6 +6,7 @@ use super::outputs::{prepare_out_dir, MetricsLog};
 use super::prepare::{subsample, EncodedSet};
 use super::records::{is_stopped_for_test, EpochRecord};
 use super::*;
+use crate::kernels::matmul::Precision;
 use crate::model::{
     Batch, BertConfig, CombineInit, CombinePooling, LengthRange, MethodConfig, Mode, Model,
     ParamStore, Variant,
@@ -394,6 +395,7 @@ fn toy_settings() -> LoopSettings {
         seed: 3,
         eval_batch: 5,
         progress: false,
+        precision: Precision::F32,
     }
 }
 

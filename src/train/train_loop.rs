@@ -10,6 +10,7 @@ use super::records::{
 };
 use super::schedule::LinearSchedule;
 use super::step::{step_seed, train_step, StepBatch, StepSettings, Trainable};
+use crate::kernels::matmul::Precision;
 use crate::model::{Batch, CombineStats, Model};
 use crate::rng::Rng;
 use anyhow::{anyhow, bail, ensure, Context, Result};
@@ -36,6 +37,8 @@ pub struct LoopSettings {
     pub eval_batch: usize,
     /// Show a progress bar (indicatif hides it anyway when stderr is not a terminal).
     pub progress: bool,
+    /// The linear layers' arithmetic in the training steps (evaluation stays f32).
+    pub precision: Precision,
 }
 
 /// Names of `model`'s newly created tensors (see `names::is_created`).
@@ -148,6 +151,7 @@ pub fn train_loop_with<M: Trainable>(
                 clip: settings.clip,
                 distill: settings.distill,
                 poison_logits: control.inject_nan_at_step == Some(at.step + 1),
+                precision: settings.precision,
             };
             let result =
                 train_step(model, &mut opt, &mut grads, &input, &step_settings).map_err(|bad| {
