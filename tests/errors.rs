@@ -811,17 +811,13 @@ the plot
             let out_dir = s.path("train-bf16");
             let refused = common::corefocus_command()
                 .env(switch, "off")
-                .args(strings(&[
-                    "train",
-                    "--model",
-                    model.to_str().unwrap(),
-                    "--data",
-                    data.to_str().unwrap(),
-                    "--out",
-                    out_dir.to_str().unwrap(),
-                    "--precision",
-                    "bf16",
-                ]))
+                .args(common::train_args(
+                    &model,
+                    &data,
+                    &out_dir,
+                    &["--precision", "bf16"],
+                    &[],
+                ))
                 .output()
                 .unwrap();
             expect(&refused, id, &[]);
