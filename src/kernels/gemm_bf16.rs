@@ -206,7 +206,7 @@ impl PackedBf16 {
         let (k, n) = (b.rows, b.cols);
         let k_steps = k.div_ceil(TILE_K);
         let col_blocks = n.div_ceil(BLOCK_COLS);
-        let mut tiles = vec![0u16; col_blocks * k_steps * 2 * TILE_LEN];
+        let mut tiles = take_tile_buffer(col_blocks * k_steps * 2 * TILE_LEN);
         // Tile i: column block i / 2 / k_steps, step (i / 2) % k_steps, half i % 2. Its
         // row r holds (k = 2r, 2r + 1) of each of its 16 columns; the padding stays 0.
         let fill = |(i, tile): (usize, &mut [u16])| {
@@ -214,6 +214,10 @@ impl PackedBf16 {
             let (col0, p0) = (block * BLOCK_COLS + half * TILE_COLS, step * TILE_K);
             let cols = TILE_COLS.min(n.saturating_sub(col0));
             let ks = TILE_K.min(k - p0);
+            // The buffer may hold an earlier operand: padding is written as zeros.
+            if cols < TILE_COLS || ks < TILE_K {
+                tile.fill(0);
+            }
             if cols == 0 {
                 return; // a half block past the last column: padding only
             }
@@ -262,6 +266,43 @@ impl PackedBf16 {
     pub fn bytes(&self) -> usize {
         2 * self.tiles.len()
     }
+}
+
+impl Drop for PackedBf16 {
+    fn drop(&mut self) {
+        let tiles = std::mem::take(&mut self.tiles);
+        let mut pool = TILE_BUFFERS.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.len() < MAX_POOLED_TILE_BUFFERS {
+            pool.push(tiles);
+        }
+    }
+}
+
+/// Buffers of dropped [`PackedBf16`]s, for the next ones: a training step packs every
+/// weight and one activation per weight gradient, and fresh buffers of several MiB cost
+/// their zeroing and page faults every time.
+static TILE_BUFFERS: std::sync::Mutex<Vec<Vec<u16>>> = std::sync::Mutex::new(Vec::new());
+
+/// More than a step's packed weights of a 12-layer model at once (6 per layer).
+const MAX_POOLED_TILE_BUFFERS: usize = 96;
+
+/// A buffer of `len` u16 with arbitrary contents: the pooled one whose capacity fits best,
+/// else a new one.
+fn take_tile_buffer(len: usize) -> Vec<u16> {
+    let mut pool = TILE_BUFFERS.lock().unwrap_or_else(|e| e.into_inner());
+    let best = pool
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| b.capacity() >= len)
+        .min_by_key(|(_, b)| b.capacity())
+        .map(|(i, _)| i);
+    let mut buf = match best {
+        Some(i) => pool.swap_remove(i),
+        None => Vec::new(),
+    };
+    drop(pool);
+    buf.resize(len, 0);
+    buf
 }
 
 /// `ldtilecfg`'s 64-byte operand: palette 1, all eight tiles 16 rows of 64 bytes.
