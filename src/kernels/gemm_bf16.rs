@@ -272,7 +272,8 @@ impl Drop for PackedBf16 {
     fn drop(&mut self) {
         let tiles = std::mem::take(&mut self.tiles);
         let mut pool = TILE_BUFFERS.lock().unwrap_or_else(|e| e.into_inner());
-        if pool.len() < MAX_POOLED_TILE_BUFFERS {
+        let held: usize = pool.iter().map(Vec::capacity).sum();
+        if held + tiles.capacity() <= MAX_POOLED_TILE_U16 {
             pool.push(tiles);
         }
     }
@@ -283,8 +284,9 @@ impl Drop for PackedBf16 {
 /// their zeroing and page faults every time.
 static TILE_BUFFERS: std::sync::Mutex<Vec<Vec<u16>>> = std::sync::Mutex::new(Vec::new());
 
-/// More than a step's packed weights of a 12-layer model at once (6 per layer).
-const MAX_POOLED_TILE_BUFFERS: usize = 96;
+/// At most 64 MiB pooled: a MiniLM training step's packed weights (21 MiB) and
+/// activations; also all a process keeps of a bf16 model it has dropped.
+const MAX_POOLED_TILE_U16: usize = 32 << 20;
 
 /// A buffer of `len` u16 with arbitrary contents: the pooled one whose capacity fits best,
 /// else a new one.
