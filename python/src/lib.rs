@@ -241,7 +241,8 @@ struct NativeTimedModel {
 impl NativeTimedModel {
     /// The HF-format BERT checkpoint in `model_dir` as `variant` (`bench --variant`'s
     /// grammar: bert, pf, pfc@5, ...) with a `num_labels`-class head; forward passes
-    /// multiply at `precision` ("f32", "bf16" or "int8").
+    /// (and, for f32 and bf16, training steps) multiply at `precision` ("f32", "bf16" or
+    /// "int8").
     #[staticmethod]
     #[pyo3(signature = (model_dir, variant, num_labels, precision="f32"))]
     fn load(
@@ -268,7 +269,8 @@ impl NativeTimedModel {
         Ok(PyBytes::new(py, &bytes))
     }
 
-    /// One AdamW training step on `ids` with classes `labels`; returns the loss.
+    /// One AdamW training step on `ids` with classes `labels`, the linear layers at the
+    /// model's precision (f32 or bf16; int8 models do not train); returns the loss.
     fn train_step(
         &mut self,
         py: Python<'_>,
