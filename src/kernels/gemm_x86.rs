@@ -822,7 +822,7 @@ unsafe fn serial_packed_with<K: MicroKernel>(
 /// few rows. The weights come from L3 or memory (a model's are larger than L2): while one
 /// panel's tiles are computed, the next panel is fetched, a share before each tile, and
 /// the first panel whole while A is packed (at 1 x 128 the products waited on the
-/// weights: 35% slower than with them in cache). Disabled, it fetches nothing.
+/// weights; measured in docs/results.md, 3 Dec evening). Disabled, it fetches nothing.
 #[derive(Clone, Copy)]
 struct PanelPrefetch {
     /// 64-byte lines of one `kc x NR` panel; 0 when disabled.
