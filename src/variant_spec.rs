@@ -70,6 +70,7 @@ pub struct VariantSpec {
     pub combine_noise: Option<bool>,
     pub combine_key_grad: Option<bool>,
     pub combine_heads: Option<usize>,
+    pub combine_dropout: Option<f32>,
 }
 
 impl std::str::FromStr for VariantSpec {
@@ -104,6 +105,7 @@ impl std::str::FromStr for VariantSpec {
             combine_noise: None,
             combine_key_grad: None,
             combine_heads: None,
+            combine_dropout: None,
         };
         for part in parts {
             let Some((key, value)) = part.split_once('=') else {
@@ -157,9 +159,14 @@ impl std::str::FromStr for VariantSpec {
                         format!("variant spec {s:?}: heads {value:?} is not a whole number")
                     })?)
                 }
+                "drop" => {
+                    spec.combine_dropout = Some(value.trim().parse().with_context(|| {
+                        format!("variant spec {s:?}: drop {value:?} is not a number")
+                    })?)
+                }
                 other => {
                     bail!(
-                        "variant spec {s:?}: unknown setting {other:?} (expected p, m, r, assign, pool, noise, kgrad or heads)"
+                        "variant spec {s:?}: unknown setting {other:?} (expected p, m, r, assign, pool, noise, kgrad, heads or drop)"
                     )
                 }
             }
@@ -200,6 +207,7 @@ impl VariantSpec {
             combine_noise: self.combine_noise,
             combine_key_grad: self.combine_key_grad,
             combine_heads: self.combine_heads,
+            combine_dropout: self.combine_dropout,
             ..MethodArgs::default()
         })
     }
@@ -236,6 +244,7 @@ impl VariantSpec {
             ("combine noise", "applies", self.combine_noise.is_some()),
             ("kgrad", "applies", self.combine_key_grad.is_some()),
             ("heads", "apply", self.combine_heads.is_some()),
+            ("drop", "applies", self.combine_dropout.is_some()),
         ];
         for (what, verb, given) in combine_settings {
             ensure!(!given || v.combines(), "{what} only {verb} to c and pfc");
@@ -250,6 +259,7 @@ impl VariantSpec {
         m.combine_noise = self.combine_noise.unwrap_or(m.combine_noise);
         m.combine_key_grad = self.combine_key_grad.unwrap_or(m.combine_key_grad);
         m.combine_heads = self.combine_heads.unwrap_or(m.combine_heads);
+        m.combine_dropout = self.combine_dropout.or(m.combine_dropout);
         m.validate(layers)?;
         Ok(m)
     }
@@ -280,6 +290,7 @@ mod tests {
             combine_noise: None,
             combine_key_grad: None,
             combine_heads: None,
+            combine_dropout: None,
         };
         assert_eq!(spec("pf:0.8"), want);
         assert_eq!(spec("pf:p=0.8"), want);
@@ -325,9 +336,12 @@ mod tests {
                 combine_noise: None,
                 combine_key_grad: None,
                 combine_heads: None,
+                combine_dropout: None,
             }
         );
         assert_eq!(spec("c@L-1:kgrad=false").combine_key_grad, Some(false));
+        assert_eq!(spec("c@L-1:drop=0").combine_dropout, Some(0.0));
+        assert!(err("c:drop=x").contains("drop"), "{}", err("c:drop=x"));
         assert_eq!(spec("c@L-1:heads=12").combine_heads, Some(12));
         assert!(err("c:heads=x").contains("heads"), "{}", err("c:heads=x"));
         assert_eq!(spec("c@L-1:noise=false").combine_noise, Some(false));

@@ -157,6 +157,9 @@ pub fn cell_name(m: &MethodArgs) -> String {
     if let Some(h) = m.combine_heads {
         name.push_str(&format!("-h{h}"));
     }
+    if let Some(p) = m.combine_dropout {
+        name.push_str(&format!("-drop{p}"));
+    }
     name
 }
 

@@ -149,8 +149,18 @@ impl Model {
         }
     }
 
-    /// The dropouts of transformer layer `l` in a pass with `noise`.
+    /// The dropouts of transformer layer `l` (0-based) in a pass with `noise`: the
+    /// checkpoint's, or `combine_dropout` from the combiner's layer block on (that block
+    /// uses the replaced layer's, `combine_layer - 1`).
     pub(super) fn layer_dropout(&self, noise: Noise, l: usize) -> Option<LayerDropout> {
-        noise.layer(l, &self.bert)
+        let mut dropout = noise.layer(l, &self.bert)?;
+        let m = &self.method;
+        if let Some(p) = m.combine_dropout {
+            if m.variant.combines() && l + 1 >= m.combine_layer {
+                dropout.hidden_p = p;
+                dropout.attn_p = p;
+            }
+        }
+        Some(dropout)
     }
 }

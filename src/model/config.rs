@@ -421,6 +421,12 @@ pub struct MethodConfig {
     pub unimp_thresh: f32,
     /// Dropout before the classifier (the checkpoint's hidden dropout by default).
     pub classifier_dropout: f32,
+    /// Dropout (hidden and attention) of the combiner's layer block and of the layers
+    /// after the combiner (C/PFC), where m combined tokens stand for the whole document;
+    /// `None` (also in checkpoints written before it): the checkpoint's, as in every other
+    /// layer.
+    #[serde(default)]
+    pub combine_dropout: Option<f32>,
 }
 
 impl MethodConfig {
@@ -457,6 +463,7 @@ impl MethodConfig {
             imp_thresh: 0.01,
             unimp_thresh: 0.9,
             classifier_dropout: 0.1,
+            combine_dropout: None,
         }
     }
 
@@ -545,6 +552,17 @@ impl MethodConfig {
                 "classifier dropout {} must be in [0, 1)",
                 self.classifier_dropout
             );
+        }
+        if let Some(p) = self.combine_dropout {
+            if !(0.0..1.0).contains(&p) {
+                bail!("--combine-dropout {p} must be in [0, 1)");
+            }
+            if !self.variant.combines() {
+                bail!(
+                    "--combine-dropout applies only to variants c and pfc, not {}",
+                    self.variant.name()
+                );
+            }
         }
         if !(self.pct_low <= self.pct_high && self.pct_low >= 0.0 && self.pct_high <= 100.0) {
             bail!("fuzzy percentiles must satisfy 0 <= low <= high <= 100");

@@ -417,3 +417,38 @@ fn bf16_training_gradients_stay_close_to_f32() {
         );
     }
 }
+
+#[test]
+fn combine_dropout_applies_from_the_combiners_block_on() {
+    let cfg = BertConfig::sized(40, 8, 4, 2, 16);
+    let mut method = MethodConfig::new(Variant::C, 4);
+    assert_eq!(method.combine_layer, 3);
+    method.combine_dropout = Some(0.0);
+    let model = Model::random(cfg.clone(), method.clone(), 3, 1).unwrap();
+    let noise = Noise::of(Mode::Train { seed: 7 });
+    // Layers 1 and 2 keep the checkpoint's dropout; the replaced layer 3 (its block) and
+    // layer 4 (on the combined tokens) take the setting.
+    let probs: Vec<(f32, f32)> = (0..4)
+        .map(|l| {
+            let d = model.layer_dropout(noise, l).expect("training has dropout");
+            (d.hidden_p, d.attn_p)
+        })
+        .collect();
+    let kept = (cfg.hidden_dropout_prob, cfg.attention_probs_dropout_prob);
+    assert_eq!(probs, [kept, kept, (0.0, 0.0), (0.0, 0.0)]);
+    assert!(model.layer_dropout(Noise::of(Mode::Eval), 3).is_none());
+
+    // Unset, every layer keeps the checkpoint's.
+    method.combine_dropout = None;
+    let model = Model::random(cfg.clone(), method.clone(), 3, 1).unwrap();
+    let d = model.layer_dropout(noise, 3).unwrap();
+    assert_eq!((d.hidden_p, d.attn_p), kept);
+
+    // Out of range, or on a variant without a combiner: refused.
+    method.combine_dropout = Some(1.0);
+    assert!(method.validate(4).is_err());
+    let mut bert = MethodConfig::new(Variant::Bert, 4);
+    bert.combine_dropout = Some(0.0);
+    let err = bert.validate(4).unwrap_err();
+    assert!(format!("{err:#}").contains("--combine-dropout"), "{err:#}");
+}

@@ -255,6 +255,10 @@ pub struct MethodArgs {
     /// Dropout before the classifier [default: the checkpoint's hidden dropout].
     #[arg(long)]
     pub classifier_dropout: Option<f32>,
+    /// Dropout (hidden and attention) from the combiner's layer block on, where the m
+    /// combined tokens stand for the document (c/pfc) [default: the checkpoint's].
+    #[arg(long)]
+    pub combine_dropout: Option<f32>,
 }
 
 impl Default for MethodArgs {
@@ -279,6 +283,7 @@ impl Default for MethodArgs {
             assign_eps: None,
             pooling: None,
             classifier_dropout: None,
+            combine_dropout: None,
         }
     }
 }
@@ -311,6 +316,7 @@ impl MethodArgs {
             ("--combine-key-grad", self.combine_key_grad.is_some()),
             ("--combine-scale", self.combine_scale.is_some()),
             ("--assign-eps", self.assign_eps.is_some()),
+            ("--combine-dropout", self.combine_dropout.is_some()),
         ];
         for (flag, given) in combine_flags {
             ensure!(
@@ -389,6 +395,9 @@ impl MethodArgs {
         }
         if let Some(d) = self.classifier_dropout {
             m.classifier_dropout = d;
+        }
+        if let Some(d) = self.combine_dropout {
+            m.combine_dropout = Some(d);
         }
         m.validate(bert.num_hidden_layers)?;
         m.validate_width(bert.hidden_size)?;
