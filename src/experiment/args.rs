@@ -1,5 +1,7 @@
 //! The command line of `corefocus experiment`.
 
+use crate::kernels::matmul::Precision;
+use crate::train::options::parse_train_precision;
 use std::path::{Path, PathBuf};
 
 /// The built-in grids.
@@ -51,6 +53,11 @@ pub struct ExperimentArgs {
     /// Validate and test on seeded subsets of this many examples (quick runs).
     #[arg(long)]
     pub max_eval_examples: Option<usize>,
+    /// Arithmetic of the linear layers' products in training (`train --precision`): f32,
+    /// or bf16 (mixed precision, CPUs with AMX or AVX512-BF16). Cells trained in bf16 are
+    /// named `<cell>-bf16` and compared only with each other.
+    #[arg(long, default_value = "f32", value_parser = parse_train_precision)]
+    pub precision: Precision,
     /// Print the cells and whether each is done, then stop.
     #[arg(long)]
     pub dry_run: bool,
@@ -87,6 +94,7 @@ impl ExperimentArgs {
             max_len: None,
             max_train_examples: None,
             max_eval_examples: None,
+            precision: Precision::F32,
             dry_run: false,
             report_only: false,
             drop_checkpoints: false,
@@ -123,9 +131,15 @@ mod tests {
             "bert,pfc@L-1:m=16",
             "--seeds",
             "2",
+            "--precision",
+            "bf16",
             "--dry-run",
         ])
         .unwrap();
+        assert_eq!(cli.args.precision, Precision::Bf16);
+        assert!(
+            Cli::try_parse_from(["x", "recipe", "--model", "m", "--precision", "int8"]).is_err()
+        );
         assert_eq!(cli.args.datasets, Some(vec!["a".into(), "b".into()]));
         assert_eq!(
             cli.args.variants,

@@ -2,6 +2,7 @@
 //! command line's overrides into the cells of a [`Plan`].
 
 use super::args::{ExperimentArgs, GRIDS};
+use crate::kernels::matmul::Precision;
 use crate::model::{
     BertConfig, CombineAssignment, CombinePooling, CombineResidual, LengthRange, MethodConfig,
 };
@@ -163,6 +164,15 @@ pub fn cell_name(m: &MethodArgs) -> String {
     name
 }
 
+/// A cell's name at a training precision: bf16 cells are `<name>-bf16`, so that they
+/// never take over (or resume) the f32 cell's run.
+fn precision_cell_name(name: String, precision: Precision) -> String {
+    match precision {
+        Precision::F32 => name,
+        p => format!("{name}-{}", p.name()),
+    }
+}
+
 /// One training run of a grid.
 #[derive(Clone, Debug)]
 pub struct Cell {
@@ -207,6 +217,7 @@ pub struct Plan {
 /// Expands `args` for a model of configuration `bert`, validating every cell's settings.
 pub fn plan(args: &ExperimentArgs, bert: &BertConfig) -> Result<Plan> {
     let layers = bert.num_hidden_layers;
+    let args_precision = args.precision;
     let mut grid = builtin_grid(&args.grid, layers)?;
     let builtin = grid.clone();
     if let Some(d) = &args.datasets {
@@ -247,7 +258,7 @@ pub fn plan(args: &ExperimentArgs, bert: &BertConfig) -> Result<Plan> {
         let config = args
             .to_config(bert)
             .with_context(|| format!("variant {v:?}"))?;
-        let name = cell_name(&args);
+        let name = precision_cell_name(cell_name(&args), args_precision);
         if !methods.iter().any(|(n, _, _)| *n == name) {
             methods.push((name, args, config));
         }
@@ -260,7 +271,10 @@ pub fn plan(args: &ExperimentArgs, bert: &BertConfig) -> Result<Plan> {
         // (a built-in variant the model cannot run, e.g. a layer past its depth, simply
         // has no row)
         if let Ok(args) = v.parse::<VariantSpec>().and_then(|s| s.method_args(layers)) {
-            append_missing(&mut report_cells, &[cell_name(&args)]);
+            append_missing(
+                &mut report_cells,
+                &[precision_cell_name(cell_name(&args), args_precision)],
+            );
         }
     }
     let requested: Vec<String> = methods.iter().map(|(n, _, _)| n.clone()).collect();
@@ -304,6 +318,7 @@ pub fn plan(args: &ExperimentArgs, bert: &BertConfig) -> Result<Plan> {
                     overwrite: true,
                     save_every: args.save_every,
                     stop_after_steps: args.stop_after_steps,
+                    precision: args.precision,
                     ..TrainOptions::default()
                 };
                 options
@@ -542,6 +557,47 @@ mod tests {
                 false
             )
         );
+        // So does the dropout after the combiner.
+        let dropout = plan(
+            &ExperimentArgs {
+                variants: Some(vec!["pfc@L-1:drop=0".into()]),
+                ..a.clone()
+            },
+            &bert,
+        )
+        .unwrap();
+        assert_eq!(names(&dropout, "toy", 1), ["pfc-l5-drop0"]);
+        assert_eq!(dropout.cells[0].settings.combine_dropout, Some(0.0));
+        // Cells trained in bf16 are cells of their own, in the report's rows too.
+        let bf16 = plan(
+            &ExperimentArgs {
+                precision: Precision::Bf16,
+                ..a.clone()
+            },
+            &bert,
+        )
+        .unwrap();
+        assert_eq!(
+            names(&bf16, "toy", 1),
+            ["pfc-l5-m16-bf16", "c-l5-bf16", "pf-p0.5-bf16"]
+        );
+        assert!(bf16
+            .cells
+            .iter()
+            .all(|c| c.options.precision == Precision::Bf16));
+        assert_eq!(
+            bf16.cells[0].dir,
+            root.join("table2/toy/pfc-l5-m16-bf16-seed1")
+        );
+        assert_eq!(bf16.report_cells[0], "bert-bf16");
+        assert!(p
+            .cells
+            .iter()
+            .all(|c| c.options.precision == Precision::F32));
+        // ... and never pooled with, or compared against, f32 results.
+        let key = |c: &Cell| crate::experiment::result::Recipe::of(&c.options).schedule_key();
+        assert!(key(&bf16.cells[0]).ends_with(", bf16 training"));
+        assert!(!key(&p.cells[0]).contains("bf16"));
         let one_seed = plan(
             &ExperimentArgs {
                 seeds: 1,

@@ -88,6 +88,8 @@ pub fn run_experiment(args: &ExperimentArgs) -> Result<ExperimentOutcome> {
     if args.report_only {
         return report_only(&plan, &baselines_dir, pending);
     }
+    // Before any cell starts, rather than once per cell.
+    args.precision.check_available()?;
     for d in &plan.grid.datasets {
         let dir = args.data_root.join(d);
         ensure!(

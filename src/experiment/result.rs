@@ -1,6 +1,7 @@
 //! What a finished cell records: `result.json` ([`CellResult`]) with the [`Recipe`] it
 //! was trained with, and reading the results of a grid.
 
+use crate::kernels::matmul::Precision;
 use crate::model::{MethodConfig, Variant};
 use crate::train::TrainOptions;
 use crate::train::{EpochRecord, LrSpec, MethodArgs};
@@ -31,6 +32,9 @@ pub struct Recipe {
     pub max_eval_examples: Option<usize>,
     pub seed: u64,
     pub method: MethodArgs,
+    /// The linear layers' training arithmetic (f32 in results recorded before it).
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 impl Recipe {
@@ -55,6 +59,7 @@ impl Recipe {
             max_eval_examples: opts.max_eval_examples,
             seed: opts.seed,
             method: opts.method.clone(),
+            precision: opts.precision,
         }
     }
 
@@ -87,7 +92,10 @@ impl Recipe {
             self.max_len,
             opt(self.max_train_examples),
             opt(self.max_eval_examples)
-        )
+        ) + &match self.precision {
+            Precision::F32 => String::new(),
+            p => format!(", {} training", p.name()),
+        }
     }
 }
 

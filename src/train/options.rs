@@ -87,7 +87,7 @@ fn parse_combine_token_init(s: &str) -> Result<CombineTokenInit, String> {
 }
 
 /// `--precision` of `train`: f32 or bf16 (int8 has no training arithmetic).
-fn parse_train_precision(s: &str) -> Result<Precision, String> {
+pub(crate) fn parse_train_precision(s: &str) -> Result<Precision, String> {
     let choices = [("f32", Precision::F32), ("bf16", Precision::Bf16)];
     choose(s, "training precision", &choices)
 }
