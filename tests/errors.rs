@@ -826,6 +826,34 @@ the plot
                 "a refused run wrote {}",
                 out_dir.display()
             );
+            // A grid at bf16 too, before any cell starts.
+            let root = s.path("grid-bf16");
+            let refused = common::corefocus_command()
+                .env(switch, "off")
+                .args(strings(&[
+                    "experiment",
+                    "recipe",
+                    "--model",
+                    model.to_str().unwrap(),
+                    "--data-root",
+                    data.parent().unwrap().to_str().unwrap(),
+                    "--datasets",
+                    data.file_name().unwrap().to_str().unwrap(),
+                    "--root",
+                    root.to_str().unwrap(),
+                    "--variants",
+                    "bert",
+                    "--seeds",
+                    "1",
+                    "--epochs",
+                    "1",
+                    "--precision",
+                    "bf16",
+                ]))
+                .output()
+                .unwrap();
+            expect(&refused, id, &[]);
+            assert!(!root.exists(), "a refused grid wrote {}", root.display());
         }
         let out = eval(&good, &["--precision", precision]);
         if out.status.success() {
