@@ -47,6 +47,11 @@ declare -A RUNS=(
   [20ng-bert]="20newsgroups 42 bert --lr 1e-4"
   [20ng-pfc-plain]="20newsgroups 42 pfc --lr 1e-4 --combine-block plain --prune-min-len 0"
   [20ng-pfc-distill]="20newsgroups 42 pfc --lr 1e-4 --distill-from runs/combining/20ng-bert --prune-min-len 0"
+  # dropout of the combiner's block and the layers after it (issue 15, 6 Dec 2026)
+  [20ng-c-lr2e-4-rerun]="20newsgroups 42 c --lr 2e-4"
+  [20ng-c-drop0]="20newsgroups 42 c --lr 2e-4 --combine-dropout 0"
+  [20ng-c-s43]="20newsgroups 43 c --lr 2e-4"
+  [20ng-c-drop0-s43]="20newsgroups 43 c --lr 2e-4 --combine-dropout 0"
   # at the rate every full 20 Newsgroups cell chose (2e-4), and the group residual
   [20ng-bert-lr2e-4]="20newsgroups 42 bert --lr 2e-4"
   [20ng-c-lr2e-4]="20newsgroups 42 c --lr 2e-4"
@@ -66,7 +71,7 @@ ORDER=(sst2-bert sst2-pfc sst2-pf sst2-pfc-minlen0 sst2-bert-lr1e-4-s43 sst2-pfc
   sst2-pfc-block sst2-pfc-block-nonoise sst2-c-plain sst2-c-block sst2-pfc-papercounts
   sst2-pfc-papercounts-s43 sst2-pfc-distill 20ng-bert 20ng-pfc-plain 20ng-pfc-distill
   20ng-bert-lr2e-4 20ng-c-lr2e-4 20ng-c-group 20ng-pfc-group 20ng-c-m16 20ng-c-m32 20ng-c-soft
-  20ng-c-h12 20ng-c-h4)
+  20ng-c-h12 20ng-c-h4 20ng-c-lr2e-4-rerun 20ng-c-drop0 20ng-c-s43 20ng-c-drop0-s43)
 one() {
   local name=$1
   [ -f "$OUT/$name/test_report.json" ] && return 0
