@@ -217,7 +217,6 @@ pub struct Plan {
 /// Expands `args` for a model of configuration `bert`, validating every cell's settings.
 pub fn plan(args: &ExperimentArgs, bert: &BertConfig) -> Result<Plan> {
     let layers = bert.num_hidden_layers;
-    let args_precision = args.precision;
     let mut grid = builtin_grid(&args.grid, layers)?;
     let builtin = grid.clone();
     if let Some(d) = &args.datasets {
@@ -249,18 +248,18 @@ pub fn plan(args: &ExperimentArgs, bert: &BertConfig) -> Result<Plan> {
     let mut methods: Vec<(String, MethodArgs, MethodConfig)> = Vec::new();
     for v in &grid.variants {
         let spec: VariantSpec = v.parse()?;
-        let mut args = spec
+        let mut method_args = spec
             .method_args(layers)
             .with_context(|| format!("variant {v:?}"))?;
         if !grid.recommended {
-            args.defaults = MethodDefaults::Paper;
+            method_args.defaults = MethodDefaults::Paper;
         }
-        let config = args
+        let config = method_args
             .to_config(bert)
             .with_context(|| format!("variant {v:?}"))?;
-        let name = precision_cell_name(cell_name(&args), args_precision);
+        let name = precision_cell_name(cell_name(&method_args), args.precision);
         if !methods.iter().any(|(n, _, _)| *n == name) {
-            methods.push((name, args, config));
+            methods.push((name, method_args, config));
         }
     }
 
@@ -270,10 +269,10 @@ pub fn plan(args: &ExperimentArgs, bert: &BertConfig) -> Result<Plan> {
     for v in &builtin.variants {
         // (a built-in variant the model cannot run, e.g. a layer past its depth, simply
         // has no row)
-        if let Ok(args) = v.parse::<VariantSpec>().and_then(|s| s.method_args(layers)) {
+        if let Ok(method_args) = v.parse::<VariantSpec>().and_then(|s| s.method_args(layers)) {
             append_missing(
                 &mut report_cells,
-                &[precision_cell_name(cell_name(&args), args_precision)],
+                &[precision_cell_name(cell_name(&method_args), args.precision)],
             );
         }
     }
