@@ -10,8 +10,10 @@
 # The teacher's logits on the training split are computed once by `train --distill-from`.
 # Loss (1 - w) CE + w T^2 KL, w 0.5, T 2 (train's defaults).
 #
-# Usage: scripts/distill-20ng.sh [teacher|c|pfc|c-m16|pfc-m16|save]...  (default: teacher c pfc save)
+# Usage: scripts/distill-20ng.sh [teacher|c|pfc|c-m16|pfc-m16|c-drop0|pfc-drop0|save]...
+#   (default: teacher c pfc save)
 #   c-m16, pfc-m16: the students with 16 combination tokens (--combine-tokens 16).
+#   c-drop0, pfc-drop0: the students without dropout after the combiner (--combine-dropout 0).
 #   Resumable: each run continues from its last saved state (`train --resume`) and a finished
 #   run (test_report.json present) is skipped. `c` and `pfc` need the finished teacher; run
 #   them side by side as two one-thread processes (RAYON_NUM_THREADS=1) after it.
@@ -26,14 +28,17 @@ TEACHER=$RUNS/bert-seed1
 for step in ${*:-teacher c pfc save}; do
   case $step in
     teacher) train "$TEACHER" --variant bert --lr 2e-4 ;;
-    c | pfc | c-m16 | pfc-m16)
+    c | pfc | c-m16 | pfc-m16 | c-drop0 | pfc-drop0)
       [ -f "$TEACHER/test_report.json" ] || { echo "the teacher $TEACHER is not finished: run '$0 teacher' first" >&2; exit 1; }
-      variant=${step%-m16}
-      tokens=()
-      [ "$variant" != "$step" ] && tokens=(--combine-tokens 16)
-      train "$RUNS/$variant-l5${tokens:+-m16}-seed1" --variant "$variant" --combine-layer 5 "${tokens[@]}" \
+      variant=${step%-*}
+      extra=()
+      case $step in
+        *-m16) extra=(--combine-tokens 16) ;;
+        *-drop0) extra=(--combine-dropout 0) ;;
+      esac
+      train "$RUNS/$variant-l5${step#"$variant"}-seed1" --variant "$variant" --combine-layer 5 "${extra[@]}" \
         --distill-from "$TEACHER" --lr auto --lr-grid 1e-4,2e-4 ;;
     save) save_runs ;;
-    *) echo "unknown step $step (teacher, c, pfc, c-m16, pfc-m16, save)" >&2; exit 2 ;;
+    *) echo "unknown step $step (teacher, c, pfc, c-m16, pfc-m16, c-drop0, pfc-drop0, save)" >&2; exit 2 ;;
   esac
 done
