@@ -481,9 +481,15 @@ impl MethodConfig {
             m.combine_token_init = CombineTokenInit::Vocab;
             m.combine_pooling = CombinePooling::Counts;
             m.combine_block = CombineBlock::Layer;
-            m.combine_scale = 1.0 / (bert.hidden_size as f32).sqrt();
+            m.combine_scale = Self::recipe_scale(bert.hidden_size, m.combine_heads);
         }
         m
+    }
+
+    /// The recipe's assignment-logit scale for `heads` assignment heads over width `hidden`:
+    /// `1/sqrt(hidden / heads)`, as attention scales its logits per head.
+    pub fn recipe_scale(hidden: usize, heads: usize) -> f32 {
+        1.0 / (hidden as f32 / heads as f32).sqrt()
     }
 
     /// The settings a run computes with on examples of `lengths` tokens: a pruning variant

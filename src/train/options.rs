@@ -370,8 +370,7 @@ impl MethodArgs {
         if let Some(h) = self.combine_heads {
             m.combine_heads = h;
             if self.defaults == MethodDefaults::Recommended && h > 0 {
-                // The recipe's 1/sqrt(d), per head: 1/sqrt(d / heads), as attention scales.
-                m.combine_scale = 1.0 / (bert.hidden_size as f32 / h as f32).sqrt();
+                m.combine_scale = MethodConfig::recipe_scale(bert.hidden_size, h);
             }
         }
         if let Some(n) = self.combine_noise {
