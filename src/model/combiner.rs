@@ -203,16 +203,21 @@ pub fn combiner_forward(
     let sim = assignment_probs(&q, &k, &packed, dims, set);
     let heads = set.heads;
     let group = hard_assignment(&sim, &packed, batch, m, heads);
-    let means = |x: &[f32]| match set.assignment {
-        CombineAssignment::Hard => group_means(x, &group, &packed, dims, heads, set.assign_eps),
-        CombineAssignment::Soft => soft_group_means(x, &sim, &packed, dims, heads, set.assign_eps),
+    // d_i = Σ_j HA_ij + assign_eps, once for u_i and r_i.
+    let denom = match set.assignment {
+        CombineAssignment::Hard => group_sizes(&group, &packed, dims, heads, set.assign_eps),
+        CombineAssignment::Soft => soft_group_sizes(&sim, &packed, dims, heads, set.assign_eps),
     };
-    let (u, denom) = means(&v);
+    let means = |x: &[f32]| match set.assignment {
+        CombineAssignment::Hard => group_means(x, &group, &packed, dims, heads, &denom),
+        CombineAssignment::Soft => soft_group_means(x, &sim, &packed, dims, heads, &denom),
+    };
+    let u = means(&v);
 
     // c'_i = c_i + W_o u_i + b_o (or r_i + ...).
     let r = match set.residual {
         CombineResidual::Token => Vec::new(),
-        CombineResidual::Group => means(&packed.e).0,
+        CombineResidual::Group => means(&packed.e),
     };
     ops::linear(p, ids.out, &u, bm, d, d, out);
     let residual = match set.residual {
@@ -663,64 +668,75 @@ fn hard_assignment(
     group
 }
 
-/// u_i = mean of the values assigned to i, per head on its columns, with `assign_eps` in
-/// the denominator (summed in f64). Returns (u `[batch * m, d]`, the denominators
-/// `[batch * m, heads]`).
-fn group_means(
-    v: &[f32],
+/// The hard groups' denominators `[batch * m, heads]`: d_i = the number of real tokens
+/// assigned to i (per head) + `assign_eps`.
+fn group_sizes(
     group: &[usize],
     packed: &Packed,
     dims: CombinerDims,
     heads: usize,
     assign_eps: f32,
-) -> (Vec<f32>, Vec<f32>) {
-    let CombinerDims { batch, m, d, .. } = dims;
-    let hd = d / heads;
-    let mut sums = vec![0.0f64; batch * m * d];
+) -> Vec<f32> {
+    let CombinerDims { batch, m, .. } = dims;
     let mut counts = vec![0usize; batch * m * heads];
     for b in 0..batch {
         for row in packed.rows(b) {
             for h in 0..heads {
+                counts[(b * m + group[row * heads + h]) * heads + h] += 1;
+            }
+        }
+    }
+    counts.iter().map(|&cnt| cnt as f32 + assign_eps).collect()
+}
+
+/// u_i = Σ_j HA_ij x_j / d_i: the mean of the rows of `x` assigned to i, per head on its
+/// columns (summed in f64), `denom` from [`group_sizes`]. Returns u `[batch * m, d]`.
+fn group_means(
+    x: &[f32],
+    group: &[usize],
+    packed: &Packed,
+    dims: CombinerDims,
+    heads: usize,
+    denom: &[f32],
+) -> Vec<f32> {
+    let CombinerDims { batch, m, d, .. } = dims;
+    let hd = d / heads;
+    let mut sums = vec![0.0f64; batch * m * d];
+    for b in 0..batch {
+        for row in packed.rows(b) {
+            for h in 0..heads {
                 let gi = b * m + group[row * heads + h];
-                counts[gi * heads + h] += 1;
                 let cols = h * hd..(h + 1) * hd;
                 for (s, &x) in sums[gi * d..(gi + 1) * d][cols.clone()]
                     .iter_mut()
-                    .zip(&v[row * d..(row + 1) * d][cols])
+                    .zip(&x[row * d..(row + 1) * d][cols])
                 {
                     *s += x as f64;
                 }
             }
         }
     }
-    let denom: Vec<f32> = counts.iter().map(|&cnt| cnt as f32 + assign_eps).collect();
-    let u: Vec<f32> = sums
-        .iter()
+    sums.iter()
         .enumerate()
-        .map(|(x, &s)| (s / denom[denom_index(x, d, heads)] as f64) as f32)
-        .collect();
-    (u, denom)
+        .map(|(i, &s)| (s / denom[denom_index(i, d, heads)] as f64) as f32)
+        .collect()
 }
 
-/// The soft counterpart of [`group_means`]: u_i = Σ_j Sim_ij x_j / (Σ_j Sim_ij +
-/// `assign_eps`) per example and head. Returns (u `[batch * m, d]`, the denominators
-/// `[batch * m, heads]`).
-fn soft_group_means(
-    x: &[f32],
+/// The soft groups' denominators `[batch * m, heads]`: d_i = Σ_j Sim_ij (summed in f64) +
+/// `assign_eps`, per example and head.
+fn soft_group_sizes(
     sim: &[f32],
     packed: &Packed,
     dims: CombinerDims,
     heads: usize,
     assign_eps: f32,
-) -> (Vec<f32>, Vec<f32>) {
-    let CombinerDims { batch, m, d, .. } = dims;
-    let hd = d / heads;
-    let mut u = vec![0.0f32; batch * m * d];
+) -> Vec<f32> {
+    let CombinerDims { batch, m, .. } = dims;
     let mut denom = vec![0.0f32; batch * m * heads];
-    u.par_chunks_mut(m * d)
-        .zip(denom.par_chunks_mut(m * heads))
+    denom
+        .par_chunks_mut(m * heads)
         .enumerate()
-        .for_each(|(b, (u_b, denom_b))| {
+        .for_each(|(b, denom_b)| {
             let r = packed.rows(b);
             let nb = r.len();
             let sim_b = &sim[heads * m * r.start..heads * m * r.end];
@@ -730,18 +746,44 @@ fn soft_group_means(
                     let mass: f64 = sim_bh[i * nb..(i + 1) * nb].iter().map(|&s| s as f64).sum();
                     denom_b[i * heads + h] = mass as f32 + assign_eps;
                 }
-                if nb == 0 {
-                    continue;
-                }
-                let x_bh = head_cols(x, r.start * d, nb, h, d, hd);
-                let sim_m = MatRef::new(sim_bh, m, nb);
-                matmul(&mut u_b[h * hd..], d, sim_m, x_bh, false, Par::Serial);
-            }
-            for (x, v) in u_b.iter_mut().enumerate() {
-                *v /= denom_b[denom_index(x, d, heads)];
             }
         });
-    (u, denom)
+    denom
+}
+
+/// The soft counterpart of [`group_means`]: u_i = Σ_j Sim_ij x_j / d_i per example and
+/// head, `denom` from [`soft_group_sizes`]. Returns u `[batch * m, d]`.
+fn soft_group_means(
+    x: &[f32],
+    sim: &[f32],
+    packed: &Packed,
+    dims: CombinerDims,
+    heads: usize,
+    denom: &[f32],
+) -> Vec<f32> {
+    let CombinerDims { batch, m, d, .. } = dims;
+    let hd = d / heads;
+    let mut u = vec![0.0f32; batch * m * d];
+    u.par_chunks_mut(m * d)
+        .zip(denom.par_chunks(m * heads))
+        .enumerate()
+        .for_each(|(b, (u_b, denom_b))| {
+            let r = packed.rows(b);
+            let nb = r.len();
+            if nb == 0 {
+                return;
+            }
+            let sim_b = &sim[heads * m * r.start..heads * m * r.end];
+            for h in 0..heads {
+                let x_bh = head_cols(x, r.start * d, nb, h, d, hd);
+                let sim_m = MatRef::new(&sim_b[h * m * nb..(h + 1) * m * nb], m, nb);
+                matmul(&mut u_b[h * hd..], d, sim_m, x_bh, false, Par::Serial);
+            }
+            for (i, v) in u_b.iter_mut().enumerate() {
+                *v /= denom_b[denom_index(i, d, heads)];
+            }
+        });
+    u
 }
 
 /// `y = x Wᵀ + b` over `rows` rows of width `d` (every combiner projection is d x d).
