@@ -18,11 +18,12 @@
 #   run (test_report.json present) is skipped. `c` and `pfc` need the finished teacher; run
 #   them side by side as two one-thread processes (RAYON_NUM_THREADS=1) after it.
 #   save copies each finished run's small files (corefocus.json, metrics.jsonl,
-#   test_report.json, lr_search.json) into results/experiments/recipe-distill/20newsgroups/.
+#   test_report.json, lr_search.json) into $RESULTS (default
+#   results/experiments/recipe-distill/20newsgroups/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=runs/distill/20newsgroups
-RESULTS=results/experiments/recipe-distill/20newsgroups
+RESULTS=${RESULTS:-results/experiments/recipe-distill/20newsgroups}
 TEACHER=$RUNS/bert-seed1
 . scripts/runs-20ng.sh
 for step in ${*:-teacher c pfc save}; do
