@@ -203,14 +203,19 @@ pub fn combiner_forward(
     let sim = assignment_probs(&q, &k, &packed, dims, set);
     let heads = set.heads;
     let group = hard_assignment(&sim, &packed, batch, m, heads);
+    let groups = Groups {
+        packed: &packed,
+        dims,
+        heads,
+    };
     // d_i = Σ_j HA_ij + assign_eps, once for u_i and r_i.
     let denom = match set.assignment {
-        CombineAssignment::Hard => group_sizes(&group, &packed, dims, heads, set.assign_eps),
-        CombineAssignment::Soft => soft_group_sizes(&sim, &packed, dims, heads, set.assign_eps),
+        CombineAssignment::Hard => groups.sizes(&group, set.assign_eps),
+        CombineAssignment::Soft => groups.soft_sizes(&sim, set.assign_eps),
     };
     let means = |x: &[f32]| match set.assignment {
-        CombineAssignment::Hard => group_means(x, &group, &packed, dims, heads, &denom),
-        CombineAssignment::Soft => soft_group_means(x, &sim, &packed, dims, heads, &denom),
+        CombineAssignment::Hard => groups.means(x, &group, &denom),
+        CombineAssignment::Soft => groups.soft_means(x, &sim, &denom),
     };
     let u = means(&v);
 
@@ -668,122 +673,112 @@ fn hard_assignment(
     group
 }
 
-/// The hard groups' denominators `[batch * m, heads]`: d_i = the number of real tokens
-/// assigned to i (per head) + `assign_eps`.
-fn group_sizes(
-    group: &[usize],
-    packed: &Packed,
+/// The real tokens' grouping into the m combination tokens, per example and head: what the
+/// group sizes and means below read.
+#[derive(Clone, Copy)]
+struct Groups<'a> {
+    packed: &'a Packed,
     dims: CombinerDims,
     heads: usize,
-    assign_eps: f32,
-) -> Vec<f32> {
-    let CombinerDims { batch, m, .. } = dims;
-    let mut counts = vec![0usize; batch * m * heads];
-    for b in 0..batch {
-        for row in packed.rows(b) {
-            for h in 0..heads {
-                counts[(b * m + group[row * heads + h]) * heads + h] += 1;
-            }
-        }
-    }
-    counts.iter().map(|&cnt| cnt as f32 + assign_eps).collect()
 }
 
-/// u_i = Σ_j HA_ij x_j / d_i: the mean of the rows of `x` assigned to i, per head on its
-/// columns (summed in f64), `denom` from [`group_sizes`]. Returns u `[batch * m, d]`.
-fn group_means(
-    x: &[f32],
-    group: &[usize],
-    packed: &Packed,
-    dims: CombinerDims,
-    heads: usize,
-    denom: &[f32],
-) -> Vec<f32> {
-    let CombinerDims { batch, m, d, .. } = dims;
-    let hd = d / heads;
-    let mut sums = vec![0.0f64; batch * m * d];
-    for b in 0..batch {
-        for row in packed.rows(b) {
-            for h in 0..heads {
-                let gi = b * m + group[row * heads + h];
-                let cols = h * hd..(h + 1) * hd;
-                for (s, &x) in sums[gi * d..(gi + 1) * d][cols.clone()]
-                    .iter_mut()
-                    .zip(&x[row * d..(row + 1) * d][cols])
-                {
-                    *s += x as f64;
+impl Groups<'_> {
+    /// The hard groups' denominators `[batch * m, heads]`: d_i = the number of real tokens
+    /// assigned to i (per head) + `assign_eps`.
+    fn sizes(&self, group: &[usize], assign_eps: f32) -> Vec<f32> {
+        let (packed, heads) = (self.packed, self.heads);
+        let CombinerDims { batch, m, .. } = self.dims;
+        let mut counts = vec![0usize; batch * m * heads];
+        for b in 0..batch {
+            for row in packed.rows(b) {
+                for h in 0..heads {
+                    counts[(b * m + group[row * heads + h]) * heads + h] += 1;
                 }
             }
         }
+        counts.iter().map(|&cnt| cnt as f32 + assign_eps).collect()
     }
-    sums.iter()
-        .enumerate()
-        .map(|(i, &s)| (s / denom[denom_index(i, d, heads)] as f64) as f32)
-        .collect()
-}
 
-/// The soft groups' denominators `[batch * m, heads]`: d_i = Σ_j Sim_ij (summed in f64) +
-/// `assign_eps`, per example and head.
-fn soft_group_sizes(
-    sim: &[f32],
-    packed: &Packed,
-    dims: CombinerDims,
-    heads: usize,
-    assign_eps: f32,
-) -> Vec<f32> {
-    let CombinerDims { batch, m, .. } = dims;
-    let mut denom = vec![0.0f32; batch * m * heads];
-    denom
-        .par_chunks_mut(m * heads)
-        .enumerate()
-        .for_each(|(b, denom_b)| {
-            let r = packed.rows(b);
-            let nb = r.len();
-            let sim_b = &sim[heads * m * r.start..heads * m * r.end];
-            for h in 0..heads {
-                let sim_bh = &sim_b[h * m * nb..(h + 1) * m * nb];
-                for i in 0..m {
-                    let mass: f64 = sim_bh[i * nb..(i + 1) * nb].iter().map(|&s| s as f64).sum();
-                    denom_b[i * heads + h] = mass as f32 + assign_eps;
+    /// u_i = Σ_j HA_ij x_j / d_i: the mean of the rows of `x` assigned to i, per head on its
+    /// columns (summed in f64), `denom` from [`Groups::sizes`]. Returns u `[batch * m, d]`.
+    fn means(&self, x: &[f32], group: &[usize], denom: &[f32]) -> Vec<f32> {
+        let (packed, heads) = (self.packed, self.heads);
+        let CombinerDims { batch, m, d, .. } = self.dims;
+        let hd = d / heads;
+        let mut sums = vec![0.0f64; batch * m * d];
+        for b in 0..batch {
+            for row in packed.rows(b) {
+                for h in 0..heads {
+                    let gi = b * m + group[row * heads + h];
+                    let cols = h * hd..(h + 1) * hd;
+                    for (s, &x) in sums[gi * d..(gi + 1) * d][cols.clone()]
+                        .iter_mut()
+                        .zip(&x[row * d..(row + 1) * d][cols])
+                    {
+                        *s += x as f64;
+                    }
                 }
             }
-        });
-    denom
-}
+        }
+        sums.iter()
+            .enumerate()
+            .map(|(i, &s)| (s / denom[denom_index(i, d, heads)] as f64) as f32)
+            .collect()
+    }
 
-/// The soft counterpart of [`group_means`]: u_i = Σ_j Sim_ij x_j / d_i per example and
-/// head, `denom` from [`soft_group_sizes`]. Returns u `[batch * m, d]`.
-fn soft_group_means(
-    x: &[f32],
-    sim: &[f32],
-    packed: &Packed,
-    dims: CombinerDims,
-    heads: usize,
-    denom: &[f32],
-) -> Vec<f32> {
-    let CombinerDims { batch, m, d, .. } = dims;
-    let hd = d / heads;
-    let mut u = vec![0.0f32; batch * m * d];
-    u.par_chunks_mut(m * d)
-        .zip(denom.par_chunks(m * heads))
-        .enumerate()
-        .for_each(|(b, (u_b, denom_b))| {
-            let r = packed.rows(b);
-            let nb = r.len();
-            if nb == 0 {
-                return;
-            }
-            let sim_b = &sim[heads * m * r.start..heads * m * r.end];
-            for h in 0..heads {
-                let x_bh = head_cols(x, r.start * d, nb, h, d, hd);
-                let sim_m = MatRef::new(&sim_b[h * m * nb..(h + 1) * m * nb], m, nb);
-                matmul(&mut u_b[h * hd..], d, sim_m, x_bh, false, Par::Serial);
-            }
-            for (i, v) in u_b.iter_mut().enumerate() {
-                *v /= denom_b[denom_index(i, d, heads)];
-            }
-        });
-    u
+    /// The soft groups' denominators `[batch * m, heads]`: d_i = Σ_j Sim_ij (summed in f64) +
+    /// `assign_eps`, per example and head.
+    fn soft_sizes(&self, sim: &[f32], assign_eps: f32) -> Vec<f32> {
+        let (packed, heads) = (self.packed, self.heads);
+        let CombinerDims { batch, m, .. } = self.dims;
+        let mut denom = vec![0.0f32; batch * m * heads];
+        denom
+            .par_chunks_mut(m * heads)
+            .enumerate()
+            .for_each(|(b, denom_b)| {
+                let r = packed.rows(b);
+                let nb = r.len();
+                let sim_b = &sim[heads * m * r.start..heads * m * r.end];
+                for h in 0..heads {
+                    let sim_bh = &sim_b[h * m * nb..(h + 1) * m * nb];
+                    for i in 0..m {
+                        let mass: f64 =
+                            sim_bh[i * nb..(i + 1) * nb].iter().map(|&s| s as f64).sum();
+                        denom_b[i * heads + h] = mass as f32 + assign_eps;
+                    }
+                }
+            });
+        denom
+    }
+
+    /// The soft counterpart of [`Groups::means`]: u_i = Σ_j Sim_ij x_j / d_i per example and
+    /// head, `denom` from [`Groups::soft_sizes`]. Returns u `[batch * m, d]`.
+    fn soft_means(&self, x: &[f32], sim: &[f32], denom: &[f32]) -> Vec<f32> {
+        let (packed, heads) = (self.packed, self.heads);
+        let CombinerDims { batch, m, d, .. } = self.dims;
+        let hd = d / heads;
+        let mut u = vec![0.0f32; batch * m * d];
+        u.par_chunks_mut(m * d)
+            .zip(denom.par_chunks(m * heads))
+            .enumerate()
+            .for_each(|(b, (u_b, denom_b))| {
+                let r = packed.rows(b);
+                let nb = r.len();
+                if nb == 0 {
+                    return;
+                }
+                let sim_b = &sim[heads * m * r.start..heads * m * r.end];
+                for h in 0..heads {
+                    let x_bh = head_cols(x, r.start * d, nb, h, d, hd);
+                    let sim_m = MatRef::new(&sim_b[h * m * nb..(h + 1) * m * nb], m, nb);
+                    matmul(&mut u_b[h * hd..], d, sim_m, x_bh, false, Par::Serial);
+                }
+                for (i, v) in u_b.iter_mut().enumerate() {
+                    *v /= denom_b[denom_index(i, d, heads)];
+                }
+            });
+        u
+    }
 }
 
 /// `y = x Wᵀ + b` over `rows` rows of width `d` (every combiner projection is d x d).
