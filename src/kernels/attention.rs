@@ -638,9 +638,26 @@ impl<'a> HeadColumns<'a> {
                         *d = x * scale[r];
                     }
                 }
-                None => dst.copy_from_slice(src_row),
+                None => copy_head_row(dst, src_row),
             }
         }
+    }
+}
+
+/// `dst = src` for one head's row: a constant-length copy for the usual head widths,
+/// since `copy_from_slice` of a length known only at run time calls libc's `memcpy`,
+/// whose call costs about as much as copying 32 floats (the attention backward writes
+/// three such rows per query and head).
+#[inline(always)]
+fn copy_head_row(dst: &mut [f32], src: &[f32]) {
+    fn fixed<const N: usize>(dst: &mut [f32], src: &[f32]) {
+        let d: &mut [f32; N] = dst.try_into().expect("head row length");
+        d.copy_from_slice(src);
+    }
+    match dst.len() {
+        32 => fixed::<32>(dst, src),
+        64 => fixed::<64>(dst, src),
+        _ => dst.copy_from_slice(src),
     }
 }
 
