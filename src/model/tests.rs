@@ -375,9 +375,12 @@ fn bf16_training_gradients_stay_close_to_f32() {
             let norm: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
             (diff / norm.max(1e-30)).sqrt()
         };
+        // Bounds about five times what the AMX engine measured (logits 1.8e-4 bert,
+        // 4.0e-4 pfc; all gradients 2.2e-4, 3.5e-4; per tensor up to 6.3e-3, the deeper
+        // layers' query and key weights, whose gradients are the smallest).
         let logit_err = rel(&logits16, &logits32);
         assert!(
-            logit_err > 0.0 && logit_err < 5e-3,
+            logit_err > 0.0 && logit_err < 2e-3,
             "{variant:?} logits: {logit_err}"
         );
         // Per tensor for bert; for pfc over all tensors together, since a hard
@@ -396,14 +399,14 @@ fn bf16_training_gradients_stay_close_to_f32() {
             all16.extend_from_slice(g16);
             all32.extend_from_slice(g32);
             let err = rel(g16, g32);
-            // bf16 keeps 8 bits (2^-9 relative per rounded operand); measured ~3e-4 here.
+            // bf16 keeps 8 bits (2^-9 relative per rounded operand).
             if variant == Variant::Bert {
                 assert!(err < 2e-2, "{variant:?} {}: relative error {err}", t.name);
             }
         }
         let err = rel(&all16, &all32);
         assert!(
-            err < 5e-3,
+            err < 1.5e-3,
             "{variant:?}: relative error {err} over all gradients"
         );
         let id = model
