@@ -17,6 +17,7 @@
 #          recipe-20ng-m16 (C@5 and PFC@5 with 16 combination tokens),
 #          recipe-20ng-soft, recipe-sst2-soft, recipe-bbc-soft (C@5 and PFC@5 with the
 #          soft assignment), recipe-20ng-seed2 (BERT and C@5, seed 2),
+#          recipe-20ng-seed3 (the same pair, seed 3),
 #          recipe-20ng-heads (C@5 and PFC@5 with 12 assignment heads) and
 #          recipe-20ng-3ep (3 epochs; recipe-20ng-3ep:VARIANTS for some cells, e.g.
 #          recipe-20ng-3ep:bert), recipe-20ng-lr4e-4 (the rate grid one step higher)
@@ -130,6 +131,9 @@ lane() {
       # a second seed of BERT and C@5 (seed 1 is recipe-20ng's): how far the 20 Newsgroups
       # gap moves with the seed; the grid keeps the two rates every 2-epoch search chose from
       recipe-20ng-seed2) run recipe --datasets 20newsgroups --seeds 2 --lr-grid 1e-4,2e-4 \
+                           --variants bert,c@L-1 ;;
+      # seed 3 of the same pair, for a three-seed mean of the 20 Newsgroups gap
+      recipe-20ng-seed3) run recipe --datasets 20newsgroups --seeds 3 --lr-grid 1e-4,2e-4 \
                            --variants bert,c@L-1 ;;
       # C@5 and PFC@5 with 12 assignment heads (beyond the paper: each head groups the
       # tokens by its own 32 of the query and key columns and averages its 32 value columns,
