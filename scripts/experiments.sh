@@ -17,7 +17,7 @@
 #          recipe-20ng-m16 (C@5 and PFC@5 with 16 combination tokens),
 #          recipe-20ng-soft, recipe-sst2-soft, recipe-bbc-soft (C@5 and PFC@5 with the
 #          soft assignment), recipe-20ng-seed2 (BERT and C@5, seed 2),
-#          recipe-20ng-seed3 (the same pair, seed 3),
+#          recipe-20ng-seed3 (the same pair, seed 3), recipe-20ng-pfc-seeds (PFC@5, seeds 2-3),
 #          recipe-20ng-heads (C@5 and PFC@5 with 12 assignment heads) and
 #          recipe-20ng-3ep (3 epochs; recipe-20ng-3ep:VARIANTS for some cells, e.g.
 #          recipe-20ng-3ep:bert), recipe-20ng-lr4e-4 (the rate grid one step higher)
@@ -135,6 +135,9 @@ lane() {
       # seed 3 of the same pair, for a three-seed mean of the 20 Newsgroups gap
       recipe-20ng-seed3) run recipe --datasets 20newsgroups --seeds 3 --lr-grid 1e-4,2e-4 \
                            --variants bert,c@L-1 ;;
+      # PFC@5's seeds 2 and 3 (seed 1 is recipe-20ng's cell), beside the pair above
+      recipe-20ng-pfc-seeds) run recipe --datasets 20newsgroups --seeds 3 --lr-grid 1e-4,2e-4 \
+                               --variants pfc@L-1 ;;
       # C@5 and PFC@5 with 12 assignment heads (beyond the paper: each head groups the
       # tokens by its own 32 of the query and key columns and averages its 32 value columns,
       # as the replaced layer's 12 attention heads do); cells c-l5-h12, pfc-l5-h12
