@@ -1132,11 +1132,12 @@ unsafe fn pack(
 /// The first `panels` panels of `pack` where each depth step's `W * panels` elements are
 /// contiguous (`w_stride` 1: a row-major B, or a column-major A such as a weight
 /// gradient's transposed output gradient): each source run is read once, in order, and
-/// dealt out to the panels. Two things make this several times cheaper than a copy per
-/// panel and step: with `W` a constant each piece is a few inlined vector moves (a copy
-/// whose length is known only at run time calls libc's `memcpy`, a call that costs
-/// about as much as 12-32 floats' copy), and the source is read along its rows, which
-/// the hardware prefetchers follow, rather than a panel's width at a time down them.
+/// dealt out to the panels. Two things make this cheaper than a copy per panel and step
+/// (packing fell from 7.8% to 4.5% of a MiniLM training step's `perf` samples): with `W`
+/// a constant each piece is a few inlined vector moves (a copy whose length is known
+/// only at run time calls libc's `memcpy`, a call that costs about as much as 12-32
+/// floats' copy), and the source is read along its rows, which the hardware prefetchers
+/// follow, rather than a panel's width at a time down them.
 ///
 /// # Safety
 /// As for `pack`: the source's `depth` runs of `W * panels` floats, `d_stride` apart,
