@@ -6,6 +6,7 @@
 //! `error:` line (`{:#}`, the whole context chain); a `train` flag clap rejects raises
 //! `ValueError` with clap's message. The GIL is released while the library computes.
 
+use corefocus::alloc::CountingAlloc;
 use corefocus::bench::timed::TimedModel;
 use corefocus::infer::{first_non_finite_row, is_blank, Classifier, BLANK_TEXT};
 use corefocus::kernels::matmul::Precision;
@@ -18,6 +19,11 @@ use pyo3::types::PyBytes;
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::Duration;
+
+/// The binary's allocator (for the Rust side of the module): tensors start on a cache
+/// line, which the products and elementwise kernels are faster with (src/alloc.rs).
+#[global_allocator]
+static ALLOC: CountingAlloc = CountingAlloc;
 
 pyo3::create_exception!(
     corefocus,
