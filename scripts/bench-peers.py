@@ -283,6 +283,8 @@ def main():
                     "median_s": med,
                     "min_s": min(ts),
                     "samples": len(ts),
+                    # Every timed call, in round order (the spread, not only its summary).
+                    "times_s": ts,
                     f"ratio_to_corefocus_{variants[0]}": med / base,
                     # On a contended host the minima are the steadier comparison.
                     f"min_ratio_to_corefocus_{variants[0]}": min(ts) / base_min,
