@@ -1096,25 +1096,16 @@ unsafe fn pack(
     #[allow(non_snake_case)]
     let W = w_panel;
     // Full panels whose W elements are contiguous at each depth: copied a source row at a
-    // time (see `copy_rows`).
+    // time (see `copy_rows`), for the kernels' panel widths; any other width (none is
+    // used) goes through the element loop below.
     let full = if w_stride == 1 { width / W } else { 0 };
-    if full > 0 {
-        match W {
-            32 => copy_rows::<32>(dst, src, d_stride, depth, full),
-            16 => copy_rows::<16>(dst, src, d_stride, depth, full),
-            12 => copy_rows::<12>(dst, src, d_stride, depth, full),
-            6 => copy_rows::<6>(dst, src, d_stride, depth, full),
-            _ => {
-                for q in 0..full {
-                    for p in 0..depth {
-                        let (from, to) =
-                            (src.add(q * W + p * d_stride), dst.add((q * depth + p) * W));
-                        std::ptr::copy_nonoverlapping(from, to, W);
-                    }
-                }
-            }
-        }
-    }
+    let full = match W {
+        32 => copy_rows::<32>(dst, src, d_stride, depth, full),
+        16 => copy_rows::<16>(dst, src, d_stride, depth, full),
+        12 => copy_rows::<12>(dst, src, d_stride, depth, full),
+        6 => copy_rows::<6>(dst, src, d_stride, depth, full),
+        _ => 0,
+    };
     for q in full..width.div_ceil(W) {
         let valid = W.min(width - q * W);
         let src = src.add(q * W * w_stride);
@@ -1147,7 +1138,7 @@ unsafe fn pack(
 ///
 /// # Safety
 /// As for `pack`: the source's `depth` runs of `W * panels` floats, `d_stride` apart,
-/// are in bounds, and `dst` has room for `W * panels * depth`.
+/// are in bounds, and `dst` has room for `W * panels * depth`. Returns `panels`.
 #[inline(always)]
 unsafe fn copy_rows<const W: usize>(
     dst: *mut f32,
@@ -1155,7 +1146,7 @@ unsafe fn copy_rows<const W: usize>(
     d_stride: usize,
     depth: usize,
     panels: usize,
-) {
+) -> usize {
     for p in 0..depth {
         let from = src.add(p * d_stride);
         let to = dst.add(p * W);
@@ -1163,6 +1154,7 @@ unsafe fn copy_rows<const W: usize>(
             std::ptr::copy_nonoverlapping(from.add(q * W), to.add(q * W * depth), W);
         }
     }
+    panels
 }
 
 /// One full panel whose source runs are contiguous along the depth (a row-major A or a
