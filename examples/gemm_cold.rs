@@ -1,6 +1,7 @@
 //! Products with prepacked weights at serving sizes, with the weights in cache ("hot":
-//! one matrix multiplied again and again) and as a forward pass meets them ("cold":
-//! 48 MiB of weight matrices taken in turn, so each comes from L3 or memory), best of
+//! one matrix multiplied again and again), as a forward pass meets them ("cold":
+//! 48 MiB of weight matrices taken in turn, so each comes from L3 or memory) and after
+//! 256 MiB of other memory was swept before each round ("memory"), best of
 //! 20 rounds (a development aid; issue 17's prefetch of the next weight panel), in f32
 //! and, where the CPU has AMX or AVX512-BF16, in bf16 (`--precision bf16`), where it has
 //! AVX512-VNNI in int8 (`--precision int8`; the time includes quantising the activations).
@@ -43,6 +44,7 @@ fn main() {
             })
             .collect();
         let mut c = vec![0.0f32; m * n];
+        let mut other = vec![0u8; 256 << 20];
         let precisions: Vec<&str> = [
             Some("f32"),
             gemm_bf16::available().then_some("bf16"),
@@ -51,12 +53,15 @@ fn main() {
         .into_iter()
         .flatten()
         .collect();
-        for (label, cold, precision) in [("hot", false), ("cold", true)]
+        for (label, cold, precision) in [("hot", false), ("cold", true), ("memory", true)]
             .into_iter()
             .flat_map(|(l, c)| precisions.iter().map(move |&p| (l, c, p)))
         {
             let mut best = f64::MAX;
             for _ in 0..reps {
+                if label == "memory" {
+                    sweep(&mut other);
+                }
                 let t = Instant::now();
                 for i in 0..count {
                     let (b, b16, b8) = &weights[if cold { i } else { 0 }];
@@ -81,6 +86,14 @@ fn main() {
             );
         }
     }
+}
+
+/// Writes and reads all of `buf`, pushing the weights out of the caches (as other
+/// processes' work between two requests does).
+#[cfg(target_arch = "x86_64")]
+fn sweep(buf: &mut [u8]) {
+    buf.iter_mut().for_each(|b| *b = b.wrapping_add(1));
+    std::hint::black_box(buf.iter().map(|&b| b as u64).sum::<u64>());
 }
 
 #[cfg(not(target_arch = "x86_64"))]
