@@ -1,7 +1,8 @@
 //! Products with prepacked weights at serving sizes, with the weights in cache ("hot":
 //! one matrix multiplied again and again), as a forward pass meets them ("cold":
 //! 48 MiB of weight matrices taken in turn, so each comes from L3 or memory) and after
-//! 256 MiB of other memory was swept before each round ("memory"), best of
+//! the main thread swept 256 MiB of other memory before each round ("swept": the weights
+//! come from memory, and the pool's threads sat idle meanwhile), best of
 //! 20 rounds (a development aid; issue 17's prefetch of the next weight panel), in f32
 //! and, where the CPU has AMX or AVX512-BF16, in bf16 (`--precision bf16`), where it has
 //! AVX512-VNNI in int8 (`--precision int8`; the time includes quantising the activations).
@@ -53,13 +54,13 @@ fn main() {
         .into_iter()
         .flatten()
         .collect();
-        for (label, cold, precision) in [("hot", false), ("cold", true), ("memory", true)]
+        for (label, cold, precision) in [("hot", false), ("cold", true), ("swept", true)]
             .into_iter()
             .flat_map(|(l, c)| precisions.iter().map(move |&p| (l, c, p)))
         {
             let mut best = f64::MAX;
             for _ in 0..reps {
-                if label == "memory" {
+                if label == "swept" {
                     sweep(&mut other);
                 }
                 let t = Instant::now();
