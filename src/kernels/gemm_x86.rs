@@ -613,8 +613,8 @@ impl PackedB {
         let (_, nr) = isa.tile();
         let kc_step = k.div_ceil(k.div_ceil(isa.blocking().kc).max(1)).max(1);
         let n_padded = n.next_multiple_of(nr);
-        let mut data = vec![0.0f32; k * n_padded + 16];
-        let start = data.as_ptr().align_offset(64).min(16);
+        let mut data = vec![0.0f32; k * n_padded + LINE_SLACK];
+        let start = line_start(&data);
         if k > 0 && n > 0 {
             check_view(&b, "rhs");
             let op = Operand {
@@ -936,12 +936,19 @@ thread_local! {
 
 /// A 64-byte aligned pointer to `len` floats of `buf`, growing it as needed.
 fn aligned_space(buf: &mut Vec<f32>, len: usize) -> *mut f32 {
-    // 16 floats of slack for the alignment shift.
-    if buf.len() < len + 16 {
-        buf.resize(len + 16, 0.0);
+    if buf.len() < len + LINE_SLACK {
+        buf.resize(len + LINE_SLACK, 0.0);
     }
-    let offset = buf.as_ptr().align_offset(64).min(16);
-    buf[offset..].as_mut_ptr()
+    let start = line_start(buf);
+    buf[start..].as_mut_ptr()
+}
+
+/// Floats of slack a buffer needs so that [`line_start`] leaves `len` usable floats.
+const LINE_SLACK: usize = 16;
+
+/// The index of `buf`'s first element on a 64-byte boundary (at most `LINE_SLACK`).
+fn line_start(buf: &[f32]) -> usize {
+    buf.as_ptr().align_offset(64).min(LINE_SLACK)
 }
 
 /// Runs `f` with packing space for A and B from this thread's reusable buffers (or
@@ -1098,12 +1105,12 @@ unsafe fn pack(
     // Full panels whose W elements are contiguous at each depth: copied a source row at a
     // time (see `copy_rows`), for the kernels' panel widths; any other width (none is
     // used) goes through the element loop below.
-    let full = if w_stride == 1 { width / W } else { 0 };
-    let full = match W {
-        32 => copy_rows::<32>(dst, src, d_stride, depth, full),
-        16 => copy_rows::<16>(dst, src, d_stride, depth, full),
-        12 => copy_rows::<12>(dst, src, d_stride, depth, full),
-        6 => copy_rows::<6>(dst, src, d_stride, depth, full),
+    let full = width / W;
+    let full = match (w_stride, W) {
+        (1, 32) => copy_rows::<32>(dst, src, d_stride, depth, full),
+        (1, 16) => copy_rows::<16>(dst, src, d_stride, depth, full),
+        (1, 12) => copy_rows::<12>(dst, src, d_stride, depth, full),
+        (1, 6) => copy_rows::<6>(dst, src, d_stride, depth, full),
         _ => 0,
     };
     for q in full..width.div_ceil(W) {
