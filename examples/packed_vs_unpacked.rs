@@ -17,6 +17,15 @@ fn main() {
         .nth(2)
         .and_then(|s| s.parse().ok())
         .unwrap_or(2);
+    // This example keeps the system allocator (no `CountingAlloc`): where its large blocks
+    // start relative to a cache line.
+    for len in [147_456usize, 589_824] {
+        let v = vec![0.0f32; len];
+        println!(
+            "a vec![0.0f32; {len}] from the system allocator starts {} bytes past a 64-byte line",
+            v.as_ptr() as usize % 64
+        );
+    }
     for &(m, n, k, gelu) in &[
         (4096usize, 384usize, 384usize, false),
         (4096, 1536, 384, false),
