@@ -291,10 +291,14 @@ def main():
                 }
             )
 
+    from corefocus._corefocus import threads_pinned
+
+    pinned = threads_pinned()
     print(
         f"\nmodel {args.model} ({layers} layers, hidden {hidden}), {args.threads} threads, "
         f"{args.warmup} warm-up + {args.reps} timed rounds ({args.train_reps} for training), interleaved; "
-        f"torch {version(torch)}, onnxruntime {version(ort)}\n"
+        f"torch {version(torch)}, onnxruntime {version(ort)}; corefocus threads "
+        f"{'pinned one per CPU' if pinned else 'not pinned'}\n"
     )
     print(
         f"| what | shape | engine | median ms | min ms | its median / corefocus {variants[0]}'s "
@@ -313,6 +317,7 @@ def main():
                 {
                     "model": args.model,
                     "threads": args.threads,
+                    "corefocus_threads_pinned": pinned,
                     "torch": version(torch),
                     "onnxruntime": version(ort),
                     "ort_fusions": fusions,

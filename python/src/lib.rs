@@ -289,6 +289,13 @@ impl NativeTimedModel {
     }
 }
 
+/// Whether the engine's pool threads run pinned one per CPU (decided at the first model
+/// pass; see `corefocus::kernels::affinity`).
+#[pyfunction]
+fn threads_pinned() -> bool {
+    corefocus::kernels::affinity::pool_threads_pinned()
+}
+
 #[pymodule]
 fn _corefocus(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("CorefocusError", m.py().get_type::<CorefocusError>())?;
@@ -297,5 +304,6 @@ fn _corefocus(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<NativeTimedModel>()?;
     m.add_function(wrap_pyfunction!(train, m)?)?;
     m.add_function(wrap_pyfunction!(train_flags, m)?)?;
+    m.add_function(wrap_pyfunction!(threads_pinned, m)?)?;
     Ok(())
 }

@@ -149,6 +149,8 @@ pub struct BenchReport {
     pub seq: usize,
     pub lengths: Vec<usize>,
     pub threads: usize,
+    /// Whether the pool's threads ran pinned one per CPU ([`crate::kernels::affinity`]).
+    pub threads_pinned: bool,
     pub cpu: String,
     pub warmup: usize,
     pub reps: usize,
@@ -323,6 +325,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
         seq: batch.seq,
         lengths,
         threads: rayon::current_num_threads(),
+        threads_pinned: crate::kernels::affinity::pool_threads_pinned(),
         cpu: cpu_features(),
         warmup: opts.warmup,
         reps: opts.reps,
@@ -518,8 +521,18 @@ fn mib(b: usize) -> f64 {
 /// A Markdown table of the report.
 pub fn format_table(r: &BenchReport) -> String {
     let mut s = format!(
-        "model {} ({} layers, hidden {}), batch {} x {} tokens, {} threads, cpu {}, {} warm-up + {} timed rounds (interleaved), {} linear-layer products\n\n",
-        r.model, r.layers, r.hidden, r.batch, r.seq, r.threads, r.cpu, r.warmup, r.reps, r.precision
+        "model {} ({} layers, hidden {}), batch {} x {} tokens, {} threads{}, cpu {}, {} warm-up + {} timed rounds (interleaved), {} linear-layer products\n\n",
+        r.model,
+        r.layers,
+        r.hidden,
+        r.batch,
+        r.seq,
+        r.threads,
+        if r.threads_pinned { " (pinned, one per CPU)" } else { "" },
+        r.cpu,
+        r.warmup,
+        r.reps,
+        r.precision
     );
     s.push_str("| variant | train step median s | min s | forward median s | min s | activation peak MiB | + params/grads/AdamW MiB | train GFLOP | train GFLOP/s | fwd GFLOP/s | kept (last layer) | speedup train | speedup fwd | activation memory ratio | total memory ratio | FLOPs ratio |\n");
     s.push_str(

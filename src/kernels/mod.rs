@@ -2,6 +2,7 @@
 //! `f32` buffers. Matrix products go through `matmul` (the backend seam).
 
 pub mod activations;
+pub mod affinity;
 pub mod attention;
 pub mod dropout;
 pub mod embedding;
@@ -36,11 +37,13 @@ pub mod workspace;
 /// While `f` runs, the pool's other threads stay awake ([`keep_warm`]): between two
 /// parallel kernels an idle rayon thread goes to sleep within microseconds, and waking it
 /// for the next kernel costs more than the kernel's share at small sizes (ONNX Runtime's
-/// threads likewise spin for the length of a run).
+/// threads likewise spin for the length of a run). The first pass pins the pool's
+/// threads one per CPU where that is safe ([`affinity`]).
 pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     if rayon::current_thread_index().is_some() {
         return f();
     }
+    affinity::pin_pool_threads();
     let done = AtomicBool::new(false);
     let out = rayon::scope(|s| {
         let runner = rayon::current_thread_index();
