@@ -341,6 +341,19 @@ fn serve_answers_like_predict_enforces_limits_and_batches() {
     assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{lat}");
     let (_, health) = server.get("/healthz");
     assert_eq!(health["texts"], 18 + 48, "{health}");
+
+    // With a pause after each answer, one connection's 4 requests take at least 4 pauses.
+    let out = Command::new(env!("CARGO_BIN_EXE_corefocus"))
+        .args(["loadgen", "--url", &server.url(), "--json"])
+        .args(["--concurrency", "1", "--requests", "4", "--pause-ms", "30"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((&report["ok"], &report["pause_ms"]), (&4.into(), &30.into()), "{report}");
+    assert!(report["seconds"].as_f64().unwrap() >= 0.12, "{report}");
+    let (_, health) = server.get("/healthz");
+    assert_eq!(health["texts"], 18 + 48 + 4, "{health}");
     drop(server);
 }
 

@@ -1,7 +1,8 @@
 //! `corefocus loadgen`: a small load generator for `corefocus serve`. `--concurrency`
 //! connections (HTTP/1.1 keep-alive over tokio TCP streams, no HTTP library) send
-//! `--requests` classify requests in total, as fast as answers come; the report gives
-//! requests/s, texts/s and latency percentiles.
+//! `--requests` classify requests in total, as fast as answers come (or each after a
+//! pause, `--pause-ms`, as a service's users send them); the report gives requests/s,
+//! texts/s and latency percentiles.
 
 use anyhow::{bail, ensure, Context, Result};
 use serde::Serialize;
@@ -39,6 +40,10 @@ pub struct LoadgenArgs {
     /// Give up on a request after this many seconds.
     #[arg(long, default_value_t = 60)]
     pub timeout_s: u64,
+    /// Each connection waits this long after an answer before its next request (the
+    /// server then sees requests apart, with idle time between them, as from users).
+    #[arg(long, default_value_t = 0)]
+    pub pause_ms: u64,
 }
 
 /// Latencies of the successful requests, in milliseconds.
@@ -63,6 +68,7 @@ pub struct LoadReport {
     pub first_error: Option<String>,
     pub concurrency: usize,
     pub texts_per_request: usize,
+    pub pause_ms: u64,
     pub seconds: f64,
     pub requests_per_s: f64,
     pub texts_per_s: f64,
@@ -73,13 +79,14 @@ impl LoadReport {
     pub fn to_line(&self) -> String {
         let mut line = format!(
             "{} requests ({} ok, {} failed) to {}, concurrency {}, {} text(s) per request, \
-             {:.2} s: {:.1} requests/s, {:.1} texts/s",
+             {} ms pause, {:.2} s: {:.1} requests/s, {:.1} texts/s",
             self.requests,
             self.ok,
             self.failed,
             self.url,
             self.concurrency,
             self.texts_per_request,
+            self.pause_ms,
             self.seconds,
             self.requests_per_s,
             self.texts_per_s
@@ -322,6 +329,7 @@ pub async fn generate_load(args: &LoadgenArgs) -> Result<LoadReport> {
     for _ in 0..args.concurrency.min(args.requests) {
         let (target, bodies, next) = (target.clone(), bodies.clone(), next.clone());
         let texts = args.texts_per_request;
+        let pause = Duration::from_millis(args.pause_ms);
         clients.spawn(async move {
             let mut conn = None;
             let mut outcomes = Vec::new();
@@ -329,6 +337,9 @@ pub async fn generate_load(args: &LoadgenArgs) -> Result<LoadReport> {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(body) = bodies.get(i) else { break };
                 outcomes.push(send_one(&mut conn, &target, body, texts, timeout).await);
+                if !pause.is_zero() {
+                    tokio::time::sleep(pause).await;
+                }
             }
             outcomes
         });
@@ -366,6 +377,7 @@ pub async fn generate_load(args: &LoadgenArgs) -> Result<LoadReport> {
         first_error,
         concurrency: args.concurrency,
         texts_per_request: args.texts_per_request,
+        pause_ms: args.pause_ms,
         seconds,
         requests_per_s: ok as f64 / seconds,
         texts_per_s: (ok * args.texts_per_request) as f64 / seconds,
