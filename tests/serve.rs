@@ -348,9 +348,17 @@ fn serve_answers_like_predict_enforces_limits_and_batches() {
         .args(["--concurrency", "1", "--requests", "4", "--pause-ms", "30"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!((&report["ok"], &report["pause_ms"]), (&4.into(), &30.into()), "{report}");
+    assert_eq!(
+        (&report["ok"], &report["pause_ms"]),
+        (&4.into(), &30.into()),
+        "{report}"
+    );
     assert!(report["seconds"].as_f64().unwrap() >= 0.12, "{report}");
     let (_, health) = server.get("/healthz");
     assert_eq!(health["texts"], 18 + 48 + 4, "{health}");

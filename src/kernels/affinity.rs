@@ -13,7 +13,8 @@
 
 use std::sync::OnceLock;
 
-/// Whether the pool's threads were pinned ([`pin_pool_threads`] ran, or decided not to).
+/// Whether every pool thread was pinned: false before the first pass ([`pin_pool_threads`]),
+/// when it decided not to pin, or when the kernel refused a thread.
 pub fn pool_threads_pinned() -> bool {
     *PINNED.get().unwrap_or(&false)
 }
