@@ -65,13 +65,18 @@ declare -A RUNS=(
   # several assignment heads (the replaced layer's attention has 12 of 32 columns)
   [20ng-c-h12]="20newsgroups 42 c --lr 2e-4 --combine-heads 12"
   [20ng-c-h4]="20newsgroups 42 c --lr 2e-4 --combine-heads 4"
+  # each combination token attends to all the tokens (softmax over j; 6 Dec 2026, session 19)
+  [20ng-c-attend]="20newsgroups 42 c --lr 2e-4 --combine-assignment attend"
+  [20ng-c-attend-s43]="20newsgroups 43 c --lr 2e-4 --combine-assignment attend"
+  [20ng-c-attend-h12]="20newsgroups 42 c --lr 2e-4 --combine-assignment attend --combine-heads 12"
 )
 ORDER=(sst2-bert sst2-pfc sst2-pf sst2-pfc-minlen0 sst2-bert-lr1e-4-s43 sst2-pfc-plain-auto sst2-pfc-plain-scale1
   sst2-pfc-plain-newlr1 sst2-pfc-plain-scale1-newlr1 sst2-pfc-plain-normal sst2-pfc-plain-mean sst2-pfc-plain-nonoise
   sst2-pfc-block sst2-pfc-block-nonoise sst2-c-plain sst2-c-block sst2-pfc-papercounts
   sst2-pfc-papercounts-s43 sst2-pfc-distill 20ng-bert 20ng-pfc-plain 20ng-pfc-distill
   20ng-bert-lr2e-4 20ng-c-lr2e-4 20ng-c-group 20ng-pfc-group 20ng-c-m16 20ng-c-m32 20ng-c-soft
-  20ng-c-h12 20ng-c-h4 20ng-c-lr2e-4-rerun 20ng-c-drop0 20ng-c-s43 20ng-c-drop0-s43)
+  20ng-c-h12 20ng-c-h4 20ng-c-lr2e-4-rerun 20ng-c-drop0 20ng-c-s43 20ng-c-drop0-s43
+  20ng-c-attend 20ng-c-attend-s43 20ng-c-attend-h12)
 one() {
   local name=$1
   [ -f "$OUT/$name/test_report.json" ] && return 0

@@ -137,6 +137,7 @@ pub fn cell_name(m: &MethodArgs) -> String {
     match m.combine_assignment {
         Some(CombineAssignment::Soft) => name.push_str("-soft"),
         Some(CombineAssignment::Hard) => name.push_str("-hard"),
+        Some(CombineAssignment::Attend) => name.push_str("-attend"),
         None => {}
     }
     match m.combine_pooling {

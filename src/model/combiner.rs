@@ -96,7 +96,8 @@ pub struct CombinerTape {
     /// (`CombineResidual::Group`; empty otherwise).
     r: Vec<f32>,
     /// Sim = softmax over i, per example and head `[heads, m, n_b]` stored at
-    /// `heads * m * real_offsets[b]`.
+    /// `heads * m * real_offsets[b]` (with `CombineAssignment::Attend`, A = the softmax
+    /// over j of the same logits instead).
     sim: Vec<f32>,
     /// `[R, heads]`: the combination token (0..m) each packed real row is assigned to by
     /// each head.
@@ -130,7 +131,7 @@ fn gumbel(seed: u64, index: u64) -> f64 {
 }
 
 /// Splits `buf` into consecutive mutable chunks of the given lengths.
-fn split_by_lengths(mut buf: &mut [f32], lengths: impl Iterator<Item = usize>) -> Vec<&mut [f32]> {
+fn split_by_lengths<T>(mut buf: &mut [T], lengths: impl Iterator<Item = usize>) -> Vec<&mut [T]> {
     let mut chunks = Vec::new();
     for len in lengths {
         let (head, tail) = std::mem::take(&mut buf).split_at_mut(len);
@@ -153,7 +154,9 @@ fn split_by_lengths(mut buf: &mut [f32], lengths: impl Iterator<Item = usize>) -
 /// `u_i = Σ_j HA_ij v_j / (Σ_j HA_ij + assign_eps)`; `c'_i = c_i + W_o u_i + b_o`, or with
 /// `CombineResidual::Group` `c'_i = r_i + W_o u_i + b_o`, `r_i = Σ_j HA_ij e_j / (Σ_j HA_ij +
 /// assign_eps)`. With `CombineAssignment::Soft`, HA = Sim (the returned assignment is still
-/// the argmax, for the pooling counts and `explain`). With `heads` H > 1 all of this runs
+/// the argmax, for the pooling counts and `explain`). With `CombineAssignment::Attend`,
+/// HA = A, the softmax over j of the same logits, and d_i = Σ_j A_ij (the groups are
+/// still the argmax over i of Sim). With `heads` H > 1 all of this runs
 /// per head on its slice of d/H columns of q, k, v (and e for r_i), each head with its
 /// own assignment and denominators, the slices concatenated before W_o; the returned
 /// assignment is head 0's.
@@ -200,22 +203,29 @@ pub fn combiner_forward(
     let q = linear(p, ids.query, &c_norm, bm, d);
     let v = linear(p, ids.value, &packed.e, rows, d);
 
-    let sim = assignment_probs(&q, &k, &packed, dims, set);
+    let (sim, attend_group) = assignment_probs(&q, &k, &packed, dims, set);
     let heads = set.heads;
-    let group = hard_assignment(&sim, &packed, batch, m, heads);
+    let group = attend_group.unwrap_or_else(|| hard_assignment(&sim, &packed, batch, m, heads));
     let groups = Groups {
         packed: &packed,
         dims,
         heads,
     };
     // d_i = Σ_j HA_ij + assign_eps, once for u_i and r_i.
+    // (Attention weights sum to 1 over an example's tokens: no eps, which would only
+    // shrink every u_i alike; an example without real tokens gets 1.)
     let denom = match set.assignment {
         CombineAssignment::Hard => groups.sizes(&group, set.assign_eps),
         CombineAssignment::Soft => groups.soft_sizes(&sim, set.assign_eps),
+        CombineAssignment::Attend => groups
+            .soft_sizes(&sim, 0.0)
+            .into_iter()
+            .map(|x| if x > 0.0 { x } else { 1.0 })
+            .collect(),
     };
     let means = |x: &[f32]| match set.assignment {
         CombineAssignment::Hard => groups.means(x, &group, &denom),
-        CombineAssignment::Soft => groups.soft_means(x, &sim, &denom),
+        CombineAssignment::Soft | CombineAssignment::Attend => groups.soft_means(x, &sim, &denom),
     };
     let u = means(&v);
 
@@ -281,7 +291,8 @@ pub fn combiner_forward(
 /// constant. Padding rows of `dhidden` get 0. Without `key_grad` the key path's
 /// gradient stops at LN_e's input (its parameters and W_k still get theirs). With the soft
 /// assignment (HA = Sim) the same formulas are the exact gradient, with the value terms
-/// spread by Sim: ∂v_j = Σ_i Sim_ij g_u_i / d_i (and ∂e_j += Σ_i Sim_ij g_i / d_i). With
+/// spread by Sim: ∂v_j = Σ_i Sim_ij g_u_i / d_i (and ∂e_j += Σ_i Sim_ij g_i / d_i); with
+/// the attention weights A likewise, the softmax backward then running over j. With
 /// several heads, each head's slice of columns follows these formulas with its own Sim,
 /// assignment and d_i.
 pub fn combiner_backward(
@@ -446,7 +457,7 @@ fn spread_to_members(tape: &CombinerTape, g_d: &[f32], out: &mut [f32], accumula
                     }
                 }
             }
-            CombineAssignment::Soft => {
+            CombineAssignment::Soft | CombineAssignment::Attend => {
                 let sim_b = &tape.sim[heads * m * r.start..heads * m * r.end];
                 for (h, sim_bh) in sim_b.chunks(m * r.len()).enumerate() {
                     let sim_bh = MatRef::new(sim_bh, m, r.len());
@@ -509,24 +520,38 @@ fn unpack_grads(de: &[f32], dc: &[f32], packed: &Packed, dims: CombinerDims, dhi
 
 /// Sim, per example and head `[heads, m, n_b]`: the assignment logits `scale * q_i · k_j`
 /// (over the head's columns) plus the Gumbel noise, softmax over the combination tokens i
-/// (in f64).
+/// (in f64). With `CombineAssignment::Attend` it returns the softmax over the tokens j of
+/// the same logits instead, with the groups `[R, heads]` that Sim gives
+/// ([`hard_assignment`]'s rule).
 fn assignment_probs(
     q: &[f32],
     k: &[f32],
     packed: &Packed,
     dims: CombinerDims,
     set: &CombinerSettings,
-) -> Vec<f32> {
+) -> (Vec<f32>, Option<Vec<usize>>) {
     let CombinerDims { batch, n, m, d } = dims;
     let heads = set.heads;
     let hd = d / heads;
-    let mut sim = vec![0.0f32; heads * m * packed.real_pos.len()];
+    let attend = set.assignment == CombineAssignment::Attend;
+    let rows = packed.real_pos.len();
+    let mut sim = vec![0.0f32; heads * m * rows];
+    let mut group = vec![0usize; if attend { rows * heads } else { 0 }];
     let lengths = (0..batch).map(|b| heads * m * packed.rows(b).len());
     let sim_chunks = split_by_lengths(&mut sim, lengths);
+    let group_lengths = (0..batch).map(|b| {
+        if attend {
+            heads * packed.rows(b).len()
+        } else {
+            0
+        }
+    });
+    let group_chunks = split_by_lengths(&mut group, group_lengths);
     sim_chunks
         .into_par_iter()
+        .zip(group_chunks)
         .enumerate()
-        .for_each(|(b, sim_b)| {
+        .for_each(|(b, (sim_b, group_b))| {
             // Sim values below 2^-126 are stored as 0, as the backward reads them (see
             // `assignment_backward`).
             let _flush = SubnormalsAsZero::new();
@@ -536,6 +561,8 @@ fn assignment_probs(
                 return;
             }
             let mut z = vec![0.0f64; m];
+            // The logits of every (i, j), kept for the softmax over j.
+            let mut logits = vec![0.0f64; if attend { m * nb } else { 0 }];
             for (h, sim_bh) in sim_b.chunks_mut(m * nb).enumerate() {
                 let q_bh = head_cols(q, b * m * d, m, h, d, hd);
                 let k_bh = head_cols(k, r.start * d, nb, h, d, hd);
@@ -553,11 +580,32 @@ fn assignment_probs(
                     let total: f64 = z.iter().map(|&x| (x - zmax).exp()).sum();
                     for (i, &zi) in z.iter().enumerate() {
                         sim_bh[i * nb + jj] = ((zi - zmax).exp() / total) as f32;
+                        if attend {
+                            logits[i * nb + jj] = zi;
+                        }
+                    }
+                }
+                if attend {
+                    for jj in 0..nb {
+                        let mut best = 0;
+                        for i in 1..m {
+                            if sim_bh[i * nb + jj] > sim_bh[best * nb + jj] {
+                                best = i;
+                            }
+                        }
+                        group_b[jj * heads + h] = best;
+                    }
+                    for (a_i, z_i) in sim_bh.chunks_mut(nb).zip(logits.chunks(nb)) {
+                        let zmax = z_i.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                        let total: f64 = z_i.iter().map(|&x| (x - zmax).exp()).sum();
+                        for (a, &zij) in a_i.iter_mut().zip(z_i) {
+                            *a = ((zij - zmax).exp() / total) as f32;
+                        }
                     }
                 }
             }
         });
-    sim
+    (sim, attend.then_some(group))
 }
 
 /// One group mean `means_i = Σ_j HA_ij values_j / d_i` the loss reaches, with its
@@ -571,7 +619,8 @@ struct GroupMeanGrad<'a> {
 /// Backward of [`assignment_probs`] from the group means' gradients, per example and head
 /// (on the head's columns): ∂HA = Σ over the means of (g/d) valuesᵀ − ((g/d) · means) 1ᵀ
 /// (the values u and, with the group residual, r), straight through to Sim, softmax
-/// backward over i, times the scale; then ∂q = ∂z k, ∂k = ∂zᵀ q. Returns (∂q, ∂k).
+/// backward over i (over j for the attention weights A), times the scale; then ∂q = ∂z k,
+/// ∂k = ∂zᵀ q. Returns (∂q, ∂k).
 fn assignment_backward(tape: &CombinerTape, terms: &[GroupMeanGrad]) -> (Vec<f32>, Vec<f32>) {
     let CombinerDims { batch, m, d, .. } = tape.dims;
     let (heads, packed) = (tape.heads, &tape.packed);
@@ -614,15 +663,30 @@ fn assignment_backward(tape: &CombinerTape, terms: &[GroupMeanGrad]) -> (Vec<f32
                             .sum::<f32>();
                     }
                 }
-                for jj in 0..nb {
-                    let mut weighted = 0.0f32;
+                if tape.assignment == CombineAssignment::Attend {
+                    // The softmax over j, row by row.
                     for i in 0..m {
-                        dz[i * nb + jj] -= g_dot_u[i];
-                        weighted += sim_bh[i * nb + jj] * dz[i * nb + jj];
+                        let (dz_i, a_i) = (&mut dz[i * nb..(i + 1) * nb], &sim_bh[i * nb..]);
+                        let mut weighted = 0.0f32;
+                        for (g, &a) in dz_i.iter_mut().zip(a_i) {
+                            *g -= g_dot_u[i];
+                            weighted += a * *g;
+                        }
+                        for (g, &a) in dz_i.iter_mut().zip(a_i) {
+                            *g = tape.scale * a * (*g - weighted);
+                        }
                     }
-                    for i in 0..m {
-                        let x = i * nb + jj;
-                        dz[x] = tape.scale * sim_bh[x] * (dz[x] - weighted);
+                } else {
+                    for jj in 0..nb {
+                        let mut weighted = 0.0f32;
+                        for i in 0..m {
+                            dz[i * nb + jj] -= g_dot_u[i];
+                            weighted += sim_bh[i * nb + jj] * dz[i * nb + jj];
+                        }
+                        for i in 0..m {
+                            let x = i * nb + jj;
+                            dz[x] = tape.scale * sim_bh[x] * (dz[x] - weighted);
+                        }
                     }
                 }
                 let dz_m = MatRef::new(&dz, m, nb);

@@ -312,6 +312,13 @@ pub enum CombineAssignment {
     /// `Sim[:, j]` itself (`HA := Sim`, as slot attention does), so the forward is
     /// differentiable and the gradient exact; evaluation uses the same soft weights.
     Soft,
+    /// Beyond the paper: each combination token attends to all the real tokens, u_i =
+    /// Σ_j A_ij v_j with A = the softmax over j (the tokens) of the same logits, as a
+    /// cross-attention pooling (Perceiver, Set Transformer's PMA) does: a token that matches
+    /// a query strongly can dominate its mean, where a group mean weighs its members
+    /// alike. Exact gradient; the argmax over i still gives the groups that the pooling
+    /// counts and `explain` read.
+    Attend,
 }
 
 /// Initial value of the m combination tokens.

@@ -74,6 +74,7 @@ pub(crate) fn parse_combine_assignment(s: &str) -> Result<CombineAssignment, Str
     let choices = [
         ("hard", CombineAssignment::Hard),
         ("soft", CombineAssignment::Soft),
+        ("attend", CombineAssignment::Attend),
     ];
     choose(s, "combine assignment", &choices)
 }
@@ -233,8 +234,9 @@ pub struct MethodArgs {
     #[arg(long, value_parser = parse_combine_residual)]
     pub combine_residual: Option<CombineResidual>,
     /// How tokens are assigned to the combination tokens: hard (the argmax, straight-
-    /// through gradient, method.md) or soft (beyond the paper: shared by the assignment
-    /// probabilities, exact gradient) [default: hard].
+    /// through gradient, method.md), soft (beyond the paper: shared by the assignment
+    /// probabilities, exact gradient) or attend (beyond the paper: each combination token
+    /// a softmax-weighted mean over all the tokens, as cross-attention) [default: hard].
     #[arg(long, value_parser = parse_combine_assignment)]
     pub combine_assignment: Option<CombineAssignment>,
     /// Assignment heads: each groups the tokens by its own share of the query and key

@@ -250,6 +250,7 @@ fn ref_forward(pb: &Problem, th: &[Vec<f64>], frozen: Option<&RefOut>) -> RefOut
         for h in 0..heads {
             let cols = h * hd..(h + 1) * hd;
             let mut ha = vec![0.0; m * n];
+            let mut logits = vec![0.0; m * n];
             for &j in &real {
                 let z: Vec<f64> = (0..m)
                     .map(|i| {
@@ -272,6 +273,7 @@ fn ref_forward(pb: &Problem, th: &[Vec<f64>], frozen: Option<&RefOut>) -> RefOut
                 let hj = (h * batch + b) * n + j;
                 hard[hj] = Some(best);
                 for i in 0..m {
+                    logits[i * n + j] = z[i];
                     let x = at(i);
                     ha[i * n + j] = match frozen {
                         _ if pb.set.assignment == CombineAssignment::Soft => sim[x],
@@ -280,8 +282,23 @@ fn ref_forward(pb: &Problem, th: &[Vec<f64>], frozen: Option<&RefOut>) -> RefOut
                     };
                 }
             }
+            let attend = pb.set.assignment == CombineAssignment::Attend;
+            if attend {
+                // A: each combination token's softmax over the real tokens.
+                for i in 0..m {
+                    let zmax = real
+                        .iter()
+                        .map(|&j| logits[i * n + j])
+                        .fold(f64::MIN, f64::max);
+                    let total: f64 = real.iter().map(|&j| (logits[i * n + j] - zmax).exp()).sum();
+                    for &j in &real {
+                        ha[i * n + j] = (logits[i * n + j] - zmax).exp() / total;
+                    }
+                }
+            }
             for i in 0..m {
-                let denom: f64 = (0..n).map(|j| ha[i * n + j]).sum::<f64>() + eps;
+                let denom: f64 =
+                    (0..n).map(|j| ha[i * n + j]).sum::<f64>() + if attend { 0.0 } else { eps };
                 for x in cols.clone() {
                     u[i][x] = real.iter().map(|&j| ha[i * n + j] * v[j][x]).sum::<f64>() / denom;
                     group_residual[i][x] = real
@@ -479,8 +496,9 @@ fn noise_changes_assignments_deterministically() {
 }
 
 /// Every parameter's and the input's gradient against central differences of `loss`.
-/// w_q.bias and norm_c.bias are structural zeros (constant over i in the logits): they
-/// must be ~0 on the scale of their sibling weight.
+/// w_q.bias and norm_c.bias are structural zeros (constant over i in the logits, which the
+/// softmax over i ignores; with the attention weights, softmax over j, w_k.bias and
+/// norm_e.bias are instead): they must be ~0 on the scale of their sibling weight.
 fn check_every_gradient(
     pb: &Problem,
     what: &str,
@@ -492,7 +510,12 @@ fn check_every_gradient(
         let fd = finite_differences(pb, t, loss);
         let name = if t == HIDDEN { "hidden" } else { NAMES[t] };
         let analytic = if t == HIDDEN { dhidden } else { &grads[t][..] };
-        if matches!(name, "w_q.bias" | "norm_c.bias") {
+        let structural_zero = if pb.set.assignment == CombineAssignment::Attend {
+            matches!(name, "w_k.bias" | "norm_e.bias")
+        } else {
+            matches!(name, "w_q.bias" | "norm_c.bias")
+        };
+        if structural_zero {
             let sibling = finite_differences(pb, t - 1, loss);
             let s = sibling.iter().fold(0.0f64, |a, x| a.max(x.abs()));
             let worst = analytic
@@ -691,6 +714,43 @@ fn soft_assignment_matches_float64_reference_and_plain_fd() {
     }
 }
 
+/// The attention weights (`CombineAssignment::Attend`, A = softmax over the tokens) are
+/// differentiable: the forward matches the float64 reference, the groups are still the
+/// argmax over the combination tokens, and the backward matches plain central
+/// differences for every parameter and the input, with one head and with several.
+#[test]
+fn attention_weights_match_float64_reference_and_plain_fd() {
+    for (setup, heads) in SOFT_SETUPS.into_iter().zip([1, 2, 4]) {
+        let seed = setup.0;
+        let base = setup_problem(setup);
+        let pb = Problem::new(
+            seed,
+            CombinerSettings {
+                assignment: CombineAssignment::Attend,
+                heads,
+                ..base.set
+            },
+        );
+        let what = format!("setup {seed} (attend, {heads} heads)");
+        let (assign, out, grads, dhidden) = check_forward(&pb, &what);
+        // The groups are the hard assignment's, the output is not.
+        let (hard_assign, hard_out, ..) = run_impl(&Problem::new(
+            seed,
+            CombinerSettings {
+                assignment: CombineAssignment::Hard,
+                ..pb.set
+            },
+        ));
+        assert_eq!(assign, hard_assign, "{what}: groups");
+        assert!(
+            out.iter().zip(&hard_out).any(|(a, b)| (a - b).abs() > 1e-3),
+            "{what}: attention and hard assignment give the same output"
+        );
+        let loss = |th: &[Vec<f64>]| ref_loss(&pb, th, None);
+        check_every_gradient(&pb, &what, &loss, &grads, &dhidden);
+    }
+}
+
 /// (seed, heads, assignment, noise, residual) of the several-head problems.
 const HEAD_SETUPS: [(u64, usize, CombineAssignment, Option<u64>, CombineResidual); 4] = [
     (
@@ -741,7 +801,7 @@ fn several_heads_match_float64_reference_and_gradients() {
             .any(|h| frozen.hard[..per_head] != frozen.hard[h * per_head..(h + 1) * per_head]);
         let loss = |th: &[Vec<f64>]| match assignment {
             CombineAssignment::Hard => ref_loss(&pb, th, Some(&frozen)),
-            CombineAssignment::Soft => ref_loss(&pb, th, None),
+            CombineAssignment::Soft | CombineAssignment::Attend => ref_loss(&pb, th, None),
         };
         check_every_gradient(&pb, &what, &loss, &grads, &dhidden);
     }
