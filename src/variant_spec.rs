@@ -8,7 +8,7 @@
 //!   SETTING  p=RATIO   keep ratio of the pruning variants (p, pf, pfc)
 //!            m=TOKENS  combination tokens of the combining variants (c, pfc)
 //!            r=RESIDUAL the combined tokens' residual, token or group (c, pfc)
-//!            assign=ASSIGNMENT the tokens' assignment, hard or soft (c, pfc)
+//!            assign=ASSIGNMENT the tokens' assignment, hard, soft or attend (c, pfc)
 //!            pool=POOLING the pooling of the combined tokens: mean, counts or
 //!                     counts+tokens (c, pfc)
 //!            noise=BOOL Gumbel noise on the assignment in training, true or false (c, pfc)
