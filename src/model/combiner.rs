@@ -587,13 +587,7 @@ fn assignment_probs(
                 }
                 if attend {
                     for jj in 0..nb {
-                        let mut best = 0;
-                        for i in 1..m {
-                            if sim_bh[i * nb + jj] > sim_bh[best * nb + jj] {
-                                best = i;
-                            }
-                        }
-                        group_b[jj * heads + h] = best;
+                        group_b[jj * heads + h] = column_argmax(sim_bh, m, nb, jj);
                     }
                     for (a_i, z_i) in sim_bh.chunks_mut(nb).zip(logits.chunks(nb)) {
                         let zmax = z_i.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -724,17 +718,22 @@ fn hard_assignment(
         let sim_b = &sim[heads * m * r.start..heads * m * r.end];
         for (h, sim_bh) in sim_b.chunks(m * nb).enumerate() {
             for jj in 0..nb {
-                let mut best = 0;
-                for i in 1..m {
-                    if sim_bh[i * nb + jj] > sim_bh[best * nb + jj] {
-                        best = i;
-                    }
-                }
-                group[(r.start + jj) * heads + h] = best;
+                group[(r.start + jj) * heads + h] = column_argmax(sim_bh, m, nb, jj);
             }
         }
     }
     group
+}
+
+/// The i (0..m) of the largest `sim[i * nb + jj]`, the lowest i on ties.
+fn column_argmax(sim: &[f32], m: usize, nb: usize, jj: usize) -> usize {
+    let mut best = 0;
+    for i in 1..m {
+        if sim[i * nb + jj] > sim[best * nb + jj] {
+            best = i;
+        }
+    }
+    best
 }
 
 /// The real tokens' grouping into the m combination tokens, per example and head: what the
