@@ -1,6 +1,6 @@
 //! One CPU per pool thread. Left to itself, the scheduler may run two of the pool's
-//! threads on one CPU for a while after the other CPU sat idle (this project's 2-vCPU VM
-//! packs threads onto busy vCPUs, its kernel's `sched_vcpu_pack`), and a two-thread 1 x 128
+//! threads on one CPU for a while after the other CPU sat idle (on this project's 2-vCPU
+//! VM, whose kernel has a `sched_vcpu_pack` option, it evidently did), and a two-thread 1 x 128
 //! forward then runs at one thread's speed (docs/results.md, "Issue 17, 6 Dec 2026 (session
 //! 19)"). Pinned, the threads cannot share a CPU.
 //!
