@@ -9,17 +9,29 @@
 //! that would not hold one of its siblings, and two processes that each use every CPU
 //! share them as before. With fewer threads than CPUs pinning could stack several
 //! processes on the same CPUs (the classic OpenMP affinity trap), so `auto` leaves them
-//! free; `off` (or `0`) never pins.
+//! free; `off` (or `0`) never pins. Training leaves them free too ([`leave_threads_free`]).
+//! The price of pinning: with another busy process on one of the CPUs, a pinned pass
+//! cannot move off it (1 x 128 median 28-29 ms pinned against 20-21 ms free beside a
+//! one-thread CPU hog; docs/results.md, session 19).
 
 use std::sync::OnceLock;
 
 /// Whether every pool thread was pinned: false before the first pass ([`pin_pool_threads`]),
-/// when it decided not to pin, or when the kernel refused a thread.
+/// when it decided not to pin or was told not to ([`leave_threads_free`]), or when the
+/// kernel refused a thread.
 pub fn pool_threads_pinned() -> bool {
     *PINNED.get().unwrap_or(&false)
 }
 
 static PINNED: OnceLock<bool> = OnceLock::new();
+
+/// Leaves the pool's threads free for the rest of the process, unless a pass has pinned
+/// them already: training calls it first. Its long passes keep both cores busy, so
+/// pinning gains nothing there (the same step time, quiet machine), while another busy
+/// process on one of the CPUs cost a pinned step 15% (docs/results.md, session 19).
+pub fn leave_threads_free() {
+    let _ = PINNED.set(false);
+}
 
 /// Pins the current rayon pool's threads, once per process (see the module doc). Call
 /// from outside the pool; later calls return the first call's outcome.

@@ -39,6 +39,8 @@ pub struct TrainOutcome {
 /// `corefocus train`: fine-tunes, keeps the best checkpoint in `--out`, evaluates it on
 /// the test split if there is one.
 pub fn run_train(opts: &TrainOptions) -> Result<TrainOutcome> {
+    // Pinned threads help sparse inference passes, not training's (see the function).
+    crate::kernels::affinity::leave_threads_free();
     opts.validate()?;
     opts.precision.check_available()?;
     let start = read_resume_or_check_out(opts)?;
