@@ -129,11 +129,23 @@ mod tests {
         assert_eq!(cpu_per_thread(&[3], 1), None);
     }
 
+    /// The mask read back is the one the kernel reports in /proc (`0-1,4` ranges).
     #[test]
     fn the_process_sees_its_allowed_cpus() {
-        let cpus = allowed_cpus().expect("sched_getaffinity works on Linux");
-        assert!(cpus.windows(2).all(|w| w[0] < w[1]));
-        assert!(cpus.len() <= libc::CPU_SETSIZE as usize);
+        let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+        let list = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .expect("Cpus_allowed_list in /proc/thread-self/status");
+        let mut want = Vec::new();
+        for part in list.trim().split(',') {
+            let (lo, hi) = part.split_once('-').unwrap_or((part, part));
+            want.extend(lo.parse::<usize>().unwrap()..=hi.parse::<usize>().unwrap());
+        }
+        assert_eq!(
+            allowed_cpus().expect("sched_getaffinity works on Linux"),
+            want
+        );
     }
 
     #[test]

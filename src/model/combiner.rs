@@ -155,7 +155,7 @@ fn split_by_lengths<T>(mut buf: &mut [T], lengths: impl Iterator<Item = usize>) 
 /// `CombineResidual::Group` `c'_i = r_i + W_o u_i + b_o`, `r_i = Σ_j HA_ij e_j / (Σ_j HA_ij +
 /// assign_eps)`. With `CombineAssignment::Soft`, HA = Sim (the returned assignment is still
 /// the argmax, for the pooling counts and `explain`). With `CombineAssignment::Attend`,
-/// HA = A, the softmax over j of the same logits, and d_i = Σ_j A_ij (the groups are
+/// HA = A, the softmax over j of the same logits, and d_i = Σ_j A_ij = 1 (the groups are
 /// still the argmax over i of Sim). With `heads` H > 1 all of this runs
 /// per head on its slice of d/H columns of q, k, v (and e for r_i), each head with its
 /// own assignment and denominators, the slices concatenated before W_o; the returned
@@ -212,16 +212,12 @@ pub fn combiner_forward(
         heads,
     };
     // d_i = Σ_j HA_ij + assign_eps, once for u_i and r_i.
-    // (Attention weights sum to 1 over an example's tokens: no eps, which would only
-    // shrink every u_i alike; an example without real tokens gets 1.)
+    // (Attention weights sum to 1 over an example's tokens, so d_i = 1: no eps, which
+    // would only shrink every u_i alike.)
     let denom = match set.assignment {
         CombineAssignment::Hard => groups.sizes(&group, set.assign_eps),
         CombineAssignment::Soft => groups.soft_sizes(&sim, set.assign_eps),
-        CombineAssignment::Attend => groups
-            .soft_sizes(&sim, 0.0)
-            .into_iter()
-            .map(|x| if x > 0.0 { x } else { 1.0 })
-            .collect(),
+        CombineAssignment::Attend => vec![1.0; batch * m * heads],
     };
     let means = |x: &[f32]| match set.assignment {
         CombineAssignment::Hard => groups.means(x, &group, &denom),
