@@ -46,7 +46,9 @@ fn main() {
         pool.install(|| {
             for _ in 0..reps {
                 let start = Instant::now();
-                attention_forward(dims, &q, &k, &v, &counts, scale, None, None, &mut ctx, None);
+                attention_forward(
+                    dims, &q, &k, &v, &counts, scale, None, None, &mut ctx, None, None,
+                );
                 best = best.min(start.elapsed().as_secs_f64());
             }
         });
@@ -69,7 +71,9 @@ fn main() {
                 evict();
                 let start = Instant::now();
                 let p = Some(probs.as_mut_slice());
-                attention_forward(dims, &q, &k, &v, &counts, scale, dropout, p, &mut ctx, None);
+                attention_forward(
+                    dims, &q, &k, &v, &counts, scale, dropout, p, &mut ctx, None, None,
+                );
                 best_fwd = best_fwd.min(start.elapsed().as_secs_f64());
                 evict();
                 let start = Instant::now();

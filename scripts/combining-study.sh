@@ -69,6 +69,9 @@ declare -A RUNS=(
   [20ng-c-attend]="20newsgroups 42 c --lr 2e-4 --combine-assignment attend"
   [20ng-c-attend-s43]="20newsgroups 43 c --lr 2e-4 --combine-assignment attend"
   [20ng-c-attend-h12]="20newsgroups 42 c --lr 2e-4 --combine-assignment attend --combine-heads 12"
+  # the embedded tokens do not attend to the combination tokens before the combiner (7 Dec 2026)
+  [20ng-c-hidden]="20newsgroups 42 c --lr 2e-4 --combine-visible false"
+  [20ng-c-hidden-s43]="20newsgroups 43 c --lr 2e-4 --combine-visible false"
 )
 ORDER=(sst2-bert sst2-pfc sst2-pf sst2-pfc-minlen0 sst2-bert-lr1e-4-s43 sst2-pfc-plain-auto sst2-pfc-plain-scale1
   sst2-pfc-plain-newlr1 sst2-pfc-plain-scale1-newlr1 sst2-pfc-plain-normal sst2-pfc-plain-mean sst2-pfc-plain-nonoise
@@ -76,7 +79,7 @@ ORDER=(sst2-bert sst2-pfc sst2-pf sst2-pfc-minlen0 sst2-bert-lr1e-4-s43 sst2-pfc
   sst2-pfc-papercounts-s43 sst2-pfc-distill 20ng-bert 20ng-pfc-plain 20ng-pfc-distill
   20ng-bert-lr2e-4 20ng-c-lr2e-4 20ng-c-group 20ng-pfc-group 20ng-c-m16 20ng-c-m32 20ng-c-soft
   20ng-c-h12 20ng-c-h4 20ng-c-lr2e-4-rerun 20ng-c-drop0 20ng-c-s43 20ng-c-drop0-s43
-  20ng-c-attend 20ng-c-attend-s43 20ng-c-attend-h12)
+  20ng-c-attend 20ng-c-attend-s43 20ng-c-attend-h12 20ng-c-hidden 20ng-c-hidden-s43)
 one() {
   local name=$1
   [ -f "$OUT/$name/test_report.json" ] && return 0

@@ -19,7 +19,9 @@
 #          soft assignment), recipe-20ng-seed2 (BERT and C@5, seed 2),
 #          recipe-20ng-seed3 (the same pair, seed 3), recipe-20ng-pfc-seeds (PFC@5, seeds 2-3),
 #          recipe-20ng-heads (C@5 and PFC@5 with 12 assignment heads),
-#          recipe-20ng-attend (C@5 and PFC@5 attending to all the tokens, 12 heads) and
+#          recipe-20ng-attend (C@5 and PFC@5 attending to all the tokens, 12 heads),
+#          recipe-20ng-hidden (C@5 and PFC@5, the combination tokens hidden from the
+#          embedded tokens before the combiner) and
 #          recipe-20ng-3ep (3 epochs; recipe-20ng-3ep:VARIANTS for some cells, e.g.
 #          recipe-20ng-3ep:bert), recipe-20ng-lr4e-4 (the rate grid one step higher)
 #          (not in the default list: run them by name)
@@ -149,6 +151,9 @@ lane() {
       # each combination token attending to all the tokens, with 12 heads (session 19)
       recipe-20ng-attend) run recipe --datasets 20newsgroups --seeds 1 --lr-grid 1e-4,2e-4 \
                             --variants c@L-1:assign=attend:heads=12,pfc@L-1:assign=attend:heads=12 ;;
+      # the embedded tokens not attending to the combination tokens before the combiner
+      recipe-20ng-hidden) run recipe --datasets 20newsgroups --seeds 1 --lr-grid 1e-4,2e-4 \
+                            --variants c@L-1:visible=false,pfc@L-1:visible=false ;;
       # the same on SST-2 and BBC News, 3 seeds (cells c-l5-soft, pfc-l5-soft)
       recipe-sst2-soft) run recipe --datasets sst2 --seeds 3 \
                           --variants c@L-1:assign=soft,pfc@L-1:assign=soft ;;

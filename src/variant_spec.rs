@@ -13,14 +13,16 @@
 //!                     counts+tokens (c, pfc)
 //!            noise=BOOL Gumbel noise on the assignment in training, true or false (c, pfc)
 //!            kgrad=BOOL the assignment's gradient into the tokens' states (c, pfc)
+//!            visible=BOOL whether the embedded tokens attend to the combination tokens
+//!                     before the combiner (c, pfc)
 //!            RATIO     a bare number: the keep ratio, as p=RATIO (bench's spelling)
 //! ```
 //!
 //! e.g. `bert`, `pf:0.8` = `pf:p=0.8`, `pfc@L-1`, `pfc@4:m=16`, `pfc@7:p=0.7:m=4`. A setting
 //! given twice takes its last value. Each spec means what the `train` flags `--variant`,
 //! `--combine-layer`, `--keep-ratio`, `--combine-tokens`, `--combine-residual`,
-//! `--combine-assignment`, `--combine-pooling`, `--combine-noise` and `--combine-key-grad`
-//! with those values mean
+//! `--combine-assignment`, `--combine-pooling`, `--combine-noise`, `--combine-key-grad`
+//! and `--combine-visible` with those values mean
 //! ([`VariantSpec::method_args`]); `bench` resolves them on the paper's settings
 //! ([`VariantSpec::method_config`]).
 
@@ -69,6 +71,7 @@ pub struct VariantSpec {
     pub combine_pooling: Option<CombinePooling>,
     pub combine_noise: Option<bool>,
     pub combine_key_grad: Option<bool>,
+    pub combine_visible: Option<bool>,
     pub combine_heads: Option<usize>,
     pub combine_dropout: Option<f32>,
 }
@@ -104,6 +107,7 @@ impl std::str::FromStr for VariantSpec {
             combine_pooling: None,
             combine_noise: None,
             combine_key_grad: None,
+            combine_visible: None,
             combine_heads: None,
             combine_dropout: None,
         };
@@ -154,6 +158,11 @@ impl std::str::FromStr for VariantSpec {
                         anyhow!("variant spec {s:?}: kgrad {value:?} is not true or false")
                     })?)
                 }
+                "visible" => {
+                    spec.combine_visible = Some(value.trim().parse().map_err(|_| {
+                        anyhow!("variant spec {s:?}: visible {value:?} is not true or false")
+                    })?)
+                }
                 "heads" => {
                     spec.combine_heads = Some(value.trim().parse().with_context(|| {
                         format!("variant spec {s:?}: heads {value:?} is not a whole number")
@@ -166,7 +175,7 @@ impl std::str::FromStr for VariantSpec {
                 }
                 other => {
                     bail!(
-                        "variant spec {s:?}: unknown setting {other:?} (expected p, m, r, assign, pool, noise, kgrad, heads or drop)"
+                        "variant spec {s:?}: unknown setting {other:?} (expected p, m, r, assign, pool, noise, kgrad, visible, heads or drop)"
                     )
                 }
             }
@@ -206,6 +215,7 @@ impl VariantSpec {
             combine_pooling: self.combine_pooling,
             combine_noise: self.combine_noise,
             combine_key_grad: self.combine_key_grad,
+            combine_visible: self.combine_visible,
             combine_heads: self.combine_heads,
             combine_dropout: self.combine_dropout,
             ..MethodArgs::default()
@@ -243,6 +253,7 @@ impl VariantSpec {
             ),
             ("combine noise", "applies", self.combine_noise.is_some()),
             ("kgrad", "applies", self.combine_key_grad.is_some()),
+            ("visible", "applies", self.combine_visible.is_some()),
             ("heads", "apply", self.combine_heads.is_some()),
             ("drop", "applies", self.combine_dropout.is_some()),
         ];
@@ -258,6 +269,7 @@ impl VariantSpec {
         m.combine_pooling = self.combine_pooling.unwrap_or(m.combine_pooling);
         m.combine_noise = self.combine_noise.unwrap_or(m.combine_noise);
         m.combine_key_grad = self.combine_key_grad.unwrap_or(m.combine_key_grad);
+        m.combine_visible = self.combine_visible.unwrap_or(m.combine_visible);
         m.combine_heads = self.combine_heads.unwrap_or(m.combine_heads);
         m.combine_dropout = self.combine_dropout.or(m.combine_dropout);
         m.validate(layers)?;
@@ -289,6 +301,7 @@ mod tests {
             combine_pooling: None,
             combine_noise: None,
             combine_key_grad: None,
+            combine_visible: None,
             combine_heads: None,
             combine_dropout: None,
         };
@@ -335,11 +348,18 @@ mod tests {
                 combine_pooling: None,
                 combine_noise: None,
                 combine_key_grad: None,
+                combine_visible: None,
                 combine_heads: None,
                 combine_dropout: None,
             }
         );
         assert_eq!(spec("c@L-1:kgrad=false").combine_key_grad, Some(false));
+        assert_eq!(spec("pfc@L-1:visible=false").combine_visible, Some(false));
+        assert!(
+            err("c:visible=no").contains("visible"),
+            "{}",
+            err("c:visible=no")
+        );
         assert_eq!(spec("c@L-1:drop=0").combine_dropout, Some(0.0));
         assert!(err("c:drop=x").contains("drop"), "{}", err("c:drop=x"));
         assert_eq!(spec("c@L-1:heads=12").combine_heads, Some(12));

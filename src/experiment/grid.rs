@@ -156,6 +156,11 @@ pub fn cell_name(m: &MethodArgs) -> String {
         Some(true) => name.push_str("-kgrad"),
         None => {}
     }
+    match m.combine_visible {
+        Some(false) => name.push_str("-hidden"),
+        Some(true) => name.push_str("-visible"),
+        None => {}
+    }
     if let Some(h) = m.combine_heads {
         name.push_str(&format!("-h{h}"));
     }

@@ -52,12 +52,24 @@ pub struct Importance<'a> {
     pub out: &'a mut [f32],
 }
 
+/// Key slots hidden from some queries: query rows `0 .. query_rows` of every example do
+/// not see its last `hidden_slots` valid slots (their probabilities are 0 there), the
+/// rows after them see every valid slot. The combiner's tokens use it to read the
+/// document in the layers before the combiner without being read by it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HiddenKeys {
+    pub query_rows: usize,
+    pub hidden_slots: usize,
+}
+
 /// Forward. `ctx` (`[B, q_len, H*dh]`) is overwritten with dropout(P)·V where
 /// P = softmax(scale · q kᵀ) over the valid slots. When `probs` is given
 /// (`[B, H, q_len, kv_len]`), P (before dropout, masked slots 0) is stored there for the
 /// backward pass, negated where dropout drops the element (P >= 0, so the sign carries
 /// the mask: the backward reads it instead of hashing every element again); without it
-/// the kernel keeps only per-thread scratch (inference).
+/// the kernel keeps only per-thread scratch (inference). With `hidden`, the rows it
+/// names attend over their example's other slots only (see [`HiddenKeys`]); the backward
+/// needs no such argument, as the stored P is 0 on the hidden slots.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_forward(
     d: AttnDims,
@@ -70,6 +82,7 @@ pub fn attention_forward(
     probs: Option<&mut [f32]>,
     ctx: &mut [f32],
     importance: Option<Importance>,
+    hidden: Option<HiddenKeys>,
 ) {
     d.check_inputs(q, k, v, kv_count);
     let AttnDims {
@@ -148,9 +161,15 @@ pub fn attention_forward(
                     for (r, inv_sum) in inv_sums.iter_mut().enumerate().take(rows) {
                         let i = i0 + r;
                         let row = &mut block[r * stride..r * stride + kvc];
-                        let sum = exp_shifted_sum(row, scale);
+                        let seen = match hidden {
+                            Some(hk) if i < hk.query_rows => kvc - hk.hidden_slots.min(kvc),
+                            _ => kvc,
+                        };
+                        let (visible, unseen) = row.split_at_mut(seen);
+                        let sum = exp_shifted_sum(visible, scale);
+                        unseen.fill(0.0);
                         // sum >= 1 (the max contributes e^0) unless the row is empty.
-                        let inv = if kvc == 0 { 0.0 } else { 1.0 / sum };
+                        let inv = if seen == 0 { 0.0 } else { 1.0 / sum };
                         *inv_sum = inv;
                         if let Some((w, _)) = &importance_acc {
                             let wi = w[i];
@@ -931,6 +950,7 @@ mod tests {
         scale: f64,
         dropout: Option<AttnDropout>,
         query_weight: &[f32],
+        hidden: Option<HiddenKeys>,
     ) -> RefOut {
         let AttnDims {
             batch,
@@ -949,6 +969,10 @@ mod tests {
                 let bh = b * heads + h;
                 let mut wsum = 0.0;
                 for i in 0..q_len {
+                    let kvc = match hidden {
+                        Some(hk) if i < hk.query_rows => kvc - hk.hidden_slots.min(kvc),
+                        _ => kvc,
+                    };
                     let qi = &q[(b * q_len + i) * width + h * head_dim..][..head_dim];
                     let scores: Vec<f64> = (0..kvc)
                         .map(|j| {
@@ -1000,6 +1024,7 @@ mod tests {
         kv_count: Vec<usize>,
         query_weight: Vec<f32>,
         scale: f32,
+        hidden: Option<HiddenKeys>,
     }
 
     fn case(d: AttnDims, kv_count: &[usize], seed: u64) -> Case {
@@ -1023,6 +1048,7 @@ mod tests {
             kv_count: kv_count.to_vec(),
             query_weight,
             scale: 1.0 / (d.head_dim as f32).sqrt(),
+            hidden: None,
         }
     }
 
@@ -1052,6 +1078,7 @@ mod tests {
                 query_weight: &c.query_weight,
                 out: &mut importance,
             }),
+            c.hidden,
         );
         FwdOut {
             ctx,
@@ -1084,6 +1111,7 @@ mod tests {
             scale,
             dropout,
             &c.query_weight,
+            c.hidden,
         );
         let got = run_forward(c, dropout, true);
         close("ctx", &got.ctx, &want.ctx, 2e-6);
@@ -1130,7 +1158,18 @@ mod tests {
         let loss = |q: &[f64], k: &[f64], v: &[f64]| {
             dot(
                 &dctx,
-                &attention_ref(d, q, k, v, &c.kv_count, scale, dropout, &c.query_weight).ctx,
+                &attention_ref(
+                    d,
+                    q,
+                    k,
+                    v,
+                    &c.kv_count,
+                    scale,
+                    dropout,
+                    &c.query_weight,
+                    c.hidden,
+                )
+                .ctx,
             )
         };
         let h = 1e-5;
@@ -1234,6 +1273,47 @@ mod tests {
         // Example 0 uses every slot, 1 and 2 fewer; q_len != kv_len (gathered keys).
         let c = case(dims(3, 6, 5, 2, 3), &[5, 3, 1], 10);
         check(&c, None);
+    }
+
+    #[test]
+    fn hidden_key_slots_match_reference_and_get_zero_probability() {
+        // Rows 0..4 of each example do not see its last 2 valid slots (example 2 has
+        // only those 2: its first rows see nothing); rows 4.. see every valid slot.
+        let hidden = Some(HiddenKeys {
+            query_rows: 4,
+            hidden_slots: 2,
+        });
+        for (kv_count, dropout) in [
+            ([6, 4, 2], None),
+            ([6, 5, 2], Some(AttnDropout { p: 0.2, seed: 7 })),
+        ] {
+            let mut c = case(dims(3, 6, 6, 2, 3), &kv_count, 60);
+            c.hidden = hidden;
+            check(&c, dropout);
+            let out = run_forward(&c, dropout, true);
+            for b in 0..3 {
+                let kvc = kv_count[b];
+                for h in 0..2 {
+                    for i in 0..6 {
+                        let row = &out.probs[((b * 2 + h) * 6 + i) * 6..][..6];
+                        let tail = &row[kvc - 2..kvc];
+                        if i < 4 {
+                            assert!(tail.iter().all(|&p| p == 0.0), "b {b} i {i}");
+                        } else {
+                            assert!(tail.iter().all(|&p| p != 0.0), "b {b} i {i}");
+                        }
+                    }
+                }
+            }
+        }
+        // The same inputs without hidden slots give other outputs on the first rows only.
+        let mut c = case(dims(1, 6, 6, 2, 3), &[6], 61);
+        let all = run_forward(&c, None, true);
+        c.hidden = hidden;
+        let some = run_forward(&c, None, true);
+        let width = 2 * 3;
+        assert_ne!(all.ctx[..4 * width], some.ctx[..4 * width]);
+        assert_eq!(all.ctx[4 * width..], some.ctx[4 * width..]);
     }
 
     #[test]

@@ -103,7 +103,7 @@ impl Model {
                 .as_ref()
                 .expect("layers after the combiner are present");
             let dropout = self.layer_dropout(noise, l);
-            let out = layer_forward(p, layer, layer_dims, h, &kv, dropout, None, record);
+            let out = layer_forward(p, layer, layer_dims, h, &kv, dropout, None, None, record);
             h = out.out;
             if let Some(tape) = out.tape {
                 after.push((l, tape));

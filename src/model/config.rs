@@ -395,6 +395,13 @@ pub struct MethodConfig {
     /// on). Off, the layers before the combiner learn from the values alone.
     #[serde(default = "yes")]
     pub combine_key_grad: bool,
+    /// Whether the embedded tokens attend to the combination tokens in the layers before
+    /// the combiner (method.md: they are keys and values for every query; absent in
+    /// checkpoints written before it: yes). Off, the combination tokens read the document
+    /// there without being read by it, so those layers compute for the embedded tokens
+    /// exactly what the pretrained model's layers would.
+    #[serde(default = "yes")]
+    pub combine_visible: bool,
     /// What follows the grouping (absent in checkpoints written before it: `plain`).
     #[serde(default)]
     pub combine_block: CombineBlock,
@@ -461,6 +468,7 @@ impl MethodConfig {
             combine_heads: 1,
             combine_noise: true,
             combine_key_grad: true,
+            combine_visible: true,
             combine_scale: 1.0,
             assign_eps: 1.0,
             combine_ln_eps: 1e-5,

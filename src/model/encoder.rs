@@ -11,7 +11,7 @@ use super::ops;
 use super::params::ParamStore;
 use crate::kernels::activations::{gelu_backward, gelu_forward, gelu_forward_keeping_grad};
 use crate::kernels::attention::{
-    attention_backward, attention_forward, AttnDims, AttnDropout, Importance,
+    attention_backward, attention_forward, AttnDims, AttnDropout, HiddenKeys, Importance,
 };
 use crate::kernels::dropout::{dropout_backward_into, dropout_forward};
 use crate::kernels::workspace;
@@ -443,7 +443,8 @@ pub struct LayerOutput {
 }
 
 /// Forward of one layer. `x` is `[batch, t, d]`; `importance_weights` (`[batch, t]`, 1
-/// for real embedded queries) asks for the importance scores of the key slots.
+/// for real embedded queries) asks for the importance scores of the key slots; `hidden`
+/// hides the last key slots of each example from its first query rows.
 #[allow(clippy::too_many_arguments)]
 pub fn layer_forward(
     p: &ParamStore,
@@ -453,6 +454,7 @@ pub fn layer_forward(
     kv: &KvIndex,
     drop: Option<LayerDropout>,
     importance_weights: Option<&[f32]>,
+    hidden: Option<HiddenKeys>,
     record: bool,
 ) -> LayerOutput {
     let LayerDims {
@@ -498,6 +500,7 @@ pub fn layer_forward(
                     query_weight: w,
                     out: out.as_mut_slice(),
                 }),
+            hidden,
         )
     });
 

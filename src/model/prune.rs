@@ -11,6 +11,7 @@ use super::fuzzy::{self, SelectConfig};
 use super::noise::Noise;
 use super::params::ParamStore;
 use super::trace::{LayerTrace, Trace};
+use crate::kernels::attention::HiddenKeys;
 use crate::kernels::workspace;
 
 /// One pruned layer's record for the backward pass.
@@ -66,6 +67,12 @@ impl Model {
         let mut kept: Vec<Vec<usize>> = lengths.iter().map(|&len| (0..len).collect()).collect();
         let mut tapes = Vec::new();
         let dims = self.layer_dims(bsz, t);
+        // The combination tokens (key slots after each example's kept tokens) read the
+        // document; unless they are visible, the document does not read them.
+        let hidden = (m > 0 && !self.method.combine_visible).then_some(HiddenKeys {
+            query_rows: n,
+            hidden_slots: m,
+        });
         for l in 0..full_layers {
             let ids = self.layout.layers[l]
                 .as_ref()
@@ -89,6 +96,7 @@ impl Model {
                 &kv,
                 self.layer_dropout(noise, l),
                 decide.then_some(query_weights.as_slice()),
+                hidden,
                 record,
             );
             let selections: Vec<Option<fuzzy::Selection>> = match &out.importance {

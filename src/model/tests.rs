@@ -174,11 +174,17 @@ fn combining_with_heads_gradients_match_finite_differences() {
 /// the combiner that `CountsAndTokens` pooling adds (and the combiner's value path).
 #[test]
 fn one_token_combining_gradients_match_finite_differences_before_the_combiner() {
-    for pooling in [CombinePooling::Counts, CombinePooling::CountsAndTokens] {
+    let settings = [
+        (CombinePooling::Counts, true),
+        (CombinePooling::CountsAndTokens, true),
+        (CombinePooling::Counts, false),
+    ];
+    for (pooling, visible) in settings {
         let mut method = MethodConfig::new(Variant::C, 3);
         method.combine_layer = 2;
         method.combine_tokens = 1;
         method.combine_pooling = pooling;
+        method.combine_visible = visible;
         method.combine_token_init = CombineTokenInit::Vocab;
         check_model_grads(
             method,
@@ -189,6 +195,61 @@ fn one_token_combining_gradients_match_finite_differences_before_the_combiner() 
                 "classifier.weight",
             ],
         );
+    }
+}
+
+/// `--combine-visible false`: in the layers before the combiner the embedded tokens'
+/// states do not depend on the combination tokens at all (they are not among their
+/// keys), while the combination tokens still read the document; with the method.md
+/// default they do. Pruned (pfc) and unpruned (c).
+#[test]
+fn hidden_combination_tokens_leave_the_embedded_tokens_alone() {
+    let cfg = BertConfig::sized(40, 8, 3, 2, 16);
+    let batch = Batch::from_sequences(&[&[2, 5, 7, 9, 11, 13, 3], &[2, 6, 3]], 0);
+    let (n, m) = (batch.seq, 3);
+    for variant in [Variant::C, Variant::Pfc] {
+        for visible in [false, true] {
+            let mut method = MethodConfig::new(variant, 3);
+            method.combine_layer = 3;
+            method.combine_tokens = m;
+            method.keep_ratio = 0.5;
+            method.combine_visible = visible;
+            let model = Model::random(cfg.clone(), method, 3, 7).unwrap();
+            let noise = Noise::of(Mode::Eval);
+            let (x, _) = model.embed(&batch, noise);
+            let mut moved = x.clone();
+            // Other combination-token rows entering the first layer.
+            for b in 0..batch.batch {
+                for r in n..n + m {
+                    for v in &mut moved[(b * (n + m) + r) * 8..][..8] {
+                        *v = -0.5 * *v + 0.25;
+                    }
+                }
+            }
+            let run = |x: Vec<f32>| {
+                let mut trace = trace::Trace::default();
+                let (out, _) = model.pruned_layers(x, &batch, noise, false, &mut trace);
+                (out, trace)
+            };
+            let ((before, trace_a), (after, trace_b)) = (run(x), run(moved));
+            let real_rows =
+                |out: &[f32], b: usize| out[b * (n + m) * 8..][..batch.lengths[b] * 8].to_vec();
+            let comb_rows = |out: &[f32], b: usize| out[(b * (n + m) + n) * 8..][..m * 8].to_vec();
+            for b in 0..batch.batch {
+                assert_ne!(comb_rows(&before, b), comb_rows(&after, b));
+                if visible {
+                    assert_ne!(real_rows(&before, b), real_rows(&after, b), "{variant:?}");
+                } else {
+                    assert_eq!(real_rows(&before, b), real_rows(&after, b), "{variant:?}");
+                }
+            }
+            if !visible {
+                // The pruning decisions read only the embedded queries' attention.
+                let kept =
+                    |t: &trace::Trace| t.layers.iter().map(|l| l.kept.clone()).collect::<Vec<_>>();
+                assert_eq!(kept(&trace_a), kept(&trace_b));
+            }
+        }
     }
 }
 

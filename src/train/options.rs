@@ -224,6 +224,11 @@ pub struct MethodArgs {
     /// learn from the values alone) [default: true].
     #[arg(long)]
     pub combine_key_grad: Option<bool>,
+    /// Whether the embedded tokens attend to the combination tokens in the layers before
+    /// the combiner: true (method.md) or false (beyond the paper: the combination tokens
+    /// read the document without being read by it) [default: true].
+    #[arg(long)]
+    pub combine_visible: Option<bool>,
     /// Pooling of the m combined tokens: counts (weighted by the tokens each received),
     /// mean (the paper's plain mean) or counts+tokens (beyond the paper: half counts, half
     /// the mean of the real tokens' states entering the combiner) [default: counts].
@@ -277,6 +282,7 @@ impl Default for MethodArgs {
             combine_block: None,
             combine_noise: None,
             combine_key_grad: None,
+            combine_visible: None,
             combine_pooling: None,
             combine_residual: None,
             combine_assignment: None,
@@ -316,6 +322,7 @@ impl MethodArgs {
             ("--combine-block", self.combine_block.is_some()),
             ("--combine-noise", self.combine_noise.is_some()),
             ("--combine-key-grad", self.combine_key_grad.is_some()),
+            ("--combine-visible", self.combine_visible.is_some()),
             ("--combine-scale", self.combine_scale.is_some()),
             ("--assign-eps", self.assign_eps.is_some()),
             ("--combine-dropout", self.combine_dropout.is_some()),
@@ -380,6 +387,9 @@ impl MethodArgs {
         }
         if let Some(k) = self.combine_key_grad {
             m.combine_key_grad = k;
+        }
+        if let Some(v) = self.combine_visible {
+            m.combine_visible = v;
         }
         if let Some(s) = self.combine_scale {
             ensure!(
