@@ -573,6 +573,17 @@ mod tests {
         .unwrap();
         assert_eq!(names(&dropout, "toy", 1), ["pfc-l5-drop0"]);
         assert_eq!(dropout.cells[0].settings.combine_dropout, Some(0.0));
+        // And whether the embedded tokens see the combination tokens.
+        let hidden = plan(
+            &ExperimentArgs {
+                variants: Some(vec!["c@L-1:visible=false".into()]),
+                ..a.clone()
+            },
+            &bert,
+        )
+        .unwrap();
+        assert_eq!(names(&hidden, "toy", 1), ["c-l5-hidden"]);
+        assert!(!hidden.cells[0].settings.combine_visible);
         // Cells trained in bf16 are cells of their own, in the report's rows too.
         let bf16 = plan(
             &ExperimentArgs {
