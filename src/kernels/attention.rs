@@ -1291,8 +1291,7 @@ mod tests {
             c.hidden = hidden;
             check(&c, dropout);
             let out = run_forward(&c, dropout, true);
-            for b in 0..3 {
-                let kvc = kv_count[b];
+            for (b, &kvc) in kv_count.iter().enumerate() {
                 for h in 0..2 {
                     for i in 0..6 {
                         let row = &out.probs[((b * 2 + h) * 6 + i) * 6..][..6];
