@@ -562,26 +562,19 @@ mod tests {
                 false
             )
         );
-        // So does the dropout after the combiner.
-        let dropout = plan(
-            &ExperimentArgs {
-                variants: Some(vec!["pfc@L-1:drop=0".into()]),
+        let of_one = |spec: &str| {
+            let args = ExperimentArgs {
+                variants: Some(vec![spec.into()]),
                 ..a.clone()
-            },
-            &bert,
-        )
-        .unwrap();
+            };
+            plan(&args, &bert).unwrap()
+        };
+        // So does the dropout after the combiner.
+        let dropout = of_one("pfc@L-1:drop=0");
         assert_eq!(names(&dropout, "toy", 1), ["pfc-l5-drop0"]);
         assert_eq!(dropout.cells[0].settings.combine_dropout, Some(0.0));
         // And whether the embedded tokens see the combination tokens.
-        let hidden = plan(
-            &ExperimentArgs {
-                variants: Some(vec!["c@L-1:visible=false".into()]),
-                ..a.clone()
-            },
-            &bert,
-        )
-        .unwrap();
+        let hidden = of_one("c@L-1:visible=false");
         assert_eq!(names(&hidden, "toy", 1), ["c-l5-hidden"]);
         assert!(!hidden.cells[0].settings.combine_visible);
         // Cells trained in bf16 are cells of their own, in the report's rows too.
