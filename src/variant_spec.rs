@@ -148,21 +148,9 @@ impl std::str::FromStr for VariantSpec {
                             .map_err(|e| anyhow!("variant spec {s:?}: {e}"))?,
                     )
                 }
-                "noise" => {
-                    spec.combine_noise = Some(value.trim().parse().map_err(|_| {
-                        anyhow!("variant spec {s:?}: noise {value:?} is not true or false")
-                    })?)
-                }
-                "kgrad" => {
-                    spec.combine_key_grad = Some(value.trim().parse().map_err(|_| {
-                        anyhow!("variant spec {s:?}: kgrad {value:?} is not true or false")
-                    })?)
-                }
-                "visible" => {
-                    spec.combine_visible = Some(value.trim().parse().map_err(|_| {
-                        anyhow!("variant spec {s:?}: visible {value:?} is not true or false")
-                    })?)
-                }
+                "noise" => spec.combine_noise = Some(flag(s, "noise", value)?),
+                "kgrad" => spec.combine_key_grad = Some(flag(s, "kgrad", value)?),
+                "visible" => spec.combine_visible = Some(flag(s, "visible", value)?),
                 "heads" => {
                     spec.combine_heads = Some(value.trim().parse().with_context(|| {
                         format!("variant spec {s:?}: heads {value:?} is not a whole number")
@@ -182,6 +170,14 @@ impl std::str::FromStr for VariantSpec {
         }
         Ok(spec)
     }
+}
+
+/// The value of a true/false setting `key` of spec `s`.
+fn flag(s: &str, key: &str, value: &str) -> Result<bool> {
+    value
+        .trim()
+        .parse()
+        .map_err(|_| anyhow!("variant spec {s:?}: {key} {value:?} is not true or false"))
 }
 
 /// `L`, `L-k` or a number.
