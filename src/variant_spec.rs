@@ -26,9 +26,10 @@
 //! ([`VariantSpec::method_args`]); `bench` resolves them on the paper's settings
 //! ([`VariantSpec::method_config`]).
 
-use crate::model::{CombineAssignment, CombinePooling, CombineResidual, MethodConfig, Variant};
+use crate::model::{MethodConfig, Variant};
 use crate::train::options::{
-    parse_combine_assignment, parse_combine_pooling, parse_combine_residual,
+    parse_combine_assignment, parse_combine_pooling, parse_combine_residual, MethodDefaults,
+    Spelling,
 };
 use crate::train::MethodArgs;
 use anyhow::{anyhow, bail, ensure, Context, Result};
@@ -59,21 +60,14 @@ impl LayerSpec {
     }
 }
 
-/// A parsed variant spec (see the module docs).
+/// A parsed variant spec (see the module docs): the `train` flags it stands for, with
+/// its combining layer kept relative until the model's depth is known.
 #[derive(Clone, Debug, PartialEq)]
 pub struct VariantSpec {
-    pub variant: Variant,
     pub combine_layer: Option<LayerSpec>,
-    pub keep_ratio: Option<f32>,
-    pub combine_tokens: Option<usize>,
-    pub combine_residual: Option<CombineResidual>,
-    pub combine_assignment: Option<CombineAssignment>,
-    pub combine_pooling: Option<CombinePooling>,
-    pub combine_noise: Option<bool>,
-    pub combine_key_grad: Option<bool>,
-    pub combine_visible: Option<bool>,
-    pub combine_heads: Option<usize>,
-    pub combine_dropout: Option<f32>,
+    /// The flags the spec sets; its `combine_layer` stays unset here
+    /// ([`VariantSpec::method_args`] resolves it).
+    pub args: MethodArgs,
 }
 
 impl std::str::FromStr for VariantSpec {
@@ -98,69 +92,34 @@ impl std::str::FromStr for VariantSpec {
             })?),
         };
         let mut spec = VariantSpec {
-            variant,
             combine_layer,
-            keep_ratio: None,
-            combine_tokens: None,
-            combine_residual: None,
-            combine_assignment: None,
-            combine_pooling: None,
-            combine_noise: None,
-            combine_key_grad: None,
-            combine_visible: None,
-            combine_heads: None,
-            combine_dropout: None,
+            args: MethodArgs {
+                variant,
+                ..MethodArgs::default()
+            },
         };
+        let a = &mut spec.args;
         for part in parts {
             let Some((key, value)) = part.split_once('=') else {
                 // Bench's spelling: a bare keep ratio.
-                spec.keep_ratio = Some(part.trim().parse().with_context(|| {
+                a.keep_ratio = Some(part.trim().parse().with_context(|| {
                     format!("variant spec {s:?}: {part:?} is neither key=value nor a keep ratio")
                 })?);
                 continue;
             };
             match key.trim() {
-                "p" => {
-                    spec.keep_ratio = Some(value.trim().parse().with_context(|| {
-                        format!("variant spec {s:?}: keep ratio {value:?} is not a number")
-                    })?)
-                }
-                "m" => {
-                    spec.combine_tokens = Some(value.trim().parse().with_context(|| {
-                        format!("variant spec {s:?}: token count {value:?} is not a whole number")
-                    })?)
-                }
-                "r" => {
-                    spec.combine_residual = Some(
-                        parse_combine_residual(value.trim())
-                            .map_err(|e| anyhow!("variant spec {s:?}: {e}"))?,
-                    )
-                }
+                "p" => a.keep_ratio = Some(number(s, value, "keep ratio", "a number")?),
+                "m" => a.combine_tokens = Some(number(s, value, "token count", "a whole number")?),
+                "r" => a.combine_residual = Some(parsed(s, value, parse_combine_residual)?),
                 "assign" => {
-                    spec.combine_assignment = Some(
-                        parse_combine_assignment(value.trim())
-                            .map_err(|e| anyhow!("variant spec {s:?}: {e}"))?,
-                    )
+                    a.combine_assignment = Some(parsed(s, value, parse_combine_assignment)?)
                 }
-                "pool" => {
-                    spec.combine_pooling = Some(
-                        parse_combine_pooling(value.trim())
-                            .map_err(|e| anyhow!("variant spec {s:?}: {e}"))?,
-                    )
-                }
-                "noise" => spec.combine_noise = Some(flag(s, "noise", value)?),
-                "kgrad" => spec.combine_key_grad = Some(flag(s, "kgrad", value)?),
-                "visible" => spec.combine_visible = Some(flag(s, "visible", value)?),
-                "heads" => {
-                    spec.combine_heads = Some(value.trim().parse().with_context(|| {
-                        format!("variant spec {s:?}: heads {value:?} is not a whole number")
-                    })?)
-                }
-                "drop" => {
-                    spec.combine_dropout = Some(value.trim().parse().with_context(|| {
-                        format!("variant spec {s:?}: drop {value:?} is not a number")
-                    })?)
-                }
+                "pool" => a.combine_pooling = Some(parsed(s, value, parse_combine_pooling)?),
+                "noise" => a.combine_noise = Some(flag(s, "noise", value)?),
+                "kgrad" => a.combine_key_grad = Some(flag(s, "kgrad", value)?),
+                "visible" => a.combine_visible = Some(flag(s, "visible", value)?),
+                "heads" => a.combine_heads = Some(number(s, value, "heads", "a whole number")?),
+                "drop" => a.combine_dropout = Some(number(s, value, "drop", "a number")?),
                 other => {
                     bail!(
                         "variant spec {s:?}: unknown setting {other:?} (expected p, m, r, assign, pool, noise, kgrad, visible, heads or drop)"
@@ -170,6 +129,24 @@ impl std::str::FromStr for VariantSpec {
         }
         Ok(spec)
     }
+}
+
+/// The number a setting of spec `s` gives (`what` names it, `kind` says which numbers).
+fn number<T>(s: &str, value: &str, what: &str, kind: &str) -> Result<T>
+where
+    T: std::str::FromStr,
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    value
+        .trim()
+        .parse()
+        .with_context(|| format!("variant spec {s:?}: {what} {value:?} is not {kind}"))
+}
+
+/// The value of a setting of spec `s` that `parse` reads (its message names what it
+/// expected).
+fn parsed<T>(s: &str, value: &str, parse: fn(&str) -> Result<T, String>) -> Result<T> {
+    parse(value.trim()).map_err(|e| anyhow!("variant spec {s:?}: {e}"))
 }
 
 /// The value of a true/false setting `key` of spec `s`.
@@ -202,19 +179,8 @@ impl VariantSpec {
             Some(l) => Some(l.resolve(layers)?),
         };
         Ok(MethodArgs {
-            variant: self.variant,
-            keep_ratio: self.keep_ratio,
             combine_layer,
-            combine_tokens: self.combine_tokens,
-            combine_residual: self.combine_residual,
-            combine_assignment: self.combine_assignment,
-            combine_pooling: self.combine_pooling,
-            combine_noise: self.combine_noise,
-            combine_key_grad: self.combine_key_grad,
-            combine_visible: self.combine_visible,
-            combine_heads: self.combine_heads,
-            combine_dropout: self.combine_dropout,
-            ..MethodArgs::default()
+            ..self.args.clone()
         })
     }
 
@@ -222,52 +188,16 @@ impl VariantSpec {
     /// model of `layers` layers; a pruning variant without a ratio keeps
     /// `default_keep_ratio`. A setting the variant does not use is an error.
     pub fn method_config(&self, layers: usize, default_keep_ratio: f32) -> Result<MethodConfig> {
-        let v = self.variant;
-        let mut m = MethodConfig::new(v, layers);
-        if v.prunes() {
-            m.keep_ratio = self.keep_ratio.unwrap_or(default_keep_ratio);
-        } else if self.keep_ratio.is_some() {
-            bail!("a keep ratio only applies to p, pf and pfc");
+        let args = MethodArgs {
+            defaults: MethodDefaults::Paper,
+            ..self.method_args(layers)?
+        };
+        args.check_applicable_as(Spelling::Spec)?;
+        let mut m = MethodConfig::new(args.variant, layers);
+        if args.variant.prunes() {
+            m.keep_ratio = default_keep_ratio;
         }
-        let combine_settings = [
-            ("a combine layer", "applies", self.combine_layer.is_some()),
-            ("combination tokens", "apply", self.combine_tokens.is_some()),
-            (
-                "a combine residual",
-                "applies",
-                self.combine_residual.is_some(),
-            ),
-            (
-                "a combine assignment",
-                "applies",
-                self.combine_assignment.is_some(),
-            ),
-            (
-                "a combine pooling",
-                "applies",
-                self.combine_pooling.is_some(),
-            ),
-            ("combine noise", "applies", self.combine_noise.is_some()),
-            ("kgrad", "applies", self.combine_key_grad.is_some()),
-            ("visible", "applies", self.combine_visible.is_some()),
-            ("heads", "apply", self.combine_heads.is_some()),
-            ("drop", "applies", self.combine_dropout.is_some()),
-        ];
-        for (what, verb, given) in combine_settings {
-            ensure!(!given || v.combines(), "{what} only {verb} to c and pfc");
-        }
-        if let Some(l) = self.combine_layer {
-            m.combine_layer = l.resolve(layers)?;
-        }
-        m.combine_tokens = self.combine_tokens.unwrap_or(m.combine_tokens);
-        m.combine_residual = self.combine_residual.unwrap_or(m.combine_residual);
-        m.combine_assignment = self.combine_assignment.unwrap_or(m.combine_assignment);
-        m.combine_pooling = self.combine_pooling.unwrap_or(m.combine_pooling);
-        m.combine_noise = self.combine_noise.unwrap_or(m.combine_noise);
-        m.combine_key_grad = self.combine_key_grad.unwrap_or(m.combine_key_grad);
-        m.combine_visible = self.combine_visible.unwrap_or(m.combine_visible);
-        m.combine_heads = self.combine_heads.unwrap_or(m.combine_heads);
-        m.combine_dropout = self.combine_dropout.or(m.combine_dropout);
+        args.apply(&mut m)?;
         m.validate(layers)?;
         Ok(m)
     }
@@ -276,6 +206,7 @@ impl VariantSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{CombineAssignment, CombinePooling, CombineResidual};
 
     fn spec(s: &str) -> VariantSpec {
         s.parse().unwrap_or_else(|e| panic!("{s}: {e:#}"))
@@ -288,18 +219,12 @@ mod tests {
     #[test]
     fn both_spellings_of_the_keep_ratio_mean_the_same() {
         let want = VariantSpec {
-            variant: Variant::Pf,
             combine_layer: None,
-            keep_ratio: Some(0.8),
-            combine_tokens: None,
-            combine_residual: None,
-            combine_assignment: None,
-            combine_pooling: None,
-            combine_noise: None,
-            combine_key_grad: None,
-            combine_visible: None,
-            combine_heads: None,
-            combine_dropout: None,
+            args: MethodArgs {
+                variant: Variant::Pf,
+                keep_ratio: Some(0.8),
+                ..MethodArgs::default()
+            },
         };
         assert_eq!(spec("pf:0.8"), want);
         assert_eq!(spec("pf:p=0.8"), want);
@@ -311,58 +236,54 @@ mod tests {
     #[test]
     fn layers_and_tokens() {
         let s = spec("pfc@L-1:m=16");
-        assert_eq!(s.variant, Variant::Pfc);
+        assert_eq!(s.args.variant, Variant::Pfc);
         assert_eq!(s.combine_layer, Some(LayerSpec::FromTop(1)));
-        assert_eq!((s.keep_ratio, s.combine_tokens), (None, Some(16)));
+        assert_eq!((s.args.keep_ratio, s.args.combine_tokens), (None, Some(16)));
         assert_eq!(spec("c@L").combine_layer, Some(LayerSpec::FromTop(0)));
         assert_eq!(spec("c@l-2").combine_layer, Some(LayerSpec::FromTop(2)));
         let s = spec("pfc@7:0.7:m=4");
         assert_eq!(s.combine_layer, Some(LayerSpec::Layer(7)));
-        assert_eq!((s.keep_ratio, s.combine_tokens), (Some(0.7), Some(4)));
         assert_eq!(
-            spec("c@L-1:r=group").combine_residual,
+            (s.args.keep_ratio, s.args.combine_tokens),
+            (Some(0.7), Some(4))
+        );
+        assert_eq!(
+            spec("c@L-1:r=group").args.combine_residual,
             Some(CombineResidual::Group)
         );
         assert_eq!(
-            spec("pfc:r=token").combine_residual,
+            spec("pfc:r=token").args.combine_residual,
             Some(CombineResidual::Token)
         );
         assert_eq!(
-            spec("c@L-1:assign=soft").combine_assignment,
+            spec("c@L-1:assign=soft").args.combine_assignment,
             Some(CombineAssignment::Soft)
         );
         assert!(err("c:assign=fuzzy").contains("combine assignment"));
         assert_eq!(
             spec("bert"),
             VariantSpec {
-                variant: Variant::Bert,
                 combine_layer: None,
-                keep_ratio: None,
-                combine_tokens: None,
-                combine_residual: None,
-                combine_assignment: None,
-                combine_pooling: None,
-                combine_noise: None,
-                combine_key_grad: None,
-                combine_visible: None,
-                combine_heads: None,
-                combine_dropout: None,
+                args: MethodArgs::default(),
             }
         );
-        assert_eq!(spec("c@L-1:kgrad=false").combine_key_grad, Some(false));
-        assert_eq!(spec("pfc@L-1:visible=false").combine_visible, Some(false));
+        assert_eq!(spec("c@L-1:kgrad=false").args.combine_key_grad, Some(false));
+        assert_eq!(
+            spec("pfc@L-1:visible=false").args.combine_visible,
+            Some(false)
+        );
         assert!(
             err("c:visible=no").contains("visible"),
             "{}",
             err("c:visible=no")
         );
-        assert_eq!(spec("c@L-1:drop=0").combine_dropout, Some(0.0));
+        assert_eq!(spec("c@L-1:drop=0").args.combine_dropout, Some(0.0));
         assert!(err("c:drop=x").contains("drop"), "{}", err("c:drop=x"));
-        assert_eq!(spec("c@L-1:heads=12").combine_heads, Some(12));
+        assert_eq!(spec("c@L-1:heads=12").args.combine_heads, Some(12));
         assert!(err("c:heads=x").contains("heads"), "{}", err("c:heads=x"));
-        assert_eq!(spec("c@L-1:noise=false").combine_noise, Some(false));
+        assert_eq!(spec("c@L-1:noise=false").args.combine_noise, Some(false));
         assert_eq!(
-            spec("pfc@L-1:pool=counts+tokens").combine_pooling,
+            spec("pfc@L-1:pool=counts+tokens").args.combine_pooling,
             Some(CombinePooling::CountsAndTokens)
         );
     }
@@ -417,9 +338,18 @@ mod tests {
         assert_eq!((m.combine_layer, m.combine_tokens), (11, 16));
         assert_eq!(spec("c@7").method_config(12, 0.9).unwrap().combine_layer, 7);
         let e = |s: &str| format!("{:#}", spec(s).method_config(12, 0.9).unwrap_err());
-        assert!(e("bert:0.5").contains("keep ratio only applies"));
-        assert!(e("pf@3").contains("combine layer only applies"));
-        assert!(e("p:m=4").contains("combination tokens only apply"));
+        assert_eq!(
+            e("bert:0.5"),
+            "the setting p= applies only to variants p, pf and pfc, not bert"
+        );
+        assert_eq!(
+            e("pf@3"),
+            "the setting @LAYER applies only to variants c and pfc, not pf"
+        );
+        assert_eq!(
+            e("p:m=4"),
+            "the setting m= applies only to variants c and pfc, not p"
+        );
         assert!(!e("pfc@13").is_empty());
     }
 }

@@ -188,9 +188,10 @@ impl BertConfig {
 }
 
 /// Which parts of the method are on.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Variant {
+    #[default]
     Bert,
     P,
     Pf,

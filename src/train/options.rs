@@ -158,10 +158,11 @@ pub const DEFAULT_LR_GRID: [f64; 3] = [2e-5, 5e-5, 1e-4];
 pub const DEFAULT_NEW_LR_SCALE: f64 = 10.0;
 
 /// Where unset method flags take their values from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum MethodDefaults {
     /// `MethodConfig::recommended`: the combining recipe of docs/combining.md.
+    #[default]
     Recommended,
     /// `MethodConfig::new`: method.md's reference settings (the paper's unscaled logits,
     /// plain mean pooling, N(0, 0.02) combination tokens); runs recorded before the
@@ -179,7 +180,7 @@ fn paper_defaults() -> MethodDefaults {
 }
 
 /// The method flags; unset ones take the defaults `defaults` names.
-#[derive(clap::Args, Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(clap::Args, Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct MethodArgs {
     /// Method variant: bert (baseline), p (ratio pruning), pf (fuzzy pruning), c (token
@@ -268,71 +269,119 @@ pub struct MethodArgs {
     pub combine_dropout: Option<f32>,
 }
 
-impl Default for MethodArgs {
-    fn default() -> Self {
-        MethodArgs {
-            variant: Variant::Bert,
-            defaults: MethodDefaults::Recommended,
-            keep_ratio: None,
-            prune_min_len: None,
-            combine_layer: None,
-            combine_tokens: None,
-            combine_init: None,
-            combine_token_init: None,
-            combine_block: None,
-            combine_noise: None,
-            combine_key_grad: None,
-            combine_visible: None,
-            combine_pooling: None,
-            combine_residual: None,
-            combine_assignment: None,
-            combine_heads: None,
-            combine_scale: None,
-            assign_eps: None,
-            pooling: None,
-            classifier_dropout: None,
-            combine_dropout: None,
-        }
-    }
+/// Which variants a method setting applies to.
+#[derive(Clone, Copy)]
+enum AppliesTo {
+    Pruning,
+    Combining,
+}
+
+/// A setting's flag, its variant-spec key (empty where the spec grammar has none), and
+/// whether it was given.
+type SettingGiven = (&'static str, &'static str, bool);
+
+/// How a setting is named in an error: as its `train` flag, or as its key in a variant
+/// spec (`crate::variant_spec`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Spelling {
+    Flag,
+    Spec,
 }
 
 impl MethodArgs {
+    /// The settings that apply to some variants only, by the variants they apply to.
+    #[rustfmt::skip]
+    fn restricted_settings(&self) -> [(AppliesTo, Vec<SettingGiven>); 2] {
+        [
+            (AppliesTo::Pruning, vec![
+                ("--keep-ratio", "p=", self.keep_ratio.is_some()),
+                ("--prune-min-len", "", self.prune_min_len.is_some()),
+            ]),
+            (AppliesTo::Combining, vec![
+                ("--combine-layer", "@LAYER", self.combine_layer.is_some()),
+                ("--combine-tokens", "m=", self.combine_tokens.is_some()),
+                ("--combine-init", "", self.combine_init.is_some()),
+                ("--combine-token-init", "", self.combine_token_init.is_some()),
+                ("--combine-pooling", "pool=", self.combine_pooling.is_some()),
+                ("--combine-residual", "r=", self.combine_residual.is_some()),
+                ("--combine-assignment", "assign=", self.combine_assignment.is_some()),
+                ("--combine-heads", "heads=", self.combine_heads.is_some()),
+                ("--combine-block", "", self.combine_block.is_some()),
+                ("--combine-noise", "noise=", self.combine_noise.is_some()),
+                ("--combine-key-grad", "kgrad=", self.combine_key_grad.is_some()),
+                ("--combine-visible", "visible=", self.combine_visible.is_some()),
+                ("--combine-scale", "", self.combine_scale.is_some()),
+                ("--assign-eps", "", self.assign_eps.is_some()),
+                ("--combine-dropout", "drop=", self.combine_dropout.is_some()),
+            ]),
+        ]
+    }
+
     /// Flags given for a variant they do not apply to are errors, not silently ignored.
     pub fn check_applicable(&self) -> Result<()> {
+        self.check_applicable_as(Spelling::Flag)
+    }
+
+    /// [`check_applicable`](Self::check_applicable), naming the settings as `spelling`.
+    pub fn check_applicable_as(&self, spelling: Spelling) -> Result<()> {
         let v = self.variant;
-        ensure!(
-            self.keep_ratio.is_none() || v.prunes(),
-            "--keep-ratio applies only to variants p, pf and pfc, not {}",
-            v.name()
-        );
-        ensure!(
-            self.prune_min_len.is_none() || v.prunes(),
-            "--prune-min-len applies only to variants p, pf and pfc, not {}",
-            v.name()
-        );
-        let combine_flags = [
-            ("--combine-layer", self.combine_layer.is_some()),
-            ("--combine-tokens", self.combine_tokens.is_some()),
-            ("--combine-init", self.combine_init.is_some()),
-            ("--combine-token-init", self.combine_token_init.is_some()),
-            ("--combine-pooling", self.combine_pooling.is_some()),
-            ("--combine-residual", self.combine_residual.is_some()),
-            ("--combine-assignment", self.combine_assignment.is_some()),
-            ("--combine-heads", self.combine_heads.is_some()),
-            ("--combine-block", self.combine_block.is_some()),
-            ("--combine-noise", self.combine_noise.is_some()),
-            ("--combine-key-grad", self.combine_key_grad.is_some()),
-            ("--combine-visible", self.combine_visible.is_some()),
-            ("--combine-scale", self.combine_scale.is_some()),
-            ("--assign-eps", self.assign_eps.is_some()),
-            ("--combine-dropout", self.combine_dropout.is_some()),
-        ];
-        for (flag, given) in combine_flags {
+        for (applies_to, settings) in self.restricted_settings() {
+            let (applies, variants) = match applies_to {
+                AppliesTo::Pruning => (v.prunes(), "p, pf and pfc"),
+                AppliesTo::Combining => (v.combines(), "c and pfc"),
+            };
+            for (flag, key, given) in settings {
+                let name = match spelling {
+                    Spelling::Spec if !key.is_empty() => format!("the setting {key}"),
+                    _ => flag.to_string(),
+                };
+                ensure!(
+                    !given || applies,
+                    "{name} applies only to variants {variants}, not {}",
+                    v.name()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets every given setting on `m` (whether they apply is [`check_applicable`]'s
+    /// question; the defaults' own adjustments are [`to_config`]'s).
+    ///
+    /// [`check_applicable`]: Self::check_applicable
+    /// [`to_config`]: Self::to_config
+    pub fn apply(&self, m: &mut MethodConfig) -> Result<()> {
+        fn set<T: Copy>(given: Option<T>, field: &mut T) {
+            if let Some(x) = given {
+                *field = x;
+            }
+        }
+        set(self.keep_ratio, &mut m.keep_ratio);
+        set(self.prune_min_len, &mut m.prune_min_len);
+        set(self.combine_layer, &mut m.combine_layer);
+        set(self.combine_tokens, &mut m.combine_tokens);
+        set(self.combine_init, &mut m.combine_init);
+        set(self.combine_token_init, &mut m.combine_token_init);
+        set(self.combine_pooling, &mut m.combine_pooling);
+        set(self.combine_block, &mut m.combine_block);
+        set(self.combine_residual, &mut m.combine_residual);
+        set(self.combine_assignment, &mut m.combine_assignment);
+        set(self.combine_heads, &mut m.combine_heads);
+        set(self.combine_noise, &mut m.combine_noise);
+        set(self.combine_key_grad, &mut m.combine_key_grad);
+        set(self.combine_visible, &mut m.combine_visible);
+        if let Some(s) = self.combine_scale {
             ensure!(
-                !given || v.combines(),
-                "{flag} applies only to variants c and pfc, not {}",
-                v.name()
+                s.is_finite() && s > 0.0,
+                "--combine-scale {s} must be positive"
             );
+            m.combine_scale = s;
+        }
+        set(self.assign_eps, &mut m.assign_eps);
+        set(self.pooling, &mut m.pooling);
+        set(self.classifier_dropout, &mut m.classifier_dropout);
+        if self.combine_dropout.is_some() {
+            m.combine_dropout = self.combine_dropout;
         }
         Ok(())
     }
@@ -346,69 +395,15 @@ impl MethodArgs {
             MethodDefaults::Paper => MethodConfig::new(self.variant, bert.num_hidden_layers),
         };
         m.classifier_dropout = bert.hidden_dropout_prob;
-        if let Some(p) = self.keep_ratio {
-            m.keep_ratio = p;
-        }
-        if let Some(n) = self.prune_min_len {
-            m.prune_min_len = n;
-        }
-        if let Some(l) = self.combine_layer {
-            m.combine_layer = l;
-        }
-        if let Some(t) = self.combine_tokens {
-            m.combine_tokens = t;
-        }
-        if let Some(i) = self.combine_init {
-            m.combine_init = i;
-        }
-        if let Some(i) = self.combine_token_init {
-            m.combine_token_init = i;
-        }
-        if let Some(p) = self.combine_pooling {
-            m.combine_pooling = p;
-        }
-        if let Some(b) = self.combine_block {
-            m.combine_block = b;
-        }
-        if let Some(r) = self.combine_residual {
-            m.combine_residual = r;
-        }
-        if let Some(a) = self.combine_assignment {
-            m.combine_assignment = a;
-        }
-        if let Some(h) = self.combine_heads {
-            m.combine_heads = h;
-            if self.defaults == MethodDefaults::Recommended && h > 0 {
+        self.apply(&mut m)?;
+        // The recipe scales the logits by the width of one assignment head, unless a
+        // scale was given.
+        if let (MethodDefaults::Recommended, Some(h), None) =
+            (self.defaults, self.combine_heads, self.combine_scale)
+        {
+            if h > 0 {
                 m.combine_scale = MethodConfig::recipe_scale(bert.hidden_size, h);
             }
-        }
-        if let Some(n) = self.combine_noise {
-            m.combine_noise = n;
-        }
-        if let Some(k) = self.combine_key_grad {
-            m.combine_key_grad = k;
-        }
-        if let Some(v) = self.combine_visible {
-            m.combine_visible = v;
-        }
-        if let Some(s) = self.combine_scale {
-            ensure!(
-                s.is_finite() && s > 0.0,
-                "--combine-scale {s} must be positive"
-            );
-            m.combine_scale = s;
-        }
-        if let Some(e) = self.assign_eps {
-            m.assign_eps = e;
-        }
-        if let Some(p) = self.pooling {
-            m.pooling = p;
-        }
-        if let Some(d) = self.classifier_dropout {
-            m.classifier_dropout = d;
-        }
-        if let Some(d) = self.combine_dropout {
-            m.combine_dropout = Some(d);
         }
         m.validate(bert.num_hidden_layers)?;
         m.validate_width(bert.hidden_size)?;
