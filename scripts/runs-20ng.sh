@@ -1,7 +1,7 @@
 # Shared by scripts/distill-20ng.sh, scripts/backbone-20ng.sh, scripts/warm-start-20ng.sh
-# and scripts/depth-20ng.sh (sourced, not run): the 20 Newsgroups grid cells' settings, a resumable `train`, and
-# `save_runs`. The caller sets RUNS (run directories) and RESULTS (where finished runs' small
-# files are kept in git).
+# and scripts/depth-20ng.sh (sourced, not run): the 20 Newsgroups grid cells' settings, a
+# resumable `train`, and `save_runs`. The caller sets RUNS (run directories) and RESULTS
+# (where finished runs' small files are kept in git).
 M=${COREFOCUS_TEST_MODEL:-target/models/all-MiniLM-L6-v2}
 DATA=${COREFOCUS_DATA:-../shared/data}/20newsgroups
 common=(--model "$M" --data "$DATA" --epochs 2 --batch-size 16 --max-len 256 --seed 1)
