@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# The whole test suite: checks formatting and lints (cargo fmt --check, clippy with
-# warnings as errors), fetches the test checkpoint (cached), then runs every unit and
-# integration test in release mode (the numeric tests need optimised code), then the
-# Python package's: its crate's fmt and clippy, `pip install ./python` into a virtual
-# environment (target/py-venv, made once with maturin, numpy, pandas and pytest from PyPI)
-# and its pytest suite, which compares it with the CLI built by `cargo test`.
+# The whole test suite: checks formatting, lints and the API docs' links (cargo fmt
+# --check, clippy and rustdoc with warnings as errors), fetches the test checkpoint
+# (cached), then runs every unit and integration test in release mode (the numeric tests
+# need optimised code), then the Python package's: its crate's fmt and clippy, `pip install
+# ./python` into a virtual environment (target/py-venv, made once with maturin, numpy,
+# pandas and pytest from PyPI) and its pytest suite, which compares it with the CLI built
+# by `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$PWD"
 cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings
+RUSTDOCFLAGS="-D warnings" cargo doc --locked --no-deps --quiet
 scripts/fetch-test-model.sh
 cargo test --release --locked "$@"
 

@@ -14,7 +14,7 @@ pub struct ClassificationReport {
     pub micro_f1: f64,
     pub weighted_f1: f64,
     pub per_class: Vec<ClassMetrics>,
-    /// confusion[gold][pred]
+    /// `confusion[gold][pred]`
     pub confusion: Vec<Vec<usize>>,
     pub support: usize,
 }

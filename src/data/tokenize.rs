@@ -109,7 +109,7 @@ fn tok_err(e: tokenizers::Error) -> anyhow::Error {
 impl TextTokenizer {
     /// tokenizer.json if present; else vocab.txt (+ tokenizer_config.json `do_lower_case`, default true) building a
     /// BERT WordPiece tokenizer (BertNormalizer with lowercase/strip accents like HF BertTokenizerFast,
-    /// BertPreTokenizer, WordPiece with [UNK], [CLS] X [SEP] post-processing). Neither -> error naming the dir.
+    /// BertPreTokenizer, WordPiece with `[UNK]`, `[CLS] X [SEP]` post-processing). Neither -> error naming the dir.
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let config = TokenizerConfig::read(dir)?;
         let json_path = dir.join("tokenizer.json");
@@ -199,8 +199,8 @@ impl TextTokenizer {
         Ok(tokenizer)
     }
 
-    /// A word-level tokenizer for the synthetic demo corpus: specials [PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3,
-    /// then `words` in order; whitespace pre-tokenizer; optional lowercasing; adds [CLS] ... [SEP].
+    /// A word-level tokenizer for the synthetic demo corpus: specials `[PAD]`=0, `[UNK]`=1, `[CLS]`=2, `[SEP]`=3,
+    /// then `words` in order; whitespace pre-tokenizer; optional lowercasing; adds `[CLS] ... [SEP]`.
     ///
     /// Text is split on whitespace only (punctuation stays attached), so the words must be
     /// exactly the whitespace-separated pieces of the corpus. With `lowercase`, text and words
@@ -275,7 +275,7 @@ impl TextTokenizer {
         out
     }
 
-    /// [CLS] tokens [SEP], truncated so the total is <= max_len (>= 2).
+    /// `[CLS] tokens [SEP]`, truncated so the total is <= max_len (>= 2).
     pub fn encode(&self, text: &str, max_len: usize) -> Result<Vec<u32>> {
         Self::check_max_len(max_len)?;
         let enc = self
@@ -324,7 +324,7 @@ impl TextTokenizer {
 
     /// Writes tokenizer.json into `dir` atomically (so a training checkpoint is self-contained and loads with from_dir).
     ///
-    /// `from_dir` finds the special tokens by their default names ([CLS], [SEP], [PAD]);
+    /// `from_dir` finds the special tokens by their default names (`[CLS]`, `[SEP]`, `[PAD]`);
     /// a tokenizer that uses other names needs its tokenizer_config.json copied too.
     pub fn save(&self, dir: &Path) -> Result<()> {
         let json = self

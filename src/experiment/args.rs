@@ -29,7 +29,7 @@ pub struct ExperimentArgs {
     #[arg(long, value_delimiter = ',')]
     pub datasets: Option<Vec<String>>,
     /// Replace the grid's variants, comma-separated:
-    /// VARIANT[@LAYER][:p=RATIO][:m=TOKENS][:r=RESIDUAL], LAYER a number, L or L-k, `:RATIO`
+    /// `VARIANT[@LAYER][:p=RATIO][:m=TOKENS][:r=RESIDUAL]`, LAYER a number, L or L-k, `:RATIO`
     /// short for `:p=RATIO` as in bench, RESIDUAL token or group (`train
     /// --combine-residual`) (e.g. bert, pf:p=0.8, pf:0.8, pfc@L-1, pfc@4:m=16, c@L-1:r=group).
     #[arg(long, value_delimiter = ',')]

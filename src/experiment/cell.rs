@@ -173,7 +173,7 @@ pub fn run_cell(grid: &str, cell: &Cell, drop_checkpoint: bool) -> Result<CellRe
 /// within `--prune-min-len` is its unpruned twin (pf: bert, pfc: c) of the same grid. When
 /// a grid under `root` holds a trained (not itself reused) cell with the same dataset,
 /// seed and schedule whose method settings compute the same on this data
-/// ([`MethodConfig::effective`]), the same run would be repeated: instead its result,
+/// ([`MethodConfig::effective`](crate::model::MethodConfig::effective)), the same run would be repeated: instead its result,
 /// curve and test report are copied into `cell.dir`, the result naming its source in
 /// `reused_from`.
 pub fn reuse_twin(root: &Path, grid: &str, cell: &Cell) -> Result<Option<CellResult>> {

@@ -44,7 +44,7 @@ pub struct AttnDropout {
 }
 
 /// Importance scores requested from the forward pass (method.md): for each example b,
-/// head h and key slot j, `out[(b*H + h)*kv_len + j]` = Σ_i w[b,i] P[b,h,i,j] / Σ_i w[b,i],
+/// head h and key slot j, `out[(b*H + h)*kv_len + j]` = `Σ_i w[b,i] P[b,h,i,j] / Σ_i w[b,i]`,
 /// with `query_weight` `[B, q_len]` = 1 for real embedded tokens and 0 for padding and
 /// combination tokens, and P the probabilities before dropout.
 pub struct Importance<'a> {

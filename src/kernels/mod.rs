@@ -34,7 +34,7 @@ pub mod workspace;
 /// wake-ups per kernel, ~10% of a 1 x 128 forward pass), while from a pool thread they
 /// split by work stealing and the caller works along.
 ///
-/// While `f` runs, the pool's other threads stay awake ([`keep_warm`]): between two
+/// While `f` runs, the pool's other threads stay awake (`keep_warm`): between two
 /// parallel kernels an idle rayon thread goes to sleep within microseconds, and waking it
 /// for the next kernel costs more than the kernel's share at small sizes (ONNX Runtime's
 /// threads likewise spin for the length of a run). The first pass pins the pool's
@@ -78,7 +78,7 @@ fn linger_time() -> Duration {
     })
 }
 
-/// See [`linger`]: 10 ms was enough in the measurement, 1-3 ms was not.
+/// See `linger`: 10 ms was enough in the measurement, 1-3 ms was not.
 pub const DEFAULT_LINGER_MS: u64 = 20;
 
 /// After a pass, one pool thread keeps polling for work (as [`keep_warm`] does) until

@@ -352,7 +352,7 @@ pub const MAX_COMBINE_TOKENS: usize = 4096;
 pub const RECOMMENDED_PRUNE_MIN_LEN: usize = 64;
 
 /// The shortest and the longest example of a dataset, in tokens after truncation
-/// ([CLS] and [SEP] included).
+/// (`[CLS]` and `[SEP]` included).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LengthRange {
     pub min: usize,

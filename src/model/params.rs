@@ -84,7 +84,7 @@ impl ParamStore {
 
     /// Packs every linear layer's weight (`*.weight`, `[out, in]` with out > 32, not an
     /// embedding table) once in the GEMM's layout, for a model that only infers from now
-    /// on: [`super::ops::linear`] then multiplies with the packed copy instead of packing
+    /// on: `ops::linear` then multiplies with the packed copy instead of packing
     /// the weight on every call. Costs one more copy of those weights in memory. The
     /// copies go stale if the weights change: every mutating method here, and
     /// `AdamW::step`, drops them ([`Self::drop_packed`]); code writing `tensors` directly

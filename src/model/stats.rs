@@ -37,7 +37,7 @@ impl CombineStats {
         }
     }
 
-    /// The statistics of one step: `group_counts` (`[batch, m]`, see [`group_counts`]),
+    /// The statistics of one step: `group_counts` (`[batch, m]`, see `group_counts`),
     /// the real `lengths` of the examples, the `[m, d]` combination `tokens` and their
     /// gradient `token_grads`.
     pub fn measure(

@@ -110,7 +110,7 @@ fn write_lr_search(out: &Path, search: &LrSearch) -> Result<()> {
 /// `--lr auto`: for each candidate of `--lr-grid`, a fresh model trains one short run (a
 /// seeded subset of the training split worth about 1/8 of the run's steps, at least 40
 /// steps, with the run's warm-up and decay compressed into it) and is scored on up to
-/// [`LR_TRIAL_DEV`] validation examples; the lowest validation loss wins (ties: the
+/// `LR_TRIAL_DEV` validation examples; the lowest validation loss wins (ties: the
 /// smaller rate). The test split is never looked at. After each trial the search so far is
 /// written to `<out>/lr_search.json`; the trials of `earlier` (an interrupted search of the
 /// same run) are taken over instead of being trained again.

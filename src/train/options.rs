@@ -98,7 +98,7 @@ fn parse_variant(s: &str) -> Result<Variant, String> {
 }
 
 /// `--lr`: a fixed peak learning rate, or `auto`: the candidate of `--lr-grid` with the
-/// lowest validation loss after a short trial run each ([`search_lr`]). Written as a
+/// lowest validation loss after a short trial run each ([`search_lr`](super::lr_search::search_lr)). Written as a
 /// number or `"auto"` in `corefocus.json`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum LrSpec {
@@ -445,7 +445,7 @@ pub struct TrainOptions {
     /// Training batch size.
     #[arg(long, visible_alias = "batch", default_value_t = 16)]
     pub batch_size: usize,
-    /// Tokens per document (truncation), [CLS] and [SEP] included.
+    /// Tokens per document (truncation), `[CLS]` and `[SEP]` included.
     #[arg(long, default_value_t = 512)]
     pub max_len: usize,
     /// Fraction of all steps used for linear warm-up.

@@ -250,7 +250,7 @@ fn fit(
 }
 
 /// Whether `train --resume` with `opts` has something to continue in `--out`, left by a
-/// run with the same options ([`options_to_continue`]).
+/// run with the same options (`options_to_continue`).
 pub fn has_resumable_run(opts: &TrainOptions) -> bool {
     interrupted_run(&opts.out)
         .and_then(|left| options_to_continue(&left, opts))

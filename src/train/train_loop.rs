@@ -17,7 +17,7 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::time::Instant;
 
-/// The loop's settings (a subset of [`TrainOptions`]).
+/// The loop's settings (a subset of [`TrainOptions`](super::TrainOptions)).
 #[derive(Clone, Debug)]
 pub struct LoopSettings {
     pub epochs: usize,
