@@ -352,4 +352,27 @@ mod tests {
         );
         assert!(!e("pfc@13").is_empty());
     }
+
+    #[test]
+    fn bench_and_train_resolve_a_spec_alike() {
+        // On the paper's defaults, a spec means to `bench` what its flags mean to `train`.
+        let bert = crate::model::BertConfig::sized(50, 48, 6, 12, 96);
+        let s = "pfc@L-1:p=0.7:m=16:r=group:assign=attend:pool=mean:noise=false:kgrad=false:visible=false:heads=12:drop=0";
+        let from_bench = spec(s).method_config(6, 0.9).unwrap();
+        let mut args = spec(s).method_args(6).unwrap();
+        args.defaults = MethodDefaults::Paper;
+        let mut from_train = args.to_config(&bert).unwrap();
+        // (`train` also takes the checkpoint's dropout for the classifier)
+        from_train.classifier_dropout = from_bench.classifier_dropout;
+        assert_eq!(format!("{from_bench:?}"), format!("{from_train:?}"));
+        assert_eq!(
+            (
+                from_bench.keep_ratio,
+                from_bench.combine_tokens,
+                from_bench.combine_heads
+            ),
+            (0.7, 16, 12)
+        );
+        assert!(!from_bench.combine_visible && !from_bench.combine_noise);
+    }
 }
