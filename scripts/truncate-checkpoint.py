@@ -2,7 +2,8 @@
 """Copies an HF BERT checkpoint folder keeping only its first N encoder layers (standard
 library only): model.safetensors without the tensors of `encoder.layer.K.*` for K >= N,
 config.json with num_hidden_layers = N, the other files (tokenizer, vocabulary) copied.
-A probe for issue 15 (scripts/depth-20ng.sh): BERT at the depth C@5 keeps.
+A probe for issue 15 (scripts/depth-20ng.sh): BERT at the depth C@5 keeps. DST must not
+exist; it is written as DST.tmp and renamed when complete.
 
 Usage: scripts/truncate-checkpoint.py SRC DST LAYERS
 """
@@ -17,10 +18,21 @@ import sys
 def main():
     if len(sys.argv) != 4:
         sys.exit(__doc__.strip().splitlines()[-1])
-    src, dst, layers = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    with open(os.path.join(src, "config.json")) as f:
-        config = json.load(f)
-    depth = config["num_hidden_layers"]
+    src, dst, layers = sys.argv[1], sys.argv[2], sys.argv[3]
+    if not layers.isdigit():
+        sys.exit(f"LAYERS {layers!r} is not a whole number")
+    layers = int(layers)
+    if os.path.exists(dst):
+        sys.exit(f"{dst} already exists: remove it first")
+    for name in ("config.json", "model.safetensors"):
+        if not os.path.isfile(os.path.join(src, name)):
+            sys.exit(f"{os.path.join(src, name)}: not found (SRC must be an HF checkpoint folder)")
+    try:
+        with open(os.path.join(src, "config.json")) as f:
+            config = json.load(f)
+        depth = int(config["num_hidden_layers"])
+    except (ValueError, KeyError, TypeError) as e:
+        sys.exit(f"{src}/config.json: no usable field num_hidden_layers ({e})")
     if not 1 <= layers <= depth:
         sys.exit(f"{src}/config.json: LAYERS must be 1..{depth}, not {layers}")
     tmp = dst + ".tmp"
@@ -33,9 +45,14 @@ def main():
     config["num_hidden_layers"] = layers
     with open(os.path.join(tmp, "config.json"), "w") as f:
         json.dump(config, f, indent=2)
-    with open(os.path.join(src, "model.safetensors"), "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
+    weights = os.path.join(src, "model.safetensors")
+    with open(weights, "rb") as f:
+        try:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n))
+        except (struct.error, ValueError) as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            sys.exit(f"{weights}: not a safetensors file ({e})")
         data = f.read()
     layer = re.compile(r"(?:^|\.)encoder\.layer\.(\d+)\.")
     out_header, chunks, offset = {}, [], 0
@@ -57,7 +74,6 @@ def main():
         f.write(text)
         for c in chunks:
             f.write(c)
-    shutil.rmtree(dst, ignore_errors=True)
     os.rename(tmp, dst)
     print(f"{dst}: the first {layers} of {depth} layers")
 
