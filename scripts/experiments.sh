@@ -18,6 +18,7 @@
 #          recipe-20ng-soft, recipe-sst2-soft, recipe-bbc-soft (C@5 and PFC@5 with the
 #          soft assignment), recipe-20ng-seed2 (BERT and C@5, seed 2),
 #          recipe-20ng-seed3 (the same pair, seed 3), recipe-20ng-pfc-seeds (PFC@5, seeds 2-3),
+#          recipe-20ng-pf-seeds (PF, seeds 2-3),
 #          recipe-20ng-heads (C@5 and PFC@5 with 12 assignment heads),
 #          recipe-20ng-attend (C@5 and PFC@5 attending to all the tokens, 12 heads),
 #          recipe-20ng-hidden (C@5 and PFC@5, the combination tokens hidden from the
@@ -143,6 +144,9 @@ lane() {
       # PFC@5's seeds 2 and 3 (seed 1 is recipe-20ng's cell), beside the pair above
       recipe-20ng-pfc-seeds) run recipe --datasets 20newsgroups --seeds 3 --lr-grid 1e-4,2e-4 \
                                --variants pfc@L-1 ;;
+      # PF's seeds 2-3 (session 22: PF's 20 Newsgroups figure was one seed)
+      recipe-20ng-pf-seeds) run recipe --datasets 20newsgroups --seeds 3 --lr-grid 1e-4,2e-4 \
+                              --variants pf ;;
       # C@5 and PFC@5 with 12 assignment heads (beyond the paper: each head groups the
       # tokens by its own 32 of the query and key columns and averages its 32 value columns,
       # as the replaced layer's 12 attention heads do); cells c-l5-h12, pfc-l5-h12
