@@ -3,7 +3,7 @@
 //! training it ([`run_cell`]) or copying an identical finished cell ([`reuse_twin`]).
 
 use super::grid::Cell;
-use super::result::{load_results, read_result, CellResult, Recipe, RESULT_FILE};
+use super::result::{differences, load_results, read_result, CellResult, Recipe, RESULT_FILE};
 use crate::train::checkpoint::MODEL_FILE;
 use crate::train::{run_train, TrainOptions};
 use crate::util::utc_timestamp;
@@ -30,13 +30,10 @@ pub fn cell_status(cell: &Cell) -> Result<CellStatus> {
     let wanted = Recipe::of(&cell.options);
     if result.recipe != wanted {
         bail!(
-            "{} was recorded with another recipe ({}; method {:?}) than requested ({}; method {:?}); \
-             delete that cell directory or use another --root",
+            "{} was recorded with another recipe than requested ({}); delete that cell \
+             directory or use another --root",
             path.display(),
-            result.recipe.schedule_key(),
-            result.recipe.method,
-            wanted.schedule_key(),
-            wanted.method
+            differences(&result.recipe, &wanted)
         );
     }
     // The recipe records the flags; a changed default changes what they resolve to.
@@ -46,10 +43,11 @@ pub fn cell_status(cell: &Cell) -> Result<CellStatus> {
     );
     if recorded != now {
         bail!(
-            "{} was recorded with other method settings ({recorded:?}) than its flags resolve \
-             to now ({now:?}; a default changed?); move that cell directory away to train it \
-             again, or use another --root",
-            path.display()
+            "{} was recorded with other method settings than its flags resolve to now ({}; \
+             a default changed?); move that cell directory away to train it again, or use \
+             another --root",
+            path.display(),
+            differences(&recorded, &now)
         );
     }
     Ok(CellStatus::Done(Box::new(result)))
@@ -372,10 +370,36 @@ mod tests {
         write_result(&old, &pf.dir);
         let err = format!("{:#}", cell_status(pf).unwrap_err());
         assert!(err.contains("other method settings"), "{err}");
+        assert!(
+            err.contains("prune_min_len: 0 recorded, 64 requested"),
+            "names the field: {err}"
+        );
         let long = Cell {
             lengths: LengthRange { min: 65, max: 512 },
             ..pf.clone()
         };
         assert!(matches!(cell_status(&long), Ok(CellStatus::Done(_))));
+
+        // A result of another recipe: the error names the fields that differ, only them.
+        let mut other = fake_result(pf, "recipe", 0.7);
+        other.recipe.lr_grid = vec![2e-5, 1e-4];
+        other.recipe.method.keep_ratio = Some(0.7);
+        write_result(&other, &pf.dir);
+        let err = format!("{:#}", cell_status(pf).unwrap_err());
+        assert!(err.contains("another recipe"), "{err}");
+        assert!(
+            err.contains(
+                "lr_grid: [0.00002, 0.0001] recorded, [0.00002, 0.00005, 0.0001] requested"
+            ),
+            "{err}"
+        );
+        assert!(
+            err.contains("method.keep_ratio: 0.7 recorded, unset requested"),
+            "{err}"
+        );
+        assert!(
+            !err.contains("batch_size") && !err.contains("MethodArgs"),
+            "{err}"
+        );
     }
 }
