@@ -77,10 +77,15 @@ impl Model {
             let ids = self.layout.layers[l]
                 .as_ref()
                 .expect("full layers are present");
+            // The combination tokens take each example's last m slots: `hidden` names
+            // them by that position.
             let lists: Vec<Vec<usize>> = kept
                 .iter()
                 .map(|k| k.iter().copied().chain(n..n + m).collect())
                 .collect();
+            debug_assert!(lists
+                .iter()
+                .all(|l| l[l.len() - m..].iter().copied().eq(n..n + m)));
             let kv = KvIndex::from_lists(&lists, t);
             // The last layer here decides nothing: no later layer reads its selection.
             // Examples of at most `prune_min_len` tokens are never pruned; a batch of
