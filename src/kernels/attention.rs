@@ -17,6 +17,7 @@ use super::dropout::Mask;
 use super::fastmath::{exp2_f32, simd_fn, SubnormalsAsZero};
 use super::matmul::MatRef;
 use rayon::prelude::*;
+use std::cell::RefCell;
 use tiles::{matmul_tiles, pack_transposed};
 
 mod tiles;
@@ -123,9 +124,8 @@ pub fn attention_forward(
         .into_par_iter()
         .zip(importance_slots.into_par_iter())
         .enumerate()
-        .for_each_init(
-            Scratch::default,
-            |scratch, (bh, (mut probs_bh, importance_bh))| {
+        .for_each(|(bh, (mut probs_bh, importance_bh))| {
+            with_scratch(|scratch| {
                 // Probabilities below 2^-126 are 0 (see `SubnormalsAsZero`).
                 let _flush = SubnormalsAsZero::new();
                 let (b, h) = (bh / heads, bh % heads);
@@ -219,8 +219,8 @@ pub fn attention_forward(
                 // The streaming stores are weakly ordered: complete them before the task
                 // ends (rayon's join then publishes them to whichever thread reads P).
                 stream_fence();
-            },
-        );
+            })
+        });
 }
 
 /// `dst = src`, the bulk of it with non-temporal (streaming) stores where the CPU has
@@ -374,9 +374,8 @@ pub fn attention_backward(
     let dq_out = HeadColumns::new(dq, q_len, heads, head_dim);
     let dk_out = HeadColumns::new(dk, kv_len, heads, head_dim);
     let dv_out = HeadColumns::new(dv, kv_len, heads, head_dim);
-    (0..tasks)
-        .into_par_iter()
-        .for_each_init(Scratch::default, |scratch, bh| {
+    (0..tasks).into_par_iter().for_each(|bh| {
+        with_scratch(|scratch| {
             let _flush = SubnormalsAsZero::new();
             let (b, h) = (bh / heads, bh % heads);
             let kvc = kv_count[b];
@@ -447,7 +446,8 @@ pub fn attention_backward(
             }
             scratch.dk = dk_h;
             scratch.dv = dv_h;
-        });
+        })
+    });
 }
 
 impl AttnDims {
@@ -530,7 +530,22 @@ impl<'a> RowsFrom<'a> for MatRef<'a> {
     }
 }
 
-/// Per-task scratch, reused across the tasks a rayon worker runs.
+thread_local! {
+    /// Each thread's attention scratch, kept from call to call: a fresh one per call and
+    /// rayon split (as `for_each_init` made) was an allocation and a zero fill of every
+    /// buffer each time, about 15% of attention's time at a 1 x 128 request on two
+    /// threads (`bench --profile`).
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+/// Runs `f` with this thread's [`Scratch`]. The tasks that use it run no parallel work
+/// themselves, so a thread never re-enters it.
+fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
+    SCRATCH.with(|s| f(&mut s.borrow_mut()))
+}
+
+/// Per-task scratch, reused across the tasks (and calls) a thread runs; its buffers hold
+/// the last task's values, so every use writes before it reads.
 #[derive(Default)]
 struct Scratch {
     a: Vec<f32>,
