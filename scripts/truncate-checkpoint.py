@@ -63,7 +63,11 @@ def main():
         m = layer.search(name)
         if m and int(m.group(1)) >= layers:
             continue
-        start, end = info["data_offsets"]
+        try:
+            start, end = info["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            shutil.rmtree(tmp, ignore_errors=True)
+            sys.exit(f"{weights}: tensor {name!r} has no usable data_offsets")
         chunks.append(data[start:end])
         out_header[name] = dict(info, data_offsets=[offset, offset + end - start])
         offset += end - start

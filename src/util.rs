@@ -344,3 +344,84 @@ mod tests {
         std::fs::remove_dir_all(&root).unwrap();
     }
 }
+
+/// A field in which two serialised values differ: its dotted path (`method.keep_ratio`),
+/// its own name (`keep_ratio`), and each side as a user would type it (None: absent or
+/// null).
+#[derive(Clone, Debug, PartialEq)]
+pub struct FieldDifference {
+    pub path: String,
+    pub key: String,
+    pub left: Option<String>,
+    pub right: Option<String>,
+}
+
+/// The fields of `left` and `right` (plain data with derived `Serialize`) whose values
+/// differ, nested objects field by field, in key order; fields named in `skip` (at any
+/// depth) are passed over.
+pub fn field_differences(
+    left: &impl serde::Serialize,
+    right: &impl serde::Serialize,
+    skip: &[&str],
+) -> Result<Vec<FieldDifference>> {
+    use serde_json::Value;
+    fn show(v: Option<&Value>) -> Option<String> {
+        Some(match v? {
+            Value::Null => return None,
+            Value::String(s) => s.clone(),
+            // f32 settings (e.g. 0.7) as typed, not as their f64 expansion.
+            Value::Number(n) if n.is_f64() => {
+                let x = n.as_f64().unwrap_or(f64::NAN);
+                if (x as f32) as f64 == x {
+                    (x as f32).to_string()
+                } else {
+                    x.to_string()
+                }
+            }
+            Value::Array(items) => {
+                let items: Vec<String> = items
+                    .iter()
+                    .map(|v| show(Some(v)).unwrap_or_else(|| "null".into()))
+                    .collect();
+                format!("[{}]", items.join(", "))
+            }
+            other => other.to_string(),
+        })
+    }
+    fn walk(path: &str, a: &Value, b: &Value, skip: &[&str], out: &mut Vec<FieldDifference>) {
+        let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else {
+            return;
+        };
+        let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+        keys.sort();
+        keys.dedup();
+        for key in keys.into_iter().filter(|k| !skip.contains(&k.as_str())) {
+            let name = if path.is_empty() {
+                key.clone()
+            } else {
+                format!("{path}.{key}")
+            };
+            match (a.get(key), b.get(key)) {
+                (Some(x), Some(y)) if x.is_object() && y.is_object() => {
+                    walk(&name, x, y, skip, out)
+                }
+                (x, y) if x == y => {}
+                (x, y) => out.push(FieldDifference {
+                    path: name,
+                    key: key.clone(),
+                    left: show(x),
+                    right: show(y),
+                }),
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(
+        "",
+        &serde_json::to_value(left)?,
+        &serde_json::to_value(right)?,
+        skip,
+        &mut out,
+    );
+    Ok(out)
+}

@@ -364,7 +364,7 @@ mod tests {
         let mut from_train = args.to_config(&bert).unwrap();
         // (`train` also takes the checkpoint's dropout for the classifier)
         from_train.classifier_dropout = from_bench.classifier_dropout;
-        assert_eq!(format!("{from_bench:?}"), format!("{from_train:?}"));
+        assert_eq!(from_bench, from_train);
         assert_eq!(
             (
                 from_bench.keep_ratio,

@@ -5,6 +5,7 @@ use crate::kernels::matmul::Precision;
 use crate::model::{MethodConfig, Variant};
 use crate::train::TrainOptions;
 use crate::train::{EpochRecord, LrSpec, MethodArgs};
+use crate::util::field_differences;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -157,69 +158,21 @@ pub struct CellResult {
 /// requested` joined by "; " (nested fields by dotted names, unset ones as "unset"): what
 /// a user needs from a mismatch, where printing both in full buries it.
 pub fn differences(recorded: &impl Serialize, requested: &impl Serialize) -> String {
-    use serde_json::Value;
-    fn show(v: &Value) -> String {
-        match v {
-            Value::Null => "unset".to_string(),
-            Value::String(s) => s.clone(),
-            // f32 settings (e.g. 0.7) as typed, not as their f64 expansion.
-            Value::Number(n) if n.is_f64() => {
-                let x = n.as_f64().unwrap_or(f64::NAN);
-                if (x as f32) as f64 == x {
-                    (x as f32).to_string()
-                } else {
-                    x.to_string()
-                }
-            }
-            Value::Array(items) => {
+    let shown = |v: Option<String>| v.unwrap_or_else(|| "unset".to_string());
+    match field_differences(recorded, requested, &[]) {
+        Ok(diffs) if !diffs.is_empty() => diffs
+            .into_iter()
+            .map(|d| {
                 format!(
-                    "[{}]",
-                    items.iter().map(show).collect::<Vec<_>>().join(", ")
+                    "{}: {} recorded, {} requested",
+                    d.path,
+                    shown(d.left),
+                    shown(d.right)
                 )
-            }
-            other => other.to_string(),
-        }
-    }
-    fn walk(path: &str, a: &Value, b: &Value, out: &mut Vec<String>) {
-        match (a, b) {
-            (Value::Object(x), Value::Object(y)) => {
-                let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
-                keys.sort();
-                keys.dedup();
-                for k in keys {
-                    let name = if path.is_empty() {
-                        k.clone()
-                    } else {
-                        format!("{path}.{k}")
-                    };
-                    let (va, vb) = (x.get(k), y.get(k));
-                    walk(
-                        &name,
-                        va.unwrap_or(&Value::Null),
-                        vb.unwrap_or(&Value::Null),
-                        out,
-                    );
-                }
-            }
-            _ if a != b => out.push(format!(
-                "{path}: {} recorded, {} requested",
-                show(a),
-                show(b)
-            )),
-            _ => {}
-        }
-    }
-    // Both are plain data (derived Serialize), which always converts.
-    let (a, b) = (
-        serde_json::to_value(recorded).unwrap_or(Value::Null),
-        serde_json::to_value(requested).unwrap_or(Value::Null),
-    );
-    let mut out = Vec::new();
-    walk("", &a, &b, &mut out);
-    if out.is_empty() {
-        "no field differs".to_string()
-    } else {
-        out.join("; ")
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+        _ => "no field differs".to_string(),
     }
 }
 

@@ -22,7 +22,7 @@ use super::records::LoopPosition;
 use crate::model::checkpoint::{read_safetensors, write_safetensors};
 use crate::model::ParamStore;
 use crate::util::write_atomic;
-use crate::util::{replace_dir_atomically, utc_timestamp};
+use crate::util::{field_differences, replace_dir_atomically, utc_timestamp};
 use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -82,45 +82,18 @@ const CONTROL_OPTIONS: &[&str] = &[
 
 /// The `--flags` whose values differ between `saved` and `now` (control flags aside).
 pub fn differing_options(saved: &TrainOptions, now: &TrainOptions) -> Result<Vec<String>> {
-    let saved = serde_json::to_value(saved)?;
-    let now = serde_json::to_value(now)?;
-    let mut out = Vec::new();
-    diff_objects(&saved, &now, &mut out);
-    Ok(out)
-}
-
-fn diff_objects(a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
-    let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else {
-        return;
-    };
-    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
-    keys.sort();
-    keys.dedup();
-    for key in keys {
-        if CONTROL_OPTIONS.contains(&key.as_str()) {
-            continue;
-        }
-        let (x, y) = (a.get(key), b.get(key));
-        match (x, y) {
-            (Some(x), Some(y)) if x.is_object() && y.is_object() => diff_objects(x, y, out),
-            _ if x == y => {}
-            _ => {
-                let show = |v: Option<&serde_json::Value>| {
-                    v.map_or("(unset)".to_string(), |v| match v {
-                        serde_json::Value::Null => "(unset)".to_string(),
-                        serde_json::Value::String(s) => s.clone(),
-                        other => other.to_string(),
-                    })
-                };
-                out.push(format!(
-                    "--{} {} (the interrupted run had {})",
-                    key.replace('_', "-"),
-                    show(y),
-                    show(x)
-                ));
-            }
-        }
-    }
+    let unset = |v: Option<String>| v.unwrap_or_else(|| "(unset)".to_string());
+    Ok(field_differences(saved, now, CONTROL_OPTIONS)?
+        .into_iter()
+        .map(|d| {
+            format!(
+                "--{} {} (the interrupted run had {})",
+                d.key.replace('_', "-"),
+                unset(d.right),
+                unset(d.left)
+            )
+        })
+        .collect())
 }
 
 pub fn resume_dir(out: &Path) -> PathBuf {
