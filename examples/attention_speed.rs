@@ -3,24 +3,33 @@
 //! forward keeping the probabilities, with dropout 0.1, then the backward): a
 //! development aid for the attention kernel (issue 17). With `cold`, 512 MB are written
 //! before each training call, so that its inputs come from memory as in a model's step.
+//! With `keys`, instead: a request's attention (1 x 128) over fewer keys, as pf's pruned
+//! layers see them, with and without the importance sums pf's selection needs (min and
+//! median of 3,000 calls each).
 //!
-//! `cargo run --release --example attention_speed [threads] [cold]`
+//! `cargo run --release --example attention_speed [threads] [cold|keys]`
+use corefocus::kernels::attention::{
+    attention_backward, attention_forward, AttnDims, AttnDropout, Importance,
+};
+use std::time::Instant;
+
 fn main() {
-    use corefocus::kernels::attention::{
-        attention_backward, attention_forward, AttnDims, AttnDropout,
-    };
-    use std::time::Instant;
     let threads: usize = std::env::args()
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(1);
-    let cold = std::env::args().nth(2).is_some_and(|a| a == "cold");
+    let mode = std::env::args().nth(2).unwrap_or_default();
+    let cold = mode == "cold";
     let mut flush = vec![0.0f32; if cold { 128 << 20 } else { 0 }];
     let mut evict = move || flush.iter_mut().for_each(|x| *x += 1.0);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()
         .expect("thread pool");
+    if mode == "keys" {
+        pool.install(|| fewer_keys(threads));
+        return;
+    }
     for &(batch, t) in &[(8usize, 512usize), (1, 128)] {
         let (heads, head_dim) = (12, 32);
         let n = batch * t * heads * head_dim;
@@ -90,6 +99,67 @@ fn main() {
             flops / best_fwd / 1e9,
             best_bwd * 1e3,
             2.0 * flops / best_bwd / 1e9
+        );
+    }
+}
+
+/// The `keys` mode (see the module docs).
+fn fewer_keys(threads: usize) {
+    let (t, heads, head_dim) = (128usize, 12usize, 32usize);
+    let val = |i: usize, s: usize| (((i + s) * 7919) % 1000) as f32 / 500.0 - 1.0;
+    let q: Vec<f32> = (0..t * heads * head_dim).map(|i| val(i, 1)).collect();
+    let weights = vec![1.0f32; t];
+    let mut ctx = vec![0.0f32; q.len()];
+    let cases = [
+        (128, false),
+        (128, true),
+        (112, true),
+        (100, true),
+        (96, true),
+        (86, true),
+    ];
+    for (keys, importance) in cases {
+        let k: Vec<f32> = (0..keys * heads * head_dim).map(|i| val(i, 2)).collect();
+        let v: Vec<f32> = (0..keys * heads * head_dim).map(|i| val(i, 3)).collect();
+        let dims = AttnDims {
+            batch: 1,
+            q_len: t,
+            kv_len: keys,
+            heads,
+            head_dim,
+        };
+        let mut out = vec![0.0f32; heads * keys];
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        let mut call = || {
+            let start = Instant::now();
+            let imp = importance.then(|| Importance {
+                query_weight: &weights,
+                out: &mut out,
+            });
+            attention_forward(
+                dims,
+                &q,
+                &k,
+                &v,
+                &[keys],
+                scale,
+                None,
+                None,
+                &mut ctx,
+                imp,
+                None,
+            );
+            start.elapsed().as_secs_f64()
+        };
+        (0..300).for_each(|_| {
+            call();
+        });
+        let mut times: Vec<f64> = (0..3000).map(|_| call()).collect();
+        times.sort_by(f64::total_cmp);
+        println!(
+            "attention 1 x 128 over {keys} keys, importance sums {importance}, {threads} threads: min {:.1} us, median {:.1} us",
+            times[0] * 1e6,
+            times[times.len() / 2] * 1e6
         );
     }
 }
