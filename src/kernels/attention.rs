@@ -136,6 +136,7 @@ pub fn attention_forward(
                 // Score blocks have rows of `stride` >= kvc floats (see `pack_transposed`).
                 let stride = padded_len(kvc);
                 pack_transposed(view.k, stride, &mut scratch.packed);
+                copy_head_rows(view.v, &mut scratch.head_rows);
                 // Importance: per-slot sums of w_i P_ij over the rows with w_i != 0.
                 let mut importance_acc = query_weight.zip(importance_bh).map(|(w, out)| {
                     scratch.acc.clear();
@@ -207,7 +208,7 @@ pub fn attention_forward(
                         ctx_rows,
                         head_dim,
                         MatRef::strided(block, rows, kvc, stride),
-                        view.v,
+                        MatRef::new(&bufs.head_rows[..kvc * head_dim], kvc, head_dim),
                         false,
                     );
                     // SAFETY: this task is the only one for (b, h).
@@ -390,6 +391,7 @@ pub fn attention_backward(
             let keep_scale = dropout.map(|dr| 1.0 / (1.0 - dr.p));
             let stride = padded_len(kvc);
             pack_transposed(view.v, stride, &mut scratch.packed);
+            copy_head_rows(view.k, &mut scratch.head_rows);
             // dK and dV of this head, summed over the query blocks: [kv_len, dh], the
             // rows past kvc zero. (Taken out of the scratch while its blocks are in use.)
             let (mut dk_h, mut dv_h) = scratch.take_key_grads(kv_len * head_dim);
@@ -432,7 +434,8 @@ pub fn attention_backward(
                 }
                 let ds = MatRef::strided(ds_buf, rows, kvc, stride);
                 // dQ rows = dS · K   [rows, dh]; with kvc = 0 this writes zeros.
-                matmul_tiles(dq_rows, head_dim, ds, view.k, false);
+                let k_rows = MatRef::new(&bufs.head_rows[..kvc * head_dim], kvc, head_dim);
+                matmul_tiles(dq_rows, head_dim, ds, k_rows, false);
                 // SAFETY: this task is the only one for (b, h).
                 unsafe { dq_out.write_rows(b, h, i0, dq_rows, None) };
                 // dK += dSᵀ · Q rows   [kvc, dh]
@@ -476,6 +479,22 @@ impl AttnDims {
                 self.kv_len
             );
         }
+    }
+}
+
+/// `out` = the rows of `m` (a head's `[kvc, dh]` slice of K or V, rows `H*dh` apart),
+/// contiguous: the products that read all of them for every query block, P·V and dS·K,
+/// then stream one array instead of short pieces of rows 1.5 KiB apart (a new page every
+/// few rows, where the hardware prefetchers stop). `attention_speed` at 8 x 512 on one
+/// thread: 2-3% less time per call, forward and backward.
+fn copy_head_rows(m: MatRef, out: &mut Vec<f32>) {
+    let (rows, cols) = (m.rows, m.cols);
+    debug_assert_eq!(m.col_stride, 1, "copy_head_rows: head slices are row-major");
+    out.clear();
+    out.reserve(rows * cols);
+    for r in 0..rows {
+        let start = r * m.row_stride;
+        out.extend_from_slice(&m.data[start..start + cols]);
     }
 }
 
@@ -554,6 +573,8 @@ struct Scratch {
     out: Vec<f32>,
     /// A head's K or V, transposed and padded (`pack_transposed`).
     packed: Vec<f32>,
+    /// A head's V (forward) or K (backward) rows, contiguous (`copy_head_rows`).
+    head_rows: Vec<f32>,
     /// Importance sums over all query blocks so far.
     acc: Vec<f64>,
     /// Importance sums over the current query block.
@@ -568,6 +589,7 @@ struct BlockBuffers<'s> {
     b: &'s mut [f32],
     out: &'s mut [f32],
     packed: &'s [f32],
+    head_rows: &'s [f32],
     acc: &'s mut [f64],
     block_acc: &'s mut [f32],
 }
@@ -587,6 +609,7 @@ impl Scratch {
             b: grown(&mut self.b, block),
             out: grown(&mut self.out, out),
             packed: &self.packed,
+            head_rows: &self.head_rows,
             acc: &mut self.acc,
             block_acc: &mut self.block_acc,
         }
