@@ -69,20 +69,64 @@ pub fn keep_count(t: usize, keep_ratio: f32) -> usize {
 
 /// Percentile `pct` (0..=100) of `values` with linear interpolation, as numpy's default
 /// (`method="linear"`): position `q (n - 1)` of the ascending order, between neighbours,
-/// and numpy's two-sided lerp (from the upper neighbour when the fraction is >= 0.5).
-/// The two neighbouring order statistics are selected in linear time rather than sorting
-/// (the fuzzy step takes two percentiles of every head's scores, per example and layer).
-/// `values` is left reordered. Panics on an empty slice (a programming error: an example
-/// always has a candidate).
-pub fn percentile(values: &mut [f64], pct: f64) -> f64 {
-    let (lo, hi, frac) = percentile_position(values.len(), pct);
-    let (_, &mut x0, above) = values.select_nth_unstable_by(lo, f64::total_cmp);
+/// and numpy's two-sided lerp (from the upper neighbour when the fraction is >= 0.5),
+/// in f64 (the f32 values widen exactly). Panics on an empty slice (a programming error:
+/// an example always has a candidate).
+pub fn percentile(values: &[f32], pct: f64) -> f64 {
+    percentile_pair(values, pct, pct).0
+}
+
+/// The percentiles `pct_low` and `pct_high` of `values`, as [`percentile`] takes each.
+/// The neighbouring order statistics are selected in linear time rather than sorting
+/// (the fuzzy step takes two percentiles of every head's scores, per example and layer),
+/// on integer keys ordered as `f32::total_cmp`, and the second search runs only over
+/// the values above the first's position.
+fn percentile_pair(values: &[f32], pct_low: f64, pct_high: f64) -> (f64, f64) {
+    let mut keys: Vec<u32> = values.iter().map(|&x| order_key(x)).collect();
+    let (lo_a, hi_a, frac_a) = percentile_position(keys.len(), pct_low);
+    let (lo_b, hi_b, frac_b) = percentile_position(keys.len(), pct_high);
+    let (a0, a1) = neighbours(&mut keys, 0, lo_a, hi_a);
+    // After the first search keys[..=lo_a] <= keys[lo_a + 1..].
+    let start = if lo_b > lo_a { lo_a + 1 } else { 0 };
+    let (b0, b1) = neighbours(&mut keys, start, lo_b, hi_b);
+    let value = |key: u32| from_order_key(key) as f64;
+    (
+        numpy_lerp(value(a0), value(a1), frac_a),
+        numpy_lerp(value(b0), value(b1), frac_b),
+    )
+}
+
+/// The `lo`-th smallest of `keys` and the `hi`-th (`hi` is `lo` or `lo + 1`), searching
+/// `keys[start..]` (every key before `start` must be at most every key from it on, and
+/// `start <= lo`); leaves keys[..=lo] <= keys[lo + 1..].
+fn neighbours(keys: &mut [u32], start: usize, lo: usize, hi: usize) -> (u32, u32) {
+    let (_, &mut x0, above) = keys[start..].select_nth_unstable(lo - start);
     // The next order statistic is the least of those above the `lo`-th.
-    let x1 = match above.iter().copied().min_by(f64::total_cmp) {
+    let x1 = match above.iter().copied().min() {
         Some(x1) if hi > lo => x1,
         _ => x0,
     };
-    numpy_lerp(x0, x1, frac)
+    (x0, x1)
+}
+
+/// `x`'s bits mapped so that their unsigned order is `f32::total_cmp`'s order (negative
+/// values reversed below the positive ones).
+fn order_key(x: f32) -> u32 {
+    let bits = x.to_bits();
+    if bits >> 31 == 1 {
+        !bits
+    } else {
+        bits | 0x8000_0000
+    }
+}
+
+/// The inverse of [`order_key`].
+fn from_order_key(key: u32) -> f32 {
+    f32::from_bits(if key >> 31 == 1 {
+        key & 0x7fff_ffff
+    } else {
+        !key
+    })
 }
 
 /// The neighbours `lo`, `hi` of position `q (n - 1)` and the fraction between them.
@@ -209,9 +253,11 @@ pub fn select(
     let n_requested = keep_count(t, cfg.keep_ratio);
 
     let (a, b, importance, protected) = if cfg.fuzzy && t > 0 {
-        let mut all: Vec<f64> = head_scores.iter().map(|&x| x as f64).collect();
-        let a = percentile(&mut all, decimal_f64(cfg.pct_low));
-        let b = percentile(&mut all, decimal_f64(cfg.pct_high));
+        let (a, b) = percentile_pair(
+            head_scores,
+            decimal_f64(cfg.pct_low),
+            decimal_f64(cfg.pct_high),
+        );
         let mean_score: Vec<f64> = head_sum.iter().map(|&s| s / heads as f64).collect();
         let (importance, protected) = fuzzy_membership(
             &mean_score,
@@ -336,9 +382,9 @@ mod tests {
     #[test]
     fn percentile_matches_numpy_linear() {
         // Given in descending order: `percentile` must not rely on the input's order.
-        let pct = |values: &[f64], q: f64| {
-            let mut v: Vec<f64> = values.iter().rev().copied().collect();
-            percentile(&mut v, q)
+        let pct = |values: &[f32], q: f64| {
+            let v: Vec<f32> = values.iter().rev().copied().collect();
+            percentile(&v, q)
         };
         // numpy.percentile([1, 2, 3, 4], [25, 50, 75]) = [1.75, 2.5, 3.25]
         let x = [1.0, 2.0, 3.0, 4.0];
@@ -363,11 +409,12 @@ mod tests {
 
     #[test]
     fn percentile_by_selection_equals_percentile_of_the_sorted_values() {
-        // Scores with many exact ties and both signed zeros (`total_cmp` orders -0 < +0),
+        // Scores with many exact ties, both signed zeros (`total_cmp` orders -0 < +0) and
+        // negative values (never softmax scores, but the order must hold for them too),
         // at the sizes the fuzzy step sees (heads x candidates) and small ones.
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
         for n in [1usize, 2, 3, 7, 64, 1536, 6144] {
-            let values: Vec<f64> = (0..n)
+            let values: Vec<f32> = (0..n)
                 .map(|_| {
                     state = state
                         .wrapping_mul(6364136223846793005)
@@ -375,18 +422,31 @@ mod tests {
                     match state >> 61 {
                         0 => 0.0,
                         1 => -0.0,
-                        _ => ((state >> 40) % 97) as f64 / 1024.0,
+                        2 => -(((state >> 40) % 97) as f32) / 1024.0,
+                        _ => ((state >> 40) % 97) as f32 / 1024.0,
                     }
                 })
                 .collect();
-            let mut sorted = values.clone();
+            let mut sorted: Vec<f64> = values.iter().map(|&x| x as f64).collect();
             sorted.sort_by(f64::total_cmp);
-            for q in [0.0, 0.1, 12.5, 25.0, 33.3, 50.0, 75.0, 90.0, 99.9, 100.0] {
+            let qs = [0.0, 0.1, 12.5, 25.0, 33.3, 50.0, 75.0, 90.0, 99.9, 100.0];
+            let want = |q: f64| {
                 let (lo, hi, frac) = percentile_position(n, q);
-                let want = numpy_lerp(sorted[lo], sorted[hi], frac);
-                let mut work = values.clone();
-                let got = percentile(&mut work, q);
-                assert_eq!(got.to_bits(), want.to_bits(), "n {n} q {q}");
+                numpy_lerp(sorted[lo], sorted[hi], frac)
+            };
+            for q in qs {
+                let got = percentile(&values, q);
+                assert_eq!(got.to_bits(), want(q).to_bits(), "n {n} q {q}");
+            }
+            // Pairs in either order (the second search reuses the first's partition).
+            for (low, high) in [(25.0, 75.0), (0.0, 100.0), (50.0, 50.0), (90.0, 12.5)] {
+                let (a, b) = percentile_pair(&values, low, high);
+                assert_eq!(a.to_bits(), want(low).to_bits(), "n {n} pair {low}, {high}");
+                assert_eq!(
+                    b.to_bits(),
+                    want(high).to_bits(),
+                    "n {n} pair {low}, {high}"
+                );
             }
         }
     }
