@@ -1,9 +1,9 @@
 //! Branch-free `exp` and normal-tail approximations that the compiler can vectorise, and a
 //! runtime switch that runs hot loops compiled for AVX-512 or AVX2 when the CPU has it.
 //!
-//! Everything here uses plain `*` and `+` (never `mul_add`), so the AVX-512, AVX2 and
-//! baseline builds of a loop produce bit-identical results: the choice of path only
-//! changes speed.
+//! Every operation here is exactly rounded (plain `*` and `+`, and `mul_add`, a fused
+//! multiply-add, in the normal density and tail), so the AVX-512, AVX2 and baseline builds
+//! of a loop produce bit-identical results: the choice of path only changes speed.
 
 /// Defines a function whose body is compiled three times: with AVX-512 (16 f32 lanes),
 /// with AVX2 and FMA (8 lanes) and for the baseline target; the widest copy the CPU runs
@@ -163,16 +163,23 @@ fn exp_f32_split(hi: f32, lo: f32) -> f32 {
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
     let clamped = hi.clamp(-87.0, 88.0);
-    let shifted = clamped * LOG2E + ROUND;
+    let shifted = clamped.mul_add(LOG2E, ROUND);
     let k = shifted - ROUND;
     let k_int = (shifted.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
     // |r| <= ln2/2 + 0.05: the degree-7 polynomial stays well below 1 ulp there.
-    let r = (clamped - k * LN2_HI - k * LN2_LO) + lo;
-    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
-        + 1.666_666_5e-1)
-        * r
-        + 0.5;
-    let p = p * r * r + r + 1.0;
+    let r = (-k).mul_add(LN2_LO, (-k).mul_add(LN2_HI, clamped)) + lo;
+    let p = horner(
+        r,
+        &[
+            1.987_569_1e-4,
+            1.398_199_9e-3,
+            8.333_452e-3,
+            4.166_579_6e-2,
+            1.666_666_5e-1,
+            0.5,
+        ],
+    );
+    let p = (p * r).mul_add(r, r) + 1.0;
     let two_k = f32::from_bits((k_int.wrapping_add(127) << 23) as u32);
     if hi < -87.0 {
         0.0
@@ -188,10 +195,13 @@ fn exp_f32_split(hi: f32, lo: f32) -> f32 {
 ///
 /// Φ(-u) = e^(-u²/2) R(u) with R(u) = Φ(-u) e^(u²/2) (the Mills ratio over √(2π)),
 /// approximated by a rational function P₄(u) / Q₅(u) fitted on [0, 14] (relative error
-/// 6e-9), evaluated in f32: the roundings of the ten Horner steps add up to 4.3e-7
-/// (every f32 in the range checked), far below what a float32 product's rounding
-/// changes in GELU's input; in f64 (2e-7 in all) the conversions and the f64 division
-/// made GELU 7% of a 1 x 128 forward pass. x² is split into an exact head and a small
+/// 6e-9), evaluated in f32 with fused multiply-adds: the roundings of its nine Horner
+/// steps add up to 3.7e-7 (every 64th f32 in the range, the accuracy test), far below
+/// what a float32 product's rounding changes in GELU's input; in f64 (2e-7 in all) the
+/// conversions and the f64 division made GELU 7% of a 1 x 128 forward pass. (Fused, the
+/// Horner steps and the exponential's took the training forward's GELU and derivative
+/// from 28-30 to 17-18 ms per 8 x 512 step, `bench --profile`, against separate
+/// multiplies and adds.) x² is split into an exact head and a small
 /// tail so that e^(-x²/2) does not inherit the rounding of x² (which would cost ~x² ulp
 /// relative at |x| ≈ 12).
 #[inline(always)]
@@ -205,19 +215,39 @@ pub(crate) fn gauss_and_lower_tail(x: f32) -> (f32, f32) {
     let head = f32::from_bits(u.to_bits() & 0xFFFF_F000);
     let tail = u - head;
     let gauss = exp_f32_split(-0.5 * (head * head), -0.5 * (tail * (u + head)));
-    let w = u;
-    let p =
-        (((4.107_285e-3 * w + 4.056_776_5e-2) * w + 1.830_33e-1) * w + 4.380_087e-1) * w + 5.0e-1;
-    let q = ((((1.029_531_2e-2 * w + 1.016_949_1e-1) * w + 4.689_389_3e-1) * w + 1.201_642_1) * w
-        + 1.673_902_4)
-        * w
-        + 1.0;
+    let p = horner(u, &MILLS_NUM);
+    let q = horner(u, &MILLS_DEN);
     (gauss, gauss * (p / q))
 }
 
+/// The Mills-ratio rational function's numerator and denominator, highest degree first.
+const MILLS_NUM: [f32; 5] = [
+    4.107_285e-3,
+    4.056_776_5e-2,
+    1.830_33e-1,
+    4.380_087e-1,
+    5.0e-1,
+];
+const MILLS_DEN: [f32; 6] = [
+    1.029_531_2e-2,
+    1.016_949_1e-1,
+    4.689_389_3e-1,
+    1.201_642_1,
+    1.673_902_4,
+    1.0,
+];
+
+/// `c[0] x^(n-1) + ... + c[n-1]` by Horner's rule with fused multiply-adds (exactly
+/// rounded on every path, so the AVX-512, AVX2 and baseline builds still agree bit for
+/// bit; the baseline build calls the C library's `fmaf`).
+#[inline(always)]
+fn horner(x: f32, c: &[f32]) -> f32 {
+    c[1..].iter().fold(c[0], |p, &coef| p.mul_add(x, coef))
+}
+
 /// GELU, `x Φ(x)`, on 16 lanes: the operations of [`gauss_and_lower_tail`] and
-/// `activations::gelu` in the same order (plain multiplies and adds, the same division),
-/// so every lane equals the scalar function bit for bit. For products that apply it to
+/// `activations::gelu` in the same order (the same multiplies, adds, fused multiply-adds
+/// and division), so every lane equals the scalar function bit for bit. For products that apply it to
 /// a register tile before storing it (the GEMM's fused epilogue).
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512 {
@@ -229,7 +259,12 @@ pub(crate) mod avx512 {
     #[inline]
     pub(crate) unsafe fn gelu_ps(x: __m512) -> __m512 {
         let c = |v: f32| _mm512_set1_ps(v);
-        let (mul, add, sub) = (_mm512_mul_ps, _mm512_add_ps, _mm512_sub_ps);
+        let (mul, add, sub, fma) = (_mm512_mul_ps, _mm512_add_ps, _mm512_sub_ps, _mm512_fmadd_ps);
+        let horner = |x: __m512, coefs: &[f32]| {
+            coefs[1..]
+                .iter()
+                .fold(c(coefs[0]), |p, &coef| fma(p, x, c(coef)))
+        };
         // u = min(|x|, 14); MINPS returns its second operand for a NaN first one, as
         // the scalar `if u < 14.0 { u } else { 14.0 }`.
         let u = _mm512_min_ps(_mm512_abs_ps(x), c(14.0));
@@ -243,30 +278,32 @@ pub(crate) mod avx512 {
         // exp_f32_split(hi, lo)
         const ROUND: f32 = 12_582_912.0;
         let clamped = _mm512_min_ps(_mm512_max_ps(hi, c(-87.0)), c(88.0));
-        let shifted = add(mul(clamped, c(std::f32::consts::LOG2_E)), c(ROUND));
+        let shifted = fma(clamped, c(std::f32::consts::LOG2_E), c(ROUND));
         let k = sub(shifted, c(ROUND));
         let k_int = _mm512_sub_epi32(
             _mm512_castps_si512(shifted),
             _mm512_set1_epi32(ROUND.to_bits() as i32),
         );
         let r = add(
-            sub(
-                sub(clamped, mul(k, c(0.693_359_4))),
-                mul(k, c(-2.121_944_4e-4)),
+            _mm512_fnmadd_ps(
+                k,
+                c(-2.121_944_4e-4),
+                _mm512_fnmadd_ps(k, c(0.693_359_4), clamped),
             ),
             lo,
         );
-        let mut p = c(1.987_569_1e-4);
-        for coef in [
-            1.398_199_9e-3,
-            8.333_452e-3,
-            4.166_579_6e-2,
-            1.666_666_5e-1,
-            0.5,
-        ] {
-            p = add(mul(p, r), c(coef));
-        }
-        let p = add(add(mul(mul(p, r), r), r), c(1.0));
+        let p = horner(
+            r,
+            &[
+                1.987_569_1e-4,
+                1.398_199_9e-3,
+                8.333_452e-3,
+                4.166_579_6e-2,
+                1.666_666_5e-1,
+                0.5,
+            ],
+        );
+        let p = add(fma(mul(p, r), r, r), c(1.0));
         let two_k = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(
             k_int,
             _mm512_set1_epi32(127),
@@ -274,20 +311,8 @@ pub(crate) mod avx512 {
         let underflow = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(hi, c(-87.0));
         let gauss = _mm512_maskz_mov_ps(!underflow, mul(p, two_k));
         // The Mills-ratio rational function.
-        let mut num = c(4.107_285e-3);
-        for coef in [4.056_776_5e-2, 1.830_33e-1, 4.380_087e-1, 5.0e-1] {
-            num = add(mul(num, u), c(coef));
-        }
-        let mut den = c(1.029_531_2e-2);
-        for coef in [
-            1.016_949_1e-1,
-            4.689_389_3e-1,
-            1.201_642_1,
-            1.673_902_4,
-            1.0,
-        ] {
-            den = add(mul(den, u), c(coef));
-        }
+        let num = horner(u, &super::MILLS_NUM);
+        let den = horner(u, &super::MILLS_DEN);
         let lower_tail = mul(gauss, _mm512_div_ps(num, den));
         // Φ(x) = 1 - Φ(-x) for x > 0.
         let positive = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(x, c(0.0));
