@@ -77,6 +77,22 @@ impl Mask {
         });
     }
 
+    /// `x[i] = skip[i]` where element `base + i` is dropped, else `x[i] * keep_scale +
+    /// skip[i]`: [`Mask::apply`] and a residual sum in one pass.
+    pub(crate) fn apply_add(&self, x: &mut [f32], skip: &[f32], base: u64) {
+        assert_eq!(x.len(), skip.len(), "dropout: x and skip differ in length");
+        self.for_each_block(base, x.len(), |range, key, low| {
+            mask_add_in_place(
+                &mut x[range.clone()],
+                &skip[range],
+                key,
+                low,
+                self.threshold,
+                self.keep_scale,
+            )
+        });
+    }
+
     /// `out[i] = 0` where element `base + i` is dropped, else `x[i] * keep_scale`.
     pub(crate) fn apply_into(&self, x: &[f32], out: &mut [f32], base: u64) {
         assert_eq!(x.len(), out.len(), "dropout: x and out differ in length");
@@ -164,6 +180,21 @@ simd_fn! {
 }
 
 simd_fn! {
+    fn mask_add_in_place(
+        x: &mut [f32],
+        skip: &[f32],
+        key: u32,
+        low: u32,
+        threshold: f32,
+        keep_scale: f32,
+    ) {
+        for (i, (v, &s)) in x.iter_mut().zip(skip).enumerate() {
+            *v = masked(*v, mask_bits(key, low + i as u32) < threshold, keep_scale) + s;
+        }
+    }
+}
+
+simd_fn! {
     fn mask_into(x: &[f32], out: &mut [f32], key: u32, low: u32, threshold: f32, keep_scale: f32) {
         for (i, (o, &v)) in out.iter_mut().zip(x).enumerate() {
             *o = masked(v, mask_bits(key, low + i as u32) < threshold, keep_scale);
@@ -202,6 +233,29 @@ pub fn dropout_forward(x: &mut [f32], p: f32, seed: u64, offset: u64) {
     x.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| {
         mask.apply(chunk, offset + (c * CHUNK) as u64);
     });
+}
+
+/// A residual block's sum `x = dropout(x) + skip`, in one pass: bit for bit
+/// [`dropout_forward`] and then the addition (with `p = 0`, the addition alone).
+pub fn dropout_add_forward(x: &mut [f32], skip: &[f32], p: f32, seed: u64, offset: u64) {
+    assert_eq!(x.len(), skip.len(), "dropout_add_forward: lengths differ");
+    debug_assert!((0.0..=1.0).contains(&p), "dropout probability {p}");
+    let mask = (p > 0.0).then(|| Mask::new(p, seed));
+    x.par_chunks_mut(CHUNK)
+        .zip(skip.par_chunks(CHUNK))
+        .enumerate()
+        .for_each(|(c, (chunk, skip))| match mask {
+            Some(mask) => mask.apply_add(chunk, skip, offset + (c * CHUNK) as u64),
+            None => add_in_place(chunk, skip),
+        });
+}
+
+simd_fn! {
+    fn add_in_place(x: &mut [f32], y: &[f32]) {
+        for (a, &b) in x.iter_mut().zip(y) {
+            *a += b;
+        }
+    }
 }
 
 /// Applies the same mask (and scale) to a gradient, in place.
@@ -294,6 +348,18 @@ mod tests {
             let want = if kept == 0.0 { -(v * 0.5) } else { v * 0.5 };
             assert_eq!(s.to_bits(), want.to_bits());
         }
+
+        // The residual form equals the mask and then the sum, bit for bit, with and
+        // without dropout.
+        let skip = random_vec(9, n, 1.0);
+        let mut summed = x.clone();
+        dropout_add_forward(&mut summed, &skip, p, seed, offset);
+        let want: Vec<f32> = y.iter().zip(&skip).map(|(&a, &b)| a + b).collect();
+        assert_eq!(summed, want);
+        let mut summed = x.clone();
+        dropout_add_forward(&mut summed, &skip, 0.0, seed, offset);
+        let want: Vec<f32> = x.iter().zip(&skip).map(|(&a, &b)| a + b).collect();
+        assert_eq!(summed, want);
 
         // A different seed gives a different mask.
         let mut other = x.clone();

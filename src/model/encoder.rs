@@ -13,7 +13,7 @@ use crate::kernels::activations::{gelu_backward, gelu_forward, gelu_forward_keep
 use crate::kernels::attention::{
     attention_backward, attention_forward, AttnDims, AttnDropout, HiddenKeys, Importance,
 };
-use crate::kernels::dropout::{dropout_backward_into, dropout_forward};
+use crate::kernels::dropout::{dropout_add_forward, dropout_backward_into};
 use crate::kernels::workspace;
 use crate::profile::{timed, Kernel};
 use crate::rng::mix64;
@@ -239,12 +239,11 @@ pub fn ffn_block_forward(
         }
     };
     let mut s2 = lin(p, ids.ffn_out, &act, rows, ffn, d);
-    if let Some(dr) = drop {
-        timed(Kernel::Dropout, || {
-            dropout_forward(&mut s2, dr.hidden_p, dr.ffn_out_seed(), 0)
-        });
-    }
-    add_into(&mut s2, &h1);
+    residual_sum(
+        &mut s2,
+        &h1,
+        drop.map(|dr| (dr.hidden_p, dr.ffn_out_seed())),
+    );
     let [out, ln2_mean, ln2_rstd] = norm(p, ids.ffn_norm, &s2, rows, d, ln_eps);
     let tape = FfnTape {
         s1,
@@ -427,12 +426,17 @@ fn norm_back(
     dx
 }
 
-fn add_into(a: &mut [f32], b: &[f32]) {
-    timed(Kernel::Residual, || {
-        a.par_chunks_mut(4096)
-            .zip(b.par_chunks(4096))
-            .for_each(|(x, y)| x.iter_mut().zip(y).for_each(|(x, y)| *x += *y))
-    });
+/// A residual block's sum `branch = dropout(branch) + skip` (`dropout`: probability and
+/// seed, training only), in one pass (timed as dropout when there is one: the sum rides
+/// along).
+fn residual_sum(branch: &mut [f32], skip: &[f32], dropout: Option<(f32, u64)>) {
+    let (p, seed) = dropout.unwrap_or((0.0, 0));
+    let kernel = if p > 0.0 {
+        Kernel::Dropout
+    } else {
+        Kernel::Residual
+    };
+    timed(kernel, || dropout_add_forward(branch, skip, p, seed, 0));
 }
 
 pub struct LayerOutput {
@@ -505,12 +509,11 @@ pub fn layer_forward(
     });
 
     let mut s1 = lin(p, ids.attn_out, &ctx, rows, d, d);
-    if let Some(dr) = drop {
-        timed(Kernel::Dropout, || {
-            dropout_forward(&mut s1, dr.hidden_p, dr.attn_out_seed(), 0)
-        });
-    }
-    add_into(&mut s1, &x);
+    residual_sum(
+        &mut s1,
+        &x,
+        drop.map(|dr| (dr.hidden_p, dr.attn_out_seed())),
+    );
     let (out, ffn_tape) =
         ffn_block_forward(p, &ids.ffn_block(), s1, rows, d, ffn, ln_eps, drop, record);
 
