@@ -88,6 +88,20 @@ impl AdamW {
     /// Panics if `params` or `grads` do not have the layout the state was built for (a
     /// programming error).
     pub fn step(&mut self, params: &mut ParamStore, grads: &ParamStore, lr: f64) {
+        self.step_with_grad_scale(params, grads, lr, 1.0);
+    }
+
+    /// [`AdamW::step`] on the gradients times `grad_scale` (from [`clip_scale`]), bit for
+    /// bit as if they had been scaled first ([`clip_grad_norm`]), without that pass over
+    /// every gradient (`bench --profile`, MiniLM 8 x 512: "adamw + clipping" 20.5-21.1 ->
+    /// 18.8-19.9 ms per training step).
+    pub fn step_with_grad_scale(
+        &mut self,
+        params: &mut ParamStore,
+        grads: &ParamStore,
+        lr: f64,
+        grad_scale: f32,
+    ) {
         self.check_layout(params, "parameters");
         self.check_layout(grads, "gradients");
         // The weights change: packed inference copies would go stale.
@@ -138,6 +152,7 @@ impl AdamW {
             one_minus_beta2,
             inv_bc2_sqrt,
             eps,
+            grad_scale,
         };
         items
             .into_par_iter()
@@ -250,6 +265,8 @@ struct Rates {
     one_minus_beta2: f32,
     inv_bc2_sqrt: f32,
     eps: f32,
+    /// The clipping factor (1 without clipping: `g * 1.0` is `g`, bit for bit).
+    grad_scale: f32,
 }
 
 simd_fn! {
@@ -268,7 +285,7 @@ simd_fn! {
         let n = p.len().min(m.len()).min(v.len()).min(g.len());
         let (p, m, v, g) = (&mut p[..n], &mut m[..n], &mut v[..n], &g[..n]);
         for i in 0..n {
-            let gi = g[i];
+            let gi = g[i] * r.grad_scale;
             let mi = r.beta1 * m[i] + r.one_minus_beta1 * gi;
             let vi = r.beta2 * v[i] + r.one_minus_beta2 * gi * gi;
             m[i] = mi;
@@ -315,8 +332,8 @@ simd_fn! {
 /// left untouched and the caller must stop).
 pub fn clip_grad_norm(grads: &mut ParamStore, max_norm: f64) -> f64 {
     let norm = global_grad_norm(grads);
-    if norm.is_finite() && norm > max_norm {
-        let scale = (max_norm / (norm + 1e-6)) as f32;
+    let scale = clip_scale(norm, max_norm);
+    if scale != 1.0 {
         grads
             .tensors
             .par_iter_mut()
@@ -324,6 +341,16 @@ pub fn clip_grad_norm(grads: &mut ParamStore, max_norm: f64) -> f64 {
             .for_each(|c| c.iter_mut().for_each(|x| *x *= scale));
     }
     norm
+}
+
+/// The factor [`clip_grad_norm`] scales the gradients by, given their global norm: `max_norm
+/// / (norm + 1e-6)` when the norm is finite and above `max_norm`, else 1.
+pub fn clip_scale(norm: f64, max_norm: f64) -> f32 {
+    if norm.is_finite() && norm > max_norm {
+        (max_norm / (norm + 1e-6)) as f32
+    } else {
+        1.0
+    }
 }
 
 #[cfg(test)]
@@ -494,6 +521,44 @@ mod tests {
             err.contains("opt.safetensors") && err.contains("adam_m.layer.dense.weight"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn scaled_step_equals_clipping_then_stepping() {
+        // Several chunks, weight decay on, clipping active: the scale applied inside the
+        // update gives the parameters and moments of clipping first, bit for bit.
+        let n = 3 * CHUNK + 17;
+        let mut params = ParamStore::new();
+        params.add(
+            "w.weight",
+            &[n],
+            (0..n).map(|i| (i % 13) as f32 * 0.1 - 0.6).collect(),
+        );
+        params.add("w.bias", &[3], vec![0.1, -0.2, 0.3]);
+        let mut grads = params.zeros_like();
+        grads.tensors[0].data = (0..n).map(|i| (i % 7) as f32 * 0.3 - 0.9).collect();
+        grads.tensors[1].data = vec![2.0, -1.0, 0.5];
+        let config = AdamWConfig {
+            weight_decay: 0.01,
+            ..AdamWConfig::default()
+        };
+        let (mut a, mut b) = (params.clone(), params.clone());
+        let (mut opt_a, mut opt_b) = (AdamW::new(&params, config), AdamW::new(&params, config));
+        for _ in 0..2 {
+            let mut clipped = grads.clone();
+            let norm = clip_grad_norm(&mut clipped, 1.0);
+            opt_a.step(&mut a, &clipped, 0.01);
+            let scale = clip_scale(global_grad_norm(&grads), 1.0);
+            assert!(scale < 1.0 && norm > 1.0);
+            opt_b.step_with_grad_scale(&mut b, &grads, 0.01, scale);
+        }
+        for (x, y) in a.tensors.iter().zip(&b.tensors) {
+            assert_eq!(x.data, y.data, "{}", x.name);
+        }
+        assert_eq!(opt_a.m.tensors[0].data, opt_b.m.tensors[0].data);
+        assert_eq!(opt_a.v.tensors[0].data, opt_b.v.tensors[0].data);
+        assert_eq!(clip_scale(0.5, 1.0), 1.0);
+        assert_eq!(clip_scale(f64::NAN, 1.0), 1.0);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! clipping and the AdamW update. [`Trainable`] is what the step needs from a classifier,
 //! so the loop can be tested with a tiny model.
 
-use super::adamw::{clip_grad_norm, global_grad_norm, AdamW};
+use super::adamw::{clip_scale, global_grad_norm, AdamW};
 use crate::kernels::loss::{distillation_loss, softmax_cross_entropy};
 use crate::kernels::matmul::Precision;
 use crate::model::{Batch, CombineStats, Mode, Model, ParamStore};
@@ -165,15 +165,17 @@ pub fn train_step<M: Trainable>(
     let combine = model.combine_stats(&tape, grads);
     drop(tape);
     crate::profile::timed(crate::profile::Kernel::Optimizer, || {
-        let grad_norm = if settings.clip > 0.0 {
-            clip_grad_norm(grads, settings.clip)
-        } else {
-            global_grad_norm(grads)
-        };
+        let grad_norm = global_grad_norm(grads);
         if !grad_norm.is_finite() {
             return Err(NonFinite::GradNorm(grad_norm));
         }
-        opt.step(model.params_mut(), grads, settings.lr);
+        // Clipping as `clip_grad_norm`, applied inside the update.
+        let grad_scale = if settings.clip > 0.0 {
+            clip_scale(grad_norm, settings.clip)
+        } else {
+            1.0
+        };
+        opt.step_with_grad_scale(model.params_mut(), grads, settings.lr, grad_scale);
         Ok(StepResult {
             loss,
             grad_norm,
