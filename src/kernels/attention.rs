@@ -5,8 +5,10 @@
 //! slots (the rest are masked out). Head `h` occupies columns `h*dh .. (h+1)*dh`.
 //!
 //! Both passes run one rayon task per (example, head) pair; each task uses serial
-//! products on strided views of its head's columns and writes its results straight
-//! into its column block of the interleaved `[B, len, H*dh]` outputs (`HeadColumns`).
+//! products on views of its head's columns (K and V copied contiguous or transposed
+//! first, where a product reads them for every query block) and writes its results
+//! straight into its column block of the interleaved `[B, len, H*dh]` outputs
+//! (`HeadColumns`).
 //!
 //! Within a task, queries are processed in blocks of `ROW_BLOCK` rows: the block's
 //! `[rows, kv]` scores go through softmax, the stored copy, importance and dropout while
