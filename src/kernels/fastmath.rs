@@ -168,17 +168,7 @@ fn exp_f32_split(hi: f32, lo: f32) -> f32 {
     let k_int = (shifted.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
     // |r| <= ln2/2 + 0.05: the degree-7 polynomial stays well below 1 ulp there.
     let r = (-k).mul_add(LN2_LO, (-k).mul_add(LN2_HI, clamped)) + lo;
-    let p = horner(
-        r,
-        &[
-            1.987_569_1e-4,
-            1.398_199_9e-3,
-            8.333_452e-3,
-            4.166_579_6e-2,
-            1.666_666_5e-1,
-            0.5,
-        ],
-    );
+    let p = horner(r, &EXP_POLY);
     let p = (p * r).mul_add(r, r) + 1.0;
     let two_k = f32::from_bits((k_int.wrapping_add(127) << 23) as u32);
     if hi < -87.0 {
@@ -219,6 +209,17 @@ pub(crate) fn gauss_and_lower_tail(x: f32) -> (f32, f32) {
     let q = horner(u, &MILLS_DEN);
     (gauss, gauss * (p / q))
 }
+
+/// Cephes' `expf` polynomial for [`exp_f32_split`], highest degree first: e^r = 1 + r +
+/// r² p(r).
+const EXP_POLY: [f32; 6] = [
+    1.987_569_1e-4,
+    1.398_199_9e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    1.666_666_5e-1,
+    0.5,
+];
 
 /// The Mills-ratio rational function's numerator and denominator, highest degree first.
 const MILLS_NUM: [f32; 5] = [
@@ -292,17 +293,7 @@ pub(crate) mod avx512 {
             ),
             lo,
         );
-        let p = horner(
-            r,
-            &[
-                1.987_569_1e-4,
-                1.398_199_9e-3,
-                8.333_452e-3,
-                4.166_579_6e-2,
-                1.666_666_5e-1,
-                0.5,
-            ],
-        );
+        let p = horner(r, &super::EXP_POLY);
         let p = add(fma(mul(p, r), r, r), c(1.0));
         let two_k = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(
             k_int,
