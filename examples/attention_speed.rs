@@ -8,17 +8,20 @@
 //! median of 3,000 calls each).
 //!
 //! `cargo run --release --example attention_speed [threads] [cold|keys]`
+#[path = "common/args.rs"]
+mod args;
 use corefocus::kernels::attention::{
     attention_backward, attention_forward, AttnDims, AttnDropout, Importance,
 };
 use std::time::Instant;
 
 fn main() {
-    let threads: usize = std::env::args()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1);
-    let mode = std::env::args().nth(2).unwrap_or_default();
+    let threads: usize = args::arg(1, "threads", 1);
+    let mode: String = args::arg(2, "mode", String::new());
+    if !["", "cold", "keys"].contains(&mode.as_str()) {
+        eprintln!("argument 2 (mode): {mode:?} is neither cold nor keys");
+        std::process::exit(2);
+    }
     let cold = mode == "cold";
     let mut flush = vec![0.0f32; if cold { 128 << 20 } else { 0 }];
     let mut evict = move || flush.iter_mut().for_each(|x| *x += 1.0);

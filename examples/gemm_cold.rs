@@ -8,6 +8,8 @@
 //! AVX512-VNNI in int8 (`--precision int8`; the time includes quantising the activations).
 //!
 //! `cargo run --release --example gemm_cold [threads]`
+#[path = "common/args.rs"]
+mod args;
 #[cfg(target_arch = "x86_64")]
 fn main() {
     use corefocus::kernels::epilogue::Epilogue;
@@ -17,10 +19,7 @@ fn main() {
     use corefocus::kernels::matmul::MatRef;
     use std::time::Instant;
     let reps = 20;
-    let threads: usize = std::env::args()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1);
+    let threads: usize = args::arg(1, "threads", 1);
     // (m, n, k): MiniLM-L6's products for one 128-token request, and a training batch's.
     for &(m, n, k) in &[
         (128usize, 384usize, 384usize),

@@ -4,6 +4,8 @@
 //! several runs counts, since the machine is shared.
 //!
 //! `cargo run --release --example gemm_speed [reps] [shape name filter]`
+#[path = "common/args.rs"]
+mod args;
 use corefocus::kernels::matmul::{matmul_with, Backend, MatRef, Par};
 use std::time::Instant;
 
@@ -23,12 +25,9 @@ fn view(data: &[f32], rows: usize, cols: usize, layout: Layout) -> MatRef<'_> {
 
 fn main() {
     use Layout::{RowMajor as R, Transposed as T};
-    let reps: usize = std::env::args()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5);
+    let reps: usize = args::arg(1, "reps", 5);
     // An optional second argument keeps only the shapes whose name contains it.
-    let filter = std::env::args().nth(2).unwrap_or_default();
+    let filter: String = args::arg(2, "shape filter", String::new());
     // (what, m, n, k, layout of a, layout of b)
     let shapes = [
         ("L6 fwd x.Wt qkv/o", 4096, 384, 384, R, T),

@@ -5,6 +5,8 @@
 //! 1 x 128 spread).
 //!
 //! `cargo run --release --example idle_gap [model_dir] [variant]`
+#[path = "common/args.rs"]
+mod args;
 use corefocus::alloc::CountingAlloc;
 use corefocus::bench::timed::TimedModel;
 use corefocus::kernels::matmul::Precision;
@@ -14,10 +16,12 @@ use std::time::{Duration, Instant};
 static ALLOC: CountingAlloc = CountingAlloc;
 
 fn main() -> anyhow::Result<()> {
-    let dir = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "target/models/all-MiniLM-L6-v2".into());
-    let variant = std::env::args().nth(2).unwrap_or_else(|| "bert".into());
+    let dir: String = args::arg(
+        1,
+        "model directory",
+        "target/models/all-MiniLM-L6-v2".into(),
+    );
+    let variant: String = args::arg(2, "variant", "bert".into());
     let model = TimedModel::load(dir.as_ref(), &variant, 2, Precision::F32)?;
     let ids: Vec<Vec<u32>> = vec![(0..128u32).map(|i| 1000 + (i * 7919) % 20000).collect()];
     let gaps_ms = [0u64, 2, 10, 20, 50, 200];

@@ -6,15 +6,14 @@
 //! counts is a product.
 //!
 //! `cargo run --release --example kernel_ceiling [rounds]`
+#[path = "common/args.rs"]
+mod args;
 #[cfg(target_arch = "x86_64")]
 fn main() {
     use corefocus::kernels::gemm_x86::{gemm_packed, Isa, PackedB};
     use corefocus::kernels::matmul::MatRef;
     use std::time::Instant;
-    let rounds: usize = std::env::args()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5);
+    let rounds: usize = args::arg(1, "rounds", 5);
     let Some(peak) = corefocus::bench::peak::fma_peak() else {
         println!("no AVX2/FMA: nothing to measure");
         return;

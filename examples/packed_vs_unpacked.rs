@@ -3,20 +3,16 @@
 //! of `reps`, interleaved (a development aid: the prepacked panels' cache-line alignment).
 //!
 //! `cargo run --release --example packed_vs_unpacked [reps] [threads]`
+#[path = "common/args.rs"]
+mod args;
 #[cfg(target_arch = "x86_64")]
 fn main() {
     use corefocus::kernels::epilogue::Epilogue;
     use corefocus::kernels::gemm_x86::{gemm_packed, gemm_with_blocking, Isa, PackedB};
     use corefocus::kernels::matmul::MatRef;
     use std::time::Instant;
-    let reps: usize = std::env::args()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10);
-    let threads: usize = std::env::args()
-        .nth(2)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2);
+    let reps: usize = args::arg(1, "reps", 10);
+    let threads: usize = args::arg(2, "threads", 2);
     // This example keeps the system allocator (no `CountingAlloc`): where its large blocks
     // start relative to a cache line.
     for len in [147_456usize, 589_824] {

@@ -4,13 +4,12 @@
 //! wait for the other worker; prints when the second started.
 //!
 //! `RAYON_NUM_THREADS=2 cargo run --release --example wake_latency [gap_ms]`
+#[path = "common/args.rs"]
+mod args;
 use std::time::{Duration, Instant};
 
 fn main() {
-    let gap_ms: u64 = std::env::args()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(50);
+    let gap_ms: u64 = args::arg(1, "gap in ms", 50);
     let mut started_ms = Vec::new();
     for _ in 0..40 {
         std::thread::sleep(Duration::from_millis(gap_ms));
