@@ -57,7 +57,9 @@ impl Kernel {
             Kernel::LayerNormBackward => "layernorm backward",
             Kernel::Gelu => "gelu",
             Kernel::GeluBackward => "gelu backward",
-            Kernel::Dropout => "dropout",
+            // A residual block's dropout carries its sum (one pass); without dropout the
+            // sum is "residual add".
+            Kernel::Dropout => "dropout (+ residual add)",
             Kernel::Residual => "residual add",
             Kernel::GatherScatter => "kv gather/scatter",
             Kernel::Embedding => "embeddings",
