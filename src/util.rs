@@ -289,62 +289,6 @@ pub fn remove_stale_temporaries(dir: &Path, complete_file: &str) -> Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn atomic_writes_replace_whole_files_and_leave_no_temporaries() {
-        let dir = std::env::temp_dir().join(format!("corefocus-util-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let path = dir.join("sub/report.json");
-        write_atomic(&path, b"first, longer contents").unwrap();
-        write_atomic(&path, b"second").unwrap();
-        assert_eq!(std::fs::read(&path).unwrap(), b"second");
-        let names: Vec<_> = std::fs::read_dir(dir.join("sub"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names, vec![std::ffi::OsString::from("report.json")]);
-
-        // A directory where the file should go: an error naming it, the old state kept.
-        std::fs::create_dir_all(dir.join("sub/taken")).unwrap();
-        let err = write_atomic(&dir.join("sub/taken"), b"x").unwrap_err();
-        assert!(format!("{err:#}").contains("taken"), "{err:#}");
-        assert_eq!(std::fs::read_dir(dir.join("sub")).unwrap().count(), 2);
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    /// Issue 16: carrying the old directory's extras into the new one must leave the old
-    /// one whole (a subdirectory such as `resume/` used to be moved, so a crash before the
-    /// swap left its only copy in a temporary the next run deletes).
-    #[test]
-    fn carried_over_subdirectories_stay_in_the_old_directory_too() {
-        let root = std::env::temp_dir().join(format!("corefocus-carry-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        let (from, to) = (root.join("from"), root.join("to"));
-        std::fs::create_dir_all(from.join("resume/deeper")).unwrap();
-        std::fs::create_dir_all(&to).unwrap();
-        std::fs::write(from.join("resume/state.json"), "s").unwrap();
-        std::fs::write(from.join("resume/deeper/x"), "x").unwrap();
-        std::fs::write(from.join("kept.txt"), "old").unwrap();
-        std::fs::write(to.join("kept.txt"), "new").unwrap();
-        carry_over_extras(&from, &to).unwrap();
-        for dir in [&from, &to] {
-            assert_eq!(
-                std::fs::read_to_string(dir.join("resume/state.json")).unwrap(),
-                "s"
-            );
-            assert_eq!(
-                std::fs::read_to_string(dir.join("resume/deeper/x")).unwrap(),
-                "x"
-            );
-        }
-        assert_eq!(std::fs::read_to_string(to.join("kept.txt")).unwrap(), "new");
-        std::fs::remove_dir_all(&root).unwrap();
-    }
-}
-
 /// A field in which two serialised values differ: its dotted path (`method.keep_ratio`),
 /// its own name (`keep_ratio`), and each side as a user would type it (None: absent or
 /// null).
@@ -424,4 +368,60 @@ pub fn field_differences(
         &mut out,
     );
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_writes_replace_whole_files_and_leave_no_temporaries() {
+        let dir = std::env::temp_dir().join(format!("corefocus-util-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("sub/report.json");
+        write_atomic(&path, b"first, longer contents").unwrap();
+        write_atomic(&path, b"second").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"second");
+        let names: Vec<_> = std::fs::read_dir(dir.join("sub"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("report.json")]);
+
+        // A directory where the file should go: an error naming it, the old state kept.
+        std::fs::create_dir_all(dir.join("sub/taken")).unwrap();
+        let err = write_atomic(&dir.join("sub/taken"), b"x").unwrap_err();
+        assert!(format!("{err:#}").contains("taken"), "{err:#}");
+        assert_eq!(std::fs::read_dir(dir.join("sub")).unwrap().count(), 2);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Issue 16: carrying the old directory's extras into the new one must leave the old
+    /// one whole (a subdirectory such as `resume/` used to be moved, so a crash before the
+    /// swap left its only copy in a temporary the next run deletes).
+    #[test]
+    fn carried_over_subdirectories_stay_in_the_old_directory_too() {
+        let root = std::env::temp_dir().join(format!("corefocus-carry-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let (from, to) = (root.join("from"), root.join("to"));
+        std::fs::create_dir_all(from.join("resume/deeper")).unwrap();
+        std::fs::create_dir_all(&to).unwrap();
+        std::fs::write(from.join("resume/state.json"), "s").unwrap();
+        std::fs::write(from.join("resume/deeper/x"), "x").unwrap();
+        std::fs::write(from.join("kept.txt"), "old").unwrap();
+        std::fs::write(to.join("kept.txt"), "new").unwrap();
+        carry_over_extras(&from, &to).unwrap();
+        for dir in [&from, &to] {
+            assert_eq!(
+                std::fs::read_to_string(dir.join("resume/state.json")).unwrap(),
+                "s"
+            );
+            assert_eq!(
+                std::fs::read_to_string(dir.join("resume/deeper/x")).unwrap(),
+                "x"
+            );
+        }
+        assert_eq!(std::fs::read_to_string(to.join("kept.txt")).unwrap(), "new");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 }

@@ -8,6 +8,7 @@
 //! `mix64` pair per 65536 elements instead of per element.
 
 use super::fastmath::simd_fn;
+use super::linear::add_row;
 use crate::rng::mix64;
 use rayon::prelude::*;
 
@@ -246,16 +247,8 @@ pub fn dropout_add_forward(x: &mut [f32], skip: &[f32], p: f32, seed: u64, offse
         .enumerate()
         .for_each(|(c, (chunk, skip))| match mask {
             Some(mask) => mask.apply_add(chunk, skip, offset + (c * CHUNK) as u64),
-            None => add_in_place(chunk, skip),
+            None => add_row(chunk, skip),
         });
-}
-
-simd_fn! {
-    fn add_in_place(x: &mut [f32], y: &[f32]) {
-        for (a, &b) in x.iter_mut().zip(y) {
-            *a += b;
-        }
-    }
 }
 
 /// Applies the same mask (and scale) to a gradient, in place.

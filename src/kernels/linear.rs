@@ -138,7 +138,7 @@ pub fn column_sums_into(m: &[f32], rows: usize, cols: usize, acc: &mut [f32]) {
 
 simd_fn! {
     /// `acc += row`, element by element.
-    fn add_row(acc: &mut [f32], row: &[f32]) {
+    pub(crate) fn add_row(acc: &mut [f32], row: &[f32]) {
         for (a, &r) in acc.iter_mut().zip(row) {
             *a += r;
         }
