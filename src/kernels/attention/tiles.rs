@@ -16,13 +16,51 @@ use super::super::matmul::{matmul, MatRef, Par};
 /// Rows of the register tile.
 const MR: usize = 6;
 
+/// Cache lines of memory that a later step will read, fetched into L2 while products
+/// compute (the AVX-512 tiles 32 columns wide issue one every four steps of their inner
+/// loop, the other paths none); the products it is passed to take what they have room
+/// for and leave the rest for the next.
+#[derive(Clone, Copy)]
+pub(super) struct LineFetch {
+    next: *const f32,
+    lines: usize,
+}
+
+impl LineFetch {
+    pub(super) const NONE: LineFetch = LineFetch {
+        next: std::ptr::null(),
+        lines: 0,
+    };
+
+    /// The lines of `data`.
+    pub(super) fn of(data: &[f32]) -> LineFetch {
+        LineFetch {
+            next: data.as_ptr(),
+            lines: data.len().div_ceil(16),
+        }
+    }
+}
+
 /// `dst[i * ldc + j] (+)= Σ_p a[i, p] · b[p, j]` for the `a.rows x b.cols` result.
 pub(super) fn matmul_tiles(dst: &mut [f32], ldc: usize, a: MatRef, b: MatRef, accumulate: bool) {
+    let mut none = LineFetch::NONE;
+    matmul_tiles_fetching(dst, ldc, a, b, accumulate, &mut none);
+}
+
+/// [`matmul_tiles`], fetching lines of `fetch` on the way.
+pub(super) fn matmul_tiles_fetching(
+    dst: &mut [f32],
+    ldc: usize,
+    a: MatRef,
+    b: MatRef,
+    accumulate: bool,
+    fetch: &mut LineFetch,
+) {
     #[cfg(target_arch = "x86_64")]
     let wide = crate::kernels::gemm_x86::Isa::best() == crate::kernels::gemm_x86::Isa::Avx512;
     #[cfg(not(target_arch = "x86_64"))]
     let wide = false;
-    matmul_tiles_with(wide, dst, ldc, a, b, accumulate);
+    matmul_tiles_with(wide, dst, ldc, a, b, accumulate, fetch);
 }
 
 /// `matmul_tiles` with the AVX-512 tiles (`wide`, where the CPU has AVX-512F) or AVX2.
@@ -33,6 +71,7 @@ fn matmul_tiles_with(
     a: MatRef,
     b: MatRef,
     accumulate: bool,
+    fetch: &mut LineFetch,
 ) {
     assert_eq!(a.cols, b.rows, "attention tiles: inner dimensions differ");
     let (m, n, k) = (a.rows, b.cols, a.cols);
@@ -58,8 +97,9 @@ fn matmul_tiles_with(
         );
         // The GEMM's choice of vector width (COREFOCUS_GEMM_ISA=avx2 keeps AVX2 here too).
         if wide && std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: as below, with AVX-512F just detected.
-            unsafe {
+            // SAFETY: as below, with AVX-512F just detected (prefetches do not fault,
+            // and `fetch` steps through its lines with wrapping arithmetic).
+            *fetch = unsafe {
                 avx512::product(
                     dst.as_mut_ptr(),
                     ldc,
@@ -72,8 +112,9 @@ fn matmul_tiles_with(
                     n,
                     k,
                     accumulate,
-                );
-            }
+                    *fetch,
+                )
+            };
             return;
         }
         // SAFETY: AVX2 and FMA were just detected; every element the kernel touches,
@@ -282,7 +323,9 @@ mod avx2 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
+    use super::LineFetch;
     use std::arch::x86_64::*;
+    use std::cell::Cell;
 
     /// Rows of the register tile.
     const MR: usize = 12;
@@ -302,7 +345,8 @@ mod avx512 {
         n: usize,
         k: usize,
         accumulate: bool,
-    ) {
+        fetch: LineFetch,
+    ) -> LineFetch {
         let t = Tile {
             c,
             ldc,
@@ -313,6 +357,7 @@ mod avx512 {
             ldb,
             k,
             accumulate,
+            fetch: Cell::new(fetch),
         };
         let mut i = 0;
         // 4 rows left over from panels of 12 (a 64-row block) run as 8 + 8 instead of
@@ -327,7 +372,7 @@ mod avx512 {
         if split_last {
             t.row_panel::<8>(i, n);
             t.row_panel::<8>(i + 8, n);
-            return;
+            return t.fetch.get();
         }
         // The remaining rows in panels of 8, 4, 2 and 1.
         if m - i >= 8 {
@@ -345,6 +390,7 @@ mod avx512 {
         if m - i == 1 {
             t.row_panel::<1>(i, n);
         }
+        t.fetch.get()
     }
 
     struct Tile {
@@ -357,6 +403,8 @@ mod avx512 {
         ldb: usize,
         k: usize,
         accumulate: bool,
+        /// The lines still to fetch, taken by the tiles in turn.
+        fetch: Cell<LineFetch>,
     }
 
     impl Tile {
@@ -365,12 +413,16 @@ mod avx512 {
         unsafe fn row_panel<const R: usize>(&self, i: usize, n: usize) {
             let mut j = 0;
             while j + 32 <= n {
-                self.tile::<R, 2>(i, j, u16::MAX);
+                if self.fetch.get().lines > 0 {
+                    self.tile::<R, 2, true>(i, j, u16::MAX);
+                } else {
+                    self.tile::<R, 2, false>(i, j, u16::MAX);
+                }
                 j += 32;
             }
             while j < n {
                 let cols = (n - j).min(16);
-                self.tile::<R, 1>(i, j, ((1u32 << cols) - 1) as u16);
+                self.tile::<R, 1, false>(i, j, ((1u32 << cols) - 1) as u16);
                 j += cols;
             }
         }
@@ -379,7 +431,12 @@ mod avx512 {
         /// limited to `last`.
         #[target_feature(enable = "avx512f")]
         #[inline]
-        unsafe fn tile<const R: usize, const V: usize>(&self, i: usize, j: usize, last: u16) {
+        unsafe fn tile<const R: usize, const V: usize, const FETCH: bool>(
+            &self,
+            i: usize,
+            j: usize,
+            last: u16,
+        ) {
             let mask = |v: usize| if v + 1 == V { last } else { u16::MAX };
             let mut acc = [[_mm512_setzero_ps(); V]; R];
             // Independent broadcast addresses per row (see the AVX2 tile).
@@ -389,7 +446,13 @@ mod avx512 {
             }
             let mut a_off = 0usize;
             let mut b_p = self.b.add(j);
-            for _ in 0..self.k {
+            let mut fetch = self.fetch.get();
+            for p in 0..self.k {
+                if FETCH && fetch.lines > 0 && p % 4 == 0 {
+                    _mm_prefetch::<_MM_HINT_T1>(fetch.next as *const i8);
+                    fetch.next = fetch.next.wrapping_add(16);
+                    fetch.lines -= 1;
+                }
                 let mut bv = [_mm512_setzero_ps(); V];
                 for (v, b) in bv.iter_mut().enumerate() {
                     *b = _mm512_maskz_loadu_ps(mask(v), b_p.add(16 * v));
@@ -402,6 +465,9 @@ mod avx512 {
                 }
                 a_off += self.a_cs;
                 b_p = b_p.add(self.ldb);
+            }
+            if FETCH {
+                self.fetch.set(fetch);
             }
             for (r, acc_r) in acc.iter().enumerate() {
                 let c_row = self.c.add((i + r) * self.ldc + j);
@@ -441,6 +507,34 @@ mod tests {
                     let want = if j < kvc { src[j * width + c] } else { 0.0 };
                     assert_eq!(out[c * stride + j], want, "kvc {kvc} dh {dh} ({c}, {j})");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn fetching_lines_changes_no_result() {
+        // A [64, 512] x [512, 32] product (P·V's shape) takes the lines of a 2,000-float
+        // buffer as it goes (AVX-512: one per four steps; 6 tiles of 512 steps have room
+        // for all 125) and gives the same bits as without.
+        let (m, n, k) = (64, 32, 512);
+        let a_buf = random_vec(3, m * k, 1.0);
+        let b_buf = random_vec(4, k * n, 1.0);
+        let (a, b) = (MatRef::new(&a_buf, m, k), MatRef::new(&b_buf, k, n));
+        let later = vec![0.5f32; 2000];
+        for wide in [false, true] {
+            let mut plain = vec![f32::NAN; m * n];
+            let mut none = LineFetch::NONE;
+            matmul_tiles_with(wide, &mut plain, n, a, b, false, &mut none);
+            let mut fetched = vec![f32::NAN; m * n];
+            let mut fetch = LineFetch::of(&later);
+            assert_eq!(fetch.lines, 125);
+            matmul_tiles_with(wide, &mut fetched, n, a, b, false, &mut fetch);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&plain), bits(&fetched), "wide {wide}");
+            #[cfg(target_arch = "x86_64")]
+            if wide && std::arch::is_x86_feature_detected!("avx512f") {
+                assert_eq!(fetch.lines, 0);
+                assert_eq!(fetch.next, later.as_ptr().wrapping_add(16 * 125));
             }
         }
     }
@@ -487,7 +581,8 @@ mod tests {
                 let want = naive(a, b);
                 let ldc = n + 1;
                 let mut dst = vec![f32::NAN; (m - 1) * ldc + n];
-                matmul_tiles_with(wide, &mut dst, ldc, a, b, false);
+                let mut none = LineFetch::NONE;
+                matmul_tiles_with(wide, &mut dst, ldc, a, b, false, &mut none);
                 for i in 0..m {
                     for j in 0..n {
                         let (g, w) = (dst[i * ldc + j] as f64, want[i * n + j]);
@@ -497,7 +592,7 @@ mod tests {
                         );
                     }
                 }
-                matmul_tiles_with(wide, &mut dst, ldc, a, b, true);
+                matmul_tiles_with(wide, &mut dst, ldc, a, b, true, &mut none);
                 for i in 0..m {
                     for j in 0..n {
                         let (g, w) = (dst[i * ldc + j] as f64, 2.0 * want[i * n + j]);
