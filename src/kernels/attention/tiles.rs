@@ -60,18 +60,19 @@ pub(super) fn matmul_tiles_fetching(
     let wide = crate::kernels::gemm_x86::Isa::best() == crate::kernels::gemm_x86::Isa::Avx512;
     #[cfg(not(target_arch = "x86_64"))]
     let wide = false;
-    matmul_tiles_with(wide, dst, ldc, a, b, accumulate, fetch);
+    matmul_tiles_with(wide, fetch, dst, ldc, a, b, accumulate);
 }
 
-/// `matmul_tiles` with the AVX-512 tiles (`wide`, where the CPU has AVX-512F) or AVX2.
+/// `matmul_tiles_fetching` with the AVX-512 tiles (`wide`, where the CPU has AVX-512F)
+/// or AVX2.
 fn matmul_tiles_with(
     wide: bool,
+    fetch: &mut LineFetch,
     dst: &mut [f32],
     ldc: usize,
     a: MatRef,
     b: MatRef,
     accumulate: bool,
-    fetch: &mut LineFetch,
 ) {
     assert_eq!(a.cols, b.rows, "attention tiles: inner dimensions differ");
     let (m, n, k) = (a.rows, b.cols, a.cols);
@@ -524,11 +525,11 @@ mod tests {
         for wide in [false, true] {
             let mut plain = vec![f32::NAN; m * n];
             let mut none = LineFetch::NONE;
-            matmul_tiles_with(wide, &mut plain, n, a, b, false, &mut none);
+            matmul_tiles_with(wide, &mut none, &mut plain, n, a, b, false);
             let mut fetched = vec![f32::NAN; m * n];
             let mut fetch = LineFetch::of(&later);
             assert_eq!(fetch.lines, 125);
-            matmul_tiles_with(wide, &mut fetched, n, a, b, false, &mut fetch);
+            matmul_tiles_with(wide, &mut fetch, &mut fetched, n, a, b, false);
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&plain), bits(&fetched), "wide {wide}");
             #[cfg(target_arch = "x86_64")]
@@ -582,7 +583,7 @@ mod tests {
                 let ldc = n + 1;
                 let mut dst = vec![f32::NAN; (m - 1) * ldc + n];
                 let mut none = LineFetch::NONE;
-                matmul_tiles_with(wide, &mut dst, ldc, a, b, false, &mut none);
+                matmul_tiles_with(wide, &mut none, &mut dst, ldc, a, b, false);
                 for i in 0..m {
                     for j in 0..n {
                         let (g, w) = (dst[i * ldc + j] as f64, want[i * n + j]);
@@ -592,7 +593,7 @@ mod tests {
                         );
                     }
                 }
-                matmul_tiles_with(wide, &mut dst, ldc, a, b, true, &mut none);
+                matmul_tiles_with(wide, &mut none, &mut dst, ldc, a, b, true);
                 for i in 0..m {
                     for j in 0..n {
                         let (g, w) = (dst[i * ldc + j] as f64, 2.0 * want[i * n + j]);
