@@ -407,28 +407,34 @@ pub fn attention_backward(
                 let bufs = scratch.buffers(rows * stride, rows * head_dim);
                 let (pd_buf, ds_buf, dq_rows) = (bufs.a, bufs.b, bufs.out);
                 let vt = MatRef::strided(bufs.packed, head_dim, stride, stride);
-                // P_drop of the block: the stored P where its sign says kept, scaled.
-                let p_drop: MatRef = match keep_scale {
-                    Some(keep_scale) => {
-                        for r in 0..rows {
-                            kept_scaled(
-                                &p_rows[r * kv_len..r * kv_len + kvc],
-                                keep_scale,
-                                &mut pd_buf[r * stride..r * stride + kvc],
-                            );
-                        }
-                        MatRef::strided(pd_buf, rows, kvc, stride)
-                    }
-                    None => MatRef::strided(p_rows, rows, kvc, kv_len),
-                };
                 // The next block's stored P, fetched into L2 while this block's products
                 // run: read from memory when its turn comes, it kept the first pass
-                // over it (`kept_scaled`) waiting. `bench --profile` at 8 x 512:
-                // attention's backward 0.209-0.215 -> 0.195-0.206 s per training step
-                // (four alternating rounds, docs/results.md).
+                // over it waiting. `bench --profile` at 8 x 512: attention's backward
+                // 0.209-0.215 -> 0.195-0.206 s per training step (four alternating
+                // rounds, docs/results.md).
                 let next_rows = ROW_BLOCK.min(q_len - i0 - rows);
                 let next_p = &p_plane[(i0 + rows) * kv_len..(i0 + rows + next_rows) * kv_len];
                 let mut fetch = LineFetch::of(next_p);
+                // dP_drop = dctx · Vᵀ   [rows, kvc] (row stride `stride`)
+                matmul_tiles_fetching(ds_buf, stride, dctx_blk, vt, false, &mut fetch);
+                // dS = scale (P_drop ⊙ dP_drop - P Σ_j P_drop dP_drop), row by row, with
+                // P_drop (the stored P where its sign says kept, scaled) made in the
+                // same pass over the stored row.
+                for r in 0..rows {
+                    let p_row = &p_rows[r * kv_len..r * kv_len + kvc];
+                    let ds_row = &mut ds_buf[r * stride..r * stride + kvc];
+                    match keep_scale {
+                        Some(keep_scale) => {
+                            let pd_row = &mut pd_buf[r * stride..r * stride + kvc];
+                            kept_softmax_grad_row(p_row, keep_scale, pd_row, ds_row, scale);
+                        }
+                        None => softmax_grad_row(p_row, p_row, ds_row, scale),
+                    }
+                }
+                let p_drop = match keep_scale {
+                    Some(_) => MatRef::strided(pd_buf, rows, kvc, stride),
+                    None => MatRef::strided(p_rows, rows, kvc, kv_len),
+                };
                 // dV += P_dropᵀ · dctx   [kvc, dh]
                 matmul_tiles_fetching(
                     &mut dv_h,
@@ -438,18 +444,6 @@ pub fn attention_backward(
                     !first,
                     &mut fetch,
                 );
-                // dP_drop = dctx · Vᵀ   [rows, kvc] (row stride `stride`)
-                matmul_tiles_fetching(ds_buf, stride, dctx_blk, vt, false, &mut fetch);
-                // dS = scale (P_drop ⊙ dP_drop - P Σ_j P_drop dP_drop), row by row.
-                for r in 0..rows {
-                    let p_row = &p_rows[r * kv_len..r * kv_len + kvc];
-                    let pd_row = match keep_scale {
-                        Some(_) => &pd_buf[r * stride..r * stride + kvc],
-                        None => p_row,
-                    };
-                    let ds_row = &mut ds_buf[r * stride..r * stride + kvc];
-                    softmax_grad_row(p_row, pd_row, ds_row, scale);
-                }
                 let ds = MatRef::strided(ds_buf, rows, kvc, stride);
                 // dQ rows = dS · K   [rows, dh]; with kvc = 0 this writes zeros.
                 let k_rows = MatRef::new(&bufs.head_rows[..kvc * head_dim], kvc, head_dim);
@@ -1034,12 +1028,43 @@ simd_fn! {
 }
 
 simd_fn! {
-    /// `p_drop = max(stored, 0) · keep_scale`: the dropped-out probabilities from the
-    /// stored ones (negative where dropped; a dropped P of 0 is stored as -0, whose
-    /// maximum with 0 is a zero either way).
-    fn kept_scaled(stored: &[f32], keep_scale: f32, p_drop: &mut [f32]) {
-        for (d, &s) in p_drop.iter_mut().zip(stored) {
-            *d = s.max(0.0) * keep_scale;
+    /// [`softmax_grad_row`] of a row with dropout, making `p_drop` on the way: `p_drop =
+    /// max(stored, 0) · keep_scale`, the dropped-out probabilities from the stored ones
+    /// (negative where dropped; a dropped P of 0 is stored as -0, whose maximum with 0 is
+    /// a zero either way), written while the dot product reads them, in the lanes and
+    /// order of [`lane_dot`]. The same bits as making `p_drop` first and then calling
+    /// [`softmax_grad_row`], with one pass over the stored row fewer.
+    fn kept_softmax_grad_row(
+        stored: &[f32],
+        keep_scale: f32,
+        p_drop: &mut [f32],
+        ds: &mut [f32],
+        scale: f32,
+    ) {
+        let mut acc = [0.0f32; LANES];
+        let mut s_chunks = stored.chunks_exact(LANES);
+        let mut p_chunks = p_drop.chunks_exact_mut(LANES);
+        let mut d_chunks = ds.chunks_exact(LANES);
+        for ((s, p), d) in (&mut s_chunks).zip(&mut p_chunks).zip(&mut d_chunks) {
+            for l in 0..LANES {
+                let pd = s[l].max(0.0) * keep_scale;
+                p[l] = pd;
+                acc[l] += d[l] * pd;
+            }
+        }
+        let tail: f32 = s_chunks
+            .remainder()
+            .iter()
+            .zip(p_chunks.into_remainder())
+            .zip(d_chunks.remainder())
+            .map(|((&s, p), &d)| {
+                *p = s.max(0.0) * keep_scale;
+                d * *p
+            })
+            .sum();
+        let dot = fold_lanes(acc, |a, b| a + b) + tail;
+        for ((g, &pv), &pd) in ds.iter_mut().zip(stored).zip(p_drop.iter()) {
+            *g = scale * (pd * *g - pv.abs() * dot);
         }
     }
 }
@@ -1446,6 +1471,33 @@ mod tests {
         let width = 2 * 3;
         assert_ne!(all.ctx[..4 * width], some.ctx[..4 * width]);
         assert_eq!(all.ctx[4 * width..], some.ctx[4 * width..]);
+    }
+
+    #[test]
+    fn kept_softmax_grad_equals_kept_then_softmax_grad() {
+        // Rows with and without a tail past the 32 lanes; stored values negative where
+        // dropped, some of them -0.
+        for n in [1usize, 31, 32, 33, 100, 512] {
+            let stored: Vec<f32> = random_vec(n as u64, n, 1.0)
+                .into_iter()
+                .enumerate()
+                .map(|(j, x)| match j % 7 {
+                    0 => -x.abs(),
+                    3 => -0.0,
+                    _ => x.abs(),
+                })
+                .collect();
+            let dp = random_vec(n as u64 + 9, n, 2.0);
+            let (keep_scale, scale) = (1.0 / 0.9, 0.176_776_7);
+            let want_pd: Vec<f32> = stored.iter().map(|s| s.max(0.0) * keep_scale).collect();
+            let mut want_ds = dp.clone();
+            softmax_grad_row(&stored, &want_pd, &mut want_ds, scale);
+            let (mut pd, mut ds) = (vec![f32::NAN; n], dp.clone());
+            kept_softmax_grad_row(&stored, keep_scale, &mut pd, &mut ds, scale);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&pd), bits(&want_pd), "n {n}");
+            assert_eq!(bits(&ds), bits(&want_ds), "n {n}");
+        }
     }
 
     #[test]
