@@ -504,11 +504,13 @@ impl AttnDims {
 fn copy_head_rows(m: MatRef, out: &mut Vec<f32>) {
     let (rows, cols) = (m.rows, m.cols);
     debug_assert_eq!(m.col_stride, 1, "copy_head_rows: head slices are row-major");
-    out.clear();
-    out.reserve(rows * cols);
-    for r in 0..rows {
+    if cols == 0 {
+        return;
+    }
+    // Every element up to rows * cols is written below; readers take only those.
+    for (r, dst) in grown(out, rows * cols).chunks_exact_mut(cols).enumerate() {
         let start = r * m.row_stride;
-        out.extend_from_slice(&m.data[start..start + cols]);
+        copy_head_row(dst, &m.data[start..start + cols]);
     }
 }
 
