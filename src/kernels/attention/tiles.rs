@@ -360,38 +360,38 @@ mod avx512 {
             accumulate,
             fetch: Cell::new(fetch),
         };
-        let mut i = 0;
-        // 4 rows left over from panels of 12 (a 64-row block) run as 8 + 8 instead of
-        // a last panel of 4: its 8 FMAs per step are two vector loads and four
-        // broadcasts, where 8 rows issue 16.
-        let split_last = m % MR == 4 && m >= MR + 4;
-        let twelves_end = if split_last { m - MR - 4 } else { m - m % MR };
-        while i < twelves_end {
-            t.row_panel::<MR>(i, n);
-            i += MR;
-        }
-        if split_last {
-            t.row_panel::<8>(i, n);
-            t.row_panel::<8>(i + 8, n);
-            return t.fetch.get();
-        }
-        // The remaining rows in panels of 8, 4, 2 and 1.
-        if m - i >= 8 {
-            t.row_panel::<8>(i, n);
-            i += 8;
-        }
-        if m - i >= 4 {
-            t.row_panel::<4>(i, n);
-            i += 4;
-        }
-        if m - i >= 2 {
-            t.row_panel::<2>(i, n);
-            i += 2;
-        }
-        if m - i == 1 {
-            t.row_panel::<1>(i, n);
+        // The layout of A picks the tile's addressing (see `tile`).
+        if a_cs == 1 {
+            t.panels::<ROWS_CONTIGUOUS>(m, n);
+        } else if a_rs == 1 {
+            t.panels::<COLUMNS_CONTIGUOUS>(m, n);
+        } else {
+            t.panels::<STRIDED>(m, n);
         }
         t.fetch.get()
+    }
+
+    /// How a tile addresses A's elements: along contiguous rows (`a_cs == 1`: a block of
+    /// queries, scores or output gradients), down contiguous columns (`a_rs == 1`: a
+    /// transposed score block, whose R elements at each step are adjacent), or with
+    /// both strides.
+    const ROWS_CONTIGUOUS: u8 = 0;
+    const COLUMNS_CONTIGUOUS: u8 = 1;
+    const STRIDED: u8 = 2;
+
+    /// `p`, through an empty `asm!` block: the compiler can no longer tell that the
+    /// tile's row pointers are a fixed stride apart, which it otherwise uses to derive
+    /// each from the one before by an addition in every step of the loop (a chain
+    /// through all the rows, on the ports the FMAs need).
+    /// (The block reads no memory through `p`, so `nomem` holds.)
+    #[inline(always)]
+    #[allow(clippy::pointers_in_nomem_asm_block)]
+    fn opaque(mut p: *const f32) -> *const f32 {
+        // SAFETY: the block is empty; it only hands `p` back in the same register.
+        unsafe {
+            std::arch::asm!("/* {0} */", inout(reg) p, options(pure, nomem, nostack, preserves_flags))
+        };
+        p
     }
 
     struct Tile {
@@ -409,30 +409,71 @@ mod avx512 {
     }
 
     impl Tile {
+        /// Every row panel of the `m x n` result.
+        #[target_feature(enable = "avx512f")]
+        unsafe fn panels<const A: u8>(&self, m: usize, n: usize) {
+            let mut i = 0;
+            // 4 rows left over from panels of 12 (a 64-row block) run as 8 + 8 instead of
+            // a last panel of 4: its 8 FMAs per step are two vector loads and four
+            // broadcasts, where 8 rows issue 16.
+            let split_last = m % MR == 4 && m >= MR + 4;
+            let twelves_end = if split_last { m - MR - 4 } else { m - m % MR };
+            while i < twelves_end {
+                self.row_panel::<MR, A>(i, n);
+                i += MR;
+            }
+            if split_last {
+                self.row_panel::<8, A>(i, n);
+                self.row_panel::<8, A>(i + 8, n);
+                return;
+            }
+            // The remaining rows in panels of 8, 4, 2 and 1.
+            if m - i >= 8 {
+                self.row_panel::<8, A>(i, n);
+                i += 8;
+            }
+            if m - i >= 4 {
+                self.row_panel::<4, A>(i, n);
+                i += 4;
+            }
+            if m - i >= 2 {
+                self.row_panel::<2, A>(i, n);
+                i += 2;
+            }
+            if m - i == 1 {
+                self.row_panel::<1, A>(i, n);
+            }
+        }
+
         #[target_feature(enable = "avx512f")]
         #[inline]
-        unsafe fn row_panel<const R: usize>(&self, i: usize, n: usize) {
+        unsafe fn row_panel<const R: usize, const A: u8>(&self, i: usize, n: usize) {
             let mut j = 0;
             while j + 32 <= n {
                 if self.fetch.get().lines > 0 {
-                    self.tile::<R, 2, true>(i, j, u16::MAX);
+                    self.tile::<R, 2, true, A>(i, j, u16::MAX);
                 } else {
-                    self.tile::<R, 2, false>(i, j, u16::MAX);
+                    self.tile::<R, 2, false, A>(i, j, u16::MAX);
                 }
                 j += 32;
             }
             while j < n {
                 let cols = (n - j).min(16);
-                self.tile::<R, 1, false>(i, j, ((1u32 << cols) - 1) as u16);
+                self.tile::<R, 1, false, A>(i, j, ((1u32 << cols) - 1) as u16);
                 j += cols;
             }
         }
 
         /// Rows `i .. i+R`, columns `j .. j+16V` of the result, the last vector's lanes
-        /// limited to `last`.
+        /// limited to `last`. The inner loop runs four steps of k per pass with the
+        /// steps' offsets as constants, as the GEMM's kernel does: taken one step at a
+        /// time, the compiler rebuilt the rows' addresses every step as a chain of
+        /// additions (the 12 row pointers do not fit in registers), extra integer work
+        /// on the FMA ports. With contiguous columns (`COLUMNS_CONTIGUOUS`) a step's R
+        /// elements are adjacent and one pointer serves them all.
         #[target_feature(enable = "avx512f")]
         #[inline]
-        unsafe fn tile<const R: usize, const V: usize, const FETCH: bool>(
+        unsafe fn tile<const R: usize, const V: usize, const FETCH: bool, const A: u8>(
             &self,
             i: usize,
             j: usize,
@@ -440,32 +481,51 @@ mod avx512 {
         ) {
             let mask = |v: usize| if v + 1 == V { last } else { u16::MAX };
             let mut acc = [[_mm512_setzero_ps(); V]; R];
-            // Independent broadcast addresses per row (see the AVX2 tile).
-            let mut a_rows = [self.a; R];
-            for (r, row) in a_rows.iter_mut().enumerate() {
-                *row = self.a.add((i + r) * self.a_rs);
-            }
+            let a_rows: [*const f32; R] =
+                std::array::from_fn(|r| opaque(self.a.add((i + r) * self.a_rs)));
+            // Step p's element of row r: a_rows[r] + a_off + p * a_cs (the column's
+            // pointer a_rows[0] + a_off + p * a_cs, plus r, for contiguous columns).
+            let a_cs = if A == ROWS_CONTIGUOUS { 1 } else { self.a_cs };
+            let ldb = self.ldb;
             let mut a_off = 0usize;
             let mut b_p = self.b.add(j);
             let mut fetch = self.fetch.get();
-            for p in 0..self.k {
-                if FETCH && fetch.lines > 0 && p % 4 == 0 {
+            macro_rules! step {
+                ($p:expr) => {
+                    let mut bv = [_mm512_setzero_ps(); V];
+                    for (v, b) in bv.iter_mut().enumerate() {
+                        *b = _mm512_maskz_loadu_ps(mask(v), b_p.add($p * ldb + 16 * v));
+                    }
+                    for (r, acc_r) in acc.iter_mut().enumerate() {
+                        let at = a_off + $p * a_cs;
+                        let av = if A == COLUMNS_CONTIGUOUS {
+                            _mm512_set1_ps(*a_rows[0].add(at + r))
+                        } else {
+                            _mm512_set1_ps(*a_rows[r].add(at))
+                        };
+                        for (x, &b) in acc_r.iter_mut().zip(&bv) {
+                            *x = _mm512_fmadd_ps(av, b, *x);
+                        }
+                    }
+                };
+            }
+            for _ in 0..self.k / 4 {
+                if FETCH && fetch.lines > 0 {
                     _mm_prefetch::<_MM_HINT_T1>(fetch.next as *const i8);
                     fetch.next = fetch.next.wrapping_add(16);
                     fetch.lines -= 1;
                 }
-                let mut bv = [_mm512_setzero_ps(); V];
-                for (v, b) in bv.iter_mut().enumerate() {
-                    *b = _mm512_maskz_loadu_ps(mask(v), b_p.add(16 * v));
-                }
-                for (acc_r, row) in acc.iter_mut().zip(&a_rows) {
-                    let av = _mm512_set1_ps(*row.add(a_off));
-                    for (x, &b) in acc_r.iter_mut().zip(&bv) {
-                        *x = _mm512_fmadd_ps(av, b, *x);
-                    }
-                }
-                a_off += self.a_cs;
-                b_p = b_p.add(self.ldb);
+                step!(0);
+                step!(1);
+                step!(2);
+                step!(3);
+                a_off += 4 * a_cs;
+                b_p = b_p.add(4 * ldb);
+            }
+            for _ in 0..self.k % 4 {
+                step!(0);
+                a_off += a_cs;
+                b_p = b_p.add(ldb);
             }
             if FETCH {
                 self.fetch.set(fetch);
@@ -543,7 +603,8 @@ mod tests {
     #[test]
     fn matches_naive_for_tile_remainders_strides_and_accumulation() {
         // m over 1..=13 covers every remainder of the 6-row tile; n = 8, 16, 24, 40
-        // the 8- and 16-wide column tiles; a transposed, strided left operand; a right
+        // the 8- and 16-wide column tiles; k every remainder of the AVX-512 tile's
+        // four steps; a transposed, strided left operand; a right
         // operand whose rows are strided; and a fallback shape (n = 12).
         // With AVX-512: m = 23 and 27 every row panel (12, 8, 4, 2, 1), n = 56 and 72
         // the 32-wide tiles and the masked 8-lane remainder; m = 16, 28 and 64 (4 rows
@@ -561,20 +622,16 @@ mod tests {
             (64, 32, 7),
         ];
         for ((m, n, k), wide) in shapes.into_iter().flat_map(|s| [(s, false), (s, true)]) {
-            for transposed in [false, true] {
-                let lda = k + 3;
-                let a_buf = random_vec((m * 100 + n) as u64, m.max(k) * lda + m + k, 1.0);
-                let a = if transposed {
-                    // a[i, p] at p * (m + 2) + i
-                    MatRef {
-                        data: &a_buf,
-                        rows: m,
-                        cols: k,
-                        row_stride: 1,
-                        col_stride: m + 2,
-                    }
-                } else {
-                    MatRef::strided(&a_buf, m, k, lda)
+            // The left operand's rows contiguous, its columns contiguous (transposed),
+            // or neither (every other element of each row).
+            for (row_stride, col_stride) in [(k + 3, 1), (1, m + 2), (2 * k + 3, 2)] {
+                let a_buf = random_vec((m * 100 + n) as u64, (m + k) * (2 * k + m + 3), 1.0);
+                let a = MatRef {
+                    data: &a_buf,
+                    rows: m,
+                    cols: k,
+                    row_stride,
+                    col_stride,
                 };
                 let ldb = n + 5;
                 let b_buf = random_vec((k * 10 + n) as u64, k * ldb, 1.0);
