@@ -469,8 +469,10 @@ mod avx512 {
         /// steps' offsets as constants, as the GEMM's kernel does: taken one step at a
         /// time, the compiler rebuilt the rows' addresses every step as a chain of
         /// additions (the 12 row pointers do not fit in registers), extra integer work
-        /// on the FMA ports. With contiguous columns (`COLUMNS_CONTIGUOUS`) a step's R
-        /// elements are adjacent and one pointer serves them all.
+        /// on the FMA ports. With contiguous rows, four group pointers and the row
+        /// stride address all 12 rows (a pointer per row left 6-8 of them to reload from
+        /// the stack at every step); with contiguous columns (`COLUMNS_CONTIGUOUS`) a
+        /// step's R elements are adjacent and one pointer serves them all.
         #[target_feature(enable = "avx512f")]
         #[inline]
         unsafe fn tile<const R: usize, const V: usize, const FETCH: bool, const A: u8>(
@@ -488,6 +490,15 @@ mod avx512 {
             let a_cs = if A == ROWS_CONTIGUOUS { 1 } else { self.a_cs };
             let ldb = self.ldb;
             let mut a_off = 0usize;
+            // With contiguous rows: the rows in groups of three, each group's base (its
+            // first row, moved along k) and a row's place in its group (0, 1 or 2 row
+            // strides on), so that each broadcast address is base + stride · scale +
+            // constant, one addressing mode, from four pointers and the stride. The
+            // bases stay `opaque` as they move, or the compiler turns every row's
+            // address back into a pointer of its own.
+            let rs = self.a_rs;
+            let mut groups: [*const f32; 4] =
+                std::array::from_fn(|g| opaque(self.a.add((i + (3 * g).min(R - 1)) * rs)));
             let mut b_p = self.b.add(j);
             let mut fetch = self.fetch.get();
             macro_rules! step {
@@ -500,6 +511,8 @@ mod avx512 {
                         let at = a_off + $p * a_cs;
                         let av = if A == COLUMNS_CONTIGUOUS {
                             _mm512_set1_ps(*a_rows[0].add(at + r))
+                        } else if A == ROWS_CONTIGUOUS {
+                            _mm512_set1_ps(*groups[r / 3].add((r % 3) * rs + $p))
                         } else {
                             _mm512_set1_ps(*a_rows[r].add(at))
                         };
@@ -520,11 +533,13 @@ mod avx512 {
                 step!(2);
                 step!(3);
                 a_off += 4 * a_cs;
+                groups = groups.map(|g| opaque(g.add(4)));
                 b_p = b_p.add(4 * ldb);
             }
             for _ in 0..self.k % 4 {
                 step!(0);
                 a_off += a_cs;
+                groups = groups.map(|g| opaque(g.add(1)));
                 b_p = b_p.add(ldb);
             }
             if FETCH {
