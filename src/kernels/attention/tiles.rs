@@ -495,10 +495,13 @@ mod avx512 {
             // strides on), so that each broadcast address is base + stride · scale +
             // constant, one addressing mode, from four pointers and the stride. The
             // bases stay `opaque` as they move, or the compiler turns every row's
-            // address back into a pointer of its own.
+            // address back into a pointer of its own. A group's base moves at most to
+            // one past its row's last element (k steps).
             let rs = self.a_rs;
-            let mut groups: [*const f32; 4] =
-                std::array::from_fn(|g| opaque(self.a.add((i + (3 * g).min(R - 1)) * rs)));
+            let mut groups: [*const f32; 4] = [self.a; 4];
+            if A == ROWS_CONTIGUOUS {
+                groups = std::array::from_fn(|g| opaque(self.a.add((i + (3 * g).min(R - 1)) * rs)));
+            }
             let mut b_p = self.b.add(j);
             let mut fetch = self.fetch.get();
             macro_rules! step {
@@ -533,13 +536,17 @@ mod avx512 {
                 step!(2);
                 step!(3);
                 a_off += 4 * a_cs;
-                groups = groups.map(|g| opaque(g.add(4)));
+                if A == ROWS_CONTIGUOUS {
+                    groups = groups.map(|g| opaque(g.add(4)));
+                }
                 b_p = b_p.add(4 * ldb);
             }
             for _ in 0..self.k % 4 {
                 step!(0);
                 a_off += a_cs;
-                groups = groups.map(|g| opaque(g.add(1)));
+                if A == ROWS_CONTIGUOUS {
+                    groups = groups.map(|g| opaque(g.add(1)));
+                }
                 b_p = b_p.add(ldb);
             }
             if FETCH {
