@@ -483,11 +483,11 @@ mod avx512 {
         ) {
             let mask = |v: usize| if v + 1 == V { last } else { u16::MAX };
             let mut acc = [[_mm512_setzero_ps(); V]; R];
+            // Without contiguous rows, step p's element of row r is a_rows[r] + a_off +
+            // p * a_cs (a_rows[0] + a_off + p * a_cs, plus r, for contiguous columns).
             let a_rows: [*const f32; R] =
                 std::array::from_fn(|r| opaque(self.a.add((i + r) * self.a_rs)));
-            // Step p's element of row r: a_rows[r] + a_off + p * a_cs (the column's
-            // pointer a_rows[0] + a_off + p * a_cs, plus r, for contiguous columns).
-            let a_cs = if A == ROWS_CONTIGUOUS { 1 } else { self.a_cs };
+            let a_cs = self.a_cs;
             let ldb = self.ldb;
             let mut a_off = 0usize;
             // With contiguous rows: the rows in groups of three, each group's base (its
