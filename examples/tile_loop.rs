@@ -104,7 +104,7 @@ mod tile {
     }
 
     /// The 12 x 32 tile's 24 FMAs per step of k with both factors already in registers
-    /// (`a`, `b` are read once, before the loop; rows r and r + 4 share a broadcast so
+    /// (`a`, `b` are read once, before the loop; rows four apart share a broadcast so
     /// that all of it fits the 32 registers): the FMA rate without the tile's loads.
     ///
     /// # Safety
@@ -181,7 +181,7 @@ fn main() {
             100.0 * rows / peak,
             100.0 * bases / peak
         );
-        // The same FLOPs per call for every shape (rows x columns x kc = 12 x 32 x 256).
+        // Each shape's own FLOPs per call: two per FMA, rows x columns x kc FMAs.
         let shape = |rows: usize, cols: usize, f: &mut dyn FnMut()| {
             let g = time_of((2 * rows * cols * kc) as f64, f);
             format!("{rows} x {cols} {g:.1} ({:.0}%)", 100.0 * g / peak)
