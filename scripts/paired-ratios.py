@@ -1,10 +1,11 @@
-"""Per-round ratios from bench-peers result files (issue 17), old runs included.
+"""Per-round ratios from bench-peers result files (issue 17), earlier runs included.
 
 For each file, shape and engine: the median over rounds of the engine's time over the base
 engine's in the same round (the first corefocus variant unless --base names another), and
-the rounds it was slower, as `scripts/bench-peers.py` prints them since session 26. The
-files keep every call's time (`times_s`, in round order), so runs made before that are
-read the same way.
+the rounds it was slower, as `scripts/bench-peers.py` prints them since session 26. Files
+that keep every call's time (`times_s`, in round order: runs 64 on and the 6 Dec gap and
+linger runs) are read the same way, whether made before that or after; older ones are
+refused with an error naming the file.
 
     python3 scripts/paired-ratios.py results/peers/2026-12-07-run8*-intel.json
     python3 scripts/paired-ratios.py --base "corefocus bert" --engine "corefocus pf" FILES
@@ -43,6 +44,9 @@ def main() -> int:
             return 1
         groups: dict[tuple[str, str], dict[str, list[float]]] = {}
         for r in results:
+            if "times_s" not in r:
+                print(f"{f}: keeps no per-call times (`times_s`), so no per-round ratio", file=sys.stderr)
+                return 1
             groups.setdefault((r["what"], r["shape"]), {})[r["engine"]] = r["times_s"]
         for (what, shape), engines in groups.items():
             base = args.base or next((e for e in engines if e.startswith("corefocus")), None)
