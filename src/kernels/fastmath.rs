@@ -312,6 +312,70 @@ pub(crate) mod avx512 {
     }
 }
 
+/// GELU on 8 lanes: [`avx512::gelu_ps`] with 256-bit vectors (blends for its masks), for
+/// the AVX2 kernel's fused epilogue; every lane equals the scalar function bit for bit.
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx2 {
+    use std::arch::x86_64::*;
+
+    /// # Safety
+    /// The CPU has AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    pub(crate) unsafe fn gelu_ps(x: __m256) -> __m256 {
+        let c = |v: f32| _mm256_set1_ps(v);
+        let (mul, add, sub, fma) = (_mm256_mul_ps, _mm256_add_ps, _mm256_sub_ps, _mm256_fmadd_ps);
+        let horner = |x: __m256, coefs: &[f32]| {
+            coefs[1..]
+                .iter()
+                .fold(c(coefs[0]), |p, &coef| fma(p, x, c(coef)))
+        };
+        // u = min(|x|, 14); MINPS returns its second operand for a NaN first one.
+        let abs = _mm256_and_ps(x, _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFF_FFFF)));
+        let u = _mm256_min_ps(abs, c(14.0));
+        let head = _mm256_and_ps(
+            u,
+            _mm256_castsi256_ps(_mm256_set1_epi32(0xFFFF_F000u32 as i32)),
+        );
+        let tail = sub(u, head);
+        let hi = mul(c(-0.5), mul(head, head));
+        let lo = mul(c(-0.5), mul(tail, add(u, head)));
+        // exp_f32_split(hi, lo)
+        const ROUND: f32 = 12_582_912.0;
+        let clamped = _mm256_min_ps(_mm256_max_ps(hi, c(-87.0)), c(88.0));
+        let shifted = fma(clamped, c(std::f32::consts::LOG2_E), c(ROUND));
+        let k = sub(shifted, c(ROUND));
+        let k_int = _mm256_sub_epi32(
+            _mm256_castps_si256(shifted),
+            _mm256_set1_epi32(ROUND.to_bits() as i32),
+        );
+        let r = add(
+            _mm256_fnmadd_ps(
+                k,
+                c(-2.121_944_4e-4),
+                _mm256_fnmadd_ps(k, c(0.693_359_4), clamped),
+            ),
+            lo,
+        );
+        let p = horner(r, &super::EXP_POLY);
+        let p = add(fma(mul(p, r), r, r), c(1.0));
+        let two_k = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(
+            k_int,
+            _mm256_set1_epi32(127),
+        )));
+        let underflow = _mm256_cmp_ps::<_CMP_LT_OQ>(hi, c(-87.0));
+        let gauss = _mm256_andnot_ps(underflow, mul(p, two_k));
+        // The Mills-ratio rational function.
+        let num = horner(u, &super::MILLS_NUM);
+        let den = horner(u, &super::MILLS_DEN);
+        let lower_tail = mul(gauss, _mm256_div_ps(num, den));
+        // Φ(x) = 1 - Φ(-x) for x > 0.
+        let positive = _mm256_cmp_ps::<_CMP_GT_OQ>(x, c(0.0));
+        let cdf = _mm256_blendv_ps(lower_tail, sub(c(1.0), lower_tail), positive);
+        mul(x, cdf)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -386,14 +450,11 @@ mod tests {
         assert_eq!(gauss_and_lower_tail(f32::NEG_INFINITY), (0.0, 0.0));
     }
 
+    /// Every 256th f32 of both signs (finite, infinite and NaN included), through `vector`
+    /// (`lanes` at a time), against the scalar GELU bit for bit.
     #[cfg(target_arch = "x86_64")]
-    #[test]
-    fn avx512_gelu_equals_the_scalar_one_bit_for_bit() {
-        if !std::arch::is_x86_feature_detected!("avx512f") {
-            return;
-        }
+    fn check_gelu_lanes(lanes: usize, vector: impl Fn(&[f32], &mut [f32])) {
         let gelu = crate::kernels::activations::gelu;
-        // Every 256th f32 of both signs (finite, infinite and NaN included).
         let mut xs: Vec<f32> = (0..=u32::MAX / 256)
             .map(|i| f32::from_bits(i * 256 + 17))
             .collect();
@@ -407,22 +468,48 @@ mod tests {
             f32::INFINITY,
             f32::NEG_INFINITY,
         ]);
-        let mut out = [0.0f32; 16];
-        for chunk in xs.chunks(16) {
-            let mut lanes = [1.0f32; 16];
-            lanes[..chunk.len()].copy_from_slice(chunk);
-            // SAFETY: AVX-512F was detected above.
-            unsafe {
-                let v = avx512::gelu_ps(std::arch::x86_64::_mm512_loadu_ps(lanes.as_ptr()));
-                std::arch::x86_64::_mm512_storeu_ps(out.as_mut_ptr(), v);
-            }
+        let mut out = vec![0.0f32; lanes];
+        for chunk in xs.chunks(lanes) {
+            let mut input = vec![1.0f32; lanes];
+            input[..chunk.len()].copy_from_slice(chunk);
+            vector(&input, &mut out);
             for (&x, &y) in chunk.iter().zip(&out) {
                 let want = gelu(x);
                 assert!(
                     y.to_bits() == want.to_bits() || (y.is_nan() && want.is_nan()),
-                    "gelu({x:e}): {y:e} vs scalar {want:e}"
+                    "gelu({x:e}) on {lanes} lanes: {y:e} vs scalar {want:e}"
                 );
             }
         }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx512_gelu_equals_the_scalar_one_bit_for_bit() {
+        use std::arch::x86_64::*;
+        if !std::arch::is_x86_feature_detected!("avx512f") {
+            return;
+        }
+        check_gelu_lanes(16, |x, y| {
+            // SAFETY: AVX-512F was detected above; both slices hold 16 floats.
+            unsafe {
+                _mm512_storeu_ps(y.as_mut_ptr(), avx512::gelu_ps(_mm512_loadu_ps(x.as_ptr())))
+            }
+        });
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_gelu_equals_the_scalar_one_bit_for_bit() {
+        use std::arch::x86_64::*;
+        if !(std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma"))
+        {
+            return;
+        }
+        check_gelu_lanes(8, |x, y| {
+            // SAFETY: AVX2 and FMA were detected above; both slices hold 8 floats.
+            unsafe { _mm256_storeu_ps(y.as_mut_ptr(), avx2::gelu_ps(_mm256_loadu_ps(x.as_ptr()))) }
+        });
     }
 }

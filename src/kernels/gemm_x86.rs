@@ -204,6 +204,8 @@ trait MicroKernel {
     /// [`TileExtras::NONE`]: the caller prefetches before the call and applies the
     /// epilogue to the stored tile) and reads A in place (`lda > 0`; else A is packed).
     const TAKES_EXTRAS: bool;
+    /// Whether products of many rows read A in place too (else only a request's few).
+    const IN_PLACE_MANY_ROWS: bool;
     /// Stores only the `mr x nr` corner that exists; `overwrite` stores without reading
     /// `c`; `extras` are done as well.
     ///
@@ -235,7 +237,11 @@ const _: () = assert!(MAX_MR >= Avx2::MR && MAX_MR >= Avx512::MR);
 impl MicroKernel for Avx2 {
     const MR: usize = MR;
     const NR: usize = NR;
-    const TAKES_EXTRAS: bool = false;
+    const TAKES_EXTRAS: bool = true;
+    // Six rows read in place made the training products with row-major A slower on a
+    // Zen 3 core than packing them (`gemm_speed 5 "L6 "`, dX = dY·W: 62-64 against 70-72
+    // GFLOP/s on one thread, 7 Dec 2026).
+    const IN_PLACE_MANY_ROWS: bool = false;
     unsafe fn tile(
         kc: usize,
         a: *const f32,
@@ -248,9 +254,16 @@ impl MicroKernel for Avx2 {
         overwrite: bool,
         extras: TileExtras,
     ) {
-        debug_assert!(extras.bias.is_null() && !extras.gelu && extras.prefetch_lines == 0);
-        debug_assert_eq!(lda, 0, "the AVX2 kernel reads packed A panels");
-        kernel(kc, a, b, c, ldc, mr, nr, overwrite)
+        // A short last tile (128 rows = 21 x 6 + 2) runs only the rows it has.
+        let a = ASource { ptr: a, lda };
+        match (mr, lda > 0) {
+            (0..=2, false) => kernel_avx2::<2, false>(kc, a, b, c, ldc, mr, nr, overwrite, extras),
+            (3..=4, false) => kernel_avx2::<4, false>(kc, a, b, c, ldc, mr, nr, overwrite, extras),
+            (_, false) => kernel_avx2::<6, false>(kc, a, b, c, ldc, mr, nr, overwrite, extras),
+            (0..=2, true) => kernel_avx2::<2, true>(kc, a, b, c, ldc, mr, nr, overwrite, extras),
+            (3..=4, true) => kernel_avx2::<4, true>(kc, a, b, c, ldc, mr, nr, overwrite, extras),
+            (_, true) => kernel_avx2::<6, true>(kc, a, b, c, ldc, mr, nr, overwrite, extras),
+        }
     }
 }
 
@@ -258,6 +271,7 @@ impl MicroKernel for Avx512 {
     const MR: usize = 12;
     const NR: usize = 32;
     const TAKES_EXTRAS: bool = true;
+    const IN_PLACE_MANY_ROWS: bool = true;
     unsafe fn tile(
         kc: usize,
         a: *const f32,
@@ -1054,13 +1068,16 @@ unsafe fn serial_with<K: MicroKernel>(
 }
 
 /// Whether the micro-kernel reads A's rows where they are instead of a packed panel:
-/// where it can (AVX-512) and A is row-major. That saves the packing pass over A
-/// (docs/results.md, session 12); the tile's rows are then separate streams,
-/// fine for a request's few rows (`few_rows`) and otherwise unless they are 4 KiB apart
+/// where A is row-major. That saves the packing pass over A (docs/results.md, session
+/// 12); the tile's rows are then separate streams, fine for a request's few rows
+/// (`few_rows`) and, with the AVX-512 kernel, otherwise too unless they are 4 KiB apart
 /// (rows a multiple of 1024 floats, e.g. 3072-wide FFN activations), where all of a
 /// tile's would fall into one L1 set.
 fn a_in_place<K: MicroKernel>(a: Operand, few_rows: bool) -> bool {
-    K::TAKES_EXTRAS && a.cs == 1 && a.rs > 0 && (few_rows || !a.rs.is_multiple_of(1024))
+    K::TAKES_EXTRAS
+        && a.cs == 1
+        && a.rs > 0
+        && (few_rows || (K::IN_PLACE_MANY_ROWS && !a.rs.is_multiple_of(1024)))
 }
 
 /// The left operand of the tile whose first row is row `ir` of the A block `a_block`:
@@ -1242,24 +1259,32 @@ pub(crate) fn transpose_8x8(r: [__m256; 8]) -> [__m256; 8] {
     ]
 }
 
-/// The MR x NR register tile: `c (+)= a_panel · b_panel` over `kc` steps, storing only
-/// the `mr x nr` corner that exists. `overwrite` stores without reading `c`.
+/// The AVX2 register tile ([`Avx2`]: 6 x 16): `c (+)= a · b_panel` over `kc` steps,
+/// storing only the `mr x nr` corner that exists (`overwrite` stores without reading
+/// `c`). `ROWS` (2, 4 or 6) of the tile's rows are computed; A is the packed panel or,
+/// with `ROW_MAJOR_A`, its rows in place. The [`TileExtras`] are done here as in
+/// [`kernel_avx512`]: the epilogue in registers before the store, the prefetches spread
+/// over the k loop.
 ///
 /// # Safety
-/// AVX2/FMA available; the panels hold `kc * MR` and `kc * NR` floats; the `mr x nr`
-/// tile at `c` (row stride `ldc`) is in bounds.
+/// AVX2/FMA available; the panels hold `kc * 6` and `kc * 16` floats (in place: `mr`
+/// rows of `kc` floats `lda` apart); `mr <= ROWS`; the `mr x nr` tile at `c` (row stride
+/// `ldc`) is in bounds; a non-null `extras.bias` has `nr` values.
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn kernel(
+unsafe fn kernel_avx2<const ROWS: usize, const ROW_MAJOR_A: bool>(
     kc: usize,
-    a_panel: *const f32,
+    a_source: ASource,
     b_panel: *const f32,
     c: *mut f32,
     ldc: usize,
     mr: usize,
     nr: usize,
     overwrite: bool,
+    extras: TileExtras,
 ) {
+    const { assert!(ROWS <= MR) };
+    debug_assert!(mr <= ROWS);
     // The C tile is touched only after the loop; fetch it now so that its (often
     // L3 or memory) latency overlaps the arithmetic instead of following it.
     for r in 0..mr {
@@ -1267,9 +1292,19 @@ unsafe fn kernel(
         _mm_prefetch::<_MM_HINT_T0>(row as *const i8);
         _mm_prefetch::<_MM_HINT_T0>(row.add(nr - 1) as *const i8);
     }
-    let mut acc = [[_mm256_setzero_ps(); NV]; MR];
-    let (mut a, mut b) = (a_panel, b_panel);
-    // One step of k: NV vectors of B, MR broadcasts of A, MR * NV FMAs.
+    let mut acc = [[_mm256_setzero_ps(); NV]; ROWS];
+    let (mut a, mut b) = (a_source.ptr, b_panel);
+    // A in place: one pointer per row (rows past `mr` repeat the last one; their results
+    // are never stored), all advanced by one shared offset.
+    let a_rows: [*const f32; ROWS] = std::array::from_fn(|r| {
+        if ROW_MAJOR_A {
+            a_source.ptr.add(r.min(mr.max(1) - 1) * a_source.lda)
+        } else {
+            a_source.ptr
+        }
+    });
+    let mut a_off = 0usize;
+    // One step of k: NV vectors of B, ROWS broadcasts of A, ROWS * NV FMAs.
     macro_rules! step {
         ($p:expr) => {
             let mut bv = [_mm256_setzero_ps(); NV];
@@ -1277,52 +1312,90 @@ unsafe fn kernel(
                 *x = _mm256_loadu_ps(b.add($p * NR + 8 * v));
             }
             for (r, acc_r) in acc.iter_mut().enumerate() {
-                let av = _mm256_broadcast_ss(&*a.add($p * MR + r));
+                let av = if ROW_MAJOR_A {
+                    _mm256_broadcast_ss(&*a_rows[r].add(a_off + $p))
+                } else {
+                    _mm256_broadcast_ss(&*a.add($p * MR + r))
+                };
                 for (x, &bv) in acc_r.iter_mut().zip(&bv) {
                     *x = _mm256_fmadd_ps(av, bv, *x);
                 }
             }
         };
     }
+    let (mut line, mut lines_left) = (extras.prefetch, extras.prefetch_lines);
     for _ in 0..kc / 4 {
+        if lines_left > 0 {
+            _mm_prefetch::<_MM_HINT_T1>(line as *const i8);
+            line = line.wrapping_add(16);
+            lines_left -= 1;
+        }
         step!(0);
         step!(1);
         step!(2);
         step!(3);
-        a = a.add(4 * MR);
+        if ROW_MAJOR_A {
+            a_off += 4;
+        } else {
+            a = a.add(4 * MR);
+        }
         b = b.add(4 * NR);
     }
     for _ in 0..kc % 4 {
         step!(0);
-        a = a.add(MR);
+        if ROW_MAJOR_A {
+            a_off += 1;
+        } else {
+            a = a.add(MR);
+        }
         b = b.add(NR);
     }
-    if mr == MR && nr == NR {
-        for (r, acc_r) in acc.iter().enumerate() {
+    for _ in 0..lines_left {
+        _mm_prefetch::<_MM_HINT_T1>(line as *const i8);
+        line = line.wrapping_add(16);
+    }
+    // The same operations, in the same order, as the stored tile followed by
+    // `Epilogue::apply_rows`: (c + a·b) + bias, then GELU.
+    let finish = |x: __m256, out: *const f32, bias: *const f32| {
+        let mut x = if overwrite {
+            x
+        } else {
+            _mm256_add_ps(_mm256_loadu_ps(out), x)
+        };
+        if !extras.bias.is_null() {
+            x = _mm256_add_ps(x, _mm256_loadu_ps(bias));
+        }
+        if extras.gelu {
+            x = crate::kernels::fastmath::avx2::gelu_ps(x);
+        }
+        x
+    };
+    if nr == NR {
+        for (r, acc_r) in acc.iter().enumerate().take(mr) {
             let row = c.add(r * ldc);
             for (v, &x) in acc_r.iter().enumerate() {
                 let out = row.add(8 * v);
-                let x = if overwrite {
-                    x
-                } else {
-                    _mm256_add_ps(_mm256_loadu_ps(out), x)
-                };
-                _mm256_storeu_ps(out, x);
+                _mm256_storeu_ps(out, finish(x, out, extras.bias.wrapping_add(8 * v)));
             }
         }
     } else {
+        // An edge tile: through a full tile on the stack (its missing columns padded with
+        // zeros, the bias's too), of which the existing corner is copied out.
         let mut tile = [0.0f32; MR * NR];
-        for (r, acc_r) in acc.iter().enumerate() {
-            for (v, &x) in acc_r.iter().enumerate() {
-                _mm256_storeu_ps(tile.as_mut_ptr().add(r * NR + 8 * v), x);
-            }
+        let mut bias = [0.0f32; NR];
+        if !extras.bias.is_null() {
+            std::ptr::copy_nonoverlapping(extras.bias, bias.as_mut_ptr(), nr);
         }
-        for r in 0..mr {
-            for j in 0..nr {
-                let out = c.add(r * ldc + j);
-                let x = tile[r * NR + j];
-                *out = if overwrite { x } else { *out + x };
+        for (r, acc_r) in acc.iter().enumerate().take(mr) {
+            let row = tile.as_mut_ptr().add(r * NR);
+            if !overwrite {
+                std::ptr::copy_nonoverlapping(c.add(r * ldc), row, nr);
             }
+            for (v, &x) in acc_r.iter().enumerate() {
+                let out = row.add(8 * v);
+                _mm256_storeu_ps(out, finish(x, out, bias.as_ptr().add(8 * v)));
+            }
+            std::ptr::copy_nonoverlapping(row, c.add(r * ldc), nr);
         }
     }
 }
