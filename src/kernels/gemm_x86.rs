@@ -42,8 +42,12 @@ use super::workspace;
 use rayon::prelude::*;
 use std::arch::x86_64::*;
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
+/// Chunks of a product's rows (or weight panels) per thread, claimed as threads come
+/// free, so that a thread on a slower core takes fewer.
+const CLAIMS_PER_THREAD: usize = 4;
 /// Largest packed A block that is kept whole for products with a prepacked B (a
 /// request's rows; a quarter of a 2 MiB L2).
 const SMALL_A_BLOCK_BYTES: usize = 512 * 1024;
@@ -549,6 +553,24 @@ pub fn gemm_with_blocking(
         epilogue.apply_all(dst, ldc, m, n);
         return;
     }
+    if split_rows {
+        // Rows are claimed in chunks as threads come free, each thread packing all of B
+        // once: the two vCPUs here run unevenly (one finished an equal half of a
+        // 4096 x 1536 x 384 product in 37-38 ms, the other in 42-47).
+        let chunk = tiles.div_ceil(parts * CLAIMS_PER_THREAD) * unit;
+        let next = AtomicUsize::new(0);
+        (0..parts).into_par_iter().for_each(|_| {
+            let (c, a_op, b_op) = (c, a_op, b_op);
+            // SAFETY: as above for the whole product; each chunk of rows is claimed by
+            // one thread only, which writes just those rows of the result.
+            unsafe {
+                serial_claiming_rows(
+                    isa, blocking, c, a_op, b_op, m, n, k, accumulate, epilogue, chunk, &next,
+                )
+            };
+        });
+        return;
+    }
     let per_part = tiles.div_ceil(parts) * unit;
     (0..parts).into_par_iter().for_each(|t| {
         // Capture the whole wrappers (which are Sync), not their raw-pointer fields.
@@ -707,13 +729,22 @@ pub fn gemm_packed(
     let split_rows = m.div_ceil(mr) >= panels;
     let tiles = if split_rows { m.div_ceil(mr) } else { panels };
     let parts = threads.min(tiles).min((m * n * k) >> 22).max(1);
-    let per_part = tiles.div_ceil(parts);
-    let run = |t: usize| {
+    // Threads claim chunks of tiles as they come free (the vCPUs run unevenly, see
+    // `gemm`); on one thread, all at once.
+    let per_chunk = if parts == 1 {
+        tiles
+    } else {
+        tiles.div_ceil(parts * CLAIMS_PER_THREAD)
+    };
+    let chunks = tiles.div_ceil(per_chunk);
+    let next = AtomicUsize::new(0);
+    let run = |_: usize| loop {
         let (c, a_op) = (c, a_op);
-        let (t0, t1) = (t * per_part, ((t + 1) * per_part).min(tiles));
-        if t0 >= t1 {
+        let chunk = next.fetch_add(1, Ordering::Relaxed);
+        if chunk >= chunks {
             return;
         }
+        let (t0, t1) = (chunk * per_chunk, ((chunk + 1) * per_chunk).min(tiles));
         // SAFETY: the kernel's instruction set is present (checked when `b` was packed);
         // a (m x k) and the m x n result are in bounds (checked above); part t writes
         // only its own rows (or panels' columns) of the result.
@@ -1065,6 +1096,124 @@ unsafe fn serial_with<K: MicroKernel>(
             }
         }
     });
+}
+
+/// [`serial`] for the rows claimed from `next` in chunks of `chunk` rows, until none are
+/// left (other threads claim the rest): each column block of B is packed once, all its
+/// depth, and then serves every chunk this thread claims in it. The sums run over the
+/// depth in the same order as [`serial`]'s, so the result does not depend on who
+/// claimed what.
+///
+/// # Safety
+/// As for [`serial_with`] for the whole m x n product, with no other thread writing the
+/// rows this one claims (claims are handed out once each).
+#[allow(clippy::too_many_arguments)]
+unsafe fn serial_claiming_rows(
+    isa: Isa,
+    blocking: Blocking,
+    c: Dst,
+    a: Operand,
+    b: Operand,
+    m: usize,
+    n: usize,
+    k: usize,
+    accumulate: bool,
+    epilogue: Epilogue,
+    chunk: usize,
+    next: &AtomicUsize,
+) {
+    match isa {
+        Isa::Avx2 => serial_claiming_rows_with::<Avx2>(
+            blocking, c, a, b, m, n, k, accumulate, epilogue, chunk, next,
+        ),
+        Isa::Avx512 => serial_claiming_rows_with::<Avx512>(
+            blocking, c, a, b, m, n, k, accumulate, epilogue, chunk, next,
+        ),
+    }
+}
+
+/// # Safety
+/// As for [`serial_claiming_rows`], with `K`'s instruction set available.
+#[allow(clippy::too_many_arguments)]
+unsafe fn serial_claiming_rows_with<K: MicroKernel>(
+    blocking: Blocking,
+    c: Dst,
+    a: Operand,
+    b: Operand,
+    m: usize,
+    n: usize,
+    k: usize,
+    accumulate: bool,
+    epilogue: Epilogue,
+    chunk: usize,
+    next: &AtomicUsize,
+) {
+    let kc_step = k.div_ceil(k.div_ceil(blocking.kc));
+    let mc_step = m.div_ceil(m.div_ceil(blocking.mc)).next_multiple_of(K::MR);
+    let nc_step = n.div_ceil(n.div_ceil(blocking.nc)).next_multiple_of(K::NR);
+    let depth_blocks = k.div_ceil(kc_step);
+    let in_place = a_in_place::<K>(a, false);
+    let pack_a_len = if in_place { 0 } else { mc_step * kc_step };
+    let chunks_per_block = m.div_ceil(chunk);
+    let claims = n.div_ceil(nc_step) * chunks_per_block;
+    with_pack_space(
+        pack_a_len,
+        depth_blocks * nc_step * kc_step,
+        |pack_a, pack_b| {
+            let mut packed_block = None;
+            loop {
+                let claim = next.fetch_add(1, Ordering::Relaxed);
+                if claim >= claims {
+                    return;
+                }
+                let jc = claim / chunks_per_block * nc_step;
+                let nc = nc_step.min(n - jc);
+                if packed_block != Some(jc) {
+                    // B's panels run along its columns: panel width index = column (cs),
+                    // depth index = row (rs); depth block d at d * nc_step * kc_step.
+                    for (d, pc) in (0..k).step_by(kc_step).enumerate() {
+                        let b_block = b.at(pc, jc);
+                        let kc = kc_step.min(k - pc);
+                        let dst = pack_b.add(d * nc_step * kc_step);
+                        pack(K::NR, dst, b_block.ptr, b_block.cs, b_block.rs, nc, kc);
+                    }
+                    packed_block = Some(jc);
+                }
+                let rows0 = claim % chunks_per_block * chunk;
+                let rows1 = (rows0 + chunk).min(m);
+                for (d, pc) in (0..k).step_by(kc_step).enumerate() {
+                    let kc = kc_step.min(k - pc);
+                    let overwrite = pc == 0 && !accumulate;
+                    let last_block = pc + kc == k;
+                    let b_block = pack_b.add(d * nc_step * kc_step);
+                    for ic in (rows0..rows1).step_by(mc_step) {
+                        let mc = mc_step.min(rows1 - ic);
+                        let a_block = a.at(ic, pc);
+                        if !in_place {
+                            pack(K::MR, pack_a, a_block.ptr, a_block.rs, a_block.cs, mc, kc);
+                        }
+                        for jr in (0..nc).step_by(K::NR) {
+                            let b_panel = b_block.add(jr * kc);
+                            let nr = K::NR.min(nc - jr);
+                            for ir in (0..mc).step_by(K::MR) {
+                                let mr = K::MR.min(mc - ir);
+                                let tile = c.ptr.add((ic + ir) * c.ld + jc + jr);
+                                finish_tile::<K>(
+                                    (kc, a_tile(in_place, a_block, pack_a, ir, kc), b_panel),
+                                    tile,
+                                    c.ld,
+                                    (mr, nr),
+                                    overwrite,
+                                    last_block.then_some((&epilogue, jc + jr)),
+                                    (std::ptr::null(), 0),
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    );
 }
 
 /// Whether the micro-kernel reads A's rows where they are instead of a packed panel:
