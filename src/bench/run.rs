@@ -135,6 +135,9 @@ pub struct VariantResult {
     pub train_gflops_per_s: f64,
     /// Forward FLOPs over the median forward time (NaN without forward timings).
     pub forward_gflops_per_s: f64,
+    /// Median over the timed rounds of the step's GFLOP/s over the FMA peak measured
+    /// just before that round (NaN without training timings or a measured peak).
+    pub train_peak_share: f64,
     /// Per-kernel seconds per training step (mean over timed steps), or per forward pass
     /// with `--forward-only`, when profiling.
     pub kernel_seconds: Vec<(String, f64)>,
@@ -158,6 +161,8 @@ pub struct BenchReport {
     pub peak_rss_bytes: Option<usize>,
     /// The FMA peak of all threads, measured here ([`super::peak`]).
     pub fma_peak: Option<super::peak::FmaPeak>,
+    /// The FMA peak (GFLOP/s) measured before each timed round of training steps.
+    pub round_fma_peaks: Vec<f64>,
     /// Of the forward passes' linear layers.
     pub precision: Precision,
     pub results: Vec<VariantResult>,
@@ -288,7 +293,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
         }
     }
 
-    time_rounds(&mut runners, &batch, &labels, opts);
+    let round_fma_peaks = time_rounds(&mut runners, &batch, &labels, opts);
     for r in &mut runners {
         // FLOPs and kept tokens from one untimed evaluation-mode pass (the pruning of a
         // training pass differs only by its dropout noise).
@@ -300,7 +305,10 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
         }
     }
 
-    let mut results: Vec<VariantResult> = runners.iter().map(|r| variant_result(r, opts)).collect();
+    let mut results: Vec<VariantResult> = runners
+        .iter()
+        .map(|r| variant_result(r, opts, &round_fma_peaks))
+        .collect();
     if let Some(base) = results
         .iter()
         .position(|r| r.method.variant == Variant::Bert)
@@ -332,6 +340,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
         counting_allocator: alloc::is_counting(),
         peak_rss_bytes: alloc::peak_rss_bytes(),
         fma_peak: super::peak::fma_peak(),
+        round_fma_peaks,
         precision: opts.precision,
         results,
     })
@@ -370,7 +379,7 @@ fn random_batch(bert: &BertConfig, opts: &BenchOptions) -> (Batch, Vec<usize>) {
 }
 
 /// One variant's figures from its runner (ratios to bert are filled in later).
-fn variant_result(r: &Runner, opts: &BenchOptions) -> VariantResult {
+fn variant_result(r: &Runner, opts: &BenchOptions, round_peaks: &[f64]) -> VariantResult {
     let persistent = 4 * 4 * r.model.params.numel();
     let train_step = summarize(&r.train);
     let forward = opts.forward.then(|| summarize(&r.forward));
@@ -382,7 +391,19 @@ fn variant_result(r: &Runner, opts: &BenchOptions) -> VariantResult {
     }
     .max(1);
     let train_flops = r.fwd_flops + backward_flops(r.fwd_flops);
+    let shares: Vec<f64> = r
+        .train
+        .iter()
+        .zip(round_peaks)
+        .map(|(dt, peak)| train_flops as f64 / dt / 1e9 / peak)
+        .collect();
+    let train_peak_share = if shares.is_empty() {
+        f64::NAN
+    } else {
+        summarize(&shares).median_s
+    };
     VariantResult {
+        train_peak_share,
         variant: r.label.clone(),
         method: r.model.method.clone(),
         train_gflops_per_s: train_flops as f64 / train_step.median_s / 1e9,
@@ -416,9 +437,21 @@ fn variant_result(r: &Runner, opts: &BenchOptions) -> VariantResult {
 
 /// The interleaved rounds: each round times one training step ([`train_step`], the step
 /// `train` runs) of every variant, then, with `opts.forward`, one forward pass of each.
-fn time_rounds(runners: &mut [Runner], batch: &Batch, labels: &[usize], opts: &BenchOptions) {
+/// Returns the FMA peak measured before each timed round's training steps.
+fn time_rounds(
+    runners: &mut [Runner],
+    batch: &Batch,
+    labels: &[usize],
+    opts: &BenchOptions,
+) -> Vec<f64> {
+    let mut round_peaks = Vec::new();
     for rep in 0..opts.warmup + opts.reps {
         let timed = rep >= opts.warmup;
+        if timed && opts.train {
+            if let Some(p) = super::peak::fma_peak_quick() {
+                round_peaks.push(p.gflops);
+            }
+        }
         for (i, r) in runners.iter_mut().enumerate() {
             if !opts.train {
                 break;
@@ -483,6 +516,7 @@ fn time_rounds(runners: &mut [Runner], batch: &Batch, labels: &[usize], opts: &B
             }
         }
     }
+    round_peaks
 }
 
 /// `x` with `prec` decimals, `-` where there is no figure (NaN: not timed).
@@ -565,11 +599,34 @@ pub fn format_table(r: &BenchReport) -> String {
             v.flops_ratio
         ));
     }
-    if let Some(super::peak::FmaPeak { gflops: peak, isa }) = r.fma_peak {
-        s.push_str(&format!(
-            "\nFMA peak measured on {} threads ({isa}): {:.1} GFLOP/s",
-            r.threads, peak
-        ));
+    if let Some(super::peak::FmaPeak {
+        gflops: end_peak,
+        isa,
+    }) = r.fma_peak
+    {
+        // With training rounds, shares are taken against the peak measured just before
+        // each round: this host's speed drifts by a fifth within minutes, and the single
+        // measurement after the rounds read 162 GFLOP/s in a run whose rounds read
+        // 185-188.
+        let rounds = &r.round_fma_peaks;
+        let peak = if rounds.is_empty() {
+            s.push_str(&format!(
+                "\nFMA peak measured on {} threads ({isa}): {end_peak:.1} GFLOP/s",
+                r.threads
+            ));
+            end_peak
+        } else {
+            let (lo, hi) = rounds.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &p| {
+                (lo.min(p), hi.max(p))
+            });
+            let median = summarize(rounds).median_s;
+            s.push_str(&format!(
+                "\nFMA peak measured on {} threads ({isa}) before each timed round: median \
+                 {median:.1} GFLOP/s ({lo:.1}-{hi:.1}; {end_peak:.1} after the rounds)",
+                r.threads
+            ));
+            median
+        };
         let best = |f: fn(&VariantResult) -> f64| {
             r.results
                 .iter()
@@ -577,13 +634,25 @@ pub fn format_table(r: &BenchReport) -> String {
                 .filter(|x| x.is_finite())
                 .fold(f64::NAN, f64::max)
         };
-        for (what, g) in [
-            ("training step", best(|v| v.train_gflops_per_s)),
-            ("forward", best(|v| v.forward_gflops_per_s)),
-        ] {
+        let share = best(|v| v.train_peak_share);
+        if share.is_finite() {
+            s.push_str(&format!(
+                "; best training step {:.0}% of it (the median over rounds of each step \
+                 against its round's peak)",
+                100.0 * share
+            ));
+        } else {
+            let g = best(|v| v.train_gflops_per_s);
             if g.is_finite() {
-                s.push_str(&format!("; best {what} {:.0}% of it", 100.0 * g / peak));
+                s.push_str(&format!(
+                    "; best training step {:.0}% of it",
+                    100.0 * g / peak
+                ));
             }
+        }
+        let g = best(|v| v.forward_gflops_per_s);
+        if g.is_finite() {
+            s.push_str(&format!("; best forward {:.0}% of it", 100.0 * g / peak));
         }
         s.push_str(" (FLOPs: the matrix products, method.md)");
         if r.precision != Precision::F32 {
