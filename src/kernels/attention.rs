@@ -227,24 +227,43 @@ pub fn attention_forward(
         });
 }
 
-/// `dst = src`, the bulk of it with non-temporal (streaming) stores where the CPU has
-/// AVX-512: lines of `dst` are written without being read first or kept in cache.
-/// Call [`stream_fence`] before other threads may read `dst`.
+/// `dst = src`, the bulk of it with non-temporal (streaming) stores (AVX-512 where the
+/// GEMM uses it, else AVX2): lines of `dst` are written without being read first or
+/// kept in cache. Call [`stream_fence`] before other threads may read `dst`.
 fn stream_into(src: &[f32], dst: &mut [f32]) {
     assert_eq!(src.len(), dst.len(), "stream_into: lengths differ");
     #[cfg(target_arch = "x86_64")]
-    if crate::kernels::gemm_x86::Isa::best() == crate::kernels::gemm_x86::Isa::Avx512 {
+    if crate::kernels::gemm_x86::available() {
         // Up to the first 64-byte boundary of dst plainly, then whole vectors.
         let head = (dst.as_ptr().align_offset(64)).min(dst.len());
         dst[..head].copy_from_slice(&src[..head]);
         let body = (dst.len() - head) / 16 * 16;
-        // SAFETY: AVX-512F is present (`Isa::best`); the loop reads src[head..head +
-        // body] and writes dst[head..head + body], in bounds, dst 64-byte aligned there.
-        unsafe { stream_avx512(&src[head..head + body], &mut dst[head..head + body]) };
+        let (src_body, dst_body) = (&src[head..head + body], &mut dst[head..head + body]);
+        // SAFETY: AVX-512F (`Isa::best`) or AVX2 (`available`) is present; the loops read
+        // src[head..head + body] and write dst[head..head + body], in bounds, dst 64-byte
+        // aligned there.
+        unsafe {
+            if crate::kernels::gemm_x86::Isa::best() == crate::kernels::gemm_x86::Isa::Avx512 {
+                stream_avx512(src_body, dst_body)
+            } else {
+                stream_avx2(src_body, dst_body)
+            }
+        };
         dst[head + body..].copy_from_slice(&src[head + body..]);
         return;
     }
     dst.copy_from_slice(src);
+}
+
+/// # Safety
+/// AVX is available; `dst` is 32-byte aligned and as long as `src`, a multiple of 8.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn stream_avx2(src: &[f32], dst: &mut [f32]) {
+    use std::arch::x86_64::*;
+    for (s, d) in src.chunks_exact(8).zip(dst.chunks_exact_mut(8)) {
+        _mm256_stream_ps(d.as_mut_ptr(), _mm256_loadu_ps(s.as_ptr()));
+    }
 }
 
 /// # Safety
@@ -672,7 +691,7 @@ unsafe impl Sync for HeadColumns<'_> {}
 
 impl<'a> HeadColumns<'a> {
     /// `out` is `[batch, rows, heads * head_dim]`. Large outputs (training batches) are
-    /// written past the caches where every head's row is whole cache lines (AVX-512,
+    /// written past the caches where every head's row is whole cache lines (AVX2 or AVX-512,
     /// `out` 64-byte aligned, `head_dim` a multiple of 16): each (b, h) task writes two
     /// lines of every 1.5 KiB row at MiniLM, and plain stores read each line from
     /// memory first. `bench --profile` at 8 x 512, training: attention's forward
@@ -694,11 +713,11 @@ impl<'a> HeadColumns<'a> {
         head_dim: usize,
     ) -> Self {
         #[cfg(target_arch = "x86_64")]
-        let avx512 = crate::kernels::gemm_x86::Isa::best() == crate::kernels::gemm_x86::Isa::Avx512;
+        let can_stream = crate::kernels::gemm_x86::available();
         #[cfg(not(target_arch = "x86_64"))]
-        let avx512 = false;
+        let can_stream = false;
         let stream = wanted
-            && avx512
+            && can_stream
             && head_dim > 0
             && head_dim.is_multiple_of(16)
             && out.as_ptr().align_offset(64) == 0;
@@ -741,10 +760,15 @@ impl<'a> HeadColumns<'a> {
         );
         #[cfg(target_arch = "x86_64")]
         if self.stream {
-            // SAFETY: AVX-512F is present and every row starts on a cache line (`new`:
-            // the base is aligned, and start and width are multiples of 16 floats as dh
-            // is); rows in bounds and disjoint as below.
-            stream_rows_avx512(self.ptr.add(start), width, dh, src, row_scale);
+            // SAFETY: AVX-512F (`Isa::best`) or AVX2 (`streaming_if`) is present and
+            // every row starts on a cache line (`new`: the base is aligned, and start and
+            // width are multiples of 16 floats as dh is); rows in bounds and disjoint as
+            // below.
+            if crate::kernels::gemm_x86::Isa::best() == crate::kernels::gemm_x86::Isa::Avx512 {
+                stream_rows_avx512(self.ptr.add(start), width, dh, src, row_scale);
+            } else {
+                stream_rows_avx2(self.ptr.add(start), width, dh, src, row_scale);
+            }
             return;
         }
         for (r, src_row) in src.chunks_exact(dh).enumerate() {
@@ -788,6 +812,34 @@ unsafe fn stream_rows_avx512(
                 x = _mm512_mul_ps(x, _mm512_set1_ps(scale[r]));
             }
             _mm512_stream_ps(row.add(16 * v), x);
+        }
+    }
+}
+
+/// [`stream_rows_avx512`] with 8-float vectors.
+///
+/// # Safety
+/// AVX2 is available; each destination row is 32-byte aligned, in bounds and not
+/// accessed by other threads meanwhile; dh is a multiple of 8.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn stream_rows_avx2(
+    dst: *mut f32,
+    width: usize,
+    dh: usize,
+    src: &[f32],
+    row_scale: Option<&[f32]>,
+) {
+    use std::arch::x86_64::*;
+    for (r, src_row) in src.chunks_exact(dh).enumerate() {
+        let row = dst.add(r * width);
+        for (v, x) in src_row.chunks_exact(8).enumerate() {
+            let mut x = _mm256_loadu_ps(x.as_ptr());
+            if let Some(scale) = row_scale {
+                // The same single rounding as the scalar `x * scale[r]`.
+                x = _mm256_mul_ps(x, _mm256_set1_ps(scale[r]));
+            }
+            _mm256_stream_ps(row.add(8 * v), x);
         }
     }
 }
@@ -1505,7 +1557,7 @@ mod tests {
     #[test]
     fn head_rows_streamed_equal_head_rows_stored() {
         // [2, 5, 3 x 32]: every (b, h) block written in two pieces, scaled or not, once
-        // with plain stores and once streamed (where the CPU has AVX-512), bit for bit.
+        // with plain stores and once streamed (where the CPU has AVX2), bit for bit.
         let (batch, rows, heads, dh) = (2, 5, 3, 32);
         let len = batch * rows * heads * dh;
         let src = random_vec(5, rows * dh, 2.0);
@@ -1517,12 +1569,7 @@ mod tests {
             let out = &mut buf[at..at + len];
             let cols = HeadColumns::streaming_if(stream, out, rows, heads, dh);
             #[cfg(target_arch = "x86_64")]
-            assert_eq!(
-                cols.stream,
-                stream
-                    && crate::kernels::gemm_x86::Isa::best()
-                        == crate::kernels::gemm_x86::Isa::Avx512
-            );
+            assert_eq!(cols.stream, stream && crate::kernels::gemm_x86::available());
             for b in 0..batch {
                 for h in 0..heads {
                     let scaled = (b + h) % 2 == 0;
