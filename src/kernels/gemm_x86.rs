@@ -918,11 +918,49 @@ impl PanelPrefetch {
     }
 }
 
-/// The left operand of an AVX-512 tile: a packed panel (`lda` = 0) or A's rows in place.
+/// The left operand of a tile: a packed panel (`lda` = 0) or A's rows in place.
 #[derive(Clone, Copy)]
 struct ASource {
     ptr: *const f32,
     lda: usize,
+}
+
+impl ASource {
+    /// With A in place (`ROW_MAJOR_A`), one pointer per row of the tile (rows past `mr`
+    /// repeat the last one; their results are never stored), which the kernel advances by
+    /// one shared offset; else the panel's pointer in every slot (unused).
+    ///
+    /// # Safety
+    /// With A in place, its first `mr` rows lie `lda` apart in one allocation.
+    #[inline(always)]
+    unsafe fn rows<const ROWS: usize, const ROW_MAJOR_A: bool>(
+        self,
+        mr: usize,
+    ) -> [*const f32; ROWS] {
+        std::array::from_fn(|r| {
+            if ROW_MAJOR_A {
+                self.ptr.add(r.min(mr.max(1) - 1) * self.lda)
+            } else {
+                self.ptr
+            }
+        })
+    }
+}
+
+/// Fetches the `mr x nr` C tile at `c` (row stride `ldc`) into L1: the kernel touches it
+/// only after its loop, so its (often L3 or memory) latency then overlaps the arithmetic
+/// instead of following it.
+///
+/// # Safety
+/// The tile lies in one allocation (prefetches do not fault, the address arithmetic must
+/// stay inside it).
+#[inline(always)]
+unsafe fn fetch_tile(c: *mut f32, ldc: usize, mr: usize, nr: usize) {
+    for r in 0..mr {
+        let row = c.add(r * ldc);
+        _mm_prefetch::<_MM_HINT_T0>(row as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(row.add(nr - 1) as *const i8);
+    }
 }
 
 /// One register tile of the product, `(kc, a_panel, b_panel)`, into the `mr x nr` tile at
@@ -1069,33 +1107,75 @@ unsafe fn serial_with<K: MicroKernel>(
                 // B's panels run along its columns: panel width index = column (cs),
                 // depth index = row (rs).
                 pack(K::NR, pack_b, b_block.ptr, b_block.cs, b_block.rs, nc, kc);
-                for ic in (0..m).step_by(mc_step) {
-                    let mc = mc_step.min(m - ic);
-                    let a_block = a.at(ic, pc);
-                    if !in_place {
-                        pack(K::MR, pack_a, a_block.ptr, a_block.rs, a_block.cs, mc, kc);
-                    }
-                    for jr in (0..nc).step_by(K::NR) {
-                        let b_panel = pack_b.add(jr * kc);
-                        let nr = K::NR.min(nc - jr);
-                        for ir in (0..mc).step_by(K::MR) {
-                            let mr = K::MR.min(mc - ir);
-                            let tile = c.ptr.add((ic + ir) * c.ld + jc + jr);
-                            finish_tile::<K>(
-                                (kc, a_tile(in_place, a_block, pack_a, ir, kc), b_panel),
-                                tile,
-                                c.ld,
-                                (mr, nr),
-                                overwrite,
-                                last_block.then_some((&epilogue, jc + jr)),
-                                (std::ptr::null(), 0),
-                            );
-                        }
-                    }
-                }
+                let a_blocks = ABlocks {
+                    a,
+                    pack: pack_a,
+                    in_place,
+                    mc_step,
+                };
+                let b_block = (pack_b as *const f32, jc, nc);
+                let epilogue = last_block.then_some(&epilogue);
+                block_tiles::<K>(c, a_blocks, (0, m), (pc, kc), b_block, overwrite, epilogue);
             }
         }
     });
+}
+
+/// Where a product's A blocks come from: A's rows in place, or packed into `pack` one
+/// block of `mc_step` rows at a time.
+#[derive(Clone, Copy)]
+struct ABlocks {
+    a: Operand,
+    pack: *mut f32,
+    in_place: bool,
+    mc_step: usize,
+}
+
+/// One packed B block (`b_block`: its panels, first column `jc`, `nc` wide, depth rows
+/// `pc .. pc + kc`) times A's rows `rows.0 .. rows.1`, A block by A block, into the
+/// result's tiles; `epilogue` where this is the last depth block.
+///
+/// # Safety
+/// As for [`serial_with`], for those rows and columns; `b_block` holds the block packed.
+unsafe fn block_tiles<K: MicroKernel>(
+    c: Dst,
+    a_blocks: ABlocks,
+    rows: (usize, usize),
+    (pc, kc): (usize, usize),
+    (b_block, jc, nc): (*const f32, usize, usize),
+    overwrite: bool,
+    epilogue: Option<&Epilogue>,
+) {
+    let ABlocks {
+        a,
+        pack: pack_a,
+        in_place,
+        mc_step,
+    } = a_blocks;
+    for ic in (rows.0..rows.1).step_by(mc_step) {
+        let mc = mc_step.min(rows.1 - ic);
+        let a_block = a.at(ic, pc);
+        if !in_place {
+            pack(K::MR, pack_a, a_block.ptr, a_block.rs, a_block.cs, mc, kc);
+        }
+        for jr in (0..nc).step_by(K::NR) {
+            let b_panel = b_block.add(jr * kc);
+            let nr = K::NR.min(nc - jr);
+            for ir in (0..mc).step_by(K::MR) {
+                let mr = K::MR.min(mc - ir);
+                let tile = c.ptr.add((ic + ir) * c.ld + jc + jr);
+                finish_tile::<K>(
+                    (kc, a_tile(in_place, a_block, pack_a, ir, kc), b_panel),
+                    tile,
+                    c.ld,
+                    (mr, nr),
+                    overwrite,
+                    epilogue.map(|e| (e, jc + jr)),
+                    (std::ptr::null(), 0),
+                );
+            }
+        }
+    }
 }
 
 /// [`serial`] for the rows claimed from `next` in chunks of `chunk` rows, until none are
@@ -1180,36 +1260,20 @@ unsafe fn serial_claiming_rows_with<K: MicroKernel>(
                     packed_block = Some(jc);
                 }
                 let rows0 = claim % chunks_per_block * chunk;
-                let rows1 = (rows0 + chunk).min(m);
+                let rows = (rows0, (rows0 + chunk).min(m));
+                let a_blocks = ABlocks {
+                    a,
+                    pack: pack_a,
+                    in_place,
+                    mc_step,
+                };
                 for (d, pc) in (0..k).step_by(kc_step).enumerate() {
                     let kc = kc_step.min(k - pc);
                     let overwrite = pc == 0 && !accumulate;
                     let last_block = pc + kc == k;
-                    let b_block = pack_b.add(d * nc_step * kc_step);
-                    for ic in (rows0..rows1).step_by(mc_step) {
-                        let mc = mc_step.min(rows1 - ic);
-                        let a_block = a.at(ic, pc);
-                        if !in_place {
-                            pack(K::MR, pack_a, a_block.ptr, a_block.rs, a_block.cs, mc, kc);
-                        }
-                        for jr in (0..nc).step_by(K::NR) {
-                            let b_panel = b_block.add(jr * kc);
-                            let nr = K::NR.min(nc - jr);
-                            for ir in (0..mc).step_by(K::MR) {
-                                let mr = K::MR.min(mc - ir);
-                                let tile = c.ptr.add((ic + ir) * c.ld + jc + jr);
-                                finish_tile::<K>(
-                                    (kc, a_tile(in_place, a_block, pack_a, ir, kc), b_panel),
-                                    tile,
-                                    c.ld,
-                                    (mr, nr),
-                                    overwrite,
-                                    last_block.then_some((&epilogue, jc + jr)),
-                                    (std::ptr::null(), 0),
-                                );
-                            }
-                        }
-                    }
+                    let b_block = (pack_b.add(d * nc_step * kc_step) as *const f32, jc, nc);
+                    let epilogue = last_block.then_some(&epilogue);
+                    block_tiles::<K>(c, a_blocks, rows, (pc, kc), b_block, overwrite, epilogue);
                 }
             }
         },
@@ -1434,24 +1498,10 @@ unsafe fn kernel_avx2<const ROWS: usize, const ROW_MAJOR_A: bool>(
 ) {
     const { assert!(ROWS <= MR) };
     debug_assert!(mr <= ROWS);
-    // The C tile is touched only after the loop; fetch it now so that its (often
-    // L3 or memory) latency overlaps the arithmetic instead of following it.
-    for r in 0..mr {
-        let row = c.add(r * ldc);
-        _mm_prefetch::<_MM_HINT_T0>(row as *const i8);
-        _mm_prefetch::<_MM_HINT_T0>(row.add(nr - 1) as *const i8);
-    }
+    fetch_tile(c, ldc, mr, nr);
     let mut acc = [[_mm256_setzero_ps(); NV]; ROWS];
     let (mut a, mut b) = (a_source.ptr, b_panel);
-    // A in place: one pointer per row (rows past `mr` repeat the last one; their results
-    // are never stored), all advanced by one shared offset.
-    let a_rows: [*const f32; ROWS] = std::array::from_fn(|r| {
-        if ROW_MAJOR_A {
-            a_source.ptr.add(r.min(mr.max(1) - 1) * a_source.lda)
-        } else {
-            a_source.ptr
-        }
-    });
+    let a_rows = a_source.rows::<ROWS, ROW_MAJOR_A>(mr);
     let mut a_off = 0usize;
     // One step of k: NV vectors of B, ROWS broadcasts of A, ROWS * NV FMAs.
     macro_rules! step {
@@ -1579,22 +1629,10 @@ unsafe fn kernel_avx512<const ROWS: usize, const ROW_MAJOR_A: bool>(
     const NV: usize = NR / 16;
     const { assert!(ROWS <= MR) };
     debug_assert!(mr <= ROWS);
-    for r in 0..mr {
-        let row = c.add(r * ldc);
-        _mm_prefetch::<_MM_HINT_T0>(row as *const i8);
-        _mm_prefetch::<_MM_HINT_T0>(row.add(nr - 1) as *const i8);
-    }
+    fetch_tile(c, ldc, mr, nr);
     let mut acc = [[_mm512_setzero_ps(); NV]; ROWS];
     let (mut a, mut b) = (a_source.ptr, b_panel);
-    // A in place: one pointer per row, the rows past `mr` repeating the last one (their
-    // results are never stored), all advanced by one shared offset.
-    let a_rows: [*const f32; ROWS] = std::array::from_fn(|r| {
-        if ROW_MAJOR_A {
-            a_source.ptr.add(r.min(mr.max(1) - 1) * a_source.lda)
-        } else {
-            a_source.ptr
-        }
-    });
+    let a_rows = a_source.rows::<ROWS, ROW_MAJOR_A>(mr);
     let mut a_off = 0usize;
     macro_rules! step {
         ($p:expr) => {
