@@ -23,16 +23,18 @@
 //! Packing makes both operands contiguous in exactly the order the kernel reads them,
 //! which absorbs any transpose or stride of the `MatRef` views, and pads the edge
 //! panels with zeros so the kernel never branches on shape; only the store of an edge
-//! tile is partial. (With weights packed beforehand and a request's few rows, the
-//! AVX-512 kernel reads A's rows in place instead, and does the products' other work
-//! itself: bias and GELU in registers, the next weight panel's prefetches: `TileExtras`.)
+//! tile is partial. (With weights packed beforehand and a request's few rows, both
+//! kernels read A's rows in place instead, and do the products' other work themselves:
+//! bias and GELU in registers, the next weight panel's prefetches: `TileExtras`.)
 //! `accumulate = false` is handled by *storing* (not scaling) on the first K block, so
 //! garbage (even NaN) in the destination is never read.
 //!
-//! Threads: the larger of M and N is cut into one contiguous range per rayon thread,
-//! and every thread packs its own blocks (the shared operand is packed once per
-//! thread). For the model's shapes that redundant packing is a few percent at most,
-//! and the threads never wait on each other. Packing buffers are thread-local and
+//! Threads: the larger of M and N is shared out among the rayon threads, and every
+//! thread packs its own blocks (the shared operand is packed once per thread). For the
+//! model's shapes that redundant packing is a few percent at most. Rows are claimed in
+//! chunks as threads come free (each thread then packs all of B's depth for a column
+//! block at once), since two vCPUs of one VM can run a tenth or more apart; columns and
+//! depth are split into one range per thread. Packing buffers are thread-local and
 //! reused, so steady-state calls do not allocate.
 
 use super::epilogue::Epilogue;
@@ -746,8 +748,8 @@ pub fn gemm_packed(
         }
         let (t0, t1) = (chunk * per_chunk, ((chunk + 1) * per_chunk).min(tiles));
         // SAFETY: the kernel's instruction set is present (checked when `b` was packed);
-        // a (m x k) and the m x n result are in bounds (checked above); part t writes
-        // only its own rows (or panels' columns) of the result.
+        // a (m x k) and the m x n result are in bounds (checked above); each chunk is
+        // claimed once, and its thread writes only its rows (or panels' columns).
         unsafe {
             if split_rows {
                 let rows = (t0 * mr, (t1 * mr).min(m));
