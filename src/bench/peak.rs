@@ -14,25 +14,14 @@ pub struct FmaPeak {
     pub isa: &'static str,
 }
 
-/// GFLOP/s of all rayon threads issuing FMAs together (best of ten short trials) at
+/// GFLOP/s of all rayon threads issuing FMAs together (best of a few short trials) at
 /// the widest vector width available; `None` without AVX2/FMA.
 pub fn fma_peak() -> Option<FmaPeak> {
-    fma_peak_of(10)
-}
-
-/// [`fma_peak`] from three trials (~25 ms): cheap enough to measure before every timed
-/// round of training steps, so that each step's share is taken against the peak of its
-/// own moment (this host's speed drifts: 147-189 GFLOP/s on two threads within an hour).
-pub fn fma_peak_quick() -> Option<FmaPeak> {
-    fma_peak_of(10)
-}
-
-fn fma_peak_of(trials: usize) -> Option<FmaPeak> {
     #[cfg(target_arch = "x86_64")]
     {
         if is_x86_feature_detected!("avx512f") {
             // SAFETY: AVX-512F was detected.
-            let g = best_of(|iters| unsafe { avx512::fma_chains(iters) }, 16, trials);
+            let g = best_of(|iters| unsafe { avx512::fma_chains(iters) }, 16);
             return Some(FmaPeak {
                 gflops: g,
                 isa: "avx512",
@@ -40,7 +29,7 @@ fn fma_peak_of(trials: usize) -> Option<FmaPeak> {
         }
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
             // SAFETY: AVX2 and FMA were detected.
-            let g = best_of(|iters| unsafe { avx2::fma_chains(iters) }, 8, trials);
+            let g = best_of(|iters| unsafe { avx2::fma_chains(iters) }, 8);
             return Some(FmaPeak {
                 gflops: g,
                 isa: "avx2",
@@ -49,23 +38,20 @@ fn fma_peak_of(trials: usize) -> Option<FmaPeak> {
         None
     }
     #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = trials;
-        None
-    }
+    None
 }
 
-/// Best GFLOP/s of `trials` trials of `chains(iters)` on every rayon thread at once. Each
+/// Best GFLOP/s of ten trials of `chains(iters)` on every rayon thread at once. Each
 /// trial's clock starts when every thread has arrived (a spin barrier), so a pool thread
 /// slow to wake does not halve the figure (one bench run reported 220 GFLOP/s, and a
 /// training step at 106% of it, when a thread woke late for every trial); a trial lasts
 /// as long as its slowest thread.
 #[cfg(target_arch = "x86_64")]
-fn best_of(chains: impl Fn(usize) -> f32 + Sync, lanes: usize, trials: usize) -> f64 {
+fn best_of(chains: impl Fn(usize) -> f32 + Sync, lanes: usize) -> f64 {
     use std::sync::atomic::{AtomicUsize, Ordering};
     const ITERS: usize = 4_000_000;
     let mut best = 0.0f64;
-    for _ in 0..trials {
+    for _ in 0..10 {
         let arrived = AtomicUsize::new(0);
         let threads = rayon::current_num_threads();
         let runs: Vec<(f32, f64)> = rayon::broadcast(|_| {

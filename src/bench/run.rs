@@ -448,7 +448,10 @@ fn time_rounds(
     for rep in 0..opts.warmup + opts.reps {
         let timed = rep >= opts.warmup;
         if timed && opts.train {
-            if let Some(p) = super::peak::fma_peak_quick() {
+            // Each step's share of the FMA peak is taken against the peak of its own
+            // moment (ten ~8 ms trials; with three, the first trials after a step read up
+            // to half low).
+            if let Some(p) = super::peak::fma_peak() {
                 round_peaks.push(p.gflops);
             }
         }
