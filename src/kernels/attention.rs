@@ -256,7 +256,7 @@ fn stream_into(src: &[f32], dst: &mut [f32]) {
 }
 
 /// # Safety
-/// AVX is available; `dst` is 32-byte aligned and as long as `src`, a multiple of 8.
+/// AVX2 is available; `dst` is 32-byte aligned and as long as `src`, a multiple of 8.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn stream_avx2(src: &[f32], dst: &mut [f32]) {
