@@ -449,8 +449,7 @@ fn time_rounds(
         let timed = rep >= opts.warmup;
         if timed && opts.train {
             // Each step's share of the FMA peak is taken against the peak of its own
-            // moment (ten ~8 ms trials; with three, the first trials after a step read up
-            // to half low).
+            // moment (all ten ~8 ms trials: the first ones after a step run slow).
             if let Some(p) = super::peak::fma_peak() {
                 round_peaks.push(p.gflops);
             }

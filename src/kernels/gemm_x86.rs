@@ -33,7 +33,7 @@
 //! thread packs its own blocks (the shared operand is packed once per thread). For the
 //! model's shapes that redundant packing is a few percent at most. Rows are claimed in
 //! chunks as threads come free (each thread then packs all of B's depth for a column
-//! block at once), since two vCPUs of one VM can run a tenth or more apart; columns and
+//! block at once), since two vCPUs of one VM can run unevenly; columns and
 //! depth are split into one range per thread. Packing buffers are thread-local and
 //! reused, so steady-state calls do not allocate.
 
@@ -245,8 +245,7 @@ impl MicroKernel for Avx2 {
     const NR: usize = NR;
     const TAKES_EXTRAS: bool = true;
     // Six rows read in place made the training products with row-major A slower on a
-    // Zen 3 core than packing them (`gemm_speed 5 "L6 "`, dX = dY·W: 62-64 against 70-72
-    // GFLOP/s on one thread, 7 Dec 2026).
+    // Zen 3 core than packing them (docs/results.md, session 27).
     const IN_PLACE_MANY_ROWS: bool = false;
     unsafe fn tile(
         kc: usize,
@@ -557,8 +556,8 @@ pub fn gemm_with_blocking(
     }
     if split_rows {
         // Rows are claimed in chunks as threads come free, each thread packing all of B
-        // once: the two vCPUs here run unevenly (one finished an equal half of a
-        // 4096 x 1536 x 384 product in 37-38 ms, the other in 42-47).
+        // once: two vCPUs of one VM can run unevenly, and with equal halves the call
+        // waits on the slower one (docs/results.md, session 27).
         let chunk = tiles.div_ceil(parts * CLAIMS_PER_THREAD) * unit;
         let next = AtomicUsize::new(0);
         (0..parts).into_par_iter().for_each(|_| {
