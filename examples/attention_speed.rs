@@ -11,7 +11,7 @@
 #[path = "common/args.rs"]
 mod args;
 use corefocus::kernels::attention::{
-    attention_backward, attention_forward, AttnDims, AttnDropout, Importance,
+    attention_backward, attention_forward, AttnDims, AttnDropout, Importance, Qkv,
 };
 use std::time::Instant;
 
@@ -59,7 +59,15 @@ fn main() {
             for _ in 0..reps {
                 let start = Instant::now();
                 attention_forward(
-                    dims, &q, &k, &v, &counts, scale, None, None, &mut ctx, None, None,
+                    dims,
+                    Qkv::dense(&q, &k, &v, heads * head_dim),
+                    &counts,
+                    scale,
+                    None,
+                    None,
+                    &mut ctx,
+                    None,
+                    None,
                 );
                 best = best.min(start.elapsed().as_secs_f64());
             }
@@ -84,7 +92,15 @@ fn main() {
                 let start = Instant::now();
                 let p = Some(probs.as_mut_slice());
                 attention_forward(
-                    dims, &q, &k, &v, &counts, scale, dropout, p, &mut ctx, None, None,
+                    dims,
+                    Qkv::dense(&q, &k, &v, heads * head_dim),
+                    &counts,
+                    scale,
+                    dropout,
+                    p,
+                    &mut ctx,
+                    None,
+                    None,
                 );
                 best_fwd = best_fwd.min(start.elapsed().as_secs_f64());
                 evict();
@@ -141,9 +157,7 @@ fn fewer_keys(threads: usize) {
             });
             attention_forward(
                 dims,
-                &q,
-                &k,
-                &v,
+                Qkv::dense(&q, &k, &v, heads * head_dim),
                 &[keys],
                 scale,
                 None,

@@ -289,7 +289,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
         // Forward passes only: the weights never change, so they are packed once, as
         // `predict` and `serve` do (`Classifier::load`).
         for r in &mut runners {
-            r.model.params.pack_linear_weights_as(opts.precision);
+            r.model.pack_for_inference(opts.precision);
         }
     }
 

@@ -36,7 +36,7 @@ impl TimedModel {
         let mut model = Model::from_bert_params(bert, params, method, num_labels, 42)?;
         // As `Classifier::load`: forward passes use packed weights until a training
         // step changes them (AdamW drops the packed copies).
-        model.params.pack_linear_weights_as(precision);
+        model.pack_for_inference(precision);
         let opt = AdamW::new(&model.params, AdamWConfig::default());
         let grads = model.params.zeros_like();
         Ok(TimedModel {

@@ -55,7 +55,7 @@ impl Classifier {
         precision.check_available()?;
         let (mut model, tokenizer, meta) = load_checkpoint(checkpoint)?;
         // Inference only from here: linear weights packed once, not on every call.
-        model.params.pack_linear_weights_as(precision);
+        model.pack_for_inference(precision);
         let max_len = max_len.unwrap_or(meta.max_len);
         ensure!(
             max_len >= 2,

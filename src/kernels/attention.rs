@@ -37,6 +37,32 @@ pub struct AttnDims {
     pub head_dim: usize,
 }
 
+/// The queries (`[B, q_len, H*dh]`), keys and values (`[B, kv_len, H*dh]`) of
+/// [`attention_forward`], with their rows `q_stride` and `kv_stride` floats apart: `H*dh`
+/// for separate buffers, more where the projections were one product whose output holds
+/// them side by side (`[rows, 3·H*dh]` for Q, K and V).
+#[derive(Clone, Copy)]
+pub struct Qkv<'a> {
+    pub q: &'a [f32],
+    pub k: &'a [f32],
+    pub v: &'a [f32],
+    pub q_stride: usize,
+    pub kv_stride: usize,
+}
+
+impl<'a> Qkv<'a> {
+    /// Three separate `[rows, width]` buffers.
+    pub fn dense(q: &'a [f32], k: &'a [f32], v: &'a [f32], width: usize) -> Self {
+        Qkv {
+            q,
+            k,
+            v,
+            q_stride: width,
+            kv_stride: width,
+        }
+    }
+}
+
 /// Dropout on the attention probabilities (training only). The mask of probability
 /// element `((b*H + h)*q_len + i)*kv_len + j` is
 /// `dropout::mask_uniform(seed, that index) < p`.
@@ -76,9 +102,7 @@ pub struct HiddenKeys {
 #[allow(clippy::too_many_arguments)]
 pub fn attention_forward(
     d: AttnDims,
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    qkv: Qkv,
     kv_count: &[usize],
     scale: f32,
     dropout: Option<AttnDropout>,
@@ -87,7 +111,7 @@ pub fn attention_forward(
     importance: Option<Importance>,
     hidden: Option<HiddenKeys>,
 ) {
-    d.check_inputs(q, k, v, kv_count);
+    d.check_inputs(qkv, kv_count);
     let AttnDims {
         batch,
         q_len,
@@ -132,7 +156,7 @@ pub fn attention_forward(
                 let _flush = SubnormalsAsZero::new();
                 let (b, h) = (bh / heads, bh % heads);
                 let kvc = kv_count[b];
-                let view = HeadViews::new(d, q, k, v, b, h, kvc);
+                let view = HeadViews::new(d, qkv, b, h, kvc);
                 let mask = dropout.map(|dr| Mask::new(dr.p, dr.seed));
                 let plane_base = (bh * plane) as u64;
                 // Score blocks have rows of `stride` >= kvc floats (see `pack_transposed`).
@@ -362,7 +386,9 @@ pub fn attention_backward(
     dk: &mut [f32],
     dv: &mut [f32],
 ) {
-    d.check_inputs(q, k, v, kv_count);
+    let width = d.heads * d.head_dim;
+    let qkv = Qkv::dense(q, k, v, width);
+    d.check_inputs(qkv, kv_count);
     let AttnDims {
         batch,
         q_len,
@@ -402,7 +428,7 @@ pub fn attention_backward(
             let _flush = SubnormalsAsZero::new();
             let (b, h) = (bh / heads, bh % heads);
             let kvc = kv_count[b];
-            let view = HeadViews::new(d, q, k, v, b, h, kvc);
+            let view = HeadViews::new(d, qkv, b, h, kvc);
             let dctx_h = MatRef::strided(
                 &dctx[b * q_len * width + h * head_dim..],
                 q_len,
@@ -487,21 +513,24 @@ pub fn attention_backward(
 }
 
 impl AttnDims {
-    fn check_inputs(&self, q: &[f32], k: &[f32], v: &[f32], kv_count: &[usize]) {
+    fn check_inputs(&self, qkv: Qkv, kv_count: &[usize]) {
         let width = self.heads * self.head_dim;
-        assert_eq!(
-            q.len(),
-            self.batch * self.q_len * width,
+        // Rows `stride` apart, the last one `width` long.
+        let holds = |len: usize, rows: usize, stride: usize| {
+            stride >= width && (rows == 0 || width == 0 || len >= (rows - 1) * stride + width)
+        };
+        let q_rows = self.batch * self.q_len;
+        let kv_rows = self.batch * self.kv_len;
+        assert!(
+            holds(qkv.q.len(), q_rows, qkv.q_stride),
             "attention: q length"
         );
-        assert_eq!(
-            k.len(),
-            self.batch * self.kv_len * width,
+        assert!(
+            holds(qkv.k.len(), kv_rows, qkv.kv_stride),
             "attention: k length"
         );
-        assert_eq!(
-            v.len(),
-            self.batch * self.kv_len * width,
+        assert!(
+            holds(qkv.v.len(), kv_rows, qkv.kv_stride),
             "attention: v length"
         );
         assert_eq!(kv_count.len(), self.batch, "attention: kv_count length");
@@ -542,23 +571,14 @@ struct HeadViews<'a> {
 }
 
 impl<'a> HeadViews<'a> {
-    fn new(
-        d: AttnDims,
-        q: &'a [f32],
-        k: &'a [f32],
-        v: &'a [f32],
-        b: usize,
-        h: usize,
-        kvc: usize,
-    ) -> Self {
-        let width = d.heads * d.head_dim;
+    fn new(d: AttnDims, qkv: Qkv<'a>, b: usize, h: usize, kvc: usize) -> Self {
         let col = h * d.head_dim;
-        let q_start = b * d.q_len * width + col;
-        let kv_start = b * d.kv_len * width + col;
+        let q_start = b * d.q_len * qkv.q_stride + col;
+        let kv_start = b * d.kv_len * qkv.kv_stride + col;
         HeadViews {
-            q: MatRef::strided(&q[q_start..], d.q_len, d.head_dim, width),
-            k: MatRef::strided(&k[kv_start..], kvc, d.head_dim, width),
-            v: MatRef::strided(&v[kv_start..], kvc, d.head_dim, width),
+            q: MatRef::strided(&qkv.q[q_start..], d.q_len, d.head_dim, qkv.q_stride),
+            k: MatRef::strided(&qkv.k[kv_start..], kvc, d.head_dim, qkv.kv_stride),
+            v: MatRef::strided(&qkv.v[kv_start..], kvc, d.head_dim, qkv.kv_stride),
         }
     }
 }
@@ -1278,9 +1298,7 @@ mod tests {
         let mut importance = vec![f32::NAN; d.batch * d.heads * d.kv_len];
         attention_forward(
             d,
-            &c.q,
-            &c.k,
-            &c.v,
+            Qkv::dense(&c.q, &c.k, &c.v, width),
             &c.kv_count,
             c.scale,
             dropout,

@@ -5,9 +5,10 @@ use super::batch::Batch;
 use super::config::{BertConfig, CombineInit, MethodConfig};
 use super::encoder::{LayerDims, LayerDropout};
 use super::init;
-use super::layout::Layout;
+use super::layout::{Layout, LinearIds};
 use super::noise::Noise;
 use super::params::ParamStore;
+use crate::kernels::matmul::Precision;
 use anyhow::{bail, Result};
 
 /// A classifier: configuration plus parameters.
@@ -91,6 +92,24 @@ impl Model {
             params,
             layout,
         })
+    }
+
+    /// Prepares the weights for forward passes only (`predict`, `serve`, the forward
+    /// benchmarks): the linear weights packed once at `precision`, and each layer's
+    /// projections fused into one product, queries, keys and values where every row
+    /// attends, keys and values where the pruning variants gather their rows. A
+    /// training step drops all of it again with the weights it changes.
+    pub fn pack_for_inference(&mut self, precision: Precision) {
+        self.params.pack_linear_weights_as(precision);
+        let part = |l: LinearIds| (l.w, l.b);
+        for l in self.layout.layers.iter().flatten() {
+            if self.method.variant.prunes() {
+                self.params.fuse_packed(&[part(l.key), part(l.value)]);
+            } else {
+                self.params
+                    .fuse_packed(&[part(l.query), part(l.key), part(l.value)]);
+            }
+        }
     }
 
     /// Checks a batch against the model's limits.

@@ -8,10 +8,10 @@
 
 use super::layout::{FfnBlockIds, LayerIds, LinearIds, NormIds};
 use super::ops;
-use super::params::ParamStore;
+use super::params::{FusedLinear, ParamStore};
 use crate::kernels::activations::{gelu_backward, gelu_forward, gelu_forward_keeping_grad};
 use crate::kernels::attention::{
-    attention_backward, attention_forward, AttnDims, AttnDropout, HiddenKeys, Importance,
+    attention_backward, attention_forward, AttnDims, AttnDropout, HiddenKeys, Importance, Qkv,
 };
 use crate::kernels::dropout::{dropout_add_forward, dropout_backward_into};
 use crate::kernels::workspace;
@@ -61,6 +61,20 @@ impl KvIndex {
             rows,
             identity,
         }
+    }
+}
+
+impl KvIndex {
+    /// Whether slot `s` of every example is its row `s` for all `t` slots (the valid
+    /// ones a prefix of the rows, e.g. a padded batch where nothing is pruned): keys and
+    /// values can then be read from the rows' own projections, with no gather.
+    fn rows_in_place(&self, t: usize) -> bool {
+        self.identity
+            || (self.kmax == t
+                && self.count.iter().enumerate().all(|(b, &c)| {
+                    let slots = &self.rows[b * t..b * t + c];
+                    slots.iter().enumerate().all(|(s, &r)| r as usize == s)
+                }))
     }
 }
 
@@ -376,6 +390,15 @@ fn lin(p: &ParamStore, ids: LinearIds, x: &[f32], rows: usize, i: usize, o: usiz
     })
 }
 
+/// [`lin`] for fused layers: `[rows, Σ out]`.
+fn lin_fused(f: &FusedLinear, x: &[f32], rows: usize) -> Vec<f32> {
+    timed(Kernel::Linear, || {
+        let mut y = workspace::take(rows * f.shape().1);
+        ops::linear_fused(f, x, rows, &mut y);
+        y
+    })
+}
+
 /// Backward of `lin`: parameter gradients accumulate into `grads`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn lin_back(
@@ -470,7 +493,7 @@ pub fn layer_forward(
         ln_eps,
     } = dims;
     let rows = batch * t;
-    let [q, k, v] = projections(p, ids, &x, kv, batch, t, d);
+    let projected = projections(p, ids, &x, kv, batch, t, d);
 
     let adims = AttnDims {
         batch,
@@ -490,9 +513,7 @@ pub fn layer_forward(
     timed(Kernel::Attention, || {
         attention_forward(
             adims,
-            &q,
-            &k,
-            &v,
+            projected.qkv(d),
             &kv.count,
             scale,
             drop.and_then(|dr| dr.attn()),
@@ -518,6 +539,11 @@ pub fn layer_forward(
         ffn_block_forward(p, &ids.ffn_block(), s1, rows, d, ffn, ln_eps, drop, record);
 
     // Built either way: without `record` its drop hands the buffers back to the pool.
+    let [q, k, v] = if record {
+        projected.separate(d)
+    } else {
+        [projected.q, projected.k, projected.v]
+    };
     let tape = LayerTape {
         x_in: x,
         q,
@@ -619,8 +645,105 @@ pub fn layer_backward(
     dx
 }
 
+/// A layer's queries, keys and values: three buffers, or after fused projections
+/// (inference, [`ParamStore::fuse_packed`]) fewer, each row holding several side by side.
+struct Projected {
+    q: Vec<f32>,
+    /// Empty where the keys are in `q`'s rows.
+    k: Vec<f32>,
+    /// Empty where the values are in `q`'s or `k`'s rows.
+    v: Vec<f32>,
+    fused: Fused,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Fused {
+    /// Three buffers.
+    None,
+    /// Each row of `k`: the key, then the value.
+    KeyValue,
+    /// Each row of `q`: the query, the key, the value.
+    All,
+    /// As `All` for `q`, whose rows `k` holds gathered in slot order (its keys and
+    /// values are read).
+    AllGathered,
+}
+
+impl Projected {
+    /// The views attention reads (`d` = the model width).
+    fn qkv(&self, d: usize) -> Qkv<'_> {
+        match self.fused {
+            Fused::None => Qkv::dense(&self.q, &self.k, &self.v, d),
+            Fused::KeyValue => Qkv {
+                q: &self.q,
+                k: &self.k,
+                v: columns_from(&self.k, d),
+                q_stride: d,
+                kv_stride: 2 * d,
+            },
+            Fused::All => Qkv {
+                q: &self.q,
+                k: columns_from(&self.q, d),
+                v: columns_from(&self.q, 2 * d),
+                q_stride: 3 * d,
+                kv_stride: 3 * d,
+            },
+            Fused::AllGathered => Qkv {
+                q: &self.q,
+                k: columns_from(&self.k, d),
+                v: columns_from(&self.k, 2 * d),
+                q_stride: 3 * d,
+                kv_stride: 3 * d,
+            },
+        }
+    }
+
+    /// Three `[rows, d]` buffers (as the tape keeps them), copied out of fused rows.
+    fn separate(self, d: usize) -> [Vec<f32>; 3] {
+        let columns = |buf: &[f32], parts: usize, part: usize| -> Vec<f32> {
+            let mut out = workspace::take(buf.len() / parts);
+            for (o, row) in out.chunks_exact_mut(d).zip(buf.chunks_exact(parts * d)) {
+                o.copy_from_slice(&row[part * d..(part + 1) * d]);
+            }
+            out
+        };
+        match self.fused {
+            Fused::None => [self.q, self.k, self.v],
+            Fused::KeyValue => {
+                let kv = [columns(&self.k, 2, 0), columns(&self.k, 2, 1)];
+                drop_vec(self.k);
+                let [k, v] = kv;
+                [self.q, k, v]
+            }
+            Fused::All => {
+                let qkv = [0, 1, 2].map(|part| columns(&self.q, 3, part));
+                drop_vec(self.q);
+                qkv
+            }
+            Fused::AllGathered => {
+                let qkv = [
+                    columns(&self.q, 3, 0),
+                    columns(&self.k, 3, 1),
+                    columns(&self.k, 3, 2),
+                ];
+                drop_vec(self.q);
+                drop_vec(self.k);
+                qkv
+            }
+        }
+    }
+}
+
+/// `buf` from column `col` of its first row on (empty for an empty buffer).
+fn columns_from(buf: &[f32], col: usize) -> &[f32] {
+    buf.get(col..).unwrap_or(&[])
+}
+
 /// The query, key and value projections: queries of all rows; keys and values of the
-/// rows `kv` lists, gathered first so that their cost falls with the kept count.
+/// rows `kv` lists, gathered first so that their cost falls with the kept count. Where
+/// the weights are fused (inference), one product makes all three (then the keys and
+/// values are gathered from its rows, where they are not in place) or the keys and
+/// values of the gathered rows (the pruning variants).
 fn projections(
     p: &ParamStore,
     ids: &LayerIds,
@@ -629,8 +752,28 @@ fn projections(
     batch: usize,
     t: usize,
     d: usize,
-) -> [Vec<f32>; 3] {
+) -> Projected {
     let (rows, krows) = (batch * t, batch * kv.kmax);
+    let part = |l: LinearIds| (l.w, l.b);
+    let (query, key, value) = (part(ids.query), part(ids.key), part(ids.value));
+    if let Some(f) = p.fused(&[query, key, value]) {
+        let q = lin_fused(f, x, rows);
+        if kv.rows_in_place(t) {
+            return Projected {
+                q,
+                k: Vec::new(),
+                v: Vec::new(),
+                fused: Fused::All,
+            };
+        }
+        let k = timed(Kernel::GatherScatter, || gather_rows(&q, kv, t, 3 * d));
+        return Projected {
+            q,
+            k,
+            v: Vec::new(),
+            fused: Fused::AllGathered,
+        };
+    }
     let xk = if kv.identity {
         Vec::new()
     } else {
@@ -638,10 +781,22 @@ fn projections(
     };
     let kv_in: &[f32] = if kv.identity { x } else { &xk };
     let q = lin(p, ids.query, x, rows, d, d);
-    let k = lin(p, ids.key, kv_in, krows, d, d);
-    let v = lin(p, ids.value, kv_in, krows, d, d);
+    let projected = match p.fused(&[key, value]) {
+        Some(f) => Projected {
+            q,
+            k: lin_fused(f, kv_in, krows),
+            v: Vec::new(),
+            fused: Fused::KeyValue,
+        },
+        None => Projected {
+            q,
+            k: lin(p, ids.key, kv_in, krows, d, d),
+            v: lin(p, ids.value, kv_in, krows, d, d),
+            fused: Fused::None,
+        },
+    };
     drop_vec(xk);
-    [q, k, v]
+    projected
 }
 
 /// Backward of [`projections`]: adds the input gradient of all three to `dx` (the key and

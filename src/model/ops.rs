@@ -3,7 +3,7 @@
 //! its bias are found there under the same ids and borrowed together (`pair_mut`).
 
 use super::layout::{LinearIds, NormIds};
-use super::params::ParamStore;
+use super::params::{FusedLinear, ParamStore};
 use crate::kernels::layernorm::{layernorm_backward, layernorm_forward};
 use crate::kernels::linear::{linear_backward, linear_forward, linear_forward_packed};
 use crate::kernels::matmul::Precision;
@@ -24,6 +24,13 @@ pub fn linear(
         Some(w) => linear_forward_packed(x, rows, i, w, Some(p.data(ids.b)), o, false, y),
         None => linear_forward(x, rows, i, p.data(ids.w), Some(p.data(ids.b)), o, y),
     }
+}
+
+/// `y = x Wᵀ + b` for the fused layers `f`: `y` `[rows, Σ out]`, each row the parts'
+/// outputs side by side.
+pub fn linear_fused(f: &FusedLinear, x: &[f32], rows: usize, y: &mut [f32]) {
+    let (i, o) = f.shape();
+    linear_forward_packed(x, rows, i, &f.weight, Some(&f.bias), o, false, y);
 }
 
 /// `y = gelu(x Wᵀ + b)` in one pass over `y`, where the store has `W` packed (inference);

@@ -31,14 +31,40 @@ pub struct ParamStore {
     packed: PackedWeights,
 }
 
-/// Linear weights packed for the GEMM ([`ParamStore::pack_linear_weights`]), by id.
+/// Linear weights packed for the GEMM ([`ParamStore::pack_linear_weights`]), by id,
+/// and groups of them packed as one ([`ParamStore::fuse_packed`]), by their first
+/// weight's id.
 #[derive(Clone, Default)]
-struct PackedWeights(Vec<Option<Arc<PackedRhs>>>);
+struct PackedWeights {
+    single: Vec<Option<Arc<PackedRhs>>>,
+    fused: HashMap<ParamId, Arc<FusedLinear>>,
+    precision: Option<Precision>,
+}
 
 impl std::fmt::Debug for PackedWeights {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let n = self.0.iter().filter(|p| p.is_some()).count();
-        write!(f, "PackedWeights({n} packed)")
+        let n = self.single.iter().filter(|p| p.is_some()).count();
+        let fused = self.fused.len();
+        write!(f, "PackedWeights({n} packed, {fused} fused)")
+    }
+}
+
+/// Linear layers that read the same input, packed side by side as one (a layer's
+/// query, key and value projections): one product instead of several, which reads the
+/// input once and splits once over the threads.
+pub struct FusedLinear {
+    /// The `(weight, bias)` ids of the parts, in output order.
+    pub parts: Vec<(ParamId, ParamId)>,
+    /// `Wᵀ` of the parts side by side, `[in, Σ out]`.
+    pub weight: PackedRhs,
+    /// The parts' biases, concatenated (`[Σ out]`).
+    pub bias: Vec<f32>,
+}
+
+impl FusedLinear {
+    /// `(in, Σ out)`.
+    pub fn shape(&self) -> (usize, usize) {
+        self.weight.shape()
     }
 }
 
@@ -110,17 +136,68 @@ impl ParamStore {
                 })
             })
             .collect();
-        self.packed = PackedWeights(packed);
+        self.packed = PackedWeights {
+            single: packed,
+            fused: HashMap::new(),
+            precision: Some(precision),
+        };
     }
 
     /// The packed `Wᵀ` of linear weight `id`, if packed.
     pub fn packed_weight(&self, id: ParamId) -> Option<&PackedRhs> {
-        self.packed.0.get(id).and_then(|p| p.as_deref())
+        self.packed.single.get(id).and_then(|p| p.as_deref())
+    }
+
+    /// Packs the linear layers `parts` (`(weight, bias)` ids, weights `[out_i, in]` with
+    /// the same `in`) as one [`FusedLinear`] at the precision of the packed weights, in
+    /// place of their own packed copies (so memory stays as it was). Does nothing unless
+    /// the weights are packed ([`Self::pack_linear_weights_as`]); the fused copy goes
+    /// stale, and is dropped, with them.
+    pub fn fuse_packed(&mut self, parts: &[(ParamId, ParamId)]) {
+        let Some(precision) = self.packed.precision else {
+            return;
+        };
+        let Some(&(first, _)) = parts.first() else {
+            return;
+        };
+        let inputs = self.tensors[first].shape[1];
+        let mut weights = Vec::new();
+        let mut bias = Vec::new();
+        for &(w, b) in parts {
+            let shape = &self.tensors[w].shape;
+            assert!(
+                shape.len() == 2 && shape[1] == inputs,
+                "fuse_packed: {} has shape {shape:?}, expected [_, {inputs}]",
+                self.tensors[w].name
+            );
+            assert_eq!(self.tensors[b].shape, [shape[0]], "fuse_packed: bias shape");
+            weights.extend_from_slice(&self.tensors[w].data);
+            bias.extend_from_slice(&self.tensors[b].data);
+        }
+        let outputs = bias.len();
+        let w = MatRef::new(&weights, outputs, inputs);
+        let fused = FusedLinear {
+            parts: parts.to_vec(),
+            weight: PackedRhs::with_precision(w.t(), precision),
+            bias,
+        };
+        for &(w, _) in parts {
+            if let Some(single) = self.packed.single.get_mut(w) {
+                *single = None;
+            }
+        }
+        self.packed.fused.insert(first, Arc::new(fused));
+    }
+
+    /// The [`FusedLinear`] of exactly `parts`, if [`Self::fuse_packed`] made one.
+    pub fn fused(&self, parts: &[(ParamId, ParamId)]) -> Option<&FusedLinear> {
+        let fused = self.packed.fused.get(&parts.first()?.0)?;
+        (fused.parts == parts).then_some(fused.as_ref())
     }
 
     /// Forgets the packed weights (before the weights change).
     pub fn drop_packed(&mut self) {
-        self.packed.0.clear();
+        self.packed = PackedWeights::default();
     }
 
     pub fn len(&self) -> usize {

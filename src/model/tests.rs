@@ -516,3 +516,65 @@ fn combine_dropout_applies_from_the_combiners_block_on() {
     let err = bert.validate(4).unwrap_err();
     assert!(format!("{err:#}").contains("--combine-dropout"), "{err:#}");
 }
+
+/// `pack_for_inference` fuses each layer's projections into one product (queries, keys
+/// and values; keys and values for the pruning variants): the same panels side by side,
+/// so the logits are the same bits as with every weight packed alone, with or without
+/// the tape (which gets the rows copied out of the fused product).
+#[test]
+fn fused_projections_give_the_logits_of_separate_ones() {
+    use crate::kernels::matmul::Precision;
+    let cfg = BertConfig::sized(60, 64, 4, 2, 128);
+    for variant in [Variant::Bert, Variant::Pf, Variant::C, Variant::Pfc] {
+        let method = MethodConfig {
+            prune_min_len: 0,
+            ..MethodConfig::recommended(variant, &cfg)
+        };
+        let mut model = Model::random(cfg.clone(), method, 3, 7).unwrap();
+        let seq: Vec<u32> = (0..40).map(|i| 2 + (i * 7) % 50).collect();
+        let batch = Batch::from_sequences(&[&seq, &seq[..25]], 0);
+        let c = crate::kernels::gradcheck::random_vec(11, 2 * 3, 1.0);
+        let grads_at = |model: &Model| {
+            let (out, tape) = model.forward(&batch, Mode::Eval, true);
+            let mut grads = model.params.zeros_like();
+            model.backward(&tape.unwrap(), &c, &mut grads);
+            (out.logits, grads.tensors)
+        };
+        model.params.pack_linear_weights_as(Precision::F32);
+        let separate = model.forward(&batch, Mode::Eval, false).0.logits;
+        let (_, separate_grads) = grads_at(&model);
+        model.pack_for_inference(Precision::F32);
+        let fused_layers = model
+            .layout
+            .layers
+            .iter()
+            .flatten()
+            .filter(|l| {
+                model
+                    .params
+                    .fused(&[(l.key.w, l.key.b), (l.value.w, l.value.b)])
+                    .is_some()
+                    || model
+                        .params
+                        .fused(&[
+                            (l.query.w, l.query.b),
+                            (l.key.w, l.key.b),
+                            (l.value.w, l.value.b),
+                        ])
+                        .is_some()
+            })
+            .count();
+        assert_eq!(
+            fused_layers,
+            model.layout.layers.iter().flatten().count(),
+            "{variant:?}"
+        );
+        let fused = model.forward(&batch, Mode::Eval, false).0.logits;
+        let (recorded, grads) = grads_at(&model);
+        assert_eq!(fused, separate, "{variant:?}");
+        assert_eq!(recorded, separate, "{variant:?} (recording)");
+        for (g, s) in grads.iter().zip(&separate_grads) {
+            assert_eq!(g.data, s.data, "{variant:?} gradient of {}", g.name);
+        }
+    }
+}
