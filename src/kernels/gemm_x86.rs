@@ -212,6 +212,9 @@ trait MicroKernel {
     const TAKES_EXTRAS: bool;
     /// Whether products of many rows read A in place too (else only a request's few).
     const IN_PLACE_MANY_ROWS: bool;
+    /// The fewest rows whose tile keeps the FMA units busy (fewer rows leave too few
+    /// independent sums to cover the FMA latency): see [`row_tiles`].
+    const FULL_RATE_ROWS: usize;
     /// Stores only the `mr x nr` corner that exists; `overwrite` stores without reading
     /// `c`; `extras` are done as well.
     ///
@@ -247,6 +250,9 @@ impl MicroKernel for Avx2 {
     // Six rows read in place made the training products with row-major A slower on a
     // Zen 3 core than packing them (docs/results.md, session 27).
     const IN_PLACE_MANY_ROWS: bool = false;
+    // Two rows are four sums of two vectors each, half of the eight that two FMA units
+    // of latency 4 need.
+    const FULL_RATE_ROWS: usize = 4;
     unsafe fn tile(
         kc: usize,
         a: *const f32,
@@ -277,6 +283,8 @@ impl MicroKernel for Avx512 {
     const NR: usize = 32;
     const TAKES_EXTRAS: bool = true;
     const IN_PLACE_MANY_ROWS: bool = true;
+    // Its shortest tile (4 rows of two vectors) has eight sums already.
+    const FULL_RATE_ROWS: usize = 1;
     unsafe fn tile(
         kc: usize,
         a: *const f32,
@@ -850,8 +858,7 @@ unsafe fn serial_packed_with<K: MicroKernel>(
                         let b_panel = b_block.add(jr * kc);
                         let next_panel = (q + 1 < panels.1).then(|| b_panel.add(K::NR * kc));
                         let nr = K::NR.min(n - jr);
-                        for (t, ir) in (0..mc).step_by(K::MR).enumerate() {
-                            let mr = K::MR.min(mc - ir);
+                        for (t, (ir, mr)) in row_tiles::<K>(mc, in_place).enumerate() {
                             let tile = c.ptr.add((ic + ir) * c.ld + jr);
                             finish_tile::<K>(
                                 (kc, a_tile(in_place, a_block, pack_a, ir, kc), b_panel),
@@ -1162,8 +1169,7 @@ unsafe fn block_tiles<K: MicroKernel>(
         for jr in (0..nc).step_by(K::NR) {
             let b_panel = b_block.add(jr * kc);
             let nr = K::NR.min(nc - jr);
-            for ir in (0..mc).step_by(K::MR) {
-                let mr = K::MR.min(mc - ir);
+            for (ir, mr) in row_tiles::<K>(mc, in_place) {
                 let tile = c.ptr.add((ic + ir) * c.ld + jc + jr);
                 finish_tile::<K>(
                     (kc, a_tile(in_place, a_block, pack_a, ir, kc), b_panel),
@@ -1311,6 +1317,32 @@ unsafe fn a_tile(
     } else {
         (pack_a.add(ir * kc), 0)
     }
+}
+
+/// The register tiles `(first row, rows)` of an A block of `mc` rows: `K::MR` rows
+/// each, and the rest; but where the rest would be fewer than `K::FULL_RATE_ROWS` and A
+/// is read in place (packed panels start every `MR` rows), the last full tile and the
+/// rest are split into two tiles of at least those rows (128 = 20 x 6 + 4 + 4 rather
+/// than 21 x 6 + 2, whose 2-row tile ran at about half the rate).
+fn row_tiles<K: MicroKernel>(mc: usize, in_place: bool) -> impl Iterator<Item = (usize, usize)> {
+    let (mr, min_rows) = (K::MR, K::FULL_RATE_ROWS);
+    let rest = mc % mr;
+    let split = in_place && rest > 0 && rest < min_rows && mc > mr;
+    let full = mc / mr - usize::from(split);
+    let tail = if split {
+        [mr + rest - min_rows, min_rows]
+    } else {
+        [rest, 0]
+    };
+    let tail = tail
+        .into_iter()
+        .filter(|&rows| rows > 0)
+        .scan(full * mr, |first, rows| {
+            let tile = (*first, rows);
+            *first += rows;
+            Some(tile)
+        });
+    (0..full).map(move |t| (t * mr, mr)).chain(tail)
 }
 
 /// Packs a `width x depth` slice of an operand into panels of `w_panel` (`W`) along the
@@ -1895,6 +1927,40 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The tiles cover the block's rows once, in order; a short rest borrows rows from
+    /// the last full tile only where A is read in place and the kernel wants it.
+    #[test]
+    fn row_tiles_cover_every_row_once() {
+        fn tiles<K: MicroKernel>(mc: usize, in_place: bool) -> Vec<(usize, usize)> {
+            let tiles: Vec<_> = row_tiles::<K>(mc, in_place).collect();
+            let mut next = 0;
+            for &(first, rows) in &tiles {
+                assert!(
+                    first == next && rows > 0 && rows <= K::MR,
+                    "{mc}: {tiles:?}"
+                );
+                next += rows;
+            }
+            assert_eq!(next, mc, "{mc}: {tiles:?}");
+            tiles
+        }
+        for mc in 0..100 {
+            for in_place in [false, true] {
+                tiles::<Avx2>(mc, in_place);
+                let wide = tiles::<Avx512>(mc, in_place);
+                assert!(
+                    wide.iter().all(|&(f, _)| f % Avx512::MR == 0),
+                    "{mc}: {wide:?}"
+                );
+            }
+        }
+        assert_eq!(tiles::<Avx2>(128, true)[20..], [(120, 4), (124, 4)]);
+        assert_eq!(tiles::<Avx2>(127, true)[20..], [(120, 3), (123, 4)]);
+        assert_eq!(tiles::<Avx2>(128, false)[21..], [(126, 2)]);
+        assert_eq!(tiles::<Avx2>(2, true), [(0, 2)]);
+        assert_eq!(tiles::<Avx2>(10, true), [(0, 6), (6, 4)]);
     }
 
     #[test]
