@@ -985,7 +985,81 @@ fn exp_shifted_sum(row: &mut [f32], scale: f32) -> f32 {
         // SAFETY: AVX-512F and DQ were just detected.
         return unsafe { exp_avx512::exp_shifted_sum(row, scale) };
     }
+    #[cfg(target_arch = "x86_64")]
+    if super::gemm_x86::available() {
+        // SAFETY: AVX2 and FMA were detected.
+        return unsafe { exp_avx2::exp_shifted_sum(row, scale) };
+    }
     exp_shifted_sum_portable(row, scale)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod exp_avx2 {
+    use super::lane_max;
+    use std::arch::x86_64::*;
+
+    /// See [`super::exp_shifted_sum`]: the AVX-512 loop's arithmetic on 8 lanes (the
+    /// same degree-5 polynomial of the reduced argument, the sum in the same pass), with
+    /// `floor(a)` from `vroundps` and `2^floor(a)` built in the exponent field. `a` is
+    /// first raised to at least -127, whose power of two is the zero pattern: 0 below
+    /// 2^-126, as `fastmath::exp2_f32` gives (a NaN stays NaN). On a Zen 3 core the
+    /// compiled loop took 2.5% of a 1 x 128 forward pass and 6.8% at 8 x 512 in perf's
+    /// samples, with a pass of its own for the sum.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn exp_shifted_sum(row: &mut [f32], scale: f32) -> f32 {
+        if row.is_empty() {
+            return 0.0;
+        }
+        let max = lane_max(row);
+        let scale2 = scale * std::f32::consts::LOG2_E;
+        let (max, scale2) = (_mm256_set1_ps(max), _mm256_set1_ps(scale2));
+        let lowest = _mm256_set1_ps(-127.0);
+        let bias = _mm256_set1_epi32(127);
+        let coef = [
+            1.867_344_1e-3f32,
+            9.018_503e-3,
+            5.579_671_6e-2,
+            2.401_663e-1,
+            6.931_51e-1,
+            1.0,
+        ]
+        .map(|c| _mm256_set1_ps(c));
+        let exp = |x: __m256| {
+            // max(lowest, a) returns a where a is NaN.
+            let a = _mm256_max_ps(lowest, _mm256_mul_ps(_mm256_sub_ps(x, max), scale2));
+            let k = _mm256_floor_ps(a);
+            let r = _mm256_sub_ps(a, k);
+            let mut p = coef[0];
+            for &c in &coef[1..] {
+                p = _mm256_fmadd_ps(p, r, c);
+            }
+            let two_k = _mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(k), bias));
+            _mm256_mul_ps(p, _mm256_castsi256_ps(two_k))
+        };
+        let n = row.len();
+        let ptr = row.as_mut_ptr();
+        let mut sum = _mm256_setzero_ps();
+        let mut i = 0;
+        while i + 8 <= n {
+            // SAFETY: i + 8 <= n elements of `row`.
+            let y = exp(_mm256_loadu_ps(ptr.add(i)));
+            _mm256_storeu_ps(ptr.add(i), y);
+            sum = _mm256_add_ps(sum, y);
+            i += 8;
+        }
+        if i < n {
+            // The rest through a full vector whose missing lanes are -inf (e^-inf = 0).
+            let mut rest = [f32::NEG_INFINITY; 8];
+            rest[..n - i].copy_from_slice(&row[i..]);
+            let y = exp(_mm256_loadu_ps(rest.as_ptr()));
+            _mm256_storeu_ps(rest.as_mut_ptr(), y);
+            row[i..].copy_from_slice(&rest[..n - i]);
+            sum = _mm256_add_ps(sum, y);
+        }
+        let halves = _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps::<1>(sum));
+        let pairs = _mm_add_ps(halves, _mm_movehl_ps(halves, halves));
+        _mm_cvtss_f32(_mm_add_ss(pairs, _mm_movehdup_ps(pairs)))
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -1455,7 +1529,7 @@ mod tests {
 
     /// Every row length around the 16-lane steps (the masked tail), scores spanning
     /// the underflow limit: within a few ulps of e^x in f64, 0 below it, the sum of the
-    /// row; and the AVX-512 loop (where it runs) agrees with the compiled one.
+    /// row; and the AVX-512 or AVX2 loop (where it runs) agrees with the compiled one.
     #[test]
     fn exp_shifted_sum_matches_f64_at_every_length() {
         let scale = 0.7f32;
@@ -1495,6 +1569,13 @@ mod tests {
                 (sum - portable_sum).abs() <= 1e-6 * sum.max(1.0),
                 "len {len}"
             );
+        }
+        // A NaN score stays NaN (on every path), and so does the sum.
+        for len in [3, 11] {
+            let mut row: Vec<f32> = (0..len).map(|i| i as f32 * 0.1).collect();
+            row[1] = f32::NAN;
+            let sum = exp_shifted_sum(&mut row, scale);
+            assert!(row[1].is_nan() && sum.is_nan(), "len {len}: {row:?}");
         }
     }
 
