@@ -96,14 +96,16 @@ impl Model {
 
     /// Prepares the weights for forward passes only (`predict`, `serve`, the forward
     /// benchmarks): the linear weights packed once at `precision`, and each layer's
-    /// projections fused into one product, queries, keys and values where every row
-    /// attends, keys and values where the pruning variants gather their rows. A
-    /// training step drops all of it again with the weights it changes.
+    /// projections fused into one product: queries, keys and values, or where the
+    /// pruning variants gather the rows that stay keys and values (every layer after
+    /// the first, which sees all rows), the keys and values. A training step drops all
+    /// of it again with the weights it changes.
     pub fn pack_for_inference(&mut self, precision: Precision) {
         self.params.pack_linear_weights_as(precision);
         let part = |l: LinearIds| (l.w, l.b);
-        for l in self.layout.layers.iter().flatten() {
-            if self.method.variant.prunes() {
+        for (i, l) in self.layout.layers.iter().enumerate() {
+            let Some(l) = l else { continue };
+            if self.method.variant.prunes() && i > 0 {
                 self.params.fuse_packed(&[part(l.key), part(l.value)]);
             } else {
                 self.params
