@@ -681,20 +681,20 @@ impl Projected {
                 q_stride: d,
                 kv_stride: 2 * d,
             },
-            Fused::All => Qkv {
-                q: &self.q,
-                k: columns_from(&self.q, d),
-                v: columns_from(&self.q, 2 * d),
-                q_stride: 3 * d,
-                kv_stride: 3 * d,
-            },
-            Fused::AllGathered => Qkv {
-                q: &self.q,
-                k: columns_from(&self.k, d),
-                v: columns_from(&self.k, 2 * d),
-                q_stride: 3 * d,
-                kv_stride: 3 * d,
-            },
+            Fused::All | Fused::AllGathered => {
+                let kv = if self.fused == Fused::All {
+                    &self.q
+                } else {
+                    &self.k
+                };
+                Qkv {
+                    q: &self.q,
+                    k: columns_from(kv, d),
+                    v: columns_from(kv, 2 * d),
+                    q_stride: 3 * d,
+                    kv_stride: 3 * d,
+                }
+            }
         }
     }
 

@@ -398,6 +398,30 @@ fn pf_within_prune_min_len_gradient_matches_finite_differences() {
     );
 }
 
+/// A model of `variant` wide enough for its linear layers to be packed (dimensions
+/// above 32), a padded batch of two examples and a gradient for its logits.
+fn packable_case(variant: Variant) -> (Model, Batch, Vec<f32>) {
+    let cfg = BertConfig::sized(60, 64, 4, 2, 128);
+    let method = MethodConfig {
+        prune_min_len: 0,
+        ..MethodConfig::recommended(variant, &cfg)
+    };
+    let model = Model::random(cfg, method, 3, 7).unwrap();
+    let seq: Vec<u32> = (0..40).map(|i| 2 + (i * 7) % 50).collect();
+    let batch = Batch::from_sequences(&[&seq, &seq[..25]], 0);
+    let dlogits = crate::kernels::gradcheck::random_vec(11, 2 * 3, 1.0);
+    (model, batch, dlogits)
+}
+
+/// The logits of a recorded forward pass, and the gradients of its backward from
+/// `dlogits`.
+fn logits_and_grads(model: &Model, batch: &Batch, dlogits: &[f32]) -> (Vec<f32>, ParamStore) {
+    let (out, tape) = model.forward(batch, Mode::Eval, true);
+    let mut grads = model.params.zeros_like();
+    model.backward(&tape.unwrap(), dlogits, &mut grads);
+    (out.logits, grads)
+}
+
 #[test]
 fn bf16_training_gradients_stay_close_to_f32() {
     // Mixed precision (`train --precision bf16`): with the weights packed in bf16, the
@@ -410,22 +434,9 @@ fn bf16_training_gradients_stay_close_to_f32() {
         eprintln!("skipped: no bf16 arithmetic on this CPU");
         return;
     }
-    let cfg = BertConfig::sized(60, 64, 4, 2, 128);
     for variant in [Variant::Bert, Variant::Pfc] {
-        let method = MethodConfig {
-            prune_min_len: 0,
-            ..MethodConfig::recommended(variant, &cfg)
-        };
-        let mut model = Model::random(cfg.clone(), method, 3, 7).unwrap();
-        let seq: Vec<u32> = (0..40).map(|i| 2 + (i * 7) % 50).collect();
-        let batch = Batch::from_sequences(&[&seq, &seq[..25]], 0);
-        let c = crate::kernels::gradcheck::random_vec(11, 2 * 3, 1.0);
-        let grads_at = |model: &Model| {
-            let (out, tape) = model.forward(&batch, Mode::Eval, true);
-            let mut grads = model.params.zeros_like();
-            model.backward(&tape.unwrap(), &c, &mut grads);
-            (out.logits, grads)
-        };
+        let (mut model, batch, c) = packable_case(variant);
+        let grads_at = |model: &Model| logits_and_grads(model, &batch, &c);
         let (logits32, grads32) = grads_at(&model);
         model
             .params
@@ -524,22 +535,9 @@ fn combine_dropout_applies_from_the_combiners_block_on() {
 #[test]
 fn fused_projections_give_the_logits_of_separate_ones() {
     use crate::kernels::matmul::Precision;
-    let cfg = BertConfig::sized(60, 64, 4, 2, 128);
     for variant in [Variant::Bert, Variant::Pf, Variant::C, Variant::Pfc] {
-        let method = MethodConfig {
-            prune_min_len: 0,
-            ..MethodConfig::recommended(variant, &cfg)
-        };
-        let mut model = Model::random(cfg.clone(), method, 3, 7).unwrap();
-        let seq: Vec<u32> = (0..40).map(|i| 2 + (i * 7) % 50).collect();
-        let batch = Batch::from_sequences(&[&seq, &seq[..25]], 0);
-        let c = crate::kernels::gradcheck::random_vec(11, 2 * 3, 1.0);
-        let grads_at = |model: &Model| {
-            let (out, tape) = model.forward(&batch, Mode::Eval, true);
-            let mut grads = model.params.zeros_like();
-            model.backward(&tape.unwrap(), &c, &mut grads);
-            (out.logits, grads.tensors)
-        };
+        let (mut model, batch, c) = packable_case(variant);
+        let grads_at = |model: &Model| logits_and_grads(model, &batch, &c);
         model.params.pack_linear_weights_as(Precision::F32);
         let separate = model.forward(&batch, Mode::Eval, false).0.logits;
         let (_, separate_grads) = grads_at(&model);
@@ -564,7 +562,7 @@ fn fused_projections_give_the_logits_of_separate_ones() {
         let (recorded, grads) = grads_at(&model);
         assert_eq!(fused, separate, "{variant:?}");
         assert_eq!(recorded, separate, "{variant:?} (recording)");
-        for (g, s) in grads.iter().zip(&separate_grads) {
+        for (g, s) in grads.tensors.iter().zip(&separate_grads.tensors) {
             assert_eq!(g.data, s.data, "{variant:?} gradient of {}", g.name);
         }
     }
