@@ -265,7 +265,8 @@ impl MicroKernel for Avx2 {
         overwrite: bool,
         extras: TileExtras,
     ) {
-        // A short last tile (128 rows = 21 x 6 + 2) runs only the rows it has.
+        // A short tile (the rest of a block: 128 rows = 20 x 6 + 4 + 4 read in place,
+        // 21 x 6 + 2 packed, see `row_tiles`) runs only the rows it has.
         let a = ASource { ptr: a, lda };
         match (mr, lda > 0) {
             (0..=2, false) => kernel_avx2::<2, false>(kc, a, b, c, ldc, mr, nr, overwrite, extras),
@@ -1323,7 +1324,7 @@ unsafe fn a_tile(
 /// each, and the rest; but where the rest would be fewer than `K::FULL_RATE_ROWS` and A
 /// is read in place (packed panels start every `MR` rows), the last full tile and the
 /// rest are split into two tiles of at least those rows (128 = 20 x 6 + 4 + 4 rather
-/// than 21 x 6 + 2, whose 2-row tile ran at about half the rate).
+/// than 21 x 6 + 2, whose 2-row tile has half the independent sums the FMA units need).
 fn row_tiles<K: MicroKernel>(mc: usize, in_place: bool) -> impl Iterator<Item = (usize, usize)> {
     let (mr, min_rows) = (K::MR, K::FULL_RATE_ROWS);
     let rest = mc % mr;
