@@ -975,7 +975,8 @@ fn lane_dot(x: &[f32], y: &[f32]) -> f32 {
 /// an intrinsics loop (FMA polynomial, `vscalefps` for the power of two, the sum in the
 /// same pass): the exponentials took a fifth of attention's time at 8 x 512 and now
 /// about a seventh (`examples/attention_speed`, one thread: 41.6-42.5 -> 38.6-39.1 ms;
-/// 37.9-38.2 ms with the reduced argument of 5 Dec 2026).
+/// 37.9-38.2 ms with the reduced argument of 5 Dec 2026). With AVX2, the same loop on
+/// 8 lanes (docs/results.md, session 28); elsewhere the compiled one.
 fn exp_shifted_sum(row: &mut [f32], scale: f32) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if super::gemm_x86::Isa::best() == super::gemm_x86::Isa::Avx512

@@ -62,9 +62,7 @@ impl KvIndex {
             identity,
         }
     }
-}
 
-impl KvIndex {
     /// Whether slot `s` of every example is its row `s` for all `t` slots (the valid
     /// ones a prefix of the rows, e.g. a padded batch where nothing is pruned): keys and
     /// values can then be read from the rows' own projections, with no gather.
@@ -664,8 +662,8 @@ enum Fused {
     KeyValue,
     /// Each row of `q`: the query, the key, the value.
     All,
-    /// As `All` for `q`, whose rows `k` holds gathered in slot order (its keys and
-    /// values are read).
+    /// `q` as with `All`; `k` holds its rows gathered in slot order, of which
+    /// attention reads the keys and values.
     AllGathered,
 }
 
