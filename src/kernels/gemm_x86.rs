@@ -149,6 +149,17 @@ impl Isa {
     }
 }
 
+/// `f::<K>(args)` with `K` the micro-kernel of `isa` (the one dispatch from a run-time
+/// instruction set to the kernels' compile-time types).
+macro_rules! with_kernel {
+    ($isa:expr, $f:ident($($arg:expr),* $(,)?)) => {
+        match $isa {
+            Isa::Avx2 => $f::<Avx2>($($arg),*),
+            Isa::Avx512 => $f::<Avx512>($($arg),*),
+        }
+    };
+}
+
 /// The size of the L2 cache of the CPU the process starts on (sysfs), 0 where unknown.
 fn l2_bytes() -> usize {
     static L2: OnceLock<usize> = OnceLock::new();
@@ -500,7 +511,12 @@ pub fn gemm_with_blocking(
         // SAFETY: the kernel's instruction set is present (asserted); all of a, b and the
         // m x n result lie inside their slices (checked above), and `dst` is borrowed
         // mutably.
-        unsafe { serial(isa, blocking, c, a_op, b_op, m, n, k, accumulate, epilogue) };
+        unsafe {
+            with_kernel!(
+                isa,
+                serial_with(blocking, c, a_op, b_op, m, n, k, accumulate, epilogue)
+            )
+        };
         return;
     }
     // A long inner dimension (a weight gradient's k is the batch's rows) is split instead
@@ -533,17 +549,19 @@ pub fn gemm_with_blocking(
             // of a and the matching rows of b, and writes only its own destination (dst
             // for part 0, its partial buffer of m x n for the others).
             unsafe {
-                serial(
+                with_kernel!(
                     isa,
-                    blocking,
-                    into,
-                    a_op.at(0, k0),
-                    b_op.at(k0, 0),
-                    m,
-                    n,
-                    kc,
-                    accumulate,
-                    Epilogue::default(),
+                    serial_with(
+                        blocking,
+                        into,
+                        a_op.at(0, k0),
+                        b_op.at(k0, 0),
+                        m,
+                        n,
+                        kc,
+                        accumulate,
+                        Epilogue::default(),
+                    )
                 )
             };
         });
@@ -574,13 +592,17 @@ pub fn gemm_with_blocking(
             // SAFETY: as above for the whole product; each chunk of rows is claimed by
             // one thread only, which writes just those rows of the result.
             unsafe {
-                serial_claiming_rows(
-                    isa, blocking, c, a_op, b_op, m, n, k, accumulate, epilogue, chunk, &next,
+                with_kernel!(
+                    isa,
+                    serial_claiming_rows_with(
+                        blocking, c, a_op, b_op, m, n, k, accumulate, epilogue, chunk, &next,
+                    )
                 )
             };
         });
         return;
     }
+    // Columns: static parts (each packs its own columns of B).
     let per_part = tiles.div_ceil(parts) * unit;
     (0..parts).into_par_iter().for_each(|t| {
         // Capture the whole wrappers (which are Sync), not their raw-pointer fields.
@@ -590,34 +612,17 @@ pub fn gemm_with_blocking(
             return;
         }
         let count = per_part.min(len - start);
-        // SAFETY: as above for the whole product; part t covers rows (or columns)
-        // start .. start + count of the result, disjoint from every other part, and
-        // reads the matching rows of a (or columns of b).
+        // SAFETY: as above for the whole product; part t covers columns start .. start +
+        // count of the result, disjoint from every other part, and reads the matching
+        // columns of b.
         unsafe {
-            if split_rows {
-                let c_part = Dst {
-                    ptr: c.ptr.add(start * c.ld),
-                    ..c
-                };
-                serial(
-                    isa,
-                    blocking,
-                    c_part,
-                    a_op.at(start, 0),
-                    b_op,
-                    count,
-                    n,
-                    k,
-                    accumulate,
-                    epilogue,
-                );
-            } else {
-                let c_part = Dst {
-                    ptr: c.ptr.add(start),
-                    ..c
-                };
-                serial(
-                    isa,
+            let c_part = Dst {
+                ptr: c.ptr.add(start),
+                ..c
+            };
+            with_kernel!(
+                isa,
+                serial_with(
                     blocking,
                     c_part,
                     a_op,
@@ -627,8 +632,8 @@ pub fn gemm_with_blocking(
                     k,
                     accumulate,
                     epilogue.from_column(start),
-                );
-            }
+                )
+            )
         }
     });
 }
@@ -767,9 +772,23 @@ pub fn gemm_packed(
                 };
                 let a_part = a_op.at(rows.0, 0);
                 let m_part = rows.1 - rows.0;
-                serial_packed(c_part, a_part, b, m_part, (0, panels), accumulate, epilogue);
+                with_kernel!(
+                    b.isa,
+                    serial_packed_with(
+                        c_part,
+                        a_part,
+                        b,
+                        m_part,
+                        (0, panels),
+                        accumulate,
+                        epilogue
+                    )
+                );
             } else {
-                serial_packed(c, a_op, b, m, (t0, t1), accumulate, epilogue);
+                with_kernel!(
+                    b.isa,
+                    serial_packed_with(c, a_op, b, m, (t0, t1), accumulate, epilogue)
+                );
             }
         }
     };
@@ -784,24 +803,7 @@ pub fn gemm_packed(
 /// panels.1` (their columns of `c`).
 ///
 /// # Safety
-/// As for [`serial_with`]; `b`'s kernel runs on this CPU.
-unsafe fn serial_packed(
-    c: Dst,
-    a: Operand,
-    b: &PackedB,
-    m: usize,
-    panels: (usize, usize),
-    accumulate: bool,
-    epilogue: Epilogue,
-) {
-    match b.isa {
-        Isa::Avx2 => serial_packed_with::<Avx2>(c, a, b, m, panels, accumulate, epilogue),
-        Isa::Avx512 => serial_packed_with::<Avx512>(c, a, b, m, panels, accumulate, epilogue),
-    }
-}
-
-/// # Safety
-/// As for [`serial_packed`], with `K` the kernel `b` was packed for.
+/// As for [`serial_with`], with `K` the kernel `b` was packed for.
 unsafe fn serial_packed_with<K: MicroKernel>(
     c: Dst,
     a: Operand,
@@ -1059,29 +1061,6 @@ fn with_pack_space<R>(a_len: usize, b_len: usize, f: impl FnOnce(*mut f32, *mut 
     })
 }
 
-/// The blocked product on the calling thread with `isa`'s micro-kernel.
-///
-/// # Safety
-/// As for [`serial_with`], with `isa`'s instruction set available.
-#[allow(clippy::too_many_arguments)]
-unsafe fn serial(
-    isa: Isa,
-    blocking: Blocking,
-    c: Dst,
-    a: Operand,
-    b: Operand,
-    m: usize,
-    n: usize,
-    k: usize,
-    accumulate: bool,
-    epilogue: Epilogue,
-) {
-    match isa {
-        Isa::Avx2 => serial_with::<Avx2>(blocking, c, a, b, m, n, k, accumulate, epilogue),
-        Isa::Avx512 => serial_with::<Avx512>(blocking, c, a, b, m, n, k, accumulate, epilogue),
-    }
-}
-
 /// The blocked product on the calling thread (see the module comment).
 ///
 /// # Safety
@@ -1186,42 +1165,16 @@ unsafe fn block_tiles<K: MicroKernel>(
     }
 }
 
-/// [`serial`] for the rows claimed from `next` in chunks of `chunk` rows, until none are
+/// [`serial_with`] for the rows claimed from `next` in chunks of `chunk` rows, until none are
 /// left (other threads claim the rest): each column block of B is packed once, all its
 /// depth, and then serves every chunk this thread claims in it. The sums run over the
-/// depth in the same order as [`serial`]'s, so the result does not depend on who
+/// depth in the same order as [`serial_with`]'s, so the result does not depend on who
 /// claimed what.
 ///
 /// # Safety
 /// As for [`serial_with`] for the whole m x n product, with no other thread writing the
-/// rows this one claims (claims are handed out once each).
-#[allow(clippy::too_many_arguments)]
-unsafe fn serial_claiming_rows(
-    isa: Isa,
-    blocking: Blocking,
-    c: Dst,
-    a: Operand,
-    b: Operand,
-    m: usize,
-    n: usize,
-    k: usize,
-    accumulate: bool,
-    epilogue: Epilogue,
-    chunk: usize,
-    next: &AtomicUsize,
-) {
-    match isa {
-        Isa::Avx2 => serial_claiming_rows_with::<Avx2>(
-            blocking, c, a, b, m, n, k, accumulate, epilogue, chunk, next,
-        ),
-        Isa::Avx512 => serial_claiming_rows_with::<Avx512>(
-            blocking, c, a, b, m, n, k, accumulate, epilogue, chunk, next,
-        ),
-    }
-}
-
-/// # Safety
-/// As for [`serial_claiming_rows`], with `K`'s instruction set available.
+/// rows this one claims (claims are handed out once each) and `K`'s instruction set
+/// available.
 #[allow(clippy::too_many_arguments)]
 unsafe fn serial_claiming_rows_with<K: MicroKernel>(
     blocking: Blocking,
