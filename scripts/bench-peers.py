@@ -36,6 +36,7 @@ import random
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -55,8 +56,15 @@ def parse_args():
         "--gap-s",
         type=float,
         default=0.05,
-        help="idle seconds before each timed call, so that no engine's pool threads still spin "
-        "(ONNX Runtime's and OpenMP's do, for a while) while the next engine runs",
+        help="idle seconds at least before each timed call; then, unless --fixed-gap, until "
+        "every engine's pool threads have gone quiet (ONNX Runtime's keep one CPU busy for "
+        "about 60 ms after a call, longer than this default), at most 1 s",
+    )
+    p.add_argument(
+        "--fixed-gap",
+        action="store_true",
+        help="idle exactly --gap-s before each call, whether or not an engine's pool threads "
+        "still spin (the protocol of runs 1-99)",
     )
     p.add_argument(
         "--engines",
@@ -152,6 +160,42 @@ def load_peers(args, ids_of, heads, hidden):
         )
         sess_int8 = ort.InferenceSession(str(int8), so, providers=["CPUExecutionProvider"])
     return torch, ort, torch_model, (sess, sess_int8), fusions
+
+
+def other_threads_cpu_ns():
+    """CPU time in ns of every thread of this process but the calling one (the engines'
+    pools), from /proc; None where /proc does not report it."""
+    if not os.path.exists("/proc/self/schedstat"):
+        return None
+    me = threading.get_native_id()
+    total = 0
+    for tid in os.listdir("/proc/self/task"):
+        if int(tid) == me:
+            continue
+        try:
+            with open(f"/proc/self/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass  # the thread exited meanwhile
+    return total
+
+
+def settle(min_s, fixed, window_s=0.005, quiet_share=0.05, max_s=1.0):
+    """Sleeps `min_s`, then (unless `fixed`) until the other threads have used less than
+    `quiet_share` of one CPU over the last `window_s`, so that no engine's pool threads
+    still spin while the next engine runs (ONNX Runtime's spin for ~60 ms after a call,
+    measured: docs/results.md, session 29); at most `max_s` in all. Returns the seconds
+    slept."""
+    t0 = time.perf_counter()
+    time.sleep(min_s)
+    prev = None if fixed else other_threads_cpu_ns()
+    while prev is not None and time.perf_counter() - t0 < max_s:
+        time.sleep(window_s)
+        now = other_threads_cpu_ns()
+        if now is None or now - prev < quiet_share * window_s * 1e9:
+            break
+        prev = now
+    return time.perf_counter() - t0
 
 
 def main():
@@ -251,21 +295,25 @@ def main():
         return engines
 
     order_rng = random.Random(args.seed)
+    # The idle seconds before each timed call, by engine (of the latest shape).
+    gaps = {}
 
     def interleaved(engines, warmup, reps):
         # One call of every engine per round, in an order shuffled per round (so that no
         # engine always follows the same one); each starts after an idle gap.
         times = {name: [] for name, _ in engines}
+        gaps.update({name: [] for name, _ in engines})
         for r in range(warmup + reps):
             order = list(engines)
             order_rng.shuffle(order)
             for name, call in order:
-                time.sleep(args.gap_s)
+                gap = settle(args.gap_s, args.fixed_gap)
                 t0 = time.perf_counter()
                 call()
                 dt = time.perf_counter() - t0
                 if r >= warmup:
                     times[name].append(dt)
+                    gaps[name].append(gap)
         return times
 
     results = []
@@ -295,6 +343,9 @@ def main():
                     f"min_ratio_to_corefocus_{variants[0]}": min(ts) / base_min,
                     f"paired_ratio_to_corefocus_{variants[0]}": statistics.median(per_round),
                     f"rounds_slower_than_corefocus_{variants[0]}": sum(r > 1 for r in per_round),
+                    # The idle gap before each timed call (at least --gap-s; longer while
+                    # the previous engine's threads still ran).
+                    "gap_before_s": gaps[name],
                 }
             )
 
