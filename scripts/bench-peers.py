@@ -7,7 +7,11 @@ round (interleaved), so machine noise hits all alike; the table gives the median
 each engine's median over corefocus bert's (above 1: corefocus is faster), its min over our min (the steadier
 comparison on a contended host), and the median over rounds of its time over ours in the same round, with the
 number of rounds it was slower (the host's drift between rounds cancels there, so differences of a percent or two
-show; the JSON keeps every call's time).
+show; the JSON keeps every call's time). Each call starts on an idle machine: after at least
+--gap-s, and then until the other threads of the process (every engine's pool) have gone quiet,
+since ONNX Runtime's worker keeps a CPU busy for tens of milliseconds after its call (the
+stderr line "other threads' CPU ms after one ... call" and the JSON's
+threads_busy_after_call_ms show how long, per engine; gap_before_s each call's wait).
 
 - PyTorch: transformers' BertForSequenceClassification, eager with sdpa attention,
   inference_mode for forward passes; training steps are forward + backward + clipping at
@@ -319,8 +323,30 @@ def main():
     results = []
     plan = [("forward", s, forward_engines, args.reps) for s in shapes_of(args.shapes)]
     plan += [("training step", s, train_engines, args.train_reps) for s in shapes_of(args.train_shapes)]
+    # How long each engine's pool threads stay busy after a call (what the gaps must
+    # outlast), on the first shape: their CPU time since the call, in ms, at each mark.
+    busy_marks_s = [0.01, 0.02, 0.05, 0.1, 0.2]
+    busy_after_call = {}
     for what, (b, n), make, reps in plan:
-        times = interleaved(make(ids_of(b, n)), args.warmup, reps)
+        engines = make(ids_of(b, n))
+        if not busy_after_call and other_threads_cpu_ns() is not None:
+            for name, call in engines:
+                settle(args.gap_s, args.fixed_gap)
+                call()
+                c0, t0 = other_threads_cpu_ns(), time.perf_counter()
+                busy = []
+                for mark in busy_marks_s:
+                    time.sleep(max(0.0, t0 + mark - time.perf_counter()))
+                    busy.append(round((other_threads_cpu_ns() - c0) / 1e6, 1))
+                busy_after_call[name] = busy
+            print(
+                f"other threads' CPU ms after one {what} {b}x{n} call, at "
+                + "/".join(f"{1e3 * m:g}" for m in busy_marks_s)
+                + " ms: "
+                + "; ".join(f"{k} {'/'.join(map(str, v))}" for k, v in busy_after_call.items()),
+                file=sys.stderr,
+            )
+        times = interleaved(engines, args.warmup, reps)
         ours = times[f"corefocus {variants[0]}"]
         base, base_min = statistics.median(ours), min(ours)
         for name, ts in times.items():
@@ -383,6 +409,11 @@ def main():
                     "torch": version(torch),
                     "onnxruntime": version(ort),
                     "ort_fusions": fusions,
+                    "gap": "fixed" if args.fixed_gap else "until the pools are quiet",
+                    "min_gap_s": args.gap_s,
+                    # Per engine: the other threads' CPU ms at busy_marks_s after one call.
+                    "busy_marks_s": busy_marks_s,
+                    "threads_busy_after_call_ms": busy_after_call,
                     "results": results,
                 },
                 indent=2,
