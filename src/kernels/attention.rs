@@ -1027,7 +1027,9 @@ mod exp_avx2 {
         let m = _mm256_max_ps(_mm256_max_ps(acc[0], acc[1]), _mm256_max_ps(acc[2], acc[3]));
         let mut lanes = [0.0f32; 8];
         _mm256_storeu_ps(lanes.as_mut_ptr(), m);
-        lanes.iter().fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a })
+        lanes
+            .iter()
+            .fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a })
     }
 
     /// See [`super::exp_shifted_sum`]: the AVX-512 loop's arithmetic on 8 lanes (the
