@@ -1001,8 +1001,9 @@ mod exp_avx2 {
 
     /// The row's maximum as [`lane_max`] finds it (`x > acc ? x : acc`, so NaNs are
     /// passed over), on four vector accumulators: `lane_max` inlined here compiled to
-    /// 128-bit loads with its accumulators spilled to the stack, a fifth of the
-    /// exponentials' samples at 8 x 512 on a Zen 3 core.
+    /// 64-bit loads into 128-bit registers, some of its accumulators spilled to the
+    /// stack, and took a third of this function's samples (`perf record` over
+    /// `examples/attention_speed 1` on a Zen 3 core, session 29).
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn row_max(row: &[f32]) -> f32 {
         let (n, ptr) = (row.len(), row.as_ptr());
@@ -1039,8 +1040,8 @@ mod exp_avx2 {
     /// 2^-126, as `fastmath::exp2_f32` gives (a NaN stays NaN). On a Zen 3 core the
     /// compiled loop took 2.4% of a 1 x 128 forward pass and 6.8% at 8 x 512 in perf's
     /// samples, with a pass of its own for the sum. Two running sums, so that each
-    /// vector's add does not wait on the one before (with `row_max`: the softmax's time
-    /// at 8 x 512 down by a fifth, docs/results.md, session 29).
+    /// vector's add does not wait on the one before (with `row_max`: one-thread attention
+    /// at 8 x 512 from 57.3-73.0 to 54.3-74.6 ms, docs/results.md, session 29).
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn exp_shifted_sum(row: &mut [f32], scale: f32) -> f32 {
         if row.is_empty() {
