@@ -60,9 +60,12 @@ const MR: usize = 6;
 /// Columns of the AVX2 register tile (B panel width) in ymm vectors, and in floats.
 const NV: usize = 2;
 const NR: usize = 8 * NV;
-/// Depth of a packed block: a B panel is `KC * NR * 4` = 16 KiB, half of L1d.
-const KC: usize = 256;
-/// Rows of a packed A block: `MC * KC * 4` = 144 KiB, well inside a 512 KiB L2.
+/// Depth of a packed block: a B panel is `KC * NR * 4` = 24 KiB, in a 32 KiB L1d. The
+/// model's 384-deep products then run in one block, so each C tile is stored once, not
+/// stored, read back and stored again (256, i.e. two blocks of 192, was 5-14% slower on
+/// those products on two Zen 3 threads: `gemm_tune`, docs/results.md, session 30).
+const KC: usize = 384;
+/// Rows of a packed A block: `MC * KC * 4` = 216 KiB, inside a 512 KiB L2.
 const MC: usize = 144;
 /// Columns of a packed B block: `KC * NC * 4` = 2 MiB, in L3 (3072 was measurably
 /// slower on bert-base's N = 3072 products).
@@ -122,7 +125,7 @@ impl Isa {
     /// Cache blocks for the kernel. The AVX-512 kernel wants deeper, shorter blocks:
     /// fewer passes over the C tiles per product, and its 32-column B panel fills L1
     /// sooner (`examples/gemm_tune.rs` on the model's shapes: 125-152 GFLOP/s on one
-    /// Xeon core at kc 768 / mc 48, 117-143 at the AVX2 kernel's 256 / 144). With a
+    /// Xeon core at kc 768 / mc 48, 117-143 at the AVX2 kernel's then 256 / 144). With a
     /// 2 MiB L2, B blocks of at most 512 columns (1.5 MiB at kc 768) stay in it while
     /// every A block passes: `gemm_tune 5 768,48,2048 768,48,512` on that Xeon (two
     /// runs), N = 1536 products 199-207 -> 205-218 GFLOP/s on one thread, 403-411 ->
@@ -643,6 +646,8 @@ pub fn gemm_with_blocking(
 /// each block the `n.div_ceil(NR)` panels of `pack`. A product with it packs only A.
 pub struct PackedB {
     isa: Isa,
+    /// The cache blocks of the products with it (`isa.blocking()` but in tuning).
+    blocking: Blocking,
     k: usize,
     n: usize,
     /// Depth of every kc block but maybe the last.
@@ -659,10 +664,16 @@ pub struct PackedB {
 impl PackedB {
     /// Packs `b` (`[k, n]`, any strides) for `isa`'s kernel.
     pub fn new(isa: Isa, b: MatRef) -> PackedB {
+        PackedB::with_blocking(isa, isa.blocking(), b)
+    }
+
+    /// [`PackedB::new`] with other cache blocks (for block-size tuning).
+    #[doc(hidden)]
+    pub fn with_blocking(isa: Isa, blocking: Blocking, b: MatRef) -> PackedB {
         assert!(isa.available(), "pack: the CPU lacks {isa:?}");
         let (k, n) = (b.rows, b.cols);
         let (_, nr) = isa.tile();
-        let kc_step = k.div_ceil(k.div_ceil(isa.blocking().kc).max(1)).max(1);
+        let kc_step = k.div_ceil(k.div_ceil(blocking.kc).max(1)).max(1);
         let n_padded = n.next_multiple_of(nr);
         let mut data = vec![0.0f32; k * n_padded + LINE_SLACK];
         let start = line_start(&data);
@@ -694,6 +705,7 @@ impl PackedB {
         }
         PackedB {
             isa,
+            blocking,
             k,
             n,
             kc_step,
@@ -819,7 +831,7 @@ unsafe fn serial_packed_with<K: MicroKernel>(
     let mc_max = if m * b.kc_step * 4 <= SMALL_A_BLOCK_BYTES {
         m
     } else {
-        b.isa.blocking().mc
+        b.blocking.mc
     };
     let mc_step = m.div_ceil(m.div_ceil(mc_max)).next_multiple_of(K::MR);
     // With many rows the weights are read once per A block and stay in L2 after the
@@ -836,7 +848,7 @@ unsafe fn serial_packed_with<K: MicroKernel>(
     let group = if prefetch {
         (panels.1 - panels.0).max(1)
     } else {
-        (b.isa.blocking().nc / K::NR).max(1)
+        (b.blocking.nc / K::NR).max(1)
     };
     with_pack_space(pack_len, 0, |pack_a, _| {
         for pc in (0..k).step_by(b.kc_step) {
@@ -1078,7 +1090,7 @@ unsafe fn serial_with<K: MicroKernel>(
     accumulate: bool,
     epilogue: Epilogue,
 ) {
-    // Even block sizes: K = 384 runs as 2 x 192 rather than 256 + 128.
+    // Even block sizes: K = 500 runs as 2 x 250 rather than 384 + 116.
     let kc_step = k.div_ceil(k.div_ceil(blocking.kc));
     let mc_step = m.div_ceil(m.div_ceil(blocking.mc)).next_multiple_of(K::MR);
     let nc_step = n.div_ceil(n.div_ceil(blocking.nc)).next_multiple_of(K::NR);
