@@ -1,7 +1,7 @@
 //! Block-size tuning for the gemm (its best micro-kernel; COREFOCUS_GEMM_ISA=avx2 for the AVX2 one) (a development aid): several `Blocking`s run
 //! interleaved on the model's shapes, one thread and the pool: the products that pack
 //! both operands (training), then those with weights packed once under each blocking
-//! (inference: a request's 128 rows and a 8 x 512 batch's 4096). Each cell is the best
+//! (inference: a request's 128 rows and an 8 x 512 batch's 4096). Each cell is the best
 //! and (in brackets) the median GFLOP/s of N interleaved rounds.
 //!
 //! `cargo run --release --example gemm_tune [reps] kc,mc,nc kc,mc,nc ...`

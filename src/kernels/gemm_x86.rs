@@ -62,8 +62,9 @@ const NV: usize = 2;
 const NR: usize = 8 * NV;
 /// Depth of a packed block: a B panel is `KC * NR * 4` = 24 KiB, in a 32 KiB L1d. The
 /// model's 384-deep products then run in one block, so each C tile is stored once, not
-/// stored, read back and stored again (256, i.e. two blocks of 192, was 5-14% slower on
-/// those products on two Zen 3 threads: `gemm_tune`, docs/results.md, session 30).
+/// stored, read back and stored again (256, i.e. two blocks of 192, was 1-14% slower by
+/// median on those products on two Zen 3 threads: `gemm_tune`, docs/results.md, session
+/// 30).
 const KC: usize = 384;
 /// Rows of a packed A block: `MC * KC * 4` = 216 KiB, inside a 512 KiB L2.
 const MC: usize = 144;
