@@ -5,25 +5,36 @@
 //! and (in brackets) the median GFLOP/s of N interleaved rounds.
 //!
 //! `cargo run --release --example gemm_tune [reps] kc,mc,nc kc,mc,nc ...`
+#[path = "common/args.rs"]
+mod args;
 #[cfg(target_arch = "x86_64")]
 fn main() {
     use corefocus::kernels::gemm_x86::{gemm_packed, gemm_with_blocking, Blocking, Isa, PackedB};
     use corefocus::kernels::matmul::MatRef;
     use std::time::Instant;
-    let args: Vec<String> = std::env::args().collect();
-    let reps: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(10);
-    let blockings: Vec<Blocking> = args
-        .iter()
+    let reps: usize = args::arg(1, "reps", 10);
+    // Each blocking `kc,mc,nc`, all three positive; one that is not stops the program
+    // with its position (it used to be dropped without a word).
+    let blockings: Vec<Blocking> = std::env::args()
+        .enumerate()
         .skip(2)
-        .filter_map(|s| {
-            let v: Vec<usize> = s.split(',').filter_map(|x| x.parse().ok()).collect();
-            (v.len() == 3).then(|| Blocking {
+        .map(|(i, text)| {
+            let v: Vec<usize> = text.split(',').filter_map(|x| x.parse().ok()).collect();
+            if v.len() != 3 || v.contains(&0) {
+                eprintln!("argument {i} (blocking): {text:?} is not kc,mc,nc with each above 0");
+                std::process::exit(2);
+            }
+            Blocking {
                 kc: v[0],
                 mc: v[1],
                 nc: v[2],
-            })
+            }
         })
         .collect();
+    if reps == 0 || blockings.is_empty() {
+        eprintln!("usage: gemm_tune [reps >= 1] kc,mc,nc [kc,mc,nc ...]");
+        std::process::exit(2);
+    }
     println!("{blockings:?}");
     // (m, n, k, a transposed, b transposed)
     let shapes = [

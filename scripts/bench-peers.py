@@ -217,6 +217,18 @@ def settle(min_s, fixed, window_s=0.005, quiet_share=0.05, max_s=1.0):
     return time.perf_counter() - t0
 
 
+def threads_busy_after(call, marks_s):
+    """Runs `call` once, then returns the other threads' CPU ms since it returned, at each
+    of `marks_s` seconds after (how long the engines' pools stay busy after a call)."""
+    call()
+    c0, t0 = other_threads_cpu_ns(), time.perf_counter()
+    busy = []
+    for mark in marks_s:
+        time.sleep(max(0.0, t0 + mark - time.perf_counter()))
+        busy.append(round((other_threads_cpu_ns() - c0) / 1e6, 1))
+    return busy
+
+
 def main():
     args = parse_args()
     # Thread counts must be set before the engines start their pools.
@@ -347,13 +359,7 @@ def main():
         if not busy_after_call and other_threads_cpu_ns() is not None:
             for name, call in engines:
                 settle(args.gap_s, args.fixed_gap)
-                call()
-                c0, t0 = other_threads_cpu_ns(), time.perf_counter()
-                busy = []
-                for mark in busy_marks_s:
-                    time.sleep(max(0.0, t0 + mark - time.perf_counter()))
-                    busy.append(round((other_threads_cpu_ns() - c0) / 1e6, 1))
-                busy_after_call[name] = busy
+                busy_after_call[name] = threads_busy_after(call, busy_marks_s)
             print(
                 f"other threads' CPU ms after one {what} {b}x{n} call, at "
                 + "/".join(f"{1e3 * m:g}" for m in busy_marks_s)
